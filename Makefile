@@ -1,0 +1,32 @@
+# LAD Billing. `make run` starts the service, `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+
+.PHONY: install run test bench token migrate lint clean
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m devstack.run
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m bench.run
+
+token: install
+	@$(PY) -m devstack.token --tenant "$(TENANT)" --caps "$(CAPS)"
+
+migrate: install
+	$(VENV)/bin/alembic upgrade head
+
+clean:
+	rm -rf .data .pytest_cache

@@ -1,0 +1,1 @@
+"""LAD Billing domain and persistence. Imports neither Flask nor Celery."""

@@ -1,0 +1,82 @@
+"""Requests the service accepts, validated into exact types (pydantic, no web framework)."""
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema,
+)
+
+from . import money
+
+MAX_ITEMS = 1000
+
+_DECIMAL_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"},
+        {"type": "number"},
+    ]
+}
+
+
+def _quantity(value: Decimal) -> Decimal:
+    return money.bounded(value, maximum=money.MAX_QUANTITY, allow_zero=True)
+
+
+def _positive_amount(value: Decimal) -> Decimal:
+    return money.bounded(value, maximum=money.MAX_AMOUNT, allow_zero=False)
+
+
+# Input decimals: a JSON number (parsed as Decimal, never float) or a decimal string.
+Quantity = Annotated[
+    Decimal, BeforeValidator(money.to_decimal), AfterValidator(_quantity),
+    PlainSerializer(money.format_decimal, return_type=str), WithJsonSchema(_DECIMAL_SCHEMA),
+]
+PositiveAmount = Annotated[
+    Decimal, BeforeValidator(money.to_decimal), AfterValidator(_positive_amount),
+    PlainSerializer(money.format_decimal, return_type=str), WithJsonSchema(_DECIMAL_SCHEMA),
+]
+
+CatalogKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/+-]+$")]
+FeatureKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/-]+$")]
+IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255)]
+TenantId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class UsageItem(Strict):
+    category: CatalogKey
+    provider: CatalogKey
+    model: CatalogKey
+    unit: CatalogKey
+    quantity: Quantity
+
+
+class QuoteRequest(Strict):
+    items: Annotated[list[UsageItem], Field(min_length=1, max_length=MAX_ITEMS)]
+    tenantId: TenantId | None = None
+
+
+class ChargeRequest(Strict):
+    featureKey: FeatureKey
+    items: Annotated[list[UsageItem], Field(min_length=1, max_length=MAX_ITEMS)]
+    externalReferenceId: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    idempotencyKey: IdempotencyKey | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    tenantId: TenantId | None = None
+
+
+class TopUpRequest(Strict):
+    amount: PositiveAmount
+    idempotencyKey: IdempotencyKey
+    description: Annotated[str, Field(max_length=500)] | None = None
+    tenantId: TenantId | None = None
+
+
+def fingerprint_body(command: BaseModel) -> dict[str, Any]:
+    """The canonical form of a request, for comparing two requests under one idempotency key."""
+    return command.model_dump(mode="json", exclude={"idempotencyKey", "tenantId"})

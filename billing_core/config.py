@@ -1,0 +1,42 @@
+"""Settings read from the environment once per process."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    broker_url: str
+    queue: str
+    # a charge still pending this long after its last enqueue is enqueued again
+    pending_charge_age_seconds: float
+    pending_sweep_interval_seconds: float
+
+    @property
+    def charge_outcome_channel(self) -> str:
+        return f"{self.queue}:charge-outcomes"
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        return cls(
+            database_url=normalize_database_url(
+                os.environ.get("DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/lad_billing")
+            ),
+            redis_url=redis_url,
+            broker_url=os.environ.get("CELERY_BROKER_URL") or redis_url,
+            queue=os.environ.get("BILLING_QUEUE", "billing"),
+            pending_charge_age_seconds=float(os.environ.get("PENDING_CHARGE_AGE_SECONDS", "60")),
+            pending_sweep_interval_seconds=float(os.environ.get("PENDING_SWEEP_INTERVAL_SECONDS", "30")),
+        )
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept the common `postgres://` and `postgresql://` forms and pin the psycopg2 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url

@@ -1,0 +1,66 @@
+"""Engine per process and the unit of work every use case runs in."""
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from types import TracebackType
+
+from sqlalchemy import Connection, Engine, create_engine, func, select
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def engine_for(database_url: str) -> Engine:
+    """One pooled engine per URL and process, created on first use (so after any fork)."""
+    with _engines_lock:
+        engine = _engines.get(database_url)
+        if engine is None:
+            engine = create_engine(
+                database_url,
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+                pool_timeout=10,
+                connect_args={"connect_timeout": 5},
+            )
+            _engines[database_url] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Drop pooled connections, e.g. in a freshly forked child that must not share sockets."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose(close=False)
+        _engines.clear()
+
+
+class UnitOfWork:
+    """One database transaction. Exit rolls back unless `commit()` was called: commits are explicit."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+        self.connection: Connection
+
+    def __enter__(self) -> "UnitOfWork":
+        self.connection = self._engine.connect()
+        self._transaction = self.connection.begin()
+        return self
+
+    def now(self) -> datetime:
+        """The transaction's timestamp in the database: one clock for every process."""
+        return self.connection.execute(select(func.now())).scalar_one()
+
+    def commit(self) -> None:
+        self._transaction.commit()
+
+    def rollback(self) -> None:
+        self._transaction.rollback()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            if self._transaction.is_active:
+                self._transaction.rollback()
+        finally:
+            self.connection.close()

@@ -1,0 +1,39 @@
+"""Domain errors. Each carries a stable machine-readable code; the web layer maps codes to HTTP."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class BillingError(Exception):
+    code = "billing_error"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class ValidationFailed(BillingError):
+    code = "validation_error"
+
+    def __init__(self, field: str, message: str, errors: list[dict[str, Any]] | None = None):
+        details: dict[str, Any] = {"field": field}
+        if errors:
+            details["errors"] = errors
+        super().__init__(f"{field}: {message}" if field else message, details)
+
+
+class NotFound(BillingError):
+    code = "not_found"
+
+
+class PriceNotFound(BillingError):
+    code = "price_not_found"
+
+
+class InsufficientBalance(BillingError):
+    code = "insufficient_balance"
+
+
+class IdempotencyConflict(BillingError):
+    code = "idempotency_conflict"

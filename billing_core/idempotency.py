@@ -1,0 +1,73 @@
+"""Idempotency records: one per (tenant, key), holding the request's fingerprint and what it produced."""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from .db import UnitOfWork
+from .errors import IdempotencyConflict
+from .tables import idempotency_records
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    tenant_id: str
+    idempotency_key: str
+    operation: str
+    request_fingerprint: str
+    usage_event_id: uuid.UUID | None
+    ledger_entry_id: uuid.UUID | None
+    created_at: datetime
+
+
+def fingerprint(operation: str, body: dict[str, Any]) -> str:
+    canonical = json.dumps({"operation": operation, "body": body}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def claim(uow: UnitOfWork, tenant_id: str, key: str, operation: str, request_fingerprint: str,
+          *, usage_event_id: uuid.UUID | None = None) -> IdempotencyRecord | None:
+    """Claim `key` for this request inside the caller's transaction.
+
+    Returns None when this request is the first to use the key (the caller goes on and commits).
+    Returns the earlier record when the same request was already made: the caller replays it.
+    Raises IdempotencyConflict when the key was used for a different request.
+    A concurrent claim of the same key waits on the unique index until the first one commits or
+    rolls back, so two requests can never both proceed.
+    """
+    inserted = uow.connection.execute(
+        insert(idempotency_records)
+        .values(tenant_id=tenant_id, idempotency_key=key, operation=operation,
+                request_fingerprint=request_fingerprint, usage_event_id=usage_event_id, created_at=func.now())
+        .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
+        .returning(idempotency_records.c.idempotency_key)
+    ).first()
+    if inserted is not None:
+        return None
+    row = uow.connection.execute(
+        select(idempotency_records).where(
+            idempotency_records.c.tenant_id == tenant_id, idempotency_records.c.idempotency_key == key
+        )
+    ).one()
+    record = IdempotencyRecord(**row._mapping)
+    if record.operation != operation or record.request_fingerprint != request_fingerprint:
+        raise IdempotencyConflict(
+            "this idempotencyKey was already used for a different request",
+            {"field": "idempotencyKey", "idempotencyKey": key},
+        )
+    return record
+
+
+def record_ledger_entry(uow: UnitOfWork, tenant_id: str, key: str, ledger_entry_id: uuid.UUID) -> None:
+    uow.connection.execute(
+        update(idempotency_records)
+        .where(idempotency_records.c.tenant_id == tenant_id, idempotency_records.c.idempotency_key == key)
+        .values(ledger_entry_id=ledger_entry_id)
+    )

@@ -1,0 +1,90 @@
+"""Reading and checking the ledger."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+
+from . import money
+from .db import UnitOfWork
+from .errors import ValidationFailed
+from .tables import ledger_entries, wallets
+from .wallets import LedgerEntry
+
+ENTRY_TYPES = ("topup", "debit", "refund", "adjustment")
+
+
+def list_entries(uow: UnitOfWork, tenant_id: str, *, start: datetime | None = None, end: datetime | None = None,
+                 entry_type: str | None = None, limit: int, cursor: str | None = None) -> tuple[list[LedgerEntry], str | None]:
+    """One page of the tenant's ledger entries, newest first; the cursor is the last entry's sequence."""
+    query = select(ledger_entries).where(ledger_entries.c.tenant_id == tenant_id)
+    if start is not None:
+        query = query.where(ledger_entries.c.created_at >= start)
+    if end is not None:
+        query = query.where(ledger_entries.c.created_at < end)
+    if entry_type is not None:
+        query = query.where(ledger_entries.c.entry_type == entry_type)
+    if cursor:
+        if not cursor.isdigit() or len(cursor) > 19:
+            raise ValidationFailed("cursor", "not a cursor this service issued")
+        query = query.where(ledger_entries.c.seq < int(cursor))
+    rows = uow.connection.execute(query.order_by(ledger_entries.c.seq.desc()).limit(limit + 1)).all()
+    entries = [LedgerEntry(**r._mapping) for r in rows[:limit]]
+    return entries, (str(entries[-1].seq) if len(rows) > limit else None)
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    wallets_checked: int
+    mismatches: list[dict[str, Any]]
+
+
+def verify(uow: UnitOfWork, tenant_id: str | None = None) -> Verification:
+    """Check that each wallet's balance equals the sum of its entries and that each entry's
+    balance_before equals the previous entry's balance_after (the first starts from zero).
+
+    With no tenant, every wallet is checked: an operator's cross-tenant audit.
+    """
+    wallet_query = select(wallets.c.id, wallets.c.tenant_id, wallets.c.current_balance)
+    chain = select(
+        ledger_entries.c.wallet_id, ledger_entries.c.id, ledger_entries.c.seq,
+        ledger_entries.c.balance_before, ledger_entries.c.balance_after, ledger_entries.c.amount,
+        func.lag(ledger_entries.c.balance_after).over(
+            partition_by=ledger_entries.c.wallet_id, order_by=ledger_entries.c.seq
+        ).label("previous_after"),
+    )
+    if tenant_id is not None:
+        wallet_query = wallet_query.where(wallets.c.tenant_id == tenant_id)
+        chain = chain.where(ledger_entries.c.tenant_id == tenant_id)
+    chain_sub = chain.subquery()
+    broken_links = uow.connection.execute(
+        select(chain_sub).where(
+            func.coalesce(chain_sub.c.previous_after, 0) != chain_sub.c.balance_before
+        )
+    ).all()
+    sums = dict(
+        uow.connection.execute(
+            select(chain_sub.c.wallet_id, func.sum(chain_sub.c.amount)).group_by(chain_sub.c.wallet_id)
+        ).all()
+    )
+    mismatches: list[dict[str, Any]] = []
+    checked = 0
+    for wallet_id, wallet_tenant, balance in uow.connection.execute(wallet_query):
+        checked += 1
+        entries_total = sums.get(wallet_id, Decimal(0))
+        if entries_total != balance:
+            mismatches.append({
+                "walletId": str(wallet_id), "tenantId": wallet_tenant, "kind": "balance",
+                "balance": money.format_decimal(balance), "sumOfEntries": money.format_decimal(entries_total),
+            })
+    for link in broken_links:
+        mismatches.append({
+            "walletId": str(link.wallet_id), "kind": "chain", "entryId": str(link.id),
+            "balanceBefore": money.format_decimal(link.balance_before),
+            "previousBalanceAfter": money.format_decimal(link.previous_after or Decimal(0)),
+        })
+    return Verification(ok=not mismatches, wallets_checked=checked, mismatches=mismatches)

@@ -1,0 +1,96 @@
+"""Exact decimal arithmetic for amounts, prices and quantities.
+
+Every amount in the service passes through here: parsed from text or an int (never a float),
+multiplied and summed in a context that refuses to round, and written out as a normalized
+plain decimal string ("0.037", "100").
+"""
+from __future__ import annotations
+
+import re
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, localcontext
+from typing import Iterable
+
+# Wide enough for any product of a bounded quantity and a bounded price; Inexact is trapped,
+# so a result that would need rounding raises instead of silently losing a digit.
+_EXACT = Context(prec=80, traps=[Inexact, InvalidOperation, Overflow])
+
+_PLAIN_DECIMAL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+MAX_QUANTITY = Decimal("1000000000000")  # 1e12 units of anything is not a real usage report
+MAX_AMOUNT = Decimal("1000000000000")
+MAX_SCALE = 12  # decimal places accepted on input
+
+
+class InvalidAmount(ValueError):
+    """A value that is not an exact, finite decimal within bounds."""
+
+
+def to_decimal(value: object) -> Decimal:
+    """Parse an int, Decimal or decimal string; refuse floats, booleans, NaN and infinities."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise InvalidAmount("must be a decimal number or a decimal string")
+    if isinstance(value, int):
+        result = Decimal(value)
+    elif isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if not _PLAIN_DECIMAL.match(text):
+            raise InvalidAmount("must be a decimal number or a decimal string")
+        try:
+            result = Decimal(text)
+        except InvalidOperation as exc:  # pragma: no cover - the pattern admits only valid text
+            raise InvalidAmount("must be a decimal number") from exc
+    else:
+        raise InvalidAmount("must be a decimal number or a decimal string")
+    if not result.is_finite():
+        raise InvalidAmount("must be a finite number")
+    return result
+
+
+def bounded(value: Decimal, *, maximum: Decimal, allow_zero: bool, allow_negative: bool = False) -> Decimal:
+    """Check sign, size and scale so that arithmetic on the value stays exact and meaningful."""
+    if value.is_signed() and value != 0 and not allow_negative:
+        raise InvalidAmount("must not be negative")
+    if value == 0 and not allow_zero:
+        raise InvalidAmount("must be greater than zero")
+    if abs(value) > maximum:
+        raise InvalidAmount(f"must not exceed {format_decimal(maximum)}")
+    value = normalize(value)
+    if -int(value.as_tuple().exponent) > MAX_SCALE:
+        raise InvalidAmount(f"must have at most {MAX_SCALE} decimal places")
+    return value
+
+
+def normalize(value: Decimal) -> Decimal:
+    """The canonical form of a value: no trailing zeros, no negative zero."""
+    with localcontext(_EXACT):
+        result = value.normalize()
+    return result.copy_abs() if result == 0 else result
+
+
+def multiply(quantity: Decimal, unit_price: Decimal) -> Decimal:
+    with localcontext(_EXACT):
+        return normalize(quantity * unit_price)
+
+
+def add(a: Decimal, b: Decimal) -> Decimal:
+    with localcontext(_EXACT):
+        return normalize(a + b)
+
+
+def subtract(a: Decimal, b: Decimal) -> Decimal:
+    with localcontext(_EXACT):
+        return normalize(a - b)
+
+
+def total(values: Iterable[Decimal]) -> Decimal:
+    result = Decimal(0)
+    for value in values:
+        result = add(result, value)
+    return result
+
+
+def format_decimal(value: Decimal) -> str:
+    """Plain notation without exponent or trailing zeros: Decimal('1E+2') -> '100'."""
+    return format(normalize(value), "f")

@@ -1,0 +1,41 @@
+"""Celery settings: Redis broker (or CELERY_BROKER_URL), late acks, and the one beat schedule."""
+from datetime import timedelta
+
+from billing_core.config import Settings
+
+_settings = Settings.from_env()
+
+broker_url = _settings.broker_url
+broker_connection_retry_on_startup = True
+broker_connection_timeout = 3
+broker_transport_options = {
+    # An unacknowledged message returns to the queue after this long; a duplicate delivery is
+    # harmless (charging is idempotent per event), a lost one is caught by the pending sweep.
+    "visibility_timeout": 300,
+    "socket_connect_timeout": 3,
+    "socket_timeout": 10,
+}
+# Outcomes live in PostgreSQL (the usage event); Celery's result store would be a second truth.
+task_ignore_result = True
+result_backend = None
+
+task_default_queue = _settings.queue
+task_serializer = "json"
+accept_content = ["json"]
+# Ack after the charge committed; a worker that dies mid-task leaves the message to be redelivered.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 4
+worker_send_task_events = True
+task_send_sent_event = True
+
+timezone = "UTC"
+enable_utc = True
+
+beat_schedule = {
+    "sweep-pending-charges": {
+        "task": "billing.sweep_pending_charges",
+        "schedule": timedelta(seconds=_settings.pending_sweep_interval_seconds),
+        "options": {"expires": _settings.pending_sweep_interval_seconds},
+    },
+}

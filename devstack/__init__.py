@@ -1,0 +1,1 @@
+"""Local process supervision for development and tests: embedded servers and `make run`."""

@@ -1,0 +1,179 @@
+"""The whole service as child processes: servers (embedded or given), migrations, web, worker,
+beat and Flower. Used by `make run` and by the test suite, so both run the same stack."""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psycopg2
+from psycopg2 import sql
+from sqlalchemy.engine import make_url
+
+from .servers import EmbeddedServers, _wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON_BIN = Path(sys.executable).parent
+
+
+def _connect(url: str, database: str | None = None):
+    u = make_url(url)
+    return psycopg2.connect(host=u.host, port=u.port, user=u.username, password=u.password,
+                            dbname=database or u.database)
+
+
+def database_url(url: str, database: str) -> str:
+    return make_url(url).set(database=database).render_as_string(hide_password=False)
+
+
+def create_database(url: str, database: str, *, exist_ok: bool) -> None:
+    connection = _connect(url, "postgres")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+        if cursor.fetchone() is None:
+            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        elif not exist_ok:
+            raise RuntimeError(f"database {database} already exists")
+    connection.close()
+
+
+def drop_database(url: str, database: str) -> None:
+    connection = _connect(url, "postgres")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+    connection.close()
+
+
+def development_secret(data_dir: Path, name: str, make: Callable[[], str] = lambda: secrets.token_urlsafe(32)) -> str:
+    """A secret generated once and kept under .data/, so tokens survive restarts."""
+    path = data_dir / name
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(make())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    database_name: str
+    persistent: bool = True
+    env: dict[str, str] = field(default_factory=dict)
+    servers: EmbeddedServers | None = None
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    server_url: str = ""  # the PostgreSQL server (maintenance database) the service database lives on
+
+    def start_servers(self) -> None:
+        """Embedded PostgreSQL/Redis for whichever of DATABASE_URL/REDIS_URL is not set."""
+        given_db, given_redis = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+        if not (given_db and given_redis):
+            self.servers = EmbeddedServers(self.data_dir, persistent_redis=self.persistent)
+            self.servers.root.mkdir(parents=True, exist_ok=True)
+            if not given_db:
+                self.servers.start_postgres()
+            if not given_redis:
+                self.servers.start_redis()
+        from billing_core.config import normalize_database_url
+
+        self.server_url = normalize_database_url(given_db) if given_db else self.servers.database_url
+        redis_url = given_redis or self.servers.redis_url
+        self.env.update(
+            DATABASE_URL=database_url(self.server_url, self.database_name),
+            REDIS_URL=redis_url,
+            PYTHONUNBUFFERED="1",
+        )
+        create_database(self.server_url, self.database_name, exist_ok=self.persistent)
+
+    def child_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env, "PATH": f"{PYTHON_BIN}:{os.environ.get('PATH', '')}"}
+
+    def run_once(self, *args: str) -> None:
+        subprocess.run(args, cwd=ROOT, env=self.child_env(), check=True)
+
+    def migrate(self) -> None:
+        self.run_once(str(PYTHON_BIN / "alembic"), "upgrade", "head")
+        self.run_once(str(PYTHON_BIN / "flask"), "--app", "web.app:create_app", "billing", "load-catalog")
+
+    def spawn(self, name: str, *args: str, log: Path | None = None) -> subprocess.Popen:
+        output = log.open("ab") if log else None
+        process = subprocess.Popen(args, cwd=ROOT, env=self.child_env(), start_new_session=True,
+                                   stdout=output, stderr=subprocess.STDOUT if output else None)
+        self.processes[name] = process
+        return process
+
+    def start_web(self, port: int, log: Path | None = None, workers: int = 2, threads: int = 32) -> None:
+        process = self.spawn(
+            "web", str(PYTHON_BIN / "gunicorn"), "--worker-class", "gthread", "--workers", str(workers),
+            "--threads", str(threads), "--bind", f"0.0.0.0:{port}", "--timeout", "60",
+            "--graceful-timeout", "10", "web.app:create_app()", log=log,
+        )
+        _wait_for_port(port, process, log or Path("/dev/null"), timeout=60)
+
+    def start_worker(self, log: Path | None = None, concurrency: int = 4, name: str = "worker") -> subprocess.Popen:
+        return self.spawn(
+            name, str(PYTHON_BIN / "celery"), "-A", "tasks.app", "worker", "--loglevel", "INFO",
+            "--concurrency", str(concurrency), "--hostname", f"{name}-{self.database_name}@%h", log=log,
+        )
+
+    def start_beat(self, log: Path | None = None) -> None:
+        self.spawn(
+            "beat", str(PYTHON_BIN / "celery"), "-A", "tasks.app", "beat", "--loglevel", "INFO",
+            "--schedule", str(self.data_dir / f"celerybeat-schedule-{self.database_name}"), log=log,
+        )
+
+    def start_flower(self, port: int, basic_auth: str, log: Path | None = None) -> None:
+        process = self.spawn(
+            "flower", str(PYTHON_BIN / "celery"), "-A", "tasks.app", "flower", f"--port={port}",
+            f"--basic-auth={basic_auth}", "--persistent=True", f"--db={self.data_dir / 'flower.db'}", log=log,
+        )
+        _wait_for_port(port, process, log or Path("/dev/null"), timeout=60)
+
+    def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            self.stop_process(name)
+        if self.servers is not None:
+            self.servers.stop()
+
+    def first_exited(self) -> tuple[str, int] | None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                return name, process.returncode
+        return None
+
+    def wait_ready(self, port: int, timeout: float = 60) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("service did not become ready")
+            time.sleep(0.2)

@@ -1,0 +1,20 @@
+"""Alembic environment: the database URL comes from DATABASE_URL (or the caller's config)."""
+from alembic import context
+from sqlalchemy import create_engine
+
+from billing_core.config import Settings
+
+config = context.config
+url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
+
+if context.is_offline_mode():
+    context.configure(url=url, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        context.configure(connection=connection, transaction_per_migration=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()

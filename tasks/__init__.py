@@ -1,0 +1,1 @@
+"""Celery entrypoint: the app and thin tasks that call billing_core."""

@@ -1,0 +1,216 @@
+"""The billing API under /api/billing: each handler parses, calls billing_core, and answers."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kombu.exceptions
+import redis
+from flask import Blueprint, Response, current_app, jsonify, request
+from spectree import Response as Documented
+
+from billing_core import ledger, money, pricing, topups, usage
+from billing_core.commands import ChargeRequest, QuoteRequest, TopUpRequest
+from billing_core.db import UnitOfWork, engine_for
+from billing_core.usage import PENDING, ChargeOutcome
+from billing_core.wallets import get_wallet
+from tasks.charging import enqueue_charge
+
+from . import representations as show
+from . import schemas
+from .auth import ADMIN, CHARGE, VIEW, authenticate, tenant_for
+from .errors import error_response
+from .openapi import spec
+from .parsing import json_body, parse, parse_query, path_uuid, time_bound, with_idempotency_header
+
+log = logging.getLogger(__name__)
+billing = Blueprint("billing", __name__, url_prefix="/api/billing")
+
+BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
+
+
+def documented(ok: dict[int, type], *errors: int, **kwargs: Any):
+    """OpenAPI for a route; requests are validated by the handler itself (see web.parsing)."""
+    responses = {f"HTTP_{status}": model for status, model in ok.items()}
+    for status in (400, 401, 429, *errors):
+        responses[f"HTTP_{status}"] = schemas.ErrorResponse
+    return spec.validate(resp=Documented(**responses), skip_validation=True, tags=["billing"], **kwargs)
+
+
+def unit_of_work() -> UnitOfWork:
+    return UnitOfWork(engine_for(current_app.config["LAD_SETTINGS"].database_url))
+
+
+def ok(status: int = 200, replayed: bool = False, **body: Any) -> Response:
+    response = jsonify({"success": True, **body})
+    response.status_code = status
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+@billing.get("/pricing")
+@documented({200: schemas.PricingResponse}, 404, query=schemas.PricingQuery)
+def get_pricing() -> Response:
+    principal = authenticate()
+    query = parse_query(schemas.PricingQuery)
+    tenant_id = tenant_for(principal, query.tenantId)
+    key = (query.category, query.provider, query.model, query.unit)
+    with unit_of_work() as uow:
+        now = uow.now()
+        if all(key):
+            return ok(price=show.price(pricing.find_price(uow, tenant_id, key, now)))  # type: ignore[arg-type]
+        found = pricing.list_prices(uow, tenant_id, now, category=query.category, provider=query.provider,
+                                    model=query.model, unit=query.unit)
+    return ok(prices=[show.price(p) for p in found])
+
+
+@billing.post("/quote")
+@documented({200: schemas.QuoteResponse}, 403, 413, 422, json=QuoteRequest)
+def post_quote() -> Response:
+    principal = authenticate()
+    command = parse(QuoteRequest, json_body())
+    tenant_id = tenant_for(principal, command.tenantId)
+    with unit_of_work() as uow:
+        priced = pricing.price_items(uow, tenant_id, command.items, uow.now())
+    return ok(quote={"totalCost": show.amount(money.total(p.cost for p in priced)), "currency": pricing.CURRENCY,
+                     "items": [show.quote_line(p) for p in priced]})
+
+
+@billing.get("/wallet")
+@documented({200: schemas.WalletResponse}, 403, query=schemas.TenantQuery)
+def get_wallet_balance() -> Response:
+    principal = authenticate()
+    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    with unit_of_work() as uow:
+        wallet = get_wallet(uow, tenant_id)
+        uow.commit()
+    return ok(wallet=show.wallet(wallet))
+
+
+@billing.post("/topup")
+@documented({200: schemas.TransactionResponse}, 403, 409, 413, json=TopUpRequest)
+def post_topup() -> Response:
+    principal = authenticate(ADMIN)
+    command = parse(TopUpRequest, with_idempotency_header(json_body()))
+    tenant_id = tenant_for(principal, command.tenantId)
+    with unit_of_work() as uow:
+        result = topups.top_up(uow, tenant_id, command, created_by=principal.subject)
+    return ok(transaction=show.transaction(result.entry), replayed=result.replayed)
+
+
+@billing.post("/charge")
+@documented({200: schemas.ChargeResponse, 202: schemas.ChargeAccepted}, 402, 403, 409, 413, 422,
+            json=ChargeRequest, query=schemas.ChargeQuery)
+def post_charge() -> Response:
+    principal = authenticate(CHARGE)
+    query = parse_query(schemas.ChargeQuery)
+    command = parse(ChargeRequest, with_idempotency_header(json_body()))
+    tenant_id = tenant_for(principal, command.tenantId or query.tenantId)
+    wait = 0 if "respond-async" in request.headers.get("Prefer", "") else query.wait
+    with unit_of_work() as uow:
+        outcome = usage.accept_charge(uow, tenant_id, command, user_id=principal.subject)
+    event = outcome.event
+    if not outcome.replayed:
+        try:
+            enqueue_charge(tenant_id, event.id, event.task_id)
+        except BROKER_ERRORS as exc:
+            # durable already: the pending sweep enqueues it once the broker is back
+            log.warning("broker unavailable, charge %s left for the pending sweep: %s", event.id, exc)
+            wait = 0
+    if event.status == PENDING and wait > 0:
+        outcome = _wait_for_outcome(tenant_id, outcome, wait)
+    return _charge_response(outcome, replayed=outcome.replayed)
+
+
+def _wait_for_outcome(tenant_id: str, outcome: ChargeOutcome, wait: float) -> ChargeOutcome:
+    latest = outcome
+
+    def settled() -> bool:
+        nonlocal latest
+        with unit_of_work() as uow:
+            latest = usage.load_outcome(uow, tenant_id, outcome.event.id)
+        return latest.event.status != PENDING
+
+    current_app.extensions["lad_outcomes"].wait(str(outcome.event.id), wait, settled)
+    return ChargeOutcome(latest.event, latest.debit, latest.items, replayed=outcome.replayed)
+
+
+def _charge_response(outcome: ChargeOutcome, *, replayed: bool) -> Response:
+    event = outcome.event
+    task_id = str(event.task_id)
+    if event.status == PENDING:
+        response = ok(202, replayed, taskId=task_id, usageEvent=show.usage_event(event))
+        response.headers["Location"] = f"/api/billing/tasks/{task_id}"
+        return response
+    if event.rejection_code:
+        details = {**(event.rejection_details or {}), "usageEventId": str(event.id), "taskId": task_id}
+        response = error_response(event.rejection_code, event.rejection_reason or "charge rejected", details)
+        if replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return response
+    assert outcome.debit is not None
+    return ok(200, replayed, taskId=task_id, usageEvent=show.usage_event(event),
+              transaction=show.transaction(outcome.debit))
+
+
+@billing.get("/tasks/<task_id>")
+@documented({200: schemas.TaskResponse}, 403, 404, query=schemas.TenantQuery)
+def get_task(task_id: str) -> Response:
+    principal = authenticate()
+    if not (principal.has(CHARGE) or principal.has(VIEW)):
+        authenticate(CHARGE)  # answers 403 naming the capability
+    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    with unit_of_work() as uow:
+        outcome = usage.find_by_task(uow, tenant_id, path_uuid(task_id, "task"))
+    return ok(task=show.task(outcome))
+
+
+@billing.get("/usage")
+@documented({200: schemas.UsageResponse}, 403, query=schemas.UsageQuery)
+def get_usage() -> Response:
+    principal = authenticate(VIEW)
+    query = parse_query(schemas.UsageQuery)
+    tenant_id = tenant_for(principal, query.tenantId)
+    filters = usage.UsageFilter(
+        start=time_bound(query.from_, "from", end=False), end=time_bound(query.to, "to", end=True),
+        feature_key=query.featureKey, status=query.status,
+    )
+    with unit_of_work() as uow:
+        events, next_cursor = usage.list_usage_events(uow, tenant_id, filters, limit=query.limit, cursor=query.cursor)
+        summary = usage.summarize_usage(uow, tenant_id, filters)
+    return ok(usage={"events": [show.usage_event(e) for e in events], "summary": show.summary(summary),
+                     "nextCursor": next_cursor})
+
+
+@billing.get("/usage/<usage_event_id>")
+@documented({200: schemas.UsageEventResponse}, 403, 404, query=schemas.TenantQuery)
+def get_usage_event(usage_event_id: str) -> Response:
+    principal = authenticate(VIEW)
+    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    with unit_of_work() as uow:
+        outcome = usage.load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
+    return ok(usageEvent=show.usage_event_detail(outcome))
+
+
+@billing.get("/transactions")
+@documented({200: schemas.TransactionsResponse}, 403, query=schemas.TransactionsQuery)
+def get_transactions() -> Response:
+    principal = authenticate(VIEW)
+    query = parse_query(schemas.TransactionsQuery)
+    tenant_id = tenant_for(principal, query.tenantId)
+    with unit_of_work() as uow:
+        entries, next_cursor = ledger.list_entries(
+            uow, tenant_id, start=time_bound(query.from_, "from", end=False),
+            end=time_bound(query.to, "to", end=True), entry_type=query.type, limit=query.limit, cursor=query.cursor,
+        )
+    return ok(transactions=[show.transaction(e) for e in entries], nextCursor=next_cursor)
+
+
+@billing.get("/ledger/verify")
+@documented({200: schemas.VerifyResponse}, 403, query=schemas.TenantQuery)
+def get_ledger_verification() -> Response:
+    authenticate(ADMIN)
+    with unit_of_work() as uow:
+        result = ledger.verify(uow, parse_query(schemas.TenantQuery).tenantId)
+    return ok(**show.verification(result))

@@ -1,0 +1,39 @@
+"""Flask application factory."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from billing_core.config import Settings
+
+from .api import billing
+from .auth import TokenSettings
+from .errors import register_error_handlers
+from .health import health
+from .json import BillingJSONProvider
+from .openapi import spec
+from .outcomes import ChargeOutcomeListener
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.json_provider_class = BillingJSONProvider
+    app.json = BillingJSONProvider(app)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, LAD_SETTINGS=Settings.from_env())
+    app.config.update(config or {})
+    settings: Settings = app.config["LAD_SETTINGS"]
+    app.extensions["lad_tokens"] = app.config.get("LAD_TOKENS") or TokenSettings.from_env()
+    app.extensions["lad_outcomes"] = ChargeOutcomeListener(settings.redis_url, settings.charge_outcome_channel)
+    app.register_blueprint(billing)
+    app.register_blueprint(health)
+    register_error_handlers(app)
+    spec.register(app)
+    from .cli import billing_cli
+
+    app.cli.add_command(billing_cli)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return app

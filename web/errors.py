@@ -1,0 +1,95 @@
+"""One error envelope for domain errors, validation errors and HTTP errors."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+from billing_core.errors import BillingError, ValidationFailed
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_CODE = {
+    "validation_error": 400,
+    "unauthorized": 401,
+    "insufficient_balance": 402,
+    "forbidden": 403,
+    "not_found": 404,
+    "price_not_found": 404,
+    "method_not_allowed": 405,
+    "idempotency_conflict": 409,
+    "payload_too_large": 413,
+    "rate_limited": 429,
+    "internal_error": 500,
+    "unavailable": 503,
+}
+
+CODE_BY_HTTP_STATUS = {400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                       405: "method_not_allowed", 413: "payload_too_large", 429: "rate_limited",
+                       503: "unavailable"}
+
+
+class ApiError(Exception):
+    """An HTTP-level refusal (auth, capability) that is not a domain error."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None, status: int | None = None):
+        super().__init__(message)
+        self.code, self.message, self.details = code, message, details or {}
+        self.status = status or STATUS_BY_CODE[code]
+
+
+def status_for(code: str, details: dict[str, Any]) -> int:
+    # a price looked up directly is "not found"; an item of a quote or charge without one is 422
+    if code == "price_not_found" and "index" in details:
+        return 422
+    return STATUS_BY_CODE.get(code, 400)
+
+
+def error_response(code: str, message: str, details: dict[str, Any] | None = None,
+                   status: int | None = None) -> Response:
+    details = details or {}
+    response = jsonify({"success": False, "error": {"code": code, "message": message, "details": details}})
+    response.status_code = status or status_for(code, details)
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="lad-billing"'
+    return response
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def validation_failed(exc: ValidationError, prefix: str = "") -> ValidationFailed:
+    errors = [
+        {"field": prefix + field_path(e["loc"]) if e["loc"] else prefix.rstrip(".") or "body",
+         "message": e["msg"].removeprefix("Value error, ")}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+    first = errors[0]
+    return ValidationFailed(first["field"], first["message"], errors)
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(BillingError)
+    def _domain(exc: BillingError) -> Response:
+        return error_response(exc.code, exc.message, exc.details)
+
+    @app.errorhandler(ApiError)
+    def _api(exc: ApiError) -> Response:
+        return error_response(exc.code, exc.message, exc.details, exc.status)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        return error_response(CODE_BY_HTTP_STATUS.get(status, "http_error"), exc.description or exc.name, status=status)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response("internal_error", "internal error", status=500)

@@ -1,0 +1,50 @@
+"""Liveness, readiness and the OpenAPI document (outside /api/billing)."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify
+from sqlalchemy import text
+
+from billing_core.db import engine_for
+from tasks.app import celery_app
+
+from .openapi import spec
+
+health = Blueprint("health", __name__)
+
+
+@health.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok", "checks": {}})
+
+
+@health.get("/readyz")
+def readyz() -> Response:
+    checks = {"postgres": _check_postgres(), "broker": _check_broker()}
+    ready = all(result == "ok" for result in checks.values())
+    response = jsonify({"status": "ok" if ready else "unavailable", "checks": checks})
+    response.status_code = 200 if ready else 503
+    return response
+
+
+def _check_postgres() -> str:
+    try:
+        with engine_for(current_app.config["LAD_SETTINGS"].database_url).connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return "ok"
+    except Exception as exc:  # readiness reports any failure; it never raises
+        return f"error: {type(exc).__name__}"
+
+
+def _check_broker() -> str:
+    try:
+        with celery_app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+        return "ok"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+
+
+@health.get("/openapi.json")
+def openapi_document() -> Response:
+    return jsonify(spec.spec)
+

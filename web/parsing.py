@@ -1,0 +1,75 @@
+"""Turning an HTTP request into validated commands and query objects."""
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, TypeVar
+
+from flask import current_app, request
+from pydantic import BaseModel, ValidationError
+
+from billing_core.errors import NotFound, ValidationFailed
+
+from .errors import validation_failed
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def json_body() -> dict[str, Any]:
+    """The request body as a JSON object; numbers arrive as Decimal. Over MAX_CONTENT_LENGTH: 413."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        raise ValidationFailed("body", "a JSON object is required")
+    try:
+        body = current_app.json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ValidationFailed("body", "not valid JSON") from exc
+    if not isinstance(body, dict):
+        raise ValidationFailed("body", "must be a JSON object")
+    return body
+
+
+def parse(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_failed(exc) from exc
+
+
+def parse_query(model: type[M]) -> M:
+    return parse(model, request.args.to_dict())
+
+
+def with_idempotency_header(body: dict[str, Any]) -> dict[str, Any]:
+    """`Idempotency-Key` header and `idempotencyKey` body field are one thing; both must agree."""
+    header = request.headers.get("Idempotency-Key")
+    if header is None:
+        return body
+    if "idempotencyKey" in body and body["idempotencyKey"] != header:
+        raise ValidationFailed("idempotencyKey", "differs from the Idempotency-Key header")
+    return {**body, "idempotencyKey": header}
+
+
+def path_uuid(value: str, what: str) -> uuid.UUID:
+    """An id from the URL; anything that is not one of ours is simply not found."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(f"{what} {value} not found") from None
+
+
+def time_bound(value: str | None, field: str, *, end: bool) -> datetime | None:
+    """Parse `from`/`to`. Returns an inclusive start or an exclusive end; a date-only `to`
+    covers that whole day. Times without an offset are UTC."""
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            start = datetime.combine(date.fromisoformat(value), time.min, tzinfo=timezone.utc)
+            return start + timedelta(days=1) if end else start
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment + timedelta(microseconds=1) if end else moment
+    except (ValueError, OverflowError):
+        raise ValidationFailed(field, "must be an ISO 8601 date or date-time") from None

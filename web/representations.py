@@ -1,0 +1,106 @@
+"""Domain objects as JSON: amounts as normalized decimal strings, times as ISO 8601 UTC."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from billing_core import money
+from billing_core.ledger import Verification
+from billing_core.pricing import Price, PricedItem
+from billing_core.usage import ChargeOutcome, Summary, UsageEvent, UsageItemRecord
+from billing_core.wallets import LedgerEntry, Wallet
+
+
+def timestamp(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def amount(value: Any) -> str | None:
+    return None if value is None else money.format_decimal(value)
+
+
+def price(p: Price) -> dict[str, Any]:
+    return {
+        "category": p.category, "provider": p.provider, "model": p.model, "unit": p.unit,
+        "unitPrice": amount(p.unit_price), "currency": p.currency, "description": p.description,
+        "scope": "tenant" if p.tenant_id else "global",
+        "effectiveFrom": timestamp(p.effective_from), "effectiveTo": timestamp(p.effective_to),
+    }
+
+
+def quote_line(p: PricedItem) -> dict[str, Any]:
+    return {
+        "category": p.item.category, "provider": p.item.provider, "model": p.item.model, "unit": p.item.unit,
+        "quantity": amount(p.item.quantity), "unitPrice": amount(p.price.unit_price), "totalCost": amount(p.cost),
+    }
+
+
+def wallet(w: Wallet) -> dict[str, Any]:
+    return {
+        "id": str(w.id), "tenantId": w.tenant_id, "currentBalance": amount(w.current_balance),
+        "reservedBalance": amount(w.reserved_balance), "availableBalance": amount(w.available_balance),
+        "overdraftLimit": amount(w.overdraft_limit), "currency": w.currency, "status": w.status,
+    }
+
+
+def transaction(e: LedgerEntry) -> dict[str, Any]:
+    return {
+        "id": str(e.id), "type": e.entry_type, "amount": amount(e.amount),
+        "balanceBefore": amount(e.balance_before), "balanceAfter": amount(e.balance_after),
+        "description": e.description, "usageEventId": str(e.usage_event_id) if e.usage_event_id else None,
+        "createdAt": timestamp(e.created_at),
+    }
+
+
+def usage_event(e: UsageEvent) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": str(e.id), "featureKey": e.feature_key, "status": e.status, "totalCost": amount(e.total_cost),
+        "currency": e.currency, "externalReferenceId": e.external_reference_id,
+        "createdAt": timestamp(e.created_at), "chargedAt": timestamp(e.charged_at),
+    }
+    if e.rejection_code:
+        body["rejection"] = rejection(e)
+    return body
+
+
+def rejection(e: UsageEvent) -> dict[str, Any]:
+    return {"code": e.rejection_code, "message": e.rejection_reason, "details": e.rejection_details or {}}
+
+
+def usage_item(i: UsageItemRecord) -> dict[str, Any]:
+    return {
+        "category": i.category, "provider": i.provider, "model": i.model, "unit": i.unit,
+        "quantity": amount(i.quantity), "unitPrice": amount(i.unit_price), "totalCost": amount(i.cost),
+    }
+
+
+def usage_event_detail(outcome: ChargeOutcome) -> dict[str, Any]:
+    body = usage_event(outcome.event)
+    body.update(metadata=outcome.event.metadata, items=[usage_item(i) for i in outcome.items],
+                taskId=str(outcome.event.task_id),
+                transactionId=str(outcome.debit.id) if outcome.debit else None)
+    return body
+
+
+def summary(s: Summary) -> dict[str, Any]:
+    def buckets(by: dict[str, tuple[int, Any]]) -> dict[str, Any]:
+        return {name: {"events": count, "cost": amount(cost)} for name, (count, cost) in sorted(by.items())}
+
+    return {"totalEvents": s.total_events, "totalCost": amount(s.total_cost),
+            "byFeature": buckets(s.by_feature), "byStatus": buckets(s.by_status)}
+
+
+def task(outcome: ChargeOutcome) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": str(outcome.event.task_id), "state": outcome.event.status,
+                            "usageEvent": usage_event(outcome.event)}
+    if outcome.debit is not None:
+        body["transaction"] = transaction(outcome.debit)
+    if outcome.event.rejection_code:
+        body["error"] = rejection(outcome.event)
+    return body
+
+
+def verification(v: Verification) -> dict[str, Any]:
+    return {"ok": v.ok, "walletsChecked": v.wallets_checked, "mismatches": v.mismatches}

@@ -1,0 +1,248 @@
+"""Query parameters and response bodies, as pydantic models; /openapi.json is generated from these
+and from the request commands in billing_core.commands."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from billing_core.commands import CatalogKey, FeatureKey, TenantId
+
+DecimalString = Annotated[str, Field(pattern=r"^-?\d+(\.\d+)?$", examples=["0.037"])]
+Timestamp = Annotated[str, Field(description="ISO 8601 UTC", examples=["2025-12-27T10:00:00Z"])]
+TimeBound = Annotated[str, Field(max_length=64, description="ISO 8601 date or date-time (UTC when no offset)")]
+Uuid = Annotated[str, Field(format="uuid")]
+
+
+class Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PricingQuery(Query):
+    category: CatalogKey | None = None
+    provider: CatalogKey | None = None
+    model: CatalogKey | None = None
+    unit: CatalogKey | None = None
+    tenantId: TenantId | None = None
+
+
+class TenantQuery(Query):
+    tenantId: TenantId | None = None
+
+
+class ChargeQuery(Query):
+    wait: Annotated[int, Field(ge=0, le=30)] = 10
+    tenantId: TenantId | None = None
+
+
+class UsageQuery(Query):
+    from_: Annotated[TimeBound | None, Field(alias="from")] = None
+    to: TimeBound | None = None
+    featureKey: FeatureKey | None = None
+    status: Literal["pending", "charged", "rejected"] | None = None
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    cursor: Annotated[str, Field(max_length=200)] | None = None
+    tenantId: TenantId | None = None
+
+
+class TransactionsQuery(Query):
+    from_: Annotated[TimeBound | None, Field(alias="from")] = None
+    to: TimeBound | None = None
+    type: Literal["topup", "debit", "refund", "adjustment"] | None = None
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    cursor: Annotated[str, Field(max_length=200)] | None = None
+    tenantId: TenantId | None = None
+
+
+# --- responses ---------------------------------------------------------------------------------
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorResponse(BaseModel):
+    success: Literal[False]
+    error: ErrorDetail
+
+
+class PriceOut(BaseModel):
+    category: str
+    provider: str
+    model: str
+    unit: str
+    unitPrice: DecimalString
+    currency: str
+    description: str | None
+    scope: Literal["global", "tenant"]
+    effectiveFrom: Timestamp
+    effectiveTo: Timestamp | None
+
+
+class PricingResponse(BaseModel):
+    """`price` when all four of category, provider, model and unit are given; else `prices`."""
+    success: Literal[True]
+    price: PriceOut | None = None
+    prices: list[PriceOut] | None = None
+
+
+class QuoteLine(BaseModel):
+    category: str
+    provider: str
+    model: str
+    unit: str
+    quantity: DecimalString
+    unitPrice: DecimalString
+    totalCost: DecimalString
+
+
+class Quote(BaseModel):
+    totalCost: DecimalString
+    currency: str
+    items: list[QuoteLine]
+
+
+class QuoteResponse(BaseModel):
+    success: Literal[True]
+    quote: Quote
+
+
+class WalletOut(BaseModel):
+    id: Uuid
+    tenantId: str
+    currentBalance: DecimalString
+    reservedBalance: DecimalString
+    availableBalance: DecimalString
+    overdraftLimit: DecimalString
+    currency: str
+    status: Literal["active", "blocked"]
+
+
+class WalletResponse(BaseModel):
+    success: Literal[True]
+    wallet: WalletOut
+
+
+class TransactionOut(BaseModel):
+    id: Uuid
+    type: Literal["topup", "debit", "refund", "adjustment"]
+    amount: DecimalString
+    balanceBefore: DecimalString
+    balanceAfter: DecimalString
+    description: str | None
+    usageEventId: Uuid | None
+    createdAt: Timestamp
+
+
+class TransactionResponse(BaseModel):
+    success: Literal[True]
+    transaction: TransactionOut
+
+
+class Rejection(BaseModel):
+    code: str
+    message: str | None
+    details: dict[str, Any]
+
+
+class UsageEventOut(BaseModel):
+    id: Uuid
+    featureKey: str
+    status: Literal["pending", "charged", "rejected"]
+    totalCost: DecimalString | None
+    currency: str
+    externalReferenceId: str | None
+    createdAt: Timestamp
+    chargedAt: Timestamp | None
+    rejection: Rejection | None = None
+
+
+class ChargeResponse(BaseModel):
+    success: Literal[True]
+    taskId: Uuid
+    usageEvent: UsageEventOut
+    transaction: TransactionOut
+
+
+class ChargeAccepted(BaseModel):
+    """The charge is recorded and will be charged by a worker; poll `Location` (GET /tasks/<taskId>)."""
+    success: Literal[True]
+    taskId: Uuid
+    usageEvent: UsageEventOut
+
+
+class TaskOut(BaseModel):
+    id: Uuid
+    state: Literal["pending", "charged", "rejected"]
+    usageEvent: UsageEventOut
+    transaction: TransactionOut | None = None
+    error: Rejection | None = None
+
+
+class TaskResponse(BaseModel):
+    success: Literal[True]
+    task: TaskOut
+
+
+class Bucket(BaseModel):
+    events: int
+    cost: DecimalString
+
+
+class UsageSummary(BaseModel):
+    totalEvents: int
+    totalCost: DecimalString
+    byFeature: dict[str, Bucket]
+    byStatus: dict[str, Bucket]
+
+
+class UsagePage(BaseModel):
+    events: list[UsageEventOut]
+    summary: UsageSummary
+    nextCursor: str | None
+
+
+class UsageResponse(BaseModel):
+    success: Literal[True]
+    usage: UsagePage
+
+
+class UsageItemOut(BaseModel):
+    category: str
+    provider: str
+    model: str
+    unit: str
+    quantity: DecimalString
+    unitPrice: DecimalString | None
+    totalCost: DecimalString | None
+
+
+class UsageEventDetail(UsageEventOut):
+    metadata: dict[str, Any]
+    items: list[UsageItemOut]
+    taskId: Uuid
+    transactionId: Uuid | None
+
+
+class UsageEventResponse(BaseModel):
+    success: Literal[True]
+    usageEvent: UsageEventDetail
+
+
+class TransactionsResponse(BaseModel):
+    success: Literal[True]
+    transactions: list[TransactionOut]
+    nextCursor: str | None
+
+
+class VerifyResponse(BaseModel):
+    success: Literal[True]
+    ok: bool
+    walletsChecked: int
+    mismatches: list[dict[str, Any]]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = {}
