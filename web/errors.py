@@ -5,6 +5,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify
+import sqlalchemy.exc
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -88,6 +89,15 @@ def register_error_handlers(app: Flask) -> None:
     def _http(exc: HTTPException) -> Response:
         status = exc.code or 500
         return error_response(CODE_BY_HTTP_STATUS.get(status, "http_error"), exc.description or exc.name, status=status)
+
+    @app.errorhandler(sqlalchemy.exc.OperationalError)
+    @app.errorhandler(sqlalchemy.exc.TimeoutError)
+    def _database_unavailable(exc: Exception) -> Response:
+        # PostgreSQL down or out of connections: nothing was accepted, the client may retry
+        log.error("database unavailable: %s", exc)
+        response = error_response("unavailable", "the billing database is unavailable; retry later")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

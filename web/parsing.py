@@ -65,11 +65,17 @@ def time_bound(value: str | None, field: str, *, end: bool) -> datetime | None:
         return None
     try:
         if len(value) == 10:
-            start = datetime.combine(date.fromisoformat(value), time.min, tzinfo=timezone.utc)
-            return start + timedelta(days=1) if end else start
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        return moment + timedelta(microseconds=1) if end else moment
-    except (ValueError, OverflowError):
+            moment = datetime.combine(date.fromisoformat(value), time.min, tzinfo=timezone.utc)
+            step = timedelta(days=1)
+        else:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+            step = timedelta(microseconds=1)
+    except ValueError:
         raise ValidationFailed(field, "must be an ISO 8601 date or date-time") from None
+    if not end:
+        return moment
+    try:
+        return moment + step
+    except OverflowError:
+        return None  # the end of the calendar: no upper bound

@@ -1,0 +1,161 @@
+"""Bad input gets a clear error with a stable code and the offending field, and writes nothing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from billing_core.tables import idempotency_records, ledger_entries, usage_events
+from tests.helpers import stt_items, top_up, wallet
+
+
+def charge_body(**item_overrides):
+    item = {**stt_items("10")[0], **item_overrides}
+    return {"featureKey": "voice-agent", "idempotencyKey": "k-1", "items": [item]}
+
+
+def nothing_written(engine, tenant: str) -> bool:
+    with engine.connect() as connection:
+        events = connection.execute(
+            select(func.count()).select_from(usage_events).where(usage_events.c.tenant_id == tenant)).scalar_one()
+        charge_keys = connection.execute(select(func.count()).select_from(idempotency_records).where(
+            idempotency_records.c.tenant_id == tenant, idempotency_records.c.operation == "charge")).scalar_one()
+        debits = connection.execute(select(func.count()).select_from(ledger_entries).where(
+            ledger_entries.c.tenant_id == tenant, ledger_entries.c.entry_type == "debit")).scalar_one()
+    return events == charge_keys == debits == 0
+
+
+def raw_charge(api, token, text: str):
+    return api.post("/api/billing/charge", token, data=text.encode(), headers={"Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("quantity_json, message", [
+    ("-1", "negative"),
+    ('"abc"', "decimal"),
+    ("NaN", "finite"),
+    ("Infinity", "finite"),
+    ("1e400", "exceed"),
+    ("true", "decimal"),
+    ('"1e-20"', "decimal places"),
+])
+def test_bad_quantity(api, tokens, tenant, engine, quantity_json, message):
+    top_up(api, tokens["admin"], "10")
+    body = json.dumps(charge_body(quantity="PLACEHOLDER")).replace('"PLACEHOLDER"', quantity_json)
+    response = raw_charge(api, tokens["charge"], body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert error["details"]["field"] == "items[0].quantity"
+    assert message in error["message"]
+    assert nothing_written(engine, tenant)
+    assert wallet(api, tokens["any"])["currentBalance"] == "10"
+
+
+def test_missing_unit(api, tokens, tenant, engine):
+    body = charge_body()
+    del body["items"][0]["unit"]
+    response = api.post("/api/billing/charge", tokens["charge"], json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["field"] == "items[0].unit"
+    assert nothing_written(engine, tenant)
+
+
+@pytest.mark.parametrize("count", [0, 10_001])
+def test_item_count_out_of_bounds(api, tokens, tenant, engine, count):
+    body = {"featureKey": "voice-agent", "idempotencyKey": "k", "items": stt_items("1") * count}
+    response = api.post("/api/billing/charge", tokens["charge"], json=body)
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["details"]["field"] == "items"
+    assert nothing_written(engine, tenant)
+
+
+def test_ten_megabyte_body_is_413(api, tokens, tenant, engine):
+    body = json.dumps({"featureKey": "voice-agent", "items": stt_items("1"), "metadata": {"pad": "x" * 10_000_000}})
+    response = raw_charge(api, tokens["charge"], body)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert nothing_written(engine, tenant)
+
+
+def test_unknown_category_is_price_not_found_with_index(api, tokens, tenant, engine):
+    top_up(api, tokens["admin"], "10")
+    body = {"featureKey": "voice-agent", "idempotencyKey": "k",
+            "items": stt_items("1") + [{**stt_items("1")[0], "category": "teleportation"}]}
+    response = api.post("/api/billing/charge", tokens["charge"], json=body)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "price_not_found"
+    assert error["details"]["index"] == 1 and error["details"]["field"] == "items[1]"
+    assert nothing_written(engine, tenant)
+    assert wallet(api, tokens["any"])["currentBalance"] == "10"
+
+    quote = api.post("/api/billing/quote", tokens["any"], json={"items": body["items"]})
+    assert quote.status_code == 422 and quote.json()["error"]["details"]["index"] == 1
+
+
+def test_single_price_lookup_not_found_is_404(api, tokens):
+    response = api.get("/api/billing/pricing?category=stt&provider=openai&model=whisper-9&unit=second", tokens["any"])
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "price_not_found"
+
+
+@pytest.mark.parametrize("text, field", [
+    ("", "body"), ("not json", "body"), ("[1, 2]", "body"), ('{"items": "x"}', "featureKey"),
+    ("[" * 100_000 + "]" * 100_000, "body"),
+])
+def test_malformed_bodies(api, tokens, tenant, engine, text, field):
+    response = raw_charge(api, tokens["charge"], text)
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["details"]["field"] == field
+    assert nothing_written(engine, tenant)
+
+
+@pytest.mark.parametrize("amount", [0, -5, "NaN", True, "1e999"])
+def test_non_positive_or_invalid_topup(api, tokens, tenant, amount):
+    response = api.post("/api/billing/topup", tokens["admin"], json={"amount": amount, "idempotencyKey": "t"})
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["field"] == "amount"
+    assert wallet(api, tokens["any"])["currentBalance"] == "0"
+
+
+def test_topup_requires_idempotency_key(api, tokens):
+    response = api.post("/api/billing/topup", tokens["admin"], json={"amount": 1})
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["field"] == "idempotencyKey"
+
+
+@pytest.mark.parametrize("query, field", [
+    ("wait=31", "wait"), ("wait=abc", "wait"),
+])
+def test_bad_charge_query(api, tokens, query, field):
+    response = api.post(f"/api/billing/charge?{query}", tokens["charge"], json=charge_body())
+    assert response.status_code == 400
+    assert response.json()["error"]["details"]["field"] == field
+
+
+@pytest.mark.parametrize("query, field", [
+    ("from=yesterday", "from"), ("to=2025-13-45", "to"), ("limit=0", "limit"), ("limit=501", "limit"),
+    ("status=lost", "status"), ("cursor=%%%", "cursor"), ("to=9999-12-31", None),
+])
+def test_bad_usage_query(api, tokens, query, field):
+    response = api.get(f"/api/billing/usage?{query}", tokens["view"])
+    if field is None:
+        assert response.status_code == 200
+        return
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["details"]["field"] == field
+
+
+def test_unknown_usage_event_is_404(api, tokens):
+    for path in ("/api/billing/usage/not-a-uuid", "/api/billing/usage/00000000-0000-0000-0000-000000000000",
+                 "/api/billing/tasks/nope"):
+        response = api.get(path, tokens["charge"])
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+
+
+def test_unknown_route_and_method(api, tokens):
+    assert api.get("/api/billing/nothing-here", tokens["any"]).json()["error"]["code"] == "not_found"
+    response = api.request("DELETE", "/api/billing/wallet", tokens["any"])
+    assert response.status_code == 405 and response.json()["error"]["code"] == "method_not_allowed"

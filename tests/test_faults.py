@@ -1,0 +1,69 @@
+"""Faults: a worker killed mid-flight and a broker outage lose no charge and double none."""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import func, select
+
+from billing_core.tables import ledger_entries
+from tests.helpers import Api, assert_ledger_consistent, stt_items, top_up, wait_until_settled, wallet
+
+pytestmark = pytest.mark.faults
+
+
+def debits_per_event(engine, tenant: str) -> list[int]:
+    with engine.connect() as connection:
+        return list(connection.execute(
+            select(func.count()).select_from(ledger_entries)
+            .where(ledger_entries.c.tenant_id == tenant, ledger_entries.c.entry_type == "debit")
+            .group_by(ledger_entries.c.usage_event_id)
+        ).scalars())
+
+
+def submit(api: Api, token: str, keys: range | list[str]) -> list[str]:
+    clients = [Api(api.base_url) for _ in range(8)]
+
+    def send(index_key):
+        index, key = index_key
+        response = clients[index % 8].post("/api/billing/charge?wait=0", token,
+                                           json={"featureKey": "f", "idempotencyKey": f"c-{key}", "items": stt_items("100")})
+        assert response.status_code == 202, response.text
+        return response.json()["taskId"]
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(send, enumerate(keys)))
+
+
+def test_worker_killed_mid_flight_loses_and_doubles_nothing(live, tokens, tenant, engine, make_token):
+    top_up(live.api, tokens["admin"], "1000")
+    first = submit(live.api, tokens["charge"], range(0, 150))
+    live.kill_worker()  # SIGKILL to the whole worker process group, tasks in flight or queued
+    second = submit(live.api, tokens["charge"], range(150, 200))  # accepted while no worker runs
+    live.start_worker()
+    states = wait_until_settled(live.api, tokens["charge"], first + second, timeout=120)
+    assert all(t["state"] == "charged" for t in states.values())
+    assert debits_per_event(engine, tenant) == [1] * 200
+    assert wallet(live.api, tokens["any"])["currentBalance"] == "998"  # 200 × 0.01
+    assert_ledger_consistent(live.api, make_token, tenant)
+
+
+def test_redis_outage_accepts_then_charges_everything(live, tokens, tenant, engine, make_token):
+    if not live.embedded_redis:
+        pytest.skip("REDIS_URL points at a server this suite must not stop")
+    top_up(live.api, tokens["admin"], "10")
+    live.stop_redis()
+    try:
+        started = time.monotonic()
+        task_ids = submit(live.api, tokens["charge"], range(20))
+        assert time.monotonic() - started < 60
+        ready = live.api.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["broker"].startswith("error")
+    finally:
+        live.start_redis()
+    states = wait_until_settled(live.api, tokens["charge"], task_ids, timeout=120)
+    assert all(t["state"] == "charged" for t in states.values())
+    assert debits_per_event(engine, tenant) == [1] * 20
+    assert wallet(live.api, tokens["any"])["currentBalance"] == "9.8"
+    assert_ledger_consistent(live.api, make_token, tenant)
