@@ -38,9 +38,28 @@ PositiveAmount = Annotated[
     PlainSerializer(money.format_decimal, return_type=str), WithJsonSchema(_DECIMAL_SCHEMA),
 ]
 
+def _no_nul(value: Any) -> Any:
+    """PostgreSQL text and jsonb cannot hold NUL; refuse it here rather than fail in the database."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _no_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_nul(item)
+    return value
+
+
+def _text(max_length: int) -> Any:
+    return Annotated[str, Field(min_length=1, max_length=max_length), AfterValidator(_no_nul)]
+
+
 CatalogKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/+-]+$")]
 FeatureKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/-]+$")]
-IdempotencyKey = Annotated[str, Field(min_length=1, max_length=255)]
+IdempotencyKey = _text(255)
 TenantId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 
@@ -64,16 +83,16 @@ class QuoteRequest(Strict):
 class ChargeRequest(Strict):
     featureKey: FeatureKey
     items: Annotated[list[UsageItem], Field(min_length=1, max_length=MAX_ITEMS)]
-    externalReferenceId: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    externalReferenceId: _text(255) | None = None
     idempotencyKey: IdempotencyKey | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Annotated[dict[str, Any], AfterValidator(_no_nul)] = Field(default_factory=dict)
     tenantId: TenantId | None = None
 
 
 class TopUpRequest(Strict):
     amount: PositiveAmount
     idempotencyKey: IdempotencyKey
-    description: Annotated[str, Field(max_length=500)] | None = None
+    description: Annotated[str, Field(max_length=500), AfterValidator(_no_nul)] | None = None
     tenantId: TenantId | None = None
 
 

@@ -49,13 +49,18 @@ def to_decimal(value: object) -> Decimal:
 
 
 def bounded(value: Decimal, *, maximum: Decimal, allow_zero: bool, allow_negative: bool = False) -> Decimal:
-    """Check sign, size and scale so that arithmetic on the value stays exact and meaningful."""
-    if value.is_signed() and value != 0 and not allow_negative:
+    """Check sign, size and scale so that arithmetic on the value stays exact and meaningful.
+    Checks use only exact comparisons until the value is known to fit the exact context."""
+    if value == 0:
+        if not allow_zero:
+            raise InvalidAmount("must be greater than zero")
+        return Decimal(0)
+    if value < 0 and not allow_negative:
         raise InvalidAmount("must not be negative")
-    if value == 0 and not allow_zero:
-        raise InvalidAmount("must be greater than zero")
-    if abs(value) > maximum:
+    if value.adjusted() > maximum.adjusted() or abs(value) > maximum:
         raise InvalidAmount(f"must not exceed {format_decimal(maximum)}")
+    if value.adjusted() < -MAX_SCALE or len(value.as_tuple().digits) > _EXACT.prec // 2:
+        raise InvalidAmount(f"must have at most {MAX_SCALE} decimal places")
     value = normalize(value)
     if -int(value.as_tuple().exponent) > MAX_SCALE:
         raise InvalidAmount(f"must have at most {MAX_SCALE} decimal places")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .stack import ROOT, Stack, development_secret
 
-DATA_DIR = ROOT / ".data"
+DATA_DIR = Path(os.environ.get("LAD_DATA_DIR") or ROOT / ".data")
 DEMO_TENANT = "demo-tenant"
 
 

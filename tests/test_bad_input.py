@@ -159,3 +159,20 @@ def test_unknown_route_and_method(api, tokens):
     assert api.get("/api/billing/nothing-here", tokens["any"]).json()["error"]["code"] == "not_found"
     response = api.request("DELETE", "/api/billing/wallet", tokens["any"])
     assert response.status_code == 405 and response.json()["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("field, value", [
+    ("idempotencyKey", "a\u0000b"), ("externalReferenceId", "\u0000"), ("metadata", {"k": "v\u0000"}),
+])
+def test_nul_characters_are_refused_before_the_database(api, tokens, tenant, engine, field, value):
+    body = {**charge_body(), field: value}
+    response = api.post("/api/billing/charge", tokens["charge"], json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["details"]["field"].startswith(field)
+    assert nothing_written(engine, tenant)
+
+
+def test_nul_in_topup_description_is_refused(api, tokens):
+    response = api.post("/api/billing/topup", tokens["admin"],
+                        json={"amount": 1, "idempotencyKey": "k", "description": "x\u0000"})
+    assert response.status_code == 400 and response.json()["error"]["details"]["field"] == "description"
