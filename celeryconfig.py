@@ -6,6 +6,8 @@ from billing_core.config import Settings
 _settings = Settings.from_env()
 
 broker_url = _settings.broker_url
+if broker_url.startswith(("redis://", "rediss://")):
+    broker_transport = "tasks.broker:Transport"
 broker_connection_retry_on_startup = True
 broker_connection_timeout = 3
 broker_transport_options = {
@@ -25,6 +27,10 @@ accept_content = ["json"]
 # Ack after the charge committed; a worker that dies mid-task leaves the message to be redelivered.
 task_acks_late = True
 task_reject_on_worker_lost = True
+# A charge is milliseconds of work; one that hangs is killed well inside the visibility timeout,
+# its event stays pending and the sweep retries it.
+task_soft_time_limit = 50
+task_time_limit = 60
 worker_prefetch_multiplier = 4
 worker_send_task_events = True
 task_send_sent_event = True

@@ -38,23 +38,31 @@ PositiveAmount = Annotated[
     PlainSerializer(money.format_decimal, return_type=str), WithJsonSchema(_DECIMAL_SCHEMA),
 ]
 
-def _no_nul(value: Any) -> Any:
-    """PostgreSQL text and jsonb cannot hold NUL; refuse it here rather than fail in the database."""
+def _storable(value: Any) -> Any:
+    """Refuse what PostgreSQL text and jsonb cannot hold (NUL, lone surrogates, NaN), here rather
+    than as a failure in the database."""
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError("must not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text") from None
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("numbers must be finite")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _no_nul(key)
-            _no_nul(item)
+            _storable(key)
+            _storable(item)
     elif isinstance(value, list):
         for item in value:
-            _no_nul(item)
+            _storable(item)
     return value
 
 
 def _text(max_length: int) -> Any:
-    return Annotated[str, Field(min_length=1, max_length=max_length), AfterValidator(_no_nul)]
+    return Annotated[str, Field(min_length=1, max_length=max_length), AfterValidator(_storable)]
 
 
 CatalogKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/+-]+$")]
@@ -85,14 +93,14 @@ class ChargeRequest(Strict):
     items: Annotated[list[UsageItem], Field(min_length=1, max_length=MAX_ITEMS)]
     externalReferenceId: _text(255) | None = None
     idempotencyKey: IdempotencyKey | None = None
-    metadata: Annotated[dict[str, Any], AfterValidator(_no_nul)] = Field(default_factory=dict)
+    metadata: Annotated[dict[str, Any], AfterValidator(_storable)] = Field(default_factory=dict)
     tenantId: TenantId | None = None
 
 
 class TopUpRequest(Strict):
     amount: PositiveAmount
     idempotencyKey: IdempotencyKey
-    description: Annotated[str, Field(max_length=500), AfterValidator(_no_nul)] | None = None
+    description: Annotated[str, Field(max_length=500), AfterValidator(_storable)] | None = None
     tenantId: TenantId | None = None
 
 

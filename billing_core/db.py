@@ -7,6 +7,12 @@ from types import TracebackType
 
 from sqlalchemy import Connection, Engine, create_engine, func, select
 
+from . import exactjson
+
+# UTC timestamps everywhere; a stuck lock or statement fails the unit of work instead of
+# holding a wallet row forever (a failed charge stays pending and is retried).
+SESSION_OPTIONS = "-c timezone=UTC -c lock_timeout=10s -c statement_timeout=60s -c idle_in_transaction_session_timeout=60s"
+
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 
@@ -22,7 +28,9 @@ def engine_for(database_url: str) -> Engine:
                 max_overflow=20,
                 pool_pre_ping=True,
                 pool_timeout=10,
-                connect_args={"connect_timeout": 5},
+                json_serializer=exactjson.dumps,
+                json_deserializer=exactjson.loads,
+                connect_args={"connect_timeout": 5, "options": SESSION_OPTIONS},
             )
             _engines[database_url] = engine
         return engine

@@ -37,3 +37,7 @@ class InsufficientBalance(BillingError):
 
 class IdempotencyConflict(BillingError):
     code = "idempotency_conflict"
+
+
+class WalletBlocked(BillingError):
+    code = "wallet_blocked"

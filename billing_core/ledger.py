@@ -1,6 +1,7 @@
 """Reading and checking the ledger."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -28,7 +29,7 @@ def list_entries(uow: UnitOfWork, tenant_id: str, *, start: datetime | None = No
     if entry_type is not None:
         query = query.where(ledger_entries.c.entry_type == entry_type)
     if cursor:
-        if not cursor.isdigit() or len(cursor) > 19:
+        if not re.fullmatch(r"[0-9]{1,18}", cursor):
             raise ValidationFailed("cursor", "not a cursor this service issued")
         query = query.where(ledger_entries.c.seq < int(cursor))
     rows = uow.connection.execute(query.order_by(ledger_entries.c.seq.desc()).limit(limit + 1)).all()

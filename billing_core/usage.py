@@ -5,7 +5,7 @@ import base64
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 from . import idempotency, money
 from .commands import ChargeRequest, fingerprint_body
 from .db import UnitOfWork
-from .errors import BillingError, InsufficientBalance, NotFound, PriceNotFound, ValidationFailed
+from .errors import BillingError, InsufficientBalance, NotFound, PriceNotFound, ValidationFailed, WalletBlocked
 from .pricing import CURRENCY, price_items
 from .tables import usage_event_items, usage_events
 from .wallets import LedgerEntry, append_entry, debit_for_event, get_wallet
@@ -139,13 +139,15 @@ def charge_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUI
         priced = price_items(uow, tenant_id, items, event.created_at)
         cost = money.total(p.cost for p in priced)
         wallet = get_wallet(uow, tenant_id, lock=True)
+        if wallet.status != "active":
+            raise WalletBlocked("the wallet is blocked; charges are refused", {"walletId": str(wallet.id)})
         if not wallet.can_spend(cost):
             raise InsufficientBalance(
                 "insufficient balance for this charge",
                 {"required": money.format_decimal(cost),
                  "available": money.format_decimal(wallet.available_balance)},
             )
-    except (PriceNotFound, InsufficientBalance) as refusal:
+    except (PriceNotFound, InsufficientBalance, WalletBlocked) as refusal:
         _reject(uow, tenant_id, usage_event_id, refusal)
         uow.commit()
         return load_outcome(uow, tenant_id, usage_event_id)
@@ -218,20 +220,24 @@ class StalePending:
     tenant_id: str
     usage_event_id: uuid.UUID
     task_id: uuid.UUID
+    enqueue_count: int
 
 
 def claim_stale_pending(uow: UnitOfWork, older_than_seconds: float, limit: int = 1000) -> list[StalePending]:
-    """Mark pending events whose last enqueue is older than the given age as enqueued now, and
+    """Mark pending events whose last enqueue is older than their retry age as enqueued now, and
     return them for enqueueing again (their message was lost, or their worker died).
 
-    This is the one deliberately cross-tenant query: a housekeeping scan over the pending index.
-    SKIP LOCKED leaves events a worker is charging right now, and concurrent sweeps never claim
-    the same event twice.
+    The retry age doubles with each enqueue (capped at 64×), so a backlog the workers are still
+    working through is not flooded with duplicates. This is the one deliberately cross-tenant query:
+    a housekeeping scan over the pending index. SKIP LOCKED leaves events a worker is charging now,
+    and concurrent sweeps never claim the same event twice.
     """
+    backoff = func.power(2, func.least(usage_events.c.enqueue_count - 1, 6))
     stale = (
         select(usage_events.c.id)
         .where(usage_events.c.status == PENDING,
-               usage_events.c.enqueued_at < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds))
+               usage_events.c.enqueued_at
+               < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds * backoff))
         .order_by(usage_events.c.enqueued_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -241,10 +247,10 @@ def claim_stale_pending(uow: UnitOfWork, older_than_seconds: float, limit: int =
         update(usage_events)
         .where(usage_events.c.id.in_(stale), usage_events.c.status == PENDING)
         .values(enqueued_at=func.now(), enqueue_count=usage_events.c.enqueue_count + 1)
-        .returning(usage_events.c.tenant_id, usage_events.c.id, usage_events.c.task_id)
+        .returning(usage_events.c.tenant_id, usage_events.c.id, usage_events.c.task_id, usage_events.c.enqueue_count)
     ).all()
     uow.commit()
-    return [StalePending(r.tenant_id, r.id, r.task_id) for r in rows]
+    return [StalePending(r.tenant_id, r.id, r.task_id, r.enqueue_count) for r in rows]
 
 
 # --- history -----------------------------------------------------------------------------------
@@ -287,8 +293,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, event_id = json.loads(raw)
-        return datetime.fromisoformat(created_at), uuid.UUID(event_id)
-    except (ValueError, TypeError) as exc:
+        if not (isinstance(created_at, str) and isinstance(event_id, str)):
+            raise ValueError("cursor fields are not strings")
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None:
+            raise ValueError("cursor time has no offset")
+        return moment.astimezone(timezone.utc), uuid.UUID(event_id)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ValidationFailed("cursor", "not a cursor this service issued") from exc
 
 
@@ -319,9 +330,11 @@ def summarize_usage(uow: UnitOfWork, tenant_id: str, filters: UsageFilter) -> Su
     by_feature: dict[str, tuple[int, Decimal]] = {}
     by_status: dict[str, tuple[int, Decimal]] = {}
     for feature_key, status, count, cost in rows:
-        for bucket, name in ((by_feature, feature_key), (by_status, status)):
+        # a feature's cost is what it was billed; pending and rejected costs show under by_status
+        billed = cost if status == CHARGED else Decimal(0)
+        for bucket, name, amount in ((by_feature, feature_key, billed), (by_status, status, cost)):
             events, total_cost = bucket.get(name, (0, Decimal(0)))
-            bucket[name] = (events + count, money.add(total_cost, cost))
+            bucket[name] = (events + count, money.add(total_cost, amount))
     return Summary(
         total_events=sum(count for count, _ in by_status.values()),
         # what was billed: charged events only; pending and rejected costs show under by_status

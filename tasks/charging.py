@@ -16,6 +16,7 @@ from .app import celery_app
 
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
+STUCK_AFTER_ENQUEUES = 5  # an operator should look at a charge retried this often
 _outcome_publisher = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
 
 
@@ -54,6 +55,9 @@ def sweep_pending_charges() -> int:
     with UnitOfWork(engine_for(settings.database_url)) as uow:
         stale = usage.claim_stale_pending(uow, settings.pending_charge_age_seconds)
     for event in stale:
+        if event.enqueue_count >= STUCK_AFTER_ENQUEUES:
+            log.error("usage event %s of tenant %s still pending after %d enqueues",
+                      event.usage_event_id, event.tenant_id, event.enqueue_count)
         enqueue_charge(event.tenant_id, event.usage_event_id, event.task_id)
     if stale:
         log.info("re-enqueued %d pending charges", len(stale))

@@ -40,6 +40,10 @@ class TestStack:
 
         self.stack.stop_process("worker", sig=signal.SIGKILL)
 
+    def worker_alive(self) -> bool:
+        worker = self.stack.processes.get("worker")
+        return worker is not None and worker.poll() is None
+
     def stop_redis(self) -> None:
         assert self.stack.servers is not None
         self.stack.servers.stop_redis()

@@ -176,3 +176,58 @@ def test_nul_in_topup_description_is_refused(api, tokens):
     response = api.post("/api/billing/topup", tokens["admin"],
                         json={"amount": 1, "idempotencyKey": "k", "description": "x\u0000"})
     assert response.status_code == 400 and response.json()["error"]["details"]["field"] == "description"
+
+
+def test_metadata_numbers_are_stored_exactly(api, tokens):
+    top_up(api, tokens["admin"], "1")
+    body = {**charge_body(), "metadata": {"duration": 45.5, "tiny": 1e-30, "nested": [{"n": 3}], "ok": True}}
+    response = api.post("/api/billing/charge", tokens["charge"], json=body)
+    assert response.status_code == 200, response.text
+    detail = api.get(f"/api/billing/usage/{response.json()['usageEvent']['id']}", tokens["view"])
+    assert '"duration":45.5' in detail.text and '"tiny":1E-30' in detail.text.replace("e-", "E-")
+    assert detail.json()["usageEvent"]["metadata"]["nested"] == [{"n": 3}]
+
+
+@pytest.mark.parametrize("text, field", [
+    ('{"featureKey": "f", "items": [{"category": "stt", "provider": "openai", "model": "whisper-1", '
+     '"unit": "second", "quantity": 1e1000000000000000000}]}', "body"),
+    ('{"featureKey": "f", "metadata": {"s": "\\ud800"}, "items": [{"category": "stt", "provider": "openai", '
+     '"model": "whisper-1", "unit": "second", "quantity": 1}]}', "metadata"),
+    ('{"featureKey": "f", "metadata": {"n": NaN}, "items": [{"category": "stt", "provider": "openai", '
+     '"model": "whisper-1", "unit": "second", "quantity": 1}]}', "metadata"),
+])
+def test_numbers_and_text_postgres_cannot_hold(api, tokens, tenant, engine, text, field):
+    response = raw_charge(api, tokens["charge"], text)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["details"]["field"].startswith(field)
+    assert nothing_written(engine, tenant)
+
+
+@pytest.mark.parametrize("path", [
+    "/api/billing/transactions?cursor=%C2%B2",
+    # base64 of ["2025-01-01T00:00:00+00:00", 1]
+    "/api/billing/usage?cursor=WyIyMDI1LTAxLTAxVDAwOjAwOjAwKzAwOjAwIiwgMV0",
+    # base64 of ["2025-01-01T00:00:00+20:00", "00000000-0000-0000-0000-000000000000"]
+    "/api/billing/usage?cursor=WyIyMDI1LTAxLTAxVDAwOjAwOjAwKzIwOjAwIiwgIjAwMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMDAwMCJd",
+])
+def test_forged_cursors(api, tokens, path):
+    response = api.get(path, tokens["view"])
+    assert response.status_code in (200, 400), response.text
+    if response.status_code == 400:
+        assert response.json()["error"]["details"]["field"] == "cursor"
+
+
+def test_far_time_zone_offsets_are_converted_to_utc(api, tokens):
+    response = api.get("/api/billing/usage?from=2025-12-01T00:00:00%2B20:00&to=2025-12-02T00:00:00-23:59", tokens["view"])
+    assert response.status_code == 200, response.text
+
+
+def test_conflicting_tenants_in_body_and_query(api, make_token, tenant):
+    admin = make_token(tenant, "billing.admin")
+    response = api.post(f"/api/billing/charge?tenantId={tenant}-a", admin, json={**charge_body(), "tenantId": f"{tenant}-b"})
+    assert response.status_code == 400 and response.json()["error"]["details"]["field"] == "tenantId"
+
+
+def test_method_not_allowed_names_the_allowed_methods(api, tokens):
+    response = api.request("PUT", "/api/billing/charge", tokens["any"])
+    assert response.status_code == 405 and "POST" in response.headers["Allow"]

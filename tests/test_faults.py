@@ -5,9 +5,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
-from billing_core.tables import ledger_entries
+from billing_core.tables import ledger_entries, wallets
 from tests.helpers import Api, assert_ledger_consistent, stt_items, top_up, wait_until_settled, wallet
 
 pytestmark = pytest.mark.faults
@@ -38,8 +38,18 @@ def submit(api: Api, token: str, keys: range | list[str]) -> list[str]:
 
 def test_worker_killed_mid_flight_loses_and_doubles_nothing(live, tokens, tenant, engine, make_token):
     top_up(live.api, tokens["admin"], "1000")
-    first = submit(live.api, tokens["charge"], range(0, 150))
-    live.kill_worker()  # SIGKILL to the whole worker process group, tasks in flight or queued
+    holder = engine.connect()  # hold the wallet row so charges are certainly in flight when the worker dies
+    holder.execute(select(wallets.c.id).where(wallets.c.tenant_id == tenant).with_for_update())
+    try:
+        first = submit(live.api, tokens["charge"], range(0, 150))
+        deadline = time.monotonic() + 30
+        while not waiting_on_wallet_lock(engine) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert waiting_on_wallet_lock(engine), "no charge reached the wallet lock"
+        live.kill_worker()  # SIGKILL to the whole worker process group, with tasks mid-transaction
+    finally:
+        holder.rollback()
+        holder.close()
     second = submit(live.api, tokens["charge"], range(150, 200))  # accepted while no worker runs
     live.start_worker()
     states = wait_until_settled(live.api, tokens["charge"], first + second, timeout=120)
@@ -47,6 +57,13 @@ def test_worker_killed_mid_flight_loses_and_doubles_nothing(live, tokens, tenant
     assert debits_per_event(engine, tenant) == [1] * 200
     assert wallet(live.api, tokens["any"])["currentBalance"] == "998"  # 200 × 0.01
     assert_ledger_consistent(live.api, make_token, tenant)
+
+
+def waiting_on_wallet_lock(engine) -> bool:
+    with engine.connect() as connection:
+        return connection.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )).scalar_one() > 0
 
 
 def test_redis_outage_accepts_then_charges_everything(live, tokens, tenant, engine, make_token):
@@ -64,6 +81,24 @@ def test_redis_outage_accepts_then_charges_everything(live, tokens, tenant, engi
         live.start_redis()
     states = wait_until_settled(live.api, tokens["charge"], task_ids, timeout=120)
     assert all(t["state"] == "charged" for t in states.values())
+    assert live.worker_alive(), "the worker must survive a broker outage"
     assert debits_per_event(engine, tenant) == [1] * 20
     assert wallet(live.api, tokens["any"])["currentBalance"] == "9.8"
     assert_ledger_consistent(live.api, make_token, tenant)
+
+
+def test_redis_outage_with_default_wait_answers_202_at_once(live, tokens, tenant):
+    if not live.embedded_redis:
+        pytest.skip("REDIS_URL points at a server this suite must not stop")
+    top_up(live.api, tokens["admin"], "1")
+    live.stop_redis()
+    try:
+        started = time.monotonic()
+        response = live.api.post("/api/billing/charge", tokens["charge"],
+                                 json={"featureKey": "f", "idempotencyKey": "outage", "items": stt_items("100")})
+        assert response.status_code == 202, response.text
+        assert time.monotonic() - started < 9  # not the 10 s default wait: no worker can answer
+    finally:
+        live.start_redis()
+    settled = wait_until_settled(live.api, tokens["charge"], [response.json()["taskId"]], timeout=120)
+    assert settled[response.json()["taskId"]]["state"] == "charged"

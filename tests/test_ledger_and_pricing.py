@@ -102,3 +102,24 @@ def test_usage_pages_summary_and_date_bounds(api, tokens, tenant, engine):
     assert len(entries["transactions"]) == 5 and entries["nextCursor"]
     rest = api.get(f"/api/billing/transactions?type=debit&cursor={entries['nextCursor']}", tokens["view"]).json()
     assert len(rest["transactions"]) == 2 and rest["nextCursor"] is None
+
+
+def test_summary_bills_only_charged_events(api, tokens):
+    top_up(api, tokens["admin"], "0.015")
+    for key in ("a", "b"):  # 0.01 each: the first fits, the second is rejected
+        api.post("/api/billing/charge", tokens["charge"],
+                 json={"featureKey": "voice-agent", "idempotencyKey": key, "items": stt_items("100")})
+    summary = api.get("/api/billing/usage", tokens["view"]).json()["usage"]["summary"]
+    assert summary["totalEvents"] == 2 and summary["totalCost"] == "0.01"
+    assert summary["byFeature"] == {"voice-agent": {"events": 2, "cost": "0.01"}}
+    assert summary["byStatus"] == {"charged": {"events": 1, "cost": "0.01"}, "rejected": {"events": 1, "cost": "0.01"}}
+
+
+def test_blocked_wallet_refuses_charges(api, tokens, tenant, engine):
+    top_up(api, tokens["admin"], "5")
+    with engine.begin() as connection:
+        connection.execute(update(wallets).where(wallets.c.tenant_id == tenant).values(status="blocked"))
+    response = api.post("/api/billing/charge", tokens["charge"],
+                        json={"featureKey": "f", "idempotencyKey": "k", "items": stt_items("1")})
+    assert response.status_code == 403 and response.json()["error"]["code"] == "wallet_blocked"
+    assert wallet(api, tokens["any"])["currentBalance"] == "5"

@@ -12,6 +12,7 @@ from spectree import Response as Documented
 from billing_core import ledger, money, pricing, topups, usage
 from billing_core.commands import ChargeRequest, QuoteRequest, TopUpRequest
 from billing_core.db import UnitOfWork, engine_for
+from billing_core.errors import ValidationFailed
 from billing_core.usage import PENDING, ChargeOutcome
 from billing_core.wallets import get_wallet
 from tasks.charging import enqueue_charge
@@ -106,6 +107,8 @@ def post_charge() -> Response:
     principal = authenticate(CHARGE)
     query = parse_query(schemas.ChargeQuery)
     command = parse(ChargeRequest, with_idempotency_header(json_body()))
+    if command.tenantId and query.tenantId and command.tenantId != query.tenantId:
+        raise ValidationFailed("tenantId", "the body and the query name different tenants")
     tenant_id = tenant_for(principal, command.tenantId or query.tenantId)
     wait = 0 if "respond-async" in request.headers.get("Prefer", "") else query.wait
     with unit_of_work() as uow:

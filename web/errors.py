@@ -18,6 +18,7 @@ STATUS_BY_CODE = {
     "unauthorized": 401,
     "insufficient_balance": 402,
     "forbidden": 403,
+    "wallet_blocked": 403,
     "not_found": 404,
     "price_not_found": 404,
     "method_not_allowed": 405,
@@ -88,7 +89,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
         status = exc.code or 500
-        return error_response(CODE_BY_HTTP_STATUS.get(status, "http_error"), exc.description or exc.name, status=status)
+        response = error_response(CODE_BY_HTTP_STATUS.get(status, "http_error"), exc.description or exc.name,
+                                  status=status)
+        for name, value in exc.get_headers():  # e.g. Allow on 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(sqlalchemy.exc.OperationalError)
     @app.errorhandler(sqlalchemy.exc.TimeoutError)

@@ -1,24 +1,18 @@
-"""JSON that never makes a float: numbers arrive as Decimal (or int), amounts leave as strings."""
+"""Flask's JSON through billing_core.exactjson: request numbers arrive as Decimal, never float.
+Amounts are written as strings by web.representations; only opaque client data (usage metadata)
+carries Decimal numbers, which are written back with the digits they came with."""
 from __future__ import annotations
 
-import json
-from decimal import Decimal
 from typing import Any
 
 from flask.json.provider import DefaultJSONProvider
 
-from billing_core import money
+from billing_core import exactjson
 
 
 class BillingJSONProvider(DefaultJSONProvider):
-    sort_keys = False
-
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        # NaN and Infinity become non-finite Decimals so validation can name the field they are in
-        return json.loads(s, parse_float=Decimal, parse_constant=Decimal, **kwargs)
+        return exactjson.loads(s)
 
-    @staticmethod
-    def default(o: Any) -> Any:
-        if isinstance(o, Decimal):
-            return money.format_decimal(o)
-        return DefaultJSONProvider.default(o)
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return exactjson.dumps(obj, default=DefaultJSONProvider.default)

@@ -62,9 +62,12 @@ class ChargeOutcomeListener:
                     if message["type"] == "subscribe":
                         self._wake_all()  # announcements may have been missed while not subscribed
                     elif message["type"] == "message":
-                        self._wake(message["data"].decode())
+                        self._wake(message["data"].decode("utf-8", "replace"))
             except (redis.RedisError, OSError) as exc:
                 log.warning("charge outcome listener lost Redis (%s); retrying", exc)
+                time.sleep(1)
+            except Exception:  # the thread must outlive anything a message can do to it
+                log.exception("charge outcome listener failed; restarting")
                 time.sleep(1)
 
     def _wake(self, usage_event_id: str) -> None:

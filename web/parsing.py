@@ -22,7 +22,8 @@ def json_body() -> dict[str, Any]:
         raise ValidationFailed("body", "a JSON object is required")
     try:
         body = current_app.json.loads(raw)
-    except (ValueError, RecursionError) as exc:
+    except (ValueError, ArithmeticError, RecursionError) as exc:
+        # ArithmeticError: a number whose exponent no Decimal can hold, e.g. 1e1000000000000000000
         raise ValidationFailed("body", "not valid JSON") from exc
     if not isinstance(body, dict):
         raise ValidationFailed("body", "must be a JSON object")
@@ -69,10 +70,10 @@ def time_bound(value: str | None, field: str, *, end: bool) -> datetime | None:
             step = timedelta(days=1)
         else:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+            moment = moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
             step = timedelta(microseconds=1)
-    except ValueError:
-        raise ValidationFailed(field, "must be an ISO 8601 date or date-time") from None
+    except (ValueError, OverflowError):
+        raise ValidationFailed(field, "must be an ISO 8601 date or date-time within the calendar") from None
     if not end:
         return moment
     try:
