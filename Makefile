@@ -25,6 +25,9 @@ bench: install
 token: install
 	@$(PY) -m devstack.token --tenant "$(TENANT)" --caps "$(CAPS)"
 
+lint: install
+	$(VENV)/bin/ruff check .
+
 migrate: install
 	$(VENV)/bin/alembic upgrade head
 

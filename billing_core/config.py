@@ -20,7 +20,7 @@ class Settings:
         return f"{self.queue}:charge-outcomes"
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         return cls(
             database_url=normalize_database_url(

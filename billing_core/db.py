@@ -51,7 +51,7 @@ class UnitOfWork:
         self._engine = engine
         self.connection: Connection
 
-    def __enter__(self) -> "UnitOfWork":
+    def __enter__(self) -> UnitOfWork:
         self.connection = self._engine.connect()
         self._transaction = self.connection.begin()
         return self

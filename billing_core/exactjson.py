@@ -5,8 +5,9 @@ is stored and returned as 45.5, and NaN/Infinity reach validation as non-finite 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 import simplejson
 

@@ -7,8 +7,8 @@ plain decimal string ("0.037", "100").
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, localcontext
-from typing import Iterable
 
 # Wide enough for any product of a bounded quantity and a bounded price; Inexact is trapped,
 # so a result that would need rounding raises instead of silently losing a digit.

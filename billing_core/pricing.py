@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Iterable, Sequence
 
 from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
@@ -124,7 +124,7 @@ def price_items(uow: UnitOfWork, tenant_id: str, items: Sequence[UsageItem], at:
     keys = [(i.category, i.provider, i.model, i.unit) for i in items]
     found = prices_in_force(uow, tenant_id, keys, at)
     priced = []
-    for index, (item, key) in enumerate(zip(items, keys)):
+    for index, (item, key) in enumerate(zip(items, keys, strict=True)):
         price = found.get(key)
         if price is None:
             raise PriceNotFound(

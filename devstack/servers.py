@@ -109,7 +109,7 @@ class EmbeddedServers:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
-    def start(self) -> "EmbeddedServers":
+    def start(self) -> EmbeddedServers:
         self.root.mkdir(parents=True, exist_ok=True)
         self.start_postgres()
         self.start_redis()

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
 
 import pytest
+
 from devstack.servers import free_port
-from tests.helpers import Api
 from devstack.stack import ROOT, Stack, drop_database
+from tests.helpers import Api
 
 TEST_SECRET = "test-secret-" + uuid.uuid4().hex
 

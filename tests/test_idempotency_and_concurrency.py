@@ -102,8 +102,8 @@ def test_500_concurrent_charges_against_balance_for_300(live, tokens, tenant, en
 
 def test_database_down_answers_503(tenant):
     """With PostgreSQL unreachable, a charge is refused with a clear 503 and nothing is promised."""
-    from devstack.servers import free_port
     from billing_core.config import Settings
+    from devstack.servers import free_port
     from web.app import create_app
     from web.auth import TokenSettings, issue_token
 

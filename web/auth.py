@@ -28,7 +28,7 @@ class TokenSettings:
         return "RS256" if self.public_key else "HS256"
 
     @classmethod
-    def from_env(cls) -> "TokenSettings":
+    def from_env(cls) -> TokenSettings:
         production = os.environ.get("LAD_ENV", "development") == "production"
         secret = os.environ.get("JWT_SECRET") or None
         public_key = os.environ.get("JWT_PUBLIC_KEY") or None
