@@ -103,6 +103,16 @@ class ChargeRequest(Strict):
     tenantId: TenantId | None = None
 
 
+MAX_BATCH_EVENTS = 1000
+
+
+class ChargeBatchRequest(Strict):
+    """Many charges in one submission; each event is a POST /charge body and is validated on its own,
+    so one bad event does not sink the others."""
+    events: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
+    tenantId: TenantId | None = None
+
+
 class TopUpRequest(Strict):
     amount: PositiveAmount
     idempotencyKey: IdempotencyKey

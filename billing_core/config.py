@@ -14,6 +14,14 @@ class Settings:
     # a charge still pending this long after its last enqueue is enqueued again
     pending_charge_age_seconds: float
     pending_sweep_interval_seconds: float
+    # "group": a wallet's pending charges are settled in groups, one transaction each (default);
+    # "naive": one message and one transaction per charge, kept only so `make bench` can compare
+    charge_mode: str
+    charge_batch_size: int
+
+    def __post_init__(self) -> None:
+        if self.charge_mode not in ("group", "naive"):
+            raise ValueError(f"CHARGE_MODE must be group or naive, not {self.charge_mode!r}")
 
     @property
     def charge_outcome_channel(self) -> str:
@@ -31,6 +39,8 @@ class Settings:
             queue=os.environ.get("BILLING_QUEUE", "billing"),
             pending_charge_age_seconds=float(os.environ.get("PENDING_CHARGE_AGE_SECONDS", "60")),
             pending_sweep_interval_seconds=float(os.environ.get("PENDING_SWEEP_INTERVAL_SECONDS", "30")),
+            charge_mode=os.environ.get("CHARGE_MODE", "group"),
+            charge_batch_size=int(os.environ.get("CHARGE_BATCH_SIZE", "500")),
         )
 
 

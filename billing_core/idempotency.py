@@ -32,36 +32,70 @@ def fingerprint(operation: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def claim(uow: UnitOfWork, tenant_id: str, key: str, operation: str, request_fingerprint: str,
-          *, usage_event_id: uuid.UUID | None = None) -> IdempotencyRecord | None:
-    """Claim `key` for this request inside the caller's transaction.
+def find(uow: UnitOfWork, tenant_id: str, keys: list[str]) -> dict[str, IdempotencyRecord]:
+    if not keys:
+        return {}
+    rows = uow.connection.execute(
+        select(idempotency_records).where(
+            idempotency_records.c.tenant_id == tenant_id, idempotency_records.c.idempotency_key.in_(keys)
+        )
+    )
+    return {row.idempotency_key: IdempotencyRecord(**row._mapping) for row in rows}
+
+
+def conflict(key: str) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        "this idempotencyKey was already used for a different request",
+        {"field": "idempotencyKey", "idempotencyKey": key},
+    )
+
+
+def replayable(record: IdempotencyRecord, operation: str, request_fingerprint: str) -> uuid.UUID:
+    """The usage event an earlier identical request made; IdempotencyConflict for another request."""
+    if record.operation != operation or record.request_fingerprint != request_fingerprint:
+        raise conflict(record.idempotency_key)
+    assert record.usage_event_id is not None
+    return record.usage_event_id
+
+
+def claim_many(uow: UnitOfWork, tenant_id: str, operation: str,
+               claims: list[tuple[str, str, uuid.UUID]]) -> set[str]:
+    """Claim (key, fingerprint, usage event) triples inside the caller's transaction; returns the keys
+    this transaction now owns. A key claimed concurrently waits on the unique index until the other
+    transaction ends, so two requests can never both own a key. Keys are claimed in sorted order so
+    that two overlapping submissions cannot deadlock."""
+    if not claims:
+        return set()
+    rows = [{"tenant_id": tenant_id, "idempotency_key": key, "operation": operation,
+             "request_fingerprint": request_fingerprint, "usage_event_id": event_id, "created_at": func.now()}
+            for key, request_fingerprint, event_id in sorted(claims)]
+    claimed = uow.connection.execute(
+        insert(idempotency_records).values(rows)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
+        .returning(idempotency_records.c.idempotency_key)
+    ).scalars()
+    return set(claimed)
+
+
+def claim(uow: UnitOfWork, tenant_id: str, key: str, operation: str, request_fingerprint: str) -> IdempotencyRecord | None:
+    """Claim `key` for one request inside the caller's transaction.
 
     Returns None when this request is the first to use the key (the caller goes on and commits).
     Returns the earlier record when the same request was already made: the caller replays it.
     Raises IdempotencyConflict when the key was used for a different request.
-    A concurrent claim of the same key waits on the unique index until the first one commits or
-    rolls back, so two requests can never both proceed.
     """
     inserted = uow.connection.execute(
         insert(idempotency_records)
         .values(tenant_id=tenant_id, idempotency_key=key, operation=operation,
-                request_fingerprint=request_fingerprint, usage_event_id=usage_event_id, created_at=func.now())
+                request_fingerprint=request_fingerprint, created_at=func.now())
         .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
         .returning(idempotency_records.c.idempotency_key)
     ).first()
     if inserted is not None:
         return None
-    row = uow.connection.execute(
-        select(idempotency_records).where(
-            idempotency_records.c.tenant_id == tenant_id, idempotency_records.c.idempotency_key == key
-        )
-    ).one()
-    record = IdempotencyRecord(**row._mapping)
+    record = find(uow, tenant_id, [key])[key]
     if record.operation != operation or record.request_fingerprint != request_fingerprint:
-        raise IdempotencyConflict(
-            "this idempotencyKey was already used for a different request",
-            {"field": "idempotencyKey", "idempotencyKey": key},
-        )
+        raise conflict(key)
     return record
 
 

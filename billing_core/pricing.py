@@ -1,20 +1,22 @@
 """The price catalog: global prices, tenant overrides, and prices in force at a moment."""
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import Any, Protocol
 
-from sqlalchemy import and_, or_, select, tuple_
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
 from . import money
-from .commands import UsageItem
 from .db import UnitOfWork
 from .errors import PriceNotFound
-from .tables import prices
+from .tables import catalog_revision, prices
 
 CURRENCY = "USD"
 CATALOG_START = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -54,62 +56,104 @@ class Price:
 
 @dataclass(frozen=True)
 class PricedItem:
-    item: UsageItem
+    item: Any  # a UsageItem, or an item of a stored usage event
     price: Price
     cost: Decimal
 
 
-def _in_force(at: datetime):
-    return and_(prices.c.effective_from <= at, or_(prices.c.effective_to.is_(None), prices.c.effective_to > at))
+class TenantPrices:
+    """The catalog as one tenant sees it: global rows and its overrides, every effective period."""
 
+    def __init__(self, rows: Iterable[Price]):
+        self._rows: dict[CatalogKey, list[Price]] = {}
+        for price in rows:
+            self._rows.setdefault(price.key, []).append(price)
 
-def _visible_to(tenant_id: str):
-    return or_(prices.c.tenant_id == tenant_id, prices.c.tenant_id.is_(None))
+    def price_at(self, key: CatalogKey, at: datetime) -> Price | None:
+        """The tenant's override if it has one in force, else the global price; among rows of the
+        same level the one that started last wins, so a new price supersedes without rewriting the old."""
+        best = None
+        for price in self._rows.get(key, ()):
+            if price.effective_from <= at and (price.effective_to is None or price.effective_to > at):
+                if best is None or _rank(price) > _rank(best):
+                    best = price
+        return best
 
-
-def _winning(rows: Iterable) -> dict[CatalogKey, Price]:
-    """Per catalog key, the tenant's override if it has one, else the global price; among rows of
-    the same level the one that started last wins, so a new price supersedes without rewriting the old."""
-    chosen: dict[CatalogKey, Price] = {}
-    for row in rows:
-        price = Price(**row._mapping)
-        current = chosen.get(price.key)
-        if current is None or _rank(price) > _rank(current):
-            chosen[price.key] = price
-    return chosen
+    def keys(self) -> list[CatalogKey]:
+        return sorted(self._rows)
 
 
 def _rank(price: Price) -> tuple[bool, datetime]:
     return (price.tenant_id is not None, price.effective_from)
 
 
-def prices_in_force(uow: UnitOfWork, tenant_id: str, keys: Iterable[CatalogKey], at: datetime) -> dict[CatalogKey, Price]:
-    wanted = sorted(set(keys))
-    if not wanted:
-        return {}
-    rows = uow.connection.execute(
-        select(prices).where(
-            _visible_to(tenant_id),
-            tuple_(prices.c.category, prices.c.provider, prices.c.model, prices.c.unit).in_(wanted),
-            _in_force(at),
-        )
-    )
-    return _winning(rows)
+class Catalog:
+    """A per-process cache of price rows, valid for one catalog revision.
+
+    The revision moves in the same transaction as any change to prices (a trigger), and is read once
+    per use, so a change is seen by the next request or batch after it commits, in every process.
+    """
+
+    def __init__(self, max_tenants: int = 10_000):
+        self._lock = threading.Lock()
+        self._revision: int | None = None
+        self._global: list[Price] | None = None
+        self._tenants: OrderedDict[str, TenantPrices] = OrderedDict()
+        self._max_tenants = max_tenants
+
+    def for_tenant(self, uow: UnitOfWork, tenant_id: str) -> TenantPrices:
+        revision = uow.connection.execute(select(catalog_revision.c.revision)).scalar_one()
+        with self._lock:
+            if revision != self._revision:
+                self._revision, self._global = revision, None
+                self._tenants.clear()
+            cached = self._tenants.get(tenant_id)
+            if cached is not None:
+                self._tenants.move_to_end(tenant_id)
+                return cached
+            global_rows = self._global
+        if global_rows is None:
+            global_rows = [Price(**r._mapping) for r in uow.connection.execute(
+                select(prices).where(prices.c.tenant_id.is_(None)))]
+        overrides = [Price(**r._mapping) for r in uow.connection.execute(
+            select(prices).where(prices.c.tenant_id == tenant_id))]
+        tenant_prices = TenantPrices([*global_rows, *overrides])
+        with self._lock:
+            if revision == self._revision:
+                self._global = global_rows
+                self._tenants[tenant_id] = tenant_prices
+                while len(self._tenants) > self._max_tenants:
+                    self._tenants.popitem(last=False)
+        return tenant_prices
+
+
+CATALOG = Catalog()
+
+
+class PricedItemLike(Protocol):
+    category: str
+    provider: str
+    model: str
+    unit: str
+    quantity: Decimal
 
 
 def list_prices(uow: UnitOfWork, tenant_id: str, at: datetime, *, category: str | None = None,
                 provider: str | None = None, model: str | None = None, unit: str | None = None) -> list[Price]:
     """The tenant's effective catalog at `at`, optionally filtered; overrides replace global rows."""
-    query = select(prices).where(_visible_to(tenant_id), _in_force(at))
-    for column, value in (("category", category), ("provider", provider), ("model", model), ("unit", unit)):
-        if value is not None:
-            query = query.where(prices.c[column] == value)
-    found = _winning(uow.connection.execute(query))
-    return [found[key] for key in sorted(found)]
+    catalog = CATALOG.for_tenant(uow, tenant_id)
+    wanted = (category, provider, model, unit)
+    found = []
+    for key in catalog.keys():
+        if all(w is None or w == k for w, k in zip(wanted, key, strict=True)):
+            price = catalog.price_at(key, at)
+            if price is not None:
+                found.append(price)
+    return found
 
 
 def find_price(uow: UnitOfWork, tenant_id: str, key: CatalogKey, at: datetime) -> Price:
-    price = prices_in_force(uow, tenant_id, [key], at).get(key)
+    price = CATALOG.for_tenant(uow, tenant_id).price_at(key, at)
     if price is None:
         category, provider, model, unit = key
         raise PriceNotFound(
@@ -119,13 +163,14 @@ def find_price(uow: UnitOfWork, tenant_id: str, key: CatalogKey, at: datetime) -
     return price
 
 
-def price_items(uow: UnitOfWork, tenant_id: str, items: Sequence[UsageItem], at: datetime) -> list[PricedItem]:
+def price_items(uow: UnitOfWork, tenant_id: str, items: Sequence[PricedItemLike], at: datetime,
+                catalog: TenantPrices | None = None) -> list[PricedItem]:
     """Price every item at `at`; the first item without a price raises PriceNotFound naming its index."""
-    keys = [(i.category, i.provider, i.model, i.unit) for i in items]
-    found = prices_in_force(uow, tenant_id, keys, at)
+    catalog = catalog or CATALOG.for_tenant(uow, tenant_id)
     priced = []
-    for index, (item, key) in enumerate(zip(items, keys, strict=True)):
-        price = found.get(key)
+    for index, item in enumerate(items):
+        key = (item.category, item.provider, item.model, item.unit)
+        price = catalog.price_at(key, at)
         if price is None:
             raise PriceNotFound(
                 f"item {index}: no price for {'/'.join(key)}",

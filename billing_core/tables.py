@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -114,4 +115,10 @@ idempotency_records = Table(
     Column("usage_event_id", Uuid),
     Column("ledger_entry_id", Uuid),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+catalog_revision = Table(
+    "catalog_revision", metadata,
+    Column("singleton", Boolean, primary_key=True),
+    Column("revision", BigInteger, nullable=False),
 )

@@ -32,8 +32,10 @@ class Wallet:
     def available_balance(self) -> Decimal:
         return money.subtract(self.current_balance, self.reserved_balance)
 
-    def can_spend(self, amount: Decimal) -> bool:
-        return money.add(self.available_balance, self.overdraft_limit) >= amount
+    @property
+    def spendable(self) -> Decimal:
+        """What a debit may take: the available balance plus the overdraft allowed."""
+        return money.add(self.available_balance, self.overdraft_limit)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,16 @@
-"""Charging tasks: charge one usage event, and re-enqueue charges whose message was lost."""
+"""Charging tasks. In group mode a message means "there is work for wallet W": accepting a charge
+sends one only if none is outstanding for that wallet, and the task settles the wallet's pending
+events in groups. In naive mode (benchmark only) each charge is its own message and transaction."""
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 
 import redis
 from sqlalchemy.exc import OperationalError
 
-from billing_core import usage
+from billing_core import charging
 from billing_core.config import Settings
 from billing_core.db import UnitOfWork, engine_for
 from billing_core.errors import NotFound
@@ -17,14 +20,51 @@ from .app import celery_app
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
 STUCK_AFTER_ENQUEUES = 5  # an operator should look at a charge retried this often
-_outcome_publisher = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+WAKE_TTL_SECONDS = 30  # a wake-up whose worker died is forgotten after this; the sweep covers the rest
+GROUPS_PER_TASK = 20  # then the task hands the wallet to a fresh message, so other wallets get a turn
+_redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
 
 
-def enqueue_charge(tenant_id: str, usage_event_id: uuid.UUID, task_id: uuid.UUID) -> None:
-    """Send the charge message; raises on a broker outage (the pending sweep enqueues it later)."""
-    charge_usage_event.apply_async(
-        args=[tenant_id, str(usage_event_id)], task_id=str(task_id), retry=False,
-    )
+def _wake_key(tenant_id: str) -> str:
+    return f"{settings.queue}:wake:{tenant_id}"
+
+
+def request_charging(tenant_id: str, events: Iterable[tuple[uuid.UUID, uuid.UUID]]) -> None:
+    """Ask the workers to charge these newly accepted (usage event id, task id) pairs. Raises on a
+    broker or Redis outage; the events are durable and the pending sweep enqueues them later."""
+    if settings.charge_mode == "naive":
+        for usage_event_id, task_id in events:
+            charge_usage_event.apply_async(args=[tenant_id, str(usage_event_id)], task_id=str(task_id), retry=False)
+        return
+    key = _wake_key(tenant_id)
+    if not _redis.set(key, "1", nx=True, ex=WAKE_TTL_SECONDS):
+        return  # a wake-up for this wallet is outstanding; its worker will find these events
+    try:
+        charge_wallet.apply_async(args=[tenant_id], retry=False)
+    except Exception:
+        _redis.delete(key)  # let the next acceptance try again
+        raise
+
+
+@celery_app.task(name="billing.charge_wallet", autoretry_for=(OperationalError,),
+                 retry_backoff=True, retry_backoff_max=60, max_retries=8)
+def charge_wallet(tenant_id: str) -> int:
+    """Settle the wallet's pending charges, group by group."""
+    try:
+        # cleared before claiming: anything accepted from now on sends a new wake-up
+        _redis.delete(_wake_key(tenant_id))
+    except redis.RedisError:
+        log.warning("could not clear the wake-up of %s", tenant_id)
+    settled = 0
+    for _ in range(GROUPS_PER_TASK):
+        with UnitOfWork(engine_for(settings.database_url)) as uow:
+            group = charging.charge_pending_batch(uow, tenant_id, settings.charge_batch_size)
+        settled += len(group)
+        _announce_outcomes([s.usage_event_id for s in group])
+        if len(group) < settings.charge_batch_size:
+            return settled
+    charge_wallet.apply_async(args=[tenant_id])
+    return settled
 
 
 @celery_app.task(
@@ -32,33 +72,41 @@ def enqueue_charge(tenant_id: str, usage_event_id: uuid.UUID, task_id: uuid.UUID
     autoretry_for=(OperationalError,), retry_backoff=True, retry_backoff_max=60, max_retries=8,
 )
 def charge_usage_event(tenant_id: str, usage_event_id: str) -> str:
+    """Naive mode: one charge, one transaction."""
     try:
         with UnitOfWork(engine_for(settings.database_url)) as uow:
-            outcome = usage.charge_usage_event(uow, tenant_id, uuid.UUID(usage_event_id))
+            outcome = charging.charge_usage_event(uow, tenant_id, uuid.UUID(usage_event_id))
     except NotFound:
         log.error("charge for unknown usage event %s of tenant %s dropped", usage_event_id, tenant_id)
         return "not_found"
-    _announce_outcome(outcome.event.id)
+    _announce_outcomes([outcome.event.id])
     return outcome.event.status
 
 
-def _announce_outcome(usage_event_id: uuid.UUID) -> None:
-    """Wake web requests waiting on this charge; they read the outcome from PostgreSQL."""
+def _announce_outcomes(usage_event_ids: list[uuid.UUID]) -> None:
+    """Wake web requests waiting on these charges; they read the outcomes from PostgreSQL."""
+    if not usage_event_ids:
+        return
     try:
-        _outcome_publisher.publish(settings.charge_outcome_channel, str(usage_event_id))
+        _redis.publish(settings.charge_outcome_channel, " ".join(str(i) for i in usage_event_ids))
     except redis.RedisError:
-        log.warning("could not announce outcome of %s; waiting requests will time out to 202", usage_event_id)
+        log.warning("could not announce %d outcomes; waiting requests will time out to 202", len(usage_event_ids))
 
 
 @celery_app.task(name="billing.sweep_pending_charges")
 def sweep_pending_charges() -> int:
     with UnitOfWork(engine_for(settings.database_url)) as uow:
-        stale = usage.claim_stale_pending(uow, settings.pending_charge_age_seconds)
+        stale = charging.claim_stale_pending(uow, settings.pending_charge_age_seconds)
     for event in stale:
         if event.enqueue_count >= STUCK_AFTER_ENQUEUES:
             log.error("usage event %s of tenant %s still pending after %d enqueues",
                       event.usage_event_id, event.tenant_id, event.enqueue_count)
-        enqueue_charge(event.tenant_id, event.usage_event_id, event.task_id)
+    if settings.charge_mode == "naive":
+        for event in stale:
+            charge_usage_event.apply_async(args=[event.tenant_id, str(event.usage_event_id)], task_id=str(event.task_id))
+    else:
+        for tenant_id in sorted({event.tenant_id for event in stale}):
+            charge_wallet.apply_async(args=[tenant_id])  # direct: a stale wake-up key must not hold it back
     if stale:
         log.info("re-enqueued %d pending charges", len(stale))
     return len(stale)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from billing_core import usage
+from billing_core import charging, usage
 from billing_core.commands import ChargeRequest, TopUpRequest
 from billing_core.db import UnitOfWork
 from billing_core.tables import ledger_entries, usage_events
@@ -33,9 +33,9 @@ def test_running_a_charge_twice_changes_nothing_the_second_time(engine, tenant):
     fund(engine, tenant, "1")
     event = accept(engine, tenant, "k").event
     with UnitOfWork(engine) as uow:
-        first = usage.charge_usage_event(uow, tenant, event.id)
+        first = charging.charge_usage_event(uow, tenant, event.id)
     with UnitOfWork(engine) as uow:
-        second = usage.charge_usage_event(uow, tenant, event.id)
+        second = charging.charge_usage_event(uow, tenant, event.id)
     assert first.event.status == second.event.status == "charged"
     assert first.debit == second.debit
     assert second.debit.balance_after == Decimal("0.99")
@@ -45,7 +45,7 @@ def test_ledger_refuses_a_second_debit_for_one_usage_event(engine, tenant):
     fund(engine, tenant, "1")
     event = accept(engine, tenant, "k").event
     with UnitOfWork(engine) as uow:
-        debit = usage.charge_usage_event(uow, tenant, event.id).debit
+        debit = charging.charge_usage_event(uow, tenant, event.id).debit
     with pytest.raises(IntegrityError, match="ledger_one_debit_per_event"):
         with engine.begin() as connection:
             connection.execute(insert(ledger_entries).values(
@@ -65,7 +65,7 @@ def test_concurrent_sweeps_never_claim_the_same_event(engine, tenant):
     def sweep():
         barrier.wait()
         with UnitOfWork(engine) as uow:
-            claimed.append([s.usage_event_id for s in usage.claim_stale_pending(uow, 30, limit=80)
+            claimed.append([s.usage_event_id for s in charging.claim_stale_pending(uow, 30, limit=80)
                             if s.tenant_id == tenant])
 
     threads = [threading.Thread(target=sweep) for _ in range(4)]
@@ -77,7 +77,7 @@ def test_concurrent_sweeps_never_claim_the_same_event(engine, tenant):
     assert len(everything) == len(set(everything))
     assert set(everything) <= set(events)
     with UnitOfWork(engine) as uow:  # just re-enqueued: not stale again until its (doubled) age passes
-        assert [s for s in usage.claim_stale_pending(uow, 30) if s.usage_event_id in set(everything)] == []
+        assert [s for s in charging.claim_stale_pending(uow, 30) if s.usage_event_id in set(everything)] == []
     with engine.connect() as connection:
         counts = dict(connection.execute(select(usage_events.c.id, usage_events.c.enqueue_count)
                                          .where(usage_events.c.tenant_id == tenant)).all())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import kombu.exceptions
@@ -9,20 +10,29 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 from spectree import Response as Documented
 
-from billing_core import ledger, money, pricing, topups, usage
-from billing_core.commands import ChargeRequest, QuoteRequest, TopUpRequest
+from billing_core import history, ledger, money, pricing, topups, usage
+from billing_core.commands import ChargeBatchRequest, ChargeRequest, QuoteRequest, TopUpRequest
 from billing_core.db import UnitOfWork, engine_for
 from billing_core.errors import ValidationFailed
 from billing_core.usage import PENDING, ChargeOutcome
 from billing_core.wallets import get_wallet
-from tasks.charging import enqueue_charge
+from tasks.charging import request_charging
 
 from . import representations as show
 from . import schemas
 from .auth import ADMIN, CHARGE, VIEW, authenticate, tenant_for
 from .errors import error_response
 from .openapi import spec
-from .parsing import json_body, parse, parse_query, path_uuid, time_bound, with_idempotency_header
+from .parsing import (
+    MAX_BATCH_BODY_BYTES,
+    json_body,
+    parse,
+    parse_batch_event,
+    parse_query,
+    path_uuid,
+    time_bound,
+    with_idempotency_header,
+)
 
 log = logging.getLogger(__name__)
 billing = Blueprint("billing", __name__, url_prefix="/api/billing")
@@ -114,16 +124,38 @@ def post_charge() -> Response:
     with unit_of_work() as uow:
         outcome = usage.accept_charge(uow, tenant_id, command, user_id=principal.subject)
     event = outcome.event
-    if not outcome.replayed:
-        try:
-            enqueue_charge(tenant_id, event.id, event.task_id)
-        except BROKER_ERRORS as exc:
-            # durable already: the pending sweep enqueues it once the broker is back
-            log.warning("broker unavailable, charge %s left for the pending sweep: %s", event.id, exc)
-            wait = 0
+    if not outcome.replayed and not _request_charging(tenant_id, [(event.id, event.task_id)]):
+        wait = 0  # no worker will hear of it before the sweep
     if event.status == PENDING and wait > 0:
         outcome = _wait_for_outcome(tenant_id, outcome, wait)
     return _charge_response(outcome, replayed=outcome.replayed)
+
+
+@billing.post("/charges")
+@documented({202: schemas.ChargeBatchResponse}, 403, 413, json=schemas.ChargeBatchDocumented)
+def post_charges() -> Response:
+    """Submit up to 1,000 charges at once: durable in one transaction, each with its own outcome."""
+    principal = authenticate(CHARGE)
+    request.max_content_length = MAX_BATCH_BODY_BYTES
+    batch = parse(ChargeBatchRequest, json_body())
+    tenant_id = tenant_for(principal, batch.tenantId or parse_query(schemas.TenantQuery).tenantId)
+    commands = [parse_batch_event(index, event, tenant_id) for index, event in enumerate(batch.events)]
+    with unit_of_work() as uow:
+        acceptances = usage.accept_charges(uow, tenant_id, commands, user_id=principal.subject)
+    accepted = [(a.event.id, a.event.task_id) for a in acceptances if a.event is not None and not a.replayed]
+    if accepted:
+        _request_charging(tenant_id, accepted)
+    return ok(202, results=[show.batch_result(index, a) for index, a in enumerate(acceptances)])
+
+
+def _request_charging(tenant_id: str, events: list[tuple[uuid.UUID, uuid.UUID]]) -> bool:
+    try:
+        request_charging(tenant_id, events)
+        return True
+    except BROKER_ERRORS as exc:
+        # durable already: the pending sweep enqueues them once the broker is back
+        log.warning("broker unavailable, %d charges left for the pending sweep: %s", len(events), exc)
+        return False
 
 
 def _wait_for_outcome(tenant_id: str, outcome: ChargeOutcome, wait: float) -> ChargeOutcome:
@@ -175,13 +207,13 @@ def get_usage() -> Response:
     principal = authenticate(VIEW)
     query = parse_query(schemas.UsageQuery)
     tenant_id = tenant_for(principal, query.tenantId)
-    filters = usage.UsageFilter(
+    filters = history.UsageFilter(
         start=time_bound(query.from_, "from", end=False), end=time_bound(query.to, "to", end=True),
         feature_key=query.featureKey, status=query.status,
     )
     with unit_of_work() as uow:
-        events, next_cursor = usage.list_usage_events(uow, tenant_id, filters, limit=query.limit, cursor=query.cursor)
-        summary = usage.summarize_usage(uow, tenant_id, filters)
+        events, next_cursor = history.list_usage_events(uow, tenant_id, filters, limit=query.limit, cursor=query.cursor)
+        summary = history.summarize_usage(uow, tenant_id, filters)
     return ok(usage={"events": [show.usage_event(e) for e in events], "summary": show.summary(summary),
                      "nextCursor": next_cursor})
 

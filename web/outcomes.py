@@ -61,8 +61,8 @@ class ChargeOutcomeListener:
                 for message in pubsub.listen():
                     if message["type"] == "subscribe":
                         self._wake_all()  # announcements may have been missed while not subscribed
-                    elif message["type"] == "message":
-                        self._wake(message["data"].decode("utf-8", "replace"))
+                    elif message["type"] == "message":  # space-separated usage event ids
+                        self._wake(message["data"].decode("utf-8", "replace").split())
             except (redis.RedisError, OSError) as exc:
                 log.warning("charge outcome listener lost Redis (%s); retrying", exc)
                 time.sleep(1)
@@ -70,10 +70,11 @@ class ChargeOutcomeListener:
                 log.exception("charge outcome listener failed; restarting")
                 time.sleep(1)
 
-    def _wake(self, usage_event_id: str) -> None:
+    def _wake(self, usage_event_ids: list[str]) -> None:
         with self._lock:
-            for wake in self._waiters.get(usage_event_id, ()):
-                wake.set()
+            for usage_event_id in usage_event_ids:
+                for wake in self._waiters.get(usage_event_id, ()):
+                    wake.set()
 
     def _wake_all(self) -> None:
         with self._lock:

@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 
-from billing_core.errors import NotFound, ValidationFailed
+from billing_core.commands import ChargeRequest
+from billing_core.errors import BillingError, NotFound, ValidationFailed
 
 from .errors import validation_failed
 
@@ -35,6 +36,20 @@ def parse(model: type[M], data: dict[str, Any]) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise validation_failed(exc) from exc
+
+
+MAX_BATCH_BODY_BYTES = 16 * 1024 * 1024  # 1,000 charges with their items and metadata
+
+
+def parse_batch_event(index: int, event: dict[str, Any], tenant_id: str) -> ChargeRequest | BillingError:
+    """One event of a batch, validated on its own; its failure is its outcome, not the batch's."""
+    try:
+        command = ChargeRequest.model_validate(event)
+    except ValidationError as exc:
+        return validation_failed(exc, prefix=f"events[{index}].")
+    if command.tenantId is not None and command.tenantId != tenant_id:
+        return ValidationFailed(f"events[{index}].tenantId", "every event of a batch is for the batch's tenant")
+    return command
 
 
 def parse_query(model: type[M]) -> M:

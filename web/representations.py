@@ -5,9 +5,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from billing_core import money
+from billing_core.history import Summary
 from billing_core.ledger import Verification
 from billing_core.pricing import Price, PricedItem
-from billing_core.usage import ChargeOutcome, Summary, UsageEvent, UsageItemRecord
+from billing_core.usage import Acceptance, ChargeOutcome, UsageEvent, UsageItemRecord
 from billing_core.wallets import LedgerEntry, Wallet
 
 
@@ -100,6 +101,15 @@ def task(outcome: ChargeOutcome) -> dict[str, Any]:
     if outcome.event.rejection_code:
         body["error"] = rejection(outcome.event)
     return body
+
+
+def batch_result(index: int, a: Acceptance) -> dict[str, Any]:
+    if a.error is not None:
+        return {"index": index, "status": "error", "taskId": None, "usageEventId": None,
+                "error": {"code": a.error.code, "message": a.error.message, "details": a.error.details}}
+    assert a.event is not None
+    return {"index": index, "status": "replayed" if a.replayed else "accepted", "taskId": str(a.event.task_id),
+            "usageEventId": str(a.event.id), "error": None}
 
 
 def verification(v: Verification) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from billing_core.commands import CatalogKey, FeatureKey, TenantId
+from billing_core.commands import CatalogKey, ChargeRequest, FeatureKey, TenantId
 
 DecimalString = Annotated[str, Field(pattern=r"^-?\d+(\.\d+)?$", examples=["0.037"])]
 Timestamp = Annotated[str, Field(description="ISO 8601 UTC", examples=["2025-12-27T10:00:00Z"])]
@@ -170,6 +170,25 @@ class ChargeAccepted(BaseModel):
     success: Literal[True]
     taskId: Uuid
     usageEvent: UsageEventOut
+
+
+class ChargeBatchDocumented(BaseModel):
+    """POST /charges: each event is the body of a POST /charge."""
+    events: Annotated[list[ChargeRequest], Field(min_length=1, max_length=1000)]
+    tenantId: TenantId | None = None
+
+
+class BatchResult(BaseModel):
+    index: int
+    status: Literal["accepted", "replayed", "error"]
+    taskId: Uuid | None
+    usageEventId: Uuid | None
+    error: ErrorDetail | None
+
+
+class ChargeBatchResponse(BaseModel):
+    success: Literal[True]
+    results: list[BatchResult]
 
 
 class TaskOut(BaseModel):

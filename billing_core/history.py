@@ -1,0 +1,106 @@
+"""Usage history: filtered pages of usage events and the summary of the whole filtered range."""
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from sqlalchemy import and_, func, or_, select
+
+from . import money
+from .db import UnitOfWork
+from .errors import ValidationFailed
+from .tables import usage_events
+from .usage import CHARGED, UsageEvent, event_from_row
+
+
+@dataclass(frozen=True)
+class UsageFilter:
+    start: datetime | None = None
+    end: datetime | None = None  # exclusive
+    feature_key: str | None = None
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    total_events: int
+    total_cost: Decimal  # charged events only
+    by_feature: dict[str, tuple[int, Decimal]]
+    by_status: dict[str, tuple[int, Decimal]]
+
+
+def _conditions(tenant_id: str, filters: UsageFilter) -> list:
+    conditions = [usage_events.c.tenant_id == tenant_id]
+    if filters.start is not None:
+        conditions.append(usage_events.c.created_at >= filters.start)
+    if filters.end is not None:
+        conditions.append(usage_events.c.created_at < filters.end)
+    if filters.feature_key is not None:
+        conditions.append(usage_events.c.feature_key == filters.feature_key)
+    if filters.status is not None:
+        conditions.append(usage_events.c.status == filters.status)
+    return conditions
+
+
+def encode_cursor(created_at: datetime, event_id: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(event_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, event_id = json.loads(raw)
+        if not (isinstance(created_at, str) and isinstance(event_id, str)):
+            raise ValueError("cursor fields are not strings")
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None:
+            raise ValueError("cursor time has no offset")
+        return moment.astimezone(timezone.utc), uuid.UUID(event_id)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ValidationFailed("cursor", "not a cursor this service issued") from exc
+
+
+def list_usage_events(uow: UnitOfWork, tenant_id: str, filters: UsageFilter, *, limit: int,
+                      cursor: str | None = None) -> tuple[list[UsageEvent], str | None]:
+    """One page of events, newest first, and the cursor of the next page (None on the last)."""
+    query = select(usage_events).where(*_conditions(tenant_id, filters))
+    if cursor:
+        created_at, event_id = decode_cursor(cursor)
+        query = query.where(or_(usage_events.c.created_at < created_at,
+                                and_(usage_events.c.created_at == created_at, usage_events.c.id < event_id)))
+    rows = uow.connection.execute(
+        query.order_by(usage_events.c.created_at.desc(), usage_events.c.id.desc()).limit(limit + 1)
+    ).all()
+    events = [event_from_row(r) for r in rows[:limit]]
+    next_cursor = encode_cursor(events[-1].created_at, events[-1].id) if len(rows) > limit else None
+    return events, next_cursor
+
+
+def summarize_usage(uow: UnitOfWork, tenant_id: str, filters: UsageFilter) -> Summary:
+    """Counts and costs over the whole filtered range (not a page), by feature and by status."""
+    rows = uow.connection.execute(
+        select(usage_events.c.feature_key, usage_events.c.status, func.count(),
+               func.coalesce(func.sum(usage_events.c.total_cost), 0))
+        .where(*_conditions(tenant_id, filters))
+        .group_by(usage_events.c.feature_key, usage_events.c.status)
+    ).all()
+    by_feature: dict[str, tuple[int, Decimal]] = {}
+    by_status: dict[str, tuple[int, Decimal]] = {}
+    for feature_key, status, count, cost in rows:
+        # a feature's cost is what it was billed; pending and rejected costs show under by_status
+        billed = cost if status == CHARGED else Decimal(0)
+        for bucket, name, amount in ((by_feature, feature_key, billed), (by_status, status, cost)):
+            events, total_cost = bucket.get(name, (0, Decimal(0)))
+            bucket[name] = (events + count, money.add(total_cost, amount))
+    return Summary(
+        total_events=sum(count for count, _ in by_status.values()),
+        # what was billed: charged events only; pending and rejected costs show under by_status
+        total_cost=by_status.get(CHARGED, (0, Decimal(0)))[1],
+        by_feature=by_feature,
+        by_status=by_status,
+    )
