@@ -1,152 +1,414 @@
-"""`make bench`: start a stack (embedded servers unless URLs are given), run the scenarios, print a
-table and write bench/results.json. Figures are from one run on this machine; compare ratios."""
+"""`make bench`: start a stack (embedded servers unless URLs are given), run each scenario, print a
+table and write bench/results.json. Every figure comes from this one run on this machine, so the
+ratios (group commit vs naive) are like for like.
+
+Load generation: single-request scenarios use wrk (compiled, epoll; installed from Debian's packages
+when missing and we are root), with a Python client as the fallback. Batch scenarios pre-encode every
+body before the clock starts, so the client spends its CPU on sockets only. Client and service share
+the machine's cores; the table says so.
+"""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import platform
-import statistics
+import shutil
+import subprocess
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import psutil
-import requests
 from sqlalchemy import func, select
 
-from billing_core.db import engine_for
+from billing_core.db import dispose_engines, engine_for
 from billing_core.tables import usage_events
 from devstack.servers import free_port
 from devstack.stack import ROOT, Stack, drop_database
 from web.auth import TokenSettings, issue_token
 
 SECRET = "bench-" + uuid.uuid4().hex
-ITEMS = [{"category": "stt", "provider": "openai", "model": "whisper-1", "unit": "second", "quantity": "100"}]
-CHARGES = int(os.environ.get("BENCH_CHARGES", "3000"))
-CLIENTS = 16
+HOT = int(os.environ.get("BENCH_HOT_CHARGES", "20000"))
+NAIVE = int(os.environ.get("BENCH_NAIVE_CHARGES", "2000"))
+SPREAD = int(os.environ.get("BENCH_SPREAD_CHARGES", "50000"))
+TENANTS = int(os.environ.get("BENCH_SPREAD_TENANTS", "1000"))
+WRK_SECONDS = int(os.environ.get("BENCH_WRK_SECONDS", "10"))
+QUOTE_RATE, QUOTE_SECONDS = 200, 10
+ITEM = {"category": "stt", "provider": "openai", "model": "whisper-1", "unit": "second", "quantity": "100"}
+LOGS = ROOT / ".data" / "bench" / "logs"
+
+WRK_SCRIPT = """
+local counter = 0
+local prefix = ""
+function setup(thread) thread:set("prefix", "%(run)s-" .. tostring(math.random(1, 1e9))) end
+function init(args) prefix = args[1] or prefix end
+request = function()
+  counter = counter + 1
+  local body = '{"featureKey":"wrk","idempotencyKey":"' .. prefix .. '-' .. counter ..
+    '","items":[{"category":"stt","provider":"openai","model":"whisper-1","unit":"second","quantity":"100"}]}'
+  return wrk.format("POST", "/api/billing/charge%(query)s", nil, body)
+end
+"""
+
+
+def token(tenant: str, *caps: str) -> str:
+    return issue_token(TokenSettings(SECRET, None, None, None), tenant_id=tenant, capabilities=list(caps))
 
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] if ordered else 0.0
 
 
-def tree_rss_mb(process: psutil.Process) -> float:
-    members = [process, *process.children(recursive=True)]
-    return sum(m.memory_info().rss for m in members if m.is_running()) / 2**20
+class Http:
+    """A keep-alive HTTP/1.1 client on one connection (one per thread)."""
+
+    def __init__(self, port: int, bearer: str):
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = {"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"}
+
+    def post(self, path: str, body: bytes, **headers: str) -> tuple[int, bytes]:
+        self.connection.request("POST", path, body=body, headers={**self.headers, **headers})
+        response = self.connection.getresponse()
+        return response.status, response.read()
 
 
-class Client:
-    def __init__(self, base: str, token: str):
-        self.base, self.session = base, requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {token}"
+class RssSampler(threading.Thread):
+    """Resident memory of the web and worker process trees, sampled twice a second."""
 
-    def post(self, path: str, body: dict, **headers: str) -> requests.Response:
-        return self.session.post(self.base + path, json=body, headers=headers, timeout=60)
+    def __init__(self, stack: Stack):
+        super().__init__(daemon=True)
+        self.stack, self.samples = stack, {"web": [], "worker": []}
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.5):
+            for name in ("web", "worker"):
+                process = self.stack.processes.get(name)
+                if process is None or process.poll() is not None:
+                    continue
+                try:
+                    root = psutil.Process(process.pid)
+                    members = [root, *root.children(recursive=True)]
+                    # the largest single process: each one must stay small, and they are separate
+                    self.samples[name].append(max(m.memory_info().rss for m in members) / 2**20)
+                except psutil.Error:
+                    pass
 
 
-def charge_burst(base: str, tenant: str, count: int) -> tuple[list[float], float]:
-    """`count` single-event async charges from CLIENTS threads; returns latencies and elapsed time."""
-    token = issue_token(TokenSettings(SECRET, None, None, None), tenant_id=tenant, capabilities=["billing.charge"])
-    clients = [Client(base, token) for _ in range(CLIENTS)]
+class Bench:
+    def __init__(self) -> None:
+        run = uuid.uuid4().hex[:8]
+        self.run = run
+        self.stack = Stack(ROOT / ".data" / "bench", database_name=f"lad_billing_bench_{run}", persistent=False)
+        self.stack.env.update(JWT_SECRET=SECRET, BILLING_QUEUE=f"billing-bench-{run}",
+                              PENDING_CHARGE_AGE_SECONDS="300")
+        self.port = free_port()
+        self.results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                                    "python": platform.python_version(),
+                                                    "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}}
 
-    def send(i: int) -> float:
+    # --- stack ---------------------------------------------------------------------------------
+    def start(self, mode: str) -> None:
+        self.stack.env["CHARGE_MODE"] = mode
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.stack.start_worker(log=LOGS / f"worker-{mode}.log", concurrency=4)
+        self.stack.start_web(self.port, log=LOGS / f"web-{mode}.log", workers=2, threads=32)
+        self.stack.wait_ready(self.port)
+
+    def stop_service(self) -> None:
+        for name in ("web", "worker"):
+            self.stack.stop_process(name)
+
+    @property
+    def engine(self):
+        return engine_for(self.stack.env["DATABASE_URL"])
+
+    def fund(self, tenants: list[str], amount: str = "1000000000") -> None:
+        admin = token("bench-ops", "billing.admin")
+
+        def topup(chunk: list[str]) -> None:
+            client = Http(self.port, admin)
+            for tenant in chunk:
+                body = json.dumps({"amount": amount, "idempotencyKey": f"fund-{tenant}", "tenantId": tenant}).encode()
+                status, answer = client.post("/api/billing/topup", body)
+                assert status == 200, answer
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(topup, [tenants[i::8] for i in range(8)]))
+
+    # --- measurements from the events themselves -----------------------------------------------
+    def wait_settled(self, tenants: list[str], count: int | None = None, timeout: float = 900) -> dict[str, float]:
+        """Seconds from the first accept to the last commit, and accept-to-commit percentiles."""
+        deadline = time.monotonic() + timeout
+        where = usage_events.c.tenant_id.in_(tenants)
+        with self.engine.connect() as connection:
+            while time.monotonic() < deadline:
+                pending = connection.execute(select(func.count()).select_from(usage_events)
+                                             .where(where, usage_events.c.status == "pending")).scalar_one()
+                connection.commit()
+                if pending == 0:
+                    break
+                time.sleep(0.25)
+            first, last, settled, p50, p99 = connection.execute(
+                select(func.min(usage_events.c.created_at), func.max(usage_events.c.charged_at), func.count(),
+                       *[func.percentile_cont(q).within_group(
+                           func.extract("epoch", usage_events.c.charged_at - usage_events.c.created_at))
+                         for q in (0.5, 0.99)])
+                .where(where)).one()
+        assert count is None or settled == count, f"{settled} of {count} events"
+        return {"seconds": (last - first).total_seconds(), "commit_p50_ms": float(p50) * 1000,
+                "commit_p99_ms": float(p99) * 1000}
+
+    def post_batches(self, bodies: list[bytes], bearer: str, threads: int) -> float:
+        """POST every pre-encoded batch from `threads` clients; returns the elapsed seconds."""
+        def send(chunk: list[bytes]) -> None:
+            client = Http(self.port, bearer)
+            for body in chunk:
+                status, answer = client.post("/api/billing/charges", body)
+                assert status == 202, answer[:300]
+
         started = time.perf_counter()
-        response = clients[i % CLIENTS].post("/api/billing/charge", {
-            "featureKey": "bench", "idempotencyKey": f"b-{i}", "items": ITEMS}, Prefer="respond-async")
-        assert response.status_code == 202, response.text
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(send, [bodies[i::threads] for i in range(threads)]))
         return time.perf_counter() - started
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        latencies = list(pool.map(send, range(count)))
-    return latencies, time.perf_counter() - started
+    @staticmethod
+    def batch_bodies(tenant: str, count: int, size: int, tag: str, with_tenant: bool = False) -> list[bytes]:
+        bodies = []
+        for start in range(0, count, size):
+            events = [{"featureKey": "bench", "idempotencyKey": f"{tag}-{i}", "items": [ITEM]}
+                      for i in range(start, min(start + size, count))]
+            batch: dict[str, Any] = {"events": events}
+            if with_tenant:
+                batch["tenantId"] = tenant
+            bodies.append(json.dumps(batch).encode())
+        return bodies
+
+    # --- scenarios -------------------------------------------------------------------------------
+    def hot_wallet(self, mode: str, count: int) -> dict[str, float]:
+        tenant = f"hot-{mode}"
+        self.fund([tenant])
+        bodies = self.batch_bodies(tenant, count, 1000, tenant)
+        ingest = self.post_batches(bodies, token(tenant, "billing.charge"), threads=2)
+        settled = self.wait_settled([tenant], count)
+        return {"charges": count, "ingest_seconds": ingest, **settled, "per_s": count / settled["seconds"]}
+
+    def spread(self) -> dict[str, float]:
+        tenants = [f"spread-{n}" for n in range(TENANTS)]
+        self.fund(tenants)
+        per_tenant = SPREAD // TENANTS
+        bodies = [body for t in tenants for body in self.batch_bodies(t, per_tenant, per_tenant, t, with_tenant=True)]
+        ingest = self.post_batches(bodies, token("bench-ops", "billing.admin"), threads=4)
+        settled = self.wait_settled(tenants, per_tenant * TENANTS)
+        return {"charges": per_tenant * TENANTS, "tenants": TENANTS, "ingest_seconds": ingest, **settled,
+                "per_s": per_tenant * TENANTS / settled["seconds"]}
+
+    def wrk_charges(self, tenant: str, wait: bool) -> dict[str, float]:
+        script = LOGS / f"charge-{tenant}.lua"
+        script.write_text(WRK_SCRIPT % {"run": self.run + tenant, "query": "" if wait else "?wait=0"})
+        command = ["wrk", "-t2", "-c16", f"-d{WRK_SECONDS}s", "--latency", "-s", str(script),
+                   "-H", f"Authorization: Bearer {token(tenant, 'billing.charge')}",
+                   "-H", "Content-Type: application/json", f"http://127.0.0.1:{self.port}"]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        (LOGS / f"wrk-{tenant}.txt").write_text(output)
+        return parse_wrk(output)
+
+    def python_charges(self, tenant: str, wait: bool) -> dict[str, float]:
+        bearer = token(tenant, "billing.charge")
+        latencies: list[float] = []
+        deadline = time.monotonic() + WRK_SECONDS
+        headers = {} if wait else {"Prefer": "respond-async"}
+
+        def client(n: int) -> None:
+            http_client, i = Http(self.port, bearer), 0
+            while time.monotonic() < deadline:
+                i += 1
+                body = json.dumps({"featureKey": "py", "idempotencyKey": f"{tenant}-{n}-{i}", "items": [ITEM]})
+                started = time.perf_counter()
+                status, _ = http_client.post("/api/billing/charge", body.encode(), **headers)
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(client, range(16)))
+        elapsed = time.perf_counter() - started
+        return {"per_s": len(latencies) / elapsed, "p50_ms": percentile(latencies, 50) * 1000,
+                "p99_ms": percentile(latencies, 99) * 1000, "requests": len(latencies), "non_2xx": 0}
+
+    def quotes(self, seconds: int, background: threading.Event | None = None) -> dict[str, float]:
+        """Quotes at a steady QUOTE_RATE per second over HTTP: 4 paced clients."""
+        bearer = token("bench-quote", "billing.view")
+        body = json.dumps({"items": [ITEM] * 4}).encode()
+        latencies: list[float] = []
+        per_client = QUOTE_RATE / 4
+
+        def client(n: int) -> None:
+            http_client = Http(self.port, bearer)
+            start = time.perf_counter() + n / QUOTE_RATE
+            for i in range(int(per_client * seconds)):
+                due = start + i / per_client
+                pause = due - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                sent = time.perf_counter()
+                status, answer = http_client.post("/api/billing/quote", body)
+                assert status == 200, answer
+                latencies.append(time.perf_counter() - sent)
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(client, range(4)))
+        return {"rate_per_s": QUOTE_RATE, "p50_ms": percentile(latencies, 50) * 1000,
+                "p99_ms": percentile(latencies, 99) * 1000}
+
+    def quotes_under_load(self, events_per_s: int) -> tuple[dict[str, float], dict[str, float]]:
+        """Quotes while batches keep charging at `events_per_s` for the same duration."""
+        tenant = "quote-load"
+        self.fund([tenant])
+        bodies = self.batch_bodies(tenant, events_per_s * QUOTE_SECONDS, 500, tenant)
+        bearer = token(tenant, "billing.charge")
+        stop = threading.Event()
+
+        def charge_steadily() -> None:
+            client, start = Http(self.port, bearer), time.perf_counter()
+            for i, body in enumerate(bodies):
+                pause = start + i * 500 / events_per_s - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
+                if stop.is_set():
+                    return
+                client.post("/api/billing/charges", body)
+
+        loader = threading.Thread(target=charge_steadily, daemon=True)
+        loader.start()
+        quotes = self.quotes(QUOTE_SECONDS)
+        stop.set()
+        loader.join()
+        settled = self.wait_settled([tenant])
+        return quotes, {"events_per_s_offered": events_per_s, **settled}
+
+    # --- the run ---------------------------------------------------------------------------------
+    def execute(self) -> None:
+        r = self.results
+        load_tool = "wrk" if ensure_wrk() else "python"
+        r["load_generator"] = load_tool
+        self.stack.start_servers()
+        self.stack.migrate()
+        self.start("group")
+        sampler = RssSampler(self.stack)
+        sampler.start()
+        try:
+            hot = self.hot_wallet("group", HOT)
+            r["hot_wallet"] = {"group_commit_per_s": round(hot["per_s"], 1), "charges": HOT,
+                               "burst_commit_p99_ms": round(hot["commit_p99_ms"], 1)}
+            r["ingest_batch"] = {"events_per_s": round(HOT / hot["ingest_seconds"], 1), "batch_size": 1000}
+            spread = self.spread()
+            r["spread"] = {"per_s": round(spread["per_s"], 1), "charges": spread["charges"], "tenants": TENANTS,
+                           "ingest_events_per_s": round(spread["charges"] / spread["ingest_seconds"], 1)}
+            measure = self.wrk_charges if load_tool == "wrk" else self.python_charges
+            self.fund(["single-async", "single-wait"])
+            single = measure("single-async", wait=False)
+            time.sleep(1)  # requests still in flight when wrk stopped
+            commit = self.wait_settled(["single-async"])
+            r["ingest_single"] = {k: round(v, 2) for k, v in single.items()}
+            r["commit_latency"] = {"p50_ms": round(commit["commit_p50_ms"], 1),
+                                   "p99_ms": round(commit["commit_p99_ms"], 1),
+                                   "at_per_s": round(single["per_s"], 1)}
+            waited = measure("single-wait", wait=True)
+            r["charge_wait"] = {k: round(v, 2) for k, v in waited.items()}
+            r["quote"] = {k: round(v, 2) for k, v in self.quotes(QUOTE_SECONDS).items()}
+            under_load, load = self.quotes_under_load(5000)
+            r["quote_under_load"] = {**{k: round(v, 2) for k, v in under_load.items()},
+                                     "charging_events_per_s": 5000,
+                                     "charging_commit_p99_ms": round(load["commit_p99_ms"], 1)}
+            self.stop_service()
+            self.start("naive")
+            naive = self.hot_wallet("naive", NAIVE)
+            r["hot_wallet"]["naive_per_s"] = round(naive["per_s"], 1)
+            r["hot_wallet"]["naive_charges"] = NAIVE
+            r["hot_wallet"]["ratio"] = round(hot["per_s"] / naive["per_s"], 1)
+        finally:
+            sampler.stopped.set()
+            r["rss_mb"] = {name: round(max(s), 1) if s else None for name, s in sampler.samples.items()}
+            r["rss_mb"]["web_first_last"] = [round(sampler.samples["web"][0], 1), round(sampler.samples["web"][-1], 1)] \
+                if sampler.samples["web"] else None
+            r["rss_mb"]["worker_first_last"] = [round(sampler.samples["worker"][0], 1),
+                                                round(sampler.samples["worker"][-1], 1)] \
+                if sampler.samples["worker"] else None
+            self.stop_service()
+            dispose_engines()
+            if self.stack.server_url:
+                drop_database(self.stack.server_url, self.stack.database_name)
+            if self.stack.servers is not None:
+                self.stack.servers.stop()
 
 
-def wait_charged(engine, tenant: str, count: int, timeout: float = 600) -> float:
-    """Seconds from the first accept to the last commit, read from the events themselves."""
-    deadline = time.monotonic() + timeout
-    with engine.connect() as connection:
-        while time.monotonic() < deadline:
-            pending = connection.execute(select(func.count()).select_from(usage_events).where(
-                usage_events.c.tenant_id == tenant, usage_events.c.status == "pending")).scalar_one()
-            connection.commit()
-            if pending == 0:
-                break
-            time.sleep(0.2)
-        first, last, done = connection.execute(
-            select(func.min(usage_events.c.created_at), func.max(usage_events.c.charged_at), func.count())
-            .where(usage_events.c.tenant_id == tenant)).one()
-    assert done == count
-    return (last - first).total_seconds()
+def ensure_wrk() -> bool:
+    if shutil.which("wrk"):
+        return True
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], capture_output=True)
+    return shutil.which("wrk") is not None
+
+
+def parse_wrk(output: str) -> dict[str, float]:
+    def millis(value: str) -> float:
+        for suffix, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+            if value.endswith(suffix):
+                return float(value[: -len(suffix)]) * factor
+        return float(value)
+
+    figures: dict[str, float] = {"non_2xx": 0}
+    for line in output.splitlines():
+        words = line.split()
+        if words[:1] == ["50%"]:
+            figures["p50_ms"] = millis(words[1])
+        elif words[:1] == ["99%"]:
+            figures["p99_ms"] = millis(words[1])
+        elif line.startswith("Requests/sec:"):
+            figures["per_s"] = float(words[1])
+        elif "requests in" in line:
+            figures["requests"] = float(words[0])
+        elif line.strip().startswith("Non-2xx"):
+            figures["non_2xx"] = float(words[-1])
+    return figures
+
+
+def table(r: dict[str, Any]) -> str:
+    hot, single, wait = r["hot_wallet"], r["ingest_single"], r["charge_wait"]
+    rows = [
+        ("hot wallet, group commit", f"{hot['group_commit_per_s']:,.0f} charges/s ({hot['charges']:,})"),
+        ("hot wallet, naive", f"{hot['naive_per_s']:,.0f} charges/s ({hot['naive_charges']:,})"),
+        ("  group commit / naive", f"{hot['ratio']}x"),
+        ("spread over tenants", f"{r['spread']['per_s']:,.0f} charges/s ({r['spread']['charges']:,} / "
+                                f"{r['spread']['tenants']:,})"),
+        ("POST /charges (1,000 per batch)", f"{r['ingest_batch']['events_per_s']:,.0f} events/s accepted"),
+        ("POST /charge async, 16 conns", f"{single['per_s']:,.0f} req/s, p50 {single['p50_ms']} / p99 "
+                                         f"{single['p99_ms']} ms"),
+        ("  accept-to-commit", f"p50 {r['commit_latency']['p50_ms']} / p99 {r['commit_latency']['p99_ms']} ms"),
+        ("POST /charge, default wait", f"{wait['per_s']:,.0f} req/s, p50 {wait['p50_ms']} / p99 {wait['p99_ms']} ms"),
+        ("POST /quote at 200/s", f"p50 {r['quote']['p50_ms']} / p99 {r['quote']['p99_ms']} ms"),
+        ("  while charging 5,000/s", f"p50 {r['quote_under_load']['p50_ms']} / p99 {r['quote_under_load']['p99_ms']} ms"),
+        ("largest process RSS web / worker", f"{r['rss_mb']['web']} / {r['rss_mb']['worker']} MB"),
+    ]
+    width = max(len(name) for name, _ in rows) + 2
+    return "\n".join(f"{name:<{width}}{figure}" for name, figure in rows)
 
 
 def main() -> int:
-    run_id = uuid.uuid4().hex[:8]
-    stack = Stack(ROOT / ".data" / "bench", database_name=f"lad_billing_bench_{run_id}", persistent=False)
-    stack.env.update(JWT_SECRET=SECRET, BILLING_QUEUE=f"billing-bench-{run_id}")
-    port = free_port()
-    results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                 "python": platform.python_version()}}
-    try:
-        stack.start_servers()
-        stack.migrate()
-        logs = stack.data_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        stack.start_worker(log=logs / "worker.log", concurrency=4)
-        stack.start_web(port, log=logs / "web.log", workers=2, threads=32)
-        stack.wait_ready(port)
-        base = f"http://127.0.0.1:{port}"
-        engine = engine_for(stack.env["DATABASE_URL"])
-        admin = issue_token(TokenSettings(SECRET, None, None, None), tenant_id="bench-hot", capabilities=["billing.admin"])
-        Client(base, admin).post("/api/billing/topup", {"amount": "1000000", "idempotencyKey": "bench"})
-
-        latencies, elapsed = charge_burst(base, "bench-hot", CHARGES)
-        commit_span = wait_charged(engine, "bench-hot", CHARGES)
-        results["ingest_single"] = {"per_s": round(CHARGES / elapsed, 1),
-                                    "p50_ms": round(percentile(latencies, 50) * 1000, 2),
-                                    "p99_ms": round(percentile(latencies, 99) * 1000, 2)}
-        results["hot_wallet"] = {"naive_per_s": round(CHARGES / commit_span, 1), "charges": CHARGES}
-
-        quote_client = Client(base, admin)
-        quote_latencies = []
-        for _ in range(500):
-            started = time.perf_counter()
-            assert quote_client.post("/api/billing/quote", {"items": ITEMS}).status_code == 200
-            quote_latencies.append(time.perf_counter() - started)
-            time.sleep(0.002)
-        results["quote"] = {"p50_ms": round(percentile(quote_latencies, 50) * 1000, 2),
-                            "p99_ms": round(percentile(quote_latencies, 99) * 1000, 2),
-                            "mean_ms": round(statistics.mean(quote_latencies) * 1000, 2)}
-        results["rss_mb"] = {name: round(tree_rss_mb(psutil.Process(stack.processes[name].pid)), 1)
-                             for name in ("web", "worker")}
-    finally:
-        for name in list(stack.processes):
-            stack.stop_process(name)
-        from billing_core.db import dispose_engines
-
-        dispose_engines()
-        if stack.server_url:
-            drop_database(stack.server_url, stack.database_name)
-        if stack.servers is not None:
-            stack.servers.stop()
-
+    bench = Bench()
+    bench.execute()
     out = Path(__file__).with_name("results.json")
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nLAD Billing bench — {results['machine']['cpus']} CPUs, {results['machine']['platform']}")
-    print("(load generator: Python threads in this process, sharing the same cores as the service)\n")
-    print(f"{'scenario':<34}{'figure':>14}")
-    rows = [
-        ("hot wallet, one task per charge", f"{results['hot_wallet']['naive_per_s']}/s"),
-        ("POST /charge async, 16 clients", f"{results['ingest_single']['per_s']}/s"),
-        ("  latency p50 / p99", f"{results['ingest_single']['p50_ms']} / {results['ingest_single']['p99_ms']} ms"),
-        ("POST /quote p50 / p99", f"{results['quote']['p50_ms']} / {results['quote']['p99_ms']} ms"),
-        ("RSS web / worker, end of run", f"{results['rss_mb']['web']} / {results['rss_mb']['worker']} MB"),
-    ]
-    for name, figure in rows:
-        print(f"{name:<34}{figure:>14}")
+    out.write_text(json.dumps(bench.results, indent=2) + "\n")
+    m = bench.results["machine"]
+    print(f"\nLAD Billing bench: {m['cpus']} CPUs, {m['memory_gb']} GB, {m['platform']}, Python {m['python']}")
+    print(f"load generator: {bench.results['load_generator']}, on the same cores as the service\n")
+    print(table(bench.results))
     print(f"\nwritten to {out.relative_to(ROOT)}")
     return 0
 
