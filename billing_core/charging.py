@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Numeric, Text, Uuid, bindparam, case, cast, column, func, insert, select, update, values
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import bindparam, func, select, text, update
 
 from . import money
-from .db import UnitOfWork
+from .db import UnitOfWork, insert_rows, unnest_arrays
 from .errors import BillingError, InsufficientBalance, NotFound, PriceNotFound, WalletBlocked
 from .pricing import CATALOG, price_items
 from .tables import ledger_entries, usage_event_items, usage_events, wallets
@@ -200,7 +199,7 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
                      if (p.price.unit_price, p.cost) != (stored.unit_price, stored.cost)]
 
     if debits:
-        uow.connection.execute(insert(ledger_entries), debits)
+        insert_rows(uow, ledger_entries, debits)
         uow.connection.execute(
             update(wallets).where(wallets.c.tenant_id == tenant_id, wallets.c.id == wallet.id)
             .values(current_balance=balance, updated_at=func.now())
@@ -231,22 +230,20 @@ def _check_spendable(wallet: Wallet, spendable: Decimal, cost: Decimal) -> None:
 
 
 def _settle_events(uow: UnitOfWork, tenant_id: str, outcomes: list[dict[str, Any]]) -> None:
-    """One UPDATE for the whole group, joined to a VALUES list of outcomes."""
-    settled = values(
-        column("event_id", Uuid), column("status", Text), column("total_cost", Numeric()),
-        column("code", Text), column("reason", Text), column("details", JSONB),
-        name="settled",
-    ).data([(o["event_id"], o["status"], o["total_cost"], o["code"], o["reason"], o["details"]) for o in outcomes])
-    # VALUES columns reach PostgreSQL untyped (NULLs become text), hence the casts
-    uow.connection.execute(
-        update(usage_events)
-        .where(usage_events.c.tenant_id == tenant_id, usage_events.c.id == cast(settled.c.event_id, Uuid))
-        .values(
-            status=settled.c.status,
-            total_cost=func.coalesce(cast(settled.c.total_cost, Numeric()), usage_events.c.total_cost),
-            charged_at=case((settled.c.status == CHARGED, func.now())),
-            rejection_code=settled.c.code,
-            rejection_reason=settled.c.reason,
-            rejection_details=cast(settled.c.details, JSONB),
-        )
-    )
+    """One UPDATE for the whole group, joined to the outcomes passed as arrays."""
+    source, params = unnest_arrays(usage_events, [
+        {"id": o["event_id"], "status": o["status"], "total_cost": o["total_cost"], "rejection_code": o["code"],
+         "rejection_reason": o["reason"], "rejection_details": o["details"]}
+        for o in outcomes
+    ])
+    uow.connection.execute(text(f"""
+        UPDATE usage_events AS e SET
+            status = rows.status,
+            total_cost = coalesce(rows.total_cost, e.total_cost),
+            charged_at = CASE WHEN rows.status = 'charged' THEN now() END,
+            rejection_code = rows.rejection_code,
+            rejection_reason = rows.rejection_reason,
+            rejection_details = rows.rejection_details
+        FROM {source}
+        WHERE e.tenant_id = :tenant_id AND e.id = rows.id
+    """), {**params, "tenant_id": tenant_id})

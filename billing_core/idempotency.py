@@ -58,25 +58,6 @@ def replayable(record: IdempotencyRecord, operation: str, request_fingerprint: s
     return record.usage_event_id
 
 
-def claim_many(uow: UnitOfWork, tenant_id: str, operation: str,
-               claims: list[tuple[str, str, uuid.UUID]]) -> set[str]:
-    """Claim (key, fingerprint, usage event) triples inside the caller's transaction; returns the keys
-    this transaction now owns. A key claimed concurrently waits on the unique index until the other
-    transaction ends, so two requests can never both own a key. Keys are claimed in sorted order so
-    that two overlapping submissions cannot deadlock."""
-    if not claims:
-        return set()
-    rows = [{"tenant_id": tenant_id, "idempotency_key": key, "operation": operation,
-             "request_fingerprint": request_fingerprint, "usage_event_id": event_id, "created_at": func.now()}
-            for key, request_fingerprint, event_id in sorted(claims)]
-    claimed = uow.connection.execute(
-        insert(idempotency_records).values(rows)
-        .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
-        .returning(idempotency_records.c.idempotency_key)
-    ).scalars()
-    return set(claimed)
-
-
 def claim(uow: UnitOfWork, tenant_id: str, key: str, operation: str, request_fingerprint: str) -> IdempotencyRecord | None:
     """Claim `key` for one request inside the caller's transaction.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, localcontext
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 
 # Wide enough for any product of a bounded quantity and a bounded price; Inexact is trapped,
 # so a result that would need rounding raises instead of silently losing a digit.
@@ -69,30 +69,28 @@ def bounded(value: Decimal, *, maximum: Decimal, allow_zero: bool, allow_negativ
 
 def normalize(value: Decimal) -> Decimal:
     """The canonical form of a value: no trailing zeros, no negative zero."""
-    with localcontext(_EXACT):
-        result = value.normalize()
-    return result.copy_abs() if result == 0 else result
+    result = _EXACT.normalize(value)
+    return result.copy_abs() if result.is_zero() else result
 
 
+# Arithmetic through the exact context's methods (no context switch per operation); results keep
+# whatever trailing zeros they have, which changes no value: format_decimal normalizes on output.
 def multiply(quantity: Decimal, unit_price: Decimal) -> Decimal:
-    with localcontext(_EXACT):
-        return normalize(quantity * unit_price)
+    return _EXACT.multiply(quantity, unit_price)
 
 
 def add(a: Decimal, b: Decimal) -> Decimal:
-    with localcontext(_EXACT):
-        return normalize(a + b)
+    return _EXACT.add(a, b)
 
 
 def subtract(a: Decimal, b: Decimal) -> Decimal:
-    with localcontext(_EXACT):
-        return normalize(a - b)
+    return _EXACT.subtract(a, b)
 
 
 def total(values: Iterable[Decimal]) -> Decimal:
     result = Decimal(0)
     for value in values:
-        result = add(result, value)
+        result = _EXACT.add(result, value)
     return result
 
 

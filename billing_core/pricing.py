@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from . import money
@@ -101,8 +101,10 @@ class Catalog:
         self._tenants: OrderedDict[str, TenantPrices] = OrderedDict()
         self._max_tenants = max_tenants
 
-    def for_tenant(self, uow: UnitOfWork, tenant_id: str) -> TenantPrices:
-        revision = uow.connection.execute(select(catalog_revision.c.revision)).scalar_one()
+    def for_tenant(self, uow: UnitOfWork, tenant_id: str, revision: int | None = None) -> TenantPrices:
+        """The tenant's prices; `revision` is the catalog revision the caller just read, if it did."""
+        if revision is None:
+            revision = uow.connection.execute(select(catalog_revision.c.revision)).scalar_one()
         with self._lock:
             if revision != self._revision:
                 self._revision, self._global = revision, None
@@ -128,6 +130,12 @@ class Catalog:
 
 
 CATALOG = Catalog()
+
+
+def clock_and_catalog(uow: UnitOfWork, tenant_id: str) -> tuple[datetime, TenantPrices]:
+    """The transaction's time and the tenant's prices, in one round trip when the cache is warm."""
+    now, revision = uow.connection.execute(select(func.now(), catalog_revision.c.revision)).one()
+    return now, CATALOG.for_tenant(uow, tenant_id, revision)
 
 
 class PricedItemLike(Protocol):

@@ -3,20 +3,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select, text
 
 from . import idempotency, money
 from .commands import ChargeRequest, fingerprint_body
-from .db import UnitOfWork
+from .db import UnitOfWork, unnest_arrays
 from .errors import BillingError, NotFound
-from .pricing import CATALOG, CURRENCY, PricedItem, price_items
-from .tables import usage_event_items, usage_events
+from .pricing import CURRENCY, PricedItem, clock_and_catalog, price_items
+from .tables import idempotency_records, usage_event_items, usage_events
 from .wallets import LedgerEntry, debit_for_event
 
 PENDING, CHARGED, REJECTED = "pending", "charged", "rejected"
@@ -111,40 +110,38 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
         else:
             first_by_key[key] = candidate
 
-    earlier_records = idempotency.find(uow, tenant_id, list(first_by_key))
-    accepted_at = uow.now()
-    catalog = CATALOG.for_tenant(uow, tenant_id)
+    accepted_at, catalog = clock_and_catalog(uow, tenant_id)
     fresh: list[_Candidate] = []
-    replays: dict[int, uuid.UUID] = {}
+    unpriced: dict[int, BillingError] = {}
     for candidate in first_by_key.values():
-        earlier = earlier_records.get(candidate.key)
         try:
-            if earlier is not None:
-                replays[candidate.index] = idempotency.replayable(earlier, "charge", candidate.fingerprint)
-                continue
             candidate.priced = price_items(uow, tenant_id, candidate.command.items, accepted_at, catalog)
             fresh.append(candidate)
         except BillingError as refusal:
-            results[candidate.index] = Acceptance(None, error=refusal)
-
-    claimed = idempotency.claim_many(uow, tenant_id, "charge", [(c.key, c.fingerprint, c.event_id) for c in fresh])
-    raced = [c for c in fresh if c.key not in claimed]
-    if raced:  # another request claimed these keys while we were pricing; it committed first
-        racers = idempotency.find(uow, tenant_id, [c.key for c in raced])
-        for candidate in raced:
-            try:
-                replays[candidate.index] = idempotency.replayable(racers[candidate.key], "charge", candidate.fingerprint)
-            except BillingError as refusal:
-                results[candidate.index] = Acceptance(None, error=refusal)
-    accepted = [c for c in fresh if c.key in claimed]
-    events = _insert_pending(uow, tenant_id, accepted, accepted_at, user_id)
+            unpriced[candidate.index] = refusal
+    events = _events_as_written(tenant_id, fresh, accepted_at, user_id)
+    claimed = _claim_and_insert(uow, tenant_id, fresh, events)
     uow.commit()
 
-    events.update(load_events(uow, tenant_id, list(replays.values())))
-    for candidate in accepted:
-        results[candidate.index] = Acceptance(events[candidate.event_id])
+    # keys this submission did not get: used before, or by a concurrent request that committed first
+    others = [c for c in first_by_key.values() if c.key not in claimed]
+    earlier = idempotency.find(uow, tenant_id, [c.key for c in others])
+    replays: dict[int, uuid.UUID] = {}
+    for candidate in others:
+        try:
+            if candidate.key in earlier:
+                replays[candidate.index] = idempotency.replayable(earlier[candidate.key], "charge",
+                                                                  candidate.fingerprint)
+            else:
+                raise unpriced[candidate.index]
+        except BillingError as refusal:
+            results[candidate.index] = Acceptance(None, error=refusal)
+    replayed_events = load_events(uow, tenant_id, list(replays.values()))
+    for candidate in fresh:
+        if candidate.key in claimed:
+            results[candidate.index] = Acceptance(events[candidate.event_id])
     for index, event_id in replays.items():
-        results[index] = Acceptance(events[event_id], replayed=True)
+        results[index] = Acceptance(replayed_events[event_id], replayed=True)
     for repeat in repeats:  # the same key twice in one submission: the second is a replay of the first
         first = results[first_by_key[repeat.key].index]
         assert first is not None
@@ -155,11 +152,11 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
     return [r for r in results if r is not None]
 
 
-def _insert_pending(uow: UnitOfWork, tenant_id: str, accepted: list[_Candidate], accepted_at: datetime,
-                    user_id: str | None) -> dict[uuid.UUID, UsageEvent]:
-    """Insert the accepted events and their items; returns the events as written (pending): a
-    worker may already be charging them once this commits, and their acceptance is what we answer."""
-    events = {
+def _events_as_written(tenant_id: str, fresh: list[_Candidate], accepted_at: datetime,
+                       user_id: str | None) -> dict[uuid.UUID, UsageEvent]:
+    """The events about to be inserted, pending: once committed a worker may already be charging
+    them, and their acceptance is what the caller answers."""
+    return {
         c.event_id: UsageEvent(
             id=c.event_id, tenant_id=tenant_id, task_id=uuid.uuid4(), feature_key=c.command.featureKey,
             external_reference_id=c.command.externalReferenceId, idempotency_key=c.key, user_id=user_id,
@@ -167,18 +164,44 @@ def _insert_pending(uow: UnitOfWork, tenant_id: str, accepted: list[_Candidate],
             rejection_code=None, rejection_reason=None, rejection_details=None, metadata=c.command.metadata,
             created_at=accepted_at, charged_at=None, enqueued_at=accepted_at, enqueue_count=1,
         )
-        for c in accepted
+        for c in fresh
     }
-    if not events:
-        return events
-    uow.connection.execute(insert(usage_events), [asdict(event) for event in events.values()])
-    uow.connection.execute(insert(usage_event_items), [
+
+
+def _claim_and_insert(uow: UnitOfWork, tenant_id: str, fresh: list[_Candidate],
+                      events: dict[uuid.UUID, UsageEvent]) -> set[str]:
+    """One statement: claim the idempotency keys (in key order, so overlapping submissions cannot
+    deadlock; a key held by a concurrent transaction waits for it), and insert the events and items
+    of the keys this transaction got. Returns those keys."""
+    if not fresh:
+        return set()
+    claims, claim_params = unnest_arrays(idempotency_records, [
+        {"tenant_id": tenant_id, "idempotency_key": c.key, "operation": "charge",
+         "request_fingerprint": c.fingerprint, "usage_event_id": c.event_id} for c in fresh], alias="claim")
+    rows, event_params = unnest_arrays(usage_events, [dict(vars(e)) for e in events.values()], alias="event")
+    lines, item_params = unnest_arrays(usage_event_items, [
         {"id": uuid.uuid4(), "tenant_id": tenant_id, "usage_event_id": c.event_id, "position": position,
          "category": p.item.category, "provider": p.item.provider, "model": p.item.model, "unit": p.item.unit,
          "quantity": p.item.quantity, "unit_price": p.price.unit_price, "cost": p.cost, "price_id": p.price.id}
-        for c in accepted for position, p in enumerate(c.priced)
-    ])
-    return events
+        for c in fresh for position, p in enumerate(c.priced)], alias="item")
+    event_columns = ", ".join(f'"{name}"' for name in vars(next(iter(events.values()))))
+    item_columns = ", ".join(f'"{name}"' for name in usage_event_items.c.keys())
+    claimed = uow.connection.execute(text(f"""
+        WITH claimed AS (
+            INSERT INTO idempotency_records (tenant_id, idempotency_key, operation, request_fingerprint, usage_event_id)
+            SELECT * FROM {claims} ORDER BY claim.idempotency_key
+            ON CONFLICT DO NOTHING
+            RETURNING idempotency_key, usage_event_id
+        ), new_events AS (
+            INSERT INTO usage_events ({event_columns})
+            SELECT event.* FROM {rows} JOIN claimed ON claimed.usage_event_id = event.id
+        ), new_items AS (
+            INSERT INTO usage_event_items ({item_columns})
+            SELECT item.* FROM {lines} JOIN claimed ON claimed.usage_event_id = item.usage_event_id
+        )
+        SELECT idempotency_key FROM claimed
+    """), {**claim_params, **event_params, **item_params}).scalars()
+    return set(claimed)
 
 
 def accept_charge(uow: UnitOfWork, tenant_id: str, command: ChargeRequest, *, user_id: str | None) -> ChargeOutcome:
