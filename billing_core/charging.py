@@ -142,15 +142,19 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
     One wallet lock, one multi-row insert of debit entries whose balance_before/balance_after form
     an unbroken chain in event order, one balance update, one update of the events. Each event is
     charged or rejected on its own merits: after a charge that does not fit, a cheaper one still may.
-    Invariant: FOR UPDATE SKIP LOCKED means concurrent workers never claim the same event, and only
+    Invariant: the wallet is locked before any event is claimed, so a wallet's groups are settled one
+    after another in arrival order; FOR UPDATE SKIP LOCKED means no two claims share an event; only
     `pending` events are claimed, so each is settled exactly once (the ledger's one-debit-per-event
     index stands behind that).
     """
+    # The wallet first: a second worker on this wallet waits here and then claims the next events,
+    # so a wallet's events are settled in arrival order even across workers.
+    wallet = get_wallet(uow, tenant_id, lock=True)
     events = uow.connection.execute(
         select(usage_events.c.id, usage_events.c.created_at, usage_events.c.feature_key,
                usage_events.c.external_reference_id, usage_events.c.idempotency_key, usage_events.c.user_id)
         .where(usage_events.c.tenant_id == tenant_id, usage_events.c.status == PENDING)
-        .order_by(usage_events.c.created_at, usage_events.c.id)
+        .order_by(usage_events.c.seq)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
@@ -161,7 +165,8 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
     for row in uow.connection.execute(
         select(usage_event_items.c.usage_event_id, usage_event_items.c.position, usage_event_items.c.category,
                usage_event_items.c.provider, usage_event_items.c.model, usage_event_items.c.unit,
-               usage_event_items.c.quantity, usage_event_items.c.unit_price, usage_event_items.c.cost)
+               usage_event_items.c.quantity, usage_event_items.c.unit_price, usage_event_items.c.cost,
+               usage_event_items.c.price_id)
         .where(usage_event_items.c.tenant_id == tenant_id, usage_event_items.c.usage_event_id.in_(list(items)))
         .order_by(usage_event_items.c.usage_event_id, usage_event_items.c.position)
     ):
@@ -169,7 +174,6 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
         items[event_id].append(UsageItemRecord(*fields))
 
     catalog = CATALOG.for_tenant(uow, tenant_id)
-    wallet = get_wallet(uow, tenant_id, lock=True)
     balance, spendable = wallet.current_balance, wallet.spendable
     debits: list[dict[str, Any]] = []
     outcomes: list[dict[str, Any]] = []
@@ -182,6 +186,10 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
         except (PriceNotFound, InsufficientBalance, WalletBlocked) as refusal:
             outcomes.append({"event_id": event.id, "status": REJECTED, "total_cost": None, "code": refusal.code,
                              "reason": refusal.message, "details": refusal.details})
+            continue
+        except ArithmeticError as exc:  # a cost no exact context can hold: refuse this event, not the group
+            outcomes.append({"event_id": event.id, "status": REJECTED, "total_cost": None, "code": "pricing_error",
+                             "reason": f"the cost cannot be computed exactly: {type(exc).__name__}", "details": {}})
             continue
         after = money.subtract(balance, cost)
         debits.append({"id": uuid.uuid4(), "tenant_id": tenant_id, "wallet_id": wallet.id, "entry_type": "debit",
@@ -196,7 +204,7 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
         repriced += [{"event_id": event.id, "position": i, "unit_price": p.price.unit_price, "cost": p.cost,
                       "price_id": p.price.id}
                      for i, (p, stored) in enumerate(zip(priced, items[event.id], strict=True))
-                     if (p.price.unit_price, p.cost) != (stored.unit_price, stored.cost)]
+                     if (p.price.id, p.price.unit_price, p.cost) != (stored.price_id, stored.unit_price, stored.cost)]
 
     if debits:
         insert_rows(uow, ledger_entries, debits)

@@ -22,6 +22,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.charge_mode not in ("group", "naive"):
             raise ValueError(f"CHARGE_MODE must be group or naive, not {self.charge_mode!r}")
+        if self.charge_batch_size < 1:
+            raise ValueError("CHARGE_BATCH_SIZE must be at least 1")
 
     @property
     def charge_outcome_channel(self) -> str:

@@ -112,13 +112,14 @@ def _array_values(pg_type: str, values: list[Any]) -> list[Any]:
 
 
 def unnest_arrays(table: Table, rows: list[dict[str, Any]], alias: str = "rows") -> tuple[str, dict[str, list[Any]]]:
-    """`unnest(...) AS alias(columns)` over one array per column of `rows`, and its parameters: many
-    rows in one statement whose text does not grow with the row count (cheap to build and to parse)."""
+    """`unnest(...) WITH ORDINALITY AS alias(columns, ordinality)` over one array per column of `rows`,
+    and its parameters: many rows in one statement whose text does not grow with the row count."""
     names = list(rows[0])
     types = {name: _array_type(table.c[name]) for name in names}
     params = {f"{alias}_{name}": _array_values(types[name], [row[name] for row in rows]) for name in names}
     arrays = ", ".join(f"CAST(:{alias}_{name} AS {types[name]}[])" for name in names)
-    return f"unnest({arrays}) AS {alias}({', '.join(names)})", params
+    columns = ", ".join(f'"{name}"' for name in names)
+    return f"unnest({arrays}) WITH ORDINALITY AS {alias}({columns}, ordinality)", params
 
 
 def insert_rows(uow: UnitOfWork, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -126,4 +127,7 @@ def insert_rows(uow: UnitOfWork, table: Table, rows: list[dict[str, Any]]) -> No
     if rows:
         source, params = unnest_arrays(table, rows)
         columns = ", ".join(f'"{name}"' for name in rows[0])
-        uow.connection.execute(text(f"INSERT INTO {table.name} ({columns}) SELECT * FROM {source}"), params)
+        select_list = ", ".join(f'rows."{name}"' for name in rows[0])
+        uow.connection.execute(text(
+            f"INSERT INTO {table.name} ({columns}) SELECT {select_list} FROM {source} ORDER BY rows.ordinality"
+        ), params)

@@ -96,7 +96,7 @@ class Catalog:
 
     def __init__(self, max_tenants: int = 10_000):
         self._lock = threading.Lock()
-        self._revision: int | None = None
+        self._version: tuple[str, int] | None = None
         self._global: list[Price] | None = None
         self._tenants: OrderedDict[str, TenantPrices] = OrderedDict()
         self._max_tenants = max_tenants
@@ -105,9 +105,11 @@ class Catalog:
         """The tenant's prices; `revision` is the catalog revision the caller just read, if it did."""
         if revision is None:
             revision = uow.connection.execute(select(catalog_revision.c.revision)).scalar_one()
+        # revisions count per database: the cache belongs to one database at one revision
+        version = (str(uow.connection.engine.url), revision)
         with self._lock:
-            if revision != self._revision:
-                self._revision, self._global = revision, None
+            if version != self._version:
+                self._version, self._global = version, None
                 self._tenants.clear()
             cached = self._tenants.get(tenant_id)
             if cached is not None:
@@ -121,7 +123,7 @@ class Catalog:
             select(prices).where(prices.c.tenant_id == tenant_id))]
         tenant_prices = TenantPrices([*global_rows, *overrides])
         with self._lock:
-            if revision == self._revision:
+            if version == self._version:
                 self._global = global_rows
                 self._tenants[tenant_id] = tenant_prices
                 while len(self._tenants) > self._max_tenants:

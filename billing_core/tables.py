@@ -70,6 +70,7 @@ usage_events = Table(
     Column("charged_at", DateTime(timezone=True)),
     Column("enqueued_at", DateTime(timezone=True), nullable=False),
     Column("enqueue_count", Integer, nullable=False),
+    Column("seq", BigInteger, nullable=False),  # identity: arrival order
 )
 
 usage_event_items = Table(

@@ -31,6 +31,7 @@ class UsageItemRecord:
     quantity: Decimal
     unit_price: Decimal | None
     cost: Decimal | None
+    price_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class UsageEvent:
     charged_at: datetime | None
     enqueued_at: datetime
     enqueue_count: int
+    seq: int | None = None  # assigned by the database on insert: arrival order
 
 
 @dataclass(frozen=True)
@@ -178,26 +180,32 @@ def _claim_and_insert(uow: UnitOfWork, tenant_id: str, fresh: list[_Candidate],
     claims, claim_params = unnest_arrays(idempotency_records, [
         {"tenant_id": tenant_id, "idempotency_key": c.key, "operation": "charge",
          "request_fingerprint": c.fingerprint, "usage_event_id": c.event_id} for c in fresh], alias="claim")
-    rows, event_params = unnest_arrays(usage_events, [dict(vars(e)) for e in events.values()], alias="event")
+    rows, event_params = unnest_arrays(usage_events, [{k: v for k, v in vars(e).items() if k != "seq"}
+                                                      for e in events.values()], alias="event")
     lines, item_params = unnest_arrays(usage_event_items, [
         {"id": uuid.uuid4(), "tenant_id": tenant_id, "usage_event_id": c.event_id, "position": position,
          "category": p.item.category, "provider": p.item.provider, "model": p.item.model, "unit": p.item.unit,
          "quantity": p.item.quantity, "unit_price": p.price.unit_price, "cost": p.cost, "price_id": p.price.id}
         for c in fresh for position, p in enumerate(c.priced)], alias="item")
-    event_columns = ", ".join(f'"{name}"' for name in vars(next(iter(events.values()))))
+    event_columns = [name for name in vars(next(iter(events.values()))) if name != "seq"]
     item_columns = ", ".join(f'"{name}"' for name in usage_event_items.c.keys())
     claimed = uow.connection.execute(text(f"""
         WITH claimed AS (
             INSERT INTO idempotency_records (tenant_id, idempotency_key, operation, request_fingerprint, usage_event_id)
-            SELECT * FROM {claims} ORDER BY claim.idempotency_key
+            SELECT claim.tenant_id, claim.idempotency_key, claim.operation, claim.request_fingerprint,
+                   claim.usage_event_id
+            FROM {claims} ORDER BY claim.idempotency_key
             ON CONFLICT DO NOTHING
             RETURNING idempotency_key, usage_event_id
         ), new_events AS (
-            INSERT INTO usage_events ({event_columns})
-            SELECT event.* FROM {rows} JOIN claimed ON claimed.usage_event_id = event.id
+            INSERT INTO usage_events ({", ".join(f'"{name}"' for name in event_columns)})
+            SELECT {", ".join(f'event."{name}"' for name in event_columns)}
+            FROM {rows} JOIN claimed ON claimed.usage_event_id = event.id
+            ORDER BY event.ordinality  -- seq follows the order of the submission
         ), new_items AS (
             INSERT INTO usage_event_items ({item_columns})
-            SELECT item.* FROM {lines} JOIN claimed ON claimed.usage_event_id = item.usage_event_id
+            SELECT {", ".join(f'item."{name}"' for name in usage_event_items.c.keys())}
+            FROM {lines} JOIN claimed ON claimed.usage_event_id = item.usage_event_id
         )
         SELECT idempotency_key FROM claimed
     """), {**claim_params, **event_params, **item_params}).scalars()

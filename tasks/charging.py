@@ -3,12 +3,14 @@ sends one only if none is outstanding for that wallet, and the task settles the 
 events in groups. In naive mode (benchmark only) each charge is its own message and transaction."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterable
 
 import redis
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from billing_core import charging
 from billing_core.config import Settings
@@ -37,16 +39,18 @@ def request_charging(tenant_id: str, events: Iterable[tuple[uuid.UUID, uuid.UUID
             charge_usage_event.apply_async(args=[tenant_id, str(usage_event_id)], task_id=str(task_id), retry=False)
         return
     key = _wake_key(tenant_id)
-    if not _redis.set(key, "1", nx=True, ex=WAKE_TTL_SECONDS):
-        return  # a wake-up for this wallet is outstanding; its worker will find these events
     try:
+        if not _redis.set(key, "1", nx=True, ex=WAKE_TTL_SECONDS):
+            return  # a wake-up for this wallet is outstanding; its worker will find these events
         charge_wallet.apply_async(args=[tenant_id], retry=False)
-    except Exception:
-        _redis.delete(key)  # let the next acceptance try again
+    except BaseException:
+        # no message may have gone out: let the next acceptance send one (the sweep covers a failed delete)
+        with contextlib.suppress(redis.RedisError):
+            _redis.delete(key)
         raise
 
 
-@celery_app.task(name="billing.charge_wallet", autoretry_for=(OperationalError,),
+@celery_app.task(name="billing.charge_wallet", autoretry_for=(OperationalError, PoolTimeout),
                  retry_backoff=True, retry_backoff_max=60, max_retries=8)
 def charge_wallet(tenant_id: str) -> int:
     """Settle the wallet's pending charges, group by group."""

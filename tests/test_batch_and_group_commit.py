@@ -118,3 +118,19 @@ def test_five_workers_race_for_one_wallets_10000_pending_events(live, tokens, te
     assert summary["byStatus"]["charged"]["events"] == 9000 + 0 and summary["byStatus"]["rejected"]["events"] == 1000
     assert_ledger_consistent(live.api, make_token, tenant)
     assert all(p.poll() is not None for p in extra)
+
+
+def test_a_wallets_charges_are_settled_in_arrival_order(api, tokens, tenant, make_token):
+    """Funds for 300 of 0.01: the first 300 of a batch are charged, the 301st is rejected, and a
+    cheaper charge after it still fits."""
+    top_up(api, tokens["admin"], "3.005")
+    batch = [event(f"o-{i}") for i in range(302)] + [event("cheap", seconds="50")]
+    response = api.post("/api/billing/charges", tokens["charge"], json={"events": batch})
+    task_ids = [r["taskId"] for r in response.json()["results"]]
+    states = wait_until_settled(api, tokens["charge"], task_ids)
+    outcomes = [states[t]["state"] for t in task_ids]
+    assert outcomes == ["charged"] * 300 + ["rejected", "rejected", "charged"]
+    balances = [states[t]["transaction"]["balanceAfter"] for t in task_ids[:300]]
+    assert balances[0] == "2.995" and balances[-1] == "0.005"
+    assert wallet(api, tokens["any"])["currentBalance"] == "0"
+    assert_ledger_consistent(api, make_token, tenant)

@@ -117,9 +117,7 @@ def post_charge() -> Response:
     principal = authenticate(CHARGE)
     query = parse_query(schemas.ChargeQuery)
     command = parse(ChargeRequest, with_idempotency_header(json_body()))
-    if command.tenantId and query.tenantId and command.tenantId != query.tenantId:
-        raise ValidationFailed("tenantId", "the body and the query name different tenants")
-    tenant_id = tenant_for(principal, command.tenantId or query.tenantId)
+    tenant_id = tenant_for(principal, _one_tenant(command.tenantId, query.tenantId))
     wait = 0 if "respond-async" in request.headers.get("Prefer", "") else query.wait
     with unit_of_work() as uow:
         outcome = usage.accept_charge(uow, tenant_id, command, user_id=principal.subject)
@@ -138,7 +136,7 @@ def post_charges() -> Response:
     principal = authenticate(CHARGE)
     request.max_content_length = MAX_BATCH_BODY_BYTES
     batch = parse(ChargeBatchRequest, json_body())
-    tenant_id = tenant_for(principal, batch.tenantId or parse_query(schemas.TenantQuery).tenantId)
+    tenant_id = tenant_for(principal, _one_tenant(batch.tenantId, parse_query(schemas.TenantQuery).tenantId))
     commands = [parse_batch_event(index, event, tenant_id) for index, event in enumerate(batch.events)]
     with unit_of_work() as uow:
         acceptances = usage.accept_charges(uow, tenant_id, commands, user_id=principal.subject)
@@ -146,6 +144,12 @@ def post_charges() -> Response:
     if accepted:
         _request_charging(tenant_id, accepted)
     return ok(202, results=[show.batch_result(index, a) for index, a in enumerate(acceptances)])
+
+
+def _one_tenant(in_body: str | None, in_query: str | None) -> str | None:
+    if in_body and in_query and in_body != in_query:
+        raise ValidationFailed("tenantId", "the body and the query name different tenants")
+    return in_body or in_query
 
 
 def _request_charging(tenant_id: str, events: list[tuple[uuid.UUID, uuid.UUID]]) -> bool:

@@ -14,8 +14,6 @@ depends_on = None
 UPGRADE = """
 -- claiming a wallet's pending events in order, FOR UPDATE SKIP LOCKED
 CREATE INDEX usage_events_tenant_pending ON usage_events (tenant_id, created_at, id) WHERE status = 'pending';
--- a group's items, looked up by tenant and event
-CREATE INDEX usage_event_items_tenant_event ON usage_event_items (tenant_id, usage_event_id);
 
 -- one row whose revision moves in the same transaction as any change to prices, so a process
 -- that caches the catalog reloads it exactly when it changed (a reference table, like global prices)
@@ -39,7 +37,6 @@ DOWNGRADE = """
 DROP TRIGGER prices_changed ON prices;
 DROP FUNCTION prices_bump_catalog_revision();
 DROP TABLE catalog_revision;
-DROP INDEX usage_event_items_tenant_event;
 DROP INDEX usage_events_tenant_pending;
 """
 
