@@ -97,7 +97,7 @@ class StalePending:
     enqueue_count: int
 
 
-def claim_stale_pending(uow: UnitOfWork, older_than_seconds: float, limit: int = 1000) -> list[StalePending]:
+def claim_stale_pending(uow: UnitOfWork, older_than_seconds: int, limit: int = 1000) -> list[StalePending]:
     """Mark pending events whose last enqueue is older than their retry age as enqueued now, and
     return them for enqueueing again (their message was lost, or their worker died).
 

@@ -12,8 +12,8 @@ class Settings:
     broker_url: str
     queue: str
     # a charge still pending this long after its last enqueue is enqueued again
-    pending_charge_age_seconds: float
-    pending_sweep_interval_seconds: float
+    pending_charge_age_seconds: int
+    pending_sweep_interval_seconds: int
     # "group": a wallet's pending charges are settled in groups, one transaction each (default);
     # "naive": one message and one transaction per charge, kept only so `make bench` can compare
     charge_mode: str
@@ -39,8 +39,8 @@ class Settings:
             redis_url=redis_url,
             broker_url=os.environ.get("CELERY_BROKER_URL") or redis_url,
             queue=os.environ.get("BILLING_QUEUE", "billing"),
-            pending_charge_age_seconds=float(os.environ.get("PENDING_CHARGE_AGE_SECONDS", "60")),
-            pending_sweep_interval_seconds=float(os.environ.get("PENDING_SWEEP_INTERVAL_SECONDS", "30")),
+            pending_charge_age_seconds=int(os.environ.get("PENDING_CHARGE_AGE_SECONDS", "60")),
+            pending_sweep_interval_seconds=int(os.environ.get("PENDING_SWEEP_INTERVAL_SECONDS", "30")),
             charge_mode=os.environ.get("CHARGE_MODE", "group"),
             charge_batch_size=int(os.environ.get("CHARGE_BATCH_SIZE", "500")),
         )
