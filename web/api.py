@@ -162,7 +162,7 @@ def _request_charging(tenant_id: str, events: list[tuple[uuid.UUID, uuid.UUID]])
         return False
 
 
-def _wait_for_outcome(tenant_id: str, outcome: ChargeOutcome, wait: float) -> ChargeOutcome:
+def _wait_for_outcome(tenant_id: str, outcome: ChargeOutcome, wait: int) -> ChargeOutcome:
     latest = outcome
 
     def settled() -> bool:

@@ -20,7 +20,7 @@ class ChargeOutcomeListener:
         self._lock = threading.Lock()
         self._started_in_pid: int | None = None
 
-    def wait(self, usage_event_id: str, timeout: float, is_settled: Callable[[], bool]) -> bool:
+    def wait(self, usage_event_id: str, timeout: int, is_settled: Callable[[], bool]) -> bool:
         """Block up to `timeout` seconds until `is_settled()` holds; it is checked once at the start
         and again only when the event is announced (or the listener reconnects)."""
         self._ensure_listening()
