@@ -1,6 +1,8 @@
 """Celery settings: Redis broker (or CELERY_BROKER_URL), late acks, and the one beat schedule."""
 from datetime import timedelta
 
+from celery.schedules import crontab
+
 from billing_core.config import Settings
 
 _settings = Settings.from_env()
@@ -43,5 +45,17 @@ beat_schedule = {
         "task": "billing.sweep_pending_charges",
         "schedule": timedelta(seconds=_settings.pending_sweep_interval_seconds),
         "options": {"expires": _settings.pending_sweep_interval_seconds},
+    },
+    # holds past their TTL and grants past their expiry; charging a wallet also ends its own
+    "expire-credits": {
+        "task": "billing.expire_credits",
+        "schedule": crontab(minute="*"),
+        "options": {"expires": 50},
+    },
+    # Stripe events stored while the broker was down
+    "sweep-stripe-events": {
+        "task": "billing.sweep_stripe_events",
+        "schedule": crontab(minute="*"),
+        "options": {"expires": 50},
     },
 }

@@ -10,83 +10,40 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, text, update
 
 from . import money
-from .db import UnitOfWork, insert_rows, unnest_arrays
-from .errors import BillingError, InsufficientBalance, NotFound, PriceNotFound, WalletBlocked
-from .pricing import CATALOG, price_items
-from .tables import ledger_entries, usage_event_items, usage_events, wallets
-from .usage import (
-    CHARGED,
-    PENDING,
-    REJECTED,
-    ChargeOutcome,
-    UsageItemRecord,
-    event_from_row,
-    load_items,
-    load_outcome,
+from .db import UnitOfWork, unnest_arrays
+from .errors import (
+    BudgetExceeded,
+    InsufficientBalance,
+    NotFound,
+    PriceNotFound,
+    ReservationClosed,
+    ReservationExceeded,
+    ReservationExpired,
+    WalletBlocked,
 )
-from .wallets import Wallet, append_entry, get_wallet
+from .pricing import CATALOG, price_items
+from .tables import usage_event_items, usage_events
+from .usage import CHARGED, PENDING, REJECTED, ChargeOutcome, UsageItemRecord, load_outcome
+from .wallet_book import WalletBook, check_settleable
 
 
 def charge_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID) -> ChargeOutcome:
-    """Charge a pending usage event and commit: price it at the event's time, lock the wallet,
-    debit it if `available + overdraft >= cost`, else reject the event with nothing in the ledger.
-
-    Invariant: runs at most once per event. The event row is locked first and only a `pending`
-    event is acted on, so a duplicate delivery finds it settled and changes nothing; the ledger's
-    unique (tenant, usage event) debit index stops a double debit even if that ever failed.
-    """
+    """Naive mode: charge one pending usage event in its own transaction and commit, by the same
+    rules as a group (see charge_pending_batch). A duplicate delivery finds it settled and changes nothing."""
+    book = WalletBook.open(uow, tenant_id)
     row = uow.connection.execute(
-        select(usage_events)
+        select(*_PENDING_COLUMNS)
         .where(usage_events.c.tenant_id == tenant_id, usage_events.c.id == usage_event_id)
         .with_for_update()
     ).one_or_none()
     if row is None:
         raise NotFound(f"usage event {usage_event_id} not found")
-    event = event_from_row(row)
-    if event.status != PENDING:
+    if row.status != PENDING:
         uow.rollback()
         return load_outcome(uow, tenant_id, usage_event_id)
-
-    items = load_items(uow, tenant_id, usage_event_id)
-    try:
-        priced = price_items(uow, tenant_id, items, event.created_at)
-        cost = money.total(p.cost for p in priced)
-        wallet = get_wallet(uow, tenant_id, lock=True)
-        _check_spendable(wallet, wallet.spendable, cost)
-    except (PriceNotFound, InsufficientBalance, WalletBlocked) as refusal:
-        _reject(uow, tenant_id, usage_event_id, refusal)
-        uow.commit()
-        return load_outcome(uow, tenant_id, usage_event_id)
-
-    append_entry(
-        uow, wallet, entry_type="debit", amount=-cost, usage_event_id=usage_event_id,
-        reference=event.external_reference_id, description=f"{event.feature_key} usage",
-        idempotency_key=event.idempotency_key, created_by=event.user_id,
-    )
-    for index, p in enumerate(priced):
-        uow.connection.execute(
-            update(usage_event_items)
-            .where(usage_event_items.c.tenant_id == tenant_id,
-                   usage_event_items.c.usage_event_id == usage_event_id,
-                   usage_event_items.c.position == index)
-            .values(unit_price=p.price.unit_price, cost=p.cost, price_id=p.price.id)
-        )
-    uow.connection.execute(
-        update(usage_events)
-        .where(usage_events.c.tenant_id == tenant_id, usage_events.c.id == usage_event_id)
-        .values(status=CHARGED, total_cost=cost, charged_at=func.now())
-    )
+    _settle_group(uow, book, [row])
     uow.commit()
     return load_outcome(uow, tenant_id, usage_event_id)
-
-
-def _reject(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, refusal: BillingError) -> None:
-    uow.connection.execute(
-        update(usage_events)
-        .where(usage_events.c.tenant_id == tenant_id, usage_events.c.id == usage_event_id)
-        .values(status=REJECTED, rejection_code=refusal.code, rejection_reason=refusal.message,
-                rejection_details=refusal.details)
-    )
 
 
 @dataclass(frozen=True)
@@ -135,32 +92,53 @@ class Settled:
     status: str
 
 
+_PENDING_COLUMNS = (usage_events.c.id, usage_events.c.status, usage_events.c.created_at, usage_events.c.feature_key,
+                    usage_events.c.external_reference_id, usage_events.c.idempotency_key, usage_events.c.user_id,
+                    usage_events.c.reservation_id, usage_events.c.quote_id)
+
+
 def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Settled]:
     """Group commit: claim up to `limit` of the tenant's pending events in event order, price them,
     and settle them all in this one transaction, then commit.
 
-    One wallet lock, one multi-row insert of debit entries whose balance_before/balance_after form
-    an unbroken chain in event order, one balance update, one update of the events. Each event is
-    charged or rejected on its own merits: after a charge that does not fit, a cheaper one still may.
+    One wallet lock, one multi-row insert of ledger entries whose balance_before/balance_after form
+    an unbroken chain in event order, one update of each kind of row touched. Each event is charged
+    or rejected on its own merits: after a charge that does not fit, a cheaper one still may.
     Invariant: the wallet is locked before any event is claimed, so a wallet's groups are settled one
     after another in arrival order; FOR UPDATE SKIP LOCKED means no two claims share an event; only
     `pending` events are claimed, so each is settled exactly once (the ledger's one-debit-per-event
-    index stands behind that).
+    index and the one-settlement-per-hold index stand behind that).
     """
     # The wallet first: a second worker on this wallet waits here and then claims the next events,
     # so a wallet's events are settled in arrival order even across workers.
-    wallet = get_wallet(uow, tenant_id, lock=True)
+    book = WalletBook.open(uow, tenant_id)
     events = uow.connection.execute(
-        select(usage_events.c.id, usage_events.c.created_at, usage_events.c.feature_key,
-               usage_events.c.external_reference_id, usage_events.c.idempotency_key, usage_events.c.user_id)
+        select(*_PENDING_COLUMNS)
         .where(usage_events.c.tenant_id == tenant_id, usage_events.c.status == PENDING)
         .order_by(usage_events.c.seq)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
     if not events:
-        uow.rollback()
+        # nothing to charge, but holds and grants past their expiry end here too
+        if book.expire_due():
+            book.flush()
+            uow.commit()
+        else:
+            uow.rollback()
         return []
+    outcomes = _settle_group(uow, book, events)
+    uow.commit()
+    return [Settled(o["event_id"], o["status"]) for o in outcomes]
+
+
+_REFUSALS = (PriceNotFound, InsufficientBalance, WalletBlocked, BudgetExceeded, ReservationExceeded,
+             ReservationExpired, ReservationClosed)
+
+
+def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[dict[str, Any]]:
+    """Price and settle claimed pending events against the locked wallet, in the order given."""
+    tenant_id = book.tenant_id
     items: dict[uuid.UUID, list[UsageItemRecord]] = {e.id: [] for e in events}
     for row in uow.connection.execute(
         select(usage_event_items.c.usage_event_id, usage_event_items.c.position, usage_event_items.c.category,
@@ -172,18 +150,24 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
     ):
         event_id, *fields = row
         items[event_id].append(UsageItemRecord(*fields))
+    settling = {e.reservation_id for e in events if e.reservation_id is not None}
+    book.load_holds(settling)
+    # a hold a charge in hand settles is not expired under it; the charge's own time decides
+    book.expire_due(keep=settling)
 
     catalog = CATALOG.for_tenant(uow, tenant_id)
-    balance, spendable = wallet.current_balance, wallet.spendable
-    debits: list[dict[str, Any]] = []
     outcomes: list[dict[str, Any]] = []
     repriced: list[dict[str, Any]] = []
     for event in events:
         try:
-            priced = price_items(uow, tenant_id, items[event.id], event.created_at, catalog)
-            cost = money.total(p.cost for p in priced)
-            _check_spendable(wallet, spendable, cost)
-        except (PriceNotFound, InsufficientBalance, WalletBlocked) as refusal:
+            if event.quote_id is not None:  # priced at acceptance by a binding quote; it stays so
+                cost = money.total(i.cost for i in items[event.id])
+                priced = None
+            else:
+                priced = price_items(uow, tenant_id, items[event.id], event.created_at, catalog)
+                cost = money.total(p.cost for p in priced)
+            _charge(book, event, cost)
+        except _REFUSALS as refusal:
             outcomes.append({"event_id": event.id, "status": REJECTED, "total_cost": None, "code": refusal.code,
                              "reason": refusal.message, "details": refusal.details})
             continue
@@ -191,27 +175,16 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
             outcomes.append({"event_id": event.id, "status": REJECTED, "total_cost": None, "code": "pricing_error",
                              "reason": f"the cost cannot be computed exactly: {type(exc).__name__}", "details": {}})
             continue
-        after = money.subtract(balance, cost)
-        debits.append({"id": uuid.uuid4(), "tenant_id": tenant_id, "wallet_id": wallet.id, "entry_type": "debit",
-                       "amount": -cost, "balance_before": balance, "balance_after": after,
-                       "usage_event_id": event.id, "reference": event.external_reference_id,
-                       "description": f"{event.feature_key} usage", "idempotency_key": event.idempotency_key,
-                       "created_by": event.user_id})
-        balance, spendable = after, money.subtract(spendable, cost)
         outcomes.append({"event_id": event.id, "status": CHARGED, "total_cost": cost, "code": None,
                          "reason": None, "details": None})
         # items were priced at acceptance, which is the event's time; rewrite only what differs
         repriced += [{"event_id": event.id, "position": i, "unit_price": p.price.unit_price, "cost": p.cost,
                       "price_id": p.price.id}
-                     for i, (p, stored) in enumerate(zip(priced, items[event.id], strict=True))
+                     for i, (p, stored) in enumerate(zip(priced or [], items[event.id], strict=False))
                      if (p.price.id, p.price.unit_price, p.cost) != (stored.price_id, stored.unit_price, stored.cost)]
 
-    if debits:
-        insert_rows(uow, ledger_entries, debits)
-        uow.connection.execute(
-            update(wallets).where(wallets.c.tenant_id == tenant_id, wallets.c.id == wallet.id)
-            .values(current_balance=balance, updated_at=func.now())
-        )
+    book.expire_due()  # holds kept for a charge that turned out too late
+    book.flush()
     _settle_events(uow, tenant_id, outcomes)
     if repriced:
         uow.connection.execute(
@@ -222,19 +195,34 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
             .values(unit_price=bindparam("unit_price"), cost=bindparam("cost"), price_id=bindparam("price_id")),
             repriced,
         )
-    uow.commit()
-    return [Settled(o["event_id"], o["status"]) for o in outcomes]
+    return outcomes
 
 
-def _check_spendable(wallet: Wallet, spendable: Decimal, cost: Decimal) -> None:
-    if wallet.status != "active":
-        raise WalletBlocked("the wallet is blocked; charges are refused", {"walletId": str(wallet.id)})
-    if spendable < cost:
-        raise InsufficientBalance(
-            "insufficient balance for this charge",
-            {"required": money.format_decimal(cost),
-             "available": money.format_decimal(money.subtract(spendable, wallet.overdraft_limit))},
-        )
+def _charge(book: WalletBook, event: Any, cost: Decimal) -> None:
+    """Debit one event's cost, settling its hold if it names one, or raise why it is refused."""
+    if book.blocked:
+        raise WalletBlocked("the wallet is blocked; charges are refused", {"walletId": str(book.wallet.id)})
+    hold = None
+    if event.reservation_id is not None:
+        hold = book.holds[event.reservation_id]
+        check_settleable(hold, event.created_at)
+    releasing = hold.amount if hold is not None else Decimal(0)
+    book.budgets.check(event.feature_key, event.created_at, cost, releasing)
+    # the hold's own amount is released in the same entry, so it adds to what the charge may take
+    if cost > money.add(book.spendable, releasing):
+        details = {"required": money.format_decimal(cost), "available": money.format_decimal(book.available)}
+        if hold is not None:
+            raise ReservationExceeded(
+                "the cost exceeds the hold and the available balance cannot cover the rest",
+                {**details, "reservationId": str(hold.id), "held": money.format_decimal(hold.amount)})
+        raise InsufficientBalance("insufficient balance for this charge", details)
+    entry = {"reference": event.external_reference_id, "description": f"{event.feature_key} usage",
+             "idempotency_key": event.idempotency_key, "created_by": event.user_id}
+    if hold is not None:
+        book.settle_hold(hold, cost, event.id, **entry)
+    else:
+        book.debit(cost, usage_event_id=event.id, **entry)
+    book.budgets.spend(event.feature_key, event.created_at, cost)
 
 
 def _settle_events(uow: UnitOfWork, tenant_id: str, outcomes: list[dict[str, Any]]) -> None:

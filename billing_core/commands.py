@@ -1,8 +1,10 @@
 """Requests the service accepts, validated into exact types (pydantic, no web framework)."""
 from __future__ import annotations
 
+import uuid
+from datetime import datetime, timezone
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -34,6 +36,21 @@ def _positive_amount(value: Decimal) -> Decimal:
     return money.bounded(value, maximum=money.MAX_AMOUNT, allow_zero=False)
 
 
+def _signed_amount(value: Decimal) -> Decimal:
+    return money.bounded(value, maximum=money.MAX_AMOUNT, allow_zero=False, allow_negative=True)
+
+
+def _non_negative_amount(value: Decimal) -> Decimal:
+    return money.bounded(value, maximum=money.MAX_AMOUNT, allow_zero=True)
+
+
+def _utc(value: datetime) -> datetime:
+    """Times without an offset are UTC; any offset is converted here, so the database sees UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
 # Input decimals: a JSON number (parsed as Decimal, never float) or a decimal string.
 Quantity = Annotated[
     Decimal, BeforeValidator(money.to_decimal), AfterValidator(_quantity),
@@ -43,6 +60,18 @@ PositiveAmount = Annotated[
     Decimal, BeforeValidator(money.to_decimal), AfterValidator(_positive_amount),
     PlainSerializer(money.format_decimal, return_type=str), WithJsonSchema(_DECIMAL_SCHEMA),
 ]
+SignedAmount = Annotated[
+    Decimal, BeforeValidator(money.to_decimal), AfterValidator(_signed_amount),
+    PlainSerializer(money.format_decimal, return_type=str), WithJsonSchema(_DECIMAL_SCHEMA),
+]
+NonNegativeAmount = Annotated[
+    Decimal, BeforeValidator(money.to_decimal), AfterValidator(_non_negative_amount),
+    PlainSerializer(money.format_decimal, return_type=str), WithJsonSchema(_DECIMAL_SCHEMA),
+]
+Timestamp = Annotated[datetime, AfterValidator(_utc),
+                      WithJsonSchema({"type": "string", "format": "date-time"})]
+TtlSeconds = Annotated[int, Field(ge=1, le=7 * 24 * 3600, strict=True)]
+
 
 def _storable(value: Any) -> Any:
     """Refuse what PostgreSQL text and jsonb cannot hold (NUL, lone surrogates, NaN), here rather
@@ -100,6 +129,10 @@ class ChargeRequest(Strict):
     externalReferenceId: _text(255) | None = None
     idempotencyKey: IdempotencyKey | None = None
     metadata: Annotated[dict[str, Any], AfterValidator(_storable)] = Field(default_factory=dict)
+    # settle this hold: the actual cost is debited and the rest of the hold released, in one entry
+    reservationId: uuid.UUID | None = None
+    # price the items at this binding quote's unit prices
+    quoteId: uuid.UUID | None = None
     tenantId: TenantId | None = None
 
 
@@ -113,10 +146,88 @@ class ChargeBatchRequest(Strict):
     tenantId: TenantId | None = None
 
 
+Description = Annotated[str, Field(max_length=500), AfterValidator(_storable)]
+Reason = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_storable)]
+Priority = Annotated[int, Field(ge=0, le=100, strict=True)]
+
+
 class TopUpRequest(Strict):
+    """A top-up is a credit grant: paid or promotional, optionally expiring, drawn on by priority."""
     amount: PositiveAmount
     idempotencyKey: IdempotencyKey
-    description: Annotated[str, Field(max_length=500), AfterValidator(_storable)] | None = None
+    description: Description | None = None
+    kind: Literal["paid", "promotional"] = "paid"
+    expiresAt: Timestamp | None = None
+    priority: Priority = 50
+    tenantId: TenantId | None = None
+
+
+class ReservationRequest(Strict):
+    """Hold `amount`, or what `items` cost (priced as a quote, or at `quoteId`'s prices)."""
+    featureKey: FeatureKey
+    amount: PositiveAmount | None = None
+    items: Annotated[list[UsageItem], Field(min_length=1, max_length=MAX_ITEMS)] | None = None
+    quoteId: uuid.UUID | None = None
+    ttlSeconds: TtlSeconds = 900
+    idempotencyKey: IdempotencyKey
+    externalReferenceId: _text(255) | None = None
+    tenantId: TenantId | None = None
+
+
+class ExtendReservationRequest(Strict):
+    """Hold `amount` more and/or keep the hold until `ttlSeconds` from now (never shortened)."""
+    amount: PositiveAmount | None = None
+    ttlSeconds: TtlSeconds | None = None
+    idempotencyKey: IdempotencyKey
+    tenantId: TenantId | None = None
+
+
+class ReleaseReservationRequest(Strict):
+    idempotencyKey: IdempotencyKey | None = None
+    tenantId: TenantId | None = None
+
+
+class BudgetRequest(Strict):
+    limit: NonNegativeAmount
+    period: Literal["day", "month"]
+    action: Literal["reject", "alert"] = "reject"
+    tenantId: TenantId | None = None
+
+
+class RefundRequest(Strict):
+    transactionId: uuid.UUID
+    amount: PositiveAmount | None = None  # all that is left to refund when absent
+    reason: Reason
+    idempotencyKey: IdempotencyKey
+    tenantId: TenantId | None = None
+
+
+class AdjustmentRequest(Strict):
+    """A signed manual correction: positive credits a grant, negative debits like a charge."""
+    amount: SignedAmount
+    reason: Reason
+    idempotencyKey: IdempotencyKey
+    kind: Literal["paid", "promotional"] = "paid"
+    expiresAt: Timestamp | None = None
+    tenantId: TenantId | None = None
+
+
+class PriceRequest(Strict):
+    """A new catalog price from `effectiveFrom` (default now); the price in force until then is closed."""
+    category: CatalogKey
+    provider: CatalogKey
+    model: CatalogKey
+    unit: CatalogKey
+    unitPrice: NonNegativeAmount
+    effectiveFrom: Timestamp | None = None
+    description: Description | None = None
+    tenantId: TenantId | None = None  # absent: the global catalog
+
+
+class WalletSettingsRequest(Strict):
+    status: Literal["active", "blocked"] | None = None
+    overdraftLimit: NonNegativeAmount | None = None
+    clearFlag: bool | None = None
     tenantId: TenantId | None = None
 
 

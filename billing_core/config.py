@@ -18,6 +18,14 @@ class Settings:
     # "naive": one message and one transaction per charge, kept only so `make bench` can compare
     charge_mode: str
     charge_batch_size: int
+    quote_ttl_seconds: int = 900
+    stripe_webhook_secret: str | None = None
+    # rate limits (Flask-Limiter notation) per tenant and per token, by capability; a tenant whose
+    # available balance is at or below zero gets the depleted limit on charges and reservations
+    rate_limit_charge: str = "6000/minute"
+    rate_limit_view: str = "3000/minute"
+    rate_limit_admin: str = "1200/minute"
+    rate_limit_depleted: str = "60/minute"
 
     def __post_init__(self) -> None:
         if self.charge_mode not in ("group", "naive"):
@@ -43,6 +51,12 @@ class Settings:
             pending_sweep_interval_seconds=int(os.environ.get("PENDING_SWEEP_INTERVAL_SECONDS", "30")),
             charge_mode=os.environ.get("CHARGE_MODE", "group"),
             charge_batch_size=int(os.environ.get("CHARGE_BATCH_SIZE", "500")),
+            quote_ttl_seconds=int(os.environ.get("QUOTE_TTL_SECONDS", "900")),
+            stripe_webhook_secret=os.environ.get("STRIPE_WEBHOOK_SECRET") or None,
+            rate_limit_charge=os.environ.get("RATE_LIMIT_CHARGE", "6000/minute"),
+            rate_limit_view=os.environ.get("RATE_LIMIT_VIEW", "3000/minute"),
+            rate_limit_admin=os.environ.get("RATE_LIMIT_ADMIN", "1200/minute"),
+            rate_limit_depleted=os.environ.get("RATE_LIMIT_DEPLETED", "60/minute"),
         )
 
 

@@ -41,3 +41,28 @@ class IdempotencyConflict(BillingError):
 
 class WalletBlocked(BillingError):
     code = "wallet_blocked"
+
+
+class ReservationExpired(BillingError):
+    code = "reservation_expired"
+
+
+class ReservationClosed(BillingError):
+    """The hold was settled or released already; it cannot be settled, extended or released again."""
+    code = "reservation_closed"
+
+
+class ReservationExceeded(BillingError):
+    code = "reservation_exceeded"
+
+
+class BudgetExceeded(BillingError):
+    code = "budget_exceeded"
+
+
+class QuoteExpired(BillingError):
+    code = "quote_expired"
+
+
+class RefundExceeded(BillingError):
+    code = "refund_exceeded"

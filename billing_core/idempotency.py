@@ -25,6 +25,7 @@ class IdempotencyRecord:
     usage_event_id: uuid.UUID | None
     ledger_entry_id: uuid.UUID | None
     created_at: datetime
+    resource_id: uuid.UUID | None = None
 
 
 def fingerprint(operation: str, body: dict[str, Any]) -> str:
@@ -80,9 +81,11 @@ def claim(uow: UnitOfWork, tenant_id: str, key: str, operation: str, request_fin
     return record
 
 
-def record_ledger_entry(uow: UnitOfWork, tenant_id: str, key: str, ledger_entry_id: uuid.UUID) -> None:
+def record_result(uow: UnitOfWork, tenant_id: str, key: str, *, ledger_entry_id: uuid.UUID | None = None,
+                  resource_id: uuid.UUID | None = None) -> None:
+    """Remember what the request that claimed `key` made, for its replays."""
     uow.connection.execute(
         update(idempotency_records)
         .where(idempotency_records.c.tenant_id == tenant_id, idempotency_records.c.idempotency_key == key)
-        .values(ledger_entry_id=ledger_entry_id)
+        .values(ledger_entry_id=ledger_entry_id, resource_id=resource_id)
     )

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from . import money
 from .db import UnitOfWork
@@ -15,7 +15,7 @@ from .errors import ValidationFailed
 from .tables import ledger_entries, wallets
 from .wallets import LedgerEntry
 
-ENTRY_TYPES = ("topup", "debit", "refund", "adjustment")
+ENTRY_TYPES = ("topup", "debit", "refund", "adjustment", "expiry", "hold", "hold_release")
 
 
 def list_entries(uow: UnitOfWork, tenant_id: str, *, start: datetime | None = None, end: datetime | None = None,
@@ -45,11 +45,14 @@ class Verification:
 
 
 def verify(uow: UnitOfWork, tenant_id: str | None = None) -> Verification:
-    """Check that each wallet's balance equals the sum of its entries and that each entry's
-    balance_before equals the previous entry's balance_after (the first starts from zero).
+    """Check each wallet: its balance equals the sum of its entries and the sum of its grants'
+    remaining amounts; its reserved balance equals the sum of the entries' reserved changes and the
+    sum of its active holds; each entry's balance_before equals the previous entry's balance_after
+    (the first starts from zero).
 
     With no tenant, every wallet is checked: an operator's cross-tenant audit.
     """
+    mismatches = _reserved_and_grant_mismatches(uow, tenant_id)
     wallet_query = select(wallets.c.id, wallets.c.tenant_id, wallets.c.current_balance)
     chain = select(
         ledger_entries.c.wallet_id, ledger_entries.c.id, ledger_entries.c.seq,
@@ -72,7 +75,6 @@ def verify(uow: UnitOfWork, tenant_id: str | None = None) -> Verification:
             select(chain_sub.c.wallet_id, func.sum(chain_sub.c.amount)).group_by(chain_sub.c.wallet_id)
         ).all()
     )
-    mismatches: list[dict[str, Any]] = []
     checked = 0
     for wallet_id, wallet_tenant, balance in uow.connection.execute(wallet_query):
         checked += 1
@@ -89,3 +91,28 @@ def verify(uow: UnitOfWork, tenant_id: str | None = None) -> Verification:
             "previousBalanceAfter": money.format_decimal(link.previous_after or Decimal(0)),
         })
     return Verification(ok=not mismatches, wallets_checked=checked, mismatches=mismatches)
+
+
+def _reserved_and_grant_mismatches(uow: UnitOfWork, tenant_id: str | None) -> list[dict[str, Any]]:
+    rows = uow.connection.execute(text("""
+        SELECT w.id, w.tenant_id, w.current_balance, w.reserved_balance,
+               coalesce((SELECT sum(g.remaining) FROM credit_grants g
+                         WHERE g.tenant_id = w.tenant_id AND g.wallet_id = w.id), 0) AS grants,
+               coalesce((SELECT sum(l.reserved_change) FROM ledger_entries l
+                         WHERE l.tenant_id = w.tenant_id AND l.wallet_id = w.id), 0) AS reserved_entries,
+               coalesce((SELECT sum(r.amount) FROM reservations r
+                         WHERE r.tenant_id = w.tenant_id AND r.wallet_id = w.id AND r.status = 'active'), 0) AS holds
+        FROM wallets w
+        WHERE CAST(:tenant_id AS text) IS NULL OR w.tenant_id = :tenant_id
+    """), {"tenant_id": tenant_id})
+    found: list[dict[str, Any]] = []
+    for row in rows:
+        base = {"walletId": str(row.id), "tenantId": row.tenant_id}
+        if row.grants != row.current_balance:
+            found.append({**base, "kind": "grants", "balance": money.format_decimal(row.current_balance),
+                          "sumOfGrants": money.format_decimal(row.grants)})
+        if not (row.reserved_balance == row.reserved_entries == row.holds):
+            found.append({**base, "kind": "reserved", "reservedBalance": money.format_decimal(row.reserved_balance),
+                          "sumOfReservedChanges": money.format_decimal(row.reserved_entries),
+                          "sumOfActiveHolds": money.format_decimal(row.holds)})
+    return found

@@ -15,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from . import money
 from .db import UnitOfWork
-from .errors import PriceNotFound
+from .errors import PriceNotFound, ValidationFailed
 from .tables import catalog_revision, prices
 
 CURRENCY = "USD"
@@ -208,3 +208,35 @@ def load_default_catalog(uow: UnitOfWork) -> None:
     for category, provider, model, unit, unit_price, description in DEFAULT_CATALOG:
         set_price(uow, tenant_id=None, key=(category, provider, model, unit),
                   unit_price=Decimal(unit_price), description=description)
+
+
+def put_price(uow: UnitOfWork, *, tenant_id: str | None, key: CatalogKey, unit_price: Decimal,
+              effective_from: datetime | None, description: str | None) -> Price:
+    """A new price for `key` (a tenant's override, or global with no tenant) from `effective_from`
+    (default now); the row in force until then is closed at that moment, never edited otherwise.
+    Charges are priced at their event's time, so a price cannot start in the past. Commits."""
+    category, provider, model, unit = key
+    now = uow.now()
+    start = effective_from or now
+    if start < now:
+        raise ValidationFailed("effectiveFrom", "must not be in the past")
+    same_key = [prices.c.category == category, prices.c.provider == provider, prices.c.model == model,
+                prices.c.unit == unit,
+                prices.c.tenant_id.is_(None) if tenant_id is None else prices.c.tenant_id == tenant_id]
+    # the open rows of this key, locked: two changes of one price run one after the other
+    open_rows = [Price(**r._mapping) for r in uow.connection.execute(
+        select(prices).where(*same_key, prices.c.effective_to.is_(None)).with_for_update())]
+    for current in open_rows:
+        if current.effective_from >= start:
+            raise ValidationFailed("effectiveFrom", "must be after the start of the latest price of this item "
+                                   f"({current.effective_from.isoformat()})")
+    if open_rows:
+        uow.connection.execute(prices.update().where(*same_key, prices.c.effective_to.is_(None))
+                               .values(effective_to=start))
+    row = uow.connection.execute(
+        insert(prices).values(id=uuid.uuid4(), tenant_id=tenant_id, category=category, provider=provider,
+                              model=model, unit=unit, unit_price=unit_price, currency=CURRENCY,
+                              description=description or (open_rows[0].description if open_rows else None),
+                              effective_from=start).returning(*prices.c)).one()
+    uow.commit()
+    return Price(**row._mapping)

@@ -32,6 +32,8 @@ wallets = Table(
     Column("status", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("flagged_at", DateTime(timezone=True)),  # set by a clawback that took the balance below zero
+    Column("flag_reason", Text),
 )
 
 prices = Table(
@@ -71,6 +73,8 @@ usage_events = Table(
     Column("enqueued_at", DateTime(timezone=True), nullable=False),
     Column("enqueue_count", Integer, nullable=False),
     Column("seq", BigInteger, nullable=False),  # identity: arrival order
+    Column("reservation_id", Uuid),  # the hold this charge settles
+    Column("quote_id", Uuid),  # the binding quote it is priced by
 )
 
 usage_event_items = Table(
@@ -105,6 +109,10 @@ ledger_entries = Table(
     Column("idempotency_key", Text),
     Column("created_by", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("reserved_change", Money, nullable=False),  # what the entry added to the reserved balance
+    Column("reservation_id", Uuid),
+    Column("grant_id", Uuid),  # the grant a top-up created or an expiry ended
+    Column("related_entry_id", Uuid),  # a refund's debit, a clawback's top-up
 )
 
 idempotency_records = Table(
@@ -116,10 +124,97 @@ idempotency_records = Table(
     Column("usage_event_id", Uuid),
     Column("ledger_entry_id", Uuid),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("resource_id", Uuid),  # a reservation, refund's entry or other resource the request made
 )
 
 catalog_revision = Table(
     "catalog_revision", metadata,
     Column("singleton", Boolean, primary_key=True),
     Column("revision", BigInteger, nullable=False),
+)
+
+credit_grants = Table(
+    "credit_grants", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("wallet_id", Uuid, ForeignKey("wallets.id"), nullable=False),
+    Column("kind", Text, nullable=False),  # paid | promotional | debt
+    Column("amount", Money, nullable=False),
+    Column("remaining", Money, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("expired_at", DateTime(timezone=True)),
+    Column("source", Text, nullable=False),
+    Column("reference", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+grant_draws = Table(
+    "grant_draws", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("ledger_entry_id", Uuid, ForeignKey("ledger_entries.id"), primary_key=True),
+    Column("grant_id", Uuid, ForeignKey("credit_grants.id"), primary_key=True),
+    Column("amount", Money, nullable=False),
+)
+
+quotes = Table(
+    "quotes", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("lines", JSONB, nullable=False),
+    Column("total_cost", Money, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+reservations = Table(
+    "reservations", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("wallet_id", Uuid, ForeignKey("wallets.id"), nullable=False),
+    Column("feature_key", Text, nullable=False),
+    Column("external_reference_id", Text),
+    Column("quote_id", Uuid),
+    Column("status", Text, nullable=False),
+    Column("amount", Money, nullable=False),
+    Column("settled_amount", Money),
+    Column("usage_event_id", Uuid),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("closed_at", DateTime(timezone=True)),
+)
+
+budgets = Table(
+    "budgets", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("feature_key", Text, primary_key=True),
+    Column("spend_limit", Money, nullable=False),
+    Column("period", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+budget_spend = Table(
+    "budget_spend", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("feature_key", Text, primary_key=True),
+    Column("period", Text, primary_key=True),
+    Column("period_start", DateTime(timezone=True), primary_key=True),
+    Column("spent", Money, nullable=False),
+)
+
+stripe_events = Table(
+    "stripe_events", metadata,
+    Column("id", Text, primary_key=True),
+    Column("event_type", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("tenant_id", Text),
+    Column("status", Text, nullable=False),
+    Column("detail", Text),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("processed_at", DateTime(timezone=True)),
 )

@@ -13,9 +13,12 @@ from sqlalchemy import select, text
 from . import idempotency, money
 from .commands import ChargeRequest, fingerprint_body
 from .db import UnitOfWork, unnest_arrays
-from .errors import BillingError, NotFound
+from .errors import BillingError, NotFound, ValidationFailed
 from .pricing import CURRENCY, PricedItem, clock_and_catalog, price_items
+from .quotes import binding_prices, load_quotes
+from .reservations import load_reservations
 from .tables import idempotency_records, usage_event_items, usage_events
+from .wallet_book import Reservation, check_settleable
 from .wallets import LedgerEntry, debit_for_event
 
 PENDING, CHARGED, REJECTED = "pending", "charged", "rejected"
@@ -55,6 +58,8 @@ class UsageEvent:
     enqueued_at: datetime
     enqueue_count: int
     seq: int | None = None  # assigned by the database on insert: arrival order
+    reservation_id: uuid.UUID | None = None  # the hold this charge settles
+    quote_id: uuid.UUID | None = None  # the binding quote that prices it
 
 
 @dataclass(frozen=True)
@@ -113,11 +118,19 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
             first_by_key[key] = candidate
 
     accepted_at, catalog = clock_and_catalog(uow, tenant_id)
+    commands_in_play = [c.command for c in first_by_key.values()]
+    found_quotes = load_quotes(uow, tenant_id, (c.quoteId for c in commands_in_play if c.quoteId))
+    found_holds = load_reservations(uow, tenant_id, [c.reservationId for c in commands_in_play if c.reservationId])
     fresh: list[_Candidate] = []
     unpriced: dict[int, BillingError] = {}
     for candidate in first_by_key.values():
+        command = candidate.command
         try:
-            candidate.priced = price_items(uow, tenant_id, candidate.command.items, accepted_at, catalog)
+            prices = catalog if command.quoteId is None else binding_prices(
+                found_quotes, command.quoteId, accepted_at, catalog)
+            if command.reservationId is not None:
+                _check_hold(found_holds, command, accepted_at)
+            candidate.priced = price_items(uow, tenant_id, command.items, accepted_at, prices)
             fresh.append(candidate)
         except BillingError as refusal:
             unpriced[candidate.index] = refusal
@@ -154,6 +167,16 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
     return [r for r in results if r is not None]
 
 
+def _check_hold(found: dict[uuid.UUID, Reservation], command: ChargeRequest, at: datetime) -> None:
+    """Refuse at once a charge whose hold cannot be settled; the worker checks again when it settles."""
+    hold = found.get(command.reservationId)  # type: ignore[arg-type]
+    if hold is None:
+        raise NotFound(f"reservation {command.reservationId} not found", {"field": "reservationId"})
+    if hold.feature_key != command.featureKey:
+        raise ValidationFailed("featureKey", f"must be the reservation's featureKey ({hold.feature_key})")
+    check_settleable(hold, at)
+
+
 def _events_as_written(tenant_id: str, fresh: list[_Candidate], accepted_at: datetime,
                        user_id: str | None) -> dict[uuid.UUID, UsageEvent]:
     """The events about to be inserted, pending: once committed a worker may already be charging
@@ -165,6 +188,7 @@ def _events_as_written(tenant_id: str, fresh: list[_Candidate], accepted_at: dat
             status=PENDING, total_cost=money.total(p.cost for p in c.priced), currency=CURRENCY,
             rejection_code=None, rejection_reason=None, rejection_details=None, metadata=c.command.metadata,
             created_at=accepted_at, charged_at=None, enqueued_at=accepted_at, enqueue_count=1,
+            reservation_id=c.command.reservationId, quote_id=c.command.quoteId,
         )
         for c in fresh
     }

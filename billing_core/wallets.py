@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from . import money
 from .db import UnitOfWork
+from .errors import ValidationFailed
 from .pricing import CURRENCY
 from .tables import ledger_entries, wallets
 
@@ -27,6 +28,8 @@ class Wallet:
     status: str
     created_at: datetime
     updated_at: datetime
+    flagged_at: datetime | None = None
+    flag_reason: str | None = None
 
     @property
     def available_balance(self) -> Decimal:
@@ -54,6 +57,10 @@ class LedgerEntry:
     idempotency_key: str | None
     created_by: str | None
     created_at: datetime
+    reserved_change: Decimal = Decimal(0)
+    reservation_id: uuid.UUID | None = None
+    grant_id: uuid.UUID | None = None
+    related_entry_id: uuid.UUID | None = None
 
 
 def get_wallet(uow: UnitOfWork, tenant_id: str, *, lock: bool = False) -> Wallet:
@@ -113,3 +120,24 @@ def debit_for_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID) 
         )
     ).one_or_none()
     return LedgerEntry(**row._mapping) if row else None
+
+
+def change_settings(uow: UnitOfWork, tenant_id: str, *, status: str | None, overdraft_limit: Decimal | None,
+                    clear_flag: bool) -> None:
+    """Block or unblock a wallet, set its overdraft, clear its flag; the caller holds the wallet lock.
+    Lowering the overdraft below what is in use is refused."""
+    wallet = get_wallet(uow, tenant_id, lock=True)
+    values: dict = {"updated_at": func.now()}
+    if status is not None:
+        values["status"] = status
+    if overdraft_limit is not None:
+        if money.add(wallet.available_balance, overdraft_limit) < 0 and wallet.flagged_at is None:
+            raise ValidationFailed("overdraftLimit", "is below the overdraft in use "
+                                   f"({money.format_decimal(-wallet.available_balance)})")
+        values["overdraft_limit"] = overdraft_limit
+    if clear_flag:
+        if money.add(wallet.available_balance, overdraft_limit if overdraft_limit is not None
+                     else wallet.overdraft_limit) < 0:
+            raise ValidationFailed("clearFlag", "the balance is still below what the overdraft allows")
+        values.update(flagged_at=None, flag_reason=None)
+    uow.connection.execute(update(wallets).where(wallets.c.tenant_id == tenant_id).values(**values))

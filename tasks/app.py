@@ -4,7 +4,7 @@ from celery.signals import worker_process_init
 
 from billing_core.db import dispose_engines
 
-celery_app = Celery("lad_billing", include=["tasks.charging"])
+celery_app = Celery("lad_billing", include=["tasks.charging", "tasks.credits"])
 celery_app.config_from_object("celeryconfig")
 
 

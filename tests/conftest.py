@@ -18,6 +18,7 @@ from devstack.stack import ROOT, Stack, drop_database
 from tests.helpers import Api
 
 TEST_SECRET = "test-secret-" + uuid.uuid4().hex
+STRIPE_SECRET = "whsec_test_" + uuid.uuid4().hex
 
 
 class TestStack:
@@ -67,6 +68,9 @@ def live() -> Iterator[TestStack]:
         PENDING_CHARGE_AGE_SECONDS="3",
         PENDING_SWEEP_INTERVAL_SECONDS="1",
         LAD_ENV="development",
+        STRIPE_WEBHOOK_SECRET=STRIPE_SECRET,
+        # low enough that a test can reach it, above what the other tests send to a depleted tenant
+        RATE_LIMIT_DEPLETED="250/minute",
     )
     port = free_port()
     try:

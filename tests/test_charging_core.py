@@ -7,6 +7,7 @@ import uuid
 from decimal import Decimal
 
 import pytest
+from billing_core.credits import top_up
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -14,7 +15,6 @@ from billing_core import charging, usage
 from billing_core.commands import ChargeRequest, TopUpRequest
 from billing_core.db import UnitOfWork
 from billing_core.tables import ledger_entries, usage_events
-from billing_core.topups import top_up
 from tests.helpers import stt_items
 
 

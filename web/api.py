@@ -10,18 +10,19 @@ import redis
 from flask import Blueprint, Response, current_app, jsonify, request
 from spectree import Response as Documented
 
-from billing_core import history, ledger, money, pricing, topups, usage
+from billing_core import credits, history, ledger, money, pricing, quotes, usage
 from billing_core.commands import ChargeBatchRequest, ChargeRequest, QuoteRequest, TopUpRequest
 from billing_core.db import UnitOfWork, engine_for
 from billing_core.errors import ValidationFailed
 from billing_core.usage import PENDING, ChargeOutcome
-from billing_core.wallets import get_wallet
+from billing_core.wallet_book import WalletBook
 from tasks.charging import request_charging
 
 from . import representations as show
 from . import schemas
 from .auth import ADMIN, CHARGE, VIEW, authenticate, tenant_for
 from .errors import error_response
+from .limits import rate_limited
 from .openapi import spec
 from .parsing import (
     MAX_BATCH_BODY_BYTES,
@@ -61,14 +62,16 @@ def ok(status: int = 200, replayed: bool = False, **body: Any) -> Response:
 
 
 @billing.get("/pricing")
-@documented({200: schemas.PricingResponse}, 404, query=schemas.PricingQuery)
+@documented({200: schemas.PricingResponse}, 404, query=schemas.PricingAtQuery)
+@rate_limited(VIEW)
 def get_pricing() -> Response:
+    """The prices in force now, or `at` a given time."""
     principal = authenticate()
-    query = parse_query(schemas.PricingQuery)
+    query = parse_query(schemas.PricingAtQuery)
     tenant_id = tenant_for(principal, query.tenantId)
     key = (query.category, query.provider, query.model, query.unit)
     with unit_of_work() as uow:
-        now = uow.now()
+        now = time_bound(query.at, "at", end=False) or uow.now()
         if all(key):
             return ok(price=show.price(pricing.find_price(uow, tenant_id, key, now)))  # type: ignore[arg-type]
         found = pricing.list_prices(uow, tenant_id, now, category=query.category, provider=query.provider,
@@ -78,41 +81,54 @@ def get_pricing() -> Response:
 
 @billing.post("/quote")
 @documented({200: schemas.QuoteResponse}, 403, 413, 422, json=QuoteRequest)
+@rate_limited(VIEW)
 def post_quote() -> Response:
+    """Price items; the quote is binding for charges and reservations naming its quoteId until expiresAt."""
     principal = authenticate()
     command = parse(QuoteRequest, json_body())
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
-        priced = pricing.price_items(uow, tenant_id, command.items, uow.now())
-    return ok(quote={"totalCost": show.amount(money.total(p.cost for p in priced)), "currency": pricing.CURRENCY,
+        quote, priced = quotes.create_quote(uow, tenant_id, command.items,
+                                            current_app.config["LAD_SETTINGS"].quote_ttl_seconds)
+    return ok(quote={"quoteId": str(quote.id), "expiresAt": show.timestamp(quote.expires_at),
+                     "totalCost": show.amount(money.total(p.cost for p in priced)), "currency": pricing.CURRENCY,
                      "items": [show.quote_line(p) for p in priced]})
 
 
 @billing.get("/wallet")
 @documented({200: schemas.WalletResponse}, 403, query=schemas.TenantQuery)
+@rate_limited(VIEW)
 def get_wallet_balance() -> Response:
+    """Balances and the credit grants behind them (grants and holds past their expiry end first)."""
     principal = authenticate()
     tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
     with unit_of_work() as uow:
-        wallet = get_wallet(uow, tenant_id)
+        book = WalletBook.open(uow, tenant_id)
+        if book.expire_due():
+            book.flush()
         uow.commit()
-    return ok(wallet=show.wallet(wallet))
+        grants = credits.live_grants(uow, tenant_id)
+    return ok(wallet=show.wallet(book.wallet, grants))
 
 
 @billing.post("/topup")
-@documented({200: schemas.TransactionResponse}, 403, 409, 413, json=TopUpRequest)
+@documented({200: schemas.CreditResponse}, 403, 409, 413, json=TopUpRequest)
+@rate_limited(ADMIN)
 def post_topup() -> Response:
+    """Add a credit grant: paid or promotional, optionally expiring, with a draw priority."""
     principal = authenticate(ADMIN)
     command = parse(TopUpRequest, with_idempotency_header(json_body()))
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
-        result = topups.top_up(uow, tenant_id, command, created_by=principal.subject)
-    return ok(transaction=show.transaction(result.entry), replayed=result.replayed)
+        result = credits.top_up(uow, tenant_id, command, created_by=principal.subject)
+    return ok(transaction=show.transaction(result.entry), grant=show.grant(result.grant) if result.grant else None,
+              replayed=result.replayed)
 
 
 @billing.post("/charge")
-@documented({200: schemas.ChargeResponse, 202: schemas.ChargeAccepted}, 402, 403, 409, 413, 422,
+@documented({200: schemas.ChargeResponse, 202: schemas.ChargeAccepted}, 402, 403, 409, 410, 413, 422,
             json=ChargeRequest, query=schemas.ChargeQuery)
+@rate_limited(CHARGE, depleted_limit=True)
 def post_charge() -> Response:
     principal = authenticate(CHARGE)
     query = parse_query(schemas.ChargeQuery)
@@ -131,6 +147,7 @@ def post_charge() -> Response:
 
 @billing.post("/charges")
 @documented({202: schemas.ChargeBatchResponse}, 403, 413, json=schemas.ChargeBatchDocumented)
+@rate_limited(CHARGE, depleted_limit=True)
 def post_charges() -> Response:
     """Submit up to 1,000 charges at once: durable in one transaction, each with its own outcome."""
     principal = authenticate(CHARGE)
@@ -195,6 +212,7 @@ def _charge_response(outcome: ChargeOutcome, *, replayed: bool) -> Response:
 
 @billing.get("/tasks/<task_id>")
 @documented({200: schemas.TaskResponse}, 403, 404, query=schemas.TenantQuery)
+@rate_limited(VIEW)
 def get_task(task_id: str) -> Response:
     principal = authenticate()
     if not (principal.has(CHARGE) or principal.has(VIEW)):
@@ -207,6 +225,7 @@ def get_task(task_id: str) -> Response:
 
 @billing.get("/usage")
 @documented({200: schemas.UsageResponse}, 403, query=schemas.UsageQuery)
+@rate_limited(VIEW)
 def get_usage() -> Response:
     principal = authenticate(VIEW)
     query = parse_query(schemas.UsageQuery)
@@ -224,6 +243,7 @@ def get_usage() -> Response:
 
 @billing.get("/usage/<usage_event_id>")
 @documented({200: schemas.UsageEventResponse}, 403, 404, query=schemas.TenantQuery)
+@rate_limited(VIEW)
 def get_usage_event(usage_event_id: str) -> Response:
     principal = authenticate(VIEW)
     tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
@@ -234,6 +254,7 @@ def get_usage_event(usage_event_id: str) -> Response:
 
 @billing.get("/transactions")
 @documented({200: schemas.TransactionsResponse}, 403, query=schemas.TransactionsQuery)
+@rate_limited(VIEW)
 def get_transactions() -> Response:
     principal = authenticate(VIEW)
     query = parse_query(schemas.TransactionsQuery)
@@ -248,6 +269,7 @@ def get_transactions() -> Response:
 
 @billing.get("/ledger/verify")
 @documented({200: schemas.VerifyResponse}, 403, query=schemas.TenantQuery)
+@rate_limited(ADMIN)
 def get_ledger_verification() -> Response:
     authenticate(ADMIN)
     with unit_of_work() as uow:

@@ -8,11 +8,13 @@ from flask import Flask
 
 from billing_core.config import Settings
 
+from . import lifecycle_api, stripe_webhook  # noqa: F401 - their routes join the billing blueprint
 from .api import billing
 from .auth import TokenSettings
 from .errors import register_error_handlers
 from .health import health
 from .json import BillingJSONProvider
+from .limits import init_limiter
 from .openapi import spec
 from .outcomes import ChargeOutcomeListener
 
@@ -29,6 +31,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["lad_tokens"] = app.config.get("LAD_TOKENS") or TokenSettings.from_env()
     app.extensions["lad_outcomes"] = ChargeOutcomeListener(settings.redis_url, settings.charge_outcome_channel)
     app.register_blueprint(billing)
+    init_limiter(app)
     app.register_blueprint(health)
     register_error_handlers(app)
     spec.register(app)

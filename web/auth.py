@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 
 import jwt
-from flask import current_app, request
+from flask import current_app, g, request
 
 from .errors import ApiError
 
@@ -69,15 +69,21 @@ def verify_token(token: str, settings: TokenSettings) -> Principal:
 
 def authenticate(capability: str | None = None) -> Principal:
     """The caller of this request; 401 without a valid token, 403 without `capability`."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError("unauthorized", "a bearer token is required")
-    principal = verify_token(token.strip(), current_app.extensions["lad_tokens"])
+    principal = g.get("lad_principal")
+    if principal is None:  # verified once per request (the rate limiter asks first)
+        principal = verify_token(bearer_token(), current_app.extensions["lad_tokens"])
+        g.lad_principal = principal
     if capability is not None and not principal.has(capability):
         raise ApiError("forbidden", f"this operation needs the {capability} capability",
                        {"capability": capability})
     return principal
+
+
+def bearer_token() -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError("unauthorized", "a bearer token is required")
+    return token.strip()
 
 
 def tenant_for(principal: Principal, requested: str | None) -> str:

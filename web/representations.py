@@ -5,10 +5,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from billing_core import money
+from billing_core.budgets import BudgetStatus
 from billing_core.history import Summary
 from billing_core.ledger import Verification
 from billing_core.pricing import Price, PricedItem
 from billing_core.usage import Acceptance, ChargeOutcome, UsageEvent, UsageItemRecord
+from billing_core.wallet_book import Grant, Reservation
 from billing_core.wallets import LedgerEntry, Wallet
 
 
@@ -38,21 +40,51 @@ def quote_line(p: PricedItem) -> dict[str, Any]:
     }
 
 
-def wallet(w: Wallet) -> dict[str, Any]:
-    return {
+def wallet(w: Wallet, grants: list[Grant] | None = None) -> dict[str, Any]:
+    body = {
         "id": str(w.id), "tenantId": w.tenant_id, "currentBalance": amount(w.current_balance),
         "reservedBalance": amount(w.reserved_balance), "availableBalance": amount(w.available_balance),
         "overdraftLimit": amount(w.overdraft_limit), "currency": w.currency, "status": w.status,
+        "flagged": w.flagged_at is not None, "flagReason": w.flag_reason,
     }
+    if grants is not None:
+        body["grants"] = [grant(g) for g in grants]
+    return body
+
+
+def grant(g: Grant) -> dict[str, Any]:
+    return {"id": str(g.id), "kind": g.kind, "amount": amount(g.amount), "remaining": amount(g.remaining),
+            "priority": g.priority, "expiresAt": timestamp(g.expires_at), "source": g.source,
+            "createdAt": timestamp(g.created_at)}
+
+
+def _id(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def transaction(e: LedgerEntry) -> dict[str, Any]:
     return {
         "id": str(e.id), "type": e.entry_type, "amount": amount(e.amount),
         "balanceBefore": amount(e.balance_before), "balanceAfter": amount(e.balance_after),
-        "description": e.description, "usageEventId": str(e.usage_event_id) if e.usage_event_id else None,
-        "createdAt": timestamp(e.created_at),
+        "reservedChange": amount(e.reserved_change),
+        "description": e.description, "usageEventId": _id(e.usage_event_id),
+        "reservationId": _id(e.reservation_id), "grantId": _id(e.grant_id),
+        "relatedTransactionId": _id(e.related_entry_id), "createdAt": timestamp(e.created_at),
     }
+
+
+def reservation(r: Reservation) -> dict[str, Any]:
+    return {"id": str(r.id), "status": r.status, "amount": amount(r.amount),
+            "settledAmount": amount(r.settled_amount), "featureKey": r.feature_key,
+            "externalReferenceId": r.external_reference_id, "quoteId": _id(r.quote_id),
+            "usageEventId": _id(r.usage_event_id), "expiresAt": timestamp(r.expires_at),
+            "createdAt": timestamp(r.created_at), "closedAt": timestamp(r.closed_at)}
+
+
+def budget(b: BudgetStatus) -> dict[str, Any]:
+    return {"featureKey": b.budget.feature_key, "limit": amount(b.budget.spend_limit), "period": b.budget.period,
+            "action": b.budget.action, "periodStart": timestamp(b.period_start), "spent": amount(b.spent),
+            "held": amount(b.held), "remaining": amount(b.remaining)}
 
 
 def usage_event(e: UsageEvent) -> dict[str, Any]:

@@ -14,6 +14,9 @@ TimeBound = Annotated[str, Field(max_length=64, description="ISO 8601 date or da
 Uuid = Annotated[str, Field(format="uuid")]
 
 
+EntryType = Literal["topup", "debit", "refund", "adjustment", "expiry", "hold", "hold_release"]
+
+
 class Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -27,6 +30,23 @@ class PricingQuery(Query):
 
 
 class TenantQuery(Query):
+    tenantId: TenantId | None = None
+
+
+class PricingAtQuery(PricingQuery):
+    at: TimeBound | None = None
+
+
+class ReservationsQuery(Query):
+    status: Literal["active", "settled", "released", "expired"] | None = None
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    cursor: Annotated[str, Field(max_length=200)] | None = None
+    tenantId: TenantId | None = None
+
+
+class EntitlementQuery(Query):
+    featureKey: FeatureKey
+    estimatedCost: Annotated[str, Field(max_length=64)] = "0"
     tenantId: TenantId | None = None
 
 
@@ -48,7 +68,7 @@ class UsageQuery(Query):
 class TransactionsQuery(Query):
     from_: Annotated[TimeBound | None, Field(alias="from")] = None
     to: TimeBound | None = None
-    type: Literal["topup", "debit", "refund", "adjustment"] | None = None
+    type: EntryType | None = None
     limit: Annotated[int, Field(ge=1, le=500)] = 50
     cursor: Annotated[str, Field(max_length=200)] | None = None
     tenantId: TenantId | None = None
@@ -98,6 +118,9 @@ class QuoteLine(BaseModel):
 
 
 class Quote(BaseModel):
+    """A binding quote: a charge or reservation naming `quoteId` before `expiresAt` is priced at these unit prices."""
+    quoteId: Uuid
+    expiresAt: Timestamp
     totalCost: DecimalString
     currency: str
     items: list[QuoteLine]
@@ -117,27 +140,128 @@ class WalletOut(BaseModel):
     overdraftLimit: DecimalString
     currency: str
     status: Literal["active", "blocked"]
+    flagged: bool
+    flagReason: str | None
+
+
+class GrantOut(BaseModel):
+    """A credit grant; `debt` is what an overdraft or clawback took beyond the credits (negative)."""
+    id: Uuid
+    kind: Literal["paid", "promotional", "debt"]
+    amount: DecimalString
+    remaining: DecimalString
+    priority: int
+    expiresAt: Timestamp | None
+    source: str
+    createdAt: Timestamp
+
+
+class WalletWithGrants(WalletOut):
+    grants: list[GrantOut]
 
 
 class WalletResponse(BaseModel):
+    success: Literal[True]
+    wallet: WalletWithGrants
+
+
+class WalletSettingsResponse(BaseModel):
     success: Literal[True]
     wallet: WalletOut
 
 
 class TransactionOut(BaseModel):
     id: Uuid
-    type: Literal["topup", "debit", "refund", "adjustment"]
+    type: EntryType
     amount: DecimalString
     balanceBefore: DecimalString
     balanceAfter: DecimalString
+    reservedChange: DecimalString
     description: str | None
     usageEventId: Uuid | None
+    reservationId: Uuid | None
+    grantId: Uuid | None
+    relatedTransactionId: Uuid | None
     createdAt: Timestamp
 
 
 class TransactionResponse(BaseModel):
     success: Literal[True]
     transaction: TransactionOut
+
+
+class CreditResponse(BaseModel):
+    """A top-up or positive adjustment also returns the grant it created."""
+    success: Literal[True]
+    transaction: TransactionOut
+    grant: GrantOut | None = None
+
+
+class ReservationOut(BaseModel):
+    id: Uuid
+    status: Literal["active", "settled", "released", "expired"]
+    amount: DecimalString
+    settledAmount: DecimalString | None
+    featureKey: str
+    externalReferenceId: str | None
+    quoteId: Uuid | None
+    usageEventId: Uuid | None
+    expiresAt: Timestamp
+    createdAt: Timestamp
+    closedAt: Timestamp | None
+
+
+class ReservationResponse(BaseModel):
+    success: Literal[True]
+    reservation: ReservationOut
+
+
+class ReservationsResponse(BaseModel):
+    success: Literal[True]
+    reservations: list[ReservationOut]
+    nextCursor: str | None
+
+
+class BudgetOut(BaseModel):
+    featureKey: str
+    limit: DecimalString
+    period: Literal["day", "month"]
+    action: Literal["reject", "alert"]
+    periodStart: Timestamp
+    spent: DecimalString
+    held: DecimalString
+    remaining: DecimalString
+
+
+class BudgetResponse(BaseModel):
+    success: Literal[True]
+    budget: BudgetOut
+
+
+class BudgetsResponse(BaseModel):
+    success: Literal[True]
+    budgets: list[BudgetOut]
+
+
+class EntitlementOut(BaseModel):
+    allowed: bool
+    availableBalance: DecimalString
+    reason: Literal["insufficient_balance", "wallet_blocked", "budget_exceeded"] | None
+
+
+class EntitlementResponse(BaseModel):
+    success: Literal[True]
+    entitlement: EntitlementOut
+
+
+class PriceResponse(BaseModel):
+    success: Literal[True]
+    price: PriceOut
+
+
+class WebhookResponse(BaseModel):
+    received: Literal[True]
+    duplicate: bool
 
 
 class Rejection(BaseModel):

@@ -1,0 +1,166 @@
+"""Credits in and out by administrators: top-ups (credit grants), refunds of debits, adjustments."""
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import select
+
+from . import idempotency, money
+from .commands import AdjustmentRequest, RefundRequest, TopUpRequest, fingerprint_body
+from .db import UnitOfWork
+from .errors import InsufficientBalance, NotFound, RefundExceeded, ValidationFailed
+from .tables import credit_grants, grant_draws, ledger_entries, usage_events
+from .wallet_book import DEBT, Grant, WalletBook
+from .wallets import LedgerEntry, get_entry
+
+# the order debits draw on grants (WalletBook.live_grants), as SQL; the debt comes last
+DRAW_ORDER = (credit_grants.c.kind == DEBT, credit_grants.c.priority, credit_grants.c.expires_at.asc().nulls_last(),
+              credit_grants.c.kind != "promotional", credit_grants.c.created_at, credit_grants.c.id)
+
+
+@dataclass(frozen=True)
+class CreditResult:
+    entry: LedgerEntry
+    replayed: bool
+    grant: Grant | None = None
+
+
+def _claimed(uow: UnitOfWork, tenant_id: str, key: str, operation: str, command) -> CreditResult | None:  # noqa: ANN001
+    """None for a new request; the earlier result for a replay (IdempotencyConflict for another request)."""
+    earlier = idempotency.claim(uow, tenant_id, key, operation,
+                                idempotency.fingerprint(operation, fingerprint_body(command)))
+    if earlier is None:
+        return None
+    assert earlier.ledger_entry_id is not None
+    entry = get_entry(uow, tenant_id, earlier.ledger_entry_id)
+    assert entry is not None
+    return CreditResult(entry, replayed=True, grant=get_grant(uow, tenant_id, entry.grant_id))
+
+
+def _future(book: WalletBook, command: TopUpRequest | AdjustmentRequest) -> None:
+    if command.expiresAt is not None and command.expiresAt <= book.now:
+        raise ValidationFailed("expiresAt", "must be in the future")
+
+
+def _commit(uow: UnitOfWork, book: WalletBook, key: str, grant: Grant | None = None) -> CreditResult:
+    entry_id = book.flush()[-1]
+    idempotency.record_result(uow, book.tenant_id, key, ledger_entry_id=entry_id)
+    entry = book.entries([entry_id])[0]
+    uow.commit()
+    return CreditResult(entry, replayed=False, grant=grant)
+
+
+def top_up(uow: UnitOfWork, tenant_id: str, command: TopUpRequest, *, created_by: str | None) -> CreditResult:
+    """Credit the wallet with a new grant and commit; a repeated key replays the first entry.
+    Top-ups work on a blocked wallet too."""
+    key = command.idempotencyKey
+    replay = _claimed(uow, tenant_id, key, "topup", command)
+    if replay is not None:
+        return replay
+    book = WalletBook.open(uow, tenant_id)
+    _future(book, command)
+    _, grant = book.add_grant(command.amount, kind=command.kind, source="topup", priority=command.priority,
+                              expires_at=command.expiresAt, reference=key, description=command.description,
+                              idempotency_key=key, created_by=created_by)
+    return _commit(uow, book, key, grant)
+
+
+def adjust(uow: UnitOfWork, tenant_id: str, command: AdjustmentRequest, *, created_by: str | None) -> CreditResult:
+    """A manual correction with a reason: positive adds a grant, negative debits the grants like a
+    charge would and must fit in the available balance plus overdraft."""
+    key = command.idempotencyKey
+    replay = _claimed(uow, tenant_id, key, "adjustment", command)
+    if replay is not None:
+        return replay
+    book = WalletBook.open(uow, tenant_id)
+    book.expire_due()
+    entry = {"reference": key, "description": command.reason, "idempotency_key": key, "created_by": created_by}
+    if command.amount > 0:
+        _future(book, command)
+        _, grant = book.add_grant(command.amount, kind=command.kind, source="adjustment", entry_type="adjustment",
+                                  expires_at=command.expiresAt, **entry)
+        return _commit(uow, book, key, grant)
+    if command.expiresAt is not None:
+        raise ValidationFailed("expiresAt", "only a positive adjustment creates a grant that can expire")
+    if -command.amount > book.spendable:
+        raise InsufficientBalance("the adjustment would take the balance below what the overdraft allows",
+                                  {"field": "amount", "required": money.format_decimal(-command.amount),
+                                   "available": money.format_decimal(book.available)})
+    book.debit(-command.amount, entry_type="adjustment", **entry)
+    return _commit(uow, book, key)
+
+
+def refund(uow: UnitOfWork, tenant_id: str, command: RefundRequest, *, created_by: str | None) -> CreditResult:
+    """Credit back all or part of a debit, into the grants it drew from. The refunds of one debit
+    never add up to more than it took; they are linked to it by related_entry_id."""
+    key = command.idempotencyKey
+    replay = _claimed(uow, tenant_id, key, "refund", command)
+    if replay is not None:
+        return replay
+    book = WalletBook.open(uow, tenant_id)  # refunds of one debit wait for each other here
+    original = get_entry(uow, tenant_id, command.transactionId)
+    if original is None:
+        raise NotFound(f"transaction {command.transactionId} not found", {"field": "transactionId"})
+    if original.entry_type != "debit":
+        raise ValidationFailed("transactionId", f"only a debit can be refunded, not a {original.entry_type}")
+    returnable = _returnable(uow, tenant_id, original)
+    left = money.total(returnable.values())
+    amount = command.amount if command.amount is not None else left
+    if amount == 0 or amount > left:
+        raise RefundExceeded("a refund cannot exceed what is left of the debit",
+                             {"field": "amount", "debited": money.format_decimal(-original.amount),
+                              "refundable": money.format_decimal(left)})
+    book.restore(amount, list(returnable.items()), related_entry_id=original.id,
+                 usage_event_id=original.usage_event_id, reference=str(original.id), description=command.reason,
+                 idempotency_key=key, created_by=created_by)
+    if original.usage_event_id is not None:
+        event = uow.connection.execute(
+            select(usage_events.c.feature_key, usage_events.c.created_at)
+            .where(usage_events.c.tenant_id == tenant_id, usage_events.c.id == original.usage_event_id)).one()
+        book.budgets.spend(event.feature_key, event.created_at, -amount)
+    return _commit(uow, book, key)
+
+
+def _returnable(uow: UnitOfWork, tenant_id: str, original: LedgerEntry) -> dict[uuid.UUID, Decimal]:
+    """Per grant the debit drew from (in draw order), what earlier refunds have not yet returned.
+    A debit that drew on the debt can be refunded too; that part repays the debt or becomes a grant."""
+    drawn: dict[uuid.UUID, Decimal] = {}
+    for grant_id, amount in uow.connection.execute(
+        select(grant_draws.c.grant_id, grant_draws.c.amount)
+        .join(credit_grants, credit_grants.c.id == grant_draws.c.grant_id)
+        .where(grant_draws.c.tenant_id == tenant_id, grant_draws.c.ledger_entry_id == original.id)
+        .order_by(*DRAW_ORDER)
+    ):
+        drawn[grant_id] = -amount
+    refunded = uow.connection.execute(
+        select(ledger_entries.c.amount).where(ledger_entries.c.tenant_id == tenant_id,
+                                              ledger_entries.c.related_entry_id == original.id,
+                                              ledger_entries.c.entry_type == "refund")).scalars().all()
+    # what was refunded before is taken off the draws last drawn first, as restore() returns them
+    already = money.total(refunded)
+    left: dict[uuid.UUID, Decimal] = defaultdict(Decimal)
+    for grant_id in reversed(list(drawn)):
+        taken = min(already, drawn[grant_id])
+        already = money.subtract(already, taken)
+        left[grant_id] = money.subtract(drawn[grant_id], taken)
+    return {g: left[g] for g in drawn if left[g] > 0}
+
+
+def get_grant(uow: UnitOfWork, tenant_id: str, grant_id: uuid.UUID | None) -> Grant | None:
+    if grant_id is None:
+        return None
+    row = uow.connection.execute(
+        select(credit_grants).where(credit_grants.c.tenant_id == tenant_id, credit_grants.c.id == grant_id)
+    ).one_or_none()
+    return Grant(**row._mapping) if row else None
+
+
+def live_grants(uow: UnitOfWork, tenant_id: str) -> list[Grant]:
+    """The wallet's grants with something left (and the debt, if any), in the order debits draw on them."""
+    rows = uow.connection.execute(
+        select(credit_grants).where(credit_grants.c.tenant_id == tenant_id, credit_grants.c.remaining != 0)
+        .order_by(*DRAW_ORDER))
+    return [Grant(**r._mapping) for r in rows]

@@ -1,0 +1,84 @@
+"""Binding quotes: a quote's unit prices hold for charges and reservations that name it until it expires."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from . import money
+from .db import UnitOfWork
+from .errors import NotFound, QuoteExpired
+from .pricing import CURRENCY, CatalogKey, Price, PricedItem, PricedItemLike, TenantPrices, clock_and_catalog, price_items
+from .tables import quotes
+
+
+@dataclass(frozen=True)
+class Quote:
+    id: uuid.UUID
+    tenant_id: str
+    lines: list[dict[str, Any]]
+    total_cost: Decimal
+    currency: str
+    expires_at: datetime
+    created_at: datetime
+
+
+class QuotedPrices:
+    """Prices as a quote fixed them; an item the quote did not cover is priced from the catalog."""
+
+    def __init__(self, quote: Quote, catalog: TenantPrices):
+        self._catalog = catalog
+        self._quoted: dict[CatalogKey, Price] = {}
+        for line in quote.lines:
+            key = (line["category"], line["provider"], line["model"], line["unit"])
+            self._quoted[key] = Price(
+                id=uuid.UUID(line["priceId"]), tenant_id=quote.tenant_id, category=key[0], provider=key[1],
+                model=key[2], unit=key[3], unit_price=money.to_decimal(line["unitPrice"]), currency=quote.currency,
+                description=f"quote {quote.id}", effective_from=quote.created_at, effective_to=quote.expires_at,
+                created_at=quote.created_at)
+
+    def price_at(self, key: CatalogKey, at: datetime) -> Price | None:
+        return self._quoted.get(key) or self._catalog.price_at(key, at)
+
+
+def create_quote(uow: UnitOfWork, tenant_id: str, items: Sequence[PricedItemLike],
+                 ttl_seconds: int) -> tuple[Quote, list[PricedItem]]:
+    """Price the items now and keep their unit prices for `ttl_seconds`; commits."""
+    now, catalog = clock_and_catalog(uow, tenant_id)
+    priced = price_items(uow, tenant_id, items, now, catalog)
+    quote = Quote(
+        id=uuid.uuid4(), tenant_id=tenant_id,
+        lines=[{"category": p.item.category, "provider": p.item.provider, "model": p.item.model, "unit": p.item.unit,
+                "quantity": money.format_decimal(p.item.quantity), "unitPrice": money.format_decimal(p.price.unit_price),
+                "priceId": str(p.price.id)} for p in priced],
+        total_cost=money.total(p.cost for p in priced), currency=CURRENCY,
+        expires_at=now + timedelta(seconds=ttl_seconds), created_at=now)
+    uow.connection.execute(insert(quotes).values(**vars(quote)))
+    uow.commit()
+    return quote, priced
+
+
+def load_quotes(uow: UnitOfWork, tenant_id: str, quote_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Quote]:
+    wanted = list(set(quote_ids))
+    if not wanted:
+        return {}
+    rows = uow.connection.execute(select(quotes).where(quotes.c.tenant_id == tenant_id, quotes.c.id.in_(wanted)))
+    return {r.id: Quote(**r._mapping) for r in rows}
+
+
+def binding_prices(found: dict[uuid.UUID, Quote], quote_id: uuid.UUID, at: datetime,
+                   catalog: TenantPrices) -> QuotedPrices:
+    """The prices of quote `quote_id` for a charge or hold made at `at`: NotFound for an unknown
+    quote (or another tenant's), QuoteExpired after its expiry."""
+    quote = found.get(quote_id)
+    if quote is None:
+        raise NotFound(f"quote {quote_id} not found", {"field": "quoteId"})
+    if at >= quote.expires_at:
+        raise QuoteExpired("the quote expired; request a new one",
+                           {"field": "quoteId", "quoteId": str(quote_id), "expiresAt": quote.expires_at.isoformat()})
+    return QuotedPrices(quote, catalog)

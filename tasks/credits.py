@@ -1,0 +1,54 @@
+"""Credit lifecycle tasks: expiring holds and grants (beat, every minute) and processing Stripe events."""
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import OperationalError
+
+from billing_core import reservations, stripe_payments
+from billing_core.config import Settings
+from billing_core.db import UnitOfWork, engine_for
+
+from .app import celery_app
+
+log = logging.getLogger(__name__)
+settings = Settings.from_env()
+
+
+def _uow() -> UnitOfWork:
+    return UnitOfWork(engine_for(settings.database_url))
+
+
+@celery_app.task(name="billing.expire_credits", autoretry_for=(OperationalError,), retry_backoff=True,
+                 max_retries=3)
+def expire_credits() -> int:
+    """End the holds past their TTL and the grants past their expiry, wallet by wallet (the charging
+    path does the same for a wallet it settles). Returns how many holds and grants expired."""
+    with _uow() as uow:
+        tenants = reservations.tenants_with_due_credits(uow)
+    expired = 0
+    for tenant_id in tenants:
+        with _uow() as uow:
+            expired += reservations.expire_due(uow, tenant_id)
+    if expired:
+        log.info("expired %d holds and grants in %d wallets", expired, len(tenants))
+    return expired
+
+
+@celery_app.task(name="billing.process_stripe_event", autoretry_for=(OperationalError,), retry_backoff=True,
+                 max_retries=8)
+def process_stripe_event(event_id: str) -> str:
+    with _uow() as uow:
+        status = stripe_payments.process_event(uow, event_id)
+    log.info("stripe event %s: %s", event_id, status)
+    return status
+
+
+@celery_app.task(name="billing.sweep_stripe_events")
+def sweep_stripe_events() -> int:
+    """Stripe events stored but never processed (the broker was down when they arrived)."""
+    with _uow() as uow:
+        event_ids = stripe_payments.unprocessed(uow)
+    for event_id in event_ids:
+        process_stripe_event.apply_async(args=[event_id])
+    return len(event_ids)

@@ -1,0 +1,256 @@
+"""The credit lifecycle under /api/billing: reservations, budgets, refunds and adjustments, entitlement,
+wallet settings and catalog administration. Handlers parse, call billing_core, and answer."""
+from __future__ import annotations
+
+from flask import Response, current_app
+
+from billing_core import budgets, credits, entitlement, money, pricing, reservations
+from billing_core.commands import (
+    AdjustmentRequest,
+    BudgetRequest,
+    ExtendReservationRequest,
+    FeatureKey,
+    PriceRequest,
+    RefundRequest,
+    ReleaseReservationRequest,
+    ReservationRequest,
+    WalletSettingsRequest,
+)
+from billing_core.db import engine_for
+from billing_core.errors import NotFound, ValidationFailed
+from billing_core.wallet_book import WalletBook
+from billing_core.wallets import change_settings, get_wallet
+
+from . import representations as show
+from . import schemas
+from .api import billing, documented, ok, unit_of_work
+from .auth import ADMIN, CHARGE, VIEW, authenticate, tenant_for
+from .limits import rate_limited
+from .parsing import json_body, parse, parse_query, path_uuid, with_idempotency_header
+
+# --- reservations ---------------------------------------------------------------------------------
+
+
+def _optional_body() -> dict:
+    from flask import request
+
+    return json_body() if request.get_data(cache=True).strip() else {}
+
+
+@billing.post("/reservations")
+@documented({200: schemas.ReservationResponse}, 402, 403, 404, 409, 410, 413, 422, json=ReservationRequest)
+@rate_limited(CHARGE, depleted_limit=True)
+def post_reservation() -> Response:
+    """Hold credits before work starts; availableBalance drops at once. 402 when the hold does not fit."""
+    principal = authenticate(CHARGE)
+    command = parse(ReservationRequest, with_idempotency_header(json_body()))
+    tenant_id = tenant_for(principal, command.tenantId)
+    with unit_of_work() as uow:
+        result = reservations.reserve(uow, tenant_id, command, created_by=principal.subject)
+    return ok(reservation=show.reservation(result.reservation), replayed=result.replayed)
+
+
+@billing.post("/reservations/<reservation_id>/extend")
+@documented({200: schemas.ReservationResponse}, 402, 403, 404, 409, 410, json=ExtendReservationRequest)
+@rate_limited(CHARGE, depleted_limit=True)
+def post_reservation_extend(reservation_id: str) -> Response:
+    """Hold more and/or longer (a call that runs long); the expiry is never brought forward."""
+    principal = authenticate(CHARGE)
+    command = parse(ExtendReservationRequest, with_idempotency_header(json_body()))
+    tenant_id = tenant_for(principal, command.tenantId)
+    with unit_of_work() as uow:
+        result = reservations.extend(uow, tenant_id, path_uuid(reservation_id, "reservation"), command,
+                                     created_by=principal.subject)
+    return ok(reservation=show.reservation(result.reservation), replayed=result.replayed)
+
+
+@billing.post("/reservations/<reservation_id>/release")
+@documented({200: schemas.ReservationResponse}, 403, 404, 409, 410, json=ReleaseReservationRequest)
+@rate_limited(CHARGE)
+def post_reservation_release(reservation_id: str) -> Response:
+    """Give a hold back to the available balance; releasing it again answers it unchanged."""
+    principal = authenticate(CHARGE)
+    command = parse(ReleaseReservationRequest, with_idempotency_header(_optional_body()))
+    tenant_id = tenant_for(principal, command.tenantId)
+    with unit_of_work() as uow:
+        result = reservations.release(uow, tenant_id, path_uuid(reservation_id, "reservation"), command,
+                                      created_by=principal.subject)
+    return ok(reservation=show.reservation(result.reservation), replayed=result.replayed)
+
+
+def _view_or_charge():  # noqa: ANN202
+    principal = authenticate()
+    if not (principal.has(CHARGE) or principal.has(VIEW)):
+        authenticate(VIEW)  # answers 403 naming the capability
+    return principal
+
+
+@billing.get("/reservations/<reservation_id>")
+@documented({200: schemas.ReservationResponse}, 403, 404, query=schemas.TenantQuery)
+@rate_limited(VIEW)
+def get_reservation(reservation_id: str) -> Response:
+    principal = _view_or_charge()
+    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    with unit_of_work() as uow:
+        found = reservations.get_reservation(uow, tenant_id, path_uuid(reservation_id, "reservation"))
+    return ok(reservation=show.reservation(found))
+
+
+@billing.get("/reservations")
+@documented({200: schemas.ReservationsResponse}, 403, query=schemas.ReservationsQuery)
+@rate_limited(VIEW)
+def get_reservations() -> Response:
+    principal = _view_or_charge()
+    query = parse_query(schemas.ReservationsQuery)
+    tenant_id = tenant_for(principal, query.tenantId)
+    with unit_of_work() as uow:
+        found, next_cursor = reservations.list_reservations(uow, tenant_id, status=query.status, limit=query.limit,
+                                                            cursor=query.cursor)
+    return ok(reservations=[show.reservation(r) for r in found], nextCursor=next_cursor)
+
+
+# --- budgets --------------------------------------------------------------------------------------
+
+
+def _feature_key(value: str) -> str:
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(FeatureKey).validate_python(value)
+    except ValidationError:
+        raise ValidationFailed("featureKey", "must be 1-64 letters, digits or ._:/-") from None
+
+
+@billing.put("/budgets/<feature_key>")
+@documented({200: schemas.BudgetResponse}, 403, json=BudgetRequest)
+@rate_limited(ADMIN)
+def put_budget(feature_key: str) -> Response:
+    """Limit a feature's spend per day or month; `reject` refuses the charge that would go over it."""
+    principal = authenticate(ADMIN)
+    command = parse(BudgetRequest, json_body())
+    tenant_id = tenant_for(principal, command.tenantId)
+    feature_key = _feature_key(feature_key)
+    with unit_of_work() as uow:
+        WalletBook.open(uow, tenant_id)  # the wallet lock: no charge of this tenant runs meanwhile
+        budgets.put_budget(uow, tenant_id, feature_key, spend_limit=command.limit, period=command.period,
+                           action=command.action)
+        status = next(b for b in budgets.list_budgets(uow, tenant_id) if b.budget.feature_key == feature_key)
+        uow.commit()
+    return ok(budget=show.budget(status))
+
+
+@billing.delete("/budgets/<feature_key>")
+@documented({200: schemas.BudgetsResponse}, 403, 404, query=schemas.TenantQuery)
+@rate_limited(ADMIN)
+def delete_budget(feature_key: str) -> Response:
+    principal = authenticate(ADMIN)
+    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    with unit_of_work() as uow:
+        WalletBook.open(uow, tenant_id)
+        if not budgets.delete_budget(uow, tenant_id, _feature_key(feature_key)):
+            raise NotFound(f"no budget for {feature_key}")
+        remaining = budgets.list_budgets(uow, tenant_id)
+        uow.commit()
+    return ok(budgets=[show.budget(b) for b in remaining])
+
+
+@billing.get("/budgets")
+@documented({200: schemas.BudgetsResponse}, 403, query=schemas.TenantQuery)
+@rate_limited(VIEW)
+def get_budgets() -> Response:
+    """Limit, spent, held and remaining per feature in the current period."""
+    principal = authenticate(VIEW)
+    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    with unit_of_work() as uow:
+        found = budgets.list_budgets(uow, tenant_id)
+    return ok(budgets=[show.budget(b) for b in found])
+
+
+# --- refunds and adjustments ----------------------------------------------------------------------
+
+
+@billing.post("/refunds")
+@documented({200: schemas.CreditResponse}, 403, 404, 409, 422, json=RefundRequest)
+@rate_limited(ADMIN)
+def post_refund() -> Response:
+    """Credit back all or part of a debit (never more than it took, over all its refunds)."""
+    principal = authenticate(ADMIN)
+    command = parse(RefundRequest, with_idempotency_header(json_body()))
+    tenant_id = tenant_for(principal, command.tenantId)
+    with unit_of_work() as uow:
+        result = credits.refund(uow, tenant_id, command, created_by=principal.subject)
+    return ok(transaction=show.transaction(result.entry), grant=show.grant(result.grant) if result.grant else None,
+              replayed=result.replayed)
+
+
+@billing.post("/adjustments")
+@documented({200: schemas.CreditResponse}, 402, 403, 409, json=AdjustmentRequest)
+@rate_limited(ADMIN)
+def post_adjustment() -> Response:
+    """A signed manual correction with a mandatory reason."""
+    principal = authenticate(ADMIN)
+    command = parse(AdjustmentRequest, with_idempotency_header(json_body()))
+    tenant_id = tenant_for(principal, command.tenantId)
+    with unit_of_work() as uow:
+        result = credits.adjust(uow, tenant_id, command, created_by=principal.subject)
+    return ok(transaction=show.transaction(result.entry), grant=show.grant(result.grant) if result.grant else None,
+              replayed=result.replayed)
+
+
+# --- gating on balance ----------------------------------------------------------------------------
+
+
+@billing.get("/entitlement")
+@documented({200: schemas.EntitlementResponse}, 403, query=schemas.EntitlementQuery)
+@rate_limited(CHARGE)
+def get_entitlement() -> Response:
+    """May the feature start work of about `estimatedCost`? A read: nothing is held or written."""
+    principal = _view_or_charge()
+    query = parse_query(schemas.EntitlementQuery)
+    tenant_id = tenant_for(principal, query.tenantId)
+    try:
+        estimated = money.bounded(money.to_decimal(query.estimatedCost), maximum=money.MAX_AMOUNT, allow_zero=True)
+    except money.InvalidAmount as exc:
+        raise ValidationFailed("estimatedCost", str(exc)) from None
+    engine = engine_for(current_app.config["LAD_SETTINGS"].database_url)
+    with engine.connect() as connection:
+        found = entitlement.check(connection, tenant_id, query.featureKey, estimated)
+        connection.rollback()
+    return ok(entitlement={"allowed": found.allowed, "availableBalance": show.amount(found.available_balance),
+                           "reason": found.reason})
+
+
+# --- administration -------------------------------------------------------------------------------
+
+
+@billing.patch("/wallet")
+@documented({200: schemas.WalletSettingsResponse}, 403, json=WalletSettingsRequest)
+@rate_limited(ADMIN)
+def patch_wallet() -> Response:
+    """Block or unblock the wallet, set its overdraft limit, clear a clawback flag. Blocked wallets
+    refuse charges and reservations (403 wallet_blocked); top-ups still work."""
+    principal = authenticate(ADMIN)
+    command = parse(WalletSettingsRequest, json_body())
+    tenant_id = tenant_for(principal, command.tenantId)
+    with unit_of_work() as uow:
+        change_settings(uow, tenant_id, status=command.status, overdraft_limit=command.overdraftLimit,
+                        clear_flag=bool(command.clearFlag))
+        wallet = get_wallet(uow, tenant_id)
+        uow.commit()
+    return ok(wallet=show.wallet(wallet))
+
+
+@billing.put("/pricing")
+@documented({200: schemas.PriceResponse}, 403, json=PriceRequest)
+@rate_limited(ADMIN)
+def put_pricing() -> Response:
+    """A new price from effectiveFrom (default now): a tenant's override with tenantId, else global.
+    The price in force until then is closed, never edited."""
+    authenticate(ADMIN)
+    command = parse(PriceRequest, json_body())
+    with unit_of_work() as uow:
+        price = pricing.put_price(uow, tenant_id=command.tenantId,
+                                  key=(command.category, command.provider, command.model, command.unit),
+                                  unit_price=command.unitPrice, effective_from=command.effectiveFrom,
+                                  description=command.description)
+    return ok(price=show.price(price))

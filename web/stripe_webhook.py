@@ -1,0 +1,51 @@
+"""POST /api/billing/webhooks/stripe: verify the Stripe-Signature, store the event once, answer at
+once; a Celery task applies it (billing_core.stripe_payments)."""
+from __future__ import annotations
+
+import logging
+
+import stripe
+from flask import Response, current_app, jsonify, request
+from spectree import Response as Documented
+
+from billing_core import exactjson, stripe_payments
+from tasks.credits import process_stripe_event
+
+from . import schemas
+from .api import BROKER_ERRORS, billing, unit_of_work
+from .errors import ApiError
+from .openapi import spec
+
+log = logging.getLogger(__name__)
+SIGNATURE_TOLERANCE_SECONDS = 300  # Stripe's default: an older signed payload is a replay
+
+
+@billing.post("/webhooks/stripe")
+@spec.validate(resp=Documented(HTTP_200=schemas.WebhookResponse, HTTP_400=schemas.ErrorResponse,
+                               HTTP_503=schemas.ErrorResponse),
+               skip_validation=True, tags=["stripe"], security={})
+def post_stripe_webhook() -> Response:
+    """Stripe events: paid checkouts and payment intents credit a paid grant, refunds and disputes
+    claw it back. Authenticated by the Stripe-Signature header, not a bearer token."""
+    secret = current_app.config["LAD_SETTINGS"].stripe_webhook_secret
+    if not secret:
+        raise ApiError("unavailable", "Stripe webhooks are not configured (STRIPE_WEBHOOK_SECRET)")
+    payload = request.get_data()
+    try:
+        text = payload.decode("utf-8")
+        stripe.WebhookSignature.verify_header(text, request.headers.get("Stripe-Signature"), secret,
+                                              tolerance=SIGNATURE_TOLERANCE_SECONDS)
+        event = exactjson.loads(text)
+    except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError) as exc:
+        raise ApiError("invalid_signature", f"the Stripe signature does not verify: {exc}",
+                       {"field": "Stripe-Signature"}, status=400) from None
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not event["id"]:
+        raise ApiError("validation_error", "not a Stripe event", {"field": "id"})
+    with unit_of_work() as uow:
+        new = stripe_payments.record_event(uow, event)
+    if new:
+        try:
+            process_stripe_event.apply_async(args=[event["id"]], retry=False)
+        except BROKER_ERRORS as exc:  # stored: the Stripe sweep processes it once the broker is back
+            log.warning("broker unavailable, Stripe event %s left for the sweep: %s", event["id"], exc)
+    return jsonify({"received": True, "duplicate": not new})
