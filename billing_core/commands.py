@@ -120,6 +120,7 @@ class UsageItem(Strict):
 
 class QuoteRequest(Strict):
     items: Annotated[list[UsageItem], Field(min_length=1, max_length=MAX_ITEMS)]
+    ttlSeconds: Annotated[int, Field(ge=1, le=24 * 3600, strict=True)] | None = None  # default QUOTE_TTL_SECONDS
     tenantId: TenantId | None = None
 
 

@@ -1,18 +1,15 @@
 """Usage history: filtered pages of usage events and the summary of the whole filtered range."""
 from __future__ import annotations
 
-import base64
-import json
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import and_, func, or_, select
 
 from . import money
+from .cursors import decode_cursor, encode_cursor
 from .db import UnitOfWork
-from .errors import ValidationFailed
 from .tables import usage_events
 from .usage import CHARGED, UsageEvent, event_from_row
 
@@ -44,25 +41,6 @@ def _conditions(tenant_id: str, filters: UsageFilter) -> list:
     if filters.status is not None:
         conditions.append(usage_events.c.status == filters.status)
     return conditions
-
-
-def encode_cursor(created_at: datetime, event_id: uuid.UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(event_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, event_id = json.loads(raw)
-        if not (isinstance(created_at, str) and isinstance(event_id, str)):
-            raise ValueError("cursor fields are not strings")
-        moment = datetime.fromisoformat(created_at)
-        if moment.tzinfo is None:
-            raise ValueError("cursor time has no offset")
-        return moment.astimezone(timezone.utc), uuid.UUID(event_id)
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise ValidationFailed("cursor", "not a cursor this service issued") from exc
 
 
 def list_usage_events(uow: UnitOfWork, tenant_id: str, filters: UsageFilter, *, limit: int,

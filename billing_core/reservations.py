@@ -16,6 +16,7 @@ from sqlalchemy import and_, or_, select, text
 
 from . import idempotency, money
 from .commands import ExtendReservationRequest, ReleaseReservationRequest, ReservationRequest, fingerprint_body
+from .cursors import decode_cursor, encode_cursor
 from .db import UnitOfWork
 from .errors import InsufficientBalance, NotFound, ReservationClosed, ReservationExpired, ValidationFailed, WalletBlocked
 from .pricing import clock_and_catalog, price_items
@@ -171,23 +172,14 @@ def list_reservations(uow: UnitOfWork, tenant_id: str, *, status: str | None, li
     if status is not None:
         query = query.where(reservations.c.status == status)
     if cursor:
-        created_at, last_id = _decode_cursor(cursor)
+        created_at, last_id = decode_cursor(cursor)
         query = query.where(or_(reservations.c.created_at < created_at,
                                 and_(reservations.c.created_at == created_at, reservations.c.id < last_id)))
     rows = uow.connection.execute(
         query.order_by(reservations.c.created_at.desc(), reservations.c.id.desc()).limit(limit + 1)).all()
     found = [Reservation(**r._mapping) for r in rows[:limit]]
-    next_cursor = f"{found[-1].created_at.isoformat()}|{found[-1].id}" if len(rows) > limit else None
+    next_cursor = encode_cursor(found[-1].created_at, found[-1].id) if len(rows) > limit else None
     return found, next_cursor
-
-
-def _decode_cursor(cursor: str):  # noqa: ANN202 - (datetime, uuid)
-    from datetime import datetime
-    try:
-        created_at, last_id = cursor.split("|")
-        return datetime.fromisoformat(created_at), uuid.UUID(last_id)
-    except ValueError:
-        raise ValidationFailed("cursor", "not a cursor this service issued") from None
 
 
 def tenants_with_due_credits(uow: UnitOfWork, limit: int = 1000) -> list[str]:

@@ -88,8 +88,8 @@ def post_quote() -> Response:
     command = parse(QuoteRequest, json_body())
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
-        quote, priced = quotes.create_quote(uow, tenant_id, command.items,
-                                            current_app.config["LAD_SETTINGS"].quote_ttl_seconds)
+        quote, priced = quotes.create_quote(
+            uow, tenant_id, command.items, command.ttlSeconds or current_app.config["LAD_SETTINGS"].quote_ttl_seconds)
     return ok(quote={"quoteId": str(quote.id), "expiresAt": show.timestamp(quote.expires_at),
                      "totalCost": show.amount(money.total(p.cost for p in priced)), "currency": pricing.CURRENCY,
                      "items": [show.quote_line(p) for p in priced]})
