@@ -1,0 +1,554 @@
+"""Property-based test of the credit lifecycle against the real PostgreSQL of the test stack.
+
+A hypothesis state machine drives one fresh tenant per run through random sequences of top-ups,
+grant expiry, holds (reserve, extend, release, expire), charges with and without a hold, refunds,
+adjustments and wallet settings, calling billing_core in-process (each operation in its own
+UnitOfWork, as the web layer and the worker do). Refusals (BillingError) are expected outcomes;
+any other exception fails the run. After every step, fresh SQL reads check the bookkeeping:
+
+- ledger.verify is ok; balance = sum(ledger amount) = sum(grant remaining) = sum(grant draws);
+- reserved = sum(active holds) = sum(ledger reserved_change), per hold too;
+- available = balance - reserved, and balance - reserved + overdraft >= 0 (no clawback here);
+- each grant's remaining is within [0, amount] (the one debt grant is <= 0), debt and credits never
+  coexist, and each grant's remaining is what its draws add up to;
+- a settled hold has exactly one debit, for its settled amount and its usage event; other holds none;
+- each charged usage event has exactly one debit for its cost, other events none, none left pending;
+- the refunds of a debit never add up to more than it took.
+
+Simulated time: a grant or hold "expires" by moving its expires_at into the past (credit_grants and
+reservations are not append-only), then the expiry job's function runs. The stack's beat may run the
+same job at any moment; that changes nothing the checks rely on (they read one REPEATABLE READ
+snapshot), and where an outcome depends on what the job does first the step holds the wallet lock.
+"""
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any
+
+from hypothesis import HealthCheck, event, note, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from sqlalchemy import text
+
+from billing_core import charging, credits, entitlement, ledger, money, reservations, usage, wallets
+from billing_core.commands import (
+    AdjustmentRequest,
+    ChargeRequest,
+    ExtendReservationRequest,
+    RefundRequest,
+    ReleaseReservationRequest,
+    ReservationRequest,
+    TopUpRequest,
+)
+from billing_core.db import UnitOfWork
+from billing_core.errors import BillingError
+from tests.helpers import stt_items
+
+ZERO = Decimal(0)
+TICK = Decimal("0.0001")  # the price of one STT second: every amount here is a whole number of ticks
+FEATURES = ("call", "campaign")
+
+
+def ticks(n: int) -> Decimal:
+    return Decimal(n) * TICK
+
+
+def text_amount(value: Decimal) -> str:
+    return money.format_decimal(value)
+
+
+# amounts from one tick to 30 credits, shrinking towards small round ones
+amounts = st.one_of(st.integers(1, 10).map(lambda n: Decimal(n)), st.integers(1, 300_000).map(ticks))
+# where boundaries are interesting: an amount relative to what is there now, in ticks
+nudges = st.one_of(st.none(), st.sampled_from([-1, 0, 1]))
+priorities = st.one_of(st.sampled_from([0, 50, 100]), st.integers(0, 100))
+expiry_days = st.sampled_from([None, 1, 2, 30])
+picks = st.integers(0, 1000)
+
+
+class CreditMachine(RuleBasedStateMachine):
+    engine: Any = None  # set by the test
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tenant = f"prop-{uuid.uuid4().hex[:12]}"
+        self.serial = itertools.count()
+        self.outcomes: Counter[str] = Counter()
+        # successful requests that may be sent again with the same key: (operation, command)
+        self.sent: list[tuple[str, Any]] = []
+        note(f"tenant {self.tenant}")
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def key(self, what: str) -> str:
+        return f"{what}-{next(self.serial)}"
+
+    def attempt(self, name: str, operation) -> Any:  # noqa: ANN001
+        """Run `operation(uow)` in its own unit of work; a BillingError is a refusal (None)."""
+        try:
+            with UnitOfWork(self.engine) as uow:
+                result = operation(uow)
+        except BillingError as refusal:
+            self.outcomes[f"{name}:{refusal.code}"] += 1
+            event(f"{name}: {refusal.code}")
+            note(f"{name} refused: {refusal.code} {refusal.message}")
+            return None
+        self.outcomes[f"{name}:ok"] += 1
+        event(f"{name}: ok")
+        return result
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as connection:
+            return connection.execute(text(sql), {"tenant": self.tenant, **params}).all()
+
+    def one(self, sql: str, **params: Any) -> Any:
+        rows = self.rows(sql, **params)
+        return rows[0] if rows else None
+
+    def execute(self, sql: str, **params: Any) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(text(sql), {"tenant": self.tenant, **params})
+
+    def wallet_now(self) -> Any:
+        return self.one("SELECT current_balance, reserved_balance, overdraft_limit, status FROM wallets "
+                        "WHERE tenant_id = :tenant")
+
+    def blocked(self) -> bool:
+        wallet = self.wallet_now()
+        return wallet is not None and wallet.status != "active"
+
+    def spendable(self) -> Decimal:
+        wallet = self.wallet_now()
+        if wallet is None:
+            return ZERO
+        return wallet.current_balance - wallet.reserved_balance + wallet.overdraft_limit
+
+    def charge_command(self, cost: Decimal, feature: str, reservation_id: uuid.UUID | None = None) -> ChargeRequest:
+        seconds = cost / TICK
+        assert seconds == seconds.to_integral_value(), cost
+        return ChargeRequest.model_validate({
+            "featureKey": feature, "idempotencyKey": self.key("charge"), "items": stt_items(str(int(seconds))),
+            "reservationId": str(reservation_id) if reservation_id else None})
+
+    def accept(self, command: ChargeRequest) -> usage.ChargeOutcome | None:
+        return self.attempt("accept", lambda uow: usage.accept_charge(uow, self.tenant, command, user_id="prop"))
+
+    def charge_batch(self) -> list[charging.Settled]:
+        with UnitOfWork(self.engine) as uow:
+            return charging.charge_pending_batch(uow, self.tenant, 500)
+
+    def event_status(self, event_id: uuid.UUID) -> Any:
+        return self.one("SELECT status, rejection_code, total_cost FROM usage_events "
+                        "WHERE tenant_id = :tenant AND id = :id", id=event_id)
+
+    def expire_due(self) -> None:
+        with UnitOfWork(self.engine) as uow:
+            reservations.expire_due(uow, self.tenant)
+        self.check_expired_as_far_as_possible()
+
+    def check_expired_as_far_as_possible(self) -> None:
+        """Right after the expiry job: no hold is past its TTL, and what is left of grants past
+        their expiry only backs holds (it cannot be more than the reserved balance)."""
+        with self.snapshot() as connection:
+            row = connection.execute(text("""
+                SELECT w.reserved_balance,
+                       coalesce((SELECT sum(remaining) FROM credit_grants WHERE tenant_id = w.tenant_id
+                                 AND kind <> 'debt' AND remaining > 0 AND expires_at <= now()), 0) AS overdue,
+                       (SELECT count(*) FROM reservations WHERE tenant_id = w.tenant_id AND status = 'active'
+                        AND expires_at <= now()) AS due_holds
+                FROM wallets w WHERE w.tenant_id = :tenant"""), {"tenant": self.tenant}).one_or_none()
+        if row is None:
+            return
+        assert row.due_holds == 0, row
+        assert row.overdue <= row.reserved_balance, row
+
+    def snapshot(self):  # noqa: ANN201 - a connection inside one REPEATABLE READ transaction
+        return _Snapshot(self.engine)
+
+    def pick(self, sql: str, pick: int, **params: Any) -> Any:
+        rows = self.rows(sql, **params)
+        return rows[pick % len(rows)] if rows else None
+
+    def pick_hold(self, pick: int, only_active: bool) -> Any:
+        status = "AND status = 'active' AND expires_at > now()" if only_active else ""
+        return self.pick(f"SELECT id, feature_key, amount, status FROM reservations WHERE tenant_id = :tenant "
+                         f"{status} ORDER BY created_at, id", pick)
+
+    # --- credits -------------------------------------------------------------------------------
+
+    @rule(amount=amounts, kind=st.sampled_from(["paid", "promotional"]), days=expiry_days, priority=priorities)
+    def top_up(self, amount: Decimal, kind: str, days: int | None, priority: int) -> None:
+        expires_at = datetime.now(timezone.utc) + timedelta(days=days) if days else None
+        command = TopUpRequest(amount=text_amount(amount), idempotencyKey=self.key("topup"), kind=kind,
+                               expiresAt=expires_at, priority=priority)
+        result = self.attempt("top_up", lambda uow: credits.top_up(uow, self.tenant, command, created_by="prop"))
+        assert result is not None, "a top-up is never refused"
+        assert result.entry.amount == amount and result.entry.entry_type == "topup"
+        assert result.grant is not None and result.grant.amount == amount and result.grant.kind == kind
+        self.sent.append(("top_up", command))
+
+    @rule(pick=picks)
+    def grant_expires(self, pick: int) -> None:
+        grant = self.pick("SELECT id FROM credit_grants WHERE tenant_id = :tenant AND kind <> 'debt' "
+                          "AND remaining > 0 AND expires_at IS NOT NULL ORDER BY created_at, id", pick)
+        if grant is not None:
+            self.execute("UPDATE credit_grants SET expires_at = now() - interval '1 second' "
+                         "WHERE tenant_id = :tenant AND id = :id", id=grant.id)
+        self.expire_due()
+
+    @rule()
+    def expiry_job(self) -> None:
+        self.expire_due()
+
+    @rule(amount=amounts, nudge=nudges, kind=st.sampled_from(["paid", "promotional"]), negative=st.booleans(),
+          expiring=st.booleans())
+    def adjust(self, amount: Decimal, nudge: int | None, kind: str, negative: bool, expiring: bool) -> None:
+        if negative and nudge is not None:  # take what may be taken, a tick less or more
+            amount = self.spendable() + nudge * TICK
+            if amount <= 0:
+                return
+        signed = -amount if negative else amount
+        expires_at = datetime.now(timezone.utc) + timedelta(days=1) if expiring and not negative else None
+        command = AdjustmentRequest(amount=text_amount(signed), reason="property test",
+                                    idempotencyKey=self.key("adjust"), kind=kind, expiresAt=expires_at)
+        result = self.attempt("adjust", lambda uow: credits.adjust(uow, self.tenant, command, created_by="prop"))
+        if result is not None:
+            assert result.entry.amount == signed and result.entry.entry_type == "adjustment"
+            self.sent.append(("adjust", command))
+
+    @rule(pick=picks, full=st.booleans(), amount=amounts, nudge=nudges)
+    def refund(self, pick: int, full: bool, amount: Decimal, nudge: int | None) -> None:
+        debit = self.pick("SELECT id, amount FROM ledger_entries WHERE tenant_id = :tenant AND entry_type = 'debit' "
+                          "ORDER BY seq", pick)
+        if debit is None:
+            return
+        left = -debit.amount - self.refunded(debit.id)
+        if full:
+            requested = None
+        elif nudge is not None:
+            requested = left + nudge * TICK
+            if requested <= 0:
+                return
+        else:
+            requested = amount
+        command = RefundRequest(transactionId=debit.id, amount=None if requested is None else text_amount(requested),
+                                reason="property test", idempotencyKey=self.key("refund"))
+        result = self.attempt("refund", lambda uow: credits.refund(uow, self.tenant, command, created_by="prop"))
+        if result is not None:
+            assert result.entry.entry_type == "refund" and result.entry.related_entry_id == debit.id
+            assert result.entry.amount == (left if requested is None else requested)
+            self.sent.append(("refund", command))
+        else:  # refused only when it asked for more than is left (or for nothing)
+            assert (left if requested is None else requested) > left or left == 0
+
+    def refunded(self, debit_id: uuid.UUID) -> Decimal:
+        row = self.one("SELECT coalesce(sum(amount), 0) AS total FROM ledger_entries WHERE tenant_id = :tenant "
+                       "AND entry_type = 'refund' AND related_entry_id = :id", id=debit_id)
+        return row.total
+
+    # --- holds ---------------------------------------------------------------------------------
+
+    @rule(amount=amounts, nudge=nudges, feature=st.sampled_from(FEATURES))
+    def reserve(self, amount: Decimal, nudge: int | None, feature: str) -> None:
+        if nudge is not None:
+            amount = self.spendable() + nudge * TICK
+            if amount <= 0:
+                return
+        command = ReservationRequest(featureKey=feature, amount=text_amount(amount), ttlSeconds=900,
+                                     idempotencyKey=self.key("reserve"))
+        result = self.attempt("reserve", lambda uow: reservations.reserve(uow, self.tenant, command, created_by="prop"))
+        if result is not None:
+            assert result.reservation.amount == amount and result.reservation.status == "active"
+            self.sent.append(("reserve", command))
+
+    @rule(pick=picks, only_active=st.booleans(), more=st.one_of(st.none(), amounts),
+          ttl=st.one_of(st.none(), st.sampled_from([60, 900, 3600])))
+    def extend(self, pick: int, only_active: bool, more: Decimal | None, ttl: int | None) -> None:
+        hold = self.pick_hold(pick, only_active)
+        if hold is None or (more is None and ttl is None):
+            return
+        command = ExtendReservationRequest(amount=None if more is None else text_amount(more), ttlSeconds=ttl,
+                                           idempotencyKey=self.key("extend"))
+        result = self.attempt("extend", lambda uow: reservations.extend(uow, self.tenant, hold.id, command,
+                                                                         created_by="prop"))
+        if result is not None:
+            assert result.reservation.amount == hold.amount + (more or ZERO)
+
+    @rule(pick=picks, only_active=st.booleans())
+    def release(self, pick: int, only_active: bool) -> None:
+        hold = self.pick_hold(pick, only_active)
+        if hold is None:
+            return
+        command = ReleaseReservationRequest(idempotencyKey=self.key("release"))
+        result = self.attempt("release", lambda uow: reservations.release(uow, self.tenant, hold.id, command,
+                                                                           created_by="prop"))
+        if result is not None:
+            assert result.reservation.status == "released"
+
+    @rule(pick=picks)
+    def hold_expires(self, pick: int) -> None:
+        hold = self.pick_hold(pick, only_active=True)
+        if hold is not None:
+            self.execute("UPDATE reservations SET expires_at = now() - interval '1 second' "
+                         "WHERE tenant_id = :tenant AND id = :id", id=hold.id)
+        self.expire_due()
+
+    # --- charges -------------------------------------------------------------------------------
+
+    @rule(amount=st.one_of(st.just(ZERO), amounts), nudge=nudges, feature=st.sampled_from(FEATURES))
+    def charge(self, amount: Decimal, nudge: int | None, feature: str) -> None:
+        """A charge without a hold; what entitlement answers just before must be what charging does."""
+        if nudge is not None:
+            amount = max(ZERO, self.spendable() + nudge * TICK)
+        with self.snapshot() as connection:
+            allowed = entitlement.check(connection, self.tenant, feature, amount).allowed
+        accepted = self.accept(self.charge_command(amount, feature))
+        assert accepted is not None, "a priced charge without a hold is always accepted"
+        settled = {s.usage_event_id: s.status for s in self.charge_batch()}
+        assert settled == {accepted.event.id: "charged" if allowed else "rejected"}, (allowed, settled,
+                                                                                       self.event_status(accepted.event.id))
+
+    @rule(pick=picks, only_active=st.booleans(), relation=st.sampled_from(["below", "equal", "above"]),
+          delta=st.one_of(st.just(TICK), amounts), mismatched_feature=st.booleans())
+    def charge_hold(self, pick: int, only_active: bool, relation: str, delta: Decimal,
+                    mismatched_feature: bool) -> None:
+        """Settle a hold: the actual cost below, at or above what it holds."""
+        hold = self.pick_hold(pick, only_active)
+        if hold is None:
+            return
+        cost = {"below": max(ZERO, hold.amount - delta), "equal": hold.amount, "above": hold.amount + delta}[relation]
+        feature = hold.feature_key
+        if mismatched_feature:
+            feature = next(f for f in FEATURES if f != hold.feature_key)
+        accepted = self.accept(self.charge_command(cost, feature, hold.id))
+        if mismatched_feature or hold.status != "active":
+            assert accepted is None, "a charge for another feature or a closed hold is refused at acceptance"
+        if accepted is None:
+            return
+        blocked = self.blocked()
+        settled = {s.usage_event_id: s.status for s in self.charge_batch()}
+        assert list(settled) == [accepted.event.id]
+        status = self.event_status(accepted.event.id)
+        if blocked:
+            assert status.rejection_code == "wallet_blocked", status
+        elif cost <= hold.amount:  # the hold covers it whatever else the wallet holds
+            assert status.status == "charged", status
+
+    @rule(pick=picks)
+    def charge_hold_twice(self, pick: int) -> None:
+        """Two charges accepted for one hold before either is charged: one settles it, once."""
+        hold = self.pick_hold(pick, only_active=True)
+        if hold is None:
+            return
+        first = self.accept(self.charge_command(hold.amount, hold.feature_key, hold.id))
+        second = self.accept(self.charge_command(hold.amount, hold.feature_key, hold.id))
+        assert first is not None and second is not None
+        blocked = self.blocked()
+        settled = {s.usage_event_id: s.status for s in self.charge_batch()}
+        if blocked:
+            assert settled == {first.event.id: "rejected", second.event.id: "rejected"}, settled
+            return
+        assert settled == {first.event.id: "charged", second.event.id: "rejected"}, settled
+        assert self.event_status(second.event.id).rejection_code == "reservation_closed"
+
+    @rule(pick=picks, in_time=st.booleans())
+    def charge_hold_then_it_expires(self, pick: int, in_time: bool) -> None:
+        """A charge accepted for a hold that expires before the worker charges it: a charge made
+        before the hold's expiry still settles it, one made after is refused as expired."""
+        hold = self.pick_hold(pick, only_active=True)
+        if hold is None:
+            return
+        accepted = self.accept(self.charge_command(hold.amount, hold.feature_key, hold.id))
+        assert accepted is not None
+        blocked = self.blocked()
+        at = accepted.event.created_at + timedelta(microseconds=1 if in_time else -1)
+        with UnitOfWork(self.engine) as uow:
+            # the wallet lock first, so no expiry job runs between the new expiry and the charge
+            uow.connection.execute(text("SELECT 1 FROM wallets WHERE tenant_id = :tenant FOR UPDATE"),
+                                   {"tenant": self.tenant})
+            uow.connection.execute(text("UPDATE reservations SET expires_at = :at WHERE tenant_id = :tenant "
+                                        "AND id = :id"), {"tenant": self.tenant, "id": hold.id, "at": at})
+            settled = {s.usage_event_id: s.status for s in charging.charge_pending_batch(uow, self.tenant, 500)}
+        status = self.event_status(accepted.event.id)
+        if blocked:
+            assert status.rejection_code == "wallet_blocked", status
+        elif in_time:
+            assert settled == {accepted.event.id: "charged"}, status
+        else:
+            assert settled == {accepted.event.id: "rejected"} and status.rejection_code == "reservation_expired", status
+        assert self.one("SELECT status FROM reservations WHERE id = :id", id=hold.id).status == (
+            "settled" if in_time and not blocked else "expired")
+
+    # --- wallet settings and replays -----------------------------------------------------------
+
+    @rule(limit=st.one_of(st.sampled_from([ZERO, Decimal(1), Decimal(5)]), amounts), use_in_use=st.booleans())
+    def overdraft(self, limit: Decimal, use_in_use: bool) -> None:
+        wallet = self.wallet_now()
+        if use_in_use and wallet is not None:  # exactly the overdraft in use now
+            limit = max(ZERO, wallet.reserved_balance - wallet.current_balance)
+
+        def change(uow: UnitOfWork) -> None:
+            wallets.change_settings(uow, self.tenant, status=None, overdraft_limit=limit, clear_flag=False)
+            uow.commit()
+
+        self.attempt("overdraft", change)
+
+    @rule(blocked=st.booleans())
+    def block(self, blocked: bool) -> None:
+        def change(uow: UnitOfWork) -> None:
+            wallets.change_settings(uow, self.tenant, status="blocked" if blocked else "active",
+                                    overdraft_limit=None, clear_flag=False)
+            uow.commit()
+
+        self.attempt("status", change)
+
+    @rule(pick=picks)
+    def replay(self, pick: int) -> None:
+        """A request sent again with its key changes nothing and answers the first result."""
+        if not self.sent:
+            return
+        operation, command = self.sent[pick % len(self.sent)]
+        entries_before = self.one("SELECT count(*) AS n FROM ledger_entries WHERE tenant_id = :tenant").n
+
+        def send(uow: UnitOfWork) -> Any:
+            if operation == "reserve":
+                return reservations.reserve(uow, self.tenant, command, created_by="prop")
+            return getattr(credits, operation)(uow, self.tenant, command, created_by="prop")
+
+        result = self.attempt(f"replay-{operation}", send)
+        assert result is not None and result.replayed
+        assert self.one("SELECT count(*) AS n FROM ledger_entries WHERE tenant_id = :tenant").n == entries_before
+
+    # --- invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def books_balance(self) -> None:
+        with self.snapshot() as connection:
+            _check_books(connection, self.tenant)
+
+    def teardown(self) -> None:
+        note(f"outcomes: {dict(sorted(self.outcomes.items()))}")
+
+
+class _Snapshot:
+    """A connection in one REPEATABLE READ transaction: every read sees the same committed state,
+    even if the expiry job commits in between."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+
+    def __enter__(self):  # noqa: ANN204
+        self.connection = self.engine.connect().execution_options(isolation_level="REPEATABLE READ")
+        self.transaction = self.connection.begin()
+        return self.connection
+
+    def __exit__(self, *exc: object) -> None:
+        self.transaction.rollback()
+        self.connection.close()
+
+
+def _check_books(connection: Any, tenant: str) -> None:
+    def rows(sql: str) -> list[Any]:
+        return connection.execute(text(sql), {"tenant": tenant}).all()
+
+    verification = ledger.verify(SimpleNamespace(connection=connection), tenant)
+    assert verification.ok, verification.mismatches
+    wallet_rows = rows("SELECT * FROM wallets WHERE tenant_id = :tenant")
+    if not wallet_rows:
+        return
+    [w] = wallet_rows
+    sums = rows("""
+        SELECT coalesce((SELECT sum(amount) FROM ledger_entries WHERE tenant_id = :tenant), 0) AS entries,
+               coalesce((SELECT sum(reserved_change) FROM ledger_entries WHERE tenant_id = :tenant), 0) AS reserved_changes,
+               coalesce((SELECT sum(remaining) FROM credit_grants WHERE tenant_id = :tenant), 0) AS grants,
+               coalesce((SELECT sum(amount) FROM grant_draws WHERE tenant_id = :tenant), 0) AS draws,
+               coalesce((SELECT sum(amount) FROM reservations WHERE tenant_id = :tenant AND status = 'active'), 0) AS holds
+    """)[0]
+    assert w.current_balance == sums.entries == sums.grants == sums.draws, (w, sums)
+    assert w.reserved_balance == sums.holds == sums.reserved_changes, (w, sums)
+    shown = wallets.Wallet(**{k: getattr(w, k) for k in wallets.Wallet.__dataclass_fields__})
+    assert shown.available_balance == w.current_balance - w.reserved_balance
+    # nothing in this machine may take the wallet below what its overdraft allows
+    assert w.flagged_at is None, w
+    assert w.current_balance - w.reserved_balance + w.overdraft_limit >= 0, w
+
+    grants = rows("""
+        SELECT g.id, g.kind, g.amount, g.remaining, g.expires_at, g.expired_at,
+               coalesce((SELECT sum(d.amount) FROM grant_draws d WHERE d.tenant_id = g.tenant_id
+                         AND d.grant_id = g.id), 0) AS drawn
+        FROM credit_grants g WHERE g.tenant_id = :tenant""")
+    debts = [g for g in grants if g.kind == "debt"]
+    assert len(debts) <= 1, debts
+    for g in grants:
+        assert g.remaining == g.drawn, g  # every grant starts empty; its draws are all that moved it
+        if g.kind == "debt":
+            assert g.remaining <= 0 and g.expires_at is None, g
+        else:
+            assert 0 <= g.remaining <= g.amount, g
+    if debts and debts[0].remaining < 0:  # credits repay the debt first: the two never coexist
+        assert all(g.remaining == 0 for g in grants if g.kind != "debt"), grants
+
+    # each entry's draws add up to its amount; holds move no money
+    unbalanced = rows("""
+        SELECT l.id, l.entry_type, l.amount, coalesce(sum(d.amount), 0) AS drawn
+        FROM ledger_entries l LEFT JOIN grant_draws d ON d.tenant_id = l.tenant_id AND d.ledger_entry_id = l.id
+        WHERE l.tenant_id = :tenant GROUP BY l.id HAVING l.amount <> coalesce(sum(d.amount), 0)""")
+    assert not unbalanced, unbalanced
+
+    holds = rows("""
+        SELECT r.id, r.status, r.amount, r.settled_amount, r.usage_event_id,
+               coalesce((SELECT sum(l.reserved_change) FROM ledger_entries l WHERE l.tenant_id = r.tenant_id
+                         AND l.reservation_id = r.id), 0) AS reserved_changes,
+               (SELECT count(*) FROM ledger_entries l WHERE l.tenant_id = r.tenant_id AND l.reservation_id = r.id
+                AND l.entry_type = 'debit') AS debits,
+               (SELECT min(l.amount) FROM ledger_entries l WHERE l.tenant_id = r.tenant_id AND l.reservation_id = r.id
+                AND l.entry_type = 'debit') AS debit_amount,
+               (SELECT min(l.usage_event_id::text) FROM ledger_entries l WHERE l.tenant_id = r.tenant_id
+                AND l.reservation_id = r.id AND l.entry_type = 'debit') AS debit_event
+        FROM reservations r WHERE r.tenant_id = :tenant""")
+    for r in holds:
+        assert r.reserved_changes == (r.amount if r.status == "active" else 0), r
+        if r.status == "settled":
+            assert r.debits == 1, r
+            assert -r.debit_amount == r.settled_amount and r.debit_event == str(r.usage_event_id), r
+        else:
+            assert r.debits == 0, r
+
+    events = rows("""
+        SELECT e.id, e.status, e.total_cost, e.reservation_id, e.rejection_code,
+               (SELECT count(*) FROM ledger_entries l WHERE l.tenant_id = e.tenant_id AND l.usage_event_id = e.id
+                AND l.entry_type = 'debit') AS debits,
+               (SELECT min(l.amount) FROM ledger_entries l WHERE l.tenant_id = e.tenant_id
+                AND l.usage_event_id = e.id AND l.entry_type = 'debit') AS debit_amount
+        FROM usage_events e WHERE e.tenant_id = :tenant""")
+    for e in events:
+        assert e.status in ("charged", "rejected"), e  # every step charges what it accepted
+        if e.status == "charged":
+            assert e.debits == 1 and -e.debit_amount == e.total_cost, e
+        else:
+            assert e.debits == 0, e
+
+    over_refunded = rows("""
+        SELECT d.id, d.amount, sum(r.amount) AS refunded
+        FROM ledger_entries d JOIN ledger_entries r ON r.tenant_id = d.tenant_id AND r.related_entry_id = d.id
+                                                     AND r.entry_type = 'refund'
+        WHERE d.tenant_id = :tenant AND d.entry_type = 'debit'
+        GROUP BY d.id, d.amount HAVING sum(r.amount) > -d.amount""")
+    assert not over_refunded, over_refunded
+    stray = rows("SELECT id, related_entry_id FROM ledger_entries l WHERE tenant_id = :tenant AND entry_type = 'refund' "
+                 "AND NOT EXISTS (SELECT 1 FROM ledger_entries d WHERE d.tenant_id = l.tenant_id "
+                 "AND d.id = l.related_entry_id AND d.entry_type = 'debit')")
+    assert not stray, stray
+
+
+def test_credit_lifecycle_keeps_the_books(engine):
+    CreditMachine.engine = engine
+    run_state_machine_as_test(CreditMachine, settings=settings(
+        max_examples=25, stateful_step_count=25, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+    ))
