@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, text
 
 from . import money
 from .db import UnitOfWork
@@ -82,3 +82,15 @@ def binding_prices(found: dict[uuid.UUID, Quote], quote_id: uuid.UUID, at: datet
         raise QuoteExpired("the quote expired; request a new one",
                            {"field": "quoteId", "quoteId": str(quote_id), "expiresAt": quote.expires_at.isoformat()})
     return QuotedPrices(quote, catalog)
+
+
+def purge_expired(uow: UnitOfWork, older_than_days: int = 7) -> int:
+    """Delete quotes expired this long ago that no charge or hold names; commits. Cross-tenant
+    housekeeping over the expiry index."""
+    deleted = uow.connection.execute(text("""
+        DELETE FROM quotes q WHERE q.expires_at < now() - make_interval(days => :days)
+          AND NOT EXISTS (SELECT 1 FROM usage_events e WHERE e.tenant_id = q.tenant_id AND e.quote_id = q.id)
+          AND NOT EXISTS (SELECT 1 FROM reservations r WHERE r.tenant_id = q.tenant_id AND r.quote_id = q.id)
+    """), {"days": older_than_days}).rowcount
+    uow.commit()
+    return deleted

@@ -5,7 +5,7 @@ import logging
 
 from sqlalchemy.exc import OperationalError
 
-from billing_core import reservations, stripe_payments
+from billing_core import quotes, reservations, stripe_payments
 from billing_core.config import Settings
 from billing_core.db import UnitOfWork, engine_for
 
@@ -32,6 +32,8 @@ def expire_credits() -> int:
             expired += reservations.expire_due(uow, tenant_id)
     if expired:
         log.info("expired %d holds and grants in %d wallets", expired, len(tenants))
+    with _uow() as uow:
+        quotes.purge_expired(uow)
     return expired
 
 

@@ -7,12 +7,12 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from billing_core.credits import top_up
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from billing_core import charging, usage
 from billing_core.commands import ChargeRequest, TopUpRequest
+from billing_core.credits import top_up
 from billing_core.db import UnitOfWork
 from billing_core.tables import ledger_entries, usage_events
 from tests.helpers import stt_items
