@@ -183,7 +183,8 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
                      for i, (p, stored) in enumerate(zip(priced or [], items[event.id], strict=False))
                      if (p.price.id, p.price.unit_price, p.cost) != (stored.price_id, stored.unit_price, stored.cost)]
 
-    book.expire_due()  # holds kept for a charge that turned out too late
+    book.awaiting -= settling
+    book.expire_due()  # holds kept for this group's charges that turned out too late
     book.flush()
     _settle_events(uow, tenant_id, outcomes)
     if repriced:

@@ -42,16 +42,27 @@ def record_event(uow: UnitOfWork, event: dict[str, Any]) -> bool:
 def process_event(uow: UnitOfWork, event_id: str) -> str:
     """Apply a stored event once and commit; returns its status. Safe to run twice or concurrently:
     the event row is locked and only an unprocessed event is acted on."""
-    row = uow.connection.execute(
-        select(stripe_events).where(stripe_events.c.id == event_id).with_for_update()).one_or_none()
-    if row is None or row.status in ("processed", "ignored"):
+    stored = uow.connection.execute(select(stripe_events).where(stripe_events.c.id == event_id)).one_or_none()
+    if stored is None:
         uow.rollback()
-        return row.status if row else "unknown"
+        return "unknown"
+    payment = _payment_of(stored.event_type, _object(stored.payload))
+    if payment:
+        # a payment's credit and its clawbacks are applied one at a time (taken before any row lock,
+        # so no two events wait on each other), so a clawback processed alongside its payment either
+        # sees the grant or is seen waiting by it
+        uow.connection.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                               {"key": f"stripe-payment:{payment}"})
+    row = uow.connection.execute(
+        select(stripe_events).where(stripe_events.c.id == event_id).with_for_update()).one()
+    if row.status in ("processed", "ignored"):
+        uow.rollback()
+        return row.status
     status, tenant_id, detail = _apply(uow, row.event_type, row.payload)
     _mark(uow, event_id, status, tenant_id, detail)
     if status == "processed" and row.event_type in CREDITS:
         # clawbacks that arrived before this payment can be applied now
-        for waiting in _waiting_for(uow, _payment_of(row.event_type, _object(row.payload))):
+        for waiting in _waiting_for(uow, payment):
             _mark(uow, waiting.id, *_apply(uow, waiting.event_type, waiting.payload))
     uow.commit()
     return status

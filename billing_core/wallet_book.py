@@ -34,7 +34,7 @@ from .budgets import BudgetGuard
 from .db import UnitOfWork, insert_rows, unnest_arrays
 from .errors import ReservationClosed, ReservationExpired
 from .pricing import CURRENCY
-from .tables import credit_grants, grant_draws, ledger_entries, reservations, wallets
+from .tables import credit_grants, grant_draws, ledger_entries, reservations, usage_events, wallets
 from .wallets import LedgerEntry, Wallet
 
 PAID, PROMOTIONAL, DEBT = "paid", "promotional", "debt"
@@ -101,6 +101,8 @@ class WalletBook:
         self.flag_reason: str | None = None
         self.grants = {g.id: g for g in grants}
         self.holds = holds
+        # due holds that a pending charge made before their expiry will settle: not expired under it
+        self.awaiting: set[uuid.UUID] = set()
         self.budgets = BudgetGuard.load(uow, wallet.tenant_id)
         self._changes = _Changes()
 
@@ -124,10 +126,20 @@ class WalletBook:
         grants = [Grant(**r._mapping) for r in uow.connection.execute(
             select(credit_grants).where(credit_grants.c.tenant_id == tenant_id,
                                         credit_grants.c.wallet_id == wallet.id, credit_grants.c.remaining != 0))]
-        due = uow.connection.execute(
+        due = {r.id: Reservation(**r._mapping) for r in uow.connection.execute(
             select(reservations).where(reservations.c.tenant_id == tenant_id, reservations.c.status == ACTIVE,
-                                       reservations.c.expires_at <= now))
-        return cls(uow, wallet, now, grants, {r.id: Reservation(**r._mapping) for r in due})
+                                       reservations.c.expires_at <= now))}
+        book = cls(uow, wallet, now, grants, due)
+        if due:
+            # a charge accepted before its hold expired still settles it, whoever gets to the hold first
+            book.awaiting = set(uow.connection.execute(
+                select(usage_events.c.reservation_id).distinct()
+                .join(reservations, (reservations.c.tenant_id == usage_events.c.tenant_id)
+                      & (reservations.c.id == usage_events.c.reservation_id))
+                .where(usage_events.c.tenant_id == tenant_id, usage_events.c.status == "pending",
+                       usage_events.c.reservation_id.in_(list(due)),
+                       usage_events.c.created_at < reservations.c.expires_at)).scalars())
+        return book
 
     def load_holds(self, reservation_ids: Iterable[uuid.UUID]) -> None:
         """Bring these holds of the tenant into the book (ids of another tenant find nothing)."""
@@ -330,7 +342,7 @@ class WalletBook:
         """Expire the holds past their TTL (except `keep`, holds a charge in hand may still settle),
         then the grants past their expiry, each as far as the available balance allows: credits
         backing an active hold stay until the hold ends. Returns how many things expired."""
-        kept = set(keep)
+        kept = set(keep) | self.awaiting
         count = 0
         for reservation in list(self.holds.values()):
             if reservation.status == ACTIVE and reservation.expires_at <= self.now and reservation.id not in kept:

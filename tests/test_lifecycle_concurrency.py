@@ -31,7 +31,8 @@ BUDGETED, FREE = "voice", "chat"  # the feature with a daily budget, and one wit
 BUDGET_LIMIT = Decimal("20")
 PAID = Decimal("300")
 # promotional grants that expire during the run: (seconds from now, priority, amount)
-EXPIRING = [(3, 90, Decimal("4")), (5, 0, Decimal("4")), (7, 90, Decimal("4")), (9, 50, Decimal("4"))]
+# (drawn first at priority 0, and before the paid grant for expiring sooner at 50, so partly spent by then)
+EXPIRING = [(3, 90, Decimal("4")), (5, 0, Decimal("60")), (7, 90, Decimal("4")), (9, 50, Decimal("40"))]
 TOO_MUCH = Decimal("100000")
 
 CHARGE_STATUSES = {200, 202, 402, 403, 409, 410}
@@ -47,6 +48,11 @@ def amount(value: Decimal) -> str:
 def items_costing(cost: Decimal) -> list[dict[str, Any]]:
     """stt seconds cost 0.0001 each."""
     return stt_items(amount((cost * 10000).quantize(Decimal(1))))
+
+
+def percent(rng: random.Random) -> int:
+    """0..99: the workers' dice (integers: no floating point anywhere near money)."""
+    return rng.randrange(100)
 
 
 def cents(rng: random.Random, low: int, high: int) -> Decimal:
@@ -78,6 +84,7 @@ class Run:
     settlements: list[Settlement] = field(default_factory=list)
     replay_groups: dict[str, list[Answer]] = field(default_factory=lambda: defaultdict(list))
     reservation_replays: dict[str, list[Answer]] = field(default_factory=lambda: defaultdict(list))
+    release_races: dict[str, list[Answer]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, answer: Answer) -> None:
@@ -163,30 +170,30 @@ def call_worker(client: Client, index: int) -> None:
         reservation_id = held_id(client.reserve(feature, hold, ttl=rng.choice([120, 300])))
         if reservation_id is None:
             continue
-        if rng.random() < 0.3:
+        if percent(rng) < 30:
             more = cents(rng, 2, 10)
             if client.extend(reservation_id, more, ttl=600).status == 200:
                 hold += more
-        roll = rng.random()
-        if roll < 0.1:
+        roll = percent(rng)
+        if roll < 10:
             client.release(reservation_id)
             continue
-        if roll < 0.55:
+        if roll < 55:
             cost = (hold * Decimal(rng.randint(30, 100)) / 100).quantize(Decimal("0.0001"))
-        elif roll < 0.9:
+        elif roll < 90:
             cost = hold + cents(rng, 1, 30)
         else:  # charged without the hold, which is then given back
-            client.charge(feature, cents(rng, 1, 30), wait=rng.random() < 0.5)
+            client.charge(feature, cents(rng, 1, 30), wait=percent(rng) < 50)
             client.release(reservation_id)
             continue
         key = f"settle-{uuid.uuid4()}"
-        first = client.charge(feature, cost, reservation_id=reservation_id, key=key, wait=rng.random() < 0.5)
-        after = rng.random()
-        if after < 0.15:
+        first = client.charge(feature, cost, reservation_id=reservation_id, key=key, wait=percent(rng) < 50)
+        after = percent(rng)
+        if after < 15:
             again = client.charge(feature, cost, reservation_id=reservation_id, key=key)
-            if REFUSED not in (first.status, again.status):
+            if REFUSED not in (first.status, again.status) and event_id(first) is not None:
                 assert again.replayed and event_id(again) == event_id(first), (first.body, again.body)
-        elif after < 0.25:
+        elif after < 25:
             client.charge(feature, cost, reservation_id=reservation_id)
 
 
@@ -284,6 +291,43 @@ def racing_worker(client: Client, member: int, group: Group) -> None:
         assert answer.status in (200, 402, 409, REFUSED), answer.body
 
 
+def release_race_worker(client: Client, member: int, group: Group, key: str) -> None:
+    """One hold released four times at once, twice with the same key: released once, the rest replay."""
+    if member == 0:
+        group.shared["id"] = held_id(client.reserve(FREE, Decimal("0.4")))
+    group.barrier.wait()
+    if group.shared["id"] is None:
+        return
+    answer = client.call("release", "POST", f"/reservations/{group.shared['id']}/release",
+                         json={"idempotencyKey": key if member < 2 else f"release-{uuid.uuid4()}"})
+    assert answer.status in (200, REFUSED), answer.body
+    with client.run.lock:
+        client.run.release_races[group.shared["id"]].append(answer)
+
+
+def extend_race_worker(client: Client, member: int, group: Group, key: str) -> None:
+    """One hold extended four times at once by 0.1, twice with the same key: it grows by 0.3."""
+    if member == 0:
+        group.shared["id"] = held_id(client.reserve(FREE, Decimal("0.5"), ttl=120))
+        group.shared["extended"] = set()
+    group.barrier.wait()
+    reservation_id = group.shared["id"]
+    if reservation_id is None:
+        return
+    member_key = key if member < 2 else f"extend-{uuid.uuid4()}"
+    answer = client.call("extend", "POST", f"/reservations/{reservation_id}/extend",
+                         json={"amount": "0.1", "ttlSeconds": 600, "idempotencyKey": member_key})
+    assert answer.status in (200, REFUSED), answer.body
+    if answer.status == 200:
+        with client.run.lock:
+            group.shared["extended"].add(member_key)
+    group.barrier.wait()
+    if member == 0:
+        hold = client.get(f"/reservations/{reservation_id}")["reservation"]
+        assert Decimal(hold["amount"]) == Decimal("0.5") + Decimal("0.1") * len(group.shared["extended"]), hold
+        client.charge(FREE, Decimal("0.7"), reservation_id=reservation_id)
+
+
 def plan(run: Run) -> list[tuple[Any, tuple]]:
     """What each of the 200 threads does."""
     jobs: list[tuple[Any, tuple]] = []
@@ -299,6 +343,12 @@ def plan(run: Run) -> list[tuple[Any, tuple]]:
     for _ in range(4):  # 4 × 4 racing on one hold
         group = Group(4)
         jobs += [(racing_worker, (m, group)) for m in range(4)]
+    for _ in range(2):  # 2 × 4 releasing one hold
+        group, key = Group(4), f"same-release-{uuid.uuid4()}"
+        jobs += [(release_race_worker, (m, group, key)) for m in range(4)]
+    for _ in range(2):  # 2 × 4 extending one hold
+        group, key = Group(4), f"same-extend-{uuid.uuid4()}"
+        jobs += [(extend_race_worker, (m, group, key)) for m in range(4)]
     jobs += [(oversized_worker, (i,)) for i in range(4)]
     jobs += [(expired_hold_worker, (i,)) for i in range(4)]
     jobs += [(call_worker, (i,)) for i in range(THREADS - len(jobs))]
@@ -399,6 +449,10 @@ def test_two_hundred_threads_on_one_wallet_keep_the_books(live, tenant, tokens, 
         made = [a for a in answered if a.status == 200]
         assert len({held_id(a) for a in made}) <= 1, key
         assert sum(not a.replayed for a in made) <= 1, key
+    for reservation_id, answers in run.release_races.items():
+        answered = [a for a in answers if a.status != REFUSED]
+        assert sum(not a.replayed for a in answered) <= 1, reservation_id
+        assert {a.body["reservation"]["status"] for a in answered} <= {"released"}, reservation_id
     with engine.connect() as connection:
         keys = list(run.replay_groups) + list(run.reservation_replays)
         per_key = dict(connection.execute(text(
@@ -427,6 +481,17 @@ def test_two_hundred_threads_on_one_wallet_keep_the_books(live, tenant, tokens, 
     assert all(g["kind"] != "debt" and Decimal(g["remaining"]) > 0 for g in wallet["grants"]), wallet["grants"]
     expired = -sum((Decimal(e["amount"]) for e in entries if e["type"] == "expiry"), ZERO)
     assert expired > 0  # the grants drawn last expired with credits left
+    reserved_so_far, lowest = ZERO, None
+    for entry in reversed(entries):  # oldest first: the available balance after each entry
+        reserved_so_far += Decimal(entry["reservedChange"])
+        available = Decimal(entry["balanceAfter"]) - reserved_so_far
+        lowest = available if lowest is None else min(lowest, available)
+    assert lowest is not None and lowest > 0  # never depleted: the depleted-tenant limit never applied
+    print("lowest available balance:", lowest)  # noqa: T201
+    last_debit = max(e["createdAt"] for e in entries if e["type"] == "debit")
+    print("expiries before the last debit:",  # noqa: T201
+          sum(e["createdAt"] < last_debit for e in entries if e["type"] == "expiry"), "of",
+          sum(e["type"] == "expiry" for e in entries))
     topups = sum((Decimal(e["amount"]) for e in entries if e["type"] == "topup"), ZERO)
     debits = -sum((Decimal(e["amount"]) for e in entries if e["type"] == "debit"), ZERO)
     assert topups == PAID + sum((g for _, _, g in EXPIRING), ZERO)
@@ -452,6 +517,11 @@ def test_two_hundred_threads_on_one_wallet_keep_the_books(live, tenant, tokens, 
     # every settlement answered 200 is the one its hold records
     events = {e["id"]: e for e in pages(reader, "/usage", "events")}
     settled_by_event = {h["usageEventId"]: h["id"] for h in settled}
+    # the charges answered 202 ended too, each charged or rejected for a reason with a documented status
+    assert {e["status"] for e in events.values()} <= {"charged", "rejected"}
+    assert {e["rejection"]["code"] for e in events.values() if e["status"] == "rejected"} <= {
+        "insufficient_balance", "budget_exceeded", "reservation_exceeded", "reservation_closed",
+        "reservation_expired"}
     for settlement in run.settlements:
         if settlement.status == 200:
             assert settled_by_event.get(settlement.usage_event_id) == settlement.reservation_id, settlement
@@ -515,3 +585,49 @@ def test_two_hundred_threads_on_one_wallet_keep_the_books(live, tenant, tokens, 
     assert charged_today <= BUDGET_LIMIT
     assert charged_today == spent  # nothing was refunded: the budget counts exactly what was charged
     assert spent > BUDGET_LIMIT / 2  # it was near its limit
+
+
+def test_a_settlement_accepted_before_its_hold_expired_settles_it_though_the_hold_expires_meanwhile(
+        live, tenant, tokens, engine):
+    """A charge naming a hold, made while the hold was live, settles it even if the hold's TTL runs
+    out before a worker gets to the charge ("a hold can be settled by a charge made before it
+    expired", check_settleable). Between acceptance and settlement anything that expires due holds
+    for the wallet (GET /wallet, a reservation, the beat job) may run first: under load, or while the
+    broker is down and the charge waits for the pending sweep."""
+    from sqlalchemy import update
+
+    from billing_core import usage
+    from billing_core.commands import ChargeRequest
+    from billing_core.db import UnitOfWork
+    from billing_core.tables import reservations
+
+    run = Run()
+    client = Client(live.api.base_url, tokens["charge"], run)
+    assert Client(live.api.base_url, tokens["admin"], run).call("topup", "POST", "/topup", json={
+        "amount": "10", "idempotencyKey": f"paid-{uuid.uuid4()}"}).status == 200
+    reservation_id = held_id(client.reserve(FREE, Decimal("1"), ttl=300))
+    assert reservation_id is not None
+    # accepted as POST /charge accepts it, but no worker is woken: the pending sweep enqueues it in
+    # a few seconds (as when the broker was down at acceptance)
+    command = ChargeRequest.model_validate({"featureKey": FREE, "items": items_costing(Decimal("0.4")),
+                                            "idempotencyKey": f"late-{uuid.uuid4()}",
+                                            "reservationId": reservation_id})
+    with UnitOfWork(engine) as uow:
+        event = usage.accept_charge(uow, tenant, command, user_id="test").event
+    assert event.status == "pending"
+    # the hold runs out just after the charge was made (its TTL was shorter than the work took)
+    with engine.begin() as connection:
+        connection.execute(update(reservations).where(reservations.c.tenant_id == tenant,
+                                                      reservations.c.id == uuid.UUID(reservation_id))
+                           .values(expires_at=event.created_at + timedelta(microseconds=1)))
+    client.get("/wallet")  # expires the wallet's due holds, as a reservation or the beat job would
+
+    deadline = time.monotonic() + 30
+    while (task := client.get(f"/tasks/{event.task_id}")["task"])["state"] == "pending":
+        assert time.monotonic() < deadline, "the charge was never settled"
+        time.sleep(0.3)
+    assert task["state"] == "charged", task.get("error")
+    hold = client.get(f"/reservations/{reservation_id}")["reservation"]
+    assert (hold["status"], hold["settledAmount"]) == ("settled", "0.4")
+    found = client.get("/wallet")["wallet"]
+    assert (found["currentBalance"], found["reservedBalance"]) == ("9.6", "0")

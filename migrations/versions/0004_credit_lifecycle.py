@@ -112,9 +112,11 @@ CREATE TABLE reservations (
 CREATE INDEX reservations_tenant ON reservations (tenant_id, created_at DESC, id DESC);
 CREATE INDEX reservations_active ON reservations (tenant_id, feature_key) WHERE status = 'active';
 CREATE INDEX reservations_due ON reservations (expires_at) WHERE status = 'active';
--- a hold is settled by at most one usage event
+-- a usage event settles at most one hold, and a hold is settled by at most one debit
 CREATE UNIQUE INDEX reservations_one_settlement ON reservations (tenant_id, usage_event_id)
     WHERE usage_event_id IS NOT NULL;
+CREATE UNIQUE INDEX ledger_one_settlement_per_hold ON ledger_entries (tenant_id, reservation_id)
+    WHERE entry_type = 'debit' AND reservation_id IS NOT NULL;
 
 ALTER TABLE usage_events ADD COLUMN reservation_id uuid REFERENCES reservations (id),
                          ADD COLUMN quote_id uuid REFERENCES quotes (id);
