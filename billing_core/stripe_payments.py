@@ -74,15 +74,26 @@ def _mark(uow: UnitOfWork, event_id: str, status: str, tenant_id: str | None, de
         processed_at=func.now() if status in ("processed", "ignored") else None))
 
 
-def _object(payload: dict[str, Any]) -> dict[str, Any]:
-    return (payload.get("data") or {}).get("object") or {}
+def _object(payload: Any) -> dict[str, Any]:
+    """The event's data.object; {} for anything not shaped like one (it is then ignored, not retried)."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    obj = data.get("object") if isinstance(data, dict) else None
+    return obj if isinstance(obj, dict) else {}
+
+
+def _tenant_of(obj: dict[str, Any]) -> str | None:
+    metadata = obj.get("metadata")
+    tenant_id = metadata.get("tenantId") if isinstance(metadata, dict) else None
+    return tenant_id if isinstance(tenant_id, str) and tenant_id else None
 
 
 def _payment_of(event_type: str, obj: dict[str, Any]) -> str | None:
     """The payment intent an event is about: the key of the grant it creates or claws back."""
     if event_type == "payment_intent.succeeded":
-        return obj.get("id")
-    return obj.get("payment_intent") or (obj.get("id") if event_type == "checkout.session.completed" else None)
+        payment = obj.get("id")
+    else:
+        payment = obj.get("payment_intent") or (obj.get("id") if event_type == "checkout.session.completed" else None)
+    return payment if isinstance(payment, str) and payment else None
 
 
 def _waiting_for(uow: UnitOfWork, payment: str | None) -> list[Any]:
@@ -102,8 +113,8 @@ def _apply(uow: UnitOfWork, event_type: str, payload: dict[str, Any]) -> tuple[s
         return "ignored", None, f"{event_type} is not an event LAD Billing acts on"
     if not payment:
         return "ignored", None, "the event names no payment intent"
-    currency = (obj.get("currency") or CURRENCY).upper()
-    if currency != CURRENCY:
+    currency = obj.get("currency") or CURRENCY
+    if not isinstance(currency, str) or currency.upper() != CURRENCY:
         return "ignored", None, f"payments in {currency} are not credited; the wallet currency is {CURRENCY}"
     if event_type in CREDITS:
         return _credit(uow, event_type, payload["id"], obj, payment)
@@ -122,8 +133,8 @@ def _minor(value: Any) -> Decimal | None:
 
 def _credit(uow: UnitOfWork, event_type: str, event_id: str, obj: dict[str, Any],
             payment: str) -> tuple[str, str | None, str | None]:
-    tenant_id = (obj.get("metadata") or {}).get("tenantId")
-    if not isinstance(tenant_id, str) or not tenant_id:
+    tenant_id = _tenant_of(obj)
+    if tenant_id is None:
         return "ignored", None, "no metadata.tenantId"
     if event_type == "checkout.session.completed" and obj.get("payment_status") != "paid":
         return "ignored", tenant_id, f"payment_status is {obj.get('payment_status')!r}"
@@ -131,9 +142,10 @@ def _credit(uow: UnitOfWork, event_type: str, event_id: str, obj: dict[str, Any]
                     else obj.get("amount_received"))
     if not amount:
         return "ignored", tenant_id, "no amount paid"
-    book = WalletBook.open(uow, tenant_id)
-    if _payment_grant(uow, tenant_id, payment) is not None:
+    # any tenant: one payment is one grant, whatever a second event's metadata says
+    if _payment_grant(uow, payment) is not None:
         return "ignored", tenant_id, f"payment {payment} was credited already"
+    book = WalletBook.open(uow, tenant_id)
     book.add_grant(amount, kind=PAID, source="stripe", grant_reference=f"stripe:{payment}", reference=event_id,
                    description=f"Stripe payment {payment}", idempotency_key=f"stripe:{event_id}",
                    created_by="stripe")
@@ -141,21 +153,22 @@ def _credit(uow: UnitOfWork, event_type: str, event_id: str, obj: dict[str, Any]
     return "processed", tenant_id, None
 
 
-def _payment_grant(uow: UnitOfWork, tenant_id: str | None, payment: str) -> Any:
-    query = select(credit_grants.c.id, credit_grants.c.tenant_id, credit_grants.c.amount).where(
-        credit_grants.c.reference == f"stripe:{payment}")
-    if tenant_id is not None:
-        query = query.where(credit_grants.c.tenant_id == tenant_id)
-    return uow.connection.execute(query).first()
+def _payment_grant(uow: UnitOfWork, payment: str) -> Any:
+    """The grant a payment created, in whichever tenant (the payment's advisory lock is held)."""
+    return uow.connection.execute(
+        select(credit_grants.c.id, credit_grants.c.tenant_id, credit_grants.c.amount)
+        .where(credit_grants.c.source == "stripe", credit_grants.c.reference == f"stripe:{payment}")).first()
 
 
 def _claw_back(uow: UnitOfWork, event_type: str, event_id: str, obj: dict[str, Any],
                payment: str) -> tuple[str, str | None, str | None]:
-    tenant_id = (obj.get("metadata") or {}).get("tenantId")
-    grant_row = _payment_grant(uow, tenant_id if isinstance(tenant_id, str) else None, payment)
+    grant_row = _payment_grant(uow, payment)
     if grant_row is None:
         return "waiting", None, f"waiting for payment {payment} to be credited"
     tenant_id = grant_row.tenant_id
+    named = _tenant_of(obj)
+    if named is not None and named != tenant_id:  # inconsistent metadata: touch neither wallet
+        return "ignored", named, f"names tenant {named}, but payment {payment} was credited to another tenant"
     book = WalletBook.open(uow, tenant_id)
     credit_entry = uow.connection.execute(
         select(ledger_entries.c.id).where(ledger_entries.c.tenant_id == tenant_id,
@@ -177,7 +190,7 @@ def _claw_back(uow: UnitOfWork, event_type: str, event_id: str, obj: dict[str, A
     book.debit(amount, entry_type="adjustment", first=book.grants[grant_row.id], related_entry_id=credit_entry,
                reference=event_id, description=f"Stripe {event_type} of payment {payment}",
                idempotency_key=f"stripe:{event_id}", created_by="stripe")
-    if book.spendable < 0:
+    if book.balance < 0:  # a chargeback that leaves a debt is for a person to review
         book.flag(f"Stripe {event_type} of payment {payment} took the balance below zero")
     book.flush()
     return "processed", tenant_id, None

@@ -60,7 +60,8 @@ CREATE TABLE credit_grants (
 CREATE INDEX credit_grants_live ON credit_grants (tenant_id, wallet_id) WHERE remaining <> 0;
 CREATE INDEX credit_grants_due ON credit_grants (expires_at) WHERE remaining > 0 AND expires_at IS NOT NULL;
 CREATE UNIQUE INDEX credit_grants_one_debt ON credit_grants (tenant_id, wallet_id) WHERE kind = 'debt';
-CREATE INDEX credit_grants_reference ON credit_grants (tenant_id, reference) WHERE reference IS NOT NULL;
+-- a Stripe payment's grant, found from its refunds and disputes (which may not name the tenant)
+CREATE INDEX credit_grants_stripe_payment ON credit_grants (reference) WHERE source = 'stripe';
 
 -- Which grants each ledger entry drew from (negative) or credited (positive); append-only.
 CREATE TABLE grant_draws (
