@@ -207,7 +207,7 @@ def _charge(book: WalletBook, event: Any, cost: Decimal) -> None:
     if event.reservation_id is not None:
         hold = book.holds[event.reservation_id]
         check_settleable(hold, event.created_at)
-    releasing = hold.amount if hold is not None else Decimal(0)
+    releasing = book.held_by(hold) if hold is not None else Decimal(0)
     book.budgets.check(event.feature_key, event.created_at, cost, releasing)
     # the hold's own amount is released in the same entry, so it adds to what the charge may take
     if cost > money.add(book.spendable, releasing):

@@ -48,7 +48,10 @@ def _utc(value: datetime) -> datetime:
     """Times without an offset are UTC; any offset is converted here, so the database sees UTC."""
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past the calendar in UTC
+        raise ValueError("must be a date-time within the calendar") from None
 
 
 # Input decimals: a JSON number (parsed as Decimal, never float) or a decimal string.

@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from . import idempotency, money
 from .commands import AdjustmentRequest, RefundRequest, TopUpRequest, fingerprint_body
@@ -14,7 +14,7 @@ from .db import UnitOfWork
 from .errors import InsufficientBalance, NotFound, RefundExceeded, ValidationFailed
 from .tables import credit_grants, grant_draws, ledger_entries, usage_events
 from .wallet_book import DEBT, Grant, WalletBook
-from .wallets import LedgerEntry, get_entry
+from .wallets import LedgerEntry, Wallet, get_entry, get_wallet
 
 # the order debits draw on grants (WalletBook.live_grants), as SQL; the debt comes last
 DRAW_ORDER = (credit_grants.c.kind == DEBT, credit_grants.c.priority, credit_grants.c.expires_at.asc().nulls_last(),
@@ -45,10 +45,12 @@ def _future(book: WalletBook, command: TopUpRequest | AdjustmentRequest) -> None
         raise ValidationFailed("expiresAt", "must be in the future")
 
 
-def _commit(uow: UnitOfWork, book: WalletBook, key: str, grant: Grant | None = None) -> CreditResult:
+def _commit(uow: UnitOfWork, book: WalletBook, key: str) -> CreditResult:
+    """Write the book, remember the entry for replays, commit; answered as a replay would be."""
     entry_id = book.flush()[-1]
     idempotency.record_result(uow, book.tenant_id, key, ledger_entry_id=entry_id)
     entry = book.entries([entry_id])[0]
+    grant = get_grant(uow, book.tenant_id, entry.grant_id)
     uow.commit()
     return CreditResult(entry, replayed=False, grant=grant)
 
@@ -62,10 +64,10 @@ def top_up(uow: UnitOfWork, tenant_id: str, command: TopUpRequest, *, created_by
         return replay
     book = WalletBook.open(uow, tenant_id)
     _future(book, command)
-    _, grant = book.add_grant(command.amount, kind=command.kind, source="topup", priority=command.priority,
+    book.add_grant(command.amount, kind=command.kind, source="topup", priority=command.priority,
                               expires_at=command.expiresAt, reference=key, description=command.description,
                               idempotency_key=key, created_by=created_by)
-    return _commit(uow, book, key, grant)
+    return _commit(uow, book, key)
 
 
 def adjust(uow: UnitOfWork, tenant_id: str, command: AdjustmentRequest, *, created_by: str | None) -> CreditResult:
@@ -80,9 +82,9 @@ def adjust(uow: UnitOfWork, tenant_id: str, command: AdjustmentRequest, *, creat
     entry = {"reference": key, "description": command.reason, "idempotency_key": key, "created_by": created_by}
     if command.amount > 0:
         _future(book, command)
-        _, grant = book.add_grant(command.amount, kind=command.kind, source="adjustment", entry_type="adjustment",
+        book.add_grant(command.amount, kind=command.kind, source="adjustment", entry_type="adjustment",
                                   expires_at=command.expiresAt, **entry)
-        return _commit(uow, book, key, grant)
+        return _commit(uow, book, key)
     if command.expiresAt is not None:
         raise ValidationFailed("expiresAt", "only a positive adjustment creates a grant that can expire")
     if -command.amount > book.spendable:
@@ -107,13 +109,13 @@ def refund(uow: UnitOfWork, tenant_id: str, command: RefundRequest, *, created_b
     if original.entry_type != "debit":
         raise ValidationFailed("transactionId", f"only a debit can be refunded, not a {original.entry_type}")
     returnable = _returnable(uow, tenant_id, original)
-    left = money.total(returnable.values())
+    left = money.total(amount for _, amount in returnable)
     amount = command.amount if command.amount is not None else left
     if amount == 0 or amount > left:
         raise RefundExceeded("a refund cannot exceed what is left of the debit",
                              {"field": "amount", "debited": money.format_decimal(-original.amount),
                               "refundable": money.format_decimal(left)})
-    book.restore(amount, list(returnable.items()), related_entry_id=original.id,
+    book.restore(amount, returnable, related_entry_id=original.id,
                  usage_event_id=original.usage_event_id, reference=str(original.id), description=command.reason,
                  idempotency_key=key, created_by=created_by)
     if original.usage_event_id is not None:
@@ -124,10 +126,11 @@ def refund(uow: UnitOfWork, tenant_id: str, command: RefundRequest, *, created_b
     return _commit(uow, book, key)
 
 
-def _returnable(uow: UnitOfWork, tenant_id: str, original: LedgerEntry) -> dict[uuid.UUID, Decimal]:
+def _returnable(uow: UnitOfWork, tenant_id: str, original: LedgerEntry) -> list[tuple[uuid.UUID | None, Decimal]]:
     """Per grant the debit drew from (in draw order), what earlier refunds have not yet returned.
-    A debit that drew on the debt can be refunded too; that part repays the debt or becomes a grant."""
-    drawn: dict[uuid.UUID, Decimal] = {}
+    A debit that drew on the debt can be refunded too; that part repays the debt or becomes a grant.
+    A debit from before grants existed has no draws: all of it may come back, as a new grant."""
+    drawn: dict[uuid.UUID | None, Decimal] = {}
     for grant_id, amount in uow.connection.execute(
         select(grant_draws.c.grant_id, grant_draws.c.amount)
         .join(credit_grants, credit_grants.c.id == grant_draws.c.grant_id)
@@ -135,18 +138,20 @@ def _returnable(uow: UnitOfWork, tenant_id: str, original: LedgerEntry) -> dict[
         .order_by(*DRAW_ORDER)
     ):
         drawn[grant_id] = -amount
+    if not drawn:
+        drawn[None] = -original.amount
     refunded = uow.connection.execute(
         select(ledger_entries.c.amount).where(ledger_entries.c.tenant_id == tenant_id,
                                               ledger_entries.c.related_entry_id == original.id,
                                               ledger_entries.c.entry_type == "refund")).scalars().all()
     # what was refunded before is taken off the draws last drawn first, as restore() returns them
     already = money.total(refunded)
-    left: dict[uuid.UUID, Decimal] = defaultdict(Decimal)
+    left: dict[uuid.UUID | None, Decimal] = defaultdict(Decimal)
     for grant_id in reversed(list(drawn)):
         taken = min(already, drawn[grant_id])
         already = money.subtract(already, taken)
         left[grant_id] = money.subtract(drawn[grant_id], taken)
-    return {g: left[g] for g in drawn if left[g] > 0}
+    return [(g, left[g]) for g in drawn if left[g] > 0]
 
 
 def get_grant(uow: UnitOfWork, tenant_id: str, grant_id: uuid.UUID | None) -> Grant | None:
@@ -164,3 +169,22 @@ def live_grants(uow: UnitOfWork, tenant_id: str) -> list[Grant]:
         select(credit_grants).where(credit_grants.c.tenant_id == tenant_id, credit_grants.c.remaining != 0)
         .order_by(*DRAW_ORDER))
     return [Grant(**r._mapping) for r in rows]
+
+
+def wallet_view(uow: UnitOfWork, tenant_id: str) -> tuple[Wallet, list[Grant]]:
+    """The wallet (created on first use) and its live grants, read without the wallet's row lock —
+    unless a hold or credits are past their expiry: then they end first, as the beat job would end
+    them, so the balance shown is the one a charge would meet. Commits."""
+    wallet = get_wallet(uow, tenant_id)
+    due = uow.connection.execute(text("""
+        SELECT EXISTS (SELECT 1 FROM reservations WHERE tenant_id = :t AND status = 'active' AND expires_at <= now())
+            OR coalesce((SELECT sum(remaining) FROM credit_grants
+                         WHERE tenant_id = :t AND remaining > 0 AND expires_at <= now()), 0) > :reserved
+    """), {"t": tenant_id, "reserved": wallet.reserved_balance}).scalar_one()
+    if due:
+        book = WalletBook.open(uow, tenant_id)
+        book.expire_due()
+        book.flush()
+        wallet = book.wallet
+    uow.commit()
+    return wallet, live_grants(uow, tenant_id)

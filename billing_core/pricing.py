@@ -214,18 +214,24 @@ def put_price(uow: UnitOfWork, *, tenant_id: str | None, key: CatalogKey, unit_p
               effective_from: datetime | None, description: str | None) -> Price:
     """A new price for `key` (a tenant's override, or global with no tenant) from `effective_from`
     (default now); the row in force until then is closed at that moment, never edited otherwise.
-    Charges are priced at their event's time, so a price cannot start in the past. Commits."""
+    Charges are priced at their event's time, so a price cannot start in the past. The same price
+    again (with no start, or the same start) changes nothing. Commits."""
     category, provider, model, unit = key
     now = uow.now()
     start = effective_from or now
-    if start < now:
-        raise ValidationFailed("effectiveFrom", "must not be in the past")
     same_key = [prices.c.category == category, prices.c.provider == provider, prices.c.model == model,
                 prices.c.unit == unit,
                 prices.c.tenant_id.is_(None) if tenant_id is None else prices.c.tenant_id == tenant_id]
     # the open rows of this key, locked: two changes of one price run one after the other
     open_rows = [Price(**r._mapping) for r in uow.connection.execute(
         select(prices).where(*same_key, prices.c.effective_to.is_(None)).with_for_update())]
+    for current in open_rows:
+        # PUT is idempotent: the price already set this way is answered as it is
+        if current.unit_price == unit_price and (effective_from is None or current.effective_from == start):
+            uow.rollback()
+            return current
+    if start < now:
+        raise ValidationFailed("effectiveFrom", "must not be in the past")
     for current in open_rows:
         if current.effective_from >= start:
             raise ValidationFailed("effectiveFrom", "must be after the start of the latest price of this item "

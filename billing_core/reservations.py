@@ -128,6 +128,7 @@ def extend(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID, command: 
         return _replay(uow, tenant_id, earlier)
     book, hold = _open_hold(uow, tenant_id, reservation_id)
     _refuse_closed(hold, book)
+    book.expire_due()  # credits past their expiry are not available to hold more
     more = command.amount or Decimal(0)
     if more:
         _may_hold(book, hold.feature_key, more)
@@ -183,13 +184,19 @@ def list_reservations(uow: UnitOfWork, tenant_id: str, *, status: str | None, li
 
 
 def tenants_with_due_credits(uow: UnitOfWork, limit: int = 1000) -> list[str]:
-    """Tenants with a hold past its TTL or a grant past its expiry with credits left: the one
-    deliberately cross-tenant query of the expiry job, over two partial indexes."""
+    """Tenants with a hold past its TTL, or with credits past their expiry beyond what backs their
+    holds (the rest cannot expire yet): the expiry job's deliberately cross-tenant query, over two
+    partial indexes, most overdue first."""
     return list(uow.connection.execute(text("""
-        SELECT tenant_id FROM reservations WHERE status = 'active' AND expires_at <= now()
-        UNION
-        SELECT tenant_id FROM credit_grants WHERE remaining > 0 AND expires_at <= now()
-        LIMIT :limit
+        SELECT tenant_id FROM (
+            SELECT tenant_id, min(expires_at) AS due FROM reservations
+            WHERE status = 'active' AND expires_at <= now() GROUP BY tenant_id
+            UNION ALL
+            SELECT g.tenant_id, min(g.expires_at) FROM credit_grants g
+            JOIN wallets w ON w.tenant_id = g.tenant_id AND w.id = g.wallet_id
+            WHERE g.remaining > 0 AND g.expires_at <= now()
+            GROUP BY g.tenant_id, w.reserved_balance HAVING sum(g.remaining) > w.reserved_balance
+        ) due GROUP BY tenant_id ORDER BY min(due) LIMIT :limit
     """), {"limit": limit}).scalars())
 
 

@@ -55,7 +55,7 @@ def process_event(uow: UnitOfWork, event_id: str) -> str:
                                {"key": f"stripe-payment:{payment}"})
     row = uow.connection.execute(
         select(stripe_events).where(stripe_events.c.id == event_id).with_for_update()).one()
-    if row.status in ("processed", "ignored"):
+    if row.status in ("processed", "ignored", "failed"):
         uow.rollback()
         return row.status
     status, tenant_id, detail = _apply(uow, row.event_type, row.payload)
@@ -71,7 +71,7 @@ def process_event(uow: UnitOfWork, event_id: str) -> str:
 def _mark(uow: UnitOfWork, event_id: str, status: str, tenant_id: str | None, detail: str | None) -> None:
     uow.connection.execute(update(stripe_events).where(stripe_events.c.id == event_id).values(
         status=status, tenant_id=tenant_id, detail=detail,
-        processed_at=func.now() if status in ("processed", "ignored") else None))
+        processed_at=func.now() if status in ("processed", "ignored", "failed") else None))
 
 
 def _object(payload: Any) -> dict[str, Any]:
@@ -190,10 +190,18 @@ def _claw_back(uow: UnitOfWork, event_type: str, event_id: str, obj: dict[str, A
     book.debit(amount, entry_type="adjustment", first=book.grants[grant_row.id], related_entry_id=credit_entry,
                reference=event_id, description=f"Stripe {event_type} of payment {payment}",
                idempotency_key=f"stripe:{event_id}", created_by="stripe")
-    if book.balance < 0:  # a chargeback that leaves a debt is for a person to review
+    # a chargeback that leaves a debt, or eats into held credits, is for a person to review (and the
+    # wallet's spendable check admits a flagged wallet below what its overdraft allows)
+    if book.balance < 0 or book.spendable < 0:
         book.flag(f"Stripe {event_type} of payment {payment} took the balance below zero")
     book.flush()
     return "processed", tenant_id, None
+
+
+def mark_failed(uow: UnitOfWork, event_id: str, detail: str) -> None:
+    """An event that cannot be applied (a bug, not an outage): kept for a person, not retried."""
+    _mark(uow, event_id, "failed", None, detail[:2000])
+    uow.commit()
 
 
 def unprocessed(uow: UnitOfWork, limit: int = 100) -> list[str]:

@@ -15,7 +15,7 @@ from .commands import ChargeRequest, fingerprint_body
 from .db import UnitOfWork, unnest_arrays
 from .errors import BillingError, NotFound, ValidationFailed
 from .pricing import CURRENCY, PricedItem, clock_and_catalog, price_items
-from .quotes import binding_prices, load_quotes
+from .quotes import QuotedPrices, binding_prices, load_quotes
 from .reservations import load_reservations
 from .tables import idempotency_records, usage_event_items, usage_events
 from .wallet_book import Reservation, check_settleable
@@ -92,6 +92,7 @@ class _Candidate:
     command: ChargeRequest
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)
     priced: list[PricedItem] = field(default_factory=list)
+    quote_id: uuid.UUID | None = None  # the binding quote that prices it: named, or its hold's
 
 
 def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeRequest | BillingError], *,
@@ -119,17 +120,25 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
 
     accepted_at, catalog = clock_and_catalog(uow, tenant_id)
     commands_in_play = [c.command for c in first_by_key.values()]
-    found_quotes = load_quotes(uow, tenant_id, (c.quoteId for c in commands_in_play if c.quoteId))
     found_holds = load_reservations(uow, tenant_id, [c.reservationId for c in commands_in_play if c.reservationId])
+    found_quotes = load_quotes(uow, tenant_id, [*(c.quoteId for c in commands_in_play if c.quoteId),
+                                                *(h.quote_id for h in found_holds.values() if h.quote_id)])
     fresh: list[_Candidate] = []
     unpriced: dict[int, BillingError] = {}
     for candidate in first_by_key.values():
         command = candidate.command
         try:
-            prices = catalog if command.quoteId is None else binding_prices(
-                found_quotes, command.quoteId, accepted_at, catalog)
+            candidate.quote_id = command.quoteId
             if command.reservationId is not None:
-                _check_hold(found_holds, command, accepted_at)
+                hold = _check_hold(found_holds, command, accepted_at)
+                if candidate.quote_id is None and hold.quote_id is not None:
+                    # a hold made from a quote is settled at the quote's prices, however long it ran
+                    candidate.quote_id = hold.quote_id
+                    prices = QuotedPrices(found_quotes[hold.quote_id], catalog)
+            if candidate.quote_id is None:
+                prices = catalog
+            elif candidate.quote_id == command.quoteId:
+                prices = binding_prices(found_quotes, command.quoteId, accepted_at, catalog)
             candidate.priced = price_items(uow, tenant_id, command.items, accepted_at, prices)
             fresh.append(candidate)
         except BillingError as refusal:
@@ -167,7 +176,7 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
     return [r for r in results if r is not None]
 
 
-def _check_hold(found: dict[uuid.UUID, Reservation], command: ChargeRequest, at: datetime) -> None:
+def _check_hold(found: dict[uuid.UUID, Reservation], command: ChargeRequest, at: datetime) -> Reservation:
     """Refuse at once a charge whose hold cannot be settled; the worker checks again when it settles."""
     hold = found.get(command.reservationId)  # type: ignore[arg-type]
     if hold is None:
@@ -175,6 +184,7 @@ def _check_hold(found: dict[uuid.UUID, Reservation], command: ChargeRequest, at:
     if hold.feature_key != command.featureKey:
         raise ValidationFailed("featureKey", f"must be the reservation's featureKey ({hold.feature_key})")
     check_settleable(hold, at)
+    return hold
 
 
 def _events_as_written(tenant_id: str, fresh: list[_Candidate], accepted_at: datetime,
@@ -188,7 +198,7 @@ def _events_as_written(tenant_id: str, fresh: list[_Candidate], accepted_at: dat
             status=PENDING, total_cost=money.total(p.cost for p in c.priced), currency=CURRENCY,
             rejection_code=None, rejection_reason=None, rejection_details=None, metadata=c.command.metadata,
             created_at=accepted_at, charged_at=None, enqueued_at=accepted_at, enqueue_count=1,
-            reservation_id=c.command.reservationId, quote_id=c.command.quoteId,
+            reservation_id=c.command.reservationId, quote_id=c.quote_id,
         )
         for c in fresh
     }

@@ -227,6 +227,8 @@ class WalletBook:
             return
         grant.remaining = money.add(grant.remaining, amount)
         grant.updated_at = self.now
+        if grant.remaining == 0 and grant.expires_at is not None and grant.expires_at <= self.now:
+            grant.expired_at = grant.expired_at or self.now  # an overdue grant used up is over
         if grant.id not in self._changes.new_grants:
             self._changes.changed_grants.add(grant.id)
         self._changes.draws[(entry["id"], grant.id)] += amount
@@ -271,23 +273,30 @@ class WalletBook:
         self._move(record, grant, self._repay_debt(record, amount))
         return record, grant
 
-    def restore(self, amount: Decimal, draws: list[tuple[uuid.UUID, Decimal]], **entry: Any) -> dict[str, Any]:
+    def restore(self, amount: Decimal, draws: list[tuple[uuid.UUID | None, Decimal]], **entry: Any) -> dict[str, Any]:
         """Credit `amount` back into the grants a debit drew from (`draws`: grant and what may still
-        be returned to it, in the order drawn), last drawn first, after repaying any debt; what does
-        not fit goes into a new paid grant."""
+        be returned to it, in the order drawn), last drawn first, after repaying any debt. What does
+        not fit — drawn from the debt, or from a grant past its expiry, which is not revived — goes
+        into a new grant that does not expire: promotional if it all came from promotional credits,
+        else paid."""
         record = self._entry("refund", amount, **entry)
         left = self._repay_debt(record, amount)
-        self.load_grants(g for g, _ in draws)
+        self.load_grants(g for g, _ in draws if g is not None)
+        rest_kind = None
         for grant_id, returnable in reversed(draws):
-            grant = self.grants[grant_id]
-            if left == 0 or grant.kind == DEBT:
+            grant = self.grants.get(grant_id) if grant_id is not None else None
+            if left == 0:
+                break
+            if grant is None or grant.kind == DEBT or (grant.expires_at is not None and grant.expires_at <= self.now):
+                kind = grant.kind if grant is not None and grant.kind != DEBT else PAID
+                rest_kind = kind if rest_kind in (None, kind) else PAID
                 continue
             put = min(left, returnable, money.subtract(grant.amount, grant.remaining))
             if put > 0:
                 self._move(record, grant, put)
                 left = money.subtract(left, put)
         if left > 0:
-            grant = self._new_grant(PAID, left, source="refund")
+            grant = self._new_grant(rest_kind or PAID, left, source="refund")
             record["grant_id"] = grant.id
             self._move(record, grant, left)
         return record
@@ -323,13 +332,20 @@ class WalletBook:
 
     def settle_hold(self, reservation: Reservation, cost: Decimal, usage_event_id: uuid.UUID,
                     **entry: Any) -> dict[str, Any]:
-        """Debit the actual cost and release the whole hold, in one entry."""
+        """Debit the actual cost and release the whole hold, in one entry. A hold that expired after
+        the charge was made was released already; its late settlement releases nothing more."""
+        releasing = self.held_by(reservation)
         reservation.status, reservation.closed_at = SETTLED, self.now
         reservation.settled_amount, reservation.usage_event_id = cost, usage_event_id
         self._touch(reservation)
-        self.budgets.hold_changed(reservation.feature_key, -reservation.amount)
-        return self.debit(cost, reserved_change=-reservation.amount, reservation_id=reservation.id,
+        self.budgets.hold_changed(reservation.feature_key, -releasing)
+        return self.debit(cost, reserved_change=-releasing, reservation_id=reservation.id,
                           usage_event_id=usage_event_id, **entry)
+
+    @staticmethod
+    def held_by(reservation: Reservation) -> Decimal:
+        """What the hold still sets aside: its amount while active, nothing once it has ended."""
+        return reservation.amount if reservation.status == ACTIVE else ZERO
 
     def _touch(self, reservation: Reservation) -> None:
         reservation.updated_at = self.now
@@ -339,27 +355,28 @@ class WalletBook:
     # --- expiry ------------------------------------------------------------------------------
 
     def expire_due(self, keep: Iterable[uuid.UUID] = ()) -> int:
-        """Expire the holds past their TTL (except `keep`, holds a charge in hand may still settle),
-        then the grants past their expiry, each as far as the available balance allows: credits
-        backing an active hold stay until the hold ends. Returns how many things expired."""
+        """Expire the holds past their TTL (except `keep` and holds a pending charge made in time will
+        settle), then the grants past their expiry. Holds are honoured: debits draw on overdue grants
+        first, so the overdue credits back the active holds, and only what exceeds the reserved
+        balance expires now; the rest expires once the holds end. Returns how many things expired."""
         kept = set(keep) | self.awaiting
         count = 0
         for reservation in list(self.holds.values()):
             if reservation.status == ACTIVE and reservation.expires_at <= self.now and reservation.id not in kept:
                 self.close_hold(reservation, EXPIRED)
                 count += 1
+        backing = max(self.reserved, ZERO)
         for grant in self.live_grants():
             if grant.expires_at is None or grant.expires_at > self.now:
                 break  # overdue grants come first in draw order
-            amount = min(grant.remaining, max(self.available, ZERO))
+            kept_back = min(grant.remaining, backing)
+            backing = money.subtract(backing, kept_back)
+            amount = money.subtract(grant.remaining, kept_back)
             if amount > 0:
                 record = self._entry("expiry", -amount, grant_id=grant.id,
                                      description=f"{grant.kind} credits expired")
                 self._move(record, grant, -amount)
                 count += 1
-            if grant.remaining == 0:
-                grant.expired_at = self.now
-                self._changes.changed_grants.add(grant.id)
         return count
 
     # --- writing -----------------------------------------------------------------------------
@@ -409,11 +426,12 @@ class WalletBook:
 
 
 def check_settleable(hold: Reservation, at: datetime) -> None:
-    """A hold can be settled by a charge made before it expired, once."""
+    """A hold can be settled once, by a charge made before it expired — even if the hold expired
+    before the charge reached it (then its credits are no longer set aside: see settle_hold)."""
     if hold.status in (SETTLED, RELEASED):
         raise ReservationClosed(f"the reservation was {hold.status} already",
                                 {"field": "reservationId", "reservationId": str(hold.id), "status": hold.status})
-    if hold.status == EXPIRED or at >= hold.expires_at:
+    if at >= hold.expires_at:
         raise ReservationExpired("the reservation expired",
                                  {"field": "reservationId", "reservationId": str(hold.id),
                                   "expiresAt": hold.expires_at.isoformat()})

@@ -28,8 +28,11 @@ def expire_credits() -> int:
         tenants = reservations.tenants_with_due_credits(uow)
     expired = 0
     for tenant_id in tenants:
-        with _uow() as uow:
-            expired += reservations.expire_due(uow, tenant_id)
+        try:
+            with _uow() as uow:
+                expired += reservations.expire_due(uow, tenant_id)
+        except Exception:  # one wallet's failure must not stop the others; the next run retries it
+            log.exception("expiring the credits of %s failed", tenant_id)
     if expired:
         log.info("expired %d holds and grants in %d wallets", expired, len(tenants))
     with _uow() as uow:
@@ -40,8 +43,16 @@ def expire_credits() -> int:
 @celery_app.task(name="billing.process_stripe_event", autoretry_for=(OperationalError,), retry_backoff=True,
                  max_retries=8)
 def process_stripe_event(event_id: str) -> str:
-    with _uow() as uow:
-        status = stripe_payments.process_event(uow, event_id)
+    try:
+        with _uow() as uow:
+            status = stripe_payments.process_event(uow, event_id)
+    except OperationalError:
+        raise  # the database: retried
+    except Exception as exc:  # anything else would fail the same way again: record it for a person
+        log.exception("stripe event %s failed", event_id)
+        with _uow() as uow:
+            stripe_payments.mark_failed(uow, event_id, f"{type(exc).__name__}: {exc}")
+        return "failed"
     log.info("stripe event %s: %s", event_id, status)
     return status
 

@@ -470,7 +470,7 @@ def test_two_hundred_threads_on_one_wallet_keep_the_books(live, tenant, tokens, 
     wallet = reader.get("/wallet")["wallet"]
     assert wallet["currentBalance"] == final_wallet["currentBalance"]
     balance, reserved = Decimal(wallet["currentBalance"]), Decimal(wallet["reservedBalance"])
-    assert Decimal(wallet["availableBalance"]) == balance - reserved > 0
+    assert Decimal(wallet["availableBalance"]) == balance - reserved > 0, wallet
     entries = pages(reader, "/transactions", "transactions")
     assert sum((Decimal(e["amount"]) for e in entries), ZERO) == balance
     assert sum((Decimal(e["reservedChange"]) for e in entries), ZERO) == reserved

@@ -15,7 +15,6 @@ from billing_core.commands import ChargeBatchRequest, ChargeRequest, QuoteReques
 from billing_core.db import UnitOfWork, engine_for
 from billing_core.errors import ValidationFailed
 from billing_core.usage import PENDING, ChargeOutcome
-from billing_core.wallet_book import WalletBook
 from tasks.charging import request_charging
 
 from . import representations as show
@@ -103,12 +102,8 @@ def get_wallet_balance() -> Response:
     principal = authenticate()
     tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
     with unit_of_work() as uow:
-        book = WalletBook.open(uow, tenant_id)
-        if book.expire_due():
-            book.flush()
-        uow.commit()
-        grants = credits.live_grants(uow, tenant_id)
-    return ok(wallet=show.wallet(book.wallet, grants))
+        wallet, grants = credits.wallet_view(uow, tenant_id)
+    return ok(wallet=show.wallet(wallet, grants))
 
 
 @billing.post("/topup")

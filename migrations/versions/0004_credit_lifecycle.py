@@ -148,7 +148,7 @@ CREATE TABLE stripe_events (
     event_type text NOT NULL,
     payload jsonb NOT NULL,
     tenant_id text,
-    status text NOT NULL CHECK (status IN ('received', 'processed', 'ignored', 'waiting')),
+    status text NOT NULL CHECK (status IN ('received', 'processed', 'ignored', 'waiting', 'failed')),
     detail text,
     received_at timestamptz NOT NULL DEFAULT now(),
     processed_at timestamptz
