@@ -114,7 +114,9 @@ class Stack:
         process = self.spawn(
             "web", str(PYTHON_BIN / "gunicorn"), "--worker-class", "gthread", "--workers", str(workers),
             "--threads", str(threads), "--bind", f"0.0.0.0:{port}", "--timeout", "60",
-            "--graceful-timeout", "10", "web.app:create_app()", log=log,
+            # idle keep-alive connections stay open longer than a client's pause between requests, so
+            # a reused connection is not closed under a request in flight
+            "--keep-alive", "75", "--graceful-timeout", "10", "web.app:create_app()", log=log,
         )
         _wait_for_port(port, process, log or Path("/dev/null"), timeout=60)
 

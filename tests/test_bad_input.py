@@ -231,3 +231,14 @@ def test_conflicting_tenants_in_body_and_query(api, make_token, tenant):
 def test_method_not_allowed_names_the_allowed_methods(api, tokens):
     response = api.request("PUT", "/api/billing/charge", tokens["any"])
     assert response.status_code == 405 and "POST" in response.headers["Allow"]
+
+
+@pytest.mark.parametrize("moment", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:30:00+01:00"])
+def test_dates_past_the_calendar_in_utc_are_400(api, tokens, moment):
+    response = api.post("/api/billing/topup", tokens["admin"], json={"amount": "1", "idempotencyKey": "k",
+                                                                     "expiresAt": moment})
+    assert response.status_code == 400 and response.json()["error"]["details"]["field"] == "expiresAt"
+    response = api.request("PUT", "/api/billing/pricing", tokens["admin"], json={
+        "category": "stt", "provider": "openai", "model": "whisper-1", "unit": "second", "unitPrice": "1",
+        "effectiveFrom": moment, "tenantId": "x"})
+    assert response.status_code == 400

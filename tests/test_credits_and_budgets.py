@@ -260,3 +260,48 @@ def test_budget_administration(api, tokens, make_token):
     assert deleted.status_code == 200 and deleted.json()["budgets"] == []
     assert api.request("DELETE", "/api/billing/budgets/stt", tokens["admin"]).status_code == 404
     assert Decimal(wallet(api, tokens["any"])["currentBalance"]) == 0
+
+
+# --- expiry, holds and refunds together (review findings) -----------------------------------------
+
+
+def test_overdue_credits_back_a_hold_before_valid_credits_are_touched(api, tokens, tenant, make_token):
+    expiring = grant(api, tokens["admin"], "10", expiresAt=later(1))["grant"]["id"]
+    lasting = grant(api, tokens["admin"], "5")["grant"]["id"]
+    hold = api.post("/api/billing/reservations", tokens["charge"], json={
+        "featureKey": "voice-call", "amount": "10", "idempotencyKey": "h"}).json()["reservation"]
+    time.sleep(1.2)  # past the first grant's expiry
+    # the overdue 10 back the hold of 10: nothing can expire yet, and the lasting grant is untouched
+    assert remaining(api, tokens["admin"]) == {expiring: "10", lasting: "5"}
+    assert charge(api, tokens["charge"], "100000", reservationId=hold["id"]).status_code == 200  # costs 10
+    w = wallet(api, tokens["admin"])
+    assert w["currentBalance"] == "5" and remaining(api, tokens["admin"]) == {lasting: "5"}
+    assert_ledger_consistent(api, make_token, tenant)
+
+
+def test_a_refund_does_not_revive_an_expired_grant(api, tokens, tenant, make_token):
+    grant(api, tokens["admin"], "10", kind="promotional", expiresAt=later(1))
+    debit = charge(api, tokens["charge"], "40000").json()["transaction"]
+    time.sleep(1.2)
+    assert wallet(api, tokens["admin"])["currentBalance"] == "0"  # the 6 left expired
+    body = {"transactionId": debit["id"], "reason": "r", "idempotencyKey": "r"}
+    refund = api.post("/api/billing/refunds", tokens["admin"], json=body).json()
+    assert refund["grant"]["kind"] == "promotional" and refund["grant"]["expiresAt"] is None
+    replay = api.post("/api/billing/refunds", tokens["admin"], json=body).json()
+    assert replay["grant"] == refund["grant"]  # a replay answers exactly what the first answer said
+    time.sleep(0.2)
+    w = wallet(api, tokens["admin"])
+    assert w["currentBalance"] == "4" and [g["remaining"] for g in w["grants"]] == ["4"]
+    assert_ledger_consistent(api, make_token, tenant)
+
+
+def test_extending_a_hold_cannot_take_expired_credits(api, tokens):
+    grant(api, tokens["admin"], "5", expiresAt=later(1))
+    hold = api.post("/api/billing/reservations", tokens["charge"], json={
+        "featureKey": "voice-call", "amount": "2", "ttlSeconds": 600, "idempotencyKey": "h"}).json()["reservation"]
+    time.sleep(1.2)
+    more = api.post(f"/api/billing/reservations/{hold['id']}/extend", tokens["charge"],
+                    json={"amount": "1", "idempotencyKey": "e"})
+    assert more.status_code == 402 and more.json()["error"]["code"] == "insufficient_balance"
+    w = wallet(api, tokens["admin"])
+    assert (w["currentBalance"], w["reservedBalance"], w["availableBalance"]) == ("2", "2", "0")

@@ -271,3 +271,64 @@ def test_another_tenants_quote_is_not_found(api, tokens, make_token):
     assert response.status_code == 404 and response.json()["error"]["details"]["field"] == "quoteId"
     assert wallet(api, tokens["any"])["currentBalance"] == "1"
     assert Decimal(theirs["totalCost"]) == 1
+
+
+def test_a_charge_made_before_its_hold_expired_settles_it_late(api, tokens, tenant, engine):
+    """The hold expired (and was released) between the charge's acceptance and its settlement."""
+    from billing_core import usage
+    from billing_core.commands import ChargeRequest
+    from billing_core.db import UnitOfWork
+
+    top_up(api, tokens["admin"], "10")
+    hold = reserve(api, tokens["charge"], "3").json()["reservation"]
+    with UnitOfWork(engine) as uow:  # accepted, but no worker told yet
+        outcome = usage.accept_charge(uow, tenant, ChargeRequest(
+            featureKey="voice-call", items=stt_items("20000"), reservationId=hold["id"]), user_id="t")
+    from billing_core import reservations
+
+    # the hold runs out just after the charge was made, and the expiry job ends it before it sees the
+    # charge (as when it runs while the acceptance has not committed yet): the charge is hidden from it
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE reservations SET expires_at = :at + interval '1 microsecond' "
+                                "WHERE id = :id"), {"at": outcome.event.created_at, "id": hold["id"]})
+        connection.execute(text("UPDATE usage_events SET status = 'rejected' WHERE id = :id"),
+                           {"id": outcome.event.id})
+    with UnitOfWork(engine) as uow:
+        assert reservations.expire_due(uow, tenant) == 1
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE usage_events SET status = 'pending' WHERE id = :id"),
+                           {"id": outcome.event.id})
+    assert api.get(f"{R}/{hold['id']}", tokens["view"]).json()["reservation"]["status"] == "expired"
+    deadline = time.monotonic() + 30  # the pending sweep hands it to a worker
+    while time.monotonic() < deadline:
+        task = api.get(f"/api/billing/tasks/{outcome.event.task_id}", tokens["view"]).json()["task"]
+        if task["state"] != "pending":
+            break
+        time.sleep(0.2)
+    assert task["state"] == "charged", task
+    settled = api.get(f"{R}/{hold['id']}", tokens["view"]).json()["reservation"]
+    assert (settled["status"], settled["settledAmount"]) == ("settled", "2")
+    w = wallet(api, tokens["any"])
+    assert (w["currentBalance"], w["reservedBalance"]) == ("8", "0")
+
+
+def test_a_hold_made_from_a_quote_is_settled_at_the_quotes_prices(api, tokens, tenant, engine):
+    top_up(api, tokens["admin"], "100")
+    quote = api.post("/api/billing/quote", tokens["any"], json={"items": stt_items("10000")}).json()["quote"]
+    hold = api.post(R, tokens["charge"], json={"featureKey": "voice-call", "items": stt_items("10000"),
+                                               "quoteId": quote["quoteId"], "idempotencyKey": "q"}).json()
+    _override(api, tokens["admin"], tenant, "0.0003")
+    with engine.begin() as connection:  # the quote itself runs out; the hold it priced has not
+        connection.execute(text("UPDATE quotes SET expires_at = now() - interval '1 second' WHERE id = :q"),
+                           {"q": quote["quoteId"]})
+    settled = settle(api, tokens["charge"], hold["reservation"]["id"], "20000")
+    assert settled.status_code == 200, settled.text
+    assert settled.json()["usageEvent"]["totalCost"] == "2"  # 0.0001 as quoted, not 0.0003
+
+
+def test_put_pricing_again_changes_nothing(api, tokens, tenant):
+    body = {"category": "tts", "provider": "openai", "model": "tts-1", "unit": "character", "unitPrice": "0.00002",
+            "tenantId": tenant}
+    first = api.request("PUT", "/api/billing/pricing", tokens["admin"], json=body).json()["price"]
+    again = api.request("PUT", "/api/billing/pricing", tokens["admin"], json=body)
+    assert again.status_code == 200 and again.json()["price"] == first
