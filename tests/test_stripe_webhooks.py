@@ -22,7 +22,7 @@ from billing_core import exactjson, stripe_payments
 from billing_core.db import UnitOfWork
 from billing_core.tables import stripe_events, wallets
 from tests.conftest import STRIPE_SECRET
-from tests.helpers import Api, stt_items, wallet
+from tests.helpers import Api, stt_items, top_up, wallet
 
 WEBHOOK = "/api/billing/webhooks/stripe"
 DEADLINE_SECONDS = 30
@@ -488,6 +488,20 @@ def test_dispute_with_credits_left_does_not_flag(api, engine, tenant, tokens, ma
     assert current["flagged"] is False
     # the disputed payment's own grant is drawn first: the other payment's grant is intact
     assert [(g["amount"], g["remaining"]) for g in stripe_grants(current)] == [("5", "5")]
+    verify(api, make_token, tenant)
+
+
+def test_a_clawback_that_eats_into_held_credits_flags_the_wallet(api, engine, tenant, tokens, make_token):
+    payment = _id("pi")
+    deliver(api, engine, checkout_completed(tenant, payment, 1000), "processed")
+    wait_balance(api, tokens["admin"], "10")
+    hold = api.post("/api/billing/reservations", tokens["charge"],
+                    json={"featureKey": "f", "amount": "8", "idempotencyKey": "hold"})
+    assert hold.status_code == 200, hold.text
+    top_up(api, tokens["admin"], "3")
+    deliver(api, engine, charge_refunded(tenant, payment, 1000, 1000), "processed")
+    current = wait_balance(api, tokens["admin"], "3")  # 3 left, but 8 are held: flagged, not stuck
+    assert (current["reservedBalance"], current["availableBalance"], current["flagged"]) == ("8", "-5", True)
     verify(api, make_token, tenant)
 
 
