@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: install run test bench token migrate lint clean
+.PHONY: install run test bench token job migrate lint clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ bench: install
 
 token: install
 	@$(PY) -m devstack.token --tenant "$(TENANT)" --caps "$(CAPS)"
+
+job: install
+	@$(PY) -m devstack.job $(NAME)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -40,22 +40,24 @@ task_send_sent_event = True
 timezone = "UTC"
 enable_utc = True
 
+# The one beat schedule. UTC crontab entries; each expires before its next run so a backlog (beat
+# running while workers were down) does not pile up, and each job is safe to run twice or at once
+# (row locks, SKIP LOCKED, unique rows per period). `make job NAME=<entry>` runs one now.
+_MINUTE = {"expires": 50}
+_sweep = _settings.pending_sweep_interval_seconds
 beat_schedule = {
+    # charges whose message was lost (broker down at submit, worker killed); sub-minute only in tests
     "sweep-pending-charges": {
         "task": "billing.sweep_pending_charges",
-        "schedule": timedelta(seconds=_settings.pending_sweep_interval_seconds),
-        "options": {"expires": _settings.pending_sweep_interval_seconds},
+        "schedule": crontab(minute="*") if _sweep >= 60 else timedelta(seconds=_sweep),
+        "options": {"expires": min(_sweep, 50)},
     },
-    # holds past their TTL and grants past their expiry; charging a wallet also ends its own
-    "expire-credits": {
-        "task": "billing.expire_credits",
-        "schedule": crontab(minute="*"),
-        "options": {"expires": 50},
-    },
+    # holds past their TTL and grants past their expiry (charging a wallet also ends its own)
+    "expire-credits": {"task": "billing.expire_credits", "schedule": crontab(minute="*"), "options": _MINUTE},
     # Stripe events stored while the broker was down
-    "sweep-stripe-events": {
-        "task": "billing.sweep_stripe_events",
-        "schedule": crontab(minute="*"),
-        "options": {"expires": 50},
-    },
+    "sweep-stripe-events": {"task": "billing.sweep_stripe_events", "schedule": crontab(minute="*"),
+                            "options": _MINUTE},
+    # every wallet's ledger chain, balance, grants and holds, and the pending backlog
+    "reconcile-ledgers": {"task": "billing.reconcile_ledgers", "schedule": crontab(minute="7"),
+                          "options": {"expires": 3000}},
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -90,11 +91,14 @@ def claim_stale_pending(uow: UnitOfWork, older_than_seconds: int, limit: int = 1
 class Settled:
     usage_event_id: uuid.UUID
     status: str
+    rejection_code: str | None
+    accepted_at: datetime
+    request_id: str | None
 
 
 _PENDING_COLUMNS = (usage_events.c.id, usage_events.c.status, usage_events.c.created_at, usage_events.c.feature_key,
                     usage_events.c.external_reference_id, usage_events.c.idempotency_key, usage_events.c.user_id,
-                    usage_events.c.reservation_id, usage_events.c.quote_id)
+                    usage_events.c.reservation_id, usage_events.c.quote_id, usage_events.c.request_id)
 
 
 def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Settled]:
@@ -129,7 +133,8 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
         return []
     outcomes = _settle_group(uow, book, events)
     uow.commit()
-    return [Settled(o["event_id"], o["status"]) for o in outcomes]
+    return [Settled(o["event_id"], o["status"], o["code"], e.created_at, e.request_id)
+            for o, e in zip(outcomes, events, strict=True)]
 
 
 _REFUSALS = (PriceNotFound, InsufficientBalance, WalletBlocked, BudgetExceeded, ReservationExceeded,

@@ -48,7 +48,7 @@ class Settings:
             broker_url=os.environ.get("CELERY_BROKER_URL") or redis_url,
             queue=os.environ.get("BILLING_QUEUE", "billing"),
             pending_charge_age_seconds=int(os.environ.get("PENDING_CHARGE_AGE_SECONDS", "60")),
-            pending_sweep_interval_seconds=int(os.environ.get("PENDING_SWEEP_INTERVAL_SECONDS", "30")),
+            pending_sweep_interval_seconds=int(os.environ.get("PENDING_SWEEP_INTERVAL_SECONDS", "60")),
             charge_mode=os.environ.get("CHARGE_MODE", "group"),
             charge_batch_size=int(os.environ.get("CHARGE_BATCH_SIZE", "500")),
             quote_ttl_seconds=int(os.environ.get("QUOTE_TTL_SECONDS", "900")),

@@ -75,6 +75,7 @@ usage_events = Table(
     Column("seq", BigInteger, nullable=False),  # identity: arrival order
     Column("reservation_id", Uuid),  # the hold this charge settles
     Column("quote_id", Uuid),  # the binding quote it is priced by
+    Column("request_id", Text),  # the HTTP request that accepted it: one grep follows a charge
 )
 
 usage_event_items = Table(
@@ -217,4 +218,18 @@ stripe_events = Table(
     Column("detail", Text),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("processed_at", DateTime(timezone=True)),
+)
+
+reconciliation_runs = Table(
+    "reconciliation_runs", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("tenant_id", Text),  # NULL: every wallet
+    Column("slot", DateTime(timezone=True), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("wallets_checked", Integer, nullable=False),
+    Column("mismatches", JSONB, nullable=False),
+    Column("pending_events", Integer, nullable=False),
+    Column("stuck_pending_events", Integer, nullable=False),
+    Column("oldest_pending_seconds", Numeric, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )

@@ -60,6 +60,7 @@ class UsageEvent:
     seq: int | None = None  # assigned by the database on insert: arrival order
     reservation_id: uuid.UUID | None = None  # the hold this charge settles
     quote_id: uuid.UUID | None = None  # the binding quote that prices it
+    request_id: str | None = None  # the HTTP request that accepted it
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class _Candidate:
 
 
 def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeRequest | BillingError], *,
-                   user_id: str | None) -> list[Acceptance]:
+                   user_id: str | None, request_id: str | None = None) -> list[Acceptance]:
     """Record many charges as pending usage events in one transaction and commit, so each accepted
     one is durable before anyone is told. Each keeps its own idempotency key and outcome: a key used
     before with the same request is replayed, with another request it is an IdempotencyConflict, an
@@ -143,7 +144,7 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
             fresh.append(candidate)
         except BillingError as refusal:
             unpriced[candidate.index] = refusal
-    events = _events_as_written(tenant_id, fresh, accepted_at, user_id)
+    events = _events_as_written(tenant_id, fresh, accepted_at, user_id, request_id)
     claimed = _claim_and_insert(uow, tenant_id, fresh, events)
     uow.commit()
 
@@ -188,7 +189,7 @@ def _check_hold(found: dict[uuid.UUID, Reservation], command: ChargeRequest, at:
 
 
 def _events_as_written(tenant_id: str, fresh: list[_Candidate], accepted_at: datetime,
-                       user_id: str | None) -> dict[uuid.UUID, UsageEvent]:
+                       user_id: str | None, request_id: str | None) -> dict[uuid.UUID, UsageEvent]:
     """The events about to be inserted, pending: once committed a worker may already be charging
     them, and their acceptance is what the caller answers."""
     return {
@@ -198,7 +199,7 @@ def _events_as_written(tenant_id: str, fresh: list[_Candidate], accepted_at: dat
             status=PENDING, total_cost=money.total(p.cost for p in c.priced), currency=CURRENCY,
             rejection_code=None, rejection_reason=None, rejection_details=None, metadata=c.command.metadata,
             created_at=accepted_at, charged_at=None, enqueued_at=accepted_at, enqueue_count=1,
-            reservation_id=c.command.reservationId, quote_id=c.quote_id,
+            reservation_id=c.command.reservationId, quote_id=c.quote_id, request_id=request_id,
         )
         for c in fresh
     }
@@ -246,9 +247,10 @@ def _claim_and_insert(uow: UnitOfWork, tenant_id: str, fresh: list[_Candidate],
     return set(claimed)
 
 
-def accept_charge(uow: UnitOfWork, tenant_id: str, command: ChargeRequest, *, user_id: str | None) -> ChargeOutcome:
+def accept_charge(uow: UnitOfWork, tenant_id: str, command: ChargeRequest, *, user_id: str | None,
+                  request_id: str | None = None) -> ChargeOutcome:
     """Record one charge as a pending usage event (see accept_charges); its refusal is raised."""
-    acceptance = accept_charges(uow, tenant_id, [command], user_id=user_id)[0]
+    acceptance = accept_charges(uow, tenant_id, [command], user_id=user_id, request_id=request_id)[0]
     if acceptance.error is not None:
         raise acceptance.error
     assert acceptance.event is not None

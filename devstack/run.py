@@ -57,6 +57,9 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     try:
         stack.start_servers()
+        # where `make job` finds these servers
+        (DATA_DIR / "stack.env").write_text("".join(
+            f"{key}={stack.env[key]}\n" for key in ("DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")))
         stack.migrate()
         stack.start_worker(concurrency=4)
         stack.start_beat()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,10 +87,15 @@ class Stack:
 
         self.server_url = normalize_database_url(given_db) if given_db else self.servers.database_url
         redis_url = given_redis or self.servers.redis_url
+        # every web and worker process of this stack writes its metrics here; GET /metrics adds them up
+        metrics_dir = self.data_dir / "metrics" / self.database_name
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
         self.env.update(
             DATABASE_URL=database_url(self.server_url, self.database_name),
             REDIS_URL=redis_url,
             PYTHONUNBUFFERED="1",
+            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         )
         create_database(self.server_url, self.database_name, exist_ok=self.persistent)
 

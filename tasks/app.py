@@ -1,13 +1,43 @@
 """The Celery application. Workers and beat start with `celery -A tasks.app ...`."""
-from celery import Celery
-from celery.signals import worker_process_init
+from typing import Any
 
+from celery import Celery
+from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun, worker_process_init
+
+from billing_core import logs
 from billing_core.db import dispose_engines
 
-celery_app = Celery("lad_billing", include=["tasks.charging", "tasks.credits"])
+celery_app = Celery("lad_billing", include=["tasks.charging", "tasks.credits", "tasks.housekeeping"])
 celery_app.config_from_object("celeryconfig")
+
+REQUEST_ID_HEADER = "lad_request_id"
+
+
+@setup_logging.connect
+def _json_logs(**_: Any) -> None:
+    logs.configure()  # connecting here keeps Celery from installing its own handlers
 
 
 @worker_process_init.connect
-def _fresh_connections_after_fork(**_: object) -> None:
+def _fresh_connections_after_fork(**_: Any) -> None:
     dispose_engines()
+
+
+@before_task_publish.connect
+def _carry_the_request_id(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """The request (or task) that enqueues a task travels with it, so its log lines share one id."""
+    request_id = logs.bound().get("request_id")
+    if headers is not None and request_id:
+        headers[REQUEST_ID_HEADER] = request_id
+
+
+@task_prerun.connect
+def _bind_task(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    logs.clear()
+    request_id = getattr(task.request, REQUEST_ID_HEADER, None) if task is not None else None
+    logs.bind(task_id=task_id, task=getattr(task, "name", None), **({"request_id": request_id} if request_id else {}))
+
+
+@task_postrun.connect
+def _unbind_task(**_: Any) -> None:
+    logs.clear()

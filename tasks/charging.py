@@ -4,22 +4,22 @@ events in groups. In naive mode (benchmark only) each charge is its own message 
 from __future__ import annotations
 
 import contextlib
-import logging
 import uuid
 from collections.abc import Iterable
+from datetime import datetime, timezone
 
 import redis
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from billing_core import charging
+from billing_core import charging, logs, metrics
 from billing_core.config import Settings
 from billing_core.db import UnitOfWork, engine_for
 from billing_core.errors import NotFound
 
 from .app import celery_app
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 settings = Settings.from_env()
 STUCK_AFTER_ENQUEUES = 5  # an operator should look at a charge retried this often
 WAKE_TTL_SECONDS = 30  # a wake-up whose worker died is forgotten after this; the sweep covers the rest
@@ -64,11 +64,22 @@ def charge_wallet(tenant_id: str) -> int:
         with UnitOfWork(engine_for(settings.database_url)) as uow:
             group = charging.charge_pending_batch(uow, tenant_id, settings.charge_batch_size)
         settled += len(group)
+        _record(tenant_id, group)
         _announce_outcomes([s.usage_event_id for s in group])
         if len(group) < settings.charge_batch_size:
             return settled
     charge_wallet.apply_async(args=[tenant_id])
     return settled
+
+
+def _record(tenant_id: str, group: list[charging.Settled]) -> None:
+    """Metrics and one log line per settled charge, carrying the request id that accepted it."""
+    now = datetime.now(timezone.utc)
+    for settled in group:
+        metrics.CHARGES_SETTLED.labels(settled.status, settled.rejection_code or "").inc()
+        metrics.CHARGE_LATENCY.observe(max(0.0, (now - settled.accepted_at).total_seconds()))
+        log.info("charge settled", tenant_id=tenant_id, usage_event_id=str(settled.usage_event_id),
+                 status=settled.status, rejection_code=settled.rejection_code, accepted_by=settled.request_id)
 
 
 @celery_app.task(
@@ -83,8 +94,11 @@ def charge_usage_event(tenant_id: str, usage_event_id: str) -> str:
     except NotFound:
         log.error("charge for unknown usage event %s of tenant %s dropped", usage_event_id, tenant_id)
         return "not_found"
-    _announce_outcomes([outcome.event.id])
-    return outcome.event.status
+    event = outcome.event
+    _record(tenant_id, [charging.Settled(event.id, event.status, event.rejection_code, event.created_at,
+                                         event.request_id)])
+    _announce_outcomes([event.id])
+    return event.status
 
 
 def _announce_outcomes(usage_event_ids: list[uuid.UUID]) -> None:

@@ -1,16 +1,15 @@
 """The billing API under /api/billing: each handler parses, calls billing_core, and answers."""
 from __future__ import annotations
 
-import logging
 import uuid
 from typing import Any
 
 import kombu.exceptions
 import redis
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from spectree import Response as Documented
 
-from billing_core import credits, history, ledger, money, pricing, quotes, usage
+from billing_core import credits, history, ledger, logs, metrics, money, pricing, quotes, usage
 from billing_core.commands import ChargeBatchRequest, ChargeRequest, QuoteRequest, TopUpRequest
 from billing_core.db import UnitOfWork, engine_for
 from billing_core.errors import ValidationFailed
@@ -34,7 +33,7 @@ from .parsing import (
     with_idempotency_header,
 )
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 billing = Blueprint("billing", __name__, url_prefix="/api/billing")
 
 BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
@@ -131,8 +130,9 @@ def post_charge() -> Response:
     tenant_id = tenant_for(principal, _one_tenant(command.tenantId, query.tenantId))
     wait = 0 if "respond-async" in request.headers.get("Prefer", "") else query.wait
     with unit_of_work() as uow:
-        outcome = usage.accept_charge(uow, tenant_id, command, user_id=principal.subject)
+        outcome = usage.accept_charge(uow, tenant_id, command, user_id=principal.subject, request_id=g.request_id)
     event = outcome.event
+    _log_accepted(tenant_id, [outcome.event] if not outcome.replayed else [])
     if not outcome.replayed and not _request_charging(tenant_id, [(event.id, event.task_id)]):
         wait = 0  # no worker will hear of it before the sweep
     if event.status == PENDING and wait > 0:
@@ -151,11 +151,20 @@ def post_charges() -> Response:
     tenant_id = tenant_for(principal, _one_tenant(batch.tenantId, parse_query(schemas.TenantQuery).tenantId))
     commands = [parse_batch_event(index, event, tenant_id) for index, event in enumerate(batch.events)]
     with unit_of_work() as uow:
-        acceptances = usage.accept_charges(uow, tenant_id, commands, user_id=principal.subject)
+        acceptances = usage.accept_charges(uow, tenant_id, commands, user_id=principal.subject,
+                                           request_id=g.request_id)
+    _log_accepted(tenant_id, [a.event for a in acceptances if a.event is not None and not a.replayed])
     accepted = [(a.event.id, a.event.task_id) for a in acceptances if a.event is not None and not a.replayed]
     if accepted:
         _request_charging(tenant_id, accepted)
     return ok(202, results=[show.batch_result(index, a) for index, a in enumerate(acceptances)])
+
+
+def _log_accepted(tenant_id: str, events: list[usage.UsageEvent]) -> None:
+    metrics.CHARGES_ACCEPTED.inc(len(events))
+    for event in events:
+        log.info("charge accepted", tenant_id=tenant_id, usage_event_id=str(event.id), charge_task_id=str(event.task_id),
+                 reservation_id=str(event.reservation_id) if event.reservation_id else None)
 
 
 def _one_tenant(in_body: str | None, in_query: str | None) -> str | None:
@@ -170,7 +179,7 @@ def _request_charging(tenant_id: str, events: list[tuple[uuid.UUID, uuid.UUID]])
         return True
     except BROKER_ERRORS as exc:
         # durable already: the pending sweep enqueues them once the broker is back
-        log.warning("broker unavailable, %d charges left for the pending sweep: %s", len(events), exc)
+        log.warning("broker unavailable, charges left for the pending sweep", charges=len(events), error=str(exc))
         return False
 
 

@@ -1,11 +1,11 @@
 """Flask application factory."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Flask
 
+from billing_core import logs
 from billing_core.config import Settings
 
 from . import lifecycle_api, stripe_webhook  # noqa: F401 - their routes join the billing blueprint
@@ -15,6 +15,7 @@ from .errors import register_error_handlers
 from .health import health
 from .json import BillingJSONProvider
 from .limits import init_limiter
+from .observability import init_observability
 from .openapi import spec
 from .outcomes import ChargeOutcomeListener
 
@@ -34,9 +35,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     init_limiter(app)
     app.register_blueprint(health)
     register_error_handlers(app)
+    init_observability(app)
     spec.register(app)
     from .cli import billing_cli
 
     app.cli.add_command(billing_cli)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     return app

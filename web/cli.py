@@ -18,3 +18,16 @@ def load_catalog() -> None:
         pricing.load_default_catalog(uow)
         uow.commit()
     click.echo("default price catalog loaded")
+
+
+@billing_cli.command("job")
+@click.argument("name")
+def run_job(name: str) -> None:
+    """Run a scheduled job now, as beat would (names: the entries of celeryconfig.beat_schedule)."""
+    import json
+
+    from tasks.jobs import job_names, run_job
+
+    if name not in job_names():
+        raise click.BadParameter(f"one of {', '.join(job_names())}", param_hint="NAME")
+    click.echo(json.dumps(run_job(name), default=str))

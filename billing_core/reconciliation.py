@@ -1,0 +1,68 @@
+"""Hourly reconciliation: every wallet's ledger chain, balance, grants and holds (ledger.verify over
+all wallets) and the backlog of pending charges. A mismatch is reported — a run row, a metric, an
+operator notification — and never "fixed": the ledger is the truth and a person decides."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert
+
+from . import ledger
+from .db import UnitOfWork
+from .tables import reconciliation_runs
+
+STUCK_AFTER_SECONDS = 600  # a charge pending this long has outlived every retry the sweep makes early on
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    ok: bool
+    wallets_checked: int
+    mismatches: list[dict[str, Any]]
+    pending_events: int
+    stuck_pending_events: int
+    oldest_pending_seconds: Decimal
+    recorded: bool  # False: this hour's run was recorded already (by a concurrent or earlier run)
+
+
+def reconcile(uow: UnitOfWork) -> Reconciliation:
+    """Check everything, record the run for this hour once, and on a mismatch enqueue an operator
+    notification in the same transaction; commits."""
+    verification = ledger.verify(uow)
+    pending, stuck, oldest = uow.connection.execute(text("""
+        SELECT count(*),
+               count(*) FILTER (WHERE created_at < now() - make_interval(secs => :stuck)),
+               coalesce(extract(epoch FROM now() - min(created_at)), 0)
+        FROM usage_events WHERE status = 'pending'
+    """), {"stuck": STUCK_AFTER_SECONDS}).one()
+    ok = verification.ok and stuck == 0
+    # one row per hour: a second run in the same hour (beat twice, beat and an operator) records nothing
+    recorded = uow.connection.execute(
+        insert(reconciliation_runs)
+        .values(id=uuid.uuid4(), tenant_id=None, slot=func.date_trunc("hour", func.now()), ok=ok,
+                wallets_checked=verification.wallets_checked, mismatches=verification.mismatches,
+                pending_events=pending, stuck_pending_events=stuck, oldest_pending_seconds=oldest,
+                created_at=func.now())
+        .on_conflict_do_nothing()
+        .returning(reconciliation_runs.c.id)
+    ).first() is not None
+    if recorded and not ok:
+        from . import notifications  # the operator's channels
+
+        notifications.enqueue(uow, None, "reconciliation.mismatch", {
+            "walletsChecked": verification.wallets_checked, "mismatches": verification.mismatches[:100],
+            "mismatchCount": len(verification.mismatches), "stuckPendingEvents": stuck,
+            "oldestPendingSeconds": str(oldest)})
+    uow.commit()
+    return Reconciliation(ok, verification.wallets_checked, verification.mismatches, pending, stuck,
+                          Decimal(oldest), recorded)
+
+
+def latest(uow: UnitOfWork) -> dict[str, Any] | None:
+    row = uow.connection.execute(
+        select(reconciliation_runs).order_by(reconciliation_runs.c.slot.desc()).limit(1)).first()
+    return dict(row._mapping) if row else None

@@ -1,0 +1,82 @@
+"""Request ids, structured request logs and Prometheus metrics for the web processes; GET /metrics."""
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from sqlalchemy import text
+
+from billing_core import logs, metrics
+from billing_core.db import engine_for
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+ops = Blueprint("ops", __name__)
+log = logs.get(__name__)
+
+
+def init_observability(app: Flask) -> None:
+    app.before_request(_start)
+    app.after_request(_finish)
+    app.teardown_request(lambda _exc: logs.clear())
+    app.register_blueprint(ops)
+
+
+def _start() -> None:
+    """A request id for every request: the caller's X-Request-Id if it is sane, else a new one."""
+    given = request.headers.get("X-Request-Id", "")
+    g.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+    g.started = time.perf_counter()
+    logs.clear()
+    logs.bind(request_id=g.request_id)
+
+
+def _finish(response: Response) -> Response:
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    metrics.HTTP_REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+    metrics.HTTP_LATENCY.labels(endpoint, request.method).observe(elapsed)
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    if endpoint != "/metrics":
+        log.info("request", method=request.method, path=request.path, status=response.status_code,
+                 duration_ms=round(elapsed * 1000, 2))
+    return response
+
+
+class PendingBacklog:
+    """Pending usage events and the age of the oldest, read from PostgreSQL at scrape time: the
+    backlog is a fact of the database, not of any one process."""
+
+    def collect(self):  # noqa: ANN201 - a prometheus collector
+        count = GaugeMetricFamily("lad_pending_charges", "Usage events waiting to be charged")
+        age = GaugeMetricFamily("lad_pending_charge_age_seconds", "Age of the oldest pending usage event")
+        with engine_for(current_app.config["LAD_SETTINGS"].database_url).connect() as connection:
+            row = connection.execute(text(
+                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) "
+                "FROM usage_events WHERE status = 'pending'")).one()
+        count.add_metric([], row[0])
+        age.add_metric([], row[1])
+        yield count
+        yield age
+
+
+class _ThisProcess:
+    def collect(self):  # noqa: ANN201 - a prometheus collector
+        yield from REGISTRY.collect()
+
+
+@ops.get("/metrics")
+def get_metrics() -> Response:
+    """Prometheus text format, summed over every web and worker process sharing PROMETHEUS_MULTIPROC_DIR."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        registry.register(_ThisProcess())
+    registry.register(PendingBacklog())
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
