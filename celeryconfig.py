@@ -57,6 +57,15 @@ beat_schedule = {
     # Stripe events stored while the broker was down
     "sweep-stripe-events": {"task": "billing.sweep_stripe_events", "schedule": crontab(minute="*"),
                             "options": _MINUTE},
+    # low-balance alerts the charging path did not report (it asks after every settled group)
+    "scan-balance-alerts": {"task": "billing.scan_balance_alerts", "schedule": crontab(minute="*"),
+                            "options": _MINUTE},
+    # notifications due for (another) delivery attempt whose message was lost
+    "sweep-notifications": {"task": "billing.sweep_notifications", "schedule": crontab(minute="*"),
+                            "options": _MINUTE},
+    # last month's invoices, a little after midnight on the 1st so transactions begun before it have ended
+    "rollup-invoices": {"task": "billing.rollup_invoices", "schedule": crontab(minute="15", hour="0", day_of_month="1"),
+                        "options": {"expires": 23 * 3600}},
     # every wallet's ledger chain, balance, grants and holds, and the pending backlog
     "reconcile-ledgers": {"task": "billing.reconcile_ledgers", "schedule": crontab(minute="7"),
                           "options": {"expires": 3000}},

@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 from sqlalchemy import func, select
 
+from bench import invoices as invoice_bench
 from billing_core.db import dispose_engines, engine_for
 from billing_core.tables import usage_events
 from devstack.servers import free_port
@@ -329,6 +330,7 @@ class Bench:
             r["quote_under_load"] = {**{k: round(v, 2) for k, v in under_load.items()},
                                      "charging_events_per_s": 5000,
                                      "charging_commit_p99_ms": round(load["commit_p99_ms"], 1)}
+            r["invoice_rollup"] = invoice_bench.scenario(self, token)
             self.stop_service()
             self.start("naive")
             naive = self.hot_wallet("naive", NAIVE)
@@ -399,6 +401,20 @@ def table(r: dict[str, Any]) -> str:
         ("  while charging 5,000/s", f"p50 {r['quote_under_load']['p50_ms']} / p99 {r['quote_under_load']['p99_ms']} ms"),
         ("largest process RSS web / worker", f"{r['rss_mb']['web']} / {r['rss_mb']['worker']} MB"),
     ]
+    rollup = r.get("invoice_rollup", {})
+    for name, figures in rollup.items():
+        if not name.startswith("events_"):
+            continue
+        events = int(name.removeprefix("events_"))
+        target = "< 5 s" if events <= 1_000_000 else "< 30 s"
+        if "skipped" in figures:
+            rows.append((f"invoice rollup, {events:,} events", f"skipped: {figures['skipped']}"))
+            continue
+        rows.append((f"invoice rollup, {events:,} events / {rollup['tenants']:,} tenants",
+                     f"{figures['seconds']} s (target {target}), {figures['invoices']:,} invoices, "
+                     f"{figures['lines']:,} lines, reconciled: {'yes' if figures['reconciled'] else 'NO'}"))
+        rows.append(("  while charging", f"{figures['charged_during_rollup_per_s']:,} charges/s settled "
+                                         f"(offered {rollup['offered_charges_per_s']:,}/s over HTTP)"))
     width = max(len(name) for name, _ in rows) + 2
     return "\n".join(f"{name:<{width}}{figure}" for name, figure in rows)
 

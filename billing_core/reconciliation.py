@@ -27,6 +27,7 @@ class Reconciliation:
     stuck_pending_events: int
     oldest_pending_seconds: Decimal
     recorded: bool  # False: this hour's run was recorded already (by a concurrent or earlier run)
+    notification_ids: list[uuid.UUID]  # to dispatch once committed
 
 
 def reconcile(uow: UnitOfWork) -> Reconciliation:
@@ -50,16 +51,17 @@ def reconcile(uow: UnitOfWork) -> Reconciliation:
         .on_conflict_do_nothing()
         .returning(reconciliation_runs.c.id)
     ).first() is not None
+    notification_ids: list[uuid.UUID] = []
     if recorded and not ok:
         from . import notifications  # the operator's channels
 
-        notifications.enqueue(uow, None, "reconciliation.mismatch", {
+        notification_ids = notifications.enqueue(uow, None, "reconciliation.mismatch", {
             "walletsChecked": verification.wallets_checked, "mismatches": verification.mismatches[:100],
             "mismatchCount": len(verification.mismatches), "stuckPendingEvents": stuck,
             "oldestPendingSeconds": str(oldest)})
     uow.commit()
     return Reconciliation(ok, verification.wallets_checked, verification.mismatches, pending, stuck,
-                          Decimal(oldest), recorded)
+                          Decimal(oldest), recorded, list(notification_ids))
 
 
 def latest(uow: UnitOfWork) -> dict[str, Any] | None:

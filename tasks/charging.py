@@ -18,6 +18,7 @@ from billing_core.db import UnitOfWork, engine_for
 from billing_core.errors import NotFound
 
 from .app import celery_app
+from .notifications import check_balance_alerts
 
 log = logs.get(__name__)
 settings = Settings.from_env()
@@ -67,9 +68,21 @@ def charge_wallet(tenant_id: str) -> int:
         _record(tenant_id, group)
         _announce_outcomes([s.usage_event_id for s in group])
         if len(group) < settings.charge_batch_size:
-            return settled
-    charge_wallet.apply_async(args=[tenant_id])
+            break
+    else:
+        charge_wallet.apply_async(args=[tenant_id])
+    if settled:
+        _check_alerts(tenant_id)
     return settled
+
+
+def _check_alerts(tenant_id: str) -> None:
+    """Low-balance alerts right after the charges that may cross a threshold (one cheap read when the
+    tenant has no alerts); the beat scan is the safety net, so a failure here is only logged."""
+    try:
+        check_balance_alerts(tenant_id)
+    except Exception:
+        log.exception("checking the balance alerts of %s failed; the beat scan will", tenant_id)
 
 
 def _record(tenant_id: str, group: list[charging.Settled]) -> None:

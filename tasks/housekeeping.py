@@ -6,6 +6,7 @@ from billing_core.config import Settings
 from billing_core.db import UnitOfWork, engine_for
 
 from .app import celery_app
+from .notifications import dispatch
 
 log = logs.get(__name__)
 settings = Settings.from_env()
@@ -15,6 +16,7 @@ settings = Settings.from_env()
 def reconcile_ledgers() -> dict:
     with UnitOfWork(engine_for(settings.database_url)) as uow:
         result = reconciliation.reconcile(uow)
+    dispatch(result.notification_ids)
     metrics.RECONCILIATION_MISMATCHES.set(len(result.mismatches) + result.stuck_pending_events)
     metrics.RECONCILIATION_RUNS.labels("ok" if result.ok else "mismatch").inc()
     if result.ok:

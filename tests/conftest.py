@@ -56,7 +56,19 @@ class TestStack:
 
 
 @pytest.fixture(scope="session")
-def live() -> Iterator[TestStack]:
+def smtp_inbox():
+    """A real SMTP server (aiosmtpd) the stack sends e-mail to (SMTP_URL); see tests.receivers.SmtpInbox."""
+    from tests.receivers import SmtpInbox
+
+    inbox = SmtpInbox().start()
+    try:
+        yield inbox
+    finally:
+        inbox.stop()
+
+
+@pytest.fixture(scope="session")
+def live(smtp_inbox) -> Iterator[TestStack]:
     run_id = uuid.uuid4().hex[:10]
     data_dir = ROOT / ".data" / "test"
     logs = data_dir / "logs" / run_id
@@ -71,6 +83,9 @@ def live() -> Iterator[TestStack]:
         STRIPE_WEBHOOK_SECRET=STRIPE_SECRET,
         # low enough that a test can reach it, above what the other tests send to a depleted tenant
         RATE_LIMIT_DEPLETED="250/minute",
+        NOTIFICATION_RETRY_BASE_SECONDS="1",
+        SMTP_URL=smtp_inbox.url,
+        SMTP_FROM="billing@lad.test",
     )
     port = free_port()
     try:

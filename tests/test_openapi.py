@@ -36,7 +36,8 @@ def test_document_is_openapi_3_1_and_covers_every_endpoint(api):
             "/api/billing/reservations/{reservation_id}", "/api/billing/reservations/{reservation_id}/extend",
             "/api/billing/reservations/{reservation_id}/release", "/api/billing/budgets",
             "/api/billing/budgets/{feature_key}", "/api/billing/refunds", "/api/billing/adjustments",
-            "/api/billing/entitlement", "/api/billing/webhooks/stripe"} <= set(document["paths"])
+            "/api/billing/entitlement", "/api/billing/webhooks/stripe", "/api/billing/settings/alerts",
+            "/api/billing/notifications", "/api/billing/notifications/{notification_id}"} <= set(document["paths"])
     assert {"get", "put"} <= set(document["paths"]["/api/billing/pricing"])
     assert {"get", "patch"} <= set(document["paths"]["/api/billing/wallet"])
 

@@ -1,0 +1,201 @@
+"""Low-balance alert settings and the notification log under /api/billing (billing.admin).
+Handlers parse, call billing_core, and answer."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from flask import Response
+from pydantic import BaseModel, Field
+
+from billing_core import alerts, logs, notifications
+from billing_core.alerts import AlertSettingsRequest
+from billing_core.commands import TenantId
+from billing_core.errors import NotFound
+from tasks.notifications import check_balance_alerts
+
+from . import schemas
+from .api import BROKER_ERRORS, billing, documented, ok, unit_of_work
+from .auth import ADMIN, authenticate, tenant_for
+from .limits import rate_limited
+from .parsing import json_body, parse, parse_query, path_uuid
+from .representations import amount, timestamp
+
+log = logs.get(__name__)
+
+# --- query and response models (OpenAPI) ----------------------------------------------------------
+
+EventType = Literal["balance.low", "balance.depleted", "invoice.finalized", "budget.exceeded",
+                    "reconciliation.mismatch"]
+
+
+class NotificationsQuery(schemas.Query):
+    status: Literal["pending", "delivered", "failed"] | None = None
+    type: EventType | None = None
+    channel: Literal["webhook", "email"] | None = None
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    cursor: Annotated[str, Field(max_length=200)] | None = None
+    # true: the operators' notifications (reconciliation), which belong to no tenant
+    operator: bool = False
+    tenantId: TenantId | None = None
+
+
+class AlertStateOut(BaseModel):
+    threshold: schemas.DecimalString
+    eventType: Literal["balance.low", "balance.depleted"]
+    armed: bool
+    firedCount: int
+    lastFiredAt: schemas.Timestamp | None
+    lastRearmedAt: schemas.Timestamp | None
+
+
+class AlertSettingsOut(BaseModel):
+    tenantId: str
+    thresholds: list[schemas.DecimalString]
+    webhookUrl: str | None
+    webhookSecret: str
+    email: str | None
+    states: list[AlertStateOut]
+    createdAt: schemas.Timestamp
+    updatedAt: schemas.Timestamp
+
+
+class AlertSettingsResponse(BaseModel):
+    success: Literal[True]
+    alerts: AlertSettingsOut
+
+
+class AttemptOut(BaseModel):
+    attempt: int
+    startedAt: schemas.Timestamp
+    durationMs: int | None
+    outcome: Literal["delivered", "retry", "failed", "abandoned"]
+    httpStatus: int | None
+    smtpResult: str | None
+    error: str | None
+
+
+class NotificationOut(BaseModel):
+    id: schemas.Uuid
+    tenantId: str | None
+    type: EventType
+    channel: Literal["webhook", "email"]
+    destination: str
+    status: Literal["pending", "delivered", "failed"]
+    attemptCount: int
+    nextAttemptAt: schemas.Timestamp | None
+    lastError: str | None
+    createdAt: schemas.Timestamp
+    deliveredAt: schemas.Timestamp | None
+    failedAt: schemas.Timestamp | None
+    payload: dict[str, Any]
+    attempts: list[AttemptOut]
+
+
+class NotificationsResponse(BaseModel):
+    success: Literal[True]
+    notifications: list[NotificationOut]
+    nextCursor: str | None
+
+
+class NotificationResponse(BaseModel):
+    success: Literal[True]
+    notification: NotificationOut
+
+
+# --- representations ------------------------------------------------------------------------------
+
+
+def show_settings(s: alerts.AlertSettings) -> dict[str, Any]:
+    return {
+        "tenantId": s.tenant_id, "thresholds": [amount(t) for t in s.thresholds], "webhookUrl": s.webhook_url,
+        "webhookSecret": s.webhook_secret, "email": s.email,
+        "states": [{"threshold": amount(st.threshold), "eventType": st.event_type, "armed": st.armed,
+                    "firedCount": st.fired_count, "lastFiredAt": timestamp(st.last_fired_at),
+                    "lastRearmedAt": timestamp(st.last_rearmed_at)} for st in s.states],
+        "createdAt": timestamp(s.created_at), "updatedAt": timestamp(s.updated_at),
+    }
+
+
+def show_notification(n: notifications.Notification) -> dict[str, Any]:
+    return {
+        "id": str(n.id), "tenantId": n.tenant_id, "type": n.event_type, "channel": n.channel,
+        "destination": n.destination, "status": n.status, "attemptCount": n.attempts,
+        "nextAttemptAt": timestamp(n.next_attempt_at) if n.status == notifications.PENDING else None,
+        "lastError": n.last_error, "createdAt": timestamp(n.created_at), "deliveredAt": timestamp(n.delivered_at),
+        "failedAt": timestamp(n.failed_at), "payload": n.payload,
+        "attempts": [{"attempt": a.attempt, "startedAt": timestamp(a.started_at), "durationMs": a.duration_ms,
+                      "outcome": a.outcome, "httpStatus": a.http_status, "smtpResult": a.smtp_result,
+                      "error": a.error} for a in n.attempt_log],
+    }
+
+
+# --- routes ---------------------------------------------------------------------------------------
+
+
+@billing.put("/settings/alerts")
+@documented({200: AlertSettingsResponse}, 403, json=AlertSettingsRequest)
+@rate_limited(ADMIN)
+def put_alert_settings() -> Response:
+    """Low-balance alerts: thresholds on the available balance (balance minus holds), a webhook
+    (signed with webhookSecret, generated when not given) and/or an e-mail address. An alert fires
+    once when the available balance is at or below a threshold (0: balance.depleted, others:
+    balance.low) and re-arms when it is above the threshold again."""
+    principal = authenticate(ADMIN)
+    command = parse(AlertSettingsRequest, json_body())
+    tenant_id = tenant_for(principal, command.tenantId)
+    with unit_of_work() as uow:
+        found = alerts.put_settings(uow, tenant_id, command)
+    _check_soon(tenant_id)
+    return ok(alerts=show_settings(found))
+
+
+def _check_soon(tenant_id: str) -> None:
+    """New thresholds are judged at once, not at the next scan."""
+    try:
+        check_balance_alerts.apply_async(args=[tenant_id], retry=False)
+    except BROKER_ERRORS as exc:  # the beat scan evaluates it within a minute
+        log.warning("broker unavailable, alerts left for the beat scan", tenant_id=tenant_id, error=str(exc))
+
+
+@billing.get("/settings/alerts")
+@documented({200: AlertSettingsResponse}, 403, 404, query=schemas.TenantQuery)
+@rate_limited(ADMIN)
+def get_alert_settings() -> Response:
+    """The tenant's alert settings (with the webhook secret: admins only) and each threshold's state."""
+    principal = authenticate(ADMIN)
+    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    with unit_of_work() as uow:
+        found = alerts.get_settings(uow, tenant_id)
+    if found is None:
+        raise NotFound("no alert settings for this tenant")
+    return ok(alerts=show_settings(found))
+
+
+@billing.get("/notifications")
+@documented({200: NotificationsResponse}, 403, query=NotificationsQuery)
+@rate_limited(ADMIN)
+def get_notifications() -> Response:
+    """Notifications newest first, each with every delivery attempt (HTTP status or SMTP reply,
+    error, duration). `operator=true` lists the operators' (tenant-less) notifications."""
+    principal = authenticate(ADMIN)
+    query = parse_query(NotificationsQuery)
+    tenant_id = None if query.operator else tenant_for(principal, query.tenantId)
+    with unit_of_work() as uow:
+        found, next_cursor = notifications.list_notifications(
+            uow, tenant_id, status=query.status, event_type=query.type, channel=query.channel, limit=query.limit,
+            cursor=query.cursor)
+    return ok(notifications=[show_notification(n) for n in found], nextCursor=next_cursor)
+
+
+@billing.get("/notifications/<notification_id>")
+@documented({200: NotificationResponse}, 403, 404, query=schemas.TenantQuery)
+@rate_limited(ADMIN)
+def get_notification(notification_id: str) -> Response:
+    principal = authenticate(ADMIN)
+    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    wanted = path_uuid(notification_id, "notification")
+    with unit_of_work() as uow:
+        found, _ = notifications.list_notifications(uow, tenant_id, ids=[wanted], limit=1)
+    if not found:
+        raise NotFound(f"notification {notification_id} not found")
+    return ok(notification=show_notification(found[0]))

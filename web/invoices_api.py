@@ -1,0 +1,302 @@
+"""Monthly invoices under /api/billing/invoices: list, one invoice as JSON, CSV or PDF, the draft of a
+month (nothing stored), and the rollup of a closed month on demand (billing.admin)."""
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+from flask import Response, make_response
+from pydantic import BaseModel, Field
+
+from billing_core import invoices
+from billing_core.commands import TenantId
+from billing_core.errors import BillingError, ValidationFailed
+from billing_core.invoice_render import invoice_csv, invoice_pdf
+from billing_core.invoices import Invoice, InvoiceLine, Period
+
+from . import representations as show
+from .api import billing, documented, ok, unit_of_work
+from .auth import ADMIN, VIEW, authenticate, tenant_for
+from .errors import ApiError
+from .limits import rate_limited
+from .parsing import parse_query, path_uuid
+from .schemas import DecimalString, Query, TenantQuery, Timestamp, Uuid
+
+log = logging.getLogger(__name__)
+
+# until web/errors.py maps these codes, the handlers give the status themselves
+STATUS = {"period_not_closed": 409, "period_not_started": 409, "invoice_rollup_failed": 500}
+MAX_IDS_IN_ROLLUP = 1000
+
+PeriodText = Annotated[str, Field(max_length=7, description="a calendar month in UTC, YYYY-MM",
+                                  examples=["2026-10"])]
+
+
+class InvoicesQuery(Query):
+    limit: Annotated[int, Field(ge=1, le=invoices.LIST_LIMIT_MAX)] = 50
+    cursor: Annotated[str, Field(max_length=200)] | None = None
+    from_: Annotated[PeriodText | None, Field(alias="from", description="first month, YYYY-MM")] = None
+    to: Annotated[PeriodText | None, Field(description="last month, YYYY-MM")] = None
+    tenantId: TenantId | None = None
+
+
+class PeriodQuery(Query):
+    period: PeriodText | None = None  # default: the current month (preview only)
+    tenantId: TenantId | None = None
+
+
+# --- response models (OpenAPI) --------------------------------------------------------------------
+
+class InvoiceLineOut(BaseModel):
+    lineNumber: int
+    featureKey: str
+    category: str
+    provider: str
+    model: str
+    unit: str
+    quantity: DecimalString
+    unitPrice: DecimalString | None
+    amount: DecimalString = Field(description="exactAmount rounded once, half to even, to the minor unit")
+    exactAmount: DecimalString
+    roundingDifference: DecimalString = Field(description="amount - exactAmount")
+    priorPeriod: bool = Field(description="events accepted before the period and charged in it")
+    items: int
+    description: str | None
+
+
+class CreditLineOut(BaseModel):
+    lineNumber: int
+    type: Literal["topup", "refund", "adjustment", "expiry"]
+    description: str
+    creditKind: str | None
+    featureKey: str | None
+    entries: int
+    amount: DecimalString
+
+
+class CreditsOut(BaseModel):
+    topups: DecimalString
+    refunds: DecimalString
+    adjustments: DecimalString
+    expiries: DecimalString
+
+
+class ReconciliationOut(BaseModel):
+    """openingBalance + credits - usage = closingBalance, exactly, against the ledger."""
+    openingBalance: DecimalString
+    credits: DecimalString
+    usage: DecimalString
+    closingBalance: DecimalString
+    balanced: bool
+
+
+class LedgerRangeOut(BaseModel):
+    firstSequence: int | None
+    lastSequence: int | None
+    entries: int
+
+
+class InvoiceSummaryOut(BaseModel):
+    id: Uuid | None
+    tenantId: str
+    period: str
+    status: Literal["draft", "finalized"]
+    currency: str
+    minorUnit: int
+    periodStart: Timestamp
+    periodEnd: Timestamp
+    openingBalance: DecimalString
+    closingBalance: DecimalString
+    totalUsage: DecimalString = Field(description="the sum of the rounded usage lines")
+    totalUsageExact: DecimalString = Field(description="what the debits took, exactly")
+    roundingDifference: DecimalString = Field(description="totalUsage - totalUsageExact")
+    totalCredits: DecimalString = Field(description="top-ups + refunds + adjustments + expiries (signed)")
+    credits: CreditsOut
+    reconciliation: ReconciliationOut
+    ledger: LedgerRangeOut
+    createdAt: Timestamp | None
+    finalizedAt: Timestamp | None
+
+
+class InvoiceOut(InvoiceSummaryOut):
+    lines: list[InvoiceLineOut]
+    creditLines: list[CreditLineOut]
+
+
+class InvoiceResponse(BaseModel):
+    success: Literal[True]
+    invoice: InvoiceOut
+
+
+class InvoicesResponse(BaseModel):
+    success: Literal[True]
+    invoices: list[InvoiceSummaryOut]
+    nextCursor: str | None
+
+
+class RollupOut(BaseModel):
+    period: str
+    tenantId: str | None
+    invoicesCreated: int
+    linesCreated: int
+    invoiceIds: list[Uuid] = Field(description=f"the invoices this run finalized (the first {MAX_IDS_IN_ROLLUP})")
+    milliseconds: int
+
+
+class RollupResponse(BaseModel):
+    success: Literal[True]
+    rollup: RollupOut
+
+
+# --- representations ------------------------------------------------------------------------------
+
+def usage_line(line: InvoiceLine) -> dict[str, Any]:
+    return {"lineNumber": line.line_no, "featureKey": line.feature_key, "category": line.category,
+            "provider": line.provider, "model": line.model, "unit": line.unit, "quantity": show.amount(line.quantity),
+            "unitPrice": show.amount(line.unit_price), "amount": show.amount(line.amount),
+            "exactAmount": show.amount(line.exact_amount), "roundingDifference": show.amount(line.rounding_difference),
+            "priorPeriod": line.prior_period, "items": line.item_count, "description": line.description}
+
+
+def credit_line(line: InvoiceLine) -> dict[str, Any]:
+    return {"lineNumber": line.line_no, "type": line.line_type, "description": line.description,
+            "creditKind": line.credit_kind, "featureKey": line.feature_key, "entries": line.item_count,
+            "amount": show.amount(line.amount)}
+
+
+def invoice_summary(inv: Invoice) -> dict[str, Any]:
+    return {
+        "id": str(inv.id) if inv.id else None, "tenantId": inv.tenant_id, "period": inv.period_label,
+        "status": inv.status, "currency": inv.currency, "minorUnit": inv.minor_unit,
+        "periodStart": show.timestamp(inv.period_start), "periodEnd": show.timestamp(inv.period_end),
+        "openingBalance": show.amount(inv.opening_balance), "closingBalance": show.amount(inv.closing_balance),
+        "totalUsage": show.amount(inv.total_usage), "totalUsageExact": show.amount(inv.usage_exact),
+        "roundingDifference": show.amount(inv.rounding_difference), "totalCredits": show.amount(inv.total_credits),
+        "credits": {"topups": show.amount(inv.topups), "refunds": show.amount(inv.refunds),
+                    "adjustments": show.amount(inv.adjustments), "expiries": show.amount(inv.expiries)},
+        "reconciliation": {"openingBalance": show.amount(inv.opening_balance),
+                           "credits": show.amount(inv.total_credits), "usage": show.amount(inv.usage_exact),
+                           "closingBalance": show.amount(inv.closing_balance), "balanced": inv.reconciles},
+        "ledger": {"firstSequence": inv.first_seq, "lastSequence": inv.last_seq, "entries": inv.entry_count},
+        "createdAt": show.timestamp(inv.created_at), "finalizedAt": show.timestamp(inv.finalized_at),
+    }
+
+
+def invoice_json(inv: Invoice) -> dict[str, Any]:
+    return {**invoice_summary(inv), "lines": [usage_line(line) for line in inv.usage_lines],
+            "creditLines": [credit_line(line) for line in inv.credit_lines]}
+
+
+# --- handlers -------------------------------------------------------------------------------------
+
+def _refusal(exc: BillingError) -> ApiError:
+    return ApiError(exc.code, exc.message, exc.details, status=STATUS.get(exc.code, 400))
+
+
+def _period(value: str | None, default: Period | None = None) -> Period:
+    if value is None and default is not None:
+        return default
+    return Period.parse(value)
+
+
+@billing.get("/invoices")
+@documented({200: InvoicesResponse}, 403, query=InvoicesQuery)
+@rate_limited(VIEW)
+def get_invoices() -> Response:
+    """The tenant's finalized invoices, newest month first, without their lines."""
+    principal = authenticate(VIEW)
+    query = parse_query(InvoicesQuery)
+    tenant_id = tenant_for(principal, query.tenantId)
+    period_from = Period.parse(query.from_, "from") if query.from_ else None
+    period_to = Period.parse(query.to, "to") if query.to else None
+    with unit_of_work() as uow:
+        found, next_cursor = invoices.list_invoices(uow, tenant_id, limit=query.limit, cursor=query.cursor,
+                                                    period_from=period_from, period_to=period_to)
+    return ok(invoices=[invoice_summary(i) for i in found], nextCursor=next_cursor)
+
+
+@billing.get("/invoices/preview")
+@documented({200: InvoiceResponse}, 403, 409, query=PeriodQuery)
+@rate_limited(VIEW)
+def get_invoice_preview() -> Response:
+    """The draft of a month (default: the current one), computed as the rollup computes it; nothing is
+    stored. 409 period_not_started for a month in the future."""
+    principal = authenticate(VIEW)
+    query = parse_query(PeriodQuery)
+    tenant_id = tenant_for(principal, query.tenantId)
+    with unit_of_work() as uow:
+        period = _period(query.period, Period.containing(uow.now()))
+        try:
+            draft = invoices.preview(uow, tenant_id, period)
+        except invoices.PeriodNotStarted as exc:
+            raise _refusal(exc) from None
+    return ok(invoice=invoice_json(draft))
+
+
+@billing.post("/invoices/rollup")
+@documented({200: RollupResponse}, 403, 409, 500, query=PeriodQuery)
+@rate_limited(ADMIN)
+def post_invoice_rollup() -> Response:
+    """Finalize the invoices of a closed month now (what the monthly job does on the 1st at 00:15 UTC):
+    every tenant with money moving in it, or only `tenantId`. Running it again creates nothing more.
+    409 period_not_closed for the current month, a future one, or one still settling."""
+    authenticate(ADMIN)
+    query = parse_query(PeriodQuery)
+    if query.period is None:
+        raise ValidationFailed("period", "is required: the month to invoice, as YYYY-MM")
+    period = _period(query.period)
+    with unit_of_work() as uow:
+        try:
+            result = invoices.rollup(uow, period, tenant_id=query.tenantId)
+        except (invoices.PeriodNotClosed, invoices.InvoiceRollupFailed) as exc:
+            if isinstance(exc, invoices.InvoiceRollupFailed):
+                log.error("invoice rollup of %s failed: %s %s", period.label, exc.message, exc.details)
+            raise _refusal(exc) from None
+    log.info("invoice rollup of %s: %d invoices, %d lines in %d ms", period.label, len(result.created),
+             result.lines_created, result.milliseconds)
+    return ok(rollup={"period": period.label, "tenantId": query.tenantId, "invoicesCreated": len(result.created),
+                      "linesCreated": result.lines_created,
+                      "invoiceIds": [str(i) for i in result.invoice_ids[:MAX_IDS_IN_ROLLUP]],
+                      "milliseconds": result.milliseconds})
+
+
+def _stored(invoice_id: str) -> Invoice:
+    principal = authenticate(VIEW)
+    query = parse_query(TenantQuery)
+    tenant_id = tenant_for(principal, query.tenantId)
+    with unit_of_work() as uow:
+        return invoices.get_invoice(uow, tenant_id, path_uuid(invoice_id, "invoice"))
+
+
+def _download(body: str | bytes, mimetype: str, inv: Invoice, extension: str) -> Response:
+    response = make_response(body)
+    response.mimetype = mimetype
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="invoice-{inv.tenant_id}-{inv.period_label}.{extension}"')
+    return response
+
+
+@billing.get("/invoices/<invoice_id>.csv")
+@documented({200: None}, 403, 404, query=TenantQuery)
+@rate_limited(VIEW)
+def get_invoice_csv(invoice_id: str) -> Response:
+    """The invoice as CSV (text/csv): its lines, then its totals; every row names the invoice."""
+    inv = _stored(invoice_id)
+    return _download(invoice_csv(inv), "text/csv", inv, "csv")
+
+
+@billing.get("/invoices/<invoice_id>.pdf")
+@documented({200: None}, 403, 404, query=TenantQuery)
+@rate_limited(VIEW)
+def get_invoice_pdf(invoice_id: str) -> Response:
+    """The invoice as a PDF document."""
+    inv = _stored(invoice_id)
+    return _download(invoice_pdf(inv), "application/pdf", inv, "pdf")
+
+
+@billing.get("/invoices/<invoice_id>")
+@documented({200: InvoiceResponse}, 403, 404, query=TenantQuery)
+@rate_limited(VIEW)
+def get_invoice(invoice_id: str) -> Response:
+    """One invoice with its usage and credit lines; another tenant's is not found."""
+    return ok(invoice=invoice_json(_stored(invoice_id)))
