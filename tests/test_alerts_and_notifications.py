@@ -10,6 +10,7 @@ put the stack's queue name into the environment."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,27 +34,17 @@ from tests.helpers import stt_items, wallet
 from tests.helpers import top_up as http_top_up
 from tests.receivers import SmtpInbox, WebhookReceiver
 
-# The README's verification snippet, verbatim: test_signature_verifies_with_the_documented_snippet
-# runs exactly this text against a delivered request.
-SIGNATURE_SNIPPET = '''
-import hashlib
-import hmac
-import time
+
+# The README's verification snippet, read from the README itself:
+# test_signature_verifies_with_the_documented_snippet runs exactly that text against a delivered request.
+def _readme_snippet() -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    [snippet] = [block for block in blocks if "def verify_lad_signature" in block]
+    return snippet
 
 
-def verify_lad_signature(secret: str, body: bytes, header: str, tolerance_seconds: int = 300) -> bool:
-    """True when `header` (the LAD-Signature request header) signs `body` (the raw request body)
-    with your webhook secret and is at most `tolerance_seconds` old (older ones may be replays)."""
-    try:
-        fields = dict(part.split("=", 1) for part in header.split(","))
-        timestamp, signature = int(fields["t"]), fields["v1"]
-    except (KeyError, ValueError):
-        return False
-    if abs(time.time() - timestamp) > tolerance_seconds:
-        return False
-    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature)
-'''
+SIGNATURE_SNIPPET = _readme_snippet()
 
 
 def documented_verifier() -> Callable[..., bool]:
@@ -707,3 +699,14 @@ def test_network_errors_are_retried_and_a_dead_workers_attempt_is_recorded_as_ab
     assert [(a.attempt, a.outcome, a.http_status) for a in attempts] == [
         (1, "retry", None), (2, "abandoned", None), (3, "delivered", 200)]
     assert "Connection" in attempts[0].error and "lease expired" in attempts[1].error
+
+
+def test_production_refuses_webhooks_to_private_addresses(monkeypatch):
+    from billing_core import notifications
+
+    monkeypatch.setenv("LAD_ENV", "production")
+    for url in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data", "http://10.0.0.1/x"):
+        result = notifications.post_webhook(url, b"{}", {}, 1)
+        assert not result.ok and not result.retryable and "non-public" in result.error, url
+    monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "true")
+    assert "non-public" not in (notifications.post_webhook("http://127.0.0.1:9/hook", b"{}", {}, 1).error or "")
