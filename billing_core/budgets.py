@@ -68,7 +68,10 @@ class BudgetGuard:
         self.uow, self.tenant_id, self.budgets = uow, tenant_id, found
         self.held = {feature: held.get(feature, Decimal(0)) for feature in found}
         self._spent: dict[tuple[str, datetime], Decimal] = {}
+        self._alerted: dict[tuple[str, datetime], bool] = {}
         self._dirty: set[tuple[str, datetime]] = set()
+        # `alert` budgets that went over in this transaction: one budget.exceeded each per period
+        self.exceeded: list[dict[str, str]] = []
 
     @classmethod
     def load(cls, uow: UnitOfWork, tenant_id: str) -> BudgetGuard:
@@ -80,11 +83,13 @@ class BudgetGuard:
         budget = self.budgets[feature_key]
         key = (feature_key, period_start(budget.period, at))
         if key not in self._spent:
-            self._spent[key] = self.uow.connection.execute(
-                select(budget_spend.c.spent).where(
+            row = self.uow.connection.execute(
+                select(budget_spend.c.spent, budget_spend.c.alerted_at).where(
                     budget_spend.c.tenant_id == self.tenant_id, budget_spend.c.feature_key == feature_key,
                     budget_spend.c.period == budget.period, budget_spend.c.period_start == key[1])
-            ).scalar_one_or_none() or Decimal(0)
+            ).one_or_none()
+            self._spent[key] = row.spent if row else Decimal(0)
+            self._alerted[key] = bool(row and row.alerted_at)
         return self._spent[key]
 
     def check(self, feature_key: str, at: datetime, amount: Decimal, releasing: Decimal = Decimal(0)) -> None:
@@ -105,9 +110,17 @@ class BudgetGuard:
     def spend(self, feature_key: str, at: datetime, amount: Decimal) -> None:
         """Count `amount` (negative for a refund) against the feature's period of `at`."""
         if feature_key in self.budgets:
-            key = (feature_key, period_start(self.budgets[feature_key].period, at))
+            budget = self.budgets[feature_key]
+            key = (feature_key, period_start(budget.period, at))
             self._spent[key] = max(Decimal(0), money.add(self.spent(feature_key, at), amount))
             self._dirty.add(key)
+            used = money.add(self._spent[key], self.held[feature_key])
+            if budget.action == "alert" and used > budget.spend_limit and not self._alerted[key]:
+                self._alerted[key] = True
+                self.exceeded.append({"featureKey": feature_key, "period": budget.period,
+                                      "periodStart": key[1].isoformat(),
+                                      "limit": money.format_decimal(budget.spend_limit),
+                                      "used": money.format_decimal(used)})
 
     def hold_changed(self, feature_key: str, delta: Decimal) -> None:
         if feature_key in self.held:
@@ -117,11 +130,13 @@ class BudgetGuard:
         for feature_key, start in self._dirty:
             statement = insert(budget_spend).values(
                 tenant_id=self.tenant_id, feature_key=feature_key, period=self.budgets[feature_key].period,
-                period_start=start, spent=self._spent[(feature_key, start)])
+                period_start=start, spent=self._spent[(feature_key, start)],
+                alerted_at=func.now() if self._alerted.get((feature_key, start)) else None)
             self.uow.connection.execute(statement.on_conflict_do_update(
                 index_elements=[budget_spend.c.tenant_id, budget_spend.c.feature_key, budget_spend.c.period,
                                 budget_spend.c.period_start],
-                set_={"spent": statement.excluded.spent}))
+                set_={"spent": statement.excluded.spent,
+                      "alerted_at": func.coalesce(budget_spend.c.alerted_at, statement.excluded.alerted_at)}))
         self._dirty.clear()
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, select, text, update
 
-from . import money
+from . import money, notifications
 from .db import UnitOfWork, unnest_arrays
 from .errors import (
     BudgetExceeded,
@@ -191,6 +191,9 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
     book.awaiting -= settling
     book.expire_due()  # holds kept for this group's charges that turned out too late
     book.flush()
+    for exceeded in book.budgets.exceeded:  # `alert` budgets: delivered by the notification sweep
+        notifications.enqueue(uow, tenant_id, "budget.exceeded", exceeded)
+    book.budgets.exceeded.clear()
     _settle_events(uow, tenant_id, outcomes)
     if repriced:
         uow.connection.execute(

@@ -206,6 +206,7 @@ budget_spend = Table(
     Column("period", Text, primary_key=True),
     Column("period_start", DateTime(timezone=True), primary_key=True),
     Column("spent", Money, nullable=False),
+    Column("alerted_at", DateTime(timezone=True)),
 )
 
 stripe_events = Table(

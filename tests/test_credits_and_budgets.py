@@ -305,3 +305,16 @@ def test_extending_a_hold_cannot_take_expired_credits(api, tokens):
     assert more.status_code == 402 and more.json()["error"]["code"] == "insufficient_balance"
     w = wallet(api, tokens["admin"])
     assert (w["currentBalance"], w["reservedBalance"], w["availableBalance"]) == ("2", "2", "0")
+
+
+def test_an_alerting_budget_notifies_once_per_period(api, tokens):
+    settings = api.request("PUT", "/api/billing/settings/alerts", tokens["admin"], json={
+        "thresholds": ["0"], "webhookUrl": "http://127.0.0.1:9/nobody-listens"})
+    assert settings.status_code == 200, settings.text
+    top_up(api, tokens["admin"], "10")
+    put_budget(api, tokens["admin"], "stt", "1", action="alert")
+    for _ in range(3):  # over the limit twice: still one notification this period
+        assert charge(api, tokens["charge"], "7000", feature="stt").status_code == 200
+    found = api.get("/api/billing/notifications?type=budget.exceeded", tokens["admin"]).json()["notifications"]
+    assert len(found) == 1, found
+    assert found[0]["payload"]["featureKey"] == "stt" and found[0]["payload"]["limit"] == "1"

@@ -140,6 +140,7 @@ CREATE TABLE budget_spend (
     period text NOT NULL,
     period_start timestamptz NOT NULL,
     spent numeric NOT NULL,
+    alerted_at timestamptz,  -- an `alert` budget's one budget.exceeded notification of the period
     PRIMARY KEY (tenant_id, feature_key, period, period_start)
 );
 
