@@ -1,28 +1,39 @@
 """Property-based test of the credit lifecycle against the real PostgreSQL of the test stack.
 
-A hypothesis state machine drives one fresh tenant per run through random sequences of top-ups,
-grant expiry, holds (reserve, extend, release, expire), charges with and without a hold, refunds,
-adjustments and wallet settings, calling billing_core in-process (each operation in its own
-UnitOfWork, as the web layer and the worker do). Refusals (BillingError) are expected outcomes;
-any other exception fails the run. After every step, fresh SQL reads check the bookkeeping:
+A hypothesis state machine drives one fresh tenant per run through random sequences of top-ups
+(paid or promotional, expiring or not, any priority), grants expiring, holds (reserve, extend,
+release, expire), charges with and without a hold (below, at and above it, twice on one hold, a
+hold expiring under a pending charge), refunds (partial and full), adjustments (both signs), the
+overdraft, a blocked spell, and replays of requests with their idempotency key. It calls
+billing_core in-process, each operation in its own UnitOfWork as the web layer and the worker do.
+Refusals (BillingError) are expected outcomes; any other exception fails the run.
 
+After every step, from one REPEATABLE READ snapshot:
 - ledger.verify is ok; balance = sum(ledger amount) = sum(grant remaining) = sum(grant draws);
-- reserved = sum(active holds) = sum(ledger reserved_change), per hold too;
+- reserved = sum(active holds) = sum(ledger reserved_change), and per hold: its amount while active,
+  zero once closed;
 - available = balance - reserved, and balance - reserved + overdraft >= 0 (no clawback here);
-- each grant's remaining is within [0, amount] (the one debt grant is <= 0), debt and credits never
-  coexist, and each grant's remaining is what its draws add up to;
-- a settled hold has exactly one debit, for its settled amount and its usage event; other holds none;
-- each charged usage event has exactly one debit for its cost, other events none, none left pending;
-- the refunds of a debit never add up to more than it took.
+- each grant's remaining is within [0, amount] (the one debt grant is <= 0) and is what its draws
+  add up to; debt and credits never coexist; each entry's draws add up to its amount;
+- a settled hold has exactly one debit, for its settled amount and its usage event; others none;
+- each charged usage event has exactly one debit for its cost, others none, none left pending;
+- the refunds of a debit never add up to more than it took, and refunds name a debit.
+After particular steps: right after the expiry job nothing is due (overdue credits <= reserved);
+entitlement's answer is what reserve, extend and a charge then do, and what GET /wallet's reading
+(credits.wallet_view) shows; a refund never credits a grant past its expiry; a hold settles once;
+a charge made before its hold expired settles it, one made after is refused; a replay changes
+nothing.
 
 Simulated time: a grant or hold "expires" by moving its expires_at into the past (credit_grants and
 reservations are not append-only), then the expiry job's function runs. The stack's beat may run the
-same job at any moment; that changes nothing the checks rely on (they read one REPEATABLE READ
-snapshot), and where an outcome depends on what the job does first the step holds the wallet lock.
+same job at any moment, which changes nothing the checks rely on; where an outcome would depend on
+whether it ran first, the step holds the wallet lock. Rules choose holds and grants by the order
+they were made in (not by their random ids), so that hypothesis can replay and shrink a run.
 """
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -30,9 +41,17 @@ from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
-from hypothesis import HealthCheck, event, note, settings
+from hypothesis import HealthCheck, note, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    rule,
+    run_state_machine_as_test,
+)
 from sqlalchemy import text
 
 from billing_core import charging, credits, entitlement, ledger, money, reservations, usage, wallets
@@ -64,15 +83,36 @@ def text_amount(value: Decimal) -> str:
 
 # amounts from one tick to 30 credits, shrinking towards small round ones
 amounts = st.one_of(st.integers(1, 10).map(lambda n: Decimal(n)), st.integers(1, 300_000).map(ticks))
-# where boundaries are interesting: an amount relative to what is there now, in ticks
-nudges = st.one_of(st.none(), st.sampled_from([-1, 0, 1]))
+# How much to ask for, given what there is (what may be spent, held or refunded now): a share of
+# it, exactly it give or take a tick (where the boundaries are), or an amount regardless of it.
+sizes = st.one_of(
+    st.tuples(st.just("share"), st.integers(1, 10)),
+    st.tuples(st.just("edge"), st.sampled_from([-1, 0, 1])),
+    st.tuples(st.just("any"), amounts),
+)
+
+
+def sized(size: tuple[str, Any], there: Decimal) -> Decimal:
+    """The amount `size` asks for (zero or less: nothing to ask for), a whole number of ticks."""
+    how, value = size
+    if how == "share":
+        return (max(there, ZERO) * value / 10 / TICK).to_integral_value() * TICK
+    if how == "edge":
+        return there + value * TICK
+    return value
+
+
 priorities = st.one_of(st.sampled_from([0, 50, 100]), st.integers(0, 100))
 expiry_days = st.sampled_from([None, 1, 2, 30])
-picks = st.integers(0, 1000)
 
 
 class CreditMachine(RuleBasedStateMachine):
+    expiring_grants = Bundle("expiring_grants")  # grants made with an expiry
+    holds = Bundle("holds")
+    debits = Bundle("debits")  # ledger entry ids of charged usage
+
     engine: Any = None  # set by the test
+    totals: Counter[str] = Counter()  # outcomes over all runs, printed by the test (pytest -s)
 
     def __init__(self) -> None:
         super().__init__()
@@ -81,6 +121,8 @@ class CreditMachine(RuleBasedStateMachine):
         self.outcomes: Counter[str] = Counter()
         # successful requests that may be sent again with the same key: (operation, command)
         self.sent: list[tuple[str, Any]] = []
+        self.hold_numbers: dict[uuid.UUID, int] = {}  # the order holds and grants were made in
+        self.grant_numbers: dict[uuid.UUID, int] = {}
         note(f"tenant {self.tenant}")
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -95,11 +137,9 @@ class CreditMachine(RuleBasedStateMachine):
                 result = operation(uow)
         except BillingError as refusal:
             self.outcomes[f"{name}:{refusal.code}"] += 1
-            event(f"{name}: {refusal.code}")
             note(f"{name} refused: {refusal.code} {refusal.message}")
             return None
         self.outcomes[f"{name}:ok"] += 1
-        event(f"{name}: ok")
         return result
 
     def rows(self, sql: str, **params: Any) -> list[Any]:
@@ -117,10 +157,6 @@ class CreditMachine(RuleBasedStateMachine):
     def wallet_now(self) -> Any:
         return self.one("SELECT current_balance, reserved_balance, overdraft_limit, status FROM wallets "
                         "WHERE tenant_id = :tenant")
-
-    def blocked(self) -> bool:
-        wallet = self.wallet_now()
-        return wallet is not None and wallet.status != "active"
 
     def spendable(self) -> Decimal:
         wallet = self.wallet_now()
@@ -170,19 +206,55 @@ class CreditMachine(RuleBasedStateMachine):
     def snapshot(self):  # noqa: ANN201 - a connection inside one REPEATABLE READ transaction
         return _Snapshot(self.engine)
 
-    def pick(self, sql: str, pick: int, **params: Any) -> Any:
-        rows = self.rows(sql, **params)
-        return rows[pick % len(rows)] if rows else None
+    def did(self, what: str) -> None:
+        self.outcomes[what] += 1
 
-    def pick_hold(self, pick: int, only_active: bool) -> Any:
-        status = "AND status = 'active' AND expires_at > now()" if only_active else ""
-        return self.pick(f"SELECT id, feature_key, amount, status FROM reservations WHERE tenant_id = :tenant "
-                         f"{status} ORDER BY created_at, id", pick)
+    def hold(self, hold_id: uuid.UUID, only_active: bool) -> Any:
+        """The hold as it stands; with `only_active`, an active one instead of a closed one, if any."""
+        row = self.one("SELECT id, feature_key, amount, status FROM reservations WHERE tenant_id = :tenant "
+                       "AND id = :id", id=hold_id)
+        if only_active and row.status != "active":
+            active = self.active_holds()
+            if not active:  # a new hold on half of what may be spent, if anything may
+                self.reserve(("share", 5), row.feature_key)
+                active = self.active_holds()
+            # chosen by the order the holds were made in, so that a replay of the run chooses the same
+            row = active[self.hold_numbers[hold_id] % len(active)] if active else None
+        self.did(f"hold:{row.status if row else 'none'}")
+        return row
+
+    def active_holds(self) -> list[Any]:
+        return self.rows("SELECT id, feature_key, amount, status FROM reservations WHERE tenant_id = :tenant "
+                         "AND status = 'active' AND expires_at > now() ORDER BY created_at, id")
+
+    def entitled(self, feature: str, amount: Decimal) -> bool:
+        """What entitlement answers for this cost now (it sees what the charging path would see)."""
+        with self.snapshot() as connection:
+            return entitlement.check(connection, self.tenant, feature, amount).allowed
+
+    def debit_of(self, event_id: uuid.UUID) -> list[uuid.UUID]:
+        """The debit of a charged event (to refund later), as a list for `multiple`."""
+        return [r.id for r in self.rows("SELECT id FROM ledger_entries WHERE tenant_id = :tenant "
+                                        "AND usage_event_id = :id AND entry_type = 'debit'", id=event_id)]
 
     # --- credits -------------------------------------------------------------------------------
 
-    @rule(amount=amounts, kind=st.sampled_from(["paid", "promotional"]), days=expiry_days, priority=priorities)
-    def top_up(self, amount: Decimal, kind: str, days: int | None, priority: int) -> None:
+    @initialize(target=expiring_grants, amount=amounts, kind=st.sampled_from(["paid", "promotional"]),
+                days=expiry_days, priority=priorities)
+    def first_top_up(self, amount: Decimal, kind: str, days: int | None, priority: int) -> Any:
+        return self.top_up(amount, kind, days, priority)
+
+    @initialize(target=holds, size=sizes, feature=st.sampled_from(FEATURES))
+    def first_hold(self, size: tuple[str, Any], feature: str) -> Any:
+        return self.reserve(size, feature)
+
+    def expiring(self, grant: Any) -> Any:
+        self.grant_numbers.setdefault(grant.id, len(self.grant_numbers))
+        return multiple(grant.id)
+
+    @rule(target=expiring_grants, amount=amounts, kind=st.sampled_from(["paid", "promotional"]), days=expiry_days,
+          priority=priorities)
+    def top_up(self, amount: Decimal, kind: str, days: int | None, priority: int) -> Any:
         expires_at = datetime.now(timezone.utc) + timedelta(days=days) if days else None
         command = TopUpRequest(amount=text_amount(amount), idempotencyKey=self.key("topup"), kind=kind,
                                expiresAt=expires_at, priority=priority)
@@ -191,58 +263,64 @@ class CreditMachine(RuleBasedStateMachine):
         assert result.entry.amount == amount and result.entry.entry_type == "topup"
         assert result.grant is not None and result.grant.amount == amount and result.grant.kind == kind
         self.sent.append(("top_up", command))
+        return self.expiring(result.grant) if expires_at else multiple()
 
-    @rule(pick=picks)
-    def grant_expires(self, pick: int) -> None:
-        grant = self.pick("SELECT id FROM credit_grants WHERE tenant_id = :tenant AND kind <> 'debt' "
-                          "AND remaining > 0 AND expires_at IS NOT NULL ORDER BY created_at, id", pick)
-        if grant is not None:
+    @rule(grant=expiring_grants)
+    def grant_expires(self, grant: uuid.UUID) -> None:
+        """Time passes until a grant expires (this one, or if it has nothing left another one that
+        has), and the expiry job runs."""
+        row = self.one("SELECT id, remaining FROM credit_grants WHERE tenant_id = :tenant AND id = :id", id=grant)
+        if row.remaining == 0:
+            live = self.rows("SELECT id, remaining FROM credit_grants WHERE tenant_id = :tenant AND kind <> 'debt' "
+                             "AND remaining > 0 AND expires_at > now() ORDER BY created_at, id")
+            row = live[self.grant_numbers[grant] % len(live)] if live else row
+        self.did(f"grant_expires:{'some left' if row.remaining > 0 else 'empty'}")
+        if row.remaining > 0:
             self.execute("UPDATE credit_grants SET expires_at = now() - interval '1 second' "
-                         "WHERE tenant_id = :tenant AND id = :id", id=grant.id)
+                         "WHERE tenant_id = :tenant AND id = :id", id=row.id)
         self.expire_due()
 
     @rule()
     def expiry_job(self) -> None:
         self.expire_due()
 
-    @rule(amount=amounts, nudge=nudges, kind=st.sampled_from(["paid", "promotional"]), negative=st.booleans(),
-          expiring=st.booleans())
-    def adjust(self, amount: Decimal, nudge: int | None, kind: str, negative: bool, expiring: bool) -> None:
-        if negative and nudge is not None:  # take what may be taken, a tick less or more
-            amount = self.spendable() + nudge * TICK
-            if amount <= 0:
-                return
+    @rule(target=expiring_grants, size=sizes, kind=st.sampled_from(["paid", "promotional"]),
+          negative=st.booleans(), expiring=st.booleans())
+    def adjust(self, size: tuple[str, Any], kind: str, negative: bool, expiring: bool) -> Any:
+        amount = sized(size, self.spendable())
+        if amount <= 0:
+            return multiple()
         signed = -amount if negative else amount
         expires_at = datetime.now(timezone.utc) + timedelta(days=1) if expiring and not negative else None
         command = AdjustmentRequest(amount=text_amount(signed), reason="property test",
                                     idempotencyKey=self.key("adjust"), kind=kind, expiresAt=expires_at)
         result = self.attempt("adjust", lambda uow: credits.adjust(uow, self.tenant, command, created_by="prop"))
-        if result is not None:
-            assert result.entry.amount == signed and result.entry.entry_type == "adjustment"
-            self.sent.append(("adjust", command))
+        if result is None:
+            assert negative, "a positive adjustment is never refused"
+            return multiple()
+        assert result.entry.amount == signed and result.entry.entry_type == "adjustment"
+        self.sent.append(("adjust", command))
+        return self.expiring(result.grant) if expires_at else multiple()
 
-    @rule(pick=picks, full=st.booleans(), amount=amounts, nudge=nudges)
-    def refund(self, pick: int, full: bool, amount: Decimal, nudge: int | None) -> None:
-        debit = self.pick("SELECT id, amount FROM ledger_entries WHERE tenant_id = :tenant AND entry_type = 'debit' "
-                          "ORDER BY seq", pick)
-        if debit is None:
+    @rule(debit=debits, full=st.booleans(), size=sizes)
+    def refund(self, debit: uuid.UUID, full: bool, size: tuple[str, Any]) -> None:
+        taken = -self.one("SELECT amount FROM ledger_entries WHERE tenant_id = :tenant AND id = :id", id=debit).amount
+        left = taken - self.refunded(debit)
+        requested = None if full else sized(size, left)
+        if requested is not None and requested <= 0:
             return
-        left = -debit.amount - self.refunded(debit.id)
-        if full:
-            requested = None
-        elif nudge is not None:
-            requested = left + nudge * TICK
-            if requested <= 0:
-                return
-        else:
-            requested = amount
-        command = RefundRequest(transactionId=debit.id, amount=None if requested is None else text_amount(requested),
+        command = RefundRequest(transactionId=debit, amount=None if requested is None else text_amount(requested),
                                 reason="property test", idempotencyKey=self.key("refund"))
         result = self.attempt("refund", lambda uow: credits.refund(uow, self.tenant, command, created_by="prop"))
         if result is not None:
-            assert result.entry.entry_type == "refund" and result.entry.related_entry_id == debit.id
+            assert result.entry.entry_type == "refund" and result.entry.related_entry_id == debit
             assert result.entry.amount == (left if requested is None else requested)
             self.sent.append(("refund", command))
+            # what it gives back goes to the debt or to grants that have not expired: it is not lost
+            revived = self.rows("SELECT g.id, g.kind, g.expires_at, d.amount FROM grant_draws d JOIN credit_grants g "
+                                "ON g.id = d.grant_id WHERE d.tenant_id = :tenant AND d.ledger_entry_id = :id "
+                                "AND g.expires_at <= now()", id=result.entry.id)
+            assert not revived, revived
         else:  # refused only when it asked for more than is left (or for nothing)
             assert (left if requested is None else requested) > left or left == 0
 
@@ -253,35 +331,47 @@ class CreditMachine(RuleBasedStateMachine):
 
     # --- holds ---------------------------------------------------------------------------------
 
-    @rule(amount=amounts, nudge=nudges, feature=st.sampled_from(FEATURES))
-    def reserve(self, amount: Decimal, nudge: int | None, feature: str) -> None:
-        if nudge is not None:
-            amount = self.spendable() + nudge * TICK
-            if amount <= 0:
-                return
+    @rule(target=holds, size=sizes, feature=st.sampled_from(FEATURES))
+    def reserve(self, size: tuple[str, Any], feature: str) -> Any:
+        amount = sized(size, self.spendable())
+        if amount <= 0:
+            return multiple()
         command = ReservationRequest(featureKey=feature, amount=text_amount(amount), ttlSeconds=900,
                                      idempotencyKey=self.key("reserve"))
+        allowed = self.entitled(feature, amount)
         result = self.attempt("reserve", lambda uow: reservations.reserve(uow, self.tenant, command, created_by="prop"))
-        if result is not None:
-            assert result.reservation.amount == amount and result.reservation.status == "active"
-            self.sent.append(("reserve", command))
+        assert (result is not None) == allowed, f"entitlement said allowed={allowed} for a hold of {amount}"
+        if result is None:
+            return multiple()
+        assert result.reservation.amount == amount and result.reservation.status == "active"
+        self.sent.append(("reserve", command))
+        self.hold_numbers.setdefault(result.reservation.id, len(self.hold_numbers))
+        return multiple(result.reservation.id)
 
-    @rule(pick=picks, only_active=st.booleans(), more=st.one_of(st.none(), amounts),
+    @rule(hold_id=holds, only_active=st.booleans(), more=st.one_of(st.none(), sizes),
           ttl=st.one_of(st.none(), st.sampled_from([60, 900, 3600])))
-    def extend(self, pick: int, only_active: bool, more: Decimal | None, ttl: int | None) -> None:
-        hold = self.pick_hold(pick, only_active)
-        if hold is None or (more is None and ttl is None):
+    def extend(self, hold_id: uuid.UUID, only_active: bool, more: tuple[str, Any] | None, ttl: int | None) -> None:
+        hold = self.hold(hold_id, only_active)
+        more_amount = None if more is None else sized(more, self.spendable())
+        if more_amount is not None and more_amount <= 0:
+            more_amount = None
+        if hold is None or (more_amount is None and ttl is None):
             return
-        command = ExtendReservationRequest(amount=None if more is None else text_amount(more), ttlSeconds=ttl,
-                                           idempotencyKey=self.key("extend"))
+        command = ExtendReservationRequest(amount=None if more_amount is None else text_amount(more_amount),
+                                           ttlSeconds=ttl, idempotencyKey=self.key("extend"))
+        allowed = hold.status == "active" and (more_amount is None or self.entitled(hold.feature_key, more_amount))
         result = self.attempt("extend", lambda uow: reservations.extend(uow, self.tenant, hold.id, command,
                                                                          created_by="prop"))
+        # holding more must fit in what may be spent now, as for a new hold (credits past their expiry
+        # that no longer back a hold are not spendable), which is what entitlement answers
+        assert (result is not None) == allowed, (
+            f"entitlement said allowed={allowed} for holding {more_amount} more on a {hold.status} hold")
         if result is not None:
-            assert result.reservation.amount == hold.amount + (more or ZERO)
+            assert result.reservation.amount == hold.amount + (more_amount or ZERO)
 
-    @rule(pick=picks, only_active=st.booleans())
-    def release(self, pick: int, only_active: bool) -> None:
-        hold = self.pick_hold(pick, only_active)
+    @rule(hold_id=holds, only_active=st.booleans())
+    def release(self, hold_id: uuid.UUID, only_active: bool) -> None:
+        hold = self.hold(hold_id, only_active)
         if hold is None:
             return
         command = ReleaseReservationRequest(idempotencyKey=self.key("release"))
@@ -290,9 +380,16 @@ class CreditMachine(RuleBasedStateMachine):
         if result is not None:
             assert result.reservation.status == "released"
 
-    @rule(pick=picks)
-    def hold_expires(self, pick: int) -> None:
-        hold = self.pick_hold(pick, only_active=True)
+    @rule(ending=holds, running=holds, more=sizes)
+    def one_call_ends_another_runs_long(self, ending: uuid.UUID, running: uuid.UUID, more: tuple[str, Any]) -> None:
+        """One hold is released and, before anything else happens, another holds more."""
+        self.release(ending, only_active=True)
+        self.extend(running, only_active=True, more=more, ttl=None)
+
+    @rule(hold_id=holds)
+    def hold_expires(self, hold_id: uuid.UUID) -> None:
+        """Time passes until the hold's TTL is over, and the expiry job runs."""
+        hold = self.hold(hold_id, only_active=True)
         if hold is not None:
             self.execute("UPDATE reservations SET expires_at = now() - interval '1 second' "
                          "WHERE tenant_id = :tenant AND id = :id", id=hold.id)
@@ -300,27 +397,27 @@ class CreditMachine(RuleBasedStateMachine):
 
     # --- charges -------------------------------------------------------------------------------
 
-    @rule(amount=st.one_of(st.just(ZERO), amounts), nudge=nudges, feature=st.sampled_from(FEATURES))
-    def charge(self, amount: Decimal, nudge: int | None, feature: str) -> None:
+    @rule(target=debits, size=sizes, feature=st.sampled_from(FEATURES))
+    def charge(self, size: tuple[str, Any], feature: str) -> Any:
         """A charge without a hold; what entitlement answers just before must be what charging does."""
-        if nudge is not None:
-            amount = max(ZERO, self.spendable() + nudge * TICK)
-        with self.snapshot() as connection:
-            allowed = entitlement.check(connection, self.tenant, feature, amount).allowed
+        amount = max(ZERO, sized(size, self.spendable()))  # a zero cost is a charge too
+        allowed = self.entitled(feature, amount)
         accepted = self.accept(self.charge_command(amount, feature))
         assert accepted is not None, "a priced charge without a hold is always accepted"
         settled = {s.usage_event_id: s.status for s in self.charge_batch()}
         assert settled == {accepted.event.id: "charged" if allowed else "rejected"}, (allowed, settled,
                                                                                        self.event_status(accepted.event.id))
+        return multiple(*self.debit_of(accepted.event.id))
 
-    @rule(pick=picks, only_active=st.booleans(), relation=st.sampled_from(["below", "equal", "above"]),
-          delta=st.one_of(st.just(TICK), amounts), mismatched_feature=st.booleans())
-    def charge_hold(self, pick: int, only_active: bool, relation: str, delta: Decimal,
-                    mismatched_feature: bool) -> None:
+    @rule(target=debits, hold_id=holds, only_active=st.booleans(),
+          relation=st.sampled_from(["below", "equal", "above"]), delta=st.one_of(st.just(TICK), amounts),
+          mismatched_feature=st.booleans())
+    def charge_hold(self, hold_id: uuid.UUID, only_active: bool, relation: str, delta: Decimal,
+                    mismatched_feature: bool) -> Any:
         """Settle a hold: the actual cost below, at or above what it holds."""
-        hold = self.pick_hold(pick, only_active)
+        hold = self.hold(hold_id, only_active)
         if hold is None:
-            return
+            return multiple()
         cost = {"below": max(ZERO, hold.amount - delta), "equal": hold.amount, "above": hold.amount + delta}[relation]
         feature = hold.feature_key
         if mismatched_feature:
@@ -329,60 +426,73 @@ class CreditMachine(RuleBasedStateMachine):
         if mismatched_feature or hold.status != "active":
             assert accepted is None, "a charge for another feature or a closed hold is refused at acceptance"
         if accepted is None:
-            return
-        blocked = self.blocked()
+            return multiple()
         settled = {s.usage_event_id: s.status for s in self.charge_batch()}
         assert list(settled) == [accepted.event.id]
         status = self.event_status(accepted.event.id)
-        if blocked:
-            assert status.rejection_code == "wallet_blocked", status
-        elif cost <= hold.amount:  # the hold covers it whatever else the wallet holds
+        if cost <= hold.amount:  # the hold covers it whatever else the wallet holds
             assert status.status == "charged", status
+        return multiple(*self.debit_of(accepted.event.id))
 
-    @rule(pick=picks)
-    def charge_hold_twice(self, pick: int) -> None:
+    @rule(target=debits, hold_id=holds)
+    def charge_hold_twice(self, hold_id: uuid.UUID) -> Any:
         """Two charges accepted for one hold before either is charged: one settles it, once."""
-        hold = self.pick_hold(pick, only_active=True)
+        hold = self.hold(hold_id, only_active=True)
         if hold is None:
-            return
+            return multiple()
         first = self.accept(self.charge_command(hold.amount, hold.feature_key, hold.id))
         second = self.accept(self.charge_command(hold.amount, hold.feature_key, hold.id))
         assert first is not None and second is not None
-        blocked = self.blocked()
         settled = {s.usage_event_id: s.status for s in self.charge_batch()}
-        if blocked:
-            assert settled == {first.event.id: "rejected", second.event.id: "rejected"}, settled
-            return
         assert settled == {first.event.id: "charged", second.event.id: "rejected"}, settled
         assert self.event_status(second.event.id).rejection_code == "reservation_closed"
+        return multiple(*self.debit_of(first.event.id))
 
-    @rule(pick=picks, in_time=st.booleans())
-    def charge_hold_then_it_expires(self, pick: int, in_time: bool) -> None:
-        """A charge accepted for a hold that expires before the worker charges it: a charge made
-        before the hold's expiry still settles it, one made after is refused as expired."""
-        hold = self.pick_hold(pick, only_active=True)
+    @rule(target=debits, hold_id=holds, in_time=st.booleans(), job_first=st.booleans())
+    def charge_hold_then_it_expires(self, hold_id: uuid.UUID, in_time: bool, job_first: bool) -> Any:
+        """A charge accepted for a hold whose TTL ends before the worker charges it (the expiry job
+        may get there first): a charge made before the hold's expiry still settles it, one made
+        after is refused as expired."""
+        hold = self.hold(hold_id, only_active=True)
         if hold is None:
-            return
+            return multiple()
         accepted = self.accept(self.charge_command(hold.amount, hold.feature_key, hold.id))
         assert accepted is not None
-        blocked = self.blocked()
         at = accepted.event.created_at + timedelta(microseconds=1 if in_time else -1)
-        with UnitOfWork(self.engine) as uow:
-            # the wallet lock first, so no expiry job runs between the new expiry and the charge
-            uow.connection.execute(text("SELECT 1 FROM wallets WHERE tenant_id = :tenant FOR UPDATE"),
-                                   {"tenant": self.tenant})
-            uow.connection.execute(text("UPDATE reservations SET expires_at = :at WHERE tenant_id = :tenant "
-                                        "AND id = :id"), {"tenant": self.tenant, "id": hold.id, "at": at})
-            settled = {s.usage_event_id: s.status for s in charging.charge_pending_batch(uow, self.tenant, 500)}
+        move_expiry = text("UPDATE reservations SET expires_at = :at WHERE tenant_id = :tenant AND id = :id")
+        params = {"tenant": self.tenant, "id": hold.id, "at": at}
+        if job_first:
+            with self.engine.begin() as connection:
+                connection.execute(move_expiry, params)
+            with UnitOfWork(self.engine) as uow:
+                reservations.expire_due(uow, self.tenant)
+            with UnitOfWork(self.engine) as uow:
+                settled = {s.usage_event_id: s.status for s in charging.charge_pending_batch(uow, self.tenant, 500)}
+        else:
+            with UnitOfWork(self.engine) as uow:  # the wallet lock first: no expiry job runs before the charge
+                uow.connection.execute(text("SELECT 1 FROM wallets WHERE tenant_id = :tenant FOR UPDATE"), params)
+                uow.connection.execute(move_expiry, params)
+                settled = {s.usage_event_id: s.status for s in charging.charge_pending_batch(uow, self.tenant, 500)}
         status = self.event_status(accepted.event.id)
-        if blocked:
-            assert status.rejection_code == "wallet_blocked", status
-        elif in_time:
+        if in_time:
             assert settled == {accepted.event.id: "charged"}, status
         else:
             assert settled == {accepted.event.id: "rejected"} and status.rejection_code == "reservation_expired", status
         assert self.one("SELECT status FROM reservations WHERE id = :id", id=hold.id).status == (
-            "settled" if in_time and not blocked else "expired")
+            "settled" if in_time else "expired")
+        return multiple(*self.debit_of(accepted.event.id))
+
+    @rule()
+    def view_wallet(self) -> None:
+        """GET /wallet's reading (which ends what is due first) shows what entitlement computed just
+        before from the stored state: the balance a charge would meet."""
+        with self.snapshot() as connection:
+            expected = entitlement.check(connection, self.tenant, "call", ZERO).available_balance
+        with UnitOfWork(self.engine) as uow:
+            wallet, grants = credits.wallet_view(uow, self.tenant)
+        assert wallet.available_balance == wallet.current_balance - wallet.reserved_balance
+        assert wallet.available_balance == expected, (wallet, expected)
+        assert wallet.current_balance == sum((g.remaining for g in grants), ZERO), (wallet, grants)
 
     # --- wallet settings and replays -----------------------------------------------------------
 
@@ -398,16 +508,30 @@ class CreditMachine(RuleBasedStateMachine):
 
         self.attempt("overdraft", change)
 
-    @rule(blocked=st.booleans())
-    def block(self, blocked: bool) -> None:
+    def set_status(self, status: str) -> None:
         def change(uow: UnitOfWork) -> None:
-            wallets.change_settings(uow, self.tenant, status="blocked" if blocked else "active",
-                                    overdraft_limit=None, clear_flag=False)
+            wallets.change_settings(uow, self.tenant, status=status, overdraft_limit=None, clear_flag=False)
             uow.commit()
 
-        self.attempt("status", change)
+        self.attempt(f"status-{status}", change)
 
-    @rule(pick=picks)
+    @rule(size=sizes, expiring_top_up=st.booleans())
+    def blocked_for_a_while(self, size: tuple[str, Any], expiring_top_up: bool) -> None:
+        """A blocked wallet refuses charges and holds, but takes top-ups; then it is unblocked."""
+        self.set_status("blocked")
+        amount = max(TICK, sized(size, self.spendable()))
+        refused = self.attempt("reserve", lambda uow: reservations.reserve(uow, self.tenant, ReservationRequest(
+            featureKey="call", amount=text_amount(amount), idempotencyKey=self.key("reserve")), created_by="prop"))
+        assert refused is None
+        accepted = self.accept(self.charge_command(amount, "call"))
+        assert accepted is not None
+        self.charge_batch()
+        assert self.event_status(accepted.event.id).rejection_code == "wallet_blocked"
+        if expiring_top_up:
+            self.top_up(amount, "promotional", 1, 50)
+        self.set_status("active")
+
+    @rule(pick=st.integers(0, 1000))
     def replay(self, pick: int) -> None:
         """A request sent again with its key changes nothing and answers the first result."""
         if not self.sent:
@@ -432,7 +556,11 @@ class CreditMachine(RuleBasedStateMachine):
             _check_books(connection, self.tenant)
 
     def teardown(self) -> None:
+        for row in self.rows("SELECT status, rejection_code, count(*) AS n FROM usage_events "
+                             "WHERE tenant_id = :tenant GROUP BY 1, 2"):
+            self.outcomes[f"charge:{row.rejection_code or row.status}"] += row.n
         note(f"outcomes: {dict(sorted(self.outcomes.items()))}")
+        CreditMachine.totals.update(self.outcomes)
 
 
 class _Snapshot:
@@ -547,8 +675,14 @@ def _check_books(connection: Any, tenant: str) -> None:
 
 
 def test_credit_lifecycle_keeps_the_books(engine):
+    """Modest by default (well under a minute); a deeper hunt:
+    CREDIT_PROPERTY_EXAMPLES=300 CREDIT_PROPERTY_STEPS=60 pytest -s tests/test_credit_properties.py"""
     CreditMachine.engine = engine
+    CreditMachine.totals.clear()
     run_state_machine_as_test(CreditMachine, settings=settings(
-        max_examples=25, stateful_step_count=25, deadline=None,
+        max_examples=int(os.environ.get("CREDIT_PROPERTY_EXAMPLES", "25")),
+        stateful_step_count=int(os.environ.get("CREDIT_PROPERTY_STEPS", "25")), deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
     ))
+    print("outcomes:", dict(sorted(CreditMachine.totals.items())))
+
