@@ -27,15 +27,13 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, text
-from sqlalchemy.dialects.postgresql import insert
 
 from . import money
 from .budgets import BudgetGuard
 from .db import UnitOfWork, insert_rows, unnest_arrays
 from .errors import ReservationClosed, ReservationExpired
-from .pricing import CURRENCY
 from .tables import credit_grants, grant_draws, ledger_entries, reservations, usage_events, wallets
-from .wallets import LedgerEntry, Wallet
+from .wallets import LedgerEntry, Wallet, ensure_wallet
 
 PAID, PROMOTIONAL, DEBT = "paid", "promotional", "debt"
 DEFAULT_PRIORITY = 50
@@ -110,13 +108,7 @@ class WalletBook:
     def open(cls, uow: UnitOfWork, tenant_id: str) -> WalletBook:
         """Lock the tenant's wallet (created on first use) and load its live grants, its holds past
         their expiry and its budgets."""
-        uow.connection.execute(
-            insert(wallets)
-            .values(id=uuid.uuid4(), tenant_id=tenant_id, currency=CURRENCY, current_balance=0,
-                    reserved_balance=0, overdraft_limit=0, status="active",
-                    created_at=func.now(), updated_at=func.now())
-            .on_conflict_do_nothing(index_elements=[wallets.c.tenant_id])
-        )
+        ensure_wallet(uow, tenant_id)
         row = uow.connection.execute(
             select(wallets, func.now().label("now")).where(wallets.c.tenant_id == tenant_id).with_for_update()
         ).one()

@@ -63,8 +63,8 @@ class LedgerEntry:
     related_entry_id: uuid.UUID | None = None
 
 
-def get_wallet(uow: UnitOfWork, tenant_id: str, *, lock: bool = False) -> Wallet:
-    """The tenant's wallet, created with a zero balance on first use; `lock` holds its row until commit."""
+def ensure_wallet(uow: UnitOfWork, tenant_id: str) -> None:
+    """Create the tenant's wallet with a zero balance unless it exists."""
     uow.connection.execute(
         insert(wallets)
         .values(id=uuid.uuid4(), tenant_id=tenant_id, currency=CURRENCY, current_balance=0,
@@ -72,6 +72,11 @@ def get_wallet(uow: UnitOfWork, tenant_id: str, *, lock: bool = False) -> Wallet
                 created_at=func.now(), updated_at=func.now())
         .on_conflict_do_nothing(index_elements=[wallets.c.tenant_id])
     )
+
+
+def get_wallet(uow: UnitOfWork, tenant_id: str, *, lock: bool = False) -> Wallet:
+    """The tenant's wallet, created with a zero balance on first use; `lock` holds its row until commit."""
+    ensure_wallet(uow, tenant_id)
     query = select(wallets).where(wallets.c.tenant_id == tenant_id)
     if lock:
         query = query.with_for_update()

@@ -115,6 +115,11 @@ def post_topup() -> Response:
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
         result = credits.top_up(uow, tenant_id, command, created_by=principal.subject)
+    return credit_answer(result)
+
+
+def credit_answer(result: credits.CreditResult) -> Response:
+    """A top-up, refund or adjustment: its ledger entry, and the grant it created if any."""
     return ok(transaction=show.transaction(result.entry), grant=show.grant(result.grant) if result.grant else None,
               replayed=result.replayed)
 

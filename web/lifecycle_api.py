@@ -23,7 +23,7 @@ from billing_core.wallets import change_settings, get_wallet
 
 from . import representations as show
 from . import schemas
-from .api import billing, documented, ok, unit_of_work
+from .api import billing, credit_answer, documented, ok, unit_of_work
 from .auth import ADMIN, CHARGE, VIEW, authenticate, tenant_for
 from .limits import rate_limited
 from .parsing import json_body, parse, parse_query, path_uuid, with_idempotency_header
@@ -179,8 +179,7 @@ def post_refund() -> Response:
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
         result = credits.refund(uow, tenant_id, command, created_by=principal.subject)
-    return ok(transaction=show.transaction(result.entry), grant=show.grant(result.grant) if result.grant else None,
-              replayed=result.replayed)
+    return credit_answer(result)
 
 
 @billing.post("/adjustments")
@@ -193,8 +192,7 @@ def post_adjustment() -> Response:
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
         result = credits.adjust(uow, tenant_id, command, created_by=principal.subject)
-    return ok(transaction=show.transaction(result.entry), grant=show.grant(result.grant) if result.grant else None,
-              replayed=result.replayed)
+    return credit_answer(result)
 
 
 # --- gating on balance ----------------------------------------------------------------------------
