@@ -18,15 +18,23 @@ separate prior-period line. Each line's amount is rounded once, half to even, to
 unit, and the difference is shown; the ledger-exact totals reconcile, the rounded ones differ from
 them by exactly the rounding difference shown.
 
-The rollup is set-based SQL over every tenant of a month at once (or one tenant): the month's ledger
-is read once for the chain and credits and once joined to its usage events and items, into temporary
-tables; from them the invoices and their lines are inserted in one statement. A draft (preview) is the
-same SQL without the insert. Idempotent per (tenant, period): a transaction-level advisory lock per
-period serialises concurrent runs, existing invoices are skipped (ON CONFLICT DO NOTHING on the unique
-(tenant_id, period)), and lines are written only for invoices this run created, in the same statement.
-Invoices are finalized when written and never change (triggers refuse UPDATE, DELETE, TRUNCATE and
-late lines); a debit whose entry lands after its month was invoiced belongs to a later month by the
-rule above, so nothing is ever rewritten.
+The rollup is set-based SQL over every tenant of a month at once (or one tenant), no loop over events:
+the month's ledger is aggregated once for the chain (its credits through a small index), the usage
+events charged in the month are joined once with their items and aggregated into lines, into temporary
+tables of the transaction; from them the invoices and their lines are inserted in one statement. A
+draft (preview) is the same SQL without the insert. Idempotent per (tenant, period): a transaction-level
+advisory lock per period serialises concurrent runs, existing invoices are skipped (ON CONFLICT DO
+NOTHING on the unique (tenant_id, period)), and lines are written only for invoices this run created,
+in the same statement. Invoices are finalized when written and never change (triggers refuse UPDATE,
+DELETE, TRUNCATE and late lines); a debit whose entry lands after its month was invoiced belongs to a
+later month by the rule above, so nothing is ever rewritten.
+
+Before writing, each draft is checked (`problem`): the chain adds up (opening + the sum of the month's
+amounts = closing), the usage lines add up to the debits, no entry of an unknown type moved money, and
+the month starts where the invoice of the month before ended. A tenant that fails gets no invoice and
+is reported (RollupResult.refused, invoice_runs.refused, an ERROR log line): nothing is fixed silently,
+and one broken ledger does not hold back every other tenant's invoice. The table also CHECKs that each
+stored invoice reconciles.
 
 A month is rolled up only once it is closed: its end has passed and no transaction that began before
 its end is still open in the database (one of those could still write an entry dated in the month).
@@ -37,6 +45,8 @@ open for a day.
 """
 from __future__ import annotations
 
+import json
+import logging
 import re
 import time
 import uuid
@@ -47,6 +57,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from . import money
 from .cursors import decode_cursor, encode_cursor
 from .db import UnitOfWork
 from .errors import BillingError, NotFound, ValidationFailed
@@ -64,6 +75,7 @@ LIST_LIMIT_MAX = 200
 CREDIT_TYPES = ("topup", "refund", "adjustment", "expiry")
 FINALIZED, DRAFT = "finalized", "draft"
 
+log = logging.getLogger(__name__)
 _PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
 
 
@@ -75,11 +87,6 @@ class PeriodNotClosed(BillingError):
 class PeriodNotStarted(BillingError):
     """A month in the future has no draft (HTTP 409)."""
     code = "period_not_started"
-
-
-class InvoiceRollupFailed(BillingError):
-    """The ledger does not reconcile for some tenant: nothing was written (HTTP 500, alert operators)."""
-    code = "invoice_rollup_failed"
 
 
 @dataclass(frozen=True, order=True)
@@ -188,6 +195,7 @@ class Invoice:
     created_at: datetime | None
     finalized_at: datetime | None
     lines: tuple[InvoiceLine, ...] = field(default=())
+    problem: str | None = None  # a draft that does not reconcile says why (see PROBLEMS)
 
     @property
     def period_label(self) -> str:
@@ -195,7 +203,8 @@ class Invoice:
 
     @property
     def reconciles(self) -> bool:
-        return self.opening_balance + self.total_credits - self.usage_exact == self.closing_balance
+        return self.problem is None and \
+            self.opening_balance + self.total_credits - self.usage_exact == self.closing_balance
 
     @property
     def usage_lines(self) -> list[InvoiceLine]:
@@ -206,7 +215,7 @@ class Invoice:
         return [line for line in self.lines if line.line_type != "usage"]
 
 
-_HEADER_COLUMNS = [f.name for f in fields(Invoice) if f.name != "lines"]
+_HEADER_COLUMNS = [f.name for f in fields(Invoice) if f.name not in ("lines", "problem")]
 _LINE_COLUMNS = [f.name for f in fields(InvoiceLine)]
 # the columns the draft computes (the rest are given when an invoice is written)
 _DRAFT_COLUMNS = [c for c in _HEADER_COLUMNS if c not in ("id", "status", "created_at", "finalized_at")]
@@ -220,6 +229,8 @@ class RollupResult:
     created: list[tuple[uuid.UUID, str]]
     lines_created: int
     milliseconds: int
+    # tenants whose ledger does not reconcile for the month: no invoice, for a person to look at
+    refused: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def invoice_ids(self) -> list[uuid.UUID]:
@@ -281,18 +292,19 @@ GROUP BY 1, 2, 3, 4, 5, 6
 # its debit's created_at (one transaction, one now()), so the usage is that of the events charged in
 # the month (one join, events with their items), corrected at the boundaries by the chain (3b). Should
 # the two times ever differ, the usage would not match the chain's debits and the rollup refuses to
-# write (_check_drafts): it can fail loudly, never invoice wrongly. Items are joined on the event id
-# alone; `foreign_rows` counts items of another tenant (must be 0). Prior-period amounts are
+# write that tenant's invoice (_refused): it can fail loudly, never invoice wrongly. Items are joined on
+# the event id alone and counted for the tenant named on the item (an event's tenant would make every
+# hashed event row wider); an item attached to another tenant's event would leave both tenants' usage
+# different from their debits, so both would be refused. Prior-period amounts are
 # aggregates beside the month's rather than a grouping key (an expression there would make the
 # planner expect a group per row, and sort instead of hashing in parallel).
-_USAGE_COLUMNS = """e.tenant_id, e.feature_key, i.category, i.provider, i.model, i.unit, i.unit_price,
+_USAGE_COLUMNS = """i.tenant_id, e.feature_key, i.category, i.provider, i.model, i.unit, i.unit_price,
        {count} FILTER (WHERE e.created_at >= :start) AS items,
        sum({signed}i.quantity) FILTER (WHERE e.created_at >= :start) AS quantity,
        sum({signed}i.cost) FILTER (WHERE e.created_at >= :start) AS exact_amount,
        {count} FILTER (WHERE e.created_at < :start) AS prior_items,
        sum({signed}i.quantity) FILTER (WHERE e.created_at < :start) AS prior_quantity,
-       sum({signed}i.cost) FILTER (WHERE e.created_at < :start) AS prior_exact_amount,
-       count(*) FILTER (WHERE i.tenant_id <> e.tenant_id) AS foreign_rows"""
+       sum({signed}i.cost) FILTER (WHERE e.created_at < :start) AS prior_exact_amount"""
 _DRAFT_USAGE = """
 CREATE TEMP TABLE invoice_draft_usage ON COMMIT DROP AS
 SELECT {columns}
@@ -400,6 +412,13 @@ WITH chain AS (
            CAST(count(*) FILTER (WHERE line_type <> 'usage') AS integer) AS credit_line_count
     FROM invoice_draft_lines GROUP BY wallet_id
 )
+SELECT h.*, CASE
+    WHEN h.unknown <> 0 THEN 'unknown_entries'
+    WHEN h.usage_exact <> -h.debits THEN 'usage_differs_from_debits'
+    WHEN h.opening_balance + h.total_credits - h.usage_exact <> h.closing_balance THEN 'broken_chain'
+    WHEN h.previous_closing IS NOT NULL AND h.previous_closing <> h.opening_balance THEN 'gap_after_previous_invoice'
+END AS problem
+FROM (
 SELECT w.tenant_id, c.wallet_id, CAST(:period AS date) AS period, CAST(:start AS timestamptz) AS period_start,
        CAST(:end AS timestamptz) AS period_end, w.currency, {minor_unit} AS minor_unit,
        c.first_seq, c.last_seq, c.entry_count,
@@ -408,17 +427,17 @@ SELECT w.tenant_id, c.wallet_id, CAST(:period AS date) AS period, CAST(:start AS
        coalesce(t.total_usage, 0) - coalesce(t.usage_exact, 0) AS rounding_difference,
        c.topups, c.refunds, c.adjustments, c.expiries, coalesce(t.total_credits, 0) AS total_credits,
        coalesce(t.usage_line_count, 0) AS usage_line_count, coalesce(t.credit_line_count, 0) AS credit_line_count,
-       -- checked before anything is written: the debits are what the usage lines priced, no entry is
-       -- of a kind the invoice does not know, and the month starts where the last invoice ended
-       c.debits, c.unknown, p.closing_balance AS previous_closing, coalesce(x.foreign_rows, 0) AS foreign_rows
+       -- checked before anything is written (`problem`): the chain adds up, the debits are what the
+       -- usage lines price, no entry is of a kind the invoice does not know, and the month starts
+       -- where the invoice of the month before ended
+       c.debits, c.unknown, p.closing_balance AS previous_closing
 FROM chain c
 JOIN wallets w ON w.id = c.wallet_id
 JOIN ledger_entries f ON f.seq = c.first_seq
 JOIN ledger_entries z ON z.seq = c.last_seq
 LEFT JOIN totals t ON t.wallet_id = c.wallet_id
-LEFT JOIN (SELECT tenant_id, sum(foreign_rows) AS foreign_rows FROM invoice_draft_usage GROUP BY tenant_id) x
-    ON x.tenant_id = w.tenant_id
 LEFT JOIN invoices p ON p.tenant_id = w.tenant_id AND p.period = CAST(:previous AS date)
+) AS h
 """
 
 _WRITE = """
@@ -426,6 +445,7 @@ WITH created AS (
     INSERT INTO invoices (id, status, created_at, finalized_at, {columns})
     SELECT gen_random_uuid(), 'finalized', now(), now(), {columns}
     FROM invoice_draft_headers
+    WHERE problem IS NULL
     ORDER BY tenant_id
     ON CONFLICT (tenant_id, period) DO NOTHING
     RETURNING id, tenant_id
@@ -469,41 +489,39 @@ def _prepare(uow: UnitOfWork, period: Period, tenant_id: str | None) -> None:
         uow.connection.execute(text(f"ANALYZE {table}"))  # temporary tables get no statistics otherwise
 
 
-def _tune(uow: UnitOfWork) -> None:
-    # a month of every tenant is one big read: no 60 s statement limit, memory for its hash joins;
-    # waiting for a concurrent run of the same month (the advisory lock) is not a stuck lock
-    uow.connection.execute(text("SET LOCAL statement_timeout = '30min'"))
-    uow.connection.execute(text("SET LOCAL lock_timeout = '30min'"))
+def _tune(uow: UnitOfWork, *, rollup: bool) -> None:
+    if rollup:
+        # a month of every tenant is one big read: not the sessions' 60 s statement limit; and waiting
+        # for a concurrent run of the same month (the advisory lock) is not a stuck lock
+        uow.connection.execute(text("SET LOCAL statement_timeout = '30min'"))
+        uow.connection.execute(text("SET LOCAL lock_timeout = '30min'"))
+    # memory for the hash joins and aggregates of a month (per plan node and worker, this transaction only)
     uow.connection.execute(text("SET LOCAL work_mem = '256MB'"))
     # compiling these plans takes seconds at 10M rows and saves less than that
     uow.connection.execute(text("SET LOCAL jit = off"))
 
 
-def _check_drafts(uow: UnitOfWork, period: Period) -> None:
-    """Refuse to write anything if a draft does not reconcile: with its own chain, with the debits its
-    usage lines price, with the invoice of the month before; or if an entry of an unknown kind moved
-    money, or a debit's event or items belong to another tenant. The ledger would be wrong, and that is
-    for a person to look at: nothing is fixed silently."""
-    broken = uow.connection.execute(text("""
-        SELECT tenant_id, opening_balance, closing_balance, total_credits, usage_exact, debits, unknown,
-               previous_closing, foreign_rows
-        FROM invoice_draft_headers
-        WHERE opening_balance + total_credits - usage_exact <> closing_balance
-           OR usage_exact <> -debits OR unknown <> 0 OR foreign_rows <> 0
-           OR (previous_closing IS NOT NULL AND previous_closing <> opening_balance)
-        ORDER BY tenant_id LIMIT 20
-    """)).all()
-    if broken:
-        raise InvoiceRollupFailed(
-            f"the ledger of {len(broken)}{'+' if len(broken) == 20 else ''} tenant(s) does not reconcile for "
-            f"{period.label}; no invoice was written",
-            {"period": period.label, "tenants": [
-                {"tenantId": r.tenant_id, "openingBalance": str(r.opening_balance),
-                 "closingBalance": str(r.closing_balance), "credits": str(r.total_credits),
-                 "usage": str(r.usage_exact), "debits": str(-r.debits), "unknownEntries": str(r.unknown),
-                 "foreignRows": int(r.foreign_rows),
-                 "previousClosingBalance": None if r.previous_closing is None else str(r.previous_closing)}
-                for r in broken]})
+PROBLEMS = {
+    "broken_chain": "opening + credits - debits is not the closing balance: the balance chain is broken",
+    "usage_differs_from_debits": "the usage lines do not add up to the debits of the ledger",
+    "unknown_entries": "ledger entries of a type the invoice does not know moved money",
+    "gap_after_previous_invoice": "the month does not start where the invoice of the month before ended",
+}
+
+
+def _refused(uow: UnitOfWork) -> list[dict[str, Any]]:
+    """The drafts that do not reconcile (see the `problem` of _DRAFT_HEADERS). Their tenants get no
+    invoice: the ledger would be wrong, and that is for a person to look at; nothing is fixed silently.
+    Every other tenant is still invoiced."""
+    text_of = money.format_decimal
+    return [{"tenantId": r.tenant_id, "problem": r.problem, "message": PROBLEMS[r.problem],
+             "openingBalance": text_of(r.opening_balance), "closingBalance": text_of(r.closing_balance),
+             "credits": text_of(r.total_credits), "usage": text_of(r.usage_exact), "debits": text_of(-r.debits),
+             "previousClosingBalance": None if r.previous_closing is None else text_of(r.previous_closing)}
+            for r in uow.connection.execute(text("""
+                SELECT tenant_id, problem, opening_balance, closing_balance, total_credits, usage_exact, debits,
+                       previous_closing
+                FROM invoice_draft_headers WHERE problem IS NOT NULL ORDER BY tenant_id"""))]
 
 
 def ensure_closed(uow: UnitOfWork, period: Period) -> None:
@@ -533,14 +551,17 @@ def rollup(uow: UnitOfWork, period: Period, *, tenant_id: str | None = None,
     tenant), and commit. Running it again, or concurrently, writes nothing more. Returns the invoices
     this run created (hook notifications of `invoice.finalized` on them)."""
     started = time.perf_counter()
-    _tune(uow)
+    _tune(uow, rollup=True)
     connection = uow.connection
     started_at = uow.now()
     connection.execute(text("SELECT pg_advisory_xact_lock(:namespace, :period)"),
                        {"namespace": ADVISORY_NAMESPACE, "period": period.index()})
     ensure_closed(uow, period)
     _prepare(uow, period, tenant_id)
-    _check_drafts(uow, period)
+    refused = _refused(uow)
+    if refused:
+        log.error("invoice rollup of %s refuses %d tenant(s) whose ledger does not reconcile: %s",
+                  period.label, len(refused), refused[:20])
     columns = ", ".join(_DRAFT_COLUMNS)
     line_columns = ", ".join(c for c in _LINE_INSERT_COLUMNS)
     rows = connection.execute(text(_WRITE.format(
@@ -549,12 +570,13 @@ def rollup(uow: UnitOfWork, period: Period, *, tenant_id: str | None = None,
     created = [(r.id, r.tenant_id) for r in rows]
     lines = int(rows[0].lines) if rows else 0
     connection.execute(text("""
-        INSERT INTO invoice_runs (id, period, tenant_id, task_id, invoices_created, lines_created, started_at)
-        VALUES (:id, :period, :tenant_id, :task_id, :invoices, :lines, :started_at)
+        INSERT INTO invoice_runs (id, period, tenant_id, task_id, invoices_created, lines_created, refused,
+                                  started_at)
+        VALUES (:id, :period, :tenant_id, :task_id, :invoices, :lines, CAST(:refused AS jsonb), :started_at)
     """), {"id": uuid.uuid4(), "period": period.first_day, "tenant_id": tenant_id, "task_id": task_id,
-           "invoices": len(created), "lines": lines, "started_at": started_at})
+           "invoices": len(created), "lines": lines, "refused": json.dumps(refused), "started_at": started_at})
     uow.commit()
-    return RollupResult(period, tenant_id, created, lines, round((time.perf_counter() - started) * 1000))
+    return RollupResult(period, tenant_id, created, lines, round((time.perf_counter() - started) * 1000), refused)
 
 
 def preview(uow: UnitOfWork, tenant_id: str, period: Period) -> Invoice:
@@ -563,9 +585,10 @@ def preview(uow: UnitOfWork, tenant_id: str, period: Period) -> Invoice:
     now = uow.now()
     if now < period.start:
         raise PeriodNotStarted(f"{period.label} has not started", {"field": "period", "period": period.label})
-    _tune(uow)
+    _tune(uow, rollup=False)
     _prepare(uow, period, tenant_id)
-    header = uow.connection.execute(text(f"SELECT {', '.join(_DRAFT_COLUMNS)} FROM invoice_draft_headers")).one_or_none()
+    header = uow.connection.execute(text(
+        f"SELECT {', '.join(_DRAFT_COLUMNS)}, problem FROM invoice_draft_headers")).one_or_none()
     if header is None:
         draft = _empty_draft(uow, tenant_id, period)
     else:

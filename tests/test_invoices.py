@@ -645,6 +645,54 @@ def test_invoices_page_newest_first_and_each_month_starts_where_the_last_ended(a
     assert [i["period"] for i in ranged["invoices"]] == [periods[1].label]
 
 
+def test_a_ledger_that_does_not_reconcile_gets_no_invoice_and_the_others_still_do(api, live, make_token):
+    """Nothing is fixed silently: a tenant whose chain is broken (an entry whose balance_before is not
+    the balance before it), or whose usage does not add up to its debits, is refused and recorded with
+    the reason; the other tenants of the month are invoiced."""
+    engine = engine_for(live.env["DATABASE_URL"])
+    previous, _ = months()
+    broken_month = previous.previous().previous().previous()  # months no other test invoices
+    differing_month = broken_month.previous()
+    sound, broken, differing = (f"inv-{uuid.uuid4().hex[:10]}" for _ in range(3))
+    History(engine, sound).top_up(broken_month.start + timedelta(days=2), "4")
+    History(engine, broken).top_up(broken_month.start + timedelta(days=2), "4")
+    with engine.begin() as connection:  # appended with a balance_before that is not the balance before it
+        connection.execute(text("""
+            INSERT INTO ledger_entries (id, tenant_id, wallet_id, entry_type, amount, balance_before, balance_after,
+                                        created_at)
+            SELECT gen_random_uuid(), tenant_id, id, 'topup', 1, 100, 101, :at FROM wallets WHERE tenant_id = :t
+        """), {"t": broken, "at": broken_month.start + timedelta(days=3)})
+    history = History(engine, differing)
+    history.top_up(differing_month.start + timedelta(days=2), "4")
+    history.charge(differing_month.start + timedelta(days=3), "transcribe", items((STT, "125")))
+    with engine.begin() as connection:  # its charged_at no longer that of its debit
+        connection.execute(text("UPDATE usage_events SET charged_at = now() WHERE tenant_id = :t"), {"t": differing})
+
+    with UnitOfWork(engine) as uow:
+        result = invoices.rollup(uow, broken_month)
+    assert sound in {t for _, t in result.created} and broken not in {t for _, t in result.created}
+    assert [(r["tenantId"], r["problem"]) for r in result.refused] == [(broken, "broken_chain")]
+    assert (result.refused[0]["openingBalance"], result.refused[0]["credits"], result.refused[0]["closingBalance"]) == \
+        ("0", "5", "101")  # 0 + 5 != 101: the appended entry claims a balance of 100 before it
+    with engine.connect() as connection:
+        recorded = connection.execute(text("SELECT refused FROM invoice_runs WHERE period = :p ORDER BY started_at DESC "
+                                           "LIMIT 1"), {"p": broken_month.first_day}).scalar_one()
+    assert [r["tenantId"] for r in recorded] == [broken]
+
+    admin = make_token(differing, "billing.admin")
+    response = api.post(f"/api/billing/invoices/rollup?period={differing_month.label}&tenantId={differing}", admin)
+    assert response.status_code == 200, response.text
+    ran = response.json()["rollup"]
+    assert ran["invoicesCreated"] == 0
+    assert [(r["tenantId"], r["problem"], r["usage"], r["debits"]) for r in ran["refused"]] == \
+        [(differing, "usage_differs_from_debits", "0", "0.0125")]
+    draft = api.get(f"/api/billing/invoices/preview?period={differing_month.label}", admin).json()["invoice"]
+    assert draft["reconciliation"]["balanced"] is False
+    assert draft["reconciliation"]["problem"] == "usage_differs_from_debits"
+    for tenant in (broken, differing):
+        assert api.get("/api/billing/invoices", make_token(tenant, "billing.view")).json()["invoices"] == []
+
+
 # --- the job, twice and concurrently ------------------------------------------------------------------
 # These run the monthly rollup for every tenant, as the job does: they come last in this module so the
 # invoices the tests above create themselves are not created here first.

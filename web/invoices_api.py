@@ -25,7 +25,7 @@ from .schemas import DecimalString, Query, TenantQuery, Timestamp, Uuid
 log = logging.getLogger(__name__)
 
 # until web/errors.py maps these codes, the handlers give the status themselves
-STATUS = {"period_not_closed": 409, "period_not_started": 409, "invoice_rollup_failed": 500}
+STATUS = {"period_not_closed": 409, "period_not_started": 409}
 MAX_IDS_IN_ROLLUP = 1000
 
 PeriodText = Annotated[str, Field(max_length=7, description="a calendar month in UTC, YYYY-MM",
@@ -88,6 +88,7 @@ class ReconciliationOut(BaseModel):
     usage: DecimalString
     closingBalance: DecimalString
     balanced: bool
+    problem: str | None = Field(description="why a draft does not reconcile (it would not be finalized)")
 
 
 class LedgerRangeOut(BaseModel):
@@ -134,6 +135,18 @@ class InvoicesResponse(BaseModel):
     nextCursor: str | None
 
 
+class RefusedOut(BaseModel):
+    tenantId: str
+    problem: Literal["broken_chain", "usage_differs_from_debits", "unknown_entries", "gap_after_previous_invoice"]
+    message: str
+    openingBalance: DecimalString
+    closingBalance: DecimalString
+    credits: DecimalString
+    usage: DecimalString
+    debits: DecimalString
+    previousClosingBalance: DecimalString | None
+
+
 class RollupOut(BaseModel):
     period: str
     tenantId: str | None
@@ -141,6 +154,7 @@ class RollupOut(BaseModel):
     linesCreated: int
     invoiceIds: list[Uuid] = Field(description=f"the invoices this run finalized (the first {MAX_IDS_IN_ROLLUP})")
     milliseconds: int
+    refused: list[RefusedOut] = Field(description="tenants left without an invoice: their ledger does not reconcile")
 
 
 class RollupResponse(BaseModel):
@@ -176,7 +190,8 @@ def invoice_summary(inv: Invoice) -> dict[str, Any]:
                     "adjustments": show.amount(inv.adjustments), "expiries": show.amount(inv.expiries)},
         "reconciliation": {"openingBalance": show.amount(inv.opening_balance),
                            "credits": show.amount(inv.total_credits), "usage": show.amount(inv.usage_exact),
-                           "closingBalance": show.amount(inv.closing_balance), "balanced": inv.reconciles},
+                           "closingBalance": show.amount(inv.closing_balance), "balanced": inv.reconciles,
+                           "problem": inv.problem},
         "ledger": {"firstSequence": inv.first_seq, "lastSequence": inv.last_seq, "entries": inv.entry_count},
         "createdAt": show.timestamp(inv.created_at), "finalizedAt": show.timestamp(inv.finalized_at),
     }
@@ -234,7 +249,7 @@ def get_invoice_preview() -> Response:
 
 
 @billing.post("/invoices/rollup")
-@documented({200: RollupResponse}, 403, 409, 500, query=PeriodQuery)
+@documented({200: RollupResponse}, 403, 409, query=PeriodQuery)
 @rate_limited(ADMIN)
 def post_invoice_rollup() -> Response:
     """Finalize the invoices of a closed month now (what the monthly job does on the 1st at 00:15 UTC):
@@ -248,16 +263,14 @@ def post_invoice_rollup() -> Response:
     with unit_of_work() as uow:
         try:
             result = invoices.rollup(uow, period, tenant_id=query.tenantId)
-        except (invoices.PeriodNotClosed, invoices.InvoiceRollupFailed) as exc:
-            if isinstance(exc, invoices.InvoiceRollupFailed):
-                log.error("invoice rollup of %s failed: %s %s", period.label, exc.message, exc.details)
+        except invoices.PeriodNotClosed as exc:
             raise _refusal(exc) from None
     log.info("invoice rollup of %s: %d invoices, %d lines in %d ms", period.label, len(result.created),
              result.lines_created, result.milliseconds)
     return ok(rollup={"period": period.label, "tenantId": query.tenantId, "invoicesCreated": len(result.created),
                       "linesCreated": result.lines_created,
                       "invoiceIds": [str(i) for i in result.invoice_ids[:MAX_IDS_IN_ROLLUP]],
-                      "milliseconds": result.milliseconds})
+                      "milliseconds": result.milliseconds, "refused": result.refused})
 
 
 def _stored(invoice_id: str) -> Invoice:

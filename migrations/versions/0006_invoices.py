@@ -101,6 +101,8 @@ CREATE TABLE invoice_runs (
     task_id text,
     invoices_created integer NOT NULL,
     lines_created integer NOT NULL,
+    -- tenants left without an invoice because their ledger does not reconcile, and why
+    refused jsonb NOT NULL DEFAULT '[]'::jsonb,
     started_at timestamptz NOT NULL,
     finished_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
