@@ -26,7 +26,7 @@ def _uow() -> UnitOfWork:
     return UnitOfWork(engine_for(settings.database_url))
 
 
-def _announce_finalized(period: invoices.Period, created: list[tuple[Any, str]]) -> None:
+def announce_finalized(period: invoices.Period, created: list[tuple[Any, str]]) -> None:
     """`invoice.finalized` to each tenant's alert channels. After the rollup's commit: a worker lost in
     between loses these notifications, never an invoice (they are listed by GET /invoices)."""
     if not created:
@@ -62,7 +62,7 @@ def rollup_invoices(self: Any, period: str | None = None, tenant_id: str | None 
         log.error("invoice rollup not run: %s", exc.message)
         return {"period": exc.details.get("period"), "error": exc.code, "message": exc.message}
     metrics.INVOICE_ROLLUP_SECONDS.observe(result.milliseconds / 1000)
-    _announce_finalized(target, result.created)
+    announce_finalized(target, result.created)
     log.info("invoice rollup of %s: %d invoices, %d lines in %d ms", target.label, len(result.created),
              result.lines_created, result.milliseconds)
     return {"period": target.label, "tenantId": tenant_id, "invoicesCreated": len(result.created),

@@ -13,6 +13,7 @@ from billing_core.commands import TenantId
 from billing_core.errors import BillingError, ValidationFailed
 from billing_core.invoice_render import invoice_csv, invoice_pdf
 from billing_core.invoices import Invoice, InvoiceLine, Period
+from tasks.invoices import announce_finalized
 
 from . import representations as show
 from .api import billing, documented, ok, unit_of_work
@@ -265,6 +266,7 @@ def post_invoice_rollup() -> Response:
             result = invoices.rollup(uow, period, tenant_id=query.tenantId)
         except invoices.PeriodNotClosed as exc:
             raise _refusal(exc) from None
+    announce_finalized(period, result.created)
     log.info("invoice rollup of %s: %d invoices, %d lines in %d ms", period.label, len(result.created),
              result.lines_created, result.milliseconds)
     return ok(rollup={"period": period.label, "tenantId": query.tenantId, "invoicesCreated": len(result.created),
