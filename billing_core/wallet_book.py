@@ -109,12 +109,11 @@ class WalletBook:
         """Lock the tenant's wallet (created on first use) and load its live grants, its holds past
         their expiry and its budgets."""
         ensure_wallet(uow, tenant_id)
-        row = uow.connection.execute(
-            select(wallets, func.now().label("now")).where(wallets.c.tenant_id == tenant_id).with_for_update()
-        ).one()
-        values = dict(row._mapping)
-        now = values.pop("now")
-        wallet = Wallet(**values)
+        wallet = Wallet(**uow.connection.execute(
+            select(wallets).where(wallets.c.tenant_id == tenant_id).with_for_update()).one()._mapping)
+        # the time once the lock is held, not the transaction's start: a transaction that waited for the
+        # lock must not judge expiries by a moment before the one it waited for
+        now = uow.connection.execute(select(func.clock_timestamp())).scalar_one()
         grants = [Grant(**r._mapping) for r in uow.connection.execute(
             select(credit_grants).where(credit_grants.c.tenant_id == tenant_id,
                                         credit_grants.c.wallet_id == wallet.id, credit_grants.c.remaining != 0))]
