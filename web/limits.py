@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from flask import current_app
+from flask import current_app, request
 from flask_limiter import Limiter
 from sqlalchemy import text
 
@@ -24,8 +24,21 @@ def _settings() -> Settings:
     return current_app.config["LAD_SETTINGS"]
 
 
+def _acting_tenant() -> str:
+    """The tenant a request acts for: the token's, or the `tenantId` a billing.admin token names (an
+    operator acting for a tenant is limited, and judged depleted, as that tenant)."""
+    principal = authenticate()
+    if ADMIN not in principal.capabilities:
+        return principal.tenant_id
+    named = request.args.get("tenantId")
+    if named is None and request.is_json:
+        body = request.get_json(silent=True)
+        named = body.get("tenantId") if isinstance(body, dict) else None
+    return named if isinstance(named, str) and named else principal.tenant_id
+
+
 def _tenant_key() -> str:
-    return f"tenant:{authenticate().tenant_id}"
+    return f"tenant:{_acting_tenant()}"
 
 
 def _token_key() -> str:
@@ -51,7 +64,7 @@ def _depleted() -> bool:
     try:
         value = available.execute(text(
             "SELECT current_balance - reserved_balance FROM wallets WHERE tenant_id = :t"),
-            {"t": authenticate().tenant_id}).scalar_one_or_none()
+            {"t": _acting_tenant()}).scalar_one_or_none()
     finally:
         available.close()
     return value is None or value <= 0
