@@ -5,6 +5,9 @@ import base64
 import json
 import uuid
 from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Select, and_, or_
 
 from .errors import ValidationFailed
 
@@ -26,3 +29,18 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return moment.astimezone(timezone.utc), uuid.UUID(event_id)
     except (ValueError, TypeError, OverflowError) as exc:
         raise ValidationFailed("cursor", "not a cursor this service issued") from exc
+
+
+def newest_first(query: Select, table: Any, cursor: str | None, limit: int) -> Select:
+    """`query` as one page newest first by (created_at, id), after `cursor`; one row more than `limit`
+    is asked for, to tell whether another page follows (see next_cursor)."""
+    if cursor:
+        created_at, last_id = decode_cursor(cursor)
+        query = query.where(or_(table.c.created_at < created_at,
+                                and_(table.c.created_at == created_at, table.c.id < last_id)))
+    return query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit + 1)
+
+
+def next_cursor(rows: list[Any], limit: int) -> str | None:
+    """The cursor after the last row of a page from newest_first, or None on the last page."""
+    return encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None

@@ -5,10 +5,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 
 from . import money
-from .cursors import decode_cursor, encode_cursor
+from .cursors import newest_first, next_cursor
 from .db import UnitOfWork
 from .tables import usage_events
 from .usage import CHARGED, UsageEvent, event_from_row
@@ -47,16 +47,8 @@ def list_usage_events(uow: UnitOfWork, tenant_id: str, filters: UsageFilter, *, 
                       cursor: str | None = None) -> tuple[list[UsageEvent], str | None]:
     """One page of events, newest first, and the cursor of the next page (None on the last)."""
     query = select(usage_events).where(*_conditions(tenant_id, filters))
-    if cursor:
-        created_at, event_id = decode_cursor(cursor)
-        query = query.where(or_(usage_events.c.created_at < created_at,
-                                and_(usage_events.c.created_at == created_at, usage_events.c.id < event_id)))
-    rows = uow.connection.execute(
-        query.order_by(usage_events.c.created_at.desc(), usage_events.c.id.desc()).limit(limit + 1)
-    ).all()
-    events = [event_from_row(r) for r in rows[:limit]]
-    next_cursor = encode_cursor(events[-1].created_at, events[-1].id) if len(rows) > limit else None
-    return events, next_cursor
+    rows = uow.connection.execute(newest_first(query, usage_events, cursor, limit)).all()
+    return [event_from_row(r) for r in rows[:limit]], next_cursor(rows, limit)
 
 
 def summarize_usage(uow: UnitOfWork, tenant_id: str, filters: UsageFilter) -> Summary:

@@ -51,9 +51,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
-    and_,
     insert,
-    or_,
     select,
     text,
     update,
@@ -61,7 +59,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from . import exactjson, money
-from .cursors import decode_cursor, encode_cursor
+from .cursors import newest_first, next_cursor
 from .db import UnitOfWork, insert_rows
 
 metadata = MetaData()
@@ -731,13 +729,7 @@ def list_notifications(uow: UnitOfWork, tenant_id: str | None, *, status: str | 
         query = query.where(notifications.c.channel == channel)
     if ids is not None:
         query = query.where(notifications.c.id.in_(ids))
-    if cursor:
-        created_at, last_id = decode_cursor(cursor)
-        query = query.where(or_(notifications.c.created_at < created_at,
-                                and_(notifications.c.created_at == created_at, notifications.c.id < last_id)))
-    rows = uow.connection.execute(
-        query.order_by(notifications.c.created_at.desc(), notifications.c.id.desc()).limit(limit + 1)
-    ).all()
+    rows = uow.connection.execute(newest_first(query, notifications, cursor, limit)).all()
     page = rows[:limit]
     attempts: dict[uuid.UUID, list[Attempt]] = {row.id: [] for row in page}
     if page:
@@ -759,5 +751,4 @@ def list_notifications(uow: UnitOfWork, tenant_id: str | None, *, status: str | 
                      attempt_log=attempts[r.id][-MAX_ATTEMPTS_SHOWN:])
         for r in page
     ]
-    next_cursor = encode_cursor(found[-1].created_at, found[-1].id) if len(rows) > limit else None
-    return found, next_cursor
+    return found, next_cursor(rows, limit)

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
-from sqlalchemy import and_, or_, select, text
+from sqlalchemy import select, text
 
 from . import idempotency, money
 from .commands import ExtendReservationRequest, ReleaseReservationRequest, ReservationRequest, fingerprint_body
-from .cursors import decode_cursor, encode_cursor
+from .cursors import newest_first, next_cursor
 from .db import UnitOfWork
 from .errors import InsufficientBalance, NotFound, ReservationClosed, ReservationExpired, ValidationFailed, WalletBlocked
 from .pricing import clock_and_catalog, price_items
@@ -172,15 +172,8 @@ def list_reservations(uow: UnitOfWork, tenant_id: str, *, status: str | None, li
     query = select(reservations).where(reservations.c.tenant_id == tenant_id)
     if status is not None:
         query = query.where(reservations.c.status == status)
-    if cursor:
-        created_at, last_id = decode_cursor(cursor)
-        query = query.where(or_(reservations.c.created_at < created_at,
-                                and_(reservations.c.created_at == created_at, reservations.c.id < last_id)))
-    rows = uow.connection.execute(
-        query.order_by(reservations.c.created_at.desc(), reservations.c.id.desc()).limit(limit + 1)).all()
-    found = [Reservation(**r._mapping) for r in rows[:limit]]
-    next_cursor = encode_cursor(found[-1].created_at, found[-1].id) if len(rows) > limit else None
-    return found, next_cursor
+    rows = uow.connection.execute(newest_first(query, reservations, cursor, limit)).all()
+    return [Reservation(**r._mapping) for r in rows[:limit]], next_cursor(rows, limit)
 
 
 def tenants_with_due_credits(uow: UnitOfWork, limit: int = 1000) -> list[str]:
