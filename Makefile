@@ -13,8 +13,9 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
+# the SSRF guard is on everywhere; `make run` allows private webhook receivers (local development)
 run: install
-	$(PY) -m devstack.run
+	WEBHOOK_ALLOW_PRIVATE_ADDRESSES=$${WEBHOOK_ALLOW_PRIVATE_ADDRESSES:-true} $(PY) -m devstack.run
 
 test: install
 	$(PY) -m pytest

@@ -16,9 +16,13 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from . import money
+from . import exactjson, money
 
 MAX_ITEMS = 1000
+# bounded work per request: a charge is a few priced items and a little context, never a payload
+MAX_EVENT_ITEMS = 100
+MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 32
 
 _DECIMAL_SCHEMA = {
     "anyOf": [
@@ -99,6 +103,29 @@ def _storable(value: Any) -> Any:
     return value
 
 
+def _shallow_metadata(value: Any) -> Any:
+    """Refuse metadata nested deeper than MAX_METADATA_DEPTH before anything recurses into it (the
+    storability check, the fingerprint's serialization): walked with a stack, not recursion."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > MAX_METADATA_DEPTH:
+                raise ValueError(f"must be nested at most {MAX_METADATA_DEPTH} levels deep")
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return value
+
+
+def _small_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        size = len(exactjson.dumps(value).encode("utf-8"))
+    except (TypeError, ValueError):
+        return value  # not storable either: _storable names the reason
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes serialized, not {size}")
+    return value
+
+
 def _text(max_length: int) -> Any:
     return Annotated[str, Field(min_length=1, max_length=max_length), AfterValidator(_storable)]
 
@@ -129,10 +156,11 @@ class QuoteRequest(Strict):
 
 class ChargeRequest(Strict):
     featureKey: FeatureKey
-    items: Annotated[list[UsageItem], Field(min_length=1, max_length=MAX_ITEMS)]
+    items: Annotated[list[UsageItem], Field(min_length=1, max_length=MAX_EVENT_ITEMS)]
     externalReferenceId: _text(255) | None = None
     idempotencyKey: IdempotencyKey | None = None
-    metadata: Annotated[dict[str, Any], AfterValidator(_storable)] = Field(default_factory=dict)
+    metadata: Annotated[dict[str, Any], BeforeValidator(_shallow_metadata), AfterValidator(_storable),
+                        AfterValidator(_small_metadata)] = Field(default_factory=dict)
     # settle this hold: the actual cost is debited and the rest of the hold released, in one entry
     reservationId: uuid.UUID | None = None
     # price the items at this binding quote's unit prices
@@ -141,6 +169,7 @@ class ChargeRequest(Strict):
 
 
 MAX_BATCH_EVENTS = 1000
+MAX_BATCH_ITEMS = 10_000  # items over all events of one batch request
 
 
 class ChargeBatchRequest(Strict):

@@ -20,8 +20,8 @@ class Settings:
     charge_batch_size: int
     quote_ttl_seconds: int = 900
     stripe_webhook_secret: str | None = None
-    # rate limits (Flask-Limiter notation) per tenant and per token, by capability; a tenant whose
-    # available balance is at or below zero gets the depleted limit on charges and reservations
+    # rate limits (`limits` notation) per tenant and per token, by capability; a tenant whose
+    # available balance is at or below zero gets the depleted limit on reservations (never on charges)
     rate_limit_charge: str = "6000/minute"
     rate_limit_view: str = "3000/minute"
     rate_limit_admin: str = "1200/minute"

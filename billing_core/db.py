@@ -46,6 +46,8 @@ def engine_for(database_url: str) -> Engine:
                 max_overflow=20,
                 pool_pre_ping=True,
                 pool_timeout=10,
+                # SQL parameters (payloads, metadata, secrets) never appear in exception text or logs
+                hide_parameters=True,
                 json_serializer=exactjson.dumps,
                 json_deserializer=exactjson.loads,
                 connect_args={"connect_timeout": 5, "options": SESSION_OPTIONS},

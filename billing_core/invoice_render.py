@@ -19,6 +19,17 @@ CSV_COLUMNS = ["invoiceId", "tenantId", "period", "status", "currency", "lineNum
                "quantity", "unitPrice", "exactAmount", "amount", "roundingDifference"]
 
 
+# text a spreadsheet would run as a formula begins with one of these; numbers are written as numbers
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+TEXT_COLUMNS = frozenset({"invoiceId", "tenantId", "period", "status", "currency", "lineType", "featureKey",
+                          "category", "provider", "model", "unit", "description", "creditKind"})
+
+
+def _cell(column: str, value: str) -> str:
+    """A text cell that would start a formula in a spreadsheet (CSV injection) is prefixed with '."""
+    return "'" + value if column in TEXT_COLUMNS and value.startswith(FORMULA_STARTS) else value
+
+
 def exact(value: Decimal | None) -> str:
     return "" if value is None else money.format_decimal(value)
 
@@ -68,10 +79,11 @@ def invoice_csv(invoice: Invoice) -> str:
     writer.writeheader()
     common = {"invoiceId": str(invoice.id) if invoice.id else "", "tenantId": invoice.tenant_id,
               "period": invoice.period_label, "status": invoice.status, "currency": invoice.currency}
-    for line in invoice.lines:
-        writer.writerow({**common, **_csv_line(invoice, line)})
-    for row_type, label, amount in totals(invoice):
-        writer.writerow({**common, "lineType": row_type, "description": label, "amount": amount})
+    rows = [{**common, **_csv_line(invoice, line)} for line in invoice.lines]
+    rows += [{**common, "lineType": row_type, "description": label, "amount": amount}
+             for row_type, label, amount in totals(invoice)]
+    for row in rows:
+        writer.writerow({column: _cell(column, value) for column, value in row.items()})
     return out.getvalue()
 
 

@@ -26,11 +26,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
-import ipaddress
 import os
 import random
 import smtplib
-import socket
 import ssl
 import time
 import uuid
@@ -58,7 +56,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from . import exactjson, money
+from . import exactjson, money, webhook_destinations
 from .cursors import newest_first, next_cursor
 from .db import UnitOfWork, insert_rows
 
@@ -111,6 +109,7 @@ LEASE_SECONDS = 120
 # message waits in the broker longer than its visibility timeout
 MAX_COUNTDOWN_MS = 60_000
 MAX_ERROR_LENGTH = 500
+MAX_RESPONSE_EXCERPT_BYTES = 200
 MAX_ATTEMPTS_SHOWN = 100
 
 
@@ -489,19 +488,22 @@ def post_webhook(url: str, body: bytes, headers: dict[str, str], timeout_seconds
             raise ValueError("not an http(s) URL")
     except ValueError as exc:
         return SendResult(ok=False, error=f"invalid webhook URL: {exc}")
-    refused = _private_destination(host, port or (443 if parts.scheme == "https" else 80))
-    if refused:
-        return SendResult(ok=False, error=refused)
+    port = port or (443 if parts.scheme == "https" else 80)
+    destination = webhook_destinations.resolve(host, port)
+    if destination.address is None:
+        return SendResult(ok=False, retryable=destination.retryable, error=destination.refused)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if parts.scheme == "https":
         connection: http.client.HTTPConnection = http.client.HTTPSConnection(
             host, port, timeout=timeout_seconds, context=ssl.create_default_context())
     else:
         connection = http.client.HTTPConnection(host, port, timeout=timeout_seconds)
+    webhook_destinations.pin(connection, destination.address)
     try:
         connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()
-        excerpt = response.read(300).decode("utf-8", errors="replace").strip()
+        # a failure keeps its status and at most this much of the body, never the response headers
+        excerpt = response.read(MAX_RESPONSE_EXCERPT_BYTES).decode("utf-8", errors="replace").strip()
         status = response.status
         retry_after = response.getheader("Retry-After")
     except (OSError, http.client.HTTPException) as exc:
@@ -514,24 +516,6 @@ def post_webhook(url: str, body: bytes, headers: dict[str, str], timeout_seconds
     retry_after_ms = int(retry_after) * 1000 if retry_after and retry_after.strip().isdigit() else None
     return SendResult(ok=False, retryable=retryable_status(status), http_status=status, error=error,
                       retry_after_ms=retry_after_ms)
-
-
-def _private_destination(host: str, port: int) -> str | None:
-    """In production a tenant's webhook may not reach loopback, private, link-local (cloud metadata)
-    or otherwise reserved addresses, unless WEBHOOK_ALLOW_PRIVATE_ADDRESSES=true (an operator's
-    choice, e.g. for receivers inside the same network). Checked on every attempt, as DNS can change."""
-    if os.environ.get("LAD_ENV", "development") != "production" or \
-            os.environ.get("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "").lower() in ("1", "true", "yes"):
-        return None
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}
-    except OSError:
-        return None  # the connection attempt reports it (and it is retried)
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global:
-            return f"the webhook host resolves to a non-public address ({ip}); refused in production"
-    return None
 
 
 @dataclass(frozen=True)

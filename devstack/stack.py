@@ -63,6 +63,14 @@ def development_secret(data_dir: Path, name: str, make: Callable[[], str] = lamb
     return path.read_text().strip()
 
 
+def web_command_args(workers: int, port: int) -> list[str]:
+    """gunicorn's arguments for the API, the same in `make run`, the tests, the Dockerfile and compose."""
+    return ["--worker-class", "web.serving.Worker", "--workers", str(workers), "--bind", f"0.0.0.0:{port}",
+            # idle keep-alive connections stay open longer than a client's pause between requests, so
+            # a reused connection is not closed under a request in flight
+            "--timeout", "60", "--keep-alive", "75", "--graceful-timeout", "10", "web.serving:asgi_app()"]
+
+
 @dataclass
 class Stack:
     data_dir: Path
@@ -117,12 +125,11 @@ class Stack:
         return process
 
     def start_web(self, port: int, log: Path | None = None, workers: int = 2, threads: int = 32) -> None:
+        # web.serving: uvicorn workers read whole requests on an event loop before a thread sees them,
+        # so slow clients cannot tie up the threads (see web/serving.py)
+        self.env["WEB_THREADS"] = str(threads)
         process = self.spawn(
-            "web", str(PYTHON_BIN / "gunicorn"), "--worker-class", "gthread", "--workers", str(workers),
-            "--threads", str(threads), "--bind", f"0.0.0.0:{port}", "--timeout", "60",
-            # idle keep-alive connections stay open longer than a client's pause between requests, so
-            # a reused connection is not closed under a request in flight
-            "--keep-alive", "75", "--graceful-timeout", "10", "web.app:create_app()", log=log,
+            "web", str(PYTHON_BIN / "gunicorn"), *web_command_args(workers, port), log=log,
         )
         _wait_for_port(port, process, log or Path("/dev/null"), timeout=60)
 

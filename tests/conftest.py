@@ -86,6 +86,8 @@ def live(smtp_inbox) -> Iterator[TestStack]:
         NOTIFICATION_RETRY_BASE_SECONDS="1",
         SMTP_URL=smtp_inbox.url,
         SMTP_FROM="billing@lad.test",
+        # the SSRF guard is on everywhere; the tests' webhook receivers listen on 127.0.0.1
+        WEBHOOK_ALLOW_PRIVATE_ADDRESSES="true",
     )
     port = free_port()
     try:

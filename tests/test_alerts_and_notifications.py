@@ -701,10 +701,10 @@ def test_network_errors_are_retried_and_a_dead_workers_attempt_is_recorded_as_ab
     assert "Connection" in attempts[0].error and "lease expired" in attempts[1].error
 
 
-def test_production_refuses_webhooks_to_private_addresses(monkeypatch):
+def test_webhooks_to_private_addresses_are_refused_unless_allowed(monkeypatch):
     from billing_core import notifications
 
-    monkeypatch.setenv("LAD_ENV", "production")
+    monkeypatch.delenv("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", raising=False)  # on in every environment
     for url in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data", "http://10.0.0.1/x"):
         result = notifications.post_webhook(url, b"{}", {}, 1)
         assert not result.ok and not result.retryable and "non-public" in result.error, url

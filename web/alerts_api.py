@@ -15,7 +15,7 @@ from tasks.notifications import check_balance_alerts
 
 from . import schemas
 from .api import BROKER_ERRORS, billing, documented, ok, unit_of_work
-from .auth import ADMIN, authenticate, tenant_for
+from .auth import ADMIN, MANAGE, authenticate, managed_tenant
 from .limits import rate_limited
 from .parsing import json_body, parse, parse_query, path_uuid
 from .representations import amount, timestamp
@@ -134,15 +134,14 @@ def show_notification(n: notifications.Notification) -> dict[str, Any]:
 
 @billing.put("/settings/alerts")
 @documented({200: AlertSettingsResponse}, 403, json=AlertSettingsRequest)
-@rate_limited(ADMIN)
+@rate_limited(MANAGE)
 def put_alert_settings() -> Response:
     """Low-balance alerts: thresholds on the available balance (balance minus holds), a webhook
     (signed with webhookSecret, generated when not given) and/or an e-mail address. An alert fires
     once when the available balance is at or below a threshold (0: balance.depleted, others:
     balance.low) and re-arms when it is above the threshold again."""
-    principal = authenticate(ADMIN)
     command = parse(AlertSettingsRequest, json_body())
-    tenant_id = tenant_for(principal, command.tenantId)
+    _, tenant_id = managed_tenant(command.tenantId)
     with unit_of_work() as uow:
         found = alerts.put_settings(uow, tenant_id, command)
     _check_soon(tenant_id)
@@ -159,11 +158,11 @@ def _check_soon(tenant_id: str) -> None:
 
 @billing.get("/settings/alerts")
 @documented({200: AlertSettingsResponse}, 403, 404, query=schemas.TenantQuery)
-@rate_limited(ADMIN)
+@rate_limited(MANAGE)
 def get_alert_settings() -> Response:
-    """The tenant's alert settings (with the webhook secret: admins only) and each threshold's state."""
-    principal = authenticate(ADMIN)
-    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    """The tenant's alert settings (with the webhook secret: its billing.manage holders and the
+    platform operator only) and each threshold's state."""
+    _, tenant_id = managed_tenant(parse_query(schemas.TenantQuery).tenantId)
     with unit_of_work() as uow:
         found = alerts.get_settings(uow, tenant_id)
     if found is None:
@@ -173,13 +172,16 @@ def get_alert_settings() -> Response:
 
 @billing.get("/notifications")
 @documented({200: NotificationsResponse}, 403, query=NotificationsQuery)
-@rate_limited(ADMIN)
+@rate_limited(MANAGE)
 def get_notifications() -> Response:
     """Notifications newest first, each with every delivery attempt (HTTP status or SMTP reply,
-    error, duration). `operator=true` lists the operators' (tenant-less) notifications."""
-    principal = authenticate(ADMIN)
+    error, duration). `operator=true` lists the operators' (tenant-less) notifications (billing.admin)."""
     query = parse_query(NotificationsQuery)
-    tenant_id = None if query.operator else tenant_for(principal, query.tenantId)
+    if query.operator:
+        authenticate(ADMIN)
+        tenant_id = None
+    else:
+        _, tenant_id = managed_tenant(query.tenantId)
     with unit_of_work() as uow:
         found, next_cursor = notifications.list_notifications(
             uow, tenant_id, status=query.status, event_type=query.type, channel=query.channel, limit=query.limit,
@@ -189,10 +191,9 @@ def get_notifications() -> Response:
 
 @billing.get("/notifications/<notification_id>")
 @documented({200: NotificationResponse}, 403, 404, query=schemas.TenantQuery)
-@rate_limited(ADMIN)
+@rate_limited(MANAGE)
 def get_notification(notification_id: str) -> Response:
-    principal = authenticate(ADMIN)
-    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    _, tenant_id = managed_tenant(parse_query(schemas.TenantQuery).tenantId)
     wanted = path_uuid(notification_id, "notification")
     with unit_of_work() as uow:
         found, _ = notifications.list_notifications(uow, tenant_id, ids=[wanted], limit=1)

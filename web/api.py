@@ -10,7 +10,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from spectree import Response as Documented
 
 from billing_core import credits, history, ledger, logs, metrics, money, pricing, quotes, usage
-from billing_core.commands import ChargeBatchRequest, ChargeRequest, QuoteRequest, TopUpRequest
+from billing_core.commands import MAX_BATCH_ITEMS, ChargeBatchRequest, ChargeRequest, QuoteRequest, TopUpRequest
 from billing_core.db import UnitOfWork, engine_for
 from billing_core.errors import ValidationFailed
 from billing_core.usage import PENDING, ChargeOutcome
@@ -127,7 +127,7 @@ def credit_answer(result: credits.CreditResult) -> Response:
 @billing.post("/charge")
 @documented({200: schemas.ChargeResponse, 202: schemas.ChargeAccepted}, 402, 403, 409, 410, 413, 422,
             json=ChargeRequest, query=schemas.ChargeQuery)
-@rate_limited(CHARGE, depleted_limit=True)
+@rate_limited(CHARGE)  # never the depleted limit: usage that happened is always recorded
 def post_charge() -> Response:
     principal = authenticate(CHARGE)
     query = parse_query(schemas.ChargeQuery)
@@ -147,12 +147,28 @@ def post_charge() -> Response:
 
 @billing.post("/charges")
 @documented({202: schemas.ChargeBatchResponse}, 403, 413, json=schemas.ChargeBatchDocumented)
-@rate_limited(CHARGE, depleted_limit=True)
+def _batch_body() -> dict[str, Any]:
+    request.max_content_length = MAX_BATCH_BODY_BYTES
+    return json_body()
+
+
+def _batch_weight() -> int:
+    """A batch counts against the rate limits as its number of events."""
+    try:
+        events = _batch_body().get("events")
+    except ValidationFailed:
+        return 1  # the handler answers 400 for it
+    return len(events) if isinstance(events, list) and events else 1
+
+
+@rate_limited(CHARGE, weight=_batch_weight)
 def post_charges() -> Response:
     """Submit up to 1,000 charges at once: durable in one transaction, each with its own outcome."""
     principal = authenticate(CHARGE)
-    request.max_content_length = MAX_BATCH_BODY_BYTES
-    batch = parse(ChargeBatchRequest, json_body())
+    batch = parse(ChargeBatchRequest, _batch_body())
+    items = sum(len(e["items"]) for e in batch.events if isinstance(e.get("items"), list))
+    if items > MAX_BATCH_ITEMS:
+        raise ValidationFailed("events", f"a batch may hold at most {MAX_BATCH_ITEMS} items, not {items}")
     tenant_id = tenant_for(principal, _one_tenant(batch.tenantId, parse_query(schemas.TenantQuery).tenantId))
     commands = [parse_batch_event(index, event, tenant_id) for index, event in enumerate(batch.events)]
     with unit_of_work() as uow:

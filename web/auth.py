@@ -10,10 +10,20 @@ from dataclasses import dataclass
 import jwt
 from flask import current_app, g, request
 
+from billing_core import logs
+
 from .errors import ApiError
 
-TENANT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+log = logs.get(__name__)
+
+TENANT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # always fullmatch: "$" would let a trailing newline in
 ADMIN, VIEW, CHARGE = "billing.admin", "billing.view", "billing.charge"
+# a tenant's own administrators: everything billing.view allows plus that tenant's own settings
+MANAGE = "billing.manage"
+# what each capability includes besides itself (billing.admin includes everything)
+INCLUDED = {MANAGE: frozenset({VIEW})}
+DEFAULT_MAX_LIFETIME_SECONDS = 30 * 24 * 3600
+MIN_HMAC_SECRET_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,7 @@ class TokenSettings:
     public_key: str | None
     issuer: str | None
     audience: str | None
+    max_lifetime_seconds: int = DEFAULT_MAX_LIFETIME_SECONDS
 
     @property
     def algorithm(self) -> str:
@@ -36,7 +47,19 @@ class TokenSettings:
             if production:
                 raise RuntimeError("LAD_ENV=production needs JWT_SECRET or JWT_PUBLIC_KEY")
             secret = secrets.token_urlsafe(32)  # development only; `make run` passes one in
-        return cls(secret, public_key, os.environ.get("JWT_ISSUER") or None, os.environ.get("JWT_AUDIENCE") or None)
+        issuer, audience = os.environ.get("JWT_ISSUER") or None, os.environ.get("JWT_AUDIENCE") or None
+        max_lifetime = int(os.environ.get("JWT_MAX_LIFETIME_SECONDS") or DEFAULT_MAX_LIFETIME_SECONDS)
+        if max_lifetime < 1:
+            raise RuntimeError("JWT_MAX_LIFETIME_SECONDS must be at least 1")
+        if production:
+            # a token minted for another LAD service with the same key must not work here
+            if not audience:
+                raise RuntimeError("LAD_ENV=production needs JWT_AUDIENCE (every token must carry it)")
+            if not public_key and len(secret.encode()) < MIN_HMAC_SECRET_BYTES:
+                raise RuntimeError(f"LAD_ENV=production needs a JWT_SECRET of at least {MIN_HMAC_SECRET_BYTES} bytes")
+            if not issuer:
+                log.warning("JWT_ISSUER is not set: tokens of any issuer holding the key are accepted")
+        return cls(secret, public_key, issuer, audience, max_lifetime)
 
 
 @dataclass(frozen=True)
@@ -46,7 +69,8 @@ class Principal:
     capabilities: frozenset[str]
 
     def has(self, capability: str) -> bool:
-        return ADMIN in self.capabilities or capability in self.capabilities
+        return ADMIN in self.capabilities or capability in self.capabilities or any(
+            capability in INCLUDED.get(held, ()) for held in self.capabilities)
 
 
 def verify_token(token: str, settings: TokenSettings) -> Principal:
@@ -55,16 +79,28 @@ def verify_token(token: str, settings: TokenSettings) -> Principal:
         claims = jwt.decode(
             token, key, algorithms=[settings.algorithm],
             issuer=settings.issuer, audience=settings.audience,
-            options={"require": ["exp"], "verify_aud": settings.audience is not None},
+            options={"require": ["exp", "sub"], "verify_aud": settings.audience is not None},
         )
     except jwt.PyJWTError as exc:
         raise ApiError("unauthorized", f"invalid token: {exc}") from exc
     tenant_id, capabilities, subject = claims.get("tenantId"), claims.get("capabilities", []), claims.get("sub")
-    if not isinstance(tenant_id, str) or not TENANT_ID.match(tenant_id):
+    if not isinstance(tenant_id, str) or not TENANT_ID.fullmatch(tenant_id):
         raise ApiError("unauthorized", "token has no valid tenantId claim")
     if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
         raise ApiError("unauthorized", "token capabilities must be a list of strings")
-    return Principal(str(subject) if subject is not None else "", tenant_id, frozenset(capabilities))
+    if not isinstance(subject, str) or not subject:
+        raise ApiError("unauthorized", "token has no valid sub claim")
+    _check_lifetime(claims, settings.max_lifetime_seconds)
+    return Principal(subject, tenant_id, frozenset(capabilities))
+
+
+def _check_lifetime(claims: dict, max_lifetime: int) -> None:
+    """A leaked token must not work for ever: exp may be at most max_lifetime after iat (or now)."""
+    expires, issued = claims["exp"], claims.get("iat")
+    if not isinstance(expires, (int, float)) or (issued is not None and not isinstance(issued, (int, float))):
+        raise ApiError("unauthorized", "invalid token: exp and iat must be numbers")
+    if expires - time.time() > max_lifetime or (issued is not None and expires - issued > max_lifetime):
+        raise ApiError("unauthorized", f"invalid token: lifetime over {max_lifetime} seconds")
 
 
 def authenticate(capability: str | None = None) -> Principal:
@@ -86,6 +122,14 @@ def bearer_token() -> str:
     return token.strip()
 
 
+def managed_tenant(requested: str | None) -> tuple[Principal, str]:
+    """The one check for a tenant's own settings (alerts, budgets, auto top-up, portal sessions):
+    a billing.manage token acts on its own tenant only (naming another is 403), a billing.admin
+    token on any tenant it names. 401 without a token, 403 without either capability."""
+    principal = authenticate(MANAGE)
+    return principal, tenant_for(principal, requested)
+
+
 def tenant_for(principal: Principal, requested: str | None) -> str:
     """The tenant an operation acts on: the token's, or any tenant named by a billing.admin token."""
     if requested is None or requested == principal.tenant_id:
@@ -96,7 +140,7 @@ def tenant_for(principal: Principal, requested: str | None) -> str:
 
 
 def issue_token(settings: TokenSettings, *, tenant_id: str, capabilities: list[str], subject: str = "dev",
-                ttl_seconds: int = 30 * 24 * 3600, private_key: str | None = None) -> str:
+                ttl_seconds: int = DEFAULT_MAX_LIFETIME_SECONDS, private_key: str | None = None) -> str:
     """A token for development and tests (HS256 with the configured secret, or RS256 with a key)."""
     claims = {"sub": subject, "tenantId": tenant_id, "capabilities": capabilities,
               "iat": int(time.time()), "exp": int(time.time()) + ttl_seconds}

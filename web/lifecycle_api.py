@@ -24,7 +24,7 @@ from billing_core.wallets import change_settings, get_wallet
 from . import representations as show
 from . import schemas
 from .api import billing, credit_answer, documented, ok, unit_of_work
-from .auth import ADMIN, CHARGE, VIEW, authenticate, tenant_for
+from .auth import ADMIN, CHARGE, MANAGE, VIEW, authenticate, managed_tenant, tenant_for
 from .limits import rate_limited
 from .parsing import json_body, parse, parse_query, path_uuid, with_idempotency_header
 
@@ -123,12 +123,11 @@ def _feature_key(value: str) -> str:
 
 @billing.put("/budgets/<feature_key>")
 @documented({200: schemas.BudgetResponse}, 403, json=BudgetRequest)
-@rate_limited(ADMIN)
+@rate_limited(MANAGE)
 def put_budget(feature_key: str) -> Response:
     """Limit a feature's spend per day or month; `reject` refuses the charge that would go over it."""
-    principal = authenticate(ADMIN)
     command = parse(BudgetRequest, json_body())
-    tenant_id = tenant_for(principal, command.tenantId)
+    _, tenant_id = managed_tenant(command.tenantId)
     feature_key = _feature_key(feature_key)
     with unit_of_work() as uow:
         WalletBook.open(uow, tenant_id)  # the wallet lock: no charge of this tenant runs meanwhile
@@ -141,10 +140,9 @@ def put_budget(feature_key: str) -> Response:
 
 @billing.delete("/budgets/<feature_key>")
 @documented({200: schemas.BudgetsResponse}, 403, 404, query=schemas.TenantQuery)
-@rate_limited(ADMIN)
+@rate_limited(MANAGE)
 def delete_budget(feature_key: str) -> Response:
-    principal = authenticate(ADMIN)
-    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    _, tenant_id = managed_tenant(parse_query(schemas.TenantQuery).tenantId)
     with unit_of_work() as uow:
         WalletBook.open(uow, tenant_id)
         if not budgets.delete_budget(uow, tenant_id, _feature_key(feature_key)):
@@ -200,7 +198,7 @@ def post_adjustment() -> Response:
 
 @billing.get("/entitlement")
 @documented({200: schemas.EntitlementResponse}, 403, query=schemas.EntitlementQuery)
-@rate_limited(CHARGE)
+@rate_limited(VIEW)  # a read: it must not spend the tenant's charge bucket
 def get_entitlement() -> Response:
     """May the feature start work of about `estimatedCost`? A read: nothing is held or written."""
     principal = _view_or_charge()

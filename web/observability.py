@@ -1,6 +1,8 @@
 """Request ids, structured request logs and Prometheus metrics for the web processes; GET /metrics."""
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import os
 import re
 import time
@@ -15,7 +17,11 @@ from sqlalchemy import text
 from billing_core import logs, metrics
 from billing_core.db import engine_for
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+from .errors import ApiError
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# any other method is labelled "other": a label per method a client invents would grow /metrics without bound
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 ops = Blueprint("ops", __name__)
 log = logs.get(__name__)
 
@@ -30,17 +36,19 @@ def init_observability(app: Flask) -> None:
 def _start() -> None:
     """A request id for every request: the caller's X-Request-Id if it is sane, else a new one."""
     given = request.headers.get("X-Request-Id", "")
-    g.request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+    g.request_id = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     g.started = time.perf_counter()
     logs.clear()
     logs.bind(request_id=g.request_id)
 
 
 def _finish(response: Response) -> Response:
+    # the route template, never the raw path: ids in paths would be a label each
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    method = request.method if request.method in STANDARD_METHODS else "other"
     elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-    metrics.HTTP_REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
-    metrics.HTTP_LATENCY.labels(endpoint, request.method).observe(elapsed)
+    metrics.HTTP_REQUESTS.labels(endpoint, method, str(response.status_code)).inc()
+    metrics.HTTP_LATENCY.labels(endpoint, method).observe(elapsed)
     response.headers["X-Request-Id"] = g.get("request_id", "")
     if endpoint != "/metrics":
         log.info("request", method=request.method, path=request.path, status=response.status_code,
@@ -70,9 +78,25 @@ class _ThisProcess:
         yield from REGISTRY.collect()
 
 
+def _may_scrape() -> bool:
+    """/metrics shows business volumes: only a scraper holding METRICS_TOKEN (bearer), or one on
+    the loopback address."""
+    expected = os.environ.get("METRICS_TOKEN")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if expected and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode()):
+        return True
+    try:
+        peer = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    return (getattr(peer, "ipv4_mapped", None) or peer).is_loopback
+
+
 @ops.get("/metrics")
 def get_metrics() -> Response:
     """Prometheus text format, summed over every web and worker process sharing PROMETHEUS_MULTIPROC_DIR."""
+    if not _may_scrape():
+        raise ApiError("unauthorized", "/metrics needs the METRICS_TOKEN bearer token or a loopback address")
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)

@@ -5,7 +5,7 @@ import uuid
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, TypeVar
 
-from flask import current_app, request
+from flask import current_app, g, request
 from pydantic import BaseModel, ValidationError
 
 from billing_core.commands import ChargeRequest
@@ -17,7 +17,11 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def json_body() -> dict[str, Any]:
-    """The request body as a JSON object; numbers arrive as Decimal. Over MAX_CONTENT_LENGTH: 413."""
+    """The request body as a JSON object; numbers arrive as Decimal. Over MAX_CONTENT_LENGTH: 413.
+    Parsed once per request (a batch's rate-limit weight reads it before its handler)."""
+    parsed = g.get("lad_json_body")
+    if parsed is not None:
+        return parsed
     raw = request.get_data(cache=True)
     if not raw.strip():
         raise ValidationFailed("body", "a JSON object is required")
@@ -28,6 +32,7 @@ def json_body() -> dict[str, Any]:
         raise ValidationFailed("body", "not valid JSON") from exc
     if not isinstance(body, dict):
         raise ValidationFailed("body", "must be a JSON object")
+    g.lad_json_body = body
     return body
 
 

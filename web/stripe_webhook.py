@@ -3,6 +3,8 @@ once; a Celery task applies it (billing_core.stripe_payments)."""
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
+from typing import Any
 
 import stripe
 from flask import Response, current_app, jsonify, request
@@ -18,6 +20,25 @@ from .openapi import spec
 
 log = logging.getLogger(__name__)
 SIGNATURE_TOLERANCE_SECONDS = 300  # Stripe's default: an older signed payload is a replay
+# Stripe's numbers are cents, counts and epoch seconds; anything beyond this is not from Stripe and
+# would overflow PostgreSQL's numeric (jsonb) or every amount computed from it
+MAX_NUMBER_DIGITS = 30
+
+
+def _unstorable_number(event: Any) -> str | None:
+    """The path of a non-finite or absurdly large number in the event, if any (walked with a stack:
+    the payload's depth is the sender's choice)."""
+    stack: list[tuple[Any, str]] = [(event, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, Decimal):
+            if not value.is_finite() or abs(value.adjusted()) > MAX_NUMBER_DIGITS:
+                return path or "body"
+        elif isinstance(value, dict):
+            stack.extend((child, f"{path}.{key}" if path else str(key)) for key, child in value.items())
+        elif isinstance(value, list):
+            stack.extend((child, f"{path}[{index}]") for index, child in enumerate(value))
+    return None
 
 
 @billing.post("/webhooks/stripe")
@@ -36,11 +57,17 @@ def post_stripe_webhook() -> Response:
         stripe.WebhookSignature.verify_header(text, request.headers.get("Stripe-Signature"), secret,
                                               tolerance=SIGNATURE_TOLERANCE_SECONDS)
         event = exactjson.loads(text)
-    except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError) as exc:
+    except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
         raise ApiError("invalid_signature", f"the Stripe signature does not verify: {exc}",
                        {"field": "Stripe-Signature"}, status=400) from None
+    except (ValueError, ArithmeticError, RecursionError):  # signed, but not JSON any Decimal can hold
+        raise ApiError("validation_error", "not a JSON Stripe event", {"field": "body"}) from None
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not event["id"]:
         raise ApiError("validation_error", "not a Stripe event", {"field": "id"})
+    bad_number = _unstorable_number(event)
+    if bad_number is not None:
+        raise ApiError("validation_error", "a number in the event is not finite or out of range",
+                       {"field": bad_number})
     with unit_of_work() as uow:
         new = stripe_payments.record_event(uow, event)
     if new:

@@ -1,0 +1,102 @@
+"""The serving layer of the web processes: slow clients never hold a worker thread.
+
+gunicorn manages the processes; each runs a uvicorn worker (an asyncio event loop, httptools
+parser) that reads every request — its headers and then its whole body — without a thread. Only
+a complete request is handed to a thread of the Flask app (a2wsgi's WSGI bridge). gunicorn's
+threaded workers gave each connection a thread that blocked reading headers, so 80 connections
+trickling headers stopped the API; here they cost a socket and a few kilobytes each.
+
+Server-generated refusals use the API's JSON error envelope: 414 for an over-long request line,
+431 for oversized headers, 413 for an oversized body, 408 when a body does not arrive in time.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from a2wsgi import WSGIMiddleware
+from uvicorn_worker import UvicornWorker
+
+MAX_TARGET_BYTES = 8 * 1024  # path and query
+MAX_HEADER_BYTES = 32 * 1024  # all header names and values
+MAX_BODY_BYTES = 16 * 1024 * 1024  # the largest body any route takes (a POST /charges batch)
+BODY_TIMEOUT_SECONDS = float(os.environ.get("WEB_BODY_TIMEOUT_SECONDS", "30"))
+
+Scope = dict[str, Any]
+
+
+class Worker(UvicornWorker):
+    """gunicorn's worker class for the API: an event loop per process (uvloop, httptools)."""
+
+    CONFIG_KWARGS = {"loop": "auto", "http": "auto", "lifespan": "off"}
+
+
+def _refusal(status: int, code: str, message: str) -> tuple[dict, dict]:
+    body = json.dumps({"success": False, "error": {"code": code, "message": message, "details": {}}}).encode()
+    start = {"type": "http.response.start", "status": status,
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                         (b"connection", b"close")]}
+    return start, {"type": "http.response.body", "body": body}
+
+
+class BufferedRequests:
+    """ASGI in front of the WSGI app: checks the request's size, reads the whole body on the event
+    loop (bounded in size and time), then runs the app in a thread with the body in memory."""
+
+    def __init__(self, wsgi_app: Any, threads: int):
+        self.app = WSGIMiddleware(wsgi_app, workers=threads)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        refused = self._oversized(scope)
+        if refused is None:
+            body, refused = await self._read_body(receive)
+        if refused is not None:
+            for message in _refusal(*refused):
+                await send(message)
+            return
+        if body is None:  # the client went away
+            return
+        replay: list[dict] = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def buffered() -> dict:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, buffered, send)
+
+    @staticmethod
+    def _oversized(scope: Scope) -> tuple[int, str, str] | None:
+        if len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") > MAX_TARGET_BYTES:
+            return 414, "uri_too_long", f"the request target is longer than {MAX_TARGET_BYTES} bytes"
+        if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
+            return 431, "headers_too_large", f"the request headers are larger than {MAX_HEADER_BYTES} bytes"
+        return None
+
+    @staticmethod
+    async def _read_body(receive: Any) -> tuple[bytes | None, tuple[int, str, str] | None]:
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None, None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > MAX_BODY_BYTES:
+                        return None, (413, "payload_too_large", f"the body is larger than {MAX_BODY_BYTES} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks), None
+        except TimeoutError:
+            return None, (408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s")
+
+
+def asgi_app() -> BufferedRequests:
+    """gunicorn's application (`web.serving:asgi_app()`), built in each worker process."""
+    from .app import create_app
+
+    return BufferedRequests(create_app(), threads=int(os.environ.get("WEB_THREADS", "32")))
