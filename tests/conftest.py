@@ -88,6 +88,7 @@ def live(smtp_inbox) -> Iterator[TestStack]:
         SMTP_FROM="billing@lad.test",
         # the SSRF guard is on everywhere; the tests' webhook receivers listen on 127.0.0.1
         WEBHOOK_ALLOW_PRIVATE_ADDRESSES="true",
+        METRICS_TOKEN="metrics-" + uuid.uuid4().hex,
     )
     port = free_port()
     try:

@@ -145,8 +145,6 @@ def post_charge() -> Response:
     return _charge_response(outcome, replayed=outcome.replayed)
 
 
-@billing.post("/charges")
-@documented({202: schemas.ChargeBatchResponse}, 403, 413, json=schemas.ChargeBatchDocumented)
 def _batch_body() -> dict[str, Any]:
     request.max_content_length = MAX_BATCH_BODY_BYTES
     return json_body()
@@ -161,6 +159,8 @@ def _batch_weight() -> int:
     return len(events) if isinstance(events, list) and events else 1
 
 
+@billing.post("/charges")
+@documented({202: schemas.ChargeBatchResponse}, 403, 413, json=schemas.ChargeBatchDocumented)
 @rate_limited(CHARGE, weight=_batch_weight)
 def post_charges() -> Response:
     """Submit up to 1,000 charges at once: durable in one transaction, each with its own outcome."""

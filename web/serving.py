@@ -73,6 +73,9 @@ class BufferedRequests:
             return 414, "uri_too_long", f"the request target is longer than {MAX_TARGET_BYTES} bytes"
         if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
             return 431, "headers_too_large", f"the request headers are larger than {MAX_HEADER_BYTES} bytes"
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), b"0")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return 413, "payload_too_large", f"the body is larger than {MAX_BODY_BYTES} bytes"
         return None
 
     @staticmethod
