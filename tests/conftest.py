@@ -98,7 +98,9 @@ def live(smtp_inbox) -> Iterator[TestStack]:
         stack.start_beat(log=logs / "beat.log")
         stack.start_web(port, log=logs / "web.log", workers=2, threads=32)
         stack.wait_ready(port)
-        os.environ.update({k: stack.env[k] for k in ("DATABASE_URL", "REDIS_URL", "BILLING_QUEUE")})
+        # WEBHOOK_ALLOW_PRIVATE_ADDRESSES: tests deliver in-process to their local receivers too
+        os.environ.update({k: stack.env[k] for k in ("DATABASE_URL", "REDIS_URL", "BILLING_QUEUE",
+                                                     "WEBHOOK_ALLOW_PRIVATE_ADDRESSES")})
         yield TestStack(stack, port, logs)
     finally:
         for name in list(stack.processes):

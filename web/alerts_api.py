@@ -1,4 +1,5 @@
-"""Low-balance alert settings and the notification log under /api/billing (billing.admin).
+"""Low-balance alert settings and the notification log under /api/billing (billing.manage for its own
+tenant, billing.admin for any; operator notifications billing.admin only).
 Handlers parse, call billing_core, and answer."""
 from __future__ import annotations
 
