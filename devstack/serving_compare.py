@@ -59,7 +59,9 @@ def main() -> None:
     try:
         stack.start_servers()
         stack.migrate()
-        stack.start_worker(concurrency=2)
+        logs = stack.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        stack.start_worker(concurrency=2, log=logs / "worker.log")
         from web.auth import TokenSettings, issue_token
 
         token = issue_token(TokenSettings(stack.env["JWT_SECRET"], None, None, None), tenant_id=f"bench-{run_id}",
@@ -68,7 +70,8 @@ def main() -> None:
         for name, arguments in (("gthread (before)", OLD), ("uvicorn workers (after)", None)):
             port = free_port()
             args = arguments and ["--workers", "2", "--bind", f"0.0.0.0:{port}", *arguments]
-            process = stack.spawn("web", str(PYTHON_BIN / "gunicorn"), *(args or web_command_args(2, port)))
+            process = stack.spawn("web", str(PYTHON_BIN / "gunicorn"), *(args or web_command_args(2, port)),
+                                  log=logs / "web.log")
             stack.wait_ready(port)
             base = f"http://127.0.0.1:{port}"
             for label, path, lua in (("GET /healthz", "/healthz", None), ("GET /wallet", "/api/billing/wallet", None),

@@ -462,3 +462,27 @@ def test_500_concurrent_charges_against_funds_for_300_are_all_recorded_and_none_
     outcomes = [task["state"] for task in states.values()]
     assert (len(outcomes), outcomes.count("charged"), outcomes.count("rejected")) == (500, 300, 200)
     assert wallet(live.api, tokens["any"])["currentBalance"] == "0"
+
+
+# --- issue 14's finding: every limit of a request in one Redis round trip ----------------------------
+
+
+def test_all_rate_limits_of_a_request_cost_one_redis_round_trip(live, tokens):
+    import redis
+
+    client = redis.Redis.from_url(live.env["REDIS_URL"])
+
+    def calls() -> dict[str, int]:
+        return {name: stats["calls"] for name, stats in client.info("commandstats").items()}
+
+    live.api.get(f"{B}/wallet", tokens["any"])  # the script is loaded
+    before = calls()
+    for _ in range(20):
+        assert live.api.get(f"{B}/wallet", tokens["any"]).status_code == 200
+    after = calls()
+    delta = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    # one EVALSHA per request (the tenant's and the token's limit together, headers from its answer);
+    # nothing else the limiter would send (moving-window lists, sorted sets, a second script)
+    assert 20 <= delta.get("cmdstat_evalsha", 0) <= 22, delta
+    for command in ("cmdstat_lrange", "cmdstat_lpush", "cmdstat_zadd", "cmdstat_zcount", "cmdstat_eval"):
+        assert delta.get(command, 0) == 0, (command, delta)
