@@ -440,6 +440,8 @@ def test_414_and_431_and_other_server_refusals_are_in_the_json_envelope(live):
     assert status == 431 and body["error"]["code"] == "headers_too_large"
     status, body = raw(b"POST /api/billing/charges HTTP/1.1\r\nHost: a\r\nContent-Length: 20000000\r\n\r\n")
     assert status == 413 and body["error"]["code"] == "payload_too_large"
+    status, body = raw(b"GET /healthz HTTP/1.1\r\nHost: a\r\nBad Header Line\r\n\r\n")
+    assert status == 400 and body["error"]["code"] == "validation_error"
 
 
 # --- issue 9 item 3: usage is never dropped ----------------------------------------------------------

@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from a2wsgi import WSGIMiddleware
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 MAX_TARGET_BYTES = 8 * 1024  # path and query
@@ -27,14 +28,29 @@ BODY_TIMEOUT_SECONDS = float(os.environ.get("WEB_BODY_TIMEOUT_SECONDS", "30"))
 Scope = dict[str, Any]
 
 
+def _envelope(code: str, message: str) -> bytes:
+    return json.dumps({"success": False, "error": {"code": code, "message": message, "details": {}}}).encode()
+
+
+class JsonErrorsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering a request it cannot parse with the JSON envelope
+    instead of plain text."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = _envelope("validation_error", "invalid HTTP request")
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                             b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        self.transport.close()
+
+
 class Worker(UvicornWorker):
     """gunicorn's worker class for the API: an event loop per process (uvloop, httptools)."""
 
-    CONFIG_KWARGS = {"loop": "auto", "http": "auto", "lifespan": "off"}
+    CONFIG_KWARGS = {"loop": "auto", "http": "web.serving:JsonErrorsProtocol", "lifespan": "off"}
 
 
 def _refusal(status: int, code: str, message: str) -> tuple[dict, dict]:
-    body = json.dumps({"success": False, "error": {"code": code, "message": message, "details": {}}}).encode()
+    body = _envelope(code, message)
     start = {"type": "http.response.start", "status": status,
              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                          (b"connection", b"close")]}
@@ -61,11 +77,24 @@ class BufferedRequests:
         if body is None:  # the client went away
             return
         replay: list[dict] = [{"type": "http.request", "body": body, "more_body": False}]
+        started = False
 
         async def buffered() -> dict:
             return replay.pop() if replay else await receive()
 
-        await self.app(scope, buffered, send)
+        async def sending(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, buffered, sending)
+        except Exception:
+            # the app answers its own errors; this is the bridge failing: still the envelope
+            if started:
+                raise
+            for message in _refusal(500, "internal_error", "internal error"):
+                await send(message)
 
     @staticmethod
     def _oversized(scope: Scope) -> tuple[int, str, str] | None:
