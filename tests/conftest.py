@@ -89,6 +89,8 @@ def live(smtp_inbox) -> Iterator[TestStack]:
         # the SSRF guard is on everywhere; the tests' webhook receivers listen on 127.0.0.1
         WEBHOOK_ALLOW_PRIVATE_ADDRESSES="true",
         METRICS_TOKEN="metrics-" + uuid.uuid4().hex,
+        # short enough for a test to see a trickling client cut off (the default is 30 s)
+        WEB_HEADER_TIMEOUT_SECONDS="5",
     )
     port = free_port()
     try:

@@ -78,6 +78,30 @@ def test_200_slow_clients_trickling_headers_and_bodies_do_not_stop_the_api(live,
             connection.close()
 
 
+def test_a_client_whose_headers_never_end_is_cut_off_with_a_json_408(live):
+    connection = socket.create_connection(("127.0.0.1", live.port), timeout=30)
+    try:
+        connection.sendall(b"POST /api/billing/charge HTTP/1.1\r\nHost: a\r\n")
+        started, answer = time.monotonic(), b""
+        while time.monotonic() - started < 25:
+            try:
+                connection.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                break
+            connection.settimeout(1)
+            try:
+                chunk = connection.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            answer += chunk
+    finally:
+        connection.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"request_timeout"' in answer  # the test stack's WEB_HEADER_TIMEOUT_SECONDS is 5
+
+
 # --- 2: billing.manage ------------------------------------------------------------------------------
 
 

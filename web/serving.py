@@ -6,8 +6,9 @@ a complete request is handed to a thread of the Flask app (a2wsgi's WSGI bridge)
 threaded workers gave each connection a thread that blocked reading headers, so 80 connections
 trickling headers stopped the API; here they cost a socket and a few kilobytes each.
 
-Server-generated refusals use the API's JSON error envelope: 414 for an over-long request line,
-431 for oversized headers, 413 for an oversized body, 408 when a body does not arrive in time.
+Server-generated refusals use the API's JSON error envelope: 400 for a request that does not
+parse, 414 for an over-long request line, 431 for oversized headers, 413 for an oversized body, 408
+when headers or a body do not arrive in time (WEB_HEADER_TIMEOUT_SECONDS, WEB_BODY_TIMEOUT_SECONDS).
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ MAX_TARGET_BYTES = 8 * 1024  # path and query
 MAX_HEADER_BYTES = 32 * 1024  # all header names and values
 MAX_BODY_BYTES = 16 * 1024 * 1024  # the largest body any route takes (a POST /charges batch)
 BODY_TIMEOUT_SECONDS = float(os.environ.get("WEB_BODY_TIMEOUT_SECONDS", "30"))
+# a request's headers must be complete this long after its first byte (or after the connection opens)
+HEADER_TIMEOUT_SECONDS = float(os.environ.get("WEB_HEADER_TIMEOUT_SECONDS", "30"))
 
 Scope = dict[str, Any]
 
@@ -33,13 +36,49 @@ def _envelope(code: str, message: str) -> bytes:
 
 
 class JsonErrorsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, answering a request it cannot parse with the JSON envelope
-    instead of plain text."""
+    """uvicorn's httptools protocol with a header timeout (uvicorn has none: a connection trickling
+    header lines would stay open for ever), answering a request it cannot parse, or whose headers
+    do not arrive in time, with the JSON envelope instead of plain text."""
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:  # the next request on a kept-alive connection
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header_timer()
+        super().on_headers_complete()
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._headers_late)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self._close_with(408, b"Request Timeout", _envelope(
+                "request_timeout", f"the request headers did not arrive within {HEADER_TIMEOUT_SECONDS:g} s"))
 
     def send_400_response(self, msg: str) -> None:
-        body = _envelope("validation_error", "invalid HTTP request")
-        self.transport.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
-                             b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        self._close_with(400, b"Bad Request", _envelope("validation_error", "invalid HTTP request"))
+
+    def _close_with(self, status: int, reason: bytes, body: bytes) -> None:
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                             b"connection: close\r\n\r\n" % (status, reason, len(body)) + body)
         self.transport.close()
 
 
