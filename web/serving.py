@@ -41,6 +41,19 @@ class JsonErrorsProtocol(HttpToolsProtocol):
     do not arrive in time, with the JSON envelope instead of plain text."""
 
     _header_timer: asyncio.TimerHandle | None = None
+    _header_bytes = 0  # received while the current request's headers are incomplete
+
+    def data_received(self, data: bytes) -> None:
+        # httptools keeps any amount of header bytes: past the limits (and then some) the request
+        # cannot be served, so it is refused before it is held in memory
+        if self._header_timer is not None:
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_TARGET_BYTES + MAX_HEADER_BYTES + 4096:
+                self._cancel_header_timer()
+                self._close_with(431, b"Request Header Fields Too Large", _envelope(
+                    "headers_too_large", f"the request headers are larger than {MAX_HEADER_BYTES} bytes"))
+                return
+        super().data_received(data)
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -63,6 +76,7 @@ class JsonErrorsProtocol(HttpToolsProtocol):
         self._header_timer = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._headers_late)
 
     def _cancel_header_timer(self) -> None:
+        self._header_bytes = 0
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
