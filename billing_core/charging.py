@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import func, select, text, update
 
 from . import money, notifications
 from .db import UnitOfWork, unnest_arrays
@@ -22,7 +22,8 @@ from .errors import (
     ReservationExpired,
     WalletBlocked,
 )
-from .pricing import CATALOG, price_items
+from .pricing import CATALOG, TierPositions, price_items
+from .pricing.models import GRADUATED
 from .tables import usage_event_items, usage_events
 from .usage import CHARGED, PENDING, REJECTED, ChargeOutcome, UsageItemRecord, load_outcome
 from .wallet_book import WalletBook, check_settleable
@@ -149,7 +150,8 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
         select(usage_event_items.c.usage_event_id, usage_event_items.c.position, usage_event_items.c.category,
                usage_event_items.c.provider, usage_event_items.c.model, usage_event_items.c.unit,
                usage_event_items.c.quantity, usage_event_items.c.unit_price, usage_event_items.c.cost,
-               usage_event_items.c.price_id)
+               usage_event_items.c.price_id, usage_event_items.c.pricing, usage_event_items.c.unit_cost,
+               usage_event_items.c.provider_cost)
         .where(usage_event_items.c.tenant_id == tenant_id, usage_event_items.c.usage_event_id.in_(list(items)))
         .order_by(usage_event_items.c.usage_event_id, usage_event_items.c.position)
     ):
@@ -161,6 +163,9 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
     book.expire_due(keep=settling)
 
     catalog = CATALOG.for_tenant(uow, tenant_id)
+    # graduated tiers: where each month stands, read under the wallet lock (the book holds it) and
+    # advanced event by event, only for the events charged; written with the debits
+    positions = TierPositions(uow, tenant_id, locked=True)
     outcomes: list[dict[str, Any]] = []
     repriced: list[dict[str, Any]] = []
     for event in events:
@@ -168,9 +173,13 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
             if event.quote_id is not None:  # priced at acceptance by a binding quote; it stays so
                 cost = money.total(i.cost for i in items[event.id])
                 priced = None
+                advances = [((i.category, i.provider, i.model, i.unit), event.created_at,
+                             money.to_decimal(i.pricing["billedQuantity"]))
+                            for i in items[event.id] if i.pricing and i.pricing["pricingModel"] == GRADUATED]
             else:
-                priced = price_items(uow, tenant_id, items[event.id], event.created_at, catalog)
+                priced = price_items(uow, tenant_id, items[event.id], event.created_at, catalog, positions)
                 cost = money.total(p.cost for p in priced)
+                advances = [p.advance for p in priced if p.advance is not None]
             _charge(book, event, cost)
         except _REFUSALS as refusal:
             outcomes.append({"event_id": event.id, "status": REJECTED, "total_cost": None, "code": refusal.code,
@@ -180,31 +189,37 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
             outcomes.append({"event_id": event.id, "status": REJECTED, "total_cost": None, "code": "pricing_error",
                              "reason": f"the cost cannot be computed exactly: {type(exc).__name__}", "details": {}})
             continue
+        if advances:
+            positions.advance(advances)
         outcomes.append({"event_id": event.id, "status": CHARGED, "total_cost": cost, "code": None,
                          "reason": None, "details": None})
-        # items were priced at acceptance, which is the event's time; rewrite only what differs
-        repriced += [{"event_id": event.id, "position": i, "unit_price": p.price.unit_price, "cost": p.cost,
-                      "price_id": p.price.id}
-                     for i, (p, stored) in enumerate(zip(priced or [], items[event.id], strict=False))
-                     if (p.price.id, p.price.unit_price, p.cost) != (stored.price_id, stored.unit_price, stored.cost)]
+        # items were priced at acceptance, which is the event's time; rewrite only what differs (a
+        # graduated item's place in the month, mostly)
+        for stored, p in zip(items[event.id], priced or [], strict=False):
+            now_priced = (p.price.id, p.price.unit_price, p.cost, p.breakdown(), p.unit_cost, p.provider_cost)
+            if now_priced != (stored.price_id, stored.unit_price, stored.cost, stored.pricing, stored.unit_cost,
+                              stored.provider_cost):
+                repriced.append(dict(zip(_REPRICED, (event.id, stored.position, *now_priced), strict=True)))
 
     book.awaiting -= settling
     book.expire_due()  # holds kept for this group's charges that turned out too late
     book.flush()
+    positions.flush()
     for exceeded in book.budgets.exceeded:  # `alert` budgets: delivered by the notification sweep
         notifications.enqueue(uow, tenant_id, "budget.exceeded", exceeded)
     book.budgets.exceeded.clear()
     _settle_events(uow, tenant_id, outcomes)
-    if repriced:
-        uow.connection.execute(
-            update(usage_event_items)
-            .where(usage_event_items.c.tenant_id == tenant_id,
-                   usage_event_items.c.usage_event_id == bindparam("event_id"),
-                   usage_event_items.c.position == bindparam("position"))
-            .values(unit_price=bindparam("unit_price"), cost=bindparam("cost"), price_id=bindparam("price_id")),
-            repriced,
-        )
+    if repriced:  # one UPDATE, joined to the new prices passed as arrays
+        source, params = unnest_arrays(usage_event_items, repriced)
+        assignments = ", ".join(f'"{name}" = rows."{name}"' for name in _REPRICED[2:])
+        uow.connection.execute(text(
+            f"UPDATE usage_event_items AS i SET {assignments} FROM {source} "
+            "WHERE i.tenant_id = :tenant_id AND i.usage_event_id = rows.usage_event_id AND i.position = rows.position"
+        ), {**params, "tenant_id": tenant_id})
     return outcomes
+
+
+_REPRICED = ("usage_event_id", "position", "price_id", "unit_price", "cost", "pricing", "unit_cost", "provider_cost")
 
 
 def _charge(book: WalletBook, event: Any, cost: Decimal) -> None:

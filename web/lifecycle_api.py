@@ -18,6 +18,7 @@ from billing_core.commands import (
 )
 from billing_core.db import engine_for
 from billing_core.errors import NotFound, ValidationFailed
+from billing_core.pricing.models import terms_from_request
 from billing_core.wallet_book import WalletBook
 from billing_core.wallets import change_settings, get_wallet
 
@@ -246,9 +247,13 @@ def put_pricing() -> Response:
     The price in force until then is closed, never edited."""
     authenticate(ADMIN)
     command = parse(PriceRequest, json_body())
+    terms = terms_from_request(
+        command.pricingModel, unit_price=command.unitPrice, package_size=command.packageSize,
+        package_price=command.packagePrice, minimum_quantity=command.minimumQuantity,
+        tiers=None if command.tiers is None else [t.model_dump() for t in command.tiers])
     with unit_of_work() as uow:
         price = pricing.put_price(uow, tenant_id=command.tenantId,
                                   key=(command.category, command.provider, command.model, command.unit),
-                                  unit_price=command.unitPrice, effective_from=command.effectiveFrom,
+                                  terms=terms, effective_from=command.effectiveFrom,
                                   description=command.description)
     return ok(price=show.price(price))
