@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response, current_app
 
-from billing_core import money
+from billing_core import invoices, money
 from billing_core.commands import CostRequest, PriceAdjustmentRequest
 from billing_core.db import engine_for
 from billing_core.pricing import adjustments, costs
@@ -16,7 +16,7 @@ from . import schemas
 from .api import billing, documented, ok, unit_of_work
 from .auth import ADMIN, authenticate, tenant_for
 from .limits import rate_limited
-from .parsing import json_body, parse, parse_query, time_bound
+from .parsing import json_body, parse, parse_query, path_uuid, time_bound
 
 
 @billing.put("/pricing/adjustments")
@@ -101,3 +101,35 @@ def get_margins() -> Response:
                    for g in found.groups],
         "uncosted": {"revenue": text(found.uncosted_revenue), "items": found.uncosted_items},
         "groupBy": query.groupBy, "from": show.timestamp(start), "to": show.timestamp(end)})
+
+
+@billing.get("/invoices/<invoice_id>/margins")
+@documented({200: schemas.InvoiceMarginsResponse}, 403, 404, query=schemas.AdjustmentsQuery)
+@rate_limited(ADMIN)
+def get_invoice_margins(invoice_id: str) -> Response:
+    """Operators' view of an invoice: each usage line with its provider cost and margin (the tenant's
+    invoice never shows costs). Uncosted parts are counted apart, never as a zero cost."""
+    principal = authenticate(ADMIN)
+    tenant_id = tenant_for(principal, parse_query(schemas.AdjustmentsQuery).tenantId)
+    with unit_of_work() as uow:
+        invoice = invoices.get_invoice(uow, tenant_id, path_uuid(invoice_id, "invoice"))
+        found = {m.key: m for m in margin_report.invoice_line_margins(
+            uow.connection, tenant_id, invoice.period_start, invoice.period_end)}
+    text = money.format_decimal
+    lines = []
+    for line in invoice.usage_lines:
+        key = (line.feature_key, line.category, line.provider, line.model, line.unit,
+               None if line.unit_price is None else money.normalize(line.unit_price), line.prior_period)
+        m = found.get(key)
+        percent = margin_report.margin_percent(m.revenue, m.cost) if m else None
+        lines.append({"lineNumber": line.line_no, "featureKey": line.feature_key, "category": line.category,
+                      "provider": line.provider, "model": line.model, "unit": line.unit,
+                      "unitPrice": show.amount(line.unit_price), "quantity": show.amount(line.quantity),
+                      "exactAmount": show.amount(line.exact_amount), "priorPeriod": line.prior_period,
+                      "revenue": text(m.revenue) if m else "0", "cost": text(m.cost) if m else "0",
+                      "margin": text(m.margin) if m else "0",
+                      "marginPercent": None if percent is None else text(percent),
+                      "uncostedRevenue": text(m.uncosted_revenue) if m else text(line.exact_amount),
+                      "uncostedItems": m.uncosted_items if m else line.item_count})
+    return ok(invoiceMargins={"invoiceId": str(invoice.id), "tenantId": tenant_id, "period": invoice.period_label,
+                              "lines": lines})

@@ -522,3 +522,35 @@ class Margins(BaseModel):
 class MarginsResponse(BaseModel):
     success: Literal[True]
     margins: Margins
+
+
+class InvoiceLineMargin(BaseModel):
+    lineNumber: int
+    featureKey: str | None
+    category: str | None
+    provider: str | None
+    model: str | None
+    unit: str | None
+    unitPrice: DecimalString | None
+    quantity: DecimalString | None
+    exactAmount: DecimalString
+    priorPeriod: bool
+    revenue: DecimalString  # of the costed parts of the line
+    cost: DecimalString
+    margin: DecimalString
+    marginPercent: DecimalString | None
+    uncostedRevenue: DecimalString
+    uncostedItems: int
+
+
+class InvoiceMargins(BaseModel):
+    """Operators only: an invoice's usage lines with their provider cost and margin."""
+    invoiceId: Uuid
+    tenantId: str
+    period: str
+    lines: list[InvoiceLineMargin]
+
+
+class InvoiceMarginsResponse(BaseModel):
+    success: Literal[True]
+    invoiceMargins: InvoiceMargins

@@ -114,3 +114,75 @@ def margins(connection: Connection, *, start: datetime, end: datetime, group_by:
         {"start": start, "end": end, "tenant_id": tenant_id}).all()
     return Margins([MarginGroup(r.key, r.revenue, r.cost, r.events, r.uncosted_revenue, r.uncosted_items)
                     for r in rows])
+
+
+# --- margin per invoice line (operators only) ---------------------------------------------------------
+# The usage of a month as its invoice groups it (feature, category, provider, model, unit, unit price,
+# prior period), from the events charged in the month, with the provider cost of each line. An item
+# priced in tiers spreads its actual quantity over its parts in order (the units of the first tier were
+# used first) and each part costs that quantity x the item's unit cost; any other item's cost is all on
+# its one part. Refunds are invoice credit lines, not usage, so they are not taken off here.
+_INVOICE_LINES = """
+WITH parts AS (
+    SELECT e.feature_key, i.category, i.provider, i.model, i.unit, i.unit_price, i.quantity,
+           i.cost AS revenue, i.provider_cost AS cost, i.unit_cost, e.created_at < :start AS prior_period
+    FROM usage_events e
+    JOIN usage_event_items i ON i.tenant_id = e.tenant_id AND i.usage_event_id = e.id
+    WHERE e.tenant_id = :tenant_id AND e.status = 'charged' AND e.charged_at >= :start AND e.charged_at < :end
+      AND i.pricing IS NULL
+    UNION ALL
+    SELECT e.feature_key, i.category, i.provider, i.model,
+           CASE WHEN p.part ? 'packageSize' THEN (p.part ->> 'packageSize') || ' ' || i.unit ELSE i.unit END,
+           CAST(p.part ->> 'unitPrice' AS numeric), CAST(p.part ->> 'quantity' AS numeric),
+           CAST(p.part ->> 'amount' AS numeric),
+           CASE WHEN i.pricing ->> 'pricingModel' <> 'graduated' THEN i.provider_cost
+                ELSE least(CAST(p.part ->> 'quantity' AS numeric), greatest(0, i.quantity - coalesce(sum(
+                         CAST(p.part ->> 'quantity' AS numeric)) OVER (PARTITION BY i.id ORDER BY p.n
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))) * i.unit_cost END,
+           i.unit_cost, e.created_at < :start
+    FROM usage_events e
+    JOIN usage_event_items i ON i.tenant_id = e.tenant_id AND i.usage_event_id = e.id
+    CROSS JOIN LATERAL jsonb_array_elements(i.pricing -> 'parts') WITH ORDINALITY AS p (part, n)
+    WHERE e.tenant_id = :tenant_id AND e.status = 'charged' AND e.charged_at >= :start AND e.charged_at < :end
+      AND i.pricing IS NOT NULL
+)
+SELECT feature_key, category, provider, model, unit, unit_price, prior_period, sum(quantity) AS quantity,
+       coalesce(sum(revenue) FILTER (WHERE unit_cost IS NOT NULL), 0) AS revenue,
+       coalesce(sum(cost), 0) AS cost,
+       coalesce(sum(revenue) FILTER (WHERE unit_cost IS NULL), 0) AS uncosted_revenue,
+       count(*) FILTER (WHERE unit_cost IS NULL) AS uncosted_items
+FROM parts
+GROUP BY 1, 2, 3, 4, 5, 6, 7
+ORDER BY prior_period, feature_key, category, provider, model, unit, unit_price
+"""
+
+
+@dataclass(frozen=True)
+class LineMargin:
+    feature_key: str
+    category: str
+    provider: str
+    model: str
+    unit: str
+    unit_price: Decimal | None
+    prior_period: bool
+    quantity: Decimal
+    revenue: Decimal  # of the costed parts
+    cost: Decimal
+    uncosted_revenue: Decimal
+    uncosted_items: int
+
+    @property
+    def key(self) -> tuple:
+        return (self.feature_key, self.category, self.provider, self.model, self.unit,
+                None if self.unit_price is None else money.normalize(self.unit_price), self.prior_period)
+
+    @property
+    def margin(self) -> Decimal:
+        return money.subtract(self.revenue, self.cost)
+
+
+def invoice_line_margins(connection: Connection, tenant_id: str, start: datetime, end: datetime) -> list[LineMargin]:
+    """Revenue, provider cost and margin of each usage line of the tenant's month [start, end)."""
+    rows = connection.execute(text(_INVOICE_LINES), {"tenant_id": tenant_id, "start": start, "end": end}).all()
+    return [LineMargin(**r._mapping) for r in rows]
