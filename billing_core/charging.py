@@ -25,7 +25,7 @@ from .errors import (
 from .pricing import CATALOG, TierPositions, price_items
 from .pricing.models import GRADUATED
 from .tables import usage_event_items, usage_events
-from .usage import CHARGED, PENDING, REJECTED, ChargeOutcome, UsageItemRecord, load_outcome
+from .usage import CHARGED, PENDING, REJECTED, ChargeOutcome, load_outcome
 from .wallet_book import WalletBook, check_settleable
 
 
@@ -145,18 +145,19 @@ _REFUSALS = (PriceNotFound, InsufficientBalance, WalletBlocked, BudgetExceeded, 
 def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[dict[str, Any]]:
     """Price and settle claimed pending events against the locked wallet, in the order given."""
     tenant_id = book.tenant_id
-    items: dict[uuid.UUID, list[UsageItemRecord]] = {e.id: [] for e in events}
+    items: dict[uuid.UUID, list[Any]] = {e.id: [] for e in events}
+    c = usage_event_items.c
     for row in uow.connection.execute(
-        select(usage_event_items.c.usage_event_id, usage_event_items.c.position, usage_event_items.c.category,
-               usage_event_items.c.provider, usage_event_items.c.model, usage_event_items.c.unit,
-               usage_event_items.c.quantity, usage_event_items.c.unit_price, usage_event_items.c.cost,
-               usage_event_items.c.price_id, usage_event_items.c.pricing, usage_event_items.c.unit_cost,
-               usage_event_items.c.provider_cost)
-        .where(usage_event_items.c.tenant_id == tenant_id, usage_event_items.c.usage_event_id.in_(list(items)))
-        .order_by(usage_event_items.c.usage_event_id, usage_event_items.c.position)
+        select(c.usage_event_id, c.position, c.category, c.provider, c.model, c.unit, c.quantity, c.unit_price,
+               c.cost, c.price_id, c.unit_cost, c.provider_cost,
+               # what repricing compares and binding quotes advance by, without decoding the whole breakdown
+               c.pricing["pricingModel"].astext.label("pricing_model"),
+               c.pricing["billedQuantity"].astext.label("billed_quantity"),
+               c.pricing["tierStart"].astext.label("tier_start"))
+        .where(c.tenant_id == tenant_id, c.usage_event_id.in_(list(items)))
+        .order_by(c.usage_event_id, c.position)
     ):
-        event_id, *fields = row
-        items[event_id].append(UsageItemRecord(*fields))
+        items[row.usage_event_id].append(row)
     settling = {e.reservation_id for e in events if e.reservation_id is not None}
     book.load_holds(settling)
     # a hold a charge in hand settles is not expired under it; the charge's own time decides
@@ -174,8 +175,8 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
                 cost = money.total(i.cost for i in items[event.id])
                 priced = None
                 advances = [((i.category, i.provider, i.model, i.unit), event.created_at,
-                             money.to_decimal(i.pricing["billedQuantity"]))
-                            for i in items[event.id] if i.pricing and i.pricing["pricingModel"] == GRADUATED]
+                             money.to_decimal(i.billed_quantity))
+                            for i in items[event.id] if i.pricing_model == GRADUATED]
             else:
                 priced = price_items(uow, tenant_id, items[event.id], event.created_at, catalog, positions)
                 cost = money.total(p.cost for p in priced)
@@ -195,11 +196,15 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
                          "reason": None, "details": None})
         # items were priced at acceptance, which is the event's time; rewrite only what differs (a
         # graduated item's place in the month, mostly)
+        # (the breakdown follows from the price row, its multiplier, the quantity and the tier start)
         for stored, p in zip(items[event.id], priced or [], strict=False):
-            now_priced = (p.price.id, p.price.unit_price, p.cost, p.breakdown(), p.unit_cost, p.provider_cost)
-            if now_priced != (stored.price_id, stored.unit_price, stored.cost, stored.pricing, stored.unit_cost,
-                              stored.provider_cost):
-                repriced.append(dict(zip(_REPRICED, (event.id, stored.position, *now_priced), strict=True)))
+            tier_start = None if p.tier_start is None else money.format_decimal(p.tier_start)
+            if (p.price.id, p.price.unit_price, p.cost, p.unit_cost, p.provider_cost, tier_start) != (
+                    stored.price_id, stored.unit_price, stored.cost, stored.unit_cost, stored.provider_cost,
+                    stored.tier_start):
+                repriced.append(dict(zip(_REPRICED, (event.id, stored.position, p.price.id, p.price.unit_price,
+                                                     p.cost, p.breakdown(), p.unit_cost, p.provider_cost),
+                                         strict=True)))
 
     book.awaiting -= settling
     book.expire_due()  # holds kept for this group's charges that turned out too late

@@ -59,7 +59,8 @@ class TierPositions:
 
     def position(self, key: CatalogKey, at: datetime) -> Decimal:
         wanted = (key, month_of(at))
-        self.load([wanted])
+        if wanted not in self._loaded:
+            self.load([wanted])
         return self._positions.get(wanted, ZERO)
 
     def advance(self, advances: Iterable[tuple[CatalogKey, datetime, Decimal]]) -> None:
@@ -67,7 +68,8 @@ class TierPositions:
         assert self.locked, "only the charging path, under the wallet lock, moves tier positions"
         for key, at, quantity in advances:
             wanted = (key, month_of(at))
-            self.load([wanted])
+            if wanted not in self._loaded:
+                self.load([wanted])
             self._positions[wanted] = money.add(self._positions.get(wanted, ZERO), quantity)
             self._dirty.add(wanted)
 
