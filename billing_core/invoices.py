@@ -14,7 +14,9 @@ exactly, from the chain alone:
 Holds move no money (their amount is 0) and do not make an invoice. Usage lines come from the items of
 the usage events whose debit is in the month, grouped by feature, category, provider, model, unit and
 unit price; an event accepted before the month but charged in it (pending through an outage, say) is a
-separate prior-period line. Each line's amount is rounded once, half to even, to the currency's minor
+separate prior-period line. An item priced by a model (graduated tiers, packages, a minimum, a tenant
+multiplier) bills the parts it recorded when it was charged, so each tier is its own line (see
+_ITEM_PARTS). Each line's amount is rounded once, half to even, to the currency's minor
 unit, and the difference is shown; the ledger-exact totals reconcile, the rounded ones differ from
 them by exactly the rounding difference shown.
 

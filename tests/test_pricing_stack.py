@@ -347,3 +347,25 @@ def test_graduated_charges_in_a_month_add_up_to_the_price_of_the_total(engine, m
         last = connection.execute(text("SELECT total_cost FROM usage_events WHERE tenant_id = :t AND id = :id"),
                                   {"t": tenant, "id": outcome.event.id}).scalar_one()
     assert last == at_once(total + 1) - at_once(total)
+
+
+def test_operators_see_margin_per_invoice_line_and_tenants_do_not(api, tokens, tenant):
+    top_up(api, tokens["admin"], "100")
+    item = new_item()
+    put_price(api, tokens["admin"], item, tenantId=tenant, pricingModel="graduated", tiers=TIERS)
+    assert api.request("PUT", "/api/billing/costs", tokens["admin"], json={**item, "unitCost": "0.004"}).ok
+    block = {**new_item("telephony"), "unit": "second"}
+    put_price(api, tokens["admin"], block, tenantId=tenant, pricingModel="package", packageSize="15",
+              packagePrice="0.004")
+    charge(api, tokens["charge"], item, "1500")
+    charge(api, tokens["charge"], block, "31")
+    response = api.get("/api/billing/invoices/margins", tokens["admin"])
+    assert response.status_code == 200, response.text
+    lines = {(line["unit"], line["unitPrice"]): line for line in response.json()["invoiceMargins"]["lines"]}
+    first, second = lines[("token", "0.01")], lines[("token", "0.005")]
+    assert (first["revenue"], first["cost"], first["margin"], first["marginPercent"]) == ("10", "4", "6", "60")
+    assert (second["revenue"], second["cost"], second["margin"]) == ("2.5", "2", "0.5")
+    assert lines[("15 second", "0.004")]["uncostedItems"] == 1 and lines[("15 second", "0.004")]["cost"] == "0"
+    assert api.get("/api/billing/invoices/margins", tokens["view"]).status_code == 403
+    tenant_invoice = api.get("/api/billing/invoices/preview", tokens["view"]).json()["invoice"]
+    assert not [key for line in tenant_invoice["lines"] for key in line if "cost" in key.lower() or "margin" in key]

@@ -15,8 +15,9 @@ from . import representations as show
 from . import schemas
 from .api import billing, documented, ok, unit_of_work
 from .auth import ADMIN, authenticate, tenant_for
+from .errors import ApiError
 from .limits import rate_limited
-from .parsing import json_body, parse, parse_query, path_uuid, time_bound
+from .parsing import json_body, parse, parse_query, time_bound
 
 
 @billing.put("/pricing/adjustments")
@@ -103,21 +104,28 @@ def get_margins() -> Response:
         "groupBy": query.groupBy, "from": show.timestamp(start), "to": show.timestamp(end)})
 
 
-@billing.get("/invoices/<invoice_id>/margins")
-@documented({200: schemas.InvoiceMarginsResponse}, 403, 404, query=schemas.AdjustmentsQuery)
+@billing.get("/invoices/margins")
+@documented({200: schemas.InvoiceMarginsResponse}, 403, 409, query=schemas.InvoiceMarginsQuery)
 @rate_limited(ADMIN)
-def get_invoice_margins(invoice_id: str) -> Response:
-    """Operators' view of an invoice: each usage line with its provider cost and margin (the tenant's
-    invoice never shows costs). Uncosted parts are counted apart, never as a zero cost."""
+def get_invoice_margins() -> Response:
+    """Operators' view of a month's invoice data (default: the current month): each usage line, as the
+    invoice and its preview group them, with its provider cost and margin. The tenant's invoice never
+    shows costs. Uncosted parts are counted apart, never as a zero cost."""
     principal = authenticate(ADMIN)
-    tenant_id = tenant_for(principal, parse_query(schemas.AdjustmentsQuery).tenantId)
+    query = parse_query(schemas.InvoiceMarginsQuery)
+    tenant_id = tenant_for(principal, query.tenantId)
     with unit_of_work() as uow:
-        invoice = invoices.get_invoice(uow, tenant_id, path_uuid(invoice_id, "invoice"))
+        period = invoices.Period.parse(query.period) if query.period else invoices.Period.containing(uow.now())
+        try:
+            draft = invoices.preview(uow, tenant_id, period)
+        except invoices.PeriodNotStarted as exc:
+            raise ApiError(exc.code, exc.message, exc.details, status=409) from None
         found = {m.key: m for m in margin_report.invoice_line_margins(
-            uow.connection, tenant_id, invoice.period_start, invoice.period_end)}
+            uow.connection, tenant_id, draft.period_start, draft.period_end)}
+        uow.rollback()
     text = money.format_decimal
     lines = []
-    for line in invoice.usage_lines:
+    for line in draft.usage_lines:
         key = (line.feature_key, line.category, line.provider, line.model, line.unit,
                None if line.unit_price is None else money.normalize(line.unit_price), line.prior_period)
         m = found.get(key)
@@ -131,5 +139,4 @@ def get_invoice_margins(invoice_id: str) -> Response:
                       "marginPercent": None if percent is None else text(percent),
                       "uncostedRevenue": text(m.uncosted_revenue) if m else text(line.exact_amount),
                       "uncostedItems": m.uncosted_items if m else line.item_count})
-    return ok(invoiceMargins={"invoiceId": str(invoice.id), "tenantId": tenant_id, "period": invoice.period_label,
-                              "lines": lines})
+    return ok(invoiceMargins={"tenantId": tenant_id, "period": period.label, "lines": lines})

@@ -543,9 +543,13 @@ class InvoiceLineMargin(BaseModel):
     uncostedItems: int
 
 
+class InvoiceMarginsQuery(Query):
+    period: Annotated[str, Field(max_length=7, description="YYYY-MM; default: the current month")] | None = None
+    tenantId: TenantId | None = None
+
+
 class InvoiceMargins(BaseModel):
-    """Operators only: an invoice's usage lines with their provider cost and margin."""
-    invoiceId: Uuid
+    """Operators only: a month's invoice usage lines with their provider cost and margin."""
     tenantId: str
     period: str
     lines: list[InvoiceLineMargin]
