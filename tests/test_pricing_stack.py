@@ -369,3 +369,21 @@ def test_operators_see_margin_per_invoice_line_and_tenants_do_not(api, tokens, t
     assert api.get("/api/billing/invoices/margins", tokens["view"]).status_code == 403
     tenant_invoice = api.get("/api/billing/invoices/preview", tokens["view"]).json()["invoice"]
     assert not [key for line in tenant_invoice["lines"] for key in line if "cost" in key.lower() or "margin" in key]
+
+
+def test_entitlement_estimates_an_item_as_a_quote_prices_it(api, tokens, tenant):
+    top_up(api, tokens["admin"], "9")
+    item = new_item()
+    put_price(api, tokens["admin"], item, tenantId=tenant, pricingModel="graduated", tiers=TIERS)
+    query = "&".join(f"{k}={v}" for k, v in item.items())
+
+    def allowed(quantity: str) -> bool:
+        response = api.get(f"/api/billing/entitlement?featureKey=calls&{query}&quantity={quantity}", tokens["charge"])
+        assert response.status_code == 200, response.text
+        return response.json()["entitlement"]["allowed"]
+
+    assert allowed("900") and not allowed("1000")  # 9 fits, 10 does not
+    charge(api, tokens["charge"], item, "500")  # 5 of the 9; the month now stands at 500
+    assert allowed("400") and not allowed("401")
+    missing = api.get(f"/api/billing/entitlement?featureKey=calls&category={item['category']}", tokens["charge"])
+    assert missing.status_code == 400 and missing.json()["error"]["details"]["field"] == "provider"

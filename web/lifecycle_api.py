@@ -14,10 +14,12 @@ from billing_core.commands import (
     RefundRequest,
     ReleaseReservationRequest,
     ReservationRequest,
+    UsageItem,
     WalletSettingsRequest,
 )
 from billing_core.db import engine_for
 from billing_core.errors import NotFound, ValidationFailed
+from billing_core.pricing.items import estimate_cost
 from billing_core.pricing.models import terms_from_request
 from billing_core.wallet_book import WalletBook
 from billing_core.wallets import change_settings, get_wallet
@@ -211,6 +213,14 @@ def get_entitlement() -> Response:
         estimated = money.bounded(money.to_decimal(query.estimatedCost), maximum=money.MAX_AMOUNT, allow_zero=True)
     except money.InvalidAmount as exc:
         raise ValidationFailed("estimatedCost", str(exc)) from None
+    item = {name: getattr(query, name) for name in ("category", "provider", "model", "unit", "quantity")}
+    if any(value is not None for value in item.values()):
+        missing = next((name for name, value in item.items() if value is None), None)
+        if missing is not None:
+            raise ValidationFailed(missing, "an item to estimate needs category, provider, model, unit and quantity")
+        usage_item = parse(UsageItem, item)
+        with unit_of_work() as uow:
+            estimated = money.add(estimated, estimate_cost(uow, tenant_id, [usage_item]))
     engine = engine_for(current_app.config["LAD_SETTINGS"].database_url)
     with engine.connect() as connection:
         found = entitlement.check(connection, tenant_id, query.featureKey, estimated)

@@ -48,6 +48,12 @@ class EntitlementQuery(Query):
     featureKey: FeatureKey
     estimatedCost: Annotated[str, Field(max_length=64)] = "0"
     tenantId: TenantId | None = None
+    # or price one item as a quote would (added to estimatedCost): all five, or none
+    category: CatalogKey | None = None
+    provider: CatalogKey | None = None
+    model: CatalogKey | None = None
+    unit: CatalogKey | None = None
+    quantity: Annotated[str, Field(max_length=64)] | None = None
 
 
 class ChargeQuery(Query):

@@ -136,3 +136,12 @@ def line_breakdown(pricing_model: str, billed_quantity: Decimal, parts: list[dic
                             "packagePrice": part["unitPrice"] if part else None,
                             "amount": part["amount"] if part else "0"}
     return body
+
+
+def estimate_cost(uow: UnitOfWork, tenant_id: str, items: Sequence[PricedItemLike]) -> Decimal:
+    """What the items would cost now, priced as a quote prices them (graduated from where the month
+    stands); nothing is written. The entitlement check gates work on this estimate."""
+    from .catalog import clock_and_catalog
+
+    now, catalog = clock_and_catalog(uow, tenant_id)
+    return money.total(p.cost for p in price_items(uow, tenant_id, items, now, catalog))
