@@ -46,3 +46,39 @@ def scenario(bench: Any, token: Callable[..., str], count: int, flat_per_s: floa
     return {"group_commit_per_s": round(per_s, 1), "charges": count, "ingest_seconds": round(ingest, 2),
             "burst_commit_p99_ms": round(settled["commit_p99_ms"], 1),
             "ratio_to_flat": round(per_s / flat_per_s, 3), "target_ratio": 0.85}
+
+
+def main() -> int:
+    """`python -m bench.pricing [charges]`: only this comparison, flat then priced then flat again, on
+    one stack (a quick check; `make bench` reports it beside every other figure)."""
+    import sys
+    import uuid
+
+    from bench.run import Bench, token
+    from billing_core.db import dispose_engines
+    from devstack.stack import drop_database
+
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
+    bench = Bench()
+    bench.stack.start_servers()
+    bench.stack.migrate()
+    bench.start("group")
+    try:
+        flat = [bench.hot_wallet(f"group-{uuid.uuid4().hex[:6]}", count)["per_s"]]
+        priced = scenario(bench, token, count, flat[0])
+        flat.append(bench.hot_wallet(f"group-{uuid.uuid4().hex[:6]}", count)["per_s"])
+        mean = sum(flat) / 2
+        print(f"flat {flat[0]:,.0f} and {flat[1]:,.0f} charges/s; graduated + packaged "
+              f"{priced['group_commit_per_s']:,.0f} charges/s = {priced['group_commit_per_s'] / mean:.0%} of flat")
+    finally:
+        bench.stop_service()
+        dispose_engines()
+        if bench.stack.server_url:
+            drop_database(bench.stack.server_url, bench.stack.database_name)
+        if bench.stack.servers is not None:
+            bench.stack.servers.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -34,7 +34,9 @@ def at_once(total: Decimal, tiers=TIERS) -> Decimal:  # noqa: ANN001
 
 
 def new_item(category: str = "llm") -> dict[str, str]:
-    return {"category": category, "provider": "acme", "model": f"m-{uuid.uuid4().hex[:10]}", "unit": "token"}
+    """A catalog item of its own (categories start with test_: other tests tell them from the default catalog)."""
+    return {"category": f"test_{category}", "provider": "acme", "model": f"m-{uuid.uuid4().hex[:10]}",
+            "unit": "token"}
 
 
 def put_price(api: Api, admin: str, item: dict[str, str], **terms) -> dict:  # noqa: ANN003
@@ -214,7 +216,7 @@ def test_costs_and_margins_by_every_grouping(api, tokens, tenant):
     by_feature = {g["key"]: g for g in margins("featureKey")["groups"]}
     assert by_feature["agent"]["margin"] == "0" and by_feature["campaign"]["margin"] == "1"
     by_category = {g["key"]: g for g in margins("category")["groups"]}
-    assert by_category["llm"]["revenue"] == "5.5" and by_category["tts"]["uncostedRevenue"] == "1"
+    assert by_category["test_llm"]["revenue"] == "5.5" and by_category["test_tts"]["uncostedRevenue"] == "1"
     assert {g["key"] for g in margins("provider")["groups"]} == {"acme"}
     assert {g["key"] for g in margins("model")["groups"]} == {f"acme/{costed['model']}", f"acme/{uncosted['model']}"}
     assert api.get("/api/billing/margins", tokens["view"]).status_code == 403

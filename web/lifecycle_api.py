@@ -202,7 +202,7 @@ def post_adjustment() -> Response:
 
 
 @billing.get("/entitlement")
-@documented({200: schemas.EntitlementResponse}, 403, query=schemas.EntitlementQuery)
+@documented({200: schemas.EntitlementResponse}, 403, 422, query=schemas.EntitlementQuery)
 @rate_limited(CHARGE)
 def get_entitlement() -> Response:
     """May the feature start work of about `estimatedCost`? A read: nothing is held or written."""

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from ..db import UnitOfWork
 from ..errors import PriceNotFound, ValidationFailed
 from ..tables import catalog_revision, price_adjustments, prices, provider_costs
-from .models import GRADUATED, Terms, tiers_from_json, tiers_to_json
+from .models import Terms, tiers_from_json, tiers_to_json
 
 CURRENCY = "USD"
 CATALOG_START = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -143,7 +143,6 @@ class TenantPrices:
         self._costs: dict[CatalogKey, list[ProviderCost]] = {}
         for cost in costs:
             self._costs.setdefault(cost.key, []).append(cost)
-        self.has_graduated = any(p.pricing_model == GRADUATED for rows in self._rows.values() for p in rows)
 
     def price_at(self, key: CatalogKey, at: datetime) -> Price | None:
         """The tenant's override if it has one in force, else the global price scaled by the most
