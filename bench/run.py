@@ -27,6 +27,7 @@ import psutil
 from sqlalchemy import func, select
 
 from bench import invoices as invoice_bench
+from bench import pricing as pricing_bench
 from billing_core.db import dispose_engines, engine_for
 from billing_core.tables import usage_events
 from devstack.servers import free_port
@@ -314,6 +315,8 @@ class Bench:
             r["hot_wallet"] = {"group_commit_per_s": round(hot["per_s"], 1), "charges": HOT,
                                "burst_commit_p99_ms": round(hot["commit_p99_ms"], 1)}
             r["ingest_batch"] = {"events_per_s": round(HOT / hot["ingest_seconds"], 1), "batch_size": 1000}
+            # the same hot wallet with graduated and packaged items, beside the flat run (bench/pricing.py)
+            r["hot_wallet_priced"] = pricing_bench.scenario(self, token, HOT, hot["per_s"])
             spread = self.spread()
             r["spread"] = {"per_s": round(spread["per_s"], 1), "charges": spread["charges"], "tenants": TENANTS,
                            "ingest_events_per_s": round(spread["charges"] / spread["ingest_seconds"], 1)}
@@ -393,6 +396,8 @@ def table(r: dict[str, Any]) -> str:
         ("hot wallet, group commit", f"{hot['group_commit_per_s']:,.0f} charges/s ({hot['charges']:,})"),
         ("hot wallet, naive", f"{hot['naive_per_s']:,.0f} charges/s ({hot['naive_charges']:,})"),
         ("  group commit / naive", f"{hot['ratio']}x"),
+        *([("hot wallet, graduated + packaged", f"{r['hot_wallet_priced']['group_commit_per_s']:,.0f} charges/s "
+            f"({r['hot_wallet_priced']['ratio_to_flat']:.0%} of flat, target 85%)")] if "hot_wallet_priced" in r else []),
         ("spread over tenants", f"{r['spread']['per_s']:,.0f} charges/s ({r['spread']['charges']:,} / "
                                 f"{r['spread']['tenants']:,})"),
         ("POST /charges (1,000 per batch)", f"{r['ingest_batch']['events_per_s']:,.0f} events/s accepted"),

@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import func, select, text, update
 
 from . import money, notifications
 from .db import UnitOfWork, unnest_arrays
@@ -22,9 +22,10 @@ from .errors import (
     ReservationExpired,
     WalletBlocked,
 )
-from .pricing import CATALOG, price_items
+from .pricing import CATALOG, TierPositions, price_items
+from .pricing.models import GRADUATED
 from .tables import usage_event_items, usage_events
-from .usage import CHARGED, PENDING, REJECTED, ChargeOutcome, UsageItemRecord, load_outcome
+from .usage import CHARGED, PENDING, REJECTED, ChargeOutcome, load_outcome
 from .wallet_book import WalletBook, check_settleable
 
 
@@ -144,23 +145,28 @@ _REFUSALS = (PriceNotFound, InsufficientBalance, WalletBlocked, BudgetExceeded, 
 def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[dict[str, Any]]:
     """Price and settle claimed pending events against the locked wallet, in the order given."""
     tenant_id = book.tenant_id
-    items: dict[uuid.UUID, list[UsageItemRecord]] = {e.id: [] for e in events}
+    items: dict[uuid.UUID, list[Any]] = {e.id: [] for e in events}
+    c = usage_event_items.c
     for row in uow.connection.execute(
-        select(usage_event_items.c.usage_event_id, usage_event_items.c.position, usage_event_items.c.category,
-               usage_event_items.c.provider, usage_event_items.c.model, usage_event_items.c.unit,
-               usage_event_items.c.quantity, usage_event_items.c.unit_price, usage_event_items.c.cost,
-               usage_event_items.c.price_id)
-        .where(usage_event_items.c.tenant_id == tenant_id, usage_event_items.c.usage_event_id.in_(list(items)))
-        .order_by(usage_event_items.c.usage_event_id, usage_event_items.c.position)
+        select(c.usage_event_id, c.position, c.category, c.provider, c.model, c.unit, c.quantity, c.unit_price,
+               c.cost, c.price_id, c.unit_cost, c.provider_cost,
+               # what repricing compares and binding quotes advance by, without decoding the whole breakdown
+               c.pricing["pricingModel"].astext.label("pricing_model"),
+               c.pricing["billedQuantity"].astext.label("billed_quantity"),
+               c.pricing["tierStart"].astext.label("tier_start"))
+        .where(c.tenant_id == tenant_id, c.usage_event_id.in_(list(items)))
+        .order_by(c.usage_event_id, c.position)
     ):
-        event_id, *fields = row
-        items[event_id].append(UsageItemRecord(*fields))
+        items[row.usage_event_id].append(row)
     settling = {e.reservation_id for e in events if e.reservation_id is not None}
     book.load_holds(settling)
     # a hold a charge in hand settles is not expired under it; the charge's own time decides
     book.expire_due(keep=settling)
 
     catalog = CATALOG.for_tenant(uow, tenant_id)
+    # graduated tiers: where each month stands, read under the wallet lock (the book holds it) and
+    # advanced event by event, only for the events charged; written with the debits
+    positions = TierPositions(uow, tenant_id, locked=True)
     outcomes: list[dict[str, Any]] = []
     repriced: list[dict[str, Any]] = []
     for event in events:
@@ -168,9 +174,13 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
             if event.quote_id is not None:  # priced at acceptance by a binding quote; it stays so
                 cost = money.total(i.cost for i in items[event.id])
                 priced = None
+                advances = [((i.category, i.provider, i.model, i.unit), event.created_at,
+                             money.to_decimal(i.billed_quantity))
+                            for i in items[event.id] if i.pricing_model == GRADUATED]
             else:
-                priced = price_items(uow, tenant_id, items[event.id], event.created_at, catalog)
+                priced = price_items(uow, tenant_id, items[event.id], event.created_at, catalog, positions)
                 cost = money.total(p.cost for p in priced)
+                advances = [p.advance for p in priced if p.advance is not None]
             _charge(book, event, cost)
         except _REFUSALS as refusal:
             outcomes.append({"event_id": event.id, "status": REJECTED, "total_cost": None, "code": refusal.code,
@@ -180,31 +190,41 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
             outcomes.append({"event_id": event.id, "status": REJECTED, "total_cost": None, "code": "pricing_error",
                              "reason": f"the cost cannot be computed exactly: {type(exc).__name__}", "details": {}})
             continue
+        if advances:
+            positions.advance(advances)
         outcomes.append({"event_id": event.id, "status": CHARGED, "total_cost": cost, "code": None,
                          "reason": None, "details": None})
-        # items were priced at acceptance, which is the event's time; rewrite only what differs
-        repriced += [{"event_id": event.id, "position": i, "unit_price": p.price.unit_price, "cost": p.cost,
-                      "price_id": p.price.id}
-                     for i, (p, stored) in enumerate(zip(priced or [], items[event.id], strict=False))
-                     if (p.price.id, p.price.unit_price, p.cost) != (stored.price_id, stored.unit_price, stored.cost)]
+        # items were priced at acceptance, which is the event's time; rewrite only what differs (a
+        # graduated item's place in the month, mostly)
+        # (the breakdown follows from the price row, its multiplier, the quantity and the tier start)
+        for stored, p in zip(items[event.id], priced or [], strict=False):
+            tier_start = None if p.tier_start is None else money.format_decimal(p.tier_start)
+            if (p.price.id, p.price.unit_price, p.cost, p.unit_cost, p.provider_cost, tier_start) != (
+                    stored.price_id, stored.unit_price, stored.cost, stored.unit_cost, stored.provider_cost,
+                    stored.tier_start):
+                repriced.append(dict(zip(_REPRICED, (event.id, stored.position, p.price.id, p.price.unit_price,
+                                                     p.cost, p.breakdown(), p.unit_cost, p.provider_cost),
+                                         strict=True)))
 
     book.awaiting -= settling
     book.expire_due()  # holds kept for this group's charges that turned out too late
     book.flush()
+    positions.flush()
     for exceeded in book.budgets.exceeded:  # `alert` budgets: delivered by the notification sweep
         notifications.enqueue(uow, tenant_id, "budget.exceeded", exceeded)
     book.budgets.exceeded.clear()
     _settle_events(uow, tenant_id, outcomes)
-    if repriced:
-        uow.connection.execute(
-            update(usage_event_items)
-            .where(usage_event_items.c.tenant_id == tenant_id,
-                   usage_event_items.c.usage_event_id == bindparam("event_id"),
-                   usage_event_items.c.position == bindparam("position"))
-            .values(unit_price=bindparam("unit_price"), cost=bindparam("cost"), price_id=bindparam("price_id")),
-            repriced,
-        )
+    if repriced:  # one UPDATE, joined to the new prices passed as arrays
+        source, params = unnest_arrays(usage_event_items, repriced)
+        assignments = ", ".join(f'"{name}" = rows."{name}"' for name in _REPRICED[2:])
+        uow.connection.execute(text(
+            f"UPDATE usage_event_items AS i SET {assignments} FROM {source} "
+            "WHERE i.tenant_id = :tenant_id AND i.usage_event_id = rows.usage_event_id AND i.position = rows.position"
+        ), {**params, "tenant_id": tenant_id})
     return outcomes
+
+
+_REPRICED = ("usage_event_id", "position", "price_id", "unit_price", "cost", "pricing", "unit_cost", "provider_cost")
 
 
 def _charge(book: WalletBook, event: Any, cost: Decimal) -> None:

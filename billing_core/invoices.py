@@ -14,7 +14,9 @@ exactly, from the chain alone:
 Holds move no money (their amount is 0) and do not make an invoice. Usage lines come from the items of
 the usage events whose debit is in the month, grouped by feature, category, provider, model, unit and
 unit price; an event accepted before the month but charged in it (pending through an outage, say) is a
-separate prior-period line. Each line's amount is rounded once, half to even, to the currency's minor
+separate prior-period line. An item priced by a model (graduated tiers, packages, a minimum, a tenant
+multiplier) bills the parts it recorded when it was charged, so each tier is its own line (see
+_ITEM_PARTS). Each line's amount is rounded once, half to even, to the currency's minor
 unit, and the difference is shown; the ledger-exact totals reconcile, the rounded ones differ from
 them by exactly the rounding difference shown.
 
@@ -309,10 +311,27 @@ _DRAFT_USAGE = """
 CREATE TEMP TABLE invoice_draft_usage ON COMMIT DROP AS
 SELECT {columns}
 FROM usage_events e
-JOIN usage_event_items i ON i.usage_event_id = e.id
+JOIN {item_parts} i ON i.usage_event_id = e.id
 WHERE e.status = 'charged' AND e.charged_at >= :start AND e.charged_at < :end {tenant_e}
 GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
+# The items as invoices bill them: an item priced as quantity x unit price is one part; an item priced
+# by a model (tiers, packages, a minimum, a multiplier) bills the parts it recorded when it was charged
+# (usage_event_items.pricing), each at its own unit price, so tier lines are separate lines and every
+# line is quantity x unit price. A package part's quantity is packages, its unit "<size> <unit>".
+# The few priced items are read through their partial index.
+_ITEM_PARTS = """(
+    SELECT i.tenant_id, i.usage_event_id, i.category, i.provider, i.model, i.unit, i.unit_price, i.quantity, i.cost
+    FROM usage_event_items i WHERE i.pricing IS NULL
+    UNION ALL
+    SELECT i.tenant_id, i.usage_event_id, i.category, i.provider, i.model,
+           CASE WHEN p.part ? 'packageSize' THEN (p.part ->> 'packageSize') || ' ' || i.unit ELSE i.unit END,
+           CAST(p.part ->> 'unitPrice' AS numeric), CAST(p.part ->> 'quantity' AS numeric),
+           CAST(p.part ->> 'amount' AS numeric)
+    FROM usage_event_items i CROSS JOIN LATERAL jsonb_array_elements(i.pricing -> 'parts') AS p (part)
+    WHERE i.pricing IS NOT NULL
+)"""
+
 # 3b. the debits whose place in the chain moves them across a boundary: dated in the margin before the
 # month but after its first entry (+1: the month's), or dated in the month but after the next month's
 # first entry (-1: the next month's). Usually none.
@@ -329,7 +348,7 @@ WITH {bounds}, moved AS (
 SELECT {columns}
 FROM moved m
 JOIN usage_events e ON e.id = m.usage_event_id
-JOIN usage_event_items i ON i.usage_event_id = e.id
+JOIN {item_parts} i ON i.usage_event_id = e.id
 GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
 
@@ -480,9 +499,11 @@ def _prepare(uow: UnitOfWork, period: Period, tenant_id: str | None) -> None:
     moved_columns = _USAGE_COLUMNS.format(count="sum(m.sign)", signed="m.sign * ")
     for table, statement in (("invoice_draft_chain", _DRAFT_CHAIN.format(bounds=bounds, month=month)),
                              ("invoice_draft_credits", _DRAFT_CREDITS.format(bounds=bounds, month=month)),
-                             ("invoice_draft_usage", _DRAFT_USAGE.format(columns=usage_columns, tenant_e=tenant_e)),
+                             ("invoice_draft_usage", _DRAFT_USAGE.format(columns=usage_columns, tenant_e=tenant_e,
+                                                                         item_parts=_ITEM_PARTS)),
                              ("invoice_draft_usage", _DRAFT_USAGE_MOVED.format(bounds=bounds, tenant_l=tenant_l,
-                                                                               columns=moved_columns)),
+                                                                               columns=moved_columns,
+                                                                               item_parts=_ITEM_PARTS)),
                              ("invoice_draft_lines", _DRAFT_LINES.format(minor_unit=minor)),
                              ("invoice_draft_headers", _DRAFT_HEADERS.format(minor_unit=minor))):
         uow.connection.execute(text(statement), params)

@@ -14,6 +14,7 @@ from . import money
 from .db import UnitOfWork
 from .errors import NotFound, QuoteExpired
 from .pricing import CURRENCY, CatalogKey, Price, PricedItem, PricedItemLike, TenantPrices, clock_and_catalog, price_items
+from .pricing.models import GRADUATED, Terms, terms_from_json, terms_to_json
 from .tables import quotes
 
 
@@ -29,21 +30,30 @@ class Quote:
 
 
 class QuotedPrices:
-    """Prices as a quote fixed them; an item the quote did not cover is priced from the catalog."""
+    """Prices as a quote fixed them — every model's terms as scaled then, and for graduated items the
+    place in the month's tiers the quote priced from; an item the quote did not cover is priced from
+    the catalog."""
 
     def __init__(self, quote: Quote, catalog: TenantPrices):
-        self._catalog = catalog
+        self.catalog = catalog
         self._quoted: dict[CatalogKey, Price] = {}
         for line in quote.lines:
             key = (line["category"], line["provider"], line["model"], line["unit"])
+            if key in self._quoted:
+                continue  # a later line of the same item follows the first from where it ended
+            # quotes made before pricing models kept only a unit price
+            terms = terms_from_json(line["terms"]) if "terms" in line else Terms(
+                unit_price=money.to_decimal(line["unitPrice"]))
             self._quoted[key] = Price(
                 id=uuid.UUID(line["priceId"]), tenant_id=quote.tenant_id, category=key[0], provider=key[1],
-                model=key[2], unit=key[3], unit_price=money.to_decimal(line["unitPrice"]), currency=quote.currency,
+                model=key[2], unit=key[3], unit_price=terms.unit_price, currency=quote.currency,
                 description=f"quote {quote.id}", effective_from=quote.created_at, effective_to=quote.expires_at,
-                created_at=quote.created_at)
+                created_at=quote.created_at, terms=terms,
+                multiplier=None if line.get("multiplier") is None else Decimal(line["multiplier"]),
+                quoted_position=Decimal(line["tierStart"]) if terms.pricing_model == GRADUATED else None)
 
     def price_at(self, key: CatalogKey, at: datetime) -> Price | None:
-        return self._quoted.get(key) or self._catalog.price_at(key, at)
+        return self._quoted.get(key) or self.catalog.price_at(key, at)
 
 
 def create_quote(uow: UnitOfWork, tenant_id: str, items: Sequence[PricedItemLike],
@@ -53,14 +63,25 @@ def create_quote(uow: UnitOfWork, tenant_id: str, items: Sequence[PricedItemLike
     priced = price_items(uow, tenant_id, items, now, catalog)
     quote = Quote(
         id=uuid.uuid4(), tenant_id=tenant_id,
-        lines=[{"category": p.item.category, "provider": p.item.provider, "model": p.item.model, "unit": p.item.unit,
-                "quantity": money.format_decimal(p.item.quantity), "unitPrice": money.format_decimal(p.price.unit_price),
-                "priceId": str(p.price.id)} for p in priced],
+        lines=[_line(p) for p in priced],
         total_cost=money.total(p.cost for p in priced), currency=CURRENCY,
         expires_at=now + timedelta(seconds=ttl_seconds), created_at=now)
     uow.connection.execute(insert(quotes).values(**vars(quote)))
     uow.commit()
     return quote, priced
+
+
+def _line(p: PricedItem) -> dict[str, Any]:
+    line = {"category": p.item.category, "provider": p.item.provider, "model": p.item.model, "unit": p.item.unit,
+            "quantity": money.format_decimal(p.item.quantity),
+            "unitPrice": None if p.price.unit_price is None else money.format_decimal(p.price.unit_price),
+            "priceId": str(p.price.id)}
+    if not p.price.terms.is_plain or p.price.multiplier is not None:
+        line["terms"] = terms_to_json(p.price.terms)
+        line["multiplier"] = None if p.price.multiplier is None else money.format_decimal(p.price.multiplier)
+    if p.tier_start is not None:
+        line["tierStart"] = money.format_decimal(p.tier_start)
+    return line
 
 
 def load_quotes(uow: UnitOfWork, tenant_id: str, quote_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Quote]:

@@ -44,12 +44,18 @@ prices = Table(
     Column("provider", Text, nullable=False),
     Column("model", Text, nullable=False),
     Column("unit", Text, nullable=False),
-    Column("unit_price", Money, nullable=False),
+    Column("unit_price", Money),  # NULL for package and graduated prices
     Column("currency", Text, nullable=False),
     Column("description", Text),
     Column("effective_from", DateTime(timezone=True), nullable=False),
     Column("effective_to", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # pricing models (migration 0010): unit (unit_price), package or graduated (tiers)
+    Column("pricing_model", Text, nullable=False),
+    Column("package_size", Money),
+    Column("package_price", Money),
+    Column("minimum_quantity", Money),
+    Column("tiers", JSONB(none_as_null=True)),
 )
 
 usage_events = Table(
@@ -92,6 +98,9 @@ usage_event_items = Table(
     Column("unit_price", Money),
     Column("cost", Money),
     Column("price_id", Uuid, ForeignKey("prices.id")),
+    Column("pricing", JSONB(none_as_null=True)),  # how it was priced when more than quantity x unit price (0010)
+    Column("unit_cost", Money),  # the provider's unit cost in force at the event's time; NULL: uncosted
+    Column("provider_cost", Money),  # quantity x unit_cost
 )
 
 ledger_entries = Table(
@@ -233,4 +242,46 @@ reconciliation_runs = Table(
     Column("stuck_pending_events", Integer, nullable=False),
     Column("oldest_pending_seconds", Numeric, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# --- pricing models, costs and margins (migration 0010) ---------------------------------------------
+
+price_adjustments = Table(
+    "price_adjustments", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("tenant_id", Text, primary_key=True),
+    Column("category", Text),  # NULL: any
+    Column("provider", Text),
+    Column("model", Text),
+    Column("unit", Text),
+    Column("multiplier", Money, nullable=False),
+    Column("effective_from", DateTime(timezone=True), nullable=False),
+    Column("effective_to", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+provider_costs = Table(  # operators' table: no tenant
+    "provider_costs", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("category", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("unit", Text, nullable=False),
+    Column("unit_cost", Money, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("effective_from", DateTime(timezone=True), nullable=False),
+    Column("effective_to", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+tier_positions = Table(
+    "tier_positions", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("category", Text, primary_key=True),
+    Column("provider", Text, primary_key=True),
+    Column("model", Text, primary_key=True),
+    Column("unit", Text, primary_key=True),
+    Column("period_start", DateTime(timezone=True), primary_key=True),
+    Column("billed_quantity", Money, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )

@@ -14,7 +14,7 @@ from . import idempotency, money
 from .commands import ChargeRequest, fingerprint_body
 from .db import UnitOfWork, unnest_arrays
 from .errors import BillingError, NotFound, ValidationFailed
-from .pricing import CURRENCY, PricedItem, clock_and_catalog, price_items
+from .pricing import CURRENCY, PricedItem, TierPositions, clock_and_catalog, price_items
 from .quotes import QuotedPrices, binding_prices, load_quotes
 from .reservations import load_reservations
 from .tables import idempotency_records, usage_event_items, usage_events
@@ -35,6 +35,9 @@ class UsageItemRecord:
     unit_price: Decimal | None
     cost: Decimal | None
     price_id: uuid.UUID | None = None
+    pricing: dict[str, Any] | None = None  # how it was priced, when more than quantity x unit price
+    unit_cost: Decimal | None = None  # the provider's; None: uncosted
+    provider_cost: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,9 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
                                                 *(h.quote_id for h in found_holds.values() if h.quote_id)])
     fresh: list[_Candidate] = []
     unpriced: dict[int, BillingError] = {}
+    # graduated items are estimated from the committed tier positions (read once for the submission);
+    # the charging worker prices them again where the month stands under the wallet lock
+    estimate = TierPositions(uow, tenant_id, locked=False)
     for candidate in first_by_key.values():
         command = candidate.command
         try:
@@ -140,7 +146,7 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
                 prices = catalog
             elif candidate.quote_id == command.quoteId:
                 prices = binding_prices(found_quotes, command.quoteId, accepted_at, catalog)
-            candidate.priced = price_items(uow, tenant_id, command.items, accepted_at, prices)
+            candidate.priced = price_items(uow, tenant_id, command.items, accepted_at, prices, estimate, catalog)
             fresh.append(candidate)
         except BillingError as refusal:
             unpriced[candidate.index] = refusal
@@ -220,7 +226,8 @@ def _claim_and_insert(uow: UnitOfWork, tenant_id: str, fresh: list[_Candidate],
     lines, item_params = unnest_arrays(usage_event_items, [
         {"id": uuid.uuid4(), "tenant_id": tenant_id, "usage_event_id": c.event_id, "position": position,
          "category": p.item.category, "provider": p.item.provider, "model": p.item.model, "unit": p.item.unit,
-         "quantity": p.item.quantity, "unit_price": p.price.unit_price, "cost": p.cost, "price_id": p.price.id}
+         "quantity": p.item.quantity, "unit_price": p.price.unit_price, "cost": p.cost, "price_id": p.price.id,
+         "pricing": p.breakdown(), "unit_cost": p.unit_cost, "provider_cost": p.provider_cost}
         for c in fresh for position, p in enumerate(c.priced)], alias="item")
     event_columns = [name for name in vars(next(iter(events.values()))) if name != "seq"]
     item_columns = ", ".join(f'"{name}"' for name in usage_event_items.c.keys())
@@ -271,7 +278,8 @@ def load_items(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID) -> li
     rows = uow.connection.execute(
         select(usage_event_items.c.position, usage_event_items.c.category, usage_event_items.c.provider,
                usage_event_items.c.model, usage_event_items.c.unit, usage_event_items.c.quantity,
-               usage_event_items.c.unit_price, usage_event_items.c.cost)
+               usage_event_items.c.unit_price, usage_event_items.c.cost, usage_event_items.c.price_id,
+               usage_event_items.c.pricing, usage_event_items.c.unit_cost, usage_event_items.c.provider_cost)
         .where(usage_event_items.c.tenant_id == tenant_id, usage_event_items.c.usage_event_id == usage_event_id)
         .order_by(usage_event_items.c.position)
     )

@@ -31,6 +31,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     settings: Settings = app.config["LAD_SETTINGS"]
     app.extensions["lad_tokens"] = app.config.get("LAD_TOKENS") or TokenSettings.from_env()
     app.extensions["lad_outcomes"] = ChargeOutcomeListener(settings.redis_url, settings.charge_outcome_channel)
+    from . import pricing_api  # noqa: F401 - pricing models, costs and margins: routes join the blueprint
     app.register_blueprint(billing)
     init_limiter(app)
     app.register_blueprint(health)

@@ -14,10 +14,13 @@ from billing_core.commands import (
     RefundRequest,
     ReleaseReservationRequest,
     ReservationRequest,
+    UsageItem,
     WalletSettingsRequest,
 )
 from billing_core.db import engine_for
 from billing_core.errors import NotFound, ValidationFailed
+from billing_core.pricing.items import estimate_cost
+from billing_core.pricing.models import terms_from_request
 from billing_core.wallet_book import WalletBook
 from billing_core.wallets import change_settings, get_wallet
 
@@ -197,7 +200,7 @@ def post_adjustment() -> Response:
 
 
 @billing.get("/entitlement")
-@documented({200: schemas.EntitlementResponse}, 403, query=schemas.EntitlementQuery)
+@documented({200: schemas.EntitlementResponse}, 403, 422, query=schemas.EntitlementQuery)
 @rate_limited(VIEW)  # a read: it must not spend the tenant's charge bucket
 def get_entitlement() -> Response:
     """May the feature start work of about `estimatedCost`? A read: nothing is held or written."""
@@ -208,6 +211,14 @@ def get_entitlement() -> Response:
         estimated = money.bounded(money.to_decimal(query.estimatedCost), maximum=money.MAX_AMOUNT, allow_zero=True)
     except money.InvalidAmount as exc:
         raise ValidationFailed("estimatedCost", str(exc)) from None
+    item = {name: getattr(query, name) for name in ("category", "provider", "model", "unit", "quantity")}
+    if any(value is not None for value in item.values()):
+        missing = next((name for name, value in item.items() if value is None), None)
+        if missing is not None:
+            raise ValidationFailed(missing, "an item to estimate needs category, provider, model, unit and quantity")
+        usage_item = parse(UsageItem, item)
+        with unit_of_work() as uow:
+            estimated = money.add(estimated, estimate_cost(uow, tenant_id, [usage_item]))
     engine = engine_for(current_app.config["LAD_SETTINGS"].database_url)
     with engine.connect() as connection:
         found = entitlement.check(connection, tenant_id, query.featureKey, estimated)
@@ -244,9 +255,13 @@ def put_pricing() -> Response:
     The price in force until then is closed, never edited."""
     authenticate(ADMIN)
     command = parse(PriceRequest, json_body())
+    terms = terms_from_request(
+        command.pricingModel, unit_price=command.unitPrice, package_size=command.packageSize,
+        package_price=command.packagePrice, minimum_quantity=command.minimumQuantity,
+        tiers=None if command.tiers is None else [t.model_dump() for t in command.tiers])
     with unit_of_work() as uow:
         price = pricing.put_price(uow, tenant_id=command.tenantId,
                                   key=(command.category, command.provider, command.model, command.unit),
-                                  unit_price=command.unitPrice, effective_from=command.effectiveFrom,
+                                  terms=terms, effective_from=command.effectiveFrom,
                                   description=command.description)
     return ok(price=show.price(price))

@@ -8,7 +8,9 @@ from billing_core import money
 from billing_core.budgets import BudgetStatus
 from billing_core.history import Summary
 from billing_core.ledger import Verification
-from billing_core.pricing import Price, PricedItem
+from billing_core.pricing import Adjustment, Price, PricedItem, ProviderCost
+from billing_core.pricing.items import line_breakdown
+from billing_core.pricing.models import UNIT, tiers_to_json
 from billing_core.usage import Acceptance, ChargeOutcome, UsageEvent, UsageItemRecord
 from billing_core.wallet_book import Grant, Reservation
 from billing_core.wallets import LedgerEntry, Wallet
@@ -25,19 +27,42 @@ def amount(value: Any) -> str | None:
 
 
 def price(p: Price) -> dict[str, Any]:
-    return {
+    body = {
         "category": p.category, "provider": p.provider, "model": p.model, "unit": p.unit,
         "unitPrice": amount(p.unit_price), "currency": p.currency, "description": p.description,
         "scope": "tenant" if p.tenant_id else "global",
         "effectiveFrom": timestamp(p.effective_from), "effectiveTo": timestamp(p.effective_to),
+        "pricingModel": p.pricing_model,
     }
+    terms = p.terms
+    for name, value in (("packageSize", terms.package_size), ("packagePrice", terms.package_price),
+                        ("minimumQuantity", terms.minimum_quantity), ("multiplier", p.multiplier)):
+        if value is not None:
+            body[name] = amount(value)
+    if terms.tiers:
+        body["tiers"] = tiers_to_json(terms.tiers)
+    return body
 
 
 def quote_line(p: PricedItem) -> dict[str, Any]:
+    breakdown = p.breakdown()
     return {
         "category": p.item.category, "provider": p.item.provider, "model": p.item.model, "unit": p.item.unit,
         "quantity": amount(p.item.quantity), "unitPrice": amount(p.price.unit_price), "totalCost": amount(p.cost),
+        **line_breakdown(p.price.pricing_model, p.billed_quantity, breakdown["parts"] if breakdown else []),
     }
+
+
+def adjustment(a: Adjustment) -> dict[str, Any]:
+    return {"id": str(a.id), "tenantId": a.tenant_id, "multiplier": amount(a.multiplier), "category": a.category,
+            "provider": a.provider, "model": a.model, "unit": a.unit, "effectiveFrom": timestamp(a.effective_from),
+            "effectiveTo": timestamp(a.effective_to)}
+
+
+def provider_cost(c: ProviderCost) -> dict[str, Any]:
+    return {"id": str(c.id), "category": c.category, "provider": c.provider, "model": c.model, "unit": c.unit,
+            "unitCost": amount(c.unit_cost), "currency": c.currency, "effectiveFrom": timestamp(c.effective_from),
+            "effectiveTo": timestamp(c.effective_to)}
 
 
 def wallet(w: Wallet, grants: list[Grant] | None = None) -> dict[str, Any]:
@@ -103,9 +128,13 @@ def rejection(e: UsageEvent) -> dict[str, Any]:
 
 
 def usage_item(i: UsageItemRecord) -> dict[str, Any]:
+    """A charged item as the tenant sees it: what it paid and why (never the provider's cost)."""
+    pricing = i.pricing or {}
+    billed = money.to_decimal(pricing["billedQuantity"]) if "billedQuantity" in pricing else i.quantity
     return {
         "category": i.category, "provider": i.provider, "model": i.model, "unit": i.unit,
         "quantity": amount(i.quantity), "unitPrice": amount(i.unit_price), "totalCost": amount(i.cost),
+        **line_breakdown(pricing.get("pricingModel", UNIT), billed, pricing.get("parts", [])),
     }
 
 

@@ -48,6 +48,12 @@ class EntitlementQuery(Query):
     featureKey: FeatureKey
     estimatedCost: Annotated[str, Field(max_length=64)] = "0"
     tenantId: TenantId | None = None
+    # or price one item as a quote would (added to estimatedCost): all five, or none
+    category: CatalogKey | None = None
+    provider: CatalogKey | None = None
+    model: CatalogKey | None = None
+    unit: CatalogKey | None = None
+    quantity: Annotated[str, Field(max_length=64)] | None = None
 
 
 class ChargeQuery(Query):
@@ -87,17 +93,42 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class TierOut(BaseModel):
+    upTo: DecimalString | None
+    unitPrice: DecimalString
+
+
+class TierLine(BaseModel):
+    quantity: DecimalString
+    unitPrice: DecimalString
+    amount: DecimalString
+
+
+class PackagesLine(BaseModel):
+    count: DecimalString
+    packageSize: DecimalString | None
+    packagePrice: DecimalString | None
+    amount: DecimalString
+
+
 class PriceOut(BaseModel):
     category: str
     provider: str
     model: str
     unit: str
-    unitPrice: DecimalString
+    unitPrice: DecimalString | None  # the unit model's; null for package and graduated
     currency: str
     description: str | None
     scope: Literal["global", "tenant"]
     effectiveFrom: Timestamp
     effectiveTo: Timestamp | None
+    # pricing models (see "Pricing models" in the README)
+    pricingModel: Literal["unit", "package", "graduated"] = "unit"
+    packageSize: DecimalString | None = None
+    packagePrice: DecimalString | None = None
+    minimumQuantity: DecimalString | None = None
+    tiers: list[TierOut] | None = None
+    multiplier: DecimalString | None = None  # the tenant's multiplier, already applied to the prices
 
 
 class PricingResponse(BaseModel):
@@ -113,8 +144,12 @@ class QuoteLine(BaseModel):
     model: str
     unit: str
     quantity: DecimalString
-    unitPrice: DecimalString
+    unitPrice: DecimalString | None  # null for package and graduated items: see tiers / packages
     totalCost: DecimalString
+    pricingModel: Literal["unit", "package", "graduated"] = "unit"
+    billedQuantity: DecimalString | None = None
+    tiers: list[TierLine] | None = None
+    packages: PackagesLine | None = None
 
 
 class Quote(BaseModel):
@@ -359,6 +394,10 @@ class UsageItemOut(BaseModel):
     quantity: DecimalString
     unitPrice: DecimalString | None
     totalCost: DecimalString | None
+    pricingModel: Literal["unit", "package", "graduated"] = "unit"
+    billedQuantity: DecimalString | None = None
+    tiers: list[TierLine] | None = None
+    packages: PackagesLine | None = None
 
 
 class UsageEventDetail(UsageEventOut):
@@ -389,3 +428,139 @@ class VerifyResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = {}
+
+
+# --- pricing models, costs and margins ----------------------------------------------------------------
+
+
+class AdjustmentOut(BaseModel):
+    id: Uuid
+    tenantId: str
+    multiplier: DecimalString
+    category: str | None
+    provider: str | None
+    model: str | None
+    unit: str | None
+    effectiveFrom: Timestamp
+    effectiveTo: Timestamp | None
+
+
+class AdjustmentResponse(BaseModel):
+    success: Literal[True]
+    adjustment: AdjustmentOut
+
+
+class AdjustmentsResponse(BaseModel):
+    success: Literal[True]
+    adjustments: list[AdjustmentOut]
+
+
+class AdjustmentsQuery(Query):
+    tenantId: TenantId | None = None
+
+
+class CostOut(BaseModel):
+    id: Uuid
+    category: str
+    provider: str
+    model: str
+    unit: str
+    unitCost: DecimalString
+    currency: str
+    effectiveFrom: Timestamp
+    effectiveTo: Timestamp | None
+
+
+class CostResponse(BaseModel):
+    success: Literal[True]
+    cost: CostOut
+
+
+class CostsResponse(BaseModel):
+    success: Literal[True]
+    costs: list[CostOut]
+
+
+class CostsQuery(Query):
+    category: CatalogKey | None = None
+    provider: CatalogKey | None = None
+    model: CatalogKey | None = None
+    unit: CatalogKey | None = None
+
+
+class MarginsQuery(Query):
+    from_: Annotated[TimeBound | None, Field(alias="from")] = None  # default: the start of this UTC month
+    to: TimeBound | None = None  # default: now
+    groupBy: Literal["tenant", "featureKey", "category", "provider", "model"] = "tenant"
+    tenantId: TenantId | None = None
+
+
+class MarginGroup(BaseModel):
+    key: str
+    revenue: DecimalString
+    cost: DecimalString
+    margin: DecimalString
+    marginPercent: DecimalString | None
+    events: int
+    uncostedRevenue: DecimalString
+    uncostedItems: int
+
+
+class Uncosted(BaseModel):
+    revenue: DecimalString
+    items: int
+
+
+class Margins(BaseModel):
+    """Over charged usage less refunds: revenue, cost and margin of the costed items; items with no
+    provider cost in force are counted apart (`uncosted`), never as a zero cost."""
+    revenue: DecimalString
+    cost: DecimalString
+    margin: DecimalString
+    marginPercent: DecimalString | None
+    groups: list[MarginGroup]
+    uncosted: Uncosted
+    groupBy: str
+    from_: Annotated[Timestamp, Field(alias="from")]
+    to: Timestamp
+
+
+class MarginsResponse(BaseModel):
+    success: Literal[True]
+    margins: Margins
+
+
+class InvoiceLineMargin(BaseModel):
+    lineNumber: int
+    featureKey: str | None
+    category: str | None
+    provider: str | None
+    model: str | None
+    unit: str | None
+    unitPrice: DecimalString | None
+    quantity: DecimalString | None
+    exactAmount: DecimalString
+    priorPeriod: bool
+    revenue: DecimalString  # of the costed parts of the line
+    cost: DecimalString
+    margin: DecimalString
+    marginPercent: DecimalString | None
+    uncostedRevenue: DecimalString
+    uncostedItems: int
+
+
+class InvoiceMarginsQuery(Query):
+    period: Annotated[str, Field(max_length=7, description="YYYY-MM; default: the current month")] | None = None
+    tenantId: TenantId | None = None
+
+
+class InvoiceMargins(BaseModel):
+    """Operators only: a month's invoice usage lines with their provider cost and margin."""
+    tenantId: str
+    period: str
+    lines: list[InvoiceLineMargin]
+
+
+class InvoiceMarginsResponse(BaseModel):
+    success: Literal[True]
+    invoiceMargins: InvoiceMargins
