@@ -24,6 +24,7 @@ from tests.helpers import assert_ledger_consistent, stt_items, top_up, wallet
 
 DEADLINE_SECONDS = 60
 GOOD_CARD, DECLINED_CARD = "4242424242424242", "4000000000000341"  # the second attaches, then declines
+THREE_D_SECURE_CARD = "4000002760003184"  # needs the customer's authentication on every payment
 
 
 # --- Stripe (localstripe) through the official library ---------------------------------------------
@@ -203,6 +204,7 @@ def test_a_charge_crossing_the_threshold_recharges_to_the_target_once(api, token
     assert len(stripe_grants(api, tokens["admin"])) == 1
     assert scan_now() == 0 and len(attempts(api, tokens["admin"], tenant)) == 1
     assert_ledger_consistent(api, make_token, tenant)
+    assert 'lad_auto_topup_attempts_total{outcome="succeeded"}' in api.get("/metrics").text
 
 
 def test_fifty_concurrent_crossing_charges_give_one_attempt_and_one_grant(api, tokens, tenant, make_token,
@@ -259,6 +261,37 @@ def test_a_declined_card_fails_once_disables_and_notifies_until_enabled_again(ap
     assert [a["status"] for a in found] == ["succeeded", "failed"]
     assert found[0]["amount"] == "46" and wallet(api, tokens["admin"])["currentBalance"] == "50"
     assert_ledger_consistent(api, make_token, tenant)
+
+
+def test_a_card_that_needs_3d_secure_fails_as_authentication_required(api, tokens, tenant, stripe_client):
+    card = saved_card(stripe_client, THREE_D_SECURE_CARD)
+    top_up(api, tokens["admin"], "5")
+    assert put_rule(api, tokens["admin"], card).status_code == 200
+    [attempt] = wait_finished(api, tokens["admin"], tenant)
+    assert attempt["status"] == "failed" and attempt["failureCode"] == "authentication_required", attempt
+    [intent] = intents_of(stripe_client, tenant)
+    assert intent.status == "requires_action" and attempt["paymentIntentId"] == intent.id
+    assert get_rule(api, tokens["admin"])["status"] == "disabled"
+    assert wallet(api, tokens["admin"])["currentBalance"] == "5"
+
+
+def test_without_a_stripe_key_auto_top_up_answers_503(live, tenant):
+    from dataclasses import replace
+
+    from billing_core.config import Settings
+    from tests.conftest import TEST_SECRET
+    from web.app import create_app
+    from web.auth import TokenSettings, issue_token
+
+    tokens = TokenSettings(TEST_SECRET, None, None, None)
+    app = create_app({"LAD_SETTINGS": replace(Settings.from_env(), stripe_secret_key=None), "LAD_TOKENS": tokens})
+    token = issue_token(tokens, tenant_id=tenant, capabilities=["billing.manage"])
+    with app.test_client() as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        for response in (client.get("/api/billing/settings/auto-topup", headers=headers),
+                         client.put("/api/billing/settings/auto-topup", headers=headers, json={"threshold": "1"})):
+            assert response.status_code == 503, response.get_data(as_text=True)
+            assert response.get_json()["error"]["code"] == "unavailable"
 
 
 def test_stripe_unreachable_is_retried_with_the_same_key_and_charges_once(live, api, tokens, tenant, make_token,
