@@ -86,8 +86,10 @@ def pay_auto_topup(tenant_id: str, attempt_id: str) -> str:
         with _uow() as uow:
             attempts.succeed(uow, tenant_id, attempt_uuid, result.payment_intent_id, result.paid)
     elif outcome == "failed" or claimed.tries >= settings.auto_topup_max_tries:
-        # a refused payment, or Stripe still unreachable after every try: the breaker opens either way
-        code = (result.code or "failed") if outcome == "failed" else "stripe_unreachable"
+        # a refused payment, or no answer after every try: the breaker opens either way (a payment
+        # that went through unseen is still credited by its payment_intent.succeeded webhook)
+        code = {"failed": result.code or "failed", "processing": "payment_still_processing"}.get(
+            outcome, "stripe_unreachable")
         with _uow() as uow:
             dispatch(attempts.fail(uow, tenant_id, attempt_uuid, code, result.message or code,
                                    result.payment_intent_id))
