@@ -442,3 +442,25 @@ def test_allocations_grant_once_per_period_under_concurrent_beat_runs(api, token
     assert api.request("DELETE", "/api/billing/allocations/monthly", tokens["admin"]).status_code == 200
     assert api.get("/api/billing/allocations/monthly", tokens["admin"]).status_code == 404
     assert_ledger_consistent(api, make_token, tenant)
+
+
+def test_a_pending_attempt_whose_message_was_lost_is_sent_again_by_the_scan(api, tokens, tenant, make_token,
+                                                                           stripe_client, engine):
+    from sqlalchemy import text
+
+    card = saved_card(stripe_client)
+    top_up(api, tokens["admin"], "100")
+    assert put_rule(api, tokens["admin"], card).status_code == 200
+    lost = uuid.uuid4()  # committed, but its message never reached the broker
+    with engine.begin() as connection:
+        connection.execute(text("""
+            INSERT INTO auto_topup_attempts (tenant_id, id, status, amount, available_before, threshold, month,
+                                             next_try_at)
+            VALUES (:t, :id, 'pending', 15, 5, 10, date_trunc('month', now() AT TIME ZONE 'UTC')::date,
+                    now() - interval '1 minute')
+        """), {"t": tenant, "id": lost})
+    assert scan_now() >= 1
+    [attempt] = wait_finished(api, tokens["admin"], tenant)
+    assert attempt["id"] == str(lost) and attempt["status"] == "succeeded" and attempt["stripeRequests"] == 1
+    assert wallet(api, tokens["admin"])["currentBalance"] == "115"
+    assert_ledger_consistent(api, make_token, tenant)
