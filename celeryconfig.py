@@ -66,6 +66,12 @@ beat_schedule = {
     # last month's invoices, a little after midnight on the 1st so transactions begun before it have ended
     "rollup-invoices": {"task": "billing.rollup_invoices", "schedule": crontab(minute="15", hour="0", day_of_month="1"),
                         "options": {"expires": 23 * 3600}},
+    # auto top-ups the charging path did not start (it asks after every settled group), and pending
+    # attempts whose message was lost
+    "scan-auto-topups": {"task": "billing.scan_auto_topups", "schedule": crontab(minute="*"), "options": _MINUTE},
+    # recurring allocations, once per (tenant, allocation, month) behind a unique key
+    "grant-allocations": {"task": "billing.grant_allocations", "schedule": crontab(minute="5", hour="0", day_of_month="1"),
+                          "options": {"expires": 23 * 3600}},
     # every wallet's ledger chain, balance, grants and holds, and the pending backlog
     "reconcile-ledgers": {"task": "billing.reconcile_ledgers", "schedule": crontab(minute="7"),
                           "options": {"expires": 3000}},

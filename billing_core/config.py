@@ -27,6 +27,12 @@ class Settings:
     rate_limit_view: str = "3000/minute"
     rate_limit_admin: str = "1200/minute"
     rate_limit_depleted: str = "60/minute"
+    # auto top-up: payments through Stripe (unset key: auto top-up answers 503 and never pays)
+    stripe_secret_key: str | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+    # a try that could not reach Stripe is repeated after base × 2^(tries−1) seconds, this many tries in all
+    auto_topup_retry_base_seconds: float = 5
+    auto_topup_max_tries: int = 8
 
     def __post_init__(self) -> None:
         if self.charge_mode not in ("group", "naive"):
@@ -58,6 +64,10 @@ class Settings:
             rate_limit_view=os.environ.get("RATE_LIMIT_VIEW", "3000/minute"),
             rate_limit_admin=os.environ.get("RATE_LIMIT_ADMIN", "1200/minute"),
             rate_limit_depleted=os.environ.get("RATE_LIMIT_DEPLETED", "60/minute"),
+            stripe_secret_key=os.environ.get("STRIPE_SECRET_KEY") or None,
+            stripe_api_base=os.environ.get("STRIPE_API_BASE") or "https://api.stripe.com",
+            auto_topup_retry_base_seconds=float(os.environ.get("AUTO_TOPUP_RETRY_BASE_SECONDS", "5")),
+            auto_topup_max_tries=int(os.environ.get("AUTO_TOPUP_MAX_TRIES", "8")),
         )
 
 

@@ -27,3 +27,6 @@ INVOICE_ROLLUP_SECONDS = Histogram("lad_invoice_rollup_duration_seconds", "Month
 RECONCILIATION_MISMATCHES = Gauge("lad_reconciliation_mismatches", "Mismatches found by the last reconciliation",
                                   multiprocess_mode="mostrecent")
 RECONCILIATION_RUNS = Counter("lad_reconciliation_runs_total", "Reconciliation runs by result", ["result"])
+AUTO_TOPUP_ATTEMPTS = Counter("lad_auto_topup_attempts_total",
+                              "Auto top-up attempts started and tries by outcome (started, succeeded, failed, "
+                              "retry, processing, capped)", ["outcome"])

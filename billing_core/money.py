@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
+from decimal import ROUND_CEILING, Context, Decimal, Inexact, InvalidOperation, Overflow
 
 # Wide enough for any product of a bounded quantity and a bounded price; Inexact is trapped,
 # so a result that would need rounding raises instead of silently losing a digit.
@@ -97,3 +97,9 @@ def total(values: Iterable[Decimal]) -> Decimal:
 def format_decimal(value: Decimal) -> str:
     """Plain notation without exponent or trailing zeros: Decimal('1E+2') -> '100'."""
     return format(normalize(value), "f")
+
+
+def round_up(value: Decimal, step: Decimal) -> Decimal:
+    """The smallest multiple of `step` (a power of ten, e.g. 0.01) at or above `value`: what must be
+    paid in whole cents to cover `value`. The one place an amount is rounded, always upwards."""
+    return Context(prec=80, rounding=ROUND_CEILING, traps=[InvalidOperation, Overflow]).quantize(value, step)

@@ -95,7 +95,8 @@ notification_attempts = Table(
     Column("error", Text),
 )
 
-EVENT_TYPES = ("balance.low", "balance.depleted", "invoice.finalized", "budget.exceeded", "reconciliation.mismatch")
+EVENT_TYPES = ("balance.low", "balance.depleted", "invoice.finalized", "budget.exceeded", "reconciliation.mismatch",
+               "auto_topup.failed", "auto_topup.capped")
 WEBHOOK, EMAIL = "webhook", "email"
 CHANNELS = (WEBHOOK, EMAIL)
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -604,6 +605,8 @@ _SUBJECTS = {
     "invoice.finalized": "Invoice {period} is ready",
     "budget.exceeded": "Budget exceeded for {featureKey}",
     "reconciliation.mismatch": "Ledger reconciliation found a mismatch",
+    "auto_topup.failed": "Auto top-up failed ({failureCode}); it is turned off",
+    "auto_topup.capped": "Auto top-up reached this month's limit ({maxPerMonth})",
 }
 
 _INTROS = {
@@ -615,6 +618,10 @@ _INTROS = {
     "budget.exceeded": "A feature's spend went over the budget you set.",
     "reconciliation.mismatch": "The hourly reconciliation found ledger entries, balances or pending events that "
                                "do not agree. Nothing was changed; please investigate.",
+    "auto_topup.failed": "An automatic top-up of your LAD Billing wallet could not be paid. Auto top-up is turned off "
+                         "until an administrator turns it on again; no credits were added.",
+    "auto_topup.capped": "Your LAD Billing wallet is at or below its auto top-up threshold, but another top-up "
+                         "would pass the monthly limit you set. No payment was made.",
 }
 
 

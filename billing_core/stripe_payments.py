@@ -51,8 +51,7 @@ def process_event(uow: UnitOfWork, event_id: str) -> str:
         # a payment's credit and its clawbacks are applied one at a time (taken before any row lock,
         # so no two events wait on each other), so a clawback processed alongside its payment either
         # sees the grant or is seen waiting by it
-        uow.connection.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-                               {"key": f"stripe-payment:{payment}"})
+        lock_payment(uow, payment)
     row = uow.connection.execute(
         select(stripe_events).where(stripe_events.c.id == event_id).with_for_update()).one()
     if row.status in ("processed", "ignored", "failed"):
@@ -142,15 +141,36 @@ def _credit(uow: UnitOfWork, event_type: str, event_id: str, obj: dict[str, Any]
                     else obj.get("amount_received"))
     if not amount:
         return "ignored", tenant_id, "no amount paid"
-    # any tenant: one payment is one grant, whatever a second event's metadata says
-    if _payment_grant(uow, payment) is not None:
+    if credit_payment(uow, tenant_id, payment, amount, reference=event_id) is None:
         return "ignored", tenant_id, f"payment {payment} was credited already"
-    book = WalletBook.open(uow, tenant_id)
-    book.add_grant(amount, kind=PAID, source="stripe", grant_reference=f"stripe:{payment}", reference=event_id,
-                   description=f"Stripe payment {payment}", idempotency_key=f"stripe:{event_id}",
-                   created_by="stripe")
-    book.flush()
     return "processed", tenant_id, None
+
+
+def lock_payment(uow: UnitOfWork, payment: str) -> None:
+    """Serialize everything done about one payment intent (its credit, clawbacks, an auto top-up's
+    finish) until the transaction ends. Reentrant within a transaction."""
+    uow.connection.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                           {"key": f"stripe-payment:{payment}"})
+
+
+def credit_payment(uow: UnitOfWork, tenant_id: str, payment: str, amount: Decimal, *, reference: str) -> Any:
+    """A paid grant for a Stripe payment intent, once: the payment intent keys the grant, so the
+    webhook and an auto top-up that both learn of one payment add it once. Returns the new grant,
+    or None when the payment was credited already (to any tenant). No commit."""
+    lock_payment(uow, payment)
+    if _payment_grant(uow, payment) is not None:
+        return None
+    book = WalletBook.open(uow, tenant_id)
+    _, grant = book.add_grant(amount, kind=PAID, source="stripe", grant_reference=f"stripe:{payment}",
+                              reference=reference, description=f"Stripe payment {payment}",
+                              idempotency_key=f"stripe:{reference}", created_by="stripe")
+    book.flush()
+    return grant
+
+
+def payment_grant(uow: UnitOfWork, payment: str) -> Any:
+    """The grant (id, tenant_id, amount) a payment intent created, or None."""
+    return _payment_grant(uow, payment)
 
 
 def _payment_grant(uow: UnitOfWork, payment: str) -> Any:

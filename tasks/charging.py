@@ -18,6 +18,7 @@ from billing_core.db import UnitOfWork, engine_for
 from billing_core.errors import NotFound
 
 from .app import celery_app
+from .auto_topup import check_auto_topup
 from .notifications import check_balance_alerts
 
 log = logs.get(__name__)
@@ -73,6 +74,7 @@ def charge_wallet(tenant_id: str) -> int:
         charge_wallet.apply_async(args=[tenant_id])
     if settled:
         _check_alerts(tenant_id)
+        _check_auto_topup(tenant_id)
     return settled
 
 
@@ -83,6 +85,15 @@ def _check_alerts(tenant_id: str) -> None:
         check_balance_alerts(tenant_id)
     except Exception:
         log.exception("checking the balance alerts of %s failed; the beat scan will", tenant_id)
+
+
+def _check_auto_topup(tenant_id: str) -> None:
+    """Auto top-up right after the charges that may cross its threshold; the minute scan is the
+    safety net, so a failure here is only logged."""
+    try:
+        check_auto_topup(tenant_id)
+    except Exception:
+        log.exception("checking the auto top-up of %s failed; the minute scan will", tenant_id)
 
 
 def _record(tenant_id: str, group: list[charging.Settled]) -> None:

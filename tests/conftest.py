@@ -19,6 +19,7 @@ from tests.helpers import Api
 
 TEST_SECRET = "test-secret-" + uuid.uuid4().hex
 STRIPE_SECRET = "whsec_test_" + uuid.uuid4().hex
+STRIPE_API_KEY = "sk_test_" + uuid.uuid4().hex  # localstripe accepts any sk_ key
 
 
 class TestStack:
@@ -53,6 +54,28 @@ class TestStack:
     def start_redis(self) -> None:
         assert self.stack.servers is not None
         self.stack.servers.start_redis()
+
+    # localstripe: the Stripe API server auto top-up pays through (STRIPE_API_BASE); its state
+    # survives a stop and start, like Stripe's during an outage on the way to it
+    @property
+    def stripe_port(self) -> int:
+        return int(self.env["STRIPE_API_BASE"].rsplit(":", 1)[1])
+
+    @property
+    def stripe_log(self) -> Path:
+        return self.logs / "localstripe.log"
+
+    def start_localstripe(self) -> None:
+        from devstack.servers import _wait_for_port
+        from devstack.stack import PYTHON_BIN
+
+        process = self.stack.spawn("localstripe", str(PYTHON_BIN / "python"), "-m", "devstack.localstripe",
+                                   "--port", str(self.stripe_port), "--state", str(self.logs / "localstripe.pickle"),
+                                   log=self.stripe_log)
+        _wait_for_port(self.stripe_port, process, self.stripe_log)
+
+    def stop_localstripe(self) -> None:
+        self.stack.stop_process("localstripe")
 
 
 @pytest.fixture(scope="session")
@@ -91,19 +114,26 @@ def live(smtp_inbox) -> Iterator[TestStack]:
         METRICS_TOKEN="metrics-" + uuid.uuid4().hex,
         # short enough for a test to see a trickling client cut off (the default is 30 s)
         WEB_HEADER_TIMEOUT_SECONDS="5",
+        STRIPE_SECRET_KEY=STRIPE_API_KEY,
+        STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}",
+        AUTO_TOPUP_RETRY_BASE_SECONDS="1",
     )
     port = free_port()
+    test_stack = TestStack(stack, port, logs)
     try:
+        test_stack.start_localstripe()
         stack.start_servers()
         stack.migrate()
         stack.start_worker(log=logs / "worker.log", concurrency=4)
         stack.start_beat(log=logs / "beat.log")
         stack.start_web(port, log=logs / "web.log", workers=2, threads=32)
         stack.wait_ready(port)
-        # WEBHOOK_ALLOW_PRIVATE_ADDRESSES: tests deliver in-process to their local receivers too
-        os.environ.update({k: stack.env[k] for k in ("DATABASE_URL", "REDIS_URL", "BILLING_QUEUE",
-                                                     "WEBHOOK_ALLOW_PRIVATE_ADDRESSES")})
-        yield TestStack(stack, port, logs)
+        os.environ.update({k: stack.env[k] for k in (
+            "DATABASE_URL", "REDIS_URL", "BILLING_QUEUE", "STRIPE_API_BASE", "STRIPE_SECRET_KEY",
+            "AUTO_TOPUP_RETRY_BASE_SECONDS",
+            # tests deliver in-process to their local receivers too
+            "WEBHOOK_ALLOW_PRIVATE_ADDRESSES")})
+        yield test_stack
     finally:
         for name in list(stack.processes):
             stack.stop_process(name)

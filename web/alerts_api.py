@@ -26,7 +26,7 @@ log = logs.get(__name__)
 # --- query and response models (OpenAPI) ----------------------------------------------------------
 
 EventType = Literal["balance.low", "balance.depleted", "invoice.finalized", "budget.exceeded",
-                    "reconciliation.mismatch"]
+                    "reconciliation.mismatch", "auto_topup.failed", "auto_topup.capped"]
 
 
 class NotificationsQuery(schemas.Query):

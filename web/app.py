@@ -8,7 +8,7 @@ from flask import Flask
 from billing_core import logs
 from billing_core.config import Settings
 
-from . import alerts_api, invoices_api, lifecycle_api, stripe_webhook  # noqa: F401 - their routes join the blueprint
+from . import alerts_api, auto_topup_api, invoices_api, lifecycle_api, stripe_webhook  # noqa: F401 - their routes join the blueprint
 from .api import billing
 from .auth import TokenSettings
 from .errors import register_error_handlers

@@ -1,0 +1,249 @@
+"""Auto top-up settings, the operators' list of attempts, and recurring allocations under
+/api/billing. Handlers parse, call billing_core, and answer."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from flask import Response, current_app
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from billing_core import allocations, logs
+from billing_core.allocations import AllocationName, AllocationRequest
+from billing_core.auto_topup import attempts, rules
+from billing_core.auto_topup.rules import AutoTopupRequest
+from billing_core.commands import TenantId
+from billing_core.errors import NotFound, ValidationFailed
+from tasks.auto_topup import check_auto_topup
+
+from . import schemas
+from .api import billing, documented, ok, unit_of_work
+from .auth import ADMIN, MANAGE, authenticate, managed_tenant, tenant_for
+from .errors import ApiError
+from .limits import rate_limited
+from .parsing import json_body, parse, parse_query
+from .representations import amount, timestamp
+
+log = logs.get(__name__)
+
+# --- response models (OpenAPI) --------------------------------------------------------------------
+
+
+class AutoTopupOut(BaseModel):
+    tenantId: str
+    enabled: bool
+    status: Literal["active", "disabled"]
+    disabledReason: str | None
+    disabledAt: schemas.Timestamp | None
+    threshold: schemas.DecimalString
+    rechargeTo: schemas.DecimalString | None
+    amount: schemas.DecimalString | None
+    stripeCustomerId: str
+    stripePaymentMethodId: str
+    maxPerMonth: schemas.DecimalString | None
+    cooldownSeconds: int
+    spentThisMonth: schemas.DecimalString
+    createdAt: schemas.Timestamp
+    updatedAt: schemas.Timestamp
+
+
+class AutoTopupResponse(BaseModel):
+    success: Literal[True]
+    autoTopup: AutoTopupOut
+
+
+class AttemptOut(BaseModel):
+    id: schemas.Uuid
+    tenantId: str
+    status: Literal["pending", "succeeded", "failed", "capped"]
+    amount: schemas.DecimalString
+    availableBefore: schemas.DecimalString
+    threshold: schemas.DecimalString
+    paymentIntentId: str | None
+    failureCode: str | None
+    failureMessage: str | None
+    stripeRequests: int
+    grantId: schemas.Uuid | None
+    createdAt: schemas.Timestamp
+    finishedAt: schemas.Timestamp | None
+
+
+class AttemptsResponse(BaseModel):
+    success: Literal[True]
+    autoTopups: list[AttemptOut]
+
+
+class AttemptsQuery(schemas.Query):
+    status: Literal["pending", "succeeded", "failed", "capped"] | None = None
+    limit: Annotated[int, Field(ge=1, le=500)] = 100
+    tenantId: TenantId | None = None  # absent: every tenant's attempts (operators)
+
+
+class AllocationOut(BaseModel):
+    tenantId: str
+    name: str
+    amount: schemas.DecimalString
+    kind: Literal["promotional", "paid"]
+    period: Literal["month"]
+    expiresAtPeriodEnd: bool
+    lastPeriodGranted: schemas.Timestamp | None
+    createdAt: schemas.Timestamp
+    updatedAt: schemas.Timestamp
+
+
+class AllocationResponse(BaseModel):
+    success: Literal[True]
+    allocation: AllocationOut
+
+
+class AllocationsResponse(BaseModel):
+    success: Literal[True]
+    allocations: list[AllocationOut]
+
+
+# --- representations ------------------------------------------------------------------------------
+
+
+def show_rule(rule: rules.AutoTopupRule, spent: Any) -> dict[str, Any]:
+    return {"tenantId": rule.tenant_id, "enabled": rule.enabled, "status": rule.status,
+            "disabledReason": rule.disabled_reason, "disabledAt": timestamp(rule.disabled_at),
+            "threshold": amount(rule.threshold), "rechargeTo": amount(rule.recharge_to), "amount": amount(rule.amount),
+            "stripeCustomerId": rule.stripe_customer_id, "stripePaymentMethodId": rule.stripe_payment_method_id,
+            "maxPerMonth": amount(rule.max_per_month), "cooldownSeconds": rule.cooldown_seconds,
+            "spentThisMonth": amount(spent), "createdAt": timestamp(rule.created_at),
+            "updatedAt": timestamp(rule.updated_at)}
+
+
+def show_attempt(a: attempts.Attempt) -> dict[str, Any]:
+    return {"id": str(a.id), "tenantId": a.tenant_id, "status": a.status, "amount": amount(a.amount),
+            "availableBefore": amount(a.available_before), "threshold": amount(a.threshold),
+            "paymentIntentId": a.payment_intent_id, "failureCode": a.failure_code,
+            "failureMessage": a.failure_message, "stripeRequests": a.stripe_requests,
+            "grantId": str(a.grant_id) if a.grant_id else None, "createdAt": timestamp(a.created_at),
+            "finishedAt": timestamp(a.finished_at)}
+
+
+def show_allocation(view: allocations.AllocationView) -> dict[str, Any]:
+    a = view.allocation
+    return {"tenantId": a.tenant_id, "name": a.name, "amount": amount(a.amount), "kind": a.kind, "period": a.period,
+            "expiresAtPeriodEnd": a.expires_at_period_end, "lastPeriodGranted": timestamp(view.last_period_granted),
+            "createdAt": timestamp(a.created_at), "updatedAt": timestamp(a.updated_at)}
+
+
+# --- auto top-up ----------------------------------------------------------------------------------
+
+
+def _configured() -> None:
+    if not current_app.config["LAD_SETTINGS"].stripe_secret_key:
+        raise ApiError("unavailable", "auto top-up is not configured (STRIPE_SECRET_KEY)")
+
+
+@billing.put("/settings/auto-topup")
+@documented({200: AutoTopupResponse}, 403, 503, json=AutoTopupRequest)
+@rate_limited(MANAGE)
+def put_auto_topup() -> Response:
+    """When the available balance is at or below `threshold`, charge the saved Stripe payment method
+    off-session for `rechargeTo` − available (or a fixed `amount`). Saving it enabled also turns it
+    back on after a failed payment disabled it. billing.manage for its own tenant, or billing.admin."""
+    command = parse(AutoTopupRequest, json_body())
+    _, tenant_id = managed_tenant(command.tenantId)
+    _configured()
+    with unit_of_work() as uow:
+        rule = rules.put_rule(uow, tenant_id, command)
+        spent = rules.spent_this_month(uow, tenant_id)
+    try:  # a balance already at or below the new threshold is topped up now, not at the next scan
+        check_auto_topup(tenant_id)
+    except Exception:
+        log.exception("auto top-up check after saving the rule failed; the minute scan will", tenant_id=tenant_id)
+    return ok(autoTopup=show_rule(rule, spent))
+
+
+@billing.get("/settings/auto-topup")
+@documented({200: AutoTopupResponse}, 403, 404, 503, query=schemas.TenantQuery)
+@rate_limited(MANAGE)
+def get_auto_topup() -> Response:
+    _, tenant_id = managed_tenant(parse_query(schemas.TenantQuery).tenantId)
+    _configured()
+    with unit_of_work() as uow:
+        rule = rules.get_rule(uow, tenant_id)
+        spent = rules.spent_this_month(uow, tenant_id)
+    if rule is None:
+        raise NotFound("no auto top-up for this tenant")
+    return ok(autoTopup=show_rule(rule, spent))
+
+
+@billing.get("/auto-topups")
+@documented({200: AttemptsResponse}, 403, query=AttemptsQuery)
+@rate_limited(ADMIN)
+def get_auto_topups() -> Response:
+    """Auto top-up attempts, newest first, with status, amount, payment intent and failure code:
+    one tenant's (`tenantId`) or every tenant's."""
+    authenticate(ADMIN)
+    query = parse_query(AttemptsQuery)
+    with unit_of_work() as uow:
+        found = attempts.list_attempts(uow, query.tenantId, status=query.status, limit=query.limit)
+    return ok(autoTopups=[show_attempt(a) for a in found])
+
+
+# --- recurring allocations ------------------------------------------------------------------------
+
+
+def _name(value: str) -> str:
+    try:
+        return TypeAdapter(AllocationName).validate_python(value)
+    except ValidationError:
+        raise ValidationFailed("name", "must be 1-64 letters, digits or ._:-") from None
+
+
+@billing.put("/allocations/<name>")
+@documented({200: AllocationResponse}, 403, json=AllocationRequest)
+@rate_limited(ADMIN)
+def put_allocation(name: str) -> Response:
+    """A recurring grant: each month (00:05 UTC on the 1st, and at once for the current month when
+    created) the tenant gets `amount` once, expiring at the month's end unless expiresAtPeriodEnd
+    is false. A change applies from the next month."""
+    principal = authenticate(ADMIN)
+    command = parse(AllocationRequest, json_body())
+    tenant_id = tenant_for(principal, command.tenantId)
+    name = _name(name)
+    with unit_of_work() as uow:
+        allocations.put_allocation(uow, tenant_id, name, command)
+        view = allocations.list_allocations(uow, tenant_id, name)[0]
+    return ok(allocation=show_allocation(view))
+
+
+@billing.get("/allocations")
+@documented({200: AllocationsResponse}, 403, query=schemas.TenantQuery)
+@rate_limited(ADMIN)
+def get_allocations() -> Response:
+    principal = authenticate(ADMIN)
+    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    with unit_of_work() as uow:
+        found = allocations.list_allocations(uow, tenant_id)
+    return ok(allocations=[show_allocation(v) for v in found])
+
+
+@billing.get("/allocations/<name>")
+@documented({200: AllocationResponse}, 403, 404, query=schemas.TenantQuery)
+@rate_limited(ADMIN)
+def get_allocation(name: str) -> Response:
+    principal = authenticate(ADMIN)
+    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    with unit_of_work() as uow:
+        found = allocations.list_allocations(uow, tenant_id, _name(name))
+    if not found:
+        raise NotFound(f"no allocation {name}")
+    return ok(allocation=show_allocation(found[0]))
+
+
+@billing.delete("/allocations/<name>")
+@documented({200: AllocationsResponse}, 403, 404, query=schemas.TenantQuery)
+@rate_limited(ADMIN)
+def delete_allocation(name: str) -> Response:
+    """Stop an allocation from next month on; what it granted stays until it expires."""
+    principal = authenticate(ADMIN)
+    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    with unit_of_work() as uow:
+        if not allocations.delete_allocation(uow, tenant_id, _name(name)):
+            raise NotFound(f"no allocation {name}")
+        remaining = allocations.list_allocations(uow, tenant_id)
+    return ok(allocations=[show_allocation(v) for v in remaining])
