@@ -126,8 +126,9 @@ function read(method: string, path: string, status: number, pointer: string[], s
 }
 
 const R = {
-  price: read("GET", "/pricing", 200, ["price"], m.PriceSpec),
-  prices: read("GET", "/pricing", 200, ["prices"], { kind: "array", nullable: false, items: m.PriceSpec }),
+  // one of the two is present: `price` when all four keys are given, else `prices`
+  price: read("GET", "/pricing", 200, ["price"], { ...m.PriceSpec, nullable: true }),
+  prices: read("GET", "/pricing", 200, ["prices"], { kind: "array", nullable: true, items: m.PriceSpec }),
   quote: read("POST", "/quote", 200, ["quote"], m.QuoteSpec),
   wallet: read("GET", "/wallet", 200, ["wallet"], m.WalletSpec),
   topUp: read("POST", "/topup", 200, [], m.CreditSpec),

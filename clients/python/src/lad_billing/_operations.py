@@ -40,8 +40,9 @@ def read(method: str, path: str, status: int, pointer: tuple[str, ...], model: A
     return found
 
 
-PRICE = read("GET", "/pricing", 200, ("price",), m.Price)
-PRICES = read("GET", "/pricing", 200, ("prices",), list[m.Price])
+# one of the two is present: `price` when all four keys are given, else `prices`
+PRICE = read("GET", "/pricing", 200, ("price",), m.Price | None)
+PRICES = read("GET", "/pricing", 200, ("prices",), list[m.Price] | None)
 QUOTE = read("POST", "/quote", 200, ("quote",), m.Quote)
 WALLET = read("GET", "/wallet", 200, ("wallet",), m.Wallet)
 TOP_UP = read("POST", "/topup", 200, (), m.Credit)
