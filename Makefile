@@ -16,8 +16,13 @@ install: $(STAMP)
 run: install
 	$(PY) -m devstack.run
 
-test: install
+test: install node-toolchain
 	$(PY) -m pytest
+
+# Node.js 18+ and npm for the TypeScript client's tests (clients/node); CI is root on Debian
+.PHONY: node-toolchain
+node-toolchain:
+	@command -v node >/dev/null && command -v npm >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nodejs npm; }
 
 bench: install
 	$(PY) -m bench.run

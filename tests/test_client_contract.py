@@ -8,9 +8,9 @@ import json
 import subprocess
 
 import pytest
-
 from lad_billing import models
 from lad_billing._operations import API, READS
+
 from tests.client_contract import Contract
 from tests.node_client import built_node_package
 

@@ -20,8 +20,8 @@ def test_node_client_suite(live):
     try:
         env = {**os.environ, "LAD_BILLING_URL": live.api.base_url, "LAD_PROXY_URL": proxy.url,
                "LAD_TEST_JWT_SECRET": TEST_SECRET}
-        # one file at a time: the retry tests share the proxy's fault plan
-        result = subprocess.run(["node", "--test", "--test-concurrency=1", *NODE_TESTS], cwd=package, env=env,
+        # TAP on every Node version (only retries.test.mjs uses the proxy, so files may run in parallel)
+        result = subprocess.run(["node", "--test", "--test-reporter=tap", *NODE_TESTS], cwd=package, env=env,
                                 capture_output=True, text=True, timeout=600)
     finally:
         proxy.stop()

@@ -313,3 +313,28 @@ def test_retries_are_bounded_by_max_retries_and_the_deadline(proxy, tenant, make
         with pytest.raises(RateLimited) as limited:
             client.wallet()  # Retry-After 1 s does not fit in a 0.5 s deadline
         assert limited.value.retry_after == 1 and len(proxy.requests("/wallet")) == 1
+
+
+def test_batcher_through_a_lost_answer_charges_every_event_once(proxy, live, tenant, make_token, admin):
+    admin.top_up("10")
+    token = make_token(tenant, "billing.charge", "billing.view")
+    with BillingClient(proxy.url, token=token, backoff_base=0.05) as client:
+        proxy.plan({"path": "/charges", "action": "forward_then_drop"}, {"path": "/charges", "action": "503"})
+        futures: list[lad_billing.ChargeFuture] = []
+        with UsageBatcher(client, max_events=1000, max_interval=0.2) as batcher:
+            def produce() -> None:
+                for _ in range(10):
+                    futures.append(batcher.add("campaigns", stt("1000")))
+
+            threads = [threading.Thread(target=produce) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        results = [f.result(timeout=0) for f in futures]
+        assert {r.status for r in results} <= {"accepted", "replayed"} and "replayed" in {r.status for r in results}
+        for result in results:
+            _settled(client, result.task_id)
+        assert client.usage().summary.total_events == 30
+        assert client.wallet().current_balance == Decimal("7")
+    assert_ledger_consistent(live.api, make_token, tenant)
