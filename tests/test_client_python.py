@@ -338,3 +338,11 @@ def test_batcher_through_a_lost_answer_charges_every_event_once(proxy, live, ten
         assert client.usage().summary.total_events == 30
         assert client.wallet().current_balance == Decimal("7")
     assert_ledger_consistent(live.api, make_token, tenant)
+
+
+def test_an_admin_client_acts_for_a_tenant(live, tenant, make_token):
+    with BillingClient(live.api.base_url, token=make_token("platform-ops", "billing.admin"), tenant_id=tenant) as ops:
+        ops.top_up("3", description="goodwill")
+        wallet = ops.wallet()
+        assert (wallet.tenant_id, wallet.current_balance) == (tenant, Decimal(3))
+        assert [t.type for t in ops.transactions().transactions] == ["topup"]

@@ -75,7 +75,9 @@ class Attempts:
         return False, error
 
     def network_error(self, exc: httpx.TransportError) -> BillingError:
-        return NetworkError(f"{type(exc).__name__}: {exc}", idempotency_key=self.op.idempotency_key)
+        error = NetworkError(f"{type(exc).__name__}: {exc}", idempotency_key=self.op.idempotency_key)
+        error.__cause__ = exc
+        return error
 
     def wait_before_next(self, error: BillingError) -> float:
         """Seconds to wait before the next attempt; raises `error` when no attempt is left."""
