@@ -11,7 +11,13 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-install: $(STAMP)
+# the Python client library (clients/python), editable: its tests use its source
+CLIENT_STAMP := $(VENV)/.installed-client
+$(CLIENT_STAMP): clients/python/pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e ./clients/python
+	@touch $(CLIENT_STAMP)
+
+install: $(STAMP) $(CLIENT_STAMP)
 
 run: install
 	$(PY) -m devstack.run
