@@ -252,11 +252,17 @@ def test_batcher_charges_every_event_of_concurrent_producers_once(billing, admin
     assert_ledger_consistent(live.api, make_token, tenant)
 
 
-def test_batcher_flushes_on_its_interval(billing, admin):
+def test_batcher_sends_on_its_interval_and_on_flush(billing, admin):
     admin.top_up("1")
     with UsageBatcher(billing, max_events=1000, max_interval=0.1) as batcher:
         future = batcher.add("campaigns", stt("10"))
         assert future.result(timeout=30).status == "accepted"
+    with UsageBatcher(billing, max_events=1000, max_interval=3600) as batcher:
+        futures = [batcher.add("campaigns", stt("10")) for _ in range(3)]
+        with pytest.raises(TypeError):  # refused to its producer, the others unharmed
+            batcher.add("campaigns", [{**STT, "quantity": 0.5}])
+        batcher.flush()
+        assert all(f.done() for f in futures) and {f.result().status for f in futures} == {"accepted"}
 
 
 # --- retries through a faulty proxy ---------------------------------------------------------------

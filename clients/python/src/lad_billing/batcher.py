@@ -38,6 +38,7 @@ class UsageBatcher:
         self.max_events, self.max_interval, self.max_pending = max_events, max_interval, max(max_pending, max_events)
         self._waiting: deque[tuple[ChargeEvent, ChargeFuture, float]] = deque()
         self._lock = threading.Condition()
+        self._in_flight: list[ChargeFuture] = []
         self._flush_now = False
         self._closed = False
         self._sender = threading.Thread(target=self._run, name="lad-billing-batcher", daemon=True)
@@ -48,6 +49,7 @@ class UsageBatcher:
             metadata: Mapping[str, Any] | None = None, timeout: float | None = None) -> ChargeFuture:
         key = idempotency_key or new_idempotency_key("charge")
         event = ChargeEvent(feature_key, list(items), key, external_reference_id, reservation_id, quote_id, metadata)
+        event.body(key)  # a float amount raises here, to its producer, rather than sinking a whole batch
         future = ChargeFuture(key)
         with self._lock:
             if not self._lock.wait_for(lambda: self._closed or len(self._waiting) < self.max_pending, timeout):
@@ -61,7 +63,7 @@ class UsageBatcher:
     def flush(self) -> None:
         """Send everything added so far and wait for its outcomes."""
         with self._lock:
-            pending = [future for _, future, _ in self._waiting]
+            pending = [future for _, future, _ in self._waiting] + self._in_flight
             self._flush_now = True
             self._lock.notify_all()
         wait(pending)
@@ -95,6 +97,7 @@ class UsageBatcher:
                         0.0, self.max_interval - (time.monotonic() - self._waiting[0][2]))
                     self._lock.wait(timeout)
                 batch = [self._waiting.popleft() for _ in range(min(self.max_events, len(self._waiting)))]
+                self._in_flight = [future for _, future, _ in batch]
                 if not self._waiting:
                     self._flush_now = False
                 self._lock.notify_all()  # room for blocked producers
