@@ -55,7 +55,8 @@ class FaultProxy:
                 action = proxy.take_fault(self.command, self.path)
                 with proxy.lock:
                     proxy.log.append({"method": self.command, "path": self.path.split("?")[0], "action": action,
-                                      "idempotencyKey": self.headers.get("Idempotency-Key")})
+                                      "idempotencyKey": self.headers.get("Idempotency-Key"),
+                                      "userAgent": self.headers.get("User-Agent")})
                 if action == "drop":
                     self.close_connection = True
                     return

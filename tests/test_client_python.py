@@ -279,6 +279,7 @@ def test_retries_through_dropped_connections_503_and_429_charge_once(proxy, live
         attempts = proxy.requests("/charge")
         assert [a["action"] for a in attempts] == ["forward_then_drop", "503", "forward_then_503", "429", "pass"]
         assert len({a["idempotencyKey"] for a in attempts}) == 1 and attempts[0]["idempotencyKey"]
+        assert attempts[0]["userAgent"].startswith(f"lad-billing-python/{lad_billing.__version__} httpx/")
         assert charge.replayed and charge.usage_event.status == "charged"
         assert client.usage().summary.total_events == 1
         assert client.wallet().current_balance == Decimal(9)

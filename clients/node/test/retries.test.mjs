@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { BillingClient, RateLimited, Unavailable, ValidationError } from "@lad/billing-client";
+import { BillingClient, RateLimited, Unavailable, ValidationError, VERSION } from "@lad/billing-client";
 
 import { baseUrl, makeToken, newTenant, planFaults, proxyLog, proxyUrl, settled, stt } from "./support.mjs";
 
@@ -22,6 +22,7 @@ test("a charge retried through dropped connections, 503 and 429 is charged once"
   assert.deepEqual(attempts.map((a) => a.action), ["forward_then_drop", "503", "forward_then_503", "429", "pass"]);
   assert.equal(new Set(attempts.map((a) => a.idempotencyKey)).size, 1);
   assert.match(attempts[0].idempotencyKey, /^lad-node-charge-/);
+  assert.ok(attempts.every((a) => a.userAgent.startsWith(`lad-billing-node/${VERSION} node/`)));
   assert.equal(charge.replayed, true);
   assert.equal(charge.usageEvent.status, "charged");
   assert.equal((await client.usage()).summary.totalEvents, 1);
