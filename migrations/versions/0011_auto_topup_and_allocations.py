@@ -7,7 +7,7 @@ Create Date: 2026-12-01
 from alembic import op
 
 revision = "0011"
-down_revision = "0007"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
