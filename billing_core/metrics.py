@@ -27,3 +27,6 @@ INVOICE_ROLLUP_SECONDS = Histogram("lad_invoice_rollup_duration_seconds", "Month
 RECONCILIATION_MISMATCHES = Gauge("lad_reconciliation_mismatches", "Mismatches found by the last reconciliation",
                                   multiprocess_mode="mostrecent")
 RECONCILIATION_RUNS = Counter("lad_reconciliation_runs_total", "Reconciliation runs by result", ["result"])
+# `make run`'s supervisor (devstack.supervise): children restarted after they exited unexpectedly
+PROCESS_RESTARTS = Counter("lad_process_restarts_total", "Processes of the service restarted after an unexpected exit",
+                           ["process"])
