@@ -26,6 +26,8 @@ class Settings:
     rate_limit_view: str = "3000/minute"
     rate_limit_admin: str = "1200/minute"
     rate_limit_depleted: str = "60/minute"
+    # a streaming replica for the heavy reads (billing_core.db.read_engine); None: the primary serves them
+    read_database_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.charge_mode not in ("group", "naive"):
@@ -57,6 +59,8 @@ class Settings:
             rate_limit_view=os.environ.get("RATE_LIMIT_VIEW", "3000/minute"),
             rate_limit_admin=os.environ.get("RATE_LIMIT_ADMIN", "1200/minute"),
             rate_limit_depleted=os.environ.get("RATE_LIMIT_DEPLETED", "60/minute"),
+            read_database_url=normalize_database_url(os.environ["READ_DATABASE_URL"])
+            if os.environ.get("READ_DATABASE_URL") else None,
         )
 
 

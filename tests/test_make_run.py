@@ -230,7 +230,7 @@ def test_run_uses_the_database_database_url_names(tmp_path: Path, live):
             with connection.cursor() as cursor:
                 cursor.execute("SELECT count(*) FROM prices")
                 assert cursor.fetchone()[0] > 0  # migrated and loaded
-        assert (run.data / "stack.env").read_text().count(f"/{name}\n") == 1
+        assert re.search(rf"^DATABASE_URL=\S+/{name}$", (run.data / "stack.env").read_text(), re.M)
     finally:
         assert run.stop() == 0, run.text[-3000:]
         drop_database(live.stack.server_url, name)
