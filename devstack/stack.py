@@ -168,11 +168,6 @@ class Stack:
     def start_beat(self, log: Path | None = None) -> None:
         self.spawn("beat", *self.beat_command(), log=log)
 
-    def start_flower(self, port: int, basic_auth: str, log: Path | None = None) -> None:
-        self.env["FLOWER_BASIC_AUTH"] = basic_auth
-        process = self.spawn("flower", *self.flower_command(port), log=log)
-        _wait_for_port(port, process, log or Path("/dev/null"), timeout=60)
-
     def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         process = self.processes.pop(name, None)
         if process is None or process.poll() is not None:
@@ -192,12 +187,6 @@ class Stack:
             self.stop_process(name)
         if self.servers is not None:
             self.servers.stop()
-
-    def first_exited(self) -> tuple[str, int] | None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                return name, process.returncode
-        return None
 
     def wait_ready(self, port: int, timeout: float = 60) -> None:
         import urllib.request
