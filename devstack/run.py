@@ -67,8 +67,9 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    state = DATA_DIR / "supervisor"
+    state, logs = DATA_DIR / "supervisor", DATA_DIR / "logs"
     state.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     try:
         try:
             stack.start_servers()
@@ -85,7 +86,7 @@ def main() -> int:
             "worker": stack.worker_command(concurrency=4),
             "beat": stack.beat_command(),
             "flower": stack.flower_command(flower_port),
-        }, state))
+        }, state, logs={"flower": logs / "flower.log"}))  # Flower's warnings about idle workers are noise here
         supervisord = stack.spawn("supervisord", str(PYTHON_BIN / "supervisord"), "-c", str(state / "supervisord.conf"))
         stack.wait_ready(port)
         _wait_for_port(flower_port, supervisord, Path("/dev/null"), timeout=60)

@@ -25,9 +25,10 @@ def _quote(argv: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in argv).replace("%", "%%")
 
 
-def config(programs: dict[str, list[str]], state_dir: Path) -> str:
-    """supervisord.conf for `programs` (name → argv). Child output and supervisord's warnings go to
-    supervisord's own stdout/stderr: the terminal of `make run`."""
+def config(programs: dict[str, list[str]], state_dir: Path, logs: dict[str, Path] | None = None) -> str:
+    """supervisord.conf for `programs` (name → argv). Child output goes to the terminal of `make run`
+    (supervisord's stdout), or to the file `logs` names for it; supervisord's warnings to the terminal."""
+    logs = logs or {}
     lines = [
         # in the foreground supervisord echoes its log to stdout, so its log file would be a second copy
         "[supervisord]", "nodaemon=true", "logfile=/dev/null", "logfile_maxbytes=0", "loglevel=warn",
@@ -38,7 +39,8 @@ def config(programs: dict[str, list[str]], state_dir: Path) -> str:
             f"[program:{name}]", f"command={_quote(argv)}", f"directory={ROOT}", "autostart=true",
             "autorestart=true", f"startsecs={STARTSECS}", f"startretries={START_RETRIES}",
             "stopsignal=TERM", f"stopwaitsecs={STOP_WAIT_SECS}", "stopasgroup=true", "killasgroup=true",
-            "redirect_stderr=true", "stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0", "",
+            "redirect_stderr=true", f"stdout_logfile={logs.get(name, '/dev/stdout')}".replace("%", "%%"),
+            "stdout_logfile_maxbytes=0", "",
         ]
     lines += [
         "[eventlistener:restart-counter]", f"command={_quote([sys.executable, '-m', 'devstack.supervise'])}",
