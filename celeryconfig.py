@@ -12,6 +12,15 @@ if broker_url.startswith(("redis://", "rediss://")):
     broker_transport = "tasks.broker:Transport"
 broker_connection_retry_on_startup = True
 broker_connection_timeout = 3
+# A broker outage is waited out, however long: the default gives up after 100 attempts and the
+# worker (or beat) would exit. `make run` restarts a child that exits anyway, but none should need it.
+broker_connection_max_retries = None
+broker_channel_error_retry = True
+# On a lost broker connection, tasks already running finish: a charge's transaction commits without
+# the broker, only its late ack is lost and the message comes back later as a no-op. Cancelling
+# them would roll back finished work and leave it to the pending sweep. (Celery 6 changes the
+# default; we say what we want.)
+worker_cancel_long_running_tasks_on_connection_loss = False
 broker_transport_options = {
     # An unacknowledged message returns to the queue after this long; a duplicate delivery is
     # harmless (charging is idempotent per event), a lost one is caught by the pending sweep.

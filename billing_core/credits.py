@@ -12,7 +12,7 @@ from . import idempotency, money
 from .commands import AdjustmentRequest, RefundRequest, TopUpRequest, fingerprint_body
 from .db import UnitOfWork
 from .errors import InsufficientBalance, NotFound, RefundExceeded, ValidationFailed
-from .tables import credit_grants, grant_draws, ledger_entries, usage_events
+from .tables import credit_grants, grant_draws, ledger_entries, usage_events, wallets
 from .wallet_book import DEBT, Grant, WalletBook
 from .wallets import LedgerEntry, Wallet, get_entry, get_wallet
 
@@ -176,15 +176,29 @@ def wallet_view(uow: UnitOfWork, tenant_id: str) -> tuple[Wallet, list[Grant]]:
     unless a hold or credits are past their expiry: then they end first, as the beat job would end
     them, so the balance shown is the one a charge would meet. Commits."""
     wallet = get_wallet(uow, tenant_id)
+    wallet = end_what_is_due(uow, tenant_id, wallet) or wallet
+    uow.commit()
+    return wallet, live_grants(uow, tenant_id)
+
+
+def end_what_is_due(uow: UnitOfWork, tenant_id: str, wallet: Wallet | None = None) -> Wallet | None:
+    """End the holds past their TTL and the credits past their expiry now, under the wallet's lock, if
+    there are any (the wallet after that), else nothing (and no lock). For answers about the present
+    — the wallet, the current month's draft — that must not show what has expired as still there
+    merely because the beat job has not come round yet. The caller commits."""
+    if wallet is None:
+        row = uow.connection.execute(select(wallets).where(wallets.c.tenant_id == tenant_id)).one_or_none()
+        if row is None:
+            return None  # no wallet, nothing to end (and none is created for asking)
+        wallet = Wallet(**row._mapping)
     due = uow.connection.execute(text("""
         SELECT EXISTS (SELECT 1 FROM reservations WHERE tenant_id = :t AND status = 'active' AND expires_at <= now())
             OR coalesce((SELECT sum(remaining) FROM credit_grants
                          WHERE tenant_id = :t AND remaining > 0 AND expires_at <= now()), 0) > :reserved
     """), {"t": tenant_id, "reserved": wallet.reserved_balance}).scalar_one()
-    if due:
-        book = WalletBook.open(uow, tenant_id)
-        book.expire_due()
-        book.flush()
-        wallet = book.wallet
-    uow.commit()
-    return wallet, live_grants(uow, tenant_id)
+    if not due:
+        return None
+    book = WalletBook.open(uow, tenant_id)
+    book.expire_due()
+    book.flush()
+    return book.wallet

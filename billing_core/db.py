@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from . import exactjson
+from .config import Settings
 
 # UTC timestamps everywhere; a stuck lock or statement fails the unit of work instead of
 # holding a wallet row forever (a failed charge stays pending and is retried).
@@ -54,6 +55,16 @@ def engine_for(database_url: str) -> Engine:
             )
             _engines[database_url] = engine
         return engine
+
+
+def read_engine(settings: Settings) -> Engine:
+    """The engine for the heavy reads that may lag the primary by a moment: usage history and summaries,
+    transaction listings, stored invoices, reconciliation's scans, margins and reports. The streaming
+    replica READ_DATABASE_URL names, or the primary when it names none. Never for a write, a read inside
+    a money transaction, or a read of what the same request just wrote (a charge's outcome, a wallet it
+    changed): those use `engine_for(settings.database_url)`. A replica serves no temporary tables, so
+    SQL that creates them (the invoice rollup and its preview) stays on the primary too."""
+    return engine_for(settings.read_database_url or settings.database_url)
 
 
 def dispose_engines() -> None:

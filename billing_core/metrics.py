@@ -30,3 +30,6 @@ RECONCILIATION_RUNS = Counter("lad_reconciliation_runs_total", "Reconciliation r
 AUTO_TOPUP_ATTEMPTS = Counter("lad_auto_topup_attempts_total",
                               "Auto top-up attempts started and tries by outcome (started, succeeded, failed, "
                               "retry, processing, capped)", ["outcome"])
+# `make run`'s supervisor (devstack.supervise): children restarted after they exited unexpectedly
+PROCESS_RESTARTS = Counter("lad_process_restarts_total", "Processes of the service restarted after an unexpected exit",
+                           ["process"])

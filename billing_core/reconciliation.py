@@ -30,11 +30,13 @@ class Reconciliation:
     notification_ids: list[uuid.UUID]  # to dispatch once committed
 
 
-def reconcile(uow: UnitOfWork) -> Reconciliation:
+def reconcile(uow: UnitOfWork, scans: UnitOfWork | None = None) -> Reconciliation:
     """Check everything, record the run for this hour once, and on a mismatch enqueue an operator
-    notification in the same transaction; commits."""
-    verification = ledger.verify(uow)
-    pending, stuck, oldest = uow.connection.execute(text("""
+    notification in the same transaction; commits. The scans (every wallet's chain, the pending
+    backlog) read `scans` when given — the replica's, one snapshot — and the record is written by `uow`."""
+    scans = scans or uow
+    verification = ledger.verify(scans)
+    pending, stuck, oldest = scans.connection.execute(text("""
         SELECT count(*),
                count(*) FILTER (WHERE created_at < now() - make_interval(secs => :stuck)),
                coalesce(extract(epoch FROM now() - min(created_at)), 0)

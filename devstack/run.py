@@ -8,7 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-from .stack import ROOT, Stack, development_secret
+from billing_core.config import normalize_database_url
+
+from . import supervise
+from .servers import _wait_for_port
+from .stack import PYTHON_BIN, ROOT, DatabaseMissing, Stack, development_secret
 
 DATA_DIR = Path(os.environ.get("LAD_DATA_DIR") or ROOT / ".data")
 DEMO_TENANT = "demo-tenant"
@@ -27,6 +31,15 @@ def demo_tokens(secret: str) -> dict[str, str]:
             for name, c in caps.items()}
 
 
+def service_database() -> str:
+    """The database DATABASE_URL names (lad_billing when it names none, or when it is unset: then the
+    embedded server's)."""
+    from sqlalchemy.engine import make_url
+
+    given = os.environ.get("DATABASE_URL")
+    return (make_url(normalize_database_url(given)).database if given else None) or "lad_billing"
+
+
 def main() -> int:
     port = int(os.environ.get("PORT", "3004"))
     flower_port = int(os.environ.get("FLOWER_PORT", "5555"))
@@ -38,11 +51,12 @@ def main() -> int:
         print("LAD_ENV=production needs FLOWER_BASIC_AUTH", file=sys.stderr)
         return 2
 
-    stack = Stack(DATA_DIR, database_name="lad_billing")
+    stack = Stack(DATA_DIR, database_name=service_database())
     generated_secret = not (os.environ.get("JWT_SECRET") or os.environ.get("JWT_PUBLIC_KEY"))
     if generated_secret:
         stack.env["JWT_SECRET"] = development_secret(DATA_DIR, "jwt_secret")
-    flower_auth = os.environ.get("FLOWER_BASIC_AUTH") or development_secret(
+    generated_flower_auth = not os.environ.get("FLOWER_BASIC_AUTH")
+    stack.env["FLOWER_BASIC_AUTH"] = os.environ.get("FLOWER_BASIC_AUTH") or development_secret(
         DATA_DIR, "flower_basic_auth", lambda: f"admin:{secrets.token_urlsafe(12)}")
 
     stopping = False
@@ -53,21 +67,34 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    logs = DATA_DIR / "logs"
+    state, logs = DATA_DIR / "supervisor", DATA_DIR / "logs"
+    state.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     try:
-        stack.start_servers()
+        try:
+            stack.start_servers()
+        except DatabaseMissing as exc:
+            print(f"DATABASE_URL: {exc}", file=sys.stderr)
+            return 2
         # where `make job` finds these servers
         (DATA_DIR / "stack.env").write_text("".join(
             f"{key}={stack.env[key]}\n" for key in ("DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")))
         stack.migrate()
-        stack.start_worker(concurrency=4)
-        stack.start_beat()
-        stack.start_web(port)
-        stack.start_flower(flower_port, flower_auth, log=logs / "flower.log")
+        # supervisord owns web, worker, beat and Flower: it restarts whichever exits (devstack.supervise)
+        (state / "supervisord.conf").write_text(supervise.config({
+            "web": stack.web_command(port),
+            "worker": stack.worker_command(concurrency=4),
+            "beat": stack.beat_command(),
+            "flower": stack.flower_command(flower_port),
+        }, state, logs={"flower": logs / "flower.log"}))  # Flower's warnings about idle workers are noise here
+        supervisord = stack.spawn("supervisord", str(PYTHON_BIN / "supervisord"), "-c", str(state / "supervisord.conf"))
         stack.wait_ready(port)
+        _wait_for_port(flower_port, supervisord, Path("/dev/null"), timeout=60)
+        # only credentials generated here are printed; configured ones are the operator's to know
+        flower_auth = "basic auth from FLOWER_BASIC_AUTH" if not generated_flower_auth else \
+            f"generated, in .data/flower_basic_auth: basic auth {stack.env['FLOWER_BASIC_AUTH']}"
         print(f"\nLAD Billing is up\n  API:    http://localhost:{port}/api/billing  (OpenAPI: http://localhost:{port}/openapi.json)"
-              f"\n  Flower: http://localhost:{flower_port}  (basic auth {flower_auth})", flush=True)
+              f"\n  Flower: http://127.0.0.1:{flower_port}  ({flower_auth})", flush=True)
         if generated_secret:
             secret = stack.env["JWT_SECRET"]
             print(f"\nDevelopment JWT_SECRET (generated, kept in .data/jwt_secret): {secret}")
@@ -75,11 +102,10 @@ def main() -> int:
             lines = [f"export {name}={token}" for name, token in demo_tokens(secret).items()]
             (DATA_DIR / "demo-tokens.env").write_text("\n".join(lines) + "\n")
             print("\n".join(lines), flush=True)
-        print("\nCtrl-C stops everything.", flush=True)
+        print("\nA process that exits is restarted. Ctrl-C stops everything.", flush=True)
         while not stopping:
-            exited = stack.first_exited()
-            if exited:
-                print(f"{exited[0]} exited with {exited[1]}; stopping", file=sys.stderr)
+            if supervisord.poll() is not None:
+                print(f"supervisord exited with {supervisord.returncode}; stopping", file=sys.stderr)
                 return 1
             time.sleep(0.5)
         return 0
@@ -87,6 +113,8 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stopping...", flush=True)
+        # supervisord stops its programs (SIGTERM to each process group) before it exits
+        stack.stop_process("supervisord", timeout=supervise.STOP_WAIT_SECS + 15)
         stack.stop()
 
 

@@ -166,6 +166,26 @@ class EmbeddedServers:
     def stop_redis(self) -> None:
         self._stop("redis")
 
+    # --- crashes, for the fault tests ------------------------------------------------------------
+
+    def kill_redis(self) -> None:
+        """SIGKILL: Redis vanishes mid-command, saving nothing. `start_redis()` brings it back on its port."""
+        process = self.processes.pop("redis", None)
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def stop_postgres_immediately(self) -> None:
+        """`pg_ctl stop -m immediate`: every backend ends at once, as in a crash (the restart recovers
+        from the WAL). `start_postgres()` brings it back on its port."""
+        process = self.processes.pop("postgres", None)
+        if process is None or process.poll() is not None:
+            return
+        pgdata = self.root / "postgres"
+        subprocess.run([_pg_bin("pg_ctl"), "stop", "-D", str(pgdata), "-m", "immediate", "-w"],
+                       check=True, capture_output=True, **_as_pg_user(pgdata))
+        process.wait(timeout=30)
+
     def stop(self) -> None:
         for name in list(self.processes):
             self._stop(name)

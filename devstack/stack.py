@@ -34,15 +34,32 @@ def database_url(url: str, database: str) -> str:
 
 
 def create_database(url: str, database: str, *, exist_ok: bool) -> None:
-    connection = _connect(url, "postgres")
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
-        if cursor.fetchone() is None:
-            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-        elif not exist_ok:
+    """Create `database` on the server of `url` unless it exists. A role that may not create it gets an
+    error naming the database, not a stack trace."""
+    try:
+        _connect(url, database).close()
+        if not exist_ok:
             raise RuntimeError(f"database {database} already exists")
-    connection.close()
+        return
+    except psycopg2.OperationalError as exc:
+        if f'database "{database}" does not exist' not in str(exc):
+            raise
+    u = make_url(url)
+    try:
+        connection = _connect(url, "postgres")
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        connection.close()
+    except (psycopg2.errors.InsufficientPrivilege, psycopg2.OperationalError) as exc:
+        raise DatabaseMissing(
+            f"database {database!r} does not exist on {u.host}:{u.port or 5432} and role {u.username!r} "
+            f"could not create it ({str(exc).strip()}); create it (CREATE DATABASE \"{database}\") or "
+            "let the role create databases (ALTER ROLE ... CREATEDB)") from None
+
+
+class DatabaseMissing(RuntimeError):
+    """The database DATABASE_URL names is not there and cannot be created."""
 
 
 def drop_database(url: str, database: str) -> None:
@@ -124,33 +141,37 @@ class Stack:
         self.processes[name] = process
         return process
 
-    def start_web(self, port: int, log: Path | None = None, workers: int = 2, threads: int = 32) -> None:
+    # --- the service's processes: one command line each, for the test stack and for `make run` ---
+
+    def web_command(self, port: int, workers: int = 2, threads: int = 32) -> list[str]:
         # web.serving: uvicorn workers read whole requests on an event loop before a thread sees them,
         # so slow clients cannot tie up the threads (see web/serving.py)
         self.env["WEB_THREADS"] = str(threads)
-        process = self.spawn(
-            "web", str(PYTHON_BIN / "gunicorn"), *web_command_args(workers, port), log=log,
-        )
+        return [str(PYTHON_BIN / "gunicorn"), *web_command_args(workers, port)]
+
+    def worker_command(self, concurrency: int = 4, name: str = "worker") -> list[str]:
+        return [str(PYTHON_BIN / "celery"), "-A", "tasks.app", "worker", "--loglevel", "INFO",
+                "--concurrency", str(concurrency), "--hostname", f"{name}-{self.database_name}@%h"]
+
+    def beat_command(self) -> list[str]:
+        return [str(PYTHON_BIN / "celery"), "-A", "tasks.app", "beat", "--loglevel", "INFO",
+                "--schedule", str(self.data_dir / f"celerybeat-schedule-{self.database_name}")]
+
+    def flower_command(self, port: int) -> list[str]:
+        # loopback only: Flower shows every task's arguments; its basic auth comes from FLOWER_BASIC_AUTH
+        # in the environment, so the password is not on a command line for `ps` to show
+        return [str(PYTHON_BIN / "celery"), "-A", "tasks.app", "flower", f"--port={port}", "--address=127.0.0.1",
+                "--persistent=True", f"--db={self.data_dir / 'flower.db'}"]
+
+    def start_web(self, port: int, log: Path | None = None, workers: int = 2, threads: int = 32) -> None:
+        process = self.spawn("web", *self.web_command(port, workers, threads), log=log)
         _wait_for_port(port, process, log or Path("/dev/null"), timeout=60)
 
     def start_worker(self, log: Path | None = None, concurrency: int = 4, name: str = "worker") -> subprocess.Popen:
-        return self.spawn(
-            name, str(PYTHON_BIN / "celery"), "-A", "tasks.app", "worker", "--loglevel", "INFO",
-            "--concurrency", str(concurrency), "--hostname", f"{name}-{self.database_name}@%h", log=log,
-        )
+        return self.spawn(name, *self.worker_command(concurrency, name), log=log)
 
     def start_beat(self, log: Path | None = None) -> None:
-        self.spawn(
-            "beat", str(PYTHON_BIN / "celery"), "-A", "tasks.app", "beat", "--loglevel", "INFO",
-            "--schedule", str(self.data_dir / f"celerybeat-schedule-{self.database_name}"), log=log,
-        )
-
-    def start_flower(self, port: int, basic_auth: str, log: Path | None = None) -> None:
-        process = self.spawn(
-            "flower", str(PYTHON_BIN / "celery"), "-A", "tasks.app", "flower", f"--port={port}",
-            f"--basic-auth={basic_auth}", "--persistent=True", f"--db={self.data_dir / 'flower.db'}", log=log,
-        )
-        _wait_for_port(port, process, log or Path("/dev/null"), timeout=60)
+        self.spawn("beat", *self.beat_command(), log=log)
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         process = self.processes.pop(name, None)
@@ -171,12 +192,6 @@ class Stack:
             self.stop_process(name)
         if self.servers is not None:
             self.servers.stop()
-
-    def first_exited(self) -> tuple[str, int] | None:
-        for name, process in self.processes.items():
-            if process.poll() is not None:
-                return name, process.returncode
-        return None
 
     def wait_ready(self, port: int, timeout: float = 60) -> None:
         import urllib.request

@@ -1,41 +1,38 @@
-"""The Redis broker transport, without kombu's restore-on-close of unacknowledged messages, and
-with acks on a closed channel failing as connection errors.
+"""The Redis broker transport, fixed for a Redis that vanishes while the worker is running.
 
-With the Redis transport, kombu 5.7 restores a channel's unacknowledged messages when the
-channel closes — including when Celery closes it because Redis went away, where the restore
-itself needs Redis and crashes the worker ("Unrecoverable error: AttributeError ... hostname").
-Unacknowledged messages stay in Redis's unacked index and come back after the visibility
-timeout, and a charge whose message is lost anyway is re-enqueued by the pending sweep, so
-nothing depends on restoring them at close.
+Two crashes of kombu 5.7's Redis transport, both ending the worker with "Unrecoverable error:
+AttributeError(... 'NoneType' object has no attribute ...)":
 
-Likewise a task that finishes while Redis is away acks (or rejects) on the channel Celery closed
-meanwhile; kombu then fails with "AttributeError: 'NoneType' object has no attribute 'client'",
-which Celery does not expect and which kills the worker (seen when the minute's beat jobs were
-running as Redis stopped). Raised as a connection error instead, Celery logs "Couldn't ack" and
-goes on; the message comes back after the visibility timeout, and every task is safe to run twice.
+1. Restore at close. kombu restores a channel's unacknowledged messages when the channel closes —
+   including when Celery closes it because Redis went away, where the restore itself needs Redis.
+   We do not restore at close: unacknowledged messages stay in Redis's unacked index and come back
+   after the visibility timeout, and a charge whose message is lost anyway is re-enqueued by the
+   pending sweep, so nothing depends on restoring them at close.
+2. Acknowledging on a closed channel. When the connection drops, Celery closes the connection and
+   kombu sets each channel's `connection` to None; a task that finishes afterwards (late acks: the
+   charge committed, then the ack) acks on that channel: QoS.ack → _remove_from_indices →
+   conn_or_acquire → pool → `_connparams` reads `self.connection.client` → AttributeError, which is
+   no connection error, so Celery's "Couldn't ack" handler does not catch it and the worker dies (the
+   family of celery/celery#10205). A closed channel has no broker to talk to: we raise the
+   transport's own ConnectionError there, which Celery handles as it handles any lost connection —
+   it logs the failed ack and carries on; the message stays unacknowledged and is redelivered later,
+   where settling it again is a no-op (charging is idempotent per event).
 """
-import redis as redis_client
 from kombu.transport import redis
+from redis import exceptions as redis_errors
 
 
 class QoS(redis.QoS):
     restore_at_shutdown = False
 
-    def ack(self, delivery_tag):  # noqa: ANN001, ANN201
-        self._channel_open()
-        return super().ack(delivery_tag)
-
-    def reject(self, delivery_tag, requeue=False):  # noqa: ANN001, ANN201
-        self._channel_open()
-        return super().reject(delivery_tag, requeue=requeue)
-
-    def _channel_open(self) -> None:
-        if self.channel.connection is None:
-            raise redis_client.exceptions.ConnectionError("the broker channel closed while the task ran")
-
 
 class Channel(redis.Channel):
     QoS = QoS
+
+    def _connparams(self, asynchronous: bool = False) -> dict:
+        if self.connection is None:
+            raise redis_errors.ConnectionError("this broker channel was closed when its connection was lost")
+        return super()._connparams(asynchronous=asynchronous)
 
 
 class Transport(redis.Transport):

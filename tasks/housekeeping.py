@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from billing_core import logs, metrics, reconciliation
 from billing_core.config import Settings
-from billing_core.db import UnitOfWork, engine_for
+from billing_core.db import UnitOfWork, engine_for, read_engine
 
 from .app import celery_app
 from .notifications import dispatch
@@ -14,8 +14,8 @@ settings = Settings.from_env()
 
 @celery_app.task(name="billing.reconcile_ledgers")
 def reconcile_ledgers() -> dict:
-    with UnitOfWork(engine_for(settings.database_url)) as uow:
-        result = reconciliation.reconcile(uow)
+    with UnitOfWork(engine_for(settings.database_url)) as uow, UnitOfWork(read_engine(settings)) as scans:
+        result = reconciliation.reconcile(uow, scans)
     dispatch(result.notification_ids)
     metrics.RECONCILIATION_MISMATCHES.set(len(result.mismatches) + result.stuck_pending_events)
     metrics.RECONCILIATION_RUNS.labels("ok" if result.ok else "mismatch").inc()

@@ -625,7 +625,7 @@ def _check_books(connection: Any, tenant: str) -> None:
     unbalanced = rows("""
         SELECT l.id, l.entry_type, l.amount, coalesce(sum(d.amount), 0) AS drawn
         FROM ledger_entries l LEFT JOIN grant_draws d ON d.tenant_id = l.tenant_id AND d.ledger_entry_id = l.id
-        WHERE l.tenant_id = :tenant GROUP BY l.id HAVING l.amount <> coalesce(sum(d.amount), 0)""")
+        WHERE l.tenant_id = :tenant GROUP BY l.tenant_id, l.id HAVING l.amount <> coalesce(sum(d.amount), 0)""")
     assert not unbalanced, unbalanced
 
     holds = rows("""

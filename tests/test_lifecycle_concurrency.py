@@ -545,7 +545,7 @@ def test_two_hundred_threads_on_one_wallet_keep_the_books(live, tenant, tokens, 
                    count(*) FILTER (WHERE l.entry_type = 'hold_release') AS releases,
                    coalesce(sum(l.reserved_change), 0) AS still_held
             FROM reservations r LEFT JOIN ledger_entries l ON l.tenant_id = r.tenant_id AND l.reservation_id = r.id
-            WHERE r.tenant_id = :t GROUP BY r.id
+            WHERE r.tenant_id = :t GROUP BY r.tenant_id, r.id
             HAVING coalesce(sum(l.reserved_change) FILTER (WHERE l.entry_type = 'hold'), 0) <> r.amount
                 OR count(*) FILTER (WHERE l.entry_type = 'debit') <> CASE WHEN r.status = 'settled' THEN 1 ELSE 0 END
                 OR count(*) FILTER (WHERE l.entry_type = 'hold_release')
@@ -557,13 +557,13 @@ def test_two_hundred_threads_on_one_wallet_keep_the_books(live, tenant, tokens, 
         grants_off = connection.execute(text("""
             SELECT g.id, g.remaining, coalesce(sum(d.amount), 0) FROM credit_grants g
             LEFT JOIN grant_draws d ON d.tenant_id = g.tenant_id AND d.grant_id = g.id
-            WHERE g.tenant_id = :t GROUP BY g.id HAVING g.remaining <> coalesce(sum(d.amount), 0)
+            WHERE g.tenant_id = :t GROUP BY g.tenant_id, g.id HAVING g.remaining <> coalesce(sum(d.amount), 0)
         """), {"t": tenant}).all()
         assert not grants_off, grants_off
         entries_off = connection.execute(text("""
             SELECT l.id, l.entry_type, l.amount, coalesce(sum(d.amount), 0) FROM ledger_entries l
             LEFT JOIN grant_draws d ON d.tenant_id = l.tenant_id AND d.ledger_entry_id = l.id
-            WHERE l.tenant_id = :t GROUP BY l.id HAVING l.amount <> coalesce(sum(d.amount), 0)
+            WHERE l.tenant_id = :t GROUP BY l.tenant_id, l.id HAVING l.amount <> coalesce(sum(d.amount), 0)
         """), {"t": tenant}).all()
         assert not entries_off, entries_off
         # the expiring grants have nothing left; those that expired with credits left are marked expired

@@ -11,7 +11,7 @@ from spectree import Response as Documented
 
 from billing_core import credits, history, ledger, logs, metrics, money, pricing, quotes, usage
 from billing_core.commands import MAX_BATCH_ITEMS, ChargeBatchRequest, ChargeRequest, QuoteRequest, TopUpRequest
-from billing_core.db import UnitOfWork, engine_for
+from billing_core.db import UnitOfWork, engine_for, read_engine
 from billing_core.errors import ValidationFailed
 from billing_core.usage import PENDING, ChargeOutcome
 from tasks.charging import request_charging
@@ -49,6 +49,11 @@ def documented(ok: dict[int, type], *errors: int, **kwargs: Any):
 
 def unit_of_work() -> UnitOfWork:
     return UnitOfWork(engine_for(current_app.config["LAD_SETTINGS"].database_url))
+
+
+def read_unit_of_work() -> UnitOfWork:
+    """For the heavy reads only (billing_core.db.read_engine): served by the replica when there is one."""
+    return UnitOfWork(read_engine(current_app.config["LAD_SETTINGS"]))
 
 
 def ok(status: int = 200, replayed: bool = False, **body: Any) -> Response:
@@ -259,7 +264,7 @@ def get_usage() -> Response:
         start=time_bound(query.from_, "from", end=False), end=time_bound(query.to, "to", end=True),
         feature_key=query.featureKey, status=query.status,
     )
-    with unit_of_work() as uow:
+    with read_unit_of_work() as uow:
         events, next_cursor = history.list_usage_events(uow, tenant_id, filters, limit=query.limit, cursor=query.cursor)
         summary = history.summarize_usage(uow, tenant_id, filters)
     return ok(usage={"events": [show.usage_event(e) for e in events], "summary": show.summary(summary),
@@ -284,7 +289,7 @@ def get_transactions() -> Response:
     principal = authenticate(VIEW)
     query = parse_query(schemas.TransactionsQuery)
     tenant_id = tenant_for(principal, query.tenantId)
-    with unit_of_work() as uow:
+    with read_unit_of_work() as uow:
         entries, next_cursor = ledger.list_entries(
             uow, tenant_id, start=time_bound(query.from_, "from", end=False),
             end=time_bound(query.to, "to", end=True), entry_type=query.type, limit=query.limit, cursor=query.cursor,

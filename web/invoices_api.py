@@ -8,15 +8,15 @@ from typing import Annotated, Any, Literal
 from flask import Response, make_response
 from pydantic import BaseModel, Field
 
-from billing_core import invoices
+from billing_core import credits, invoices
 from billing_core.commands import TenantId
-from billing_core.errors import BillingError, ValidationFailed
+from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.invoice_render import invoice_csv, invoice_pdf
 from billing_core.invoices import Invoice, InvoiceLine, Period
 from tasks.invoices import announce_finalized
 
 from . import representations as show
-from .api import billing, documented, ok, unit_of_work
+from .api import billing, documented, ok, read_unit_of_work, unit_of_work
 from .auth import ADMIN, VIEW, authenticate, tenant_for
 from .errors import ApiError
 from .limits import rate_limited
@@ -225,7 +225,7 @@ def get_invoices() -> Response:
     tenant_id = tenant_for(principal, query.tenantId)
     period_from = Period.parse(query.from_, "from") if query.from_ else None
     period_to = Period.parse(query.to, "to") if query.to else None
-    with unit_of_work() as uow:
+    with read_unit_of_work() as uow:
         found, next_cursor = invoices.list_invoices(uow, tenant_id, limit=query.limit, cursor=query.cursor,
                                                     period_from=period_from, period_to=period_to)
     return ok(invoices=[invoice_summary(i) for i in found], nextCursor=next_cursor)
@@ -241,7 +241,14 @@ def get_invoice_preview() -> Response:
     query = parse_query(PeriodQuery)
     tenant_id = tenant_for(principal, query.tenantId)
     with unit_of_work() as uow:
-        period = _period(query.period, Period.containing(uow.now()))
+        now = uow.now()
+        period = _period(query.period, Period.containing(now))
+        if period.start <= now < period.end:
+            # the month still open ends at the present: what has expired by now is in it, as in GET /wallet,
+            # even if the expiry job has not come round yet
+            credits.end_what_is_due(uow, tenant_id)
+            uow.commit()
+    with unit_of_work() as uow:  # the preview's SQL uses temporary tables, which a replica cannot have
         try:
             draft = invoices.preview(uow, tenant_id, period)
         except invoices.PeriodNotStarted as exc:
@@ -279,8 +286,14 @@ def _stored(invoice_id: str) -> Invoice:
     principal = authenticate(VIEW)
     query = parse_query(TenantQuery)
     tenant_id = tenant_for(principal, query.tenantId)
-    with unit_of_work() as uow:
-        return invoices.get_invoice(uow, tenant_id, path_uuid(invoice_id, "invoice"))
+    wanted = path_uuid(invoice_id, "invoice")
+    try:
+        with read_unit_of_work() as uow:
+            return invoices.get_invoice(uow, tenant_id, wanted)
+    except NotFound:
+        # an invoice finalized a moment ago may not have reached the replica yet: the primary decides
+        with unit_of_work() as uow:
+            return invoices.get_invoice(uow, tenant_id, wanted)
 
 
 def _download(body: str | bytes, mimetype: str, inv: Invoice, extension: str) -> Response:

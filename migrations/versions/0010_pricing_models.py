@@ -8,7 +8,7 @@ Create Date: 2026-12-01
 from alembic import op
 
 revision = "0010"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
