@@ -14,6 +14,7 @@ from .errors import ApiError
 
 TENANT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 ADMIN, VIEW, CHARGE = "billing.admin", "billing.view", "billing.charge"
+MANAGE = "billing.manage"  # a tenant's own administrators (portal sessions for itself)
 
 
 @dataclass(frozen=True)
