@@ -228,9 +228,11 @@ def test_tables_read_without_javascript(browser, api, tenant_a):
 def test_a_script_in_a_tenant_s_values_is_shown_as_text(browser, api, tenant_a, make_token):
     tokens = tenant_a["tokens"]
     link = portal_link(api, tokens["manage"])
-    with Visit(browser) as v:
+    with Visit(browser, viewport={"width": 1100, "height": 760}) as v:
         v.open(link["url"])
-        v.open(v.page.url + f"usage/{tenant_a['dear']['id']}")
+        v.open(v.page.url + "usage?days=7")
+        v.page.screenshot(path=str(SCREENSHOTS / "portal-usage-desktop.png"))  # the README's picture
+        v.open(v.page.url.split("usage")[0] + f"usage/{tenant_a['dear']['id']}")
         assert SCRIPT in v.page.inner_text("main")
         assert v.page.evaluate("window.__pwned") is None
     response = api.post("/api/billing/adjustments", tokens["admin"],
@@ -258,6 +260,7 @@ def test_console_search_a_tenant_top_it_up_with_a_reason_and_see_the_ledger_entr
         v.click(page.get_by_role("button", name="Search"))
         assert page.locator("#tenants-table tbody tr").count() == 1
         v.click(page.get_by_role("link", name=tenant), "console-tenant")
+        page.screenshot(path=str(SCREENSHOTS / "console-tenant-desktop.png"))  # the README's picture
         page.get_by_label("Amount", exact=True).fill("2.125")
         page.get_by_label("Reason").first.fill("goodwill for the outage")
         v.click(page.get_by_role("button", name="Top up"))
@@ -456,6 +459,19 @@ def test_portal_frame_ancestors_come_from_the_setting(monkeypatch):
     console = security_headers("console", Response())
     assert "frame-ancestors 'none'" in console.headers["Content-Security-Policy"]
     assert console.headers["X-Frame-Options"] == "DENY"
+
+
+def test_make_console_prints_links_that_open_the_pages(live, monkeypatch, capsys):
+    from devstack import console
+
+    tenant = f"cli-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PORT", str(live.port))
+    assert console.main(["--tenant", tenant, "--ttl-minutes", "5"]) == 0
+    links = re.findall(r"(http://\S+/(?:console|portal)/open\?token=\S+)", capsys.readouterr().out)
+    assert len(links) == 2
+    for link in links:
+        opened = requests.get(link, timeout=30)
+        assert opened.status_code == 200 and opened.url.endswith(("/console/", "/portal/")), opened.url
 
 
 def test_the_vendored_chart_library_carries_its_licence():

@@ -19,7 +19,7 @@
     type: "bar",
     data: { labels: labels, datasets: datasets },
     options: {
-      responsive: true, animation: false,
+      responsive: true, maintainAspectRatio: false, animation: false,
       scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true } },
       plugins: { tooltip: { callbacks: { label: function (item) {
         return item.dataset.label + ": " + item.dataset.texts[item.dataIndex];
