@@ -71,11 +71,12 @@ def open_link(surface: str, landing: str) -> Response:
         raise PageRefused(401, "This link does not open anything",
                           "The link is not valid: it was changed, it expired, or it was revoked. Ask for a new one.")
     response = redirect(url_for(landing), code=303)
+    # the portal is embedded in LAD's dashboard (another site): outside development its cookie must go with
+    # framed requests (SameSite=None), kept apart per embedding site (Partitioned, CHIPS)
+    embedded = surface == sessions.PORTAL and not development()
     response.set_cookie(
         cookie_name(surface), token or "", expires=found.expires_at, path=f"/{surface}", httponly=True,
-        secure=not development(),
-        # the portal is embedded in LAD's dashboard (another site): its cookie must go with framed requests
-        samesite="None" if surface == sessions.PORTAL and not development() else "Lax")
+        secure=not development(), samesite="None" if embedded else "Lax", partitioned=embedded)
     return response
 
 

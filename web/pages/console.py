@@ -18,6 +18,7 @@ from billing_core.wallets import change_settings
 
 from .. import representations as show
 from ..auth import TENANT_ID
+from ..errors import status_for
 from ..parsing import parse
 from .common import current_session, install, open_link, unit_of_work
 
@@ -92,7 +93,7 @@ def _act(tenant_id: str, action: str, run: Any) -> Response:
     except BillingError as exc:
         if isinstance(exc, NotFound) and exc.message.startswith("tenant "):
             raise
-        return _tenant_page(tenant_id, exc, status=400 if isinstance(exc, ValidationFailed) else 409)
+        return _tenant_page(tenant_id, exc, status=status_for(exc.code, exc.details))
     return redirect(url_for("console.tenant", tenant_id=tenant_id, done=action), code=303)
 
 
