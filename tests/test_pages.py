@@ -185,6 +185,14 @@ def test_portal_balance_chart_breakdown_invoice_and_alert_threshold(browser, api
         v.click(page.get_by_role("link", name="category"), "portal-usage-by-category")
         headers = page.locator("#spend-table thead th").all_inner_texts()
         assert {"stt", "tts"} <= set(headers), headers
+        # any days: last month's charge is in a range that ends before today's
+        previous, _ = months()
+        page.get_by_label("From", exact=True).fill(previous.start.date().isoformat())
+        page.get_by_label("To", exact=True).fill((previous.start + timedelta(days=9)).date().isoformat())
+        v.click(page.get_by_role("button", name="Show"))
+        assert page.locator("#spend-table tbody tr").count() == 10
+        assert page.locator("#spend-table tfoot td").all_inner_texts() == ["1.2345"]  # 12345 s of stt
+        v.click(page.get_by_role("link", name="7 days"))
 
         # the dearest call is first in the top calls; its breakdown has every item as charged
         v.click(page.locator("section:has(#top-calls) tbody a").first, "portal-call")
@@ -212,6 +220,9 @@ def test_portal_balance_chart_breakdown_invoice_and_alert_threshold(browser, api
         page.get_by_label("E-mail").fill("billing@example.com")
         v.click(page.get_by_role("button", name="Save alerts"))
         assert "Saved: alerts" in page.inner_text("main")
+        v.click(page.get_by_role("button", name="Sign out"), "portal-signed-out")
+        assert requests.get(link["url"], timeout=30).status_code == 401, "signing out revokes the link"
+        assert page.goto(link["url"].split("/open")[0] + "/").status == 401
     settings = api.get("/api/billing/settings/alerts", tokens["admin"]).json()["alerts"]
     assert settings["thresholds"] == ["5", "1.25"] and settings["email"] == "billing@example.com"
 
@@ -261,6 +272,11 @@ def test_console_search_a_tenant_top_it_up_with_a_reason_and_see_the_ledger_entr
         page.get_by_label("Tenant id contains").fill(tenant[-6:])
         v.click(page.get_by_role("button", name="Search"))
         assert page.locator("#tenants-table tbody tr").count() == 1
+        page.get_by_label("blocked only").check()
+        v.click(page.get_by_role("button", name="Search"))
+        assert page.locator("#tenants-table tbody tr").all_inner_texts() == ["No tenant matches."]
+        page.get_by_label("blocked only").uncheck()
+        v.click(page.get_by_role("button", name="Search"))
         v.click(page.get_by_role("link", name=tenant), "console-tenant")
         page.screenshot(path=str(SCREENSHOTS / "console-tenant-desktop.png"))  # the README's picture
         page.get_by_label("Amount", exact=True).fill("2.125")

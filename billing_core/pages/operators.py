@@ -6,27 +6,30 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from .. import money
 from ..db import UnitOfWork
 from ..notifications import notifications
 from ..pricing import Price
-from ..tables import prices, reconciliation_runs
+from ..tables import prices, reconciliation_runs, wallets
 from ..wallets import Wallet
 
 TENANTS_PAGE = 50
 
 
-def tenants(uow: UnitOfWork, search: str | None = None, limit: int = TENANTS_PAGE) -> list[Wallet]:
+def tenants(uow: UnitOfWork, search: str | None = None, *, flagged: bool = False, blocked: bool = False,
+            limit: int = TENANTS_PAGE) -> list[Wallet]:
     """Wallets with the most recent activity (a balance or setting change) first; `search` matches a
-    part of the tenant id."""
-    conditions, params = "", {"limit": limit}
+    part of the tenant id; `flagged` / `blocked` keep only those."""
+    query = select(wallets)
     if search:
-        conditions = "WHERE strpos(lower(tenant_id), lower(:search)) > 0"
-        params["search"] = search
-    rows = uow.connection.execute(text(
-        f"SELECT * FROM wallets {conditions} ORDER BY updated_at DESC, tenant_id LIMIT :limit"), params).all()
+        query = query.where(func.strpos(func.lower(wallets.c.tenant_id), search.lower()) > 0)
+    if flagged:
+        query = query.where(wallets.c.flagged_at.is_not(None))
+    if blocked:
+        query = query.where(wallets.c.status == "blocked")
+    rows = uow.connection.execute(query.order_by(wallets.c.updated_at.desc(), wallets.c.tenant_id).limit(limit)).all()
     return [Wallet(**r._mapping) for r in rows]
 
 

@@ -80,6 +80,19 @@ def open_link(surface: str, landing: str) -> Response:
     return response
 
 
+def close_session(surface: str) -> Response:
+    """POST …/sign-out: revoke this session now (its link too) and forget the cookie."""
+    session = current_session()
+    with unit_of_work() as uow:
+        if surface == sessions.PORTAL:
+            sessions.revoke_portal_session(uow, session.tenant_id or "", session.id)
+        else:
+            sessions.revoke_console_session(uow, session.id)
+    response = error_page(surface, 200, "Signed out", "This session is closed. Open a new link to come back.")
+    response.delete_cookie(cookie_name(surface), path=f"/{surface}")
+    return response
+
+
 def current_session() -> PageSession:
     session: PageSession | None = g.get("lad_page_session")
     if session is None:
@@ -132,7 +145,8 @@ def install(blueprint: Blueprint, surface: str) -> None:
 
 
 def error_page(surface: str, status: int, title: str, message: str, code: str | None = None) -> Response:
+    shown = None if status in (200, 401, 403) else g.get("lad_page_session")  # refused or closed: no navigation
     body = render_template("pages/error.html", title=title, message=message, code=code, status=status,
-                           surface=surface, page_session=None if status in (401, 403) else g.get("lad_page_session"))
+                           surface=surface, page_session=shown)
     response = make_response(body, status)
     return security_headers(surface, response)

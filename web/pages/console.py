@@ -20,7 +20,7 @@ from .. import representations as show
 from ..auth import TENANT_ID
 from ..errors import status_for
 from ..parsing import parse
-from .common import current_session, install, open_link, unit_of_work
+from .common import close_session, current_session, install, open_link, unit_of_work
 
 console = Blueprint("console", __name__, url_prefix="/console")
 install(console, sessions.CONSOLE)
@@ -31,12 +31,18 @@ def open_session() -> Response:
     return open_link(sessions.CONSOLE, "console.tenants")
 
 
+@console.post("/sign-out")
+def sign_out() -> Response:
+    return close_session(sessions.CONSOLE)
+
+
 @console.get("/")
 def tenants() -> str:
     search = (request.args.get("q") or "").strip()[:64] or None
+    flagged, blocked = request.args.get("flagged") == "1", request.args.get("blocked") == "1"
     with unit_of_work() as uow:
-        found = operators.tenants(uow, search)
-    return render_template("console/tenants.html", search=search or "",
+        found = operators.tenants(uow, search, flagged=flagged, blocked=blocked)
+    return render_template("console/tenants.html", search=search or "", flagged=flagged, blocked=blocked,
                            tenants=[{**show.wallet(w), "updatedAt": show.timestamp(w.updated_at)} for w in found])
 
 

@@ -4,7 +4,7 @@ representations give every number exactly as the API shows it."""
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import date, datetime, time, timedelta, timezone
 
 from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
 
@@ -23,17 +23,23 @@ from ..alerts_api import show_settings
 from ..invoices_api import invoice_json, invoice_summary
 from ..lifecycle_api import _feature_key
 from ..parsing import parse, path_uuid
-from .common import current_session, install, open_link, unit_of_work
+from .common import close_session, current_session, install, open_link, unit_of_work
 
 portal = Blueprint("portal", __name__, url_prefix="/portal")
 install(portal, sessions.PORTAL)
 
 RANGES = (7, 30, 90)  # days the usage chart offers
+MAX_RANGE_DAYS = 366
 
 
 @portal.get("/open", endpoint="open")
 def open_session() -> Response:
     return open_link(sessions.PORTAL, "portal.overview")
+
+
+@portal.post("/sign-out")
+def sign_out() -> Response:
+    return close_session(sessions.PORTAL)
 
 
 @portal.get("/")
@@ -52,24 +58,38 @@ def overview() -> str:
                            depleted=wallet.available_balance <= 0)
 
 
+def _usage_range(now: datetime) -> tuple[datetime, datetime, dict[str, str]]:
+    """The chosen range: whole UTC days from `from` to `to` (dates, at most a year), else the last
+    `days` (7, 30 or 90; default 30) up to today; and the query that names it."""
+    try:
+        first, last = date.fromisoformat(request.args["from"]), date.fromisoformat(request.args["to"])
+    except (KeyError, ValueError):
+        first = last = None
+    if first and last and first <= last and (last - first).days < MAX_RANGE_DAYS:
+        start = datetime.combine(first, time(), tzinfo=timezone.utc)
+        return start, datetime.combine(last + timedelta(days=1), time(), tzinfo=timezone.utc), \
+            {"from": first.isoformat(), "to": last.isoformat()}
+    days = int(request.args["days"]) if request.args.get("days") in {str(d) for d in RANGES} else 30
+    end = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1), time(), tzinfo=timezone.utc)
+    return end - timedelta(days=days), end, {"days": str(days)}
+
+
 @portal.get("/usage")
 def usage_page() -> str:
     tenant_id = current_session().tenant_id
-    days = int(request.args["days"]) if request.args.get("days") in {str(d) for d in RANGES} else 30
     by = request.args.get("by") if request.args.get("by") in spend.GROUPINGS else "feature"
     with unit_of_work() as uow:
-        now = uow.now()
-        end = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-        start = end - timedelta(days=days)
+        start, end, chosen = _usage_range(uow.now())
         daily = spend.daily_spend(uow, tenant_id, start, end, by)
         calls = spend.top_calls(uow, tenant_id, start, end)
         summary = history.summarize_usage(uow, tenant_id, history.UsageFilter(start=start, end=end))
     rows = [{"day": day.isoformat(),
              "costs": [show.amount(daily.cost[(day, group)]) if (day, group) in daily.cost else "0"
                        for group in daily.groups]} for day in daily.days]
-    return render_template("portal/usage.html", days=days, by=by, ranges=RANGES, groups=daily.groups, rows=rows,
-                           totals=[show.amount(daily.total(g)) for g in daily.groups],
-                           start=show.timestamp(start), end=show.timestamp(end),
+    label = f"{chosen['days']} days" if "days" in chosen else f"{chosen['from']} to {chosen['to']}"
+    return render_template("portal/usage.html", chosen=chosen, label=label, by=by, ranges=RANGES,
+                           groups=daily.groups, rows=rows, totals=[show.amount(daily.total(g)) for g in daily.groups],
+                           first_day=daily.days[0].isoformat(), last_day=daily.days[-1].isoformat(),
                            calls=[show.usage_event(e) for e in calls], summary=show.summary(summary))
 
 
