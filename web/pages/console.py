@@ -5,12 +5,12 @@ when the form was drawn (a double submit replays) and a mandatory reason, record
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
 
 from billing_core import budgets, credits, history, ledger, reservations
-from billing_core.commands import AdjustmentRequest, RefundRequest, TopUpRequest
+from billing_core.commands import AdjustmentRequest, Reason, RefundRequest, Strict, TopUpRequest
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.pages import actions, operators, sessions
 from billing_core.tables import wallets
@@ -104,16 +104,17 @@ def _act(tenant_id: str, action: str, run: Any) -> Response:
 
 
 def _form(*names: str) -> dict[str, Any]:
-    return {name: request.form.get(name) or None for name in names}
+    """The named fields that were filled in (an empty field is a missing one)."""
+    return {name: request.form[name] for name in names if request.form.get(name)}
 
 
 @console.post("/tenants/<tenant_id>/topup")
 def topup(tenant_id: str) -> Response:
     def run(uow: Any, session: sessions.PageSession) -> Any:
         fields = _form("amount", "kind", "description", "idempotencyKey")
-        if not fields["description"]:
+        if "description" not in fields:
             raise ValidationFailed("description", "a reason is required")
-        command = parse(TopUpRequest, {k: v for k, v in fields.items() if v is not None})
+        command = parse(TopUpRequest, fields)
         return command.model_dump(mode="json"), lambda: credits.top_up(
             uow, tenant_id, command, created_by=f"console:{session.created_by or session.id}")
     return _act(tenant_id, "topup", run)
@@ -123,7 +124,7 @@ def topup(tenant_id: str) -> Response:
 def adjustment(tenant_id: str) -> Response:
     def run(uow: Any, session: sessions.PageSession) -> Any:
         fields = _form("amount", "reason", "idempotencyKey")
-        command = parse(AdjustmentRequest, {k: v for k, v in fields.items() if v is not None})
+        command = parse(AdjustmentRequest, fields)
         return command.model_dump(mode="json"), lambda: credits.adjust(
             uow, tenant_id, command, created_by=f"console:{session.created_by or session.id}")
     return _act(tenant_id, "adjustment", run)
@@ -133,27 +134,27 @@ def adjustment(tenant_id: str) -> Response:
 def refund(tenant_id: str) -> Response:
     def run(uow: Any, session: sessions.PageSession) -> Any:
         fields = _form("transactionId", "amount", "reason", "idempotencyKey")
-        command = parse(RefundRequest, {k: v for k, v in fields.items() if v is not None})
+        command = parse(RefundRequest, fields)
         return command.model_dump(mode="json"), lambda: credits.refund(
             uow, tenant_id, command, created_by=f"console:{session.created_by or session.id}")
     return _act(tenant_id, "refund", run)
 
 
+class WalletStatusChange(Strict):
+    """Block or unblock from the console: always with the reason, which is recorded with the change."""
+    status: Literal["active", "blocked"]
+    reason: Reason
+
+
 @console.post("/tenants/<tenant_id>/status")
 def wallet_status(tenant_id: str) -> Response:
     def run(uow: Any, session: sessions.PageSession) -> Any:
-        status, reason = request.form.get("status"), (request.form.get("reason") or "").strip()
-        if status not in ("active", "blocked"):
-            raise ValidationFailed("status", "must be active or blocked")
-        if not reason:
-            raise ValidationFailed("reason", "a reason is required to block or unblock")
-        if len(reason) > 500:
-            raise ValidationFailed("reason", "at most 500 characters")
+        command = parse(WalletStatusChange, _form("status", "reason"))
 
         def done() -> None:
-            change_settings(uow, tenant_id, status=status, overdraft_limit=None, clear_flag=False)
+            change_settings(uow, tenant_id, status=command.status, overdraft_limit=None, clear_flag=False)
             uow.commit()
-        return {"status": status, "reason": reason}, done
+        return command.model_dump(mode="json"), done
     return _act(tenant_id, "block" if request.form.get("status") == "blocked" else "unblock", run)
 
 
