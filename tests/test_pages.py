@@ -330,6 +330,20 @@ def test_blocking_needs_a_reason_and_is_recorded(api, live, tenant_b, make_token
     assert [tuple(r) for r in recorded] == [("block", "chargeback"), ("unblock", "resolved")]
 
 
+def test_operations_show_the_backlog_and_the_reconciliation_runs(api, live, tenant_b, make_token):
+    from billing_core import reconciliation
+
+    with UnitOfWork(tenant_b_engine(live)) as uow:
+        reconciliation.reconcile(uow)  # this hour's run (or the one already recorded)
+    with tenant_b_engine(live).begin() as connection:
+        slot = connection.execute(text("SELECT max(slot) FROM reconciliation_runs")).scalar_one()
+    session, base = _console_session(api, live, make_token)
+    page = session.get(f"{base}/console/operations", timeout=30)
+    assert page.status_code == 200
+    runs = page.text.split('id="runs-table"')[1]
+    assert slot.strftime("%Y-%m-%dT%H:%M") in runs and "No runs yet" not in runs
+
+
 # --- security over plain HTTP -----------------------------------------------------------------------
 
 def tenant_b_engine(live: Any) -> Any:
