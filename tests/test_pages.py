@@ -526,6 +526,13 @@ def test_make_console_prints_links_that_open_the_pages(live, monkeypatch, capsys
         assert opened.status_code == 200 and opened.url.endswith(("/console/", "/portal/")), opened.url
 
 
+def test_the_api_document_has_the_session_endpoints_and_not_the_pages(api):
+    paths = set(api.get("/openapi.json").json()["paths"])
+    assert {"/api/billing/portal-sessions", "/api/billing/portal-sessions/{session_id}",
+            "/api/billing/console-sessions", "/api/billing/console-sessions/{session_id}"} <= paths
+    assert not [p for p in paths if p.startswith(("/portal", "/console"))]
+
+
 def test_the_chart_library_is_served_from_the_app_with_its_licence(api):
     vendored = ROOT / "web" / "static" / "vendor" / "chart.js"
     assert (vendored / "LICENSE.md").read_text().startswith("The MIT License")
