@@ -2,6 +2,7 @@
 naming a tenant), POST /console-sessions (billing.admin), and their revocation."""
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 from flask import Response, request, url_for
@@ -56,8 +57,10 @@ def _optional_body() -> dict:
 
 
 def _session_out(new: sessions.NewSession, endpoint: str) -> dict[str, str | None]:
-    return {"id": str(new.id), "url": url_for(endpoint, token=new.token, _external=True),
-            "expiresAt": show.timestamp(new.expires_at)}
+    # behind a proxy the service's public address is LAD_PUBLIC_URL, not the Host it was asked on
+    public = os.environ.get("LAD_PUBLIC_URL", "").rstrip("/")
+    url = public + url_for(endpoint, token=new.token) if public else url_for(endpoint, token=new.token, _external=True)
+    return {"id": str(new.id), "url": url, "expiresAt": show.timestamp(new.expires_at)}
 
 
 @billing.post("/portal-sessions")
