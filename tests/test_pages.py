@@ -513,6 +513,19 @@ def test_outside_development_the_cookies_are_secure_and_the_portal_s_embeddable(
         assert "Partitioned" not in cookie
 
 
+def test_links_name_the_public_address_when_it_is_set(live, tenant_a, monkeypatch):
+    from tests.conftest import TEST_SECRET
+    from web.app import create_app
+    from web.auth import TokenSettings
+
+    monkeypatch.setenv("LAD_PUBLIC_URL", "https://billing.lad.example/")
+    with create_app({"LAD_TOKENS": TokenSettings(TEST_SECRET, None, None, None)}).test_client() as client:
+        response = client.post("/api/billing/portal-sessions", json={},
+                               headers={"Authorization": f"Bearer {tenant_a['tokens']['manage']}"})
+    assert response.status_code == 200, response.text
+    assert response.json["portalSession"]["url"].startswith("https://billing.lad.example/portal/open?token=")
+
+
 def test_make_console_prints_links_that_open_the_pages(live, monkeypatch, capsys):
     from devstack import console
 
