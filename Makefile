@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: install run test bench token job migrate lint clean
+.PHONY: install run test bench token job migrate lint clean console vendor chromium
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ install: $(STAMP) $(CLIENT_STAMP)
 run: install
 	WEBHOOK_ALLOW_PRIVATE_ADDRESSES=$${WEBHOOK_ALLOW_PRIVATE_ADDRESSES:-true} $(PY) -m devstack.run
 
-test: install node-toolchain
+test: install node-toolchain chromium
 	$(PY) -m pytest
 
 # Node.js 18+ and npm for the TypeScript client's tests (clients/node); CI is root on Debian
@@ -48,3 +48,28 @@ migrate: install
 
 clean:
 	rm -rf .data .pytest_cache
+
+# --- pages (portal and console) ---------------------------------------------------------------------
+# Chart.js (served by the app) and axe-core (injected by the browser tests), from the npm registry with
+# their licences; the results are committed, so `make run` needs no network and no build step.
+CHARTJS_VERSION := 4.6.1
+AXE_CORE_VERSION := 4.14.1
+
+vendor:
+	@rm -rf .data/vendor && mkdir -p .data/vendor/chart.js .data/vendor/axe-core
+	cd .data/vendor && npm pack --silent chart.js@$(CHARTJS_VERSION) axe-core@$(AXE_CORE_VERSION) >/dev/null
+	tar -xzf .data/vendor/chart.js-$(CHARTJS_VERSION).tgz -C .data/vendor/chart.js
+	tar -xzf .data/vendor/axe-core-$(AXE_CORE_VERSION).tgz -C .data/vendor/axe-core
+	mkdir -p web/static/vendor/chart.js tests/vendor/axe-core
+	cp .data/vendor/chart.js/package/dist/chart.umd.min.js .data/vendor/chart.js/package/LICENSE.md web/static/vendor/chart.js/
+	echo "chart.js $(CHARTJS_VERSION) from the npm registry (make vendor)" > web/static/vendor/chart.js/VERSION
+	cp .data/vendor/axe-core/package/axe.min.js .data/vendor/axe-core/package/LICENSE tests/vendor/axe-core/
+	echo "axe-core $(AXE_CORE_VERSION) from the npm registry (make vendor)" > tests/vendor/axe-core/VERSION
+
+# Debian's chromium for the browser tests (its own download does not work here); CI is root
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+# a console link for the local stack started by `make run` (reads .data/stack.env)
+console: install
+	@$(PY) -m devstack.console $(if $(TENANT),--tenant "$(TENANT)")

@@ -8,7 +8,15 @@ from flask import Flask
 from billing_core import logs
 from billing_core.config import Settings
 
-from . import alerts_api, auto_topup_api, invoices_api, lifecycle_api, stripe_webhook  # noqa: F401 - their routes join the blueprint
+# their routes join the blueprint
+from . import (  # noqa: F401
+    alerts_api,
+    auto_topup_api,
+    invoices_api,
+    lifecycle_api,
+    page_sessions_api,
+    stripe_webhook,
+)
 from .api import billing
 from .auth import TokenSettings
 from .errors import register_error_handlers
@@ -18,6 +26,8 @@ from .limits import init_limiter
 from .observability import init_observability
 from .openapi import spec
 from .outcomes import ChargeOutcomeListener
+from .pages.console import console
+from .pages.portal import portal
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -35,6 +45,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(billing)
     init_limiter(app)
     app.register_blueprint(health)
+    app.register_blueprint(portal)
+    app.register_blueprint(console)
     register_error_handlers(app)
     init_observability(app)
     spec.register(app)

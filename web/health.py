@@ -44,7 +44,13 @@ def _check_broker() -> str:
         return f"error: {type(exc).__name__}"
 
 
+# the portal's and the console's pages are for browsers, not part of the API the document describes
+PAGE_PREFIXES = ("/portal/", "/console/")
+
+
 @health.get("/openapi.json")
 def openapi_document() -> Response:
-    return jsonify(spec.spec)
+    document = spec.spec
+    return jsonify({**document, "paths": {path: operations for path, operations in document["paths"].items()
+                                          if not path.startswith(PAGE_PREFIXES)}})
 

@@ -1,0 +1,553 @@
+"""The tenant's billing portal and the operators' console in a real browser: Debian's headless chromium
+driven by Playwright, axe-core run in every page, the security cases over plain HTTP. One browser for
+the module; screenshots of every page land in .data/test/screenshots/ on every run."""
+from __future__ import annotations
+
+import io
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from pypdf import PdfReader
+from sqlalchemy import text
+
+from billing_core.db import UnitOfWork, engine_for
+from billing_core.invoices import rollup
+from devstack.stack import ROOT
+from tests.helpers import stt_items, top_up, wait_until_settled
+from tests.test_invoices import STT, TTS, History, items, months
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+SCREENSHOTS = ROOT / ".data" / "test" / "screenshots"
+AXE = (ROOT / "tests" / "vendor" / "axe-core" / "axe.min.js").read_text()
+SCRIPT = '<script>window.__pwned = 1</script>'
+PHONE = {"width": 390, "height": 844}
+
+
+# --- the browser ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+class Visit:
+    """One browser context (one person's cookies) and its page; every page it opens is checked with
+    axe-core, must carry the CSP header, must not trip the CSP, and is photographed."""
+
+    def __init__(self, browser: Any, **options: Any):
+        self.context = browser.new_context(accept_downloads=True, **options)
+        self.page = self.context.new_page()
+        self.csp_violations: list[str] = []
+        self.page.on("console", lambda m: "Content Security Policy" in m.text and self.csp_violations.append(m.text))
+
+    def open(self, url: str, shot: str | None = None, status: int = 200) -> Any:
+        response = self.page.goto(url)
+        assert response is not None and response.status == status, (url, response and response.status)
+        self.checked(response, shot)
+        return response
+
+    def checked(self, response: Any, shot: str | None) -> None:
+        csp = response.headers.get("content-security-policy", "")
+        assert "script-src 'self'" in csp and "frame-ancestors" in csp, csp
+        self.page.wait_for_load_state("load")
+        width = self.page.viewport_size["width"]
+        assert self.page.evaluate("document.documentElement.scrollWidth") <= width, f"{self.page.url} is wider"
+        self.axe()
+        assert not self.csp_violations, self.csp_violations
+        if shot:
+            self.page.screenshot(path=str(SCREENSHOTS / f"{shot}.png"), full_page=True)
+
+    def axe(self) -> None:
+        # evaluate() runs over the DevTools protocol, which the page's CSP does not govern
+        self.page.evaluate(AXE)
+        result = self.page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+        bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3]) for v in result["violations"]
+               if v["impact"] in ("serious", "critical")]
+        assert not bad, f"{self.page.url}: {bad}"
+
+    def click(self, locator: Any, shot: str | None = None) -> None:
+        """Click what leads to another page, and check that page."""
+        with self.page.expect_navigation() as navigation:
+            locator.click()
+        assert navigation.value.status == 200, (self.page.url, navigation.value.status)
+        self.checked(navigation.value, shot)
+
+    def __enter__(self) -> Visit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.context.close()
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+def portal_link(api: Any, token: str, **body: Any) -> dict[str, Any]:
+    response = api.post("/api/billing/portal-sessions", token, json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["portalSession"]
+
+
+def console_link(api: Any, token: str) -> dict[str, Any]:
+    response = api.post("/api/billing/console-sessions", token, json={"ttlMinutes": 30})
+    assert response.status_code == 200, response.text
+    return response.json()["consoleSession"]
+
+
+def charge(api: Any, token: str, feature: str, lines: list[dict[str, str]], **extra: Any) -> dict[str, Any]:
+    response = api.post("/api/billing/charge?wait=20", token,
+                        json={"featureKey": feature, "items": lines, "idempotencyKey": str(uuid.uuid4()), **extra})
+    assert response.status_code in (200, 202), response.text
+    task_id = response.json()["taskId"]
+    return wait_until_settled(api, token, [task_id])[task_id]["usageEvent"]
+
+
+@pytest.fixture(scope="module")
+def tenant_a(live: Any, make_token: Any) -> dict[str, Any]:
+    """A tenant with a finalized invoice last month, charges now (one dearer than the rest), a hold, and a
+    value with a script tag in it wherever a tenant may write text."""
+    api, tenant = live.api, f"portal-{uuid.uuid4().hex[:8]}"
+    tokens = {"admin": make_token(tenant, "billing.admin"), "manage": make_token(tenant, "billing.manage"),
+              "charge": make_token(tenant, "billing.charge", "billing.view")}
+    engine = engine_for(live.env["DATABASE_URL"])
+    previous, _ = months()
+    history = History(engine, tenant)
+    history.top_up(previous.start + timedelta(days=2), "5")
+    history.charge(previous.start + timedelta(days=2, hours=1), "transcribe", items((STT, "12345")))
+    with UnitOfWork(engine) as uow:
+        invoice_id = rollup(uow, previous, tenant_id=tenant).invoice_ids[0]
+    top_up(api, tokens["admin"], "20")
+    cheap = charge(api, tokens["charge"], "transcribe", stt_items("1500"))
+    dear = charge(api, tokens["charge"], "speak", items((TTS, "98765"), (STT, "333")),
+                  externalReferenceId=f"call {SCRIPT}", metadata={"campaign": SCRIPT, "agent": "Ada"})
+    hold = api.post("/api/billing/reservations", tokens["charge"],
+                    json={"featureKey": "call", "amount": "0.75", "idempotencyKey": str(uuid.uuid4())})
+    assert hold.status_code == 200, hold.text
+    invoice = api.get(f"/api/billing/invoices/{invoice_id}", tokens["admin"]).json()["invoice"]
+    return {"tenant": tenant, "tokens": tokens, "invoice": invoice, "cheap": cheap, "dear": dear, "engine": engine}
+
+
+@pytest.fixture(scope="module")
+def tenant_b(live: Any, make_token: Any) -> dict[str, Any]:
+    api, tenant = live.api, f"other-{uuid.uuid4().hex[:8]}"
+    admin, charger = make_token(tenant, "billing.admin"), make_token(tenant, "billing.charge", "billing.view")
+    engine = engine_for(live.env["DATABASE_URL"])
+    previous, _ = months()
+    history = History(engine, tenant)
+    history.top_up(previous.start + timedelta(days=3), "2")
+    with UnitOfWork(engine) as uow:
+        invoice_id = rollup(uow, previous, tenant_id=tenant).invoice_ids[0]
+    top_up(api, admin, "3")
+    event = charge(api, charger, "transcribe", stt_items("10"))
+    return {"tenant": tenant, "invoice_id": str(invoice_id), "event_id": event["id"], "admin": admin}
+
+
+# --- the portal in the browser ----------------------------------------------------------------------
+
+def test_portal_balance_chart_breakdown_invoice_and_alert_threshold(browser, api, tenant_a):
+    tokens = tenant_a["tokens"]
+    link = portal_link(api, tokens["manage"], ttlMinutes=30)
+    wallet = api.get("/api/billing/wallet", tokens["admin"]).json()["wallet"]
+    with Visit(browser, viewport=PHONE) as v:
+        page = v.page
+        v.open(link["url"], "portal-overview")
+        assert page.url.endswith("/portal/"), "the token leaves the address bar"
+        cookie = next(c for c in v.context.cookies() if c["name"] == "lad_portal")
+        assert cookie["httpOnly"] and cookie["sameSite"] in ("Lax", "Strict", "None")
+        assert page.get_by_test_id("available").inner_text() == wallet["availableBalance"]
+        assert page.get_by_test_id("reserved").inner_text() == wallet["reservedBalance"] == "0.75"
+        assert page.get_by_test_id("current").inner_text() == wallet["currentBalance"]
+
+        v.click(page.get_by_role("link", name="Usage", exact=True), "portal-usage")
+        assert page.locator("#spend-table caption").inner_text().endswith("(30 days)")
+        assert page.evaluate("!!Chart.getChart(document.getElementById('spend-chart'))"), "the chart is drawn"
+        v.click(page.get_by_role("link", name="7 days"))
+        assert page.locator("#spend-table caption").inner_text().endswith("(7 days)")
+        assert page.locator("#spend-table tbody tr").count() == 7
+        v.click(page.get_by_role("link", name="category"), "portal-usage-by-category")
+        headers = page.locator("#spend-table thead th").all_inner_texts()
+        assert {"stt", "tts"} <= set(headers), headers
+        # any days: last month's charge is in a range that ends before today's
+        previous, _ = months()
+        page.get_by_label("From", exact=True).fill(previous.start.date().isoformat())
+        page.get_by_label("To", exact=True).fill((previous.start + timedelta(days=9)).date().isoformat())
+        v.click(page.get_by_role("button", name="Show"))
+        assert page.locator("#spend-table tbody tr").count() == 10
+        assert page.locator("#spend-table tfoot td").all_inner_texts() == ["1.2345"]  # 12345 s of stt
+        v.click(page.get_by_role("link", name="7 days"))
+
+        # the dearest call is first in the top calls; its breakdown has every item as charged
+        v.click(page.locator("section:has(#top-calls) tbody a").first, "portal-call")
+        assert tenant_a["dear"]["id"] in page.url
+        detail = api.get(f"/api/billing/usage/{tenant_a['dear']['id']}", tokens["admin"]).json()["usageEvent"]
+        assert page.get_by_test_id("total-cost").inner_text().startswith(detail["totalCost"])
+        rows = page.locator("#items-table tbody tr")
+        assert rows.count() == len(detail["items"]) == 2
+        columns = page.locator("#items-table thead th").all_inner_texts()
+        for index, item in enumerate(detail["items"]):
+            cells = rows.nth(index).locator("td").all_inner_texts()
+            for key, value in item.items():
+                assert cells[columns.index(key)] == (value if value is not None else "—")
+
+        v.click(page.get_by_role("link", name="Invoices"), "portal-invoices")
+        invoice = tenant_a["invoice"]
+        with page.expect_download() as download:
+            page.get_by_role("link", name=f"PDF for {invoice['period']}").click()
+        pdf = PdfReader(io.BytesIO(Path(download.value.path()).read_bytes()))
+        pdf_text = "".join(p.extract_text() for p in pdf.pages)
+        assert invoice["totalUsage"] in pdf_text and invoice["closingBalance"] in pdf_text
+
+        v.click(page.get_by_role("link", name="Settings"), "portal-settings")
+        page.get_by_label("Thresholds").fill("5, 1.25")
+        page.get_by_label("E-mail").fill("billing@example.com")
+        v.click(page.get_by_role("button", name="Save alerts"))
+        assert "Saved: alerts" in page.inner_text("main")
+        v.click(page.get_by_role("button", name="Sign out"), "portal-signed-out")
+        assert requests.get(link["url"], timeout=30).status_code == 401, "signing out revokes the link"
+        assert page.goto(link["url"].split("/open")[0] + "/").status == 401
+    settings = api.get("/api/billing/settings/alerts", tokens["admin"]).json()["alerts"]
+    assert settings["thresholds"] == ["5", "1.25"] and settings["email"] == "billing@example.com"
+
+
+def test_tables_read_without_javascript(browser, api, tenant_a):
+    link = portal_link(api, tenant_a["tokens"]["manage"])
+    with Visit(browser, java_script_enabled=False) as v:
+        v.page.goto(link["url"])
+        v.page.goto(v.page.url.replace("/portal/", "/portal/usage?days=7"))
+        assert v.page.locator("#spend-table tbody tr").count() == 7
+        assert tenant_a["cheap"]["totalCost"] in v.page.inner_text("#spend-table tfoot")
+
+
+def test_a_script_in_a_tenant_s_values_is_shown_as_text(browser, api, tenant_a, make_token):
+    tokens = tenant_a["tokens"]
+    link = portal_link(api, tokens["manage"])
+    with Visit(browser, viewport={"width": 1100, "height": 760}) as v:
+        v.open(link["url"])
+        v.open(v.page.url + "usage?days=7")
+        v.page.screenshot(path=str(SCREENSHOTS / "portal-usage-desktop.png"))  # the README's picture
+        v.open(v.page.url.split("usage")[0] + f"usage/{tenant_a['dear']['id']}")
+        assert SCRIPT in v.page.inner_text("main")
+        assert v.page.evaluate("window.__pwned") is None
+        v.open(link["url"] + "x", "portal-refused", status=401)  # the refusal page is a page too
+        assert "does not open anything" in v.page.inner_text("main")
+    response = api.post("/api/billing/adjustments", tokens["admin"],
+                        json={"amount": "0.01", "reason": f"goodwill {SCRIPT}", "idempotencyKey": str(uuid.uuid4())})
+    assert response.status_code == 200, response.text
+    console = console_link(api, make_token("ops", "billing.admin"))
+    with Visit(browser) as v:
+        v.open(console["url"])
+        v.open(v.page.url + f"tenants/{tenant_a['tenant']}")
+        assert SCRIPT in v.page.inner_text("#ledger-table")
+        assert v.page.evaluate("window.__pwned") is None
+
+
+# --- the console in the browser ---------------------------------------------------------------------
+
+def test_console_search_a_tenant_top_it_up_with_a_reason_and_see_the_ledger_entry(browser, api, tenant_a,
+                                                                                 make_token):
+    tenant = tenant_a["tenant"]
+    link = console_link(api, make_token("ops", "billing.admin"))
+    before = api.get("/api/billing/wallet", tenant_a["tokens"]["admin"]).json()["wallet"]["currentBalance"]
+    with Visit(browser, viewport={"width": 1280, "height": 900}) as v:
+        page = v.page
+        v.open(link["url"], "console-tenants")
+        page.get_by_label("Tenant id contains").fill(tenant[-6:])
+        v.click(page.get_by_role("button", name="Search"))
+        assert page.locator("#tenants-table tbody tr").count() == 1
+        page.get_by_label("blocked only").check()
+        v.click(page.get_by_role("button", name="Search"))
+        assert page.locator("#tenants-table tbody tr").all_inner_texts() == ["No tenant matches."]
+        page.get_by_label("blocked only").uncheck()
+        v.click(page.get_by_role("button", name="Search"))
+        v.click(page.get_by_role("link", name=tenant), "console-tenant")
+        page.screenshot(path=str(SCREENSHOTS / "console-tenant-desktop.png"))  # the README's picture
+        page.get_by_label("Amount", exact=True).fill("2.125")
+        page.get_by_label("Reason").first.fill("goodwill for the outage")
+        v.click(page.get_by_role("button", name="Top up"))
+        first = page.locator("#ledger-table tbody tr").first.locator("td").all_inner_texts()
+        assert first[1:5] == ["topup", "2.125", before, str(Decimal(before) + Decimal("2.125"))]
+        assert first[6] == "goodwill for the outage"
+        for shot, name in (("console-catalog", "Catalog and costs"), ("console-margins", "Margins"),
+                           ("console-operations", "Operations")):
+            v.click(page.get_by_role("link", name=name), shot)
+    entries = api.get("/api/billing/transactions?type=topup", tenant_a["tokens"]["admin"]).json()["transactions"]
+    assert [e["description"] for e in entries].count("goodwill for the outage") == 1
+    assert entries[0]["amount"] == "2.125"
+
+
+def test_a_form_sent_twice_tops_up_once(api, live, tenant_b, make_token):
+    session, base = _console_session(api, live, make_token)
+    tenant = tenant_b["tenant"]
+    page = session.get(f"{base}/console/tenants/{tenant}").text
+    form = {"csrf_token": _csrf(page), "amount": "0.5", "kind": "paid", "description": "sent twice",
+            "idempotencyKey": re.search(r'name="idempotencyKey" value="([^"]+)"', page).group(1)}
+    for _ in range(2):
+        assert session.post(f"{base}/console/tenants/{tenant}/topup", data=form).status_code == 200
+    entries = api.get("/api/billing/transactions?type=topup", tenant_b["admin"]).json()["transactions"]
+    assert [e["description"] for e in entries].count("sent twice") == 1
+    no_reason = session.post(f"{base}/console/tenants/{tenant}/topup", data={**form, "description": "",
+                                                                             "idempotencyKey": str(uuid.uuid4())})
+    assert no_reason.status_code == 400 and "reason is required" in no_reason.text
+
+
+def test_blocking_needs_a_reason_and_is_recorded(api, live, tenant_b, make_token):
+    session, base = _console_session(api, live, make_token)
+    tenant = tenant_b["tenant"]
+    page = session.get(f"{base}/console/tenants/{tenant}")
+    csrf = _csrf(page.text)
+    refused = session.post(f"{base}/console/tenants/{tenant}/status", data={"csrf_token": csrf, "status": "blocked"})
+    assert refused.status_code == 400 and "reason" in refused.text
+    assert api.get("/api/billing/wallet", tenant_b["admin"]).json()["wallet"]["status"] == "active"
+    blocked = session.post(f"{base}/console/tenants/{tenant}/status",
+                           data={"csrf_token": csrf, "status": "blocked", "reason": "chargeback"})
+    assert blocked.status_code == 200 and "Done: block" in blocked.text
+    assert api.get("/api/billing/wallet", tenant_b["admin"]).json()["wallet"]["status"] == "blocked"
+    session.post(f"{base}/console/tenants/{tenant}/status",
+                 data={"csrf_token": csrf, "status": "active", "reason": "resolved"})
+    with tenant_b_engine(live).begin() as connection:
+        recorded = connection.execute(text(
+            "SELECT action, request->>'reason' FROM page_actions WHERE tenant_id = :t AND action LIKE '%block' "
+            "ORDER BY created_at"),
+            {"t": tenant}).all()
+    assert [tuple(r) for r in recorded] == [("block", "chargeback"), ("unblock", "resolved")]
+
+
+def test_operations_show_the_backlog_and_the_reconciliation_runs(api, live, tenant_b, make_token):
+    from billing_core import reconciliation
+
+    with UnitOfWork(tenant_b_engine(live)) as uow:
+        reconciliation.reconcile(uow)  # this hour's run (or the one already recorded)
+    with tenant_b_engine(live).begin() as connection:
+        slot = connection.execute(text("SELECT max(slot) FROM reconciliation_runs")).scalar_one()
+    session, base = _console_session(api, live, make_token)
+    page = session.get(f"{base}/console/operations", timeout=30)
+    assert page.status_code == 200
+    runs = page.text.split('id="runs-table"')[1]
+    assert slot.strftime("%Y-%m-%dT%H:%M") in runs and "No runs yet" not in runs
+
+
+# --- security over plain HTTP -----------------------------------------------------------------------
+
+def tenant_b_engine(live: Any) -> Any:
+    return engine_for(live.env["DATABASE_URL"])
+
+
+def _csrf(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([0-9a-f]+)"', html).group(1)
+
+
+def _opened(link: str) -> requests.Session:
+    session = requests.Session()
+    response = session.get(link, timeout=30)
+    assert response.status_code == 200, response.text
+    return session
+
+
+def _console_session(api: Any, live: Any, make_token: Any) -> tuple[requests.Session, str]:
+    link = console_link(api, make_token("ops", "billing.admin"))
+    return _opened(link["url"]), f"http://127.0.0.1:{live.port}"
+
+
+def test_tampered_expired_and_revoked_links_open_nothing(api, live, tenant_a, make_token):
+    tokens = tenant_a["tokens"]
+    link = portal_link(api, tokens["manage"])
+    tenant = tenant_a["tenant"]
+    tampered = [link["url"][:-2] + ("aa" if not link["url"].endswith("aa") else "bb"),
+                link["url"].replace(tenant, tenant + "x"), link["url"].split("?")[0], link["url"] + "~"]
+    for url in tampered:
+        response = requests.get(url, timeout=30, allow_redirects=False)
+        assert response.status_code == 401 and "lad_portal" not in response.headers.get("Set-Cookie", "")
+        assert tenant_a["dear"]["totalCost"] not in response.text
+    assert requests.get(f"http://127.0.0.1:{live.port}/portal/", timeout=30).status_code == 401
+
+    expiring = portal_link(api, tokens["manage"], ttlMinutes=1)
+    session = _opened(expiring["url"])
+    with tenant_a["engine"].begin() as connection:
+        connection.execute(text("UPDATE portal_sessions SET expires_at = now() - interval '1 second' "
+                                "WHERE tenant_id = :t AND id = :id"), {"t": tenant, "id": expiring["id"]})
+    assert session.get(expiring["url"].split("/open")[0] + "/", timeout=30).status_code == 401
+    assert requests.get(expiring["url"], timeout=30).status_code == 401
+
+    revoked = portal_link(api, tokens["manage"])
+    session = _opened(revoked["url"])
+    other = api.request("DELETE", f"/api/billing/portal-sessions/{revoked['id']}", tenant_b_token(make_token))
+    assert other.status_code == 404, "another tenant cannot revoke it"
+    assert session.get(revoked["url"].split("/open")[0] + "/", timeout=30).status_code == 200
+    gone = api.request("DELETE", f"/api/billing/portal-sessions/{revoked['id']}", tokens["manage"])
+    assert gone.status_code == 200, gone.text
+    assert session.get(revoked["url"].split("/open")[0] + "/", timeout=30).status_code == 401
+    assert requests.get(revoked["url"], timeout=30).status_code == 401
+
+    # the console: a portal link is not a console link, and a revoked console session ends
+    console = console_link(api, make_token("ops", "billing.admin"))
+    assert requests.get(link["url"].replace("/portal/", "/console/"), timeout=30).status_code == 401
+    session = _opened(console["url"])
+    api.request("DELETE", f"/api/billing/console-sessions/{console['id']}", make_token("ops", "billing.admin"))
+    assert session.get(console["url"].split("/open")[0] + "/", timeout=30).status_code == 401
+
+
+def tenant_b_token(make_token: Any) -> str:
+    return make_token(f"stranger-{uuid.uuid4().hex[:6]}", "billing.manage")
+
+
+def test_who_may_open_sessions(api, tenant_a, make_token):
+    tenant = tenant_a["tenant"]
+    assert api.post("/api/billing/portal-sessions", make_token(tenant, "billing.view"), json={}).status_code == 403
+    other = api.post("/api/billing/portal-sessions", make_token(tenant, "billing.manage"), json={"tenantId": "x"})
+    assert other.status_code == 403, "billing.manage is for its own tenant only"
+    named = api.post("/api/billing/portal-sessions", make_token("ops", "billing.admin"), json={"tenantId": tenant})
+    assert named.status_code == 200 and "portal/open" in named.json()["portalSession"]["url"]
+    assert api.post("/api/billing/console-sessions", make_token(tenant, "billing.manage"), json={}).status_code == 403
+    for ttl in (0, 721, "60", True):
+        bad = api.post("/api/billing/portal-sessions", make_token(tenant, "billing.manage"), json={"ttlMinutes": ttl})
+        assert bad.status_code == 400 and bad.json()["error"]["details"]["field"] == "ttlMinutes", bad.text
+    assert api.post("/api/billing/portal-sessions", json={}).status_code == 401
+
+
+def test_another_tenant_s_invoice_and_call_are_not_found(api, live, tenant_a, tenant_b):
+    session = _opened(portal_link(api, tenant_a["tokens"]["manage"])["url"])
+    base = f"http://127.0.0.1:{live.port}/portal"
+    own = tenant_a["invoice"]["id"]
+    assert session.get(f"{base}/invoices/{own}.pdf", timeout=30).status_code == 200
+    assert session.get(f"{base}/invoices/{own}.csv", timeout=30).status_code == 200
+    for path in (f"/invoices/{tenant_b['invoice_id']}.pdf", f"/invoices/{tenant_b['invoice_id']}.csv",
+                 f"/usage/{tenant_b['event_id']}", "/usage/not-an-id", f"/invoices/{uuid.uuid4()}.pdf"):
+        response = session.get(base + path, timeout=30)
+        assert response.status_code == 404, (path, response.status_code)
+        assert tenant_b["tenant"] not in response.text
+
+
+def test_a_form_without_its_csrf_token_is_refused(api, live, tenant_a, make_token):
+    link = portal_link(api, tenant_a["tokens"]["manage"])
+    session = _opened(link["url"])
+    base = f"http://127.0.0.1:{live.port}/portal"
+    before = api.get("/api/billing/budgets", tenant_a["tokens"]["admin"]).json()["budgets"]
+    for data in ({"featureKey": "speak", "limit": "1", "period": "day"},
+                 {"featureKey": "speak", "limit": "1", "period": "day", "csrf_token": "0" * 64}):
+        response = session.post(f"{base}/settings/budgets", data=data, timeout=30)
+        assert response.status_code == 403, response.status_code
+    # another session's token is not this session's
+    stranger = _opened(portal_link(api, tenant_a["tokens"]["manage"])["url"])
+    theirs = _csrf(stranger.get(f"{base}/settings", timeout=30).text)
+    assert session.post(f"{base}/settings/budgets", timeout=30,
+                        data={"featureKey": "speak", "limit": "1", "period": "day", "csrf_token": theirs}
+                        ).status_code == 403
+    assert api.get("/api/billing/budgets", tenant_a["tokens"]["admin"]).json()["budgets"] == before
+    mine = _csrf(session.get(f"{base}/settings", timeout=30).text)
+    for _ in range(2):  # the same change twice: one budget, as the API keeps it
+        ok = session.post(f"{base}/settings/budgets", timeout=30,
+                          data={"featureKey": "speak", "limit": "1.5", "period": "day", "csrf_token": mine})
+        assert ok.status_code == 200 and "Saved: budgets" in ok.text
+    budgets = api.get("/api/billing/budgets", tenant_a["tokens"]["admin"]).json()["budgets"]
+    assert [(b["featureKey"], b["limit"], b["period"]) for b in budgets] == [("speak", "1.5", "day")]
+    bad = session.post(f"{base}/settings/budgets", timeout=30,
+                       data={"featureKey": "speak", "limit": "NaN", "period": "day", "csrf_token": mine})
+    assert bad.status_code == 400 and "limit" in bad.text
+
+
+def test_every_page_carries_the_security_headers(api, live, tenant_a, make_token):
+    portal = _opened(portal_link(api, tenant_a["tokens"]["manage"])["url"])
+    console, base = _console_session(api, live, make_token)
+    pages = [(portal, f"{base}/portal{p}") for p in ("/", "/usage", "/invoices", "/settings", f"/usage/{uuid.uuid4()}")]
+    pages += [(console, f"{base}/console{p}") for p in ("/", f"/tenants/{tenant_a['tenant']}", "/catalog", "/margins",
+                                                         "/operations", "/tenants/nobody-here")]
+    pages += [(requests.Session(), f"{base}/portal/"), (requests.Session(), f"{base}/console/open?token=x")]
+    for session, url in pages:
+        response = session.get(url, timeout=30)
+        csp = response.headers["Content-Security-Policy"]
+        assert "script-src 'self'" in csp and "'unsafe-inline'" not in csp, url
+        assert "frame-ancestors 'none'" in csp and response.headers["X-Frame-Options"] == "DENY", url
+        assert response.headers["Cache-Control"] == "no-store" and response.headers["Referrer-Policy"] == "no-referrer"
+        assert "<script>" not in response.text.replace(SCRIPT, ""), "no inline script"
+
+
+def test_portal_frame_ancestors_come_from_the_setting(monkeypatch):
+    from flask import Response
+
+    from web.pages.common import security_headers
+
+    monkeypatch.setenv("PORTAL_FRAME_ANCESTORS", "https://dashboard.lad.example https://lad.example")
+    portal = security_headers("portal", Response())
+    assert "frame-ancestors https://dashboard.lad.example https://lad.example" in portal.headers["Content-Security-Policy"]
+    assert "X-Frame-Options" not in portal.headers
+    console = security_headers("console", Response())
+    assert "frame-ancestors 'none'" in console.headers["Content-Security-Policy"]
+    assert console.headers["X-Frame-Options"] == "DENY"
+
+
+def test_outside_development_the_cookies_are_secure_and_the_portal_s_embeddable(live, api, tenant_a, monkeypatch):
+    from web.app import create_app
+    from web.auth import TokenSettings
+
+    monkeypatch.setenv("LAD_ENV", "production")
+    app = create_app({"LAD_TOKENS": TokenSettings("x" * 32, None, None, "lad-billing")})
+    portal = portal_link(api, tenant_a["tokens"]["manage"])["url"].split("/portal/")[1]
+    console = console_link(api, tenant_a["tokens"]["admin"])["url"].split("/console/")[1]
+    with app.test_client() as client:
+        opened = client.get(f"/portal/{portal}")
+        assert opened.status_code == 303
+        cookie = opened.headers["Set-Cookie"]
+        for attribute in ("HttpOnly", "Secure", "SameSite=None", "Partitioned", "Path=/portal"):
+            assert attribute in cookie, cookie
+        cookie = client.get(f"/console/{console}").headers["Set-Cookie"]
+        for attribute in ("HttpOnly", "Secure", "SameSite=Lax", "Path=/console"):
+            assert attribute in cookie, cookie
+        assert "Partitioned" not in cookie
+
+
+def test_links_name_the_public_address_when_it_is_set(live, tenant_a, monkeypatch):
+    from tests.conftest import TEST_SECRET
+    from web.app import create_app
+    from web.auth import TokenSettings
+
+    monkeypatch.setenv("LAD_PUBLIC_URL", "https://billing.lad.example/")
+    with create_app({"LAD_TOKENS": TokenSettings(TEST_SECRET, None, None, None)}).test_client() as client:
+        response = client.post("/api/billing/portal-sessions", json={},
+                               headers={"Authorization": f"Bearer {tenant_a['tokens']['manage']}"})
+    assert response.status_code == 200, response.text
+    assert response.json["portalSession"]["url"].startswith("https://billing.lad.example/portal/open?token=")
+
+
+def test_make_console_prints_links_that_open_the_pages(live, monkeypatch, capsys):
+    from devstack import console
+
+    tenant = f"cli-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PORT", str(live.port))
+    assert console.main(["--tenant", tenant, "--ttl-minutes", "5"]) == 0
+    links = re.findall(r"(http://\S+/(?:console|portal)/open\?token=\S+)", capsys.readouterr().out)
+    assert len(links) == 2
+    for link in links:
+        opened = requests.get(link, timeout=30)
+        assert opened.status_code == 200 and opened.url.endswith(("/console/", "/portal/")), opened.url
+
+
+def test_the_api_document_has_the_session_endpoints_and_not_the_pages(api):
+    paths = set(api.get("/openapi.json").json()["paths"])
+    assert {"/api/billing/portal-sessions", "/api/billing/portal-sessions/{session_id}",
+            "/api/billing/console-sessions", "/api/billing/console-sessions/{session_id}"} <= paths
+    assert not [p for p in paths if p.startswith(("/portal", "/console"))]
+
+
+def test_the_chart_library_is_served_from_the_app_with_its_licence(api):
+    vendored = ROOT / "web" / "static" / "vendor" / "chart.js"
+    assert (vendored / "LICENSE.md").read_text().startswith("The MIT License")
+    served = api.get("/static/vendor/chart.js/chart.umd.min.js")
+    assert served.status_code == 200 and served.content == (vendored / "chart.umd.min.js").read_bytes()

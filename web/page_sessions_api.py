@@ -1,0 +1,112 @@
+"""Links that open the pages: POST /portal-sessions (a tenant's admin for itself, or billing.admin
+naming a tenant), POST /console-sessions (billing.admin), and their revocation."""
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+
+from flask import Response, request, url_for
+from pydantic import BaseModel, Field
+
+from billing_core.commands import Strict, TenantId
+from billing_core.pages import sessions
+
+from . import representations as show
+from .api import billing, documented, ok, unit_of_work
+from .auth import ADMIN, MANAGE, authenticate, managed_tenant
+from .limits import rate_limited
+from .parsing import json_body, parse, parse_query, path_uuid
+from .schemas import TenantQuery, Timestamp, Uuid
+
+TtlMinutes = Annotated[int, Field(ge=1, le=sessions.MAX_TTL_MINUTES, strict=True,
+                                  description=f"default {sessions.DEFAULT_TTL_MINUTES}")]
+
+
+class PortalSessionRequest(Strict):
+    ttlMinutes: TtlMinutes = sessions.DEFAULT_TTL_MINUTES
+    tenantId: TenantId | None = None
+
+
+class ConsoleSessionRequest(Strict):
+    ttlMinutes: TtlMinutes = sessions.DEFAULT_TTL_MINUTES
+
+
+class SessionOut(BaseModel):
+    id: Uuid = Field(description="for DELETE /portal-sessions/<id> or /console-sessions/<id>")
+    url: str = Field(description="opens the pages in a browser with no other credential; keep it secret")
+    expiresAt: Timestamp
+
+
+class PortalSessionResponse(BaseModel):
+    success: Literal[True]
+    portalSession: SessionOut
+
+
+class ConsoleSessionResponse(BaseModel):
+    success: Literal[True]
+    consoleSession: SessionOut
+
+
+class RevokedResponse(BaseModel):
+    success: Literal[True]
+    revoked: Uuid
+
+
+def _optional_body() -> dict:
+    return json_body() if request.get_data(cache=True).strip() else {}
+
+
+def _session_out(new: sessions.NewSession, endpoint: str) -> dict[str, str | None]:
+    # behind a proxy the service's public address is LAD_PUBLIC_URL, not the Host it was asked on
+    public = os.environ.get("LAD_PUBLIC_URL", "").rstrip("/")
+    url = public + url_for(endpoint, token=new.token) if public else url_for(endpoint, token=new.token, _external=True)
+    return {"id": str(new.id), "url": url, "expiresAt": show.timestamp(new.expires_at)}
+
+
+@billing.post("/portal-sessions")
+@documented({200: PortalSessionResponse}, 403, json=PortalSessionRequest)
+@rate_limited(MANAGE)
+def post_portal_session() -> Response:
+    """A link to the tenant's billing portal (embeddable in an iframe where PORTAL_FRAME_ANCESTORS allows),
+    valid ttlMinutes (default 60, at most 720). billing.manage for its own tenant; billing.admin may name any."""
+    command = parse(PortalSessionRequest, _optional_body())
+    principal, tenant_id = managed_tenant(command.tenantId)
+    with unit_of_work() as uow:
+        new = sessions.create_portal_session(uow, tenant_id, ttl_minutes=command.ttlMinutes,
+                                             created_by=principal.subject)
+    return ok(portalSession=_session_out(new, "portal.open"))
+
+
+@billing.delete("/portal-sessions/<session_id>")
+@documented({200: RevokedResponse}, 403, 404, query=TenantQuery)
+@rate_limited(MANAGE)
+def delete_portal_session(session_id: str) -> Response:
+    """Revoke a portal session: its link and its browser session stop working at once."""
+    _, tenant_id = managed_tenant(parse_query(TenantQuery).tenantId)
+    wanted = path_uuid(session_id, "portal session")
+    with unit_of_work() as uow:
+        sessions.revoke_portal_session(uow, tenant_id, wanted)
+    return ok(revoked=str(wanted))
+
+
+@billing.post("/console-sessions")
+@documented({200: ConsoleSessionResponse}, 403, json=ConsoleSessionRequest)
+@rate_limited(ADMIN)
+def post_console_session() -> Response:
+    """A link to the operators' console (every tenant), valid ttlMinutes (default 60, at most 720)."""
+    principal = authenticate(ADMIN)
+    command = parse(ConsoleSessionRequest, _optional_body())
+    with unit_of_work() as uow:
+        new = sessions.create_console_session(uow, ttl_minutes=command.ttlMinutes, created_by=principal.subject)
+    return ok(consoleSession=_session_out(new, "console.open"))
+
+
+@billing.delete("/console-sessions/<session_id>")
+@documented({200: RevokedResponse}, 403, 404)
+@rate_limited(ADMIN)
+def delete_console_session(session_id: str) -> Response:
+    authenticate(ADMIN)
+    wanted = path_uuid(session_id, "console session")
+    with unit_of_work() as uow:
+        sessions.revoke_console_session(uow, wanted)
+    return ok(revoked=str(wanted))

@@ -1,0 +1,184 @@
+"""The operators' console under /console: tenants, one tenant (wallet, ledger, usage, grants, holds and
+the money actions), the catalog, margins, and operations (backlog, reconciliation, failed notifications).
+Every action goes through the same billing_core use case as the API, with an idempotency key minted
+when the form was drawn (a double submit replays) and a mandatory reason, recorded with the change."""
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
+
+from billing_core import budgets, credits, history, ledger, reservations
+from billing_core.commands import AdjustmentRequest, Reason, RefundRequest, Strict, TopUpRequest
+from billing_core.errors import BillingError, NotFound, ValidationFailed
+from billing_core.pages import actions, operators, sessions
+from billing_core.tables import wallets
+from billing_core.wallets import change_settings
+
+from .. import representations as show
+from ..auth import TENANT_ID
+from ..errors import status_for
+from ..parsing import parse
+from .common import close_session, current_session, install, open_link, unit_of_work
+
+console = Blueprint("console", __name__, url_prefix="/console")
+install(console, sessions.CONSOLE)
+
+
+@console.get("/open", endpoint="open")
+def open_session() -> Response:
+    return open_link(sessions.CONSOLE, "console.tenants")
+
+
+@console.post("/sign-out")
+def sign_out() -> Response:
+    return close_session(sessions.CONSOLE)
+
+
+@console.get("/")
+def tenants() -> str:
+    search = (request.args.get("q") or "").strip()[:64] or None
+    flagged, blocked = request.args.get("flagged") == "1", request.args.get("blocked") == "1"
+    with unit_of_work() as uow:
+        found = operators.tenants(uow, search, flagged=flagged, blocked=blocked)
+    return render_template("console/tenants.html", search=search or "", flagged=flagged, blocked=blocked,
+                           tenants=[{**show.wallet(w), "updatedAt": show.timestamp(w.updated_at)} for w in found])
+
+
+def _known_tenant(uow: Any, tenant_id: str) -> str:
+    """Only tenants with a wallet are shown: looking never creates one."""
+    if not TENANT_ID.match(tenant_id) or uow.connection.execute(
+            wallets.select().where(wallets.c.tenant_id == tenant_id)).first() is None:
+        raise NotFound(f"tenant {tenant_id} not found")
+    return tenant_id
+
+
+def _chain(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Newest first: each entry's balanceBefore must be the balanceAfter of the one before it."""
+    for newer, older in zip(entries, entries[1:], strict=False):
+        newer["chained"] = newer["balanceBefore"] == older["balanceAfter"]
+    return entries
+
+
+def _tenant_page(tenant_id: str, error: BillingError | None = None, notice: str | None = None,
+                 status: int = 200) -> Response:
+    with unit_of_work() as uow:
+        _known_tenant(uow, tenant_id)
+        wallet, grants = credits.wallet_view(uow, tenant_id)
+        entries, _ = ledger.list_entries(uow, tenant_id, limit=50)
+        events, _ = history.list_usage_events(uow, tenant_id, history.UsageFilter(), limit=20)
+        holds, _ = reservations.list_reservations(uow, tenant_id, status="active", limit=50, cursor=None)
+        budget_list = budgets.list_budgets(uow, tenant_id)
+        recorded = actions.recent(uow, tenant_id, limit=20)
+        verification = ledger.verify(uow, tenant_id)
+    body = render_template(
+        "console/tenant.html", tenant_id=tenant_id, wallet=show.wallet(wallet, grants),
+        entries=_chain([show.transaction(e) for e in entries]), events=[show.usage_event(e) for e in events],
+        holds=[show.reservation(r) for r in holds], budgets=[show.budget(b) for b in budget_list],
+        actions=[{**a, "created_at": show.timestamp(a["created_at"])} for a in recorded],
+        verification=show.verification(verification), error=error, notice=notice or request.args.get("done"),
+        new_key=str(uuid.uuid4()))
+    return make_response(body, status)
+
+
+@console.get("/tenants/<tenant_id>")
+def tenant(tenant_id: str) -> Response:
+    return _tenant_page(tenant_id)
+
+
+def _act(tenant_id: str, action: str, run: Any) -> Response:
+    """Run one money or status action for the tenant, recorded with the session in its transaction."""
+    session = current_session()
+    try:
+        with unit_of_work() as uow:
+            _known_tenant(uow, tenant_id)
+            command, done = run(uow, session)
+            actions.record(uow, session, tenant_id, action, command)
+            done()  # the use case commits: the record and the change together
+    except BillingError as exc:
+        if isinstance(exc, NotFound) and exc.message.startswith("tenant "):
+            raise
+        return _tenant_page(tenant_id, exc, status=status_for(exc.code, exc.details))
+    return redirect(url_for("console.tenant", tenant_id=tenant_id, done=action), code=303)
+
+
+def _form(*names: str) -> dict[str, Any]:
+    """The named fields that were filled in (an empty field is a missing one)."""
+    return {name: request.form[name] for name in names if request.form.get(name)}
+
+
+@console.post("/tenants/<tenant_id>/topup")
+def topup(tenant_id: str) -> Response:
+    def run(uow: Any, session: sessions.PageSession) -> Any:
+        fields = _form("amount", "kind", "description", "idempotencyKey")
+        if "description" not in fields:
+            raise ValidationFailed("description", "a reason is required")
+        command = parse(TopUpRequest, fields)
+        return command.model_dump(mode="json"), lambda: credits.top_up(
+            uow, tenant_id, command, created_by=f"console:{session.created_by or session.id}")
+    return _act(tenant_id, "topup", run)
+
+
+@console.post("/tenants/<tenant_id>/adjustment")
+def adjustment(tenant_id: str) -> Response:
+    def run(uow: Any, session: sessions.PageSession) -> Any:
+        fields = _form("amount", "reason", "idempotencyKey")
+        command = parse(AdjustmentRequest, fields)
+        return command.model_dump(mode="json"), lambda: credits.adjust(
+            uow, tenant_id, command, created_by=f"console:{session.created_by or session.id}")
+    return _act(tenant_id, "adjustment", run)
+
+
+@console.post("/tenants/<tenant_id>/refund")
+def refund(tenant_id: str) -> Response:
+    def run(uow: Any, session: sessions.PageSession) -> Any:
+        fields = _form("transactionId", "amount", "reason", "idempotencyKey")
+        command = parse(RefundRequest, fields)
+        return command.model_dump(mode="json"), lambda: credits.refund(
+            uow, tenant_id, command, created_by=f"console:{session.created_by or session.id}")
+    return _act(tenant_id, "refund", run)
+
+
+class WalletStatusChange(Strict):
+    """Block or unblock from the console: always with the reason, which is recorded with the change."""
+    status: Literal["active", "blocked"]
+    reason: Reason
+
+
+@console.post("/tenants/<tenant_id>/status")
+def wallet_status(tenant_id: str) -> Response:
+    def run(uow: Any, session: sessions.PageSession) -> Any:
+        command = parse(WalletStatusChange, _form("status", "reason"))
+
+        def done() -> None:
+            change_settings(uow, tenant_id, status=command.status, overdraft_limit=None, clear_flag=False)
+            uow.commit()
+        return command.model_dump(mode="json"), done
+    return _act(tenant_id, "block" if request.form.get("status") == "blocked" else "unblock", run)
+
+
+@console.get("/catalog")
+def catalog() -> str:
+    with unit_of_work() as uow:
+        rows = operators.price_rows(uow)
+    return render_template("console/catalog.html", prices=[show.price(p) for p in rows])
+
+
+@console.get("/margins")
+def margins() -> str:
+    # GET /margins arrives with the pricing work; this page then shows its groups (see the template)
+    return render_template("console/margins.html")
+
+
+@console.get("/operations")
+def operations() -> str:
+    with unit_of_work() as uow:
+        backlog = operators.pending_backlog(uow)
+        runs = operators.reconciliation_history(uow)
+        failed = operators.failed_notifications(uow)
+    return render_template(
+        "console/operations.html", backlog=backlog,
+        runs=[{**r, "slot": show.timestamp(r["slot"]), "oldest_pending_seconds": show.amount(r["oldest_pending_seconds"])}
+              for r in runs],
+        failed=[{**n, "failed_at": show.timestamp(n["failed_at"])} for n in failed])

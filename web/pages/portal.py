@@ -1,0 +1,217 @@
+"""The tenant's billing portal under /portal: overview, usage, one call, invoices and settings. Views are
+as thin as API handlers: the session gives the tenant, billing_core does the work, the API's own
+representations give every number exactly as the API shows it."""
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, time, timedelta, timezone
+
+from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
+
+from billing_core import alerts, budgets, credits, history, invoices, reservations, usage
+from billing_core.alerts import AlertSettingsRequest
+from billing_core.commands import BudgetRequest
+from billing_core.errors import BillingError, NotFound
+from billing_core.invoice_render import invoice_csv, invoice_pdf
+from billing_core.invoices import Period
+from billing_core.pages import actions, sessions, spend
+from billing_core.wallet_book import WalletBook
+
+from .. import representations as show
+from ..alerts_api import _check_soon as check_alerts_soon
+from ..alerts_api import show_settings
+from ..invoices_api import invoice_json, invoice_summary
+from ..lifecycle_api import _feature_key
+from ..parsing import parse, path_uuid
+from .common import close_session, current_session, install, open_link, unit_of_work
+
+portal = Blueprint("portal", __name__, url_prefix="/portal")
+install(portal, sessions.PORTAL)
+
+RANGES = (7, 30, 90)  # days the usage chart offers
+MAX_RANGE_DAYS = 366
+
+
+@portal.get("/open", endpoint="open")
+def open_session() -> Response:
+    return open_link(sessions.PORTAL, "portal.overview")
+
+
+@portal.post("/sign-out")
+def sign_out() -> Response:
+    return close_session(sessions.PORTAL)
+
+
+@portal.get("/")
+def overview() -> str:
+    tenant_id = current_session().tenant_id
+    with unit_of_work() as uow:
+        wallet, grants = credits.wallet_view(uow, tenant_id)
+        holds, _ = reservations.list_reservations(uow, tenant_id, status="active", limit=50, cursor=None)
+        alert_settings = alerts.get_settings(uow, tenant_id)
+        recent, _ = history.list_usage_events(uow, tenant_id, history.UsageFilter(), limit=10)
+    low = [state for state in (alert_settings.states if alert_settings else []) if not state.armed]
+    return render_template("portal/overview.html", wallet=show.wallet(wallet, grants),
+                           holds=[show.reservation(r) for r in holds], recent=[show.usage_event(e) for e in recent],
+                           low_alerts=[{"threshold": show.amount(s.threshold), "eventType": s.event_type,
+                                        "since": show.timestamp(s.last_fired_at)} for s in low],
+                           depleted=wallet.available_balance <= 0)
+
+
+def _usage_range(now: datetime) -> tuple[datetime, datetime, dict[str, str]]:
+    """The chosen range: whole UTC days from `from` to `to` (dates, at most a year), else the last
+    `days` (7, 30 or 90; default 30) up to today; and the query that names it."""
+    try:
+        first, last = date.fromisoformat(request.args["from"]), date.fromisoformat(request.args["to"])
+    except (KeyError, ValueError):
+        first = last = None
+    if first and last and first <= last and (last - first).days < MAX_RANGE_DAYS:
+        start = datetime.combine(first, time(), tzinfo=timezone.utc)
+        return start, datetime.combine(last + timedelta(days=1), time(), tzinfo=timezone.utc), \
+            {"from": first.isoformat(), "to": last.isoformat()}
+    days = int(request.args["days"]) if request.args.get("days") in {str(d) for d in RANGES} else 30
+    end = datetime.combine(now.astimezone(timezone.utc).date() + timedelta(days=1), time(), tzinfo=timezone.utc)
+    return end - timedelta(days=days), end, {"days": str(days)}
+
+
+@portal.get("/usage")
+def usage_page() -> str:
+    tenant_id = current_session().tenant_id
+    by = request.args.get("by") if request.args.get("by") in spend.GROUPINGS else "feature"
+    with unit_of_work() as uow:
+        start, end, chosen = _usage_range(uow.now())
+        daily = spend.daily_spend(uow, tenant_id, start, end, by)
+        calls = spend.top_calls(uow, tenant_id, start, end)
+        summary = history.summarize_usage(uow, tenant_id, history.UsageFilter(start=start, end=end))
+    rows = [{"day": day.isoformat(),
+             "costs": [show.amount(daily.cost[(day, group)]) if (day, group) in daily.cost else "0"
+                       for group in daily.groups]} for day in daily.days]
+    label = f"{chosen['days']} days" if "days" in chosen else f"{chosen['from']} to {chosen['to']}"
+    return render_template("portal/usage.html", chosen=chosen, label=label, by=by, ranges=RANGES,
+                           groups=daily.groups, rows=rows, totals=[show.amount(daily.total(g)) for g in daily.groups],
+                           first_day=daily.days[0].isoformat(), last_day=daily.days[-1].isoformat(),
+                           calls=[show.usage_event(e) for e in calls], summary=show.summary(summary))
+
+
+@portal.get("/usage/<usage_event_id>")
+def call(usage_event_id: str) -> str:
+    tenant_id = current_session().tenant_id
+    with unit_of_work() as uow:
+        outcome = usage.load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
+    detail = show.usage_event_detail(outcome)
+    # every field the item representation has, in its order: breakdowns added later appear as they come
+    columns: list[str] = []
+    for item in detail["items"]:
+        columns += [key for key in item if key not in columns]
+    return render_template("portal/call.html", event=detail, columns=columns)
+
+
+@portal.get("/invoices")
+def invoices_page() -> str:
+    tenant_id = current_session().tenant_id
+    with unit_of_work() as uow:
+        found, _ = invoices.list_invoices(uow, tenant_id, limit=24)
+        draft = invoices.preview(uow, tenant_id, Period.containing(uow.now()))
+    return render_template("portal/invoices.html", invoices=[invoice_summary(i) for i in found],
+                           draft=invoice_json(draft))
+
+
+def _invoice_download(invoice_id: str, extension: str) -> Response:
+    tenant_id = current_session().tenant_id
+    with unit_of_work() as uow:
+        invoice = invoices.get_invoice(uow, tenant_id, path_uuid(invoice_id, "invoice"))
+    body, mimetype = (invoice_pdf(invoice), "application/pdf") if extension == "pdf" \
+        else (invoice_csv(invoice), "text/csv")
+    response = make_response(body)
+    response.mimetype = mimetype
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="invoice-{invoice.tenant_id}-{invoice.period_label}.{extension}"')
+    return response
+
+
+@portal.get("/invoices/<invoice_id>.pdf")
+def invoice_pdf_download(invoice_id: str) -> Response:
+    return _invoice_download(invoice_id, "pdf")
+
+
+@portal.get("/invoices/<invoice_id>.csv")
+def invoice_csv_download(invoice_id: str) -> Response:
+    return _invoice_download(invoice_id, "csv")
+
+
+# --- settings the tenant's admin may change --------------------------------------------------------
+
+
+def _settings_page(error: BillingError | None = None, status: int = 200) -> Response:
+    tenant_id = current_session().tenant_id
+    with unit_of_work() as uow:
+        found = alerts.get_settings(uow, tenant_id)
+        budget_list = budgets.list_budgets(uow, tenant_id)
+    settings = show_settings(found) if found else None
+    if settings:
+        settings.pop("webhookSecret")  # shown to the API's admins only
+    body = render_template("portal/settings.html", alerts=settings, budgets=[show.budget(b) for b in budget_list],
+                           error=error, saved=request.args.get("saved"))
+    return make_response(body, status)
+
+
+@portal.get("/settings")
+def settings() -> Response:
+    return _settings_page()
+
+
+def _saved(what: str) -> Response:
+    return redirect(url_for("portal.settings", saved=what), code=303)
+
+
+@portal.post("/settings/alerts")
+def put_alerts() -> Response:
+    session = current_session()
+    form = request.form
+    body = {"thresholds": [t for t in re.split(r"[\s,;]+", form.get("thresholds", "")) if t],
+            "webhookUrl": form.get("webhookUrl") or None, "email": form.get("email") or None}
+    try:
+        command = parse(AlertSettingsRequest, body)
+    except BillingError as exc:
+        return _settings_page(exc, 400)
+    with unit_of_work() as uow:
+        actions.record(uow, session, session.tenant_id, "alerts.put", command.model_dump(mode="json"))
+        alerts.put_settings(uow, session.tenant_id, command)  # commits the record with the change
+    check_alerts_soon(session.tenant_id)
+    return _saved("alerts")
+
+
+@portal.post("/settings/budgets")
+def put_budget() -> Response:
+    session = current_session()
+    form = request.form
+    try:
+        feature_key = _feature_key(form.get("featureKey", ""))
+        command = parse(BudgetRequest, {"limit": form.get("limit", ""), "period": form.get("period"),
+                                        "action": form.get("action") or "reject"})
+    except BillingError as exc:
+        return _settings_page(exc, 400)
+    with unit_of_work() as uow:
+        WalletBook.open(uow, session.tenant_id)  # the wallet lock, as the API takes it
+        actions.record(uow, session, session.tenant_id, "budget.put",
+                       {"featureKey": feature_key, **command.model_dump(mode="json", exclude={"tenantId"})})
+        budgets.put_budget(uow, session.tenant_id, feature_key, spend_limit=command.limit, period=command.period,
+                           action=command.action)
+        uow.commit()
+    return _saved("budgets")
+
+
+@portal.post("/settings/budgets/<feature_key>/delete")
+def delete_budget(feature_key: str) -> Response:
+    session = current_session()
+    with unit_of_work() as uow:
+        WalletBook.open(uow, session.tenant_id)
+        actions.record(uow, session, session.tenant_id, "budget.delete", {"featureKey": feature_key})
+        if not budgets.delete_budget(uow, session.tenant_id, _feature_key(feature_key)):
+            raise NotFound(f"no budget for {feature_key}")
+        uow.commit()
+    return _saved("budgets")
+
+
+# Auto top-up settings (PUT /settings/auto-topup) arrive with the auto top-up work: the settings page
+# has its block (templates/portal/settings.html, "auto-topup"); its form posts here once that lands.
