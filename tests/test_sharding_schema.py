@@ -20,6 +20,7 @@ OPERATOR_TABLES = {
     "catalog_revision": "the price catalog's revision (one row)",
     "prices": "the price catalog, global rows and tenants' overrides: a small reference table every charge reads",
     "provider_costs": "what the platform pays its providers per unit, global and effective-dated: a reference table",
+    "console_sessions": "the operators' console sessions: no tenant",
     "stripe_events": "Stripe events as received; the tenant is known once the event is processed",
     "reconciliation_runs": "operator job runs over every tenant",
     "invoice_runs": "operator job runs over every tenant",
