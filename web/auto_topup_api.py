@@ -144,9 +144,10 @@ def put_auto_topup() -> Response:
     """When the available balance is at or below `threshold`, charge the saved Stripe payment method
     off-session for `rechargeTo` − available (or a fixed `amount`). Saving it enabled also turns it
     back on after a failed payment disabled it. billing.manage for its own tenant, or billing.admin."""
+    principal = authenticate(MANAGE)
+    _configured()  # 503 before the body is judged: nothing can be saved without a Stripe key
     command = parse(AutoTopupRequest, json_body())
-    _, tenant_id = managed_tenant(command.tenantId)
-    _configured()
+    tenant_id = tenant_for(principal, command.tenantId)  # managed_tenant's rule, after the 503
     with unit_of_work() as uow:
         rule = rules.put_rule(uow, tenant_id, command)
         spent = rules.spent_this_month(uow, tenant_id)
