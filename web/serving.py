@@ -27,6 +27,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # the largest body any route takes (a POST /c
 BODY_TIMEOUT_SECONDS = float(os.environ.get("WEB_BODY_TIMEOUT_SECONDS", "30"))
 # a request's headers must be complete this long after its first byte (or after the connection opens)
 HEADER_TIMEOUT_SECONDS = float(os.environ.get("WEB_HEADER_TIMEOUT_SECONDS", "30"))
+LINGER_SECONDS = 2  # after refusing a request: how long its input is still read (and dropped)
 
 Scope = dict[str, Any]
 
@@ -42,8 +43,11 @@ class JsonErrorsProtocol(HttpToolsProtocol):
 
     _header_timer: asyncio.TimerHandle | None = None
     _header_bytes = 0  # received while the current request's headers are incomplete
+    _lingering = False  # answered and half-closed: what still arrives is read and dropped
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         # httptools keeps any amount of header bytes: past the limits (and then some) the request
         # cannot be served, so it is refused before it is held in memory
         if self._header_timer is not None:
@@ -93,7 +97,17 @@ class JsonErrorsProtocol(HttpToolsProtocol):
     def _close_with(self, status: int, reason: bytes, body: bytes) -> None:
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                              b"connection: close\r\n\r\n" % (status, reason, len(body)) + body)
-        self.transport.close()
+        # A lingering close, as nginx does: closing a socket with unread input makes the kernel send
+        # a reset, which can destroy the answer before the client reads it (a client still sending
+        # headers always has input in flight). So: send the answer and a FIN, drop what still
+        # arrives for a moment, then close.
+        self._cancel_header_timer()
+        self._lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+        else:
+            self.transport.close()
 
 
 class Worker(UvicornWorker):

@@ -5,14 +5,14 @@ import {
 } from "./spec.js";
 
 export const PriceSpec = model("Price", {
-  category: text, provider: text, model: text, unit: text, unitPrice: decimal, currency: text,
+  category: text, provider: text, model: text, unit: text, unitPrice: nullable(decimal), currency: text,
   description: nullable(text), scope: oneOf("global", "tenant"), effectiveFrom: timestamp,
   effectiveTo: nullable(timestamp),
 });
 export type Price = Infer<typeof PriceSpec>;
 
 export const QuoteLineSpec = model("QuoteLine", {
-  category: text, provider: text, model: text, unit: text, quantity: decimal, unitPrice: decimal, totalCost: decimal,
+  category: text, provider: text, model: text, unit: text, quantity: decimal, unitPrice: nullable(decimal), totalCost: decimal,
 });
 export const QuoteSpec = model("Quote", {
   quoteId: text, expiresAt: timestamp, totalCost: decimal, currency: text, items: list(QuoteLineSpec),

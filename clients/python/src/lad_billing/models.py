@@ -40,7 +40,7 @@ class Price(Model):
     provider: str
     model: str
     unit: str
-    unit_price: Decimal
+    unit_price: Decimal | None  # None for package and graduated prices (their terms are in .raw)
     currency: str
     description: str | None
     scope: Literal["global", "tenant"]
@@ -55,7 +55,7 @@ class QuoteLine(Model):
     model: str
     unit: str
     quantity: Decimal
-    unit_price: Decimal
+    unit_price: Decimal | None  # None for package and graduated items (the breakdown is in .raw)
     total_cost: Decimal
 
 
