@@ -28,6 +28,7 @@ from sqlalchemy import func, select
 
 from bench import invoices as invoice_bench
 from bench import limits as machine_limits
+from bench.profile import Profiler
 from billing_core.db import dispose_engines, engine_for
 from billing_core.tables import usage_events
 from devstack.servers import free_port
@@ -43,6 +44,9 @@ WRK_SECONDS = int(os.environ.get("BENCH_WRK_SECONDS", "10"))
 QUOTE_RATE, QUOTE_SECONDS = 200, 10
 ITEM = {"category": "stt", "provider": "openai", "model": "whisper-1", "unit": "second", "quantity": "100"}
 LOGS = ROOT / ".data" / "bench" / "logs"
+# BENCH_PROFILE=1: py-spy samples the web and worker processes during these scenarios (bench/profile.py)
+PROFILE = os.environ.get("BENCH_PROFILE", "") not in ("", "0")
+PROFILED = ("hot_wallet", "spread", "single_charge", "wallet_read")
 
 WRK_SCRIPT = """
 local counter = 0
@@ -406,7 +410,11 @@ class Bench:
             for name in self.SCENARIOS:
                 if not only or name in only:
                     print(f"scenario {name}", flush=True)
-                    getattr(self, f"scenario_{name}")()
+                    if PROFILE and name in PROFILED:
+                        with Profiler(self.stack, name, LOGS):
+                            getattr(self, f"scenario_{name}")()
+                    else:
+                        getattr(self, f"scenario_{name}")()
             self.stop_service()
             if not only or "naive" in only:
                 self.start("naive")
