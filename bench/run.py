@@ -41,6 +41,7 @@ NAIVE = int(os.environ.get("BENCH_NAIVE_CHARGES", "2000"))
 SPREAD = int(os.environ.get("BENCH_SPREAD_CHARGES", "50000"))
 TENANTS = int(os.environ.get("BENCH_SPREAD_TENANTS", "1000"))
 WRK_SECONDS = int(os.environ.get("BENCH_WRK_SECONDS", "10"))
+WORKER_CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", "4"))  # Celery pool processes, as `make run`
 QUOTE_RATE, QUOTE_SECONDS = 200, 10
 ITEM = {"category": "stt", "provider": "openai", "model": "whisper-1", "unit": "second", "quantity": "100"}
 LOGS = ROOT / ".data" / "bench" / "logs"
@@ -134,7 +135,7 @@ class Bench:
     def start(self, mode: str) -> None:
         self.stack.env["CHARGE_MODE"] = mode
         LOGS.mkdir(parents=True, exist_ok=True)
-        self.stack.start_worker(log=LOGS / f"worker-{mode}.log", concurrency=4)
+        self.stack.start_worker(log=LOGS / f"worker-{mode}.log", concurrency=WORKER_CONCURRENCY)
         self.stack.start_web(self.port, log=LOGS / f"web-{mode}.log", workers=2, threads=32)
         self.stack.wait_ready(self.port)
 
