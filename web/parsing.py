@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime, time, timedelta, timezone
-from decimal import Decimal
 from typing import Any, TypeVar
 
-import msgspec
 from flask import current_app, request
 from pydantic import BaseModel, ValidationError
 
@@ -24,29 +22,13 @@ def json_body() -> dict[str, Any]:
     if not raw.strip():
         raise ValidationFailed("body", "a JSON object is required")
     try:
-        body = decode_json(raw)
+        body = current_app.json.loads(raw)
     except (ValueError, ArithmeticError, RecursionError) as exc:
         # ArithmeticError: a number whose exponent no Decimal can hold, e.g. 1e1000000000000000000
         raise ValidationFailed("body", "not valid JSON") from exc
     if not isinstance(body, dict):
         raise ValidationFailed("body", "must be a JSON object")
     return body
-
-
-# msgspec's decoder, numbers with a fraction or exponent as Decimal from their digits (integers stay int),
-# as exactjson gives them: decoding a batch of 1,000 charges with simplejson was ~5% of a web worker's CPU
-# (bench/PROFILE.md).
-_FAST_JSON = msgspec.json.Decoder(float_hook=Decimal)
-
-
-def decode_json(raw: bytes) -> Any:
-    """The request body's JSON value. Anything msgspec does not take (NaN and Infinity, which reach
-    validation as non-finite Decimals; lone surrogates; malformed input) goes through exactjson, so
-    what is accepted, and the error for what is not, is exactly as before."""
-    try:
-        return _FAST_JSON.decode(raw)
-    except Exception:
-        return current_app.json.loads(raw)
 
 
 def parse(model: type[M], data: dict[str, Any]) -> M:
