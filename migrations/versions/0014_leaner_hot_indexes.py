@@ -1,9 +1,8 @@
 """Fewer indexes to maintain on the rows every charge writes (bench/PROFILE.md, issue 14).
 
-- usage_event_items had UNIQUE (usage_event_id, position) and an index (tenant_id, usage_event_id):
-  two btrees per item for what one serves. UNIQUE (tenant_id, usage_event_id, position) answers every
-  lookup (all filter on the tenant and the event, and order by position), keeps one item per event
-  and position, and follows the sharding rule (the tenant leads every unique key of a tenant table).
+- usage_event_items had UNIQUE (tenant_id, usage_event_id, position) (since 0008) and an index
+  (tenant_id, usage_event_id): two btrees per item for what one serves. The unique key answers every
+  lookup (all filter on the tenant and the event, and order by position), so the index goes.
 - ledger_entries had (tenant_id, wallet_id, seq) beside (tenant_id, seq DESC). A tenant has exactly one
   wallet (wallets_tenant_id_key), so both order the same entries the same way; the second serves every
   query the first did (a btree reads backwards as well as forwards). One btree fewer per ledger entry.
@@ -12,7 +11,7 @@ Every uniqueness the exactly-once design relies on stays: the idempotency record
 (tenant_id, idempotency_key), one debit per event, one settlement per hold.
 
 Revision ID: 0014
-Revises: 0007
+Revises: 0012
 Create Date: 2026-12-01
 """
 from alembic import op
@@ -23,9 +22,6 @@ branch_labels = None
 depends_on = None
 
 UPGRADE = """
-ALTER TABLE usage_event_items ADD CONSTRAINT usage_event_items_tenant_event_position
-    UNIQUE (tenant_id, usage_event_id, position);
-ALTER TABLE usage_event_items DROP CONSTRAINT usage_event_items_usage_event_id_position_key;
 DROP INDEX usage_event_items_tenant_event;
 DROP INDEX ledger_wallet_seq;
 """
@@ -33,9 +29,6 @@ DROP INDEX ledger_wallet_seq;
 DOWNGRADE = """
 CREATE INDEX ledger_wallet_seq ON ledger_entries (tenant_id, wallet_id, seq);
 CREATE INDEX usage_event_items_tenant_event ON usage_event_items (tenant_id, usage_event_id);
-ALTER TABLE usage_event_items ADD CONSTRAINT usage_event_items_usage_event_id_position_key
-    UNIQUE (usage_event_id, position);
-ALTER TABLE usage_event_items DROP CONSTRAINT usage_event_items_tenant_event_position;
 """
 
 
