@@ -273,6 +273,25 @@ def measure_rollup(engine: Engine, period: invoices.Period, tag: str) -> dict[st
             "not_reconciled": check.off}
 
 
+def plain_group_by(engine: Engine, period: invoices.Period) -> float:
+    """Seconds for the plain GROUP BY over the rows the rollup reads (the month's charged events and
+    their items, by tenant, feature and price), with the rollup's session settings: the yardstick."""
+    started = time.perf_counter()
+    with engine.connect() as connection:
+        connection.execute(text("SET LOCAL statement_timeout = 0"))
+        connection.execute(text("SET LOCAL work_mem = '256MB'"))
+        connection.execute(text("SET LOCAL jit = off"))
+        connection.execute(text("""
+            SELECT i.tenant_id, e.feature_key, i.category, i.provider, i.model, i.unit, i.unit_price,
+                   count(*), sum(i.quantity), sum(i.cost)
+            FROM usage_events e JOIN usage_event_items i ON i.usage_event_id = e.id
+            WHERE e.status = 'charged' AND e.charged_at >= :start AND e.charged_at < :end
+            GROUP BY 1, 2, 3, 4, 5, 6, 7
+        """), {"start": period.start, "end": period.end}).all()
+        connection.rollback()
+    return time.perf_counter() - started
+
+
 def free_disk_gb(path: str = "/work") -> int:
     return shutil.disk_usage(path).free // 2**30
 
@@ -377,6 +396,7 @@ def scenario(bench: Any, token: Callable[..., str]) -> dict[str, Any]:
             window_start = database_now(engine)
             measured = measure_rollup(engine, period, tag)
             window_end = database_now(engine)
+            plain = plain_group_by(engine, period)  # while charging too, like the rollup
         charged = charged_between(engine, loader, window_start, window_end)
         window = (window_end - window_start).total_seconds()
         results[name] = {
@@ -385,6 +405,7 @@ def scenario(bench: Any, token: Callable[..., str]) -> dict[str, Any]:
             "reconciled": measured["not_reconciled"] == 0 and measured["usage"] == expected["usage"]
             and measured["invoices"] == tenants,
             "usage": str(measured["usage"]), "rounded_usage": str(measured["rounded_usage"]),
+            "plain_group_by_seconds": round(plain, 2), "ratio_to_plain": round(measured["seconds"] / plain, 2),
             "charged_during_rollup_per_s": round(charged / window, 1) if window > 0 else None,
             "charges_sent_during": load.sent, "generate_seconds": generated["load_seconds"],
         }

@@ -28,6 +28,8 @@ from sqlalchemy import func, select
 
 from bench import invoices as invoice_bench
 from bench import pricing as pricing_bench
+from bench import limits as machine_limits
+from bench.profile import Profiler
 from billing_core.db import dispose_engines, engine_for
 from billing_core.tables import usage_events
 from devstack.servers import free_port
@@ -40,9 +42,13 @@ NAIVE = int(os.environ.get("BENCH_NAIVE_CHARGES", "2000"))
 SPREAD = int(os.environ.get("BENCH_SPREAD_CHARGES", "50000"))
 TENANTS = int(os.environ.get("BENCH_SPREAD_TENANTS", "1000"))
 WRK_SECONDS = int(os.environ.get("BENCH_WRK_SECONDS", "10"))
+WORKER_CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", "4"))  # Celery pool processes, as `make run`
 QUOTE_RATE, QUOTE_SECONDS = 200, 10
 ITEM = {"category": "stt", "provider": "openai", "model": "whisper-1", "unit": "second", "quantity": "100"}
 LOGS = ROOT / ".data" / "bench" / "logs"
+# BENCH_PROFILE=1: py-spy samples the web and worker processes during these scenarios (bench/profile.py)
+PROFILE = os.environ.get("BENCH_PROFILE", "") not in ("", "0")
+PROFILED = ("hot_wallet", "spread", "single_charge", "wallet_read")
 
 WRK_SCRIPT = """
 local counter = 0
@@ -76,6 +82,11 @@ class Http:
 
     def post(self, path: str, body: bytes, **headers: str) -> tuple[int, bytes]:
         self.connection.request("POST", path, body=body, headers={**self.headers, **headers})
+        response = self.connection.getresponse()
+        return response.status, response.read()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        self.connection.request("GET", path, headers=self.headers)
         response = self.connection.getresponse()
         return response.status, response.read()
 
@@ -125,7 +136,7 @@ class Bench:
     def start(self, mode: str) -> None:
         self.stack.env["CHARGE_MODE"] = mode
         LOGS.mkdir(parents=True, exist_ok=True)
-        self.stack.start_worker(log=LOGS / f"worker-{mode}.log", concurrency=4)
+        self.stack.start_worker(log=LOGS / f"worker-{mode}.log", concurrency=WORKER_CONCURRENCY)
         self.stack.start_web(self.port, log=LOGS / f"web-{mode}.log", workers=2, threads=32)
         self.stack.wait_ready(self.port)
 
@@ -227,6 +238,32 @@ class Bench:
         (LOGS / f"wrk-{tenant}.txt").write_text(output)
         return parse_wrk(output)
 
+    def wrk_get(self, name: str, path: str, bearer: str = "") -> dict[str, float]:
+        """One GET under wrk with the threads and connections of the single-charge scenario."""
+        command = ["wrk", "-t2", "-c16", f"-d{WRK_SECONDS}s", "--latency",
+                   *(["-H", f"Authorization: Bearer {bearer}"] if bearer else []), f"http://127.0.0.1:{self.port}{path}"]
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        (LOGS / f"wrk-{name}.txt").write_text(output)
+        return parse_wrk(output)
+
+    def python_get(self, name: str, path: str, bearer: str = "") -> dict[str, float]:
+        latencies: list[float] = []
+        deadline = time.monotonic() + WRK_SECONDS
+
+        def client(_: int) -> None:
+            http_client = Http(self.port, bearer)
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                http_client.get(path)
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(client, range(16)))
+        elapsed = time.perf_counter() - started
+        return {"per_s": len(latencies) / elapsed, "p50_ms": percentile(latencies, 50) * 1000,
+                "p99_ms": percentile(latencies, 99) * 1000, "requests": len(latencies), "non_2xx": 0}
+
     def python_charges(self, tenant: str, wait: bool) -> dict[str, float]:
         bearer = token(tenant, "billing.charge")
         latencies: list[float] = []
@@ -301,6 +338,73 @@ class Bench:
         return quotes, {"events_per_s_offered": events_per_s, **settled}
 
     # --- the run ---------------------------------------------------------------------------------
+    # Scenarios of the group-commit stack, in this order; each fills its part of self.results. A new
+    # scenario is one more method and one more name here.
+    SCENARIOS = ("hot_wallet", "hot_wallet_priced", "sql_hot_wallet_limit", "spread", "healthz_limit",
+                 "single_charge", "wallet_read",
+                 "quotes", "invoice_rollup")
+
+    def scenario_hot_wallet(self) -> None:
+        hot = self.hot_wallet("group", HOT)
+        self.results["hot_wallet"] = {"group_commit_per_s": round(hot["per_s"], 1), "charges": HOT,
+                                      "burst_commit_p99_ms": round(hot["commit_p99_ms"], 1)}
+        self.results["ingest_batch"] = {"events_per_s": round(HOT / hot["ingest_seconds"], 1), "batch_size": 1000}
+
+    def scenario_hot_wallet_priced(self) -> None:
+        # the same hot wallet with graduated and packaged items, beside the flat run (bench/pricing.py)
+        flat = self.results.get("hot_wallet", {}).get("group_commit_per_s")
+        if flat:
+            self.results["hot_wallet_priced"] = pricing_bench.scenario(self, token, HOT, flat)
+
+    def scenario_sql_hot_wallet_limit(self) -> None:
+        limit = machine_limits.sql_hot_wallet(self.engine, self.stack.env["DATABASE_URL"], HOT, LOGS)
+        self.results.setdefault("limits", {})["sql_hot_wallet_per_s"] = limit.get("per_s")
+        self.results["limits"]["sql_hot_wallet"] = limit
+
+    def scenario_spread(self) -> None:
+        spread = self.spread()
+        self.results["spread"] = {"per_s": round(spread["per_s"], 1), "charges": spread["charges"], "tenants": TENANTS,
+                                  "ingest_events_per_s": round(spread["charges"] / spread["ingest_seconds"], 1)}
+
+    def _get(self, name: str, path: str, bearer: str = "") -> dict[str, float]:
+        measure = self.wrk_get if self.results["load_generator"] == "wrk" else self.python_get
+        return {k: round(v, 2) for k, v in measure(name, path, bearer).items()}
+
+    def scenario_healthz_limit(self) -> None:
+        healthz = self._get("healthz", "/healthz")
+        self.results.setdefault("limits", {})["healthz_per_s"] = healthz["per_s"]
+        self.results["limits"]["healthz"] = healthz
+
+    def scenario_single_charge(self) -> None:
+        r = self.results
+        measure = self.wrk_charges if r["load_generator"] == "wrk" else self.python_charges
+        self.fund(["single-async", "single-wait"])
+        single = measure("single-async", wait=False)
+        time.sleep(1)  # requests still in flight when wrk stopped
+        commit = self.wait_settled(["single-async"])
+        r["ingest_single"] = {k: round(v, 2) for k, v in single.items()}
+        r["commit_latency"] = {"p50_ms": round(commit["commit_p50_ms"], 1),
+                               "p99_ms": round(commit["commit_p99_ms"], 1),
+                               "at_per_s": round(single["per_s"], 1)}
+        waited = measure("single-wait", wait=True)
+        r["charge_wait"] = {k: round(v, 2) for k, v in waited.items()}
+
+    def scenario_wallet_read(self) -> None:
+        # a wallet with grants behind it: the funded tenant of the single-charge scenario
+        self.fund(["wallet-read"])
+        self.results["wallet_read"] = self._get("wallet", "/api/billing/wallet", token("wallet-read"))
+
+    def scenario_quotes(self) -> None:
+        r = self.results
+        r["quote"] = {k: round(v, 2) for k, v in self.quotes(QUOTE_SECONDS).items()}
+        under_load, load = self.quotes_under_load(5000)
+        r["quote_under_load"] = {**{k: round(v, 2) for k, v in under_load.items()},
+                                 "charging_events_per_s": 5000,
+                                 "charging_commit_p99_ms": round(load["commit_p99_ms"], 1)}
+
+    def scenario_invoice_rollup(self) -> None:
+        self.results["invoice_rollup"] = invoice_bench.scenario(self, token)
+
     def execute(self) -> None:
         r = self.results
         load_tool = "wrk" if ensure_wrk() else "python"
@@ -310,39 +414,24 @@ class Bench:
         self.start("group")
         sampler = RssSampler(self.stack)
         sampler.start()
+        only = {name for name in os.environ.get("BENCH_ONLY", "").split(",") if name}
         try:
-            hot = self.hot_wallet("group", HOT)
-            r["hot_wallet"] = {"group_commit_per_s": round(hot["per_s"], 1), "charges": HOT,
-                               "burst_commit_p99_ms": round(hot["commit_p99_ms"], 1)}
-            r["ingest_batch"] = {"events_per_s": round(HOT / hot["ingest_seconds"], 1), "batch_size": 1000}
-            # the same hot wallet with graduated and packaged items, beside the flat run (bench/pricing.py)
-            r["hot_wallet_priced"] = pricing_bench.scenario(self, token, HOT, hot["per_s"])
-            spread = self.spread()
-            r["spread"] = {"per_s": round(spread["per_s"], 1), "charges": spread["charges"], "tenants": TENANTS,
-                           "ingest_events_per_s": round(spread["charges"] / spread["ingest_seconds"], 1)}
-            measure = self.wrk_charges if load_tool == "wrk" else self.python_charges
-            self.fund(["single-async", "single-wait"])
-            single = measure("single-async", wait=False)
-            time.sleep(1)  # requests still in flight when wrk stopped
-            commit = self.wait_settled(["single-async"])
-            r["ingest_single"] = {k: round(v, 2) for k, v in single.items()}
-            r["commit_latency"] = {"p50_ms": round(commit["commit_p50_ms"], 1),
-                                   "p99_ms": round(commit["commit_p99_ms"], 1),
-                                   "at_per_s": round(single["per_s"], 1)}
-            waited = measure("single-wait", wait=True)
-            r["charge_wait"] = {k: round(v, 2) for k, v in waited.items()}
-            r["quote"] = {k: round(v, 2) for k, v in self.quotes(QUOTE_SECONDS).items()}
-            under_load, load = self.quotes_under_load(5000)
-            r["quote_under_load"] = {**{k: round(v, 2) for k, v in under_load.items()},
-                                     "charging_events_per_s": 5000,
-                                     "charging_commit_p99_ms": round(load["commit_p99_ms"], 1)}
-            r["invoice_rollup"] = invoice_bench.scenario(self, token)
+            for name in self.SCENARIOS:
+                if not only or name in only:
+                    print(f"scenario {name}", flush=True)
+                    if PROFILE and name in PROFILED:
+                        with Profiler(self.stack, name, LOGS):
+                            getattr(self, f"scenario_{name}")()
+                    else:
+                        getattr(self, f"scenario_{name}")()
             self.stop_service()
-            self.start("naive")
-            naive = self.hot_wallet("naive", NAIVE)
-            r["hot_wallet"]["naive_per_s"] = round(naive["per_s"], 1)
-            r["hot_wallet"]["naive_charges"] = NAIVE
-            r["hot_wallet"]["ratio"] = round(hot["per_s"] / naive["per_s"], 1)
+            if not only or "naive" in only:
+                self.start("naive")
+                naive = self.hot_wallet("naive", NAIVE)
+                r.setdefault("hot_wallet", {})["naive_per_s"] = round(naive["per_s"], 1)
+                r["hot_wallet"]["naive_charges"] = NAIVE
+                if "group_commit_per_s" in r["hot_wallet"]:
+                    r["hot_wallet"]["ratio"] = round(r["hot_wallet"]["group_commit_per_s"] / naive["per_s"], 1)
         finally:
             sampler.stopped.set()
             r["rss_mb"] = {name: round(max(s), 1) if s else None for name, s in sampler.samples.items()}
@@ -363,7 +452,11 @@ def ensure_wrk() -> bool:
     if shutil.which("wrk"):
         return True
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], capture_output=True)
+        # wait for another apt run rather than fail on its lock; a fresh machine has no package lists yet
+        install = ["apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=600", "wrk"]
+        if subprocess.run(install, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq", "-o", "DPkg::Lock::Timeout=600"], capture_output=True)
+            subprocess.run(install, capture_output=True)
     return shutil.which("wrk") is not None
 
 
@@ -390,25 +483,94 @@ def parse_wrk(output: str) -> dict[str, float]:
     return figures
 
 
+def _ratio(value: Any, limit: Any) -> float | None:
+    return round(value / limit, 3) if isinstance(value, (int, float)) and isinstance(limit, (int, float)) and limit \
+        else None
+
+
+def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 14's targets, each as LAD's figure against a limit measured in this run."""
+    limits, hot = r.get("limits", {}), r.get("hot_wallet", {})
+    single, wallet = r.get("ingest_single", {}), r.get("wallet_read", {})
+    found: list[dict[str, Any]] = []
+
+    def target(name: str, ratio: float | None, goal: str, passed: bool | None, **figures: Any) -> None:
+        found.append({"name": name, "ratio": ratio, "target": goal, "pass": passed, **figures})
+
+    ratio = _ratio(hot.get("group_commit_per_s"), limits.get("sql_hot_wallet_per_s"))
+    target("hot wallet / sql_hot_wallet", ratio, ">= 0.35", None if ratio is None else ratio >= 0.35)
+    ratio = _ratio(single.get("per_s"), limits.get("healthz_per_s"))
+    p99 = single.get("p99_ms")
+    target("POST /charge async / healthz", ratio, ">= 0.35", None if ratio is None else ratio >= 0.35)
+    target("POST /charge async p99, 16 conns", p99, "<= 50 ms", None if p99 is None else p99 <= 50)
+    ratio = _ratio(wallet.get("per_s"), limits.get("healthz_per_s"))
+    target("GET /wallet / healthz", ratio, ">= 0.5", None if ratio is None else ratio >= 0.5)
+    ratio = r.get("hot_wallet_priced", {}).get("ratio_to_flat")
+    target("hot wallet graduated + packaged / flat", ratio, ">= 0.85", None if ratio is None else ratio >= 0.85)
+    ratio = _ratio(r.get("spread", {}).get("per_s"), hot.get("group_commit_per_s"))
+    target("spread / hot wallet", ratio, ">= 0.7", None if ratio is None else ratio >= 0.7)
+    ratio = _ratio(r.get("quote_under_load", {}).get("p99_ms"), r.get("quote", {}).get("p99_ms"))
+    target("quote p99 charging / unloaded", ratio, "<= 3", None if ratio is None else ratio <= 3)
+    for name, figures in r.get("invoice_rollup", {}).items():
+        if not name.startswith("events_") or "seconds" not in figures:
+            continue
+        events = int(name.removeprefix("events_"))
+        bound = 5 if events <= 1_000_000 else 30
+        ratio = _ratio(figures["seconds"], figures.get("plain_group_by_seconds"))
+        passed = figures["seconds"] < bound or (ratio is not None and ratio <= 3)
+        target(f"invoice rollup {events:,}", ratio, f"< {bound} s or <= 3x plain GROUP BY", passed,
+               seconds=figures["seconds"])
+    return found
+
+
 def table(r: dict[str, Any]) -> str:
-    hot, single, wait = r["hot_wallet"], r["ingest_single"], r["charge_wait"]
-    rows = [
-        ("hot wallet, group commit", f"{hot['group_commit_per_s']:,.0f} charges/s ({hot['charges']:,})"),
-        ("hot wallet, naive", f"{hot['naive_per_s']:,.0f} charges/s ({hot['naive_charges']:,})"),
-        ("  group commit / naive", f"{hot['ratio']}x"),
-        *([("hot wallet, graduated + packaged", f"{r['hot_wallet_priced']['group_commit_per_s']:,.0f} charges/s "
-            f"({r['hot_wallet_priced']['ratio_to_flat']:.0%} of flat, target 85%)")] if "hot_wallet_priced" in r else []),
-        ("spread over tenants", f"{r['spread']['per_s']:,.0f} charges/s ({r['spread']['charges']:,} / "
-                                f"{r['spread']['tenants']:,})"),
-        ("POST /charges (1,000 per batch)", f"{r['ingest_batch']['events_per_s']:,.0f} events/s accepted"),
-        ("POST /charge async, 16 conns", f"{single['per_s']:,.0f} req/s, p50 {single['p50_ms']} / p99 "
-                                         f"{single['p99_ms']} ms"),
-        ("  accept-to-commit", f"p50 {r['commit_latency']['p50_ms']} / p99 {r['commit_latency']['p99_ms']} ms"),
-        ("POST /charge, default wait", f"{wait['per_s']:,.0f} req/s, p50 {wait['p50_ms']} / p99 {wait['p99_ms']} ms"),
-        ("POST /quote at 200/s", f"p50 {r['quote']['p50_ms']} / p99 {r['quote']['p99_ms']} ms"),
-        ("  while charging 5,000/s", f"p50 {r['quote_under_load']['p50_ms']} / p99 {r['quote_under_load']['p99_ms']} ms"),
-        ("largest process RSS web / worker", f"{r['rss_mb']['web']} / {r['rss_mb']['worker']} MB"),
-    ]
+    hot, limits = r.get("hot_wallet", {}), r.get("limits", {})
+    healthz, sql = limits.get("healthz_per_s"), limits.get("sql_hot_wallet_per_s")
+    rows: list[tuple[str, str]] = []
+
+    def row(name: str, figure: str, limit: str = "", ratio: float | None = None) -> None:
+        rows.append((name, figure + (f"   [{limit}: ratio {ratio}]" if limit and ratio is not None else "")))
+
+    if sql is not None:
+        row("LIMIT sql hot wallet (pgbench)", f"{sql:,.0f} charges/s in batches of {machine_limits.BATCH:,}")
+    if healthz is not None:
+        lh = limits["healthz"]
+        row("LIMIT GET /healthz, 16 conns", f"{healthz:,.0f} req/s, p50 {lh.get('p50_ms')} / p99 {lh.get('p99_ms')} ms")
+    if "group_commit_per_s" in hot:
+        row("hot wallet, group commit", f"{hot['group_commit_per_s']:,.0f} charges/s ({hot['charges']:,})",
+            "sql hot wallet", _ratio(hot["group_commit_per_s"], sql))
+    if "naive_per_s" in hot:
+        row("hot wallet, naive", f"{hot['naive_per_s']:,.0f} charges/s ({hot['naive_charges']:,})")
+    if "ratio" in hot:
+        row("  group commit / naive", f"{hot['ratio']}x")
+    if "hot_wallet_priced" in r:
+        priced = r["hot_wallet_priced"]
+        row("hot wallet, graduated + packaged", f"{priced['group_commit_per_s']:,.0f} charges/s",
+            "flat hot wallet (target >= 0.85)", priced.get("ratio_to_flat"))
+    if "spread" in r:
+        row("spread over tenants", f"{r['spread']['per_s']:,.0f} charges/s ({r['spread']['charges']:,} / "
+                                   f"{r['spread']['tenants']:,})", "hot wallet",
+            _ratio(r["spread"]["per_s"], hot.get("group_commit_per_s")))
+    if "ingest_batch" in r:
+        row("POST /charges (1,000 per batch)", f"{r['ingest_batch']['events_per_s']:,.0f} events/s accepted",
+            "sql hot wallet", _ratio(r["ingest_batch"]["events_per_s"], sql))
+    if "ingest_single" in r:
+        single, wait = r["ingest_single"], r["charge_wait"]
+        row("POST /charge async, 16 conns", f"{single['per_s']:,.0f} req/s, p50 {single['p50_ms']} / p99 "
+                                            f"{single['p99_ms']} ms", "healthz", _ratio(single["per_s"], healthz))
+        row("  accept-to-commit", f"p50 {r['commit_latency']['p50_ms']} / p99 {r['commit_latency']['p99_ms']} ms")
+        row("POST /charge, default wait", f"{wait['per_s']:,.0f} req/s, p50 {wait['p50_ms']} / p99 {wait['p99_ms']} ms",
+            "healthz", _ratio(wait["per_s"], healthz))
+    if "wallet_read" in r:
+        wallet = r["wallet_read"]
+        row("GET /wallet, 16 conns", f"{wallet['per_s']:,.0f} req/s, p50 {wallet['p50_ms']} / p99 {wallet['p99_ms']} ms",
+            "healthz", _ratio(wallet["per_s"], healthz))
+    if "quote" in r:
+        row("POST /quote at 200/s", f"p50 {r['quote']['p50_ms']} / p99 {r['quote']['p99_ms']} ms")
+        row("  while charging 5,000/s", f"p50 {r['quote_under_load']['p50_ms']} / p99 "
+                                        f"{r['quote_under_load']['p99_ms']} ms", "unloaded p99",
+            _ratio(r["quote_under_load"]["p99_ms"], r["quote"]["p99_ms"]))
+    row("largest process RSS web / worker", f"{r['rss_mb']['web']} / {r['rss_mb']['worker']} MB")
     rollup = r.get("invoice_rollup", {})
     for name, figures in rollup.items():
         if not name.startswith("events_"):
@@ -416,20 +578,29 @@ def table(r: dict[str, Any]) -> str:
         events = int(name.removeprefix("events_"))
         target = "< 5 s" if events <= 1_000_000 else "< 30 s"
         if "skipped" in figures:
-            rows.append((f"invoice rollup, {events:,} events", f"skipped: {figures['skipped']}"))
+            row(f"invoice rollup, {events:,} events", f"skipped: {figures['skipped']}")
             continue
-        rows.append((f"invoice rollup, {events:,} events / {rollup['tenants']:,} tenants",
-                     f"{figures['seconds']} s (target {target}), {figures['invoices']:,} invoices, "
-                     f"{figures['lines']:,} lines, reconciled: {'yes' if figures['reconciled'] else 'NO'}"))
-        rows.append(("  while charging", f"{figures['charged_during_rollup_per_s']:,} charges/s settled "
-                                         f"(offered {rollup['offered_charges_per_s']:,}/s over HTTP)"))
+        row(f"invoice rollup, {events:,} events / {rollup['tenants']:,} tenants",
+            f"{figures['seconds']} s (target {target}), {figures['invoices']:,} invoices, "
+            f"{figures['lines']:,} lines, reconciled: {'yes' if figures['reconciled'] else 'NO'}",
+            "plain GROUP BY", _ratio(figures["seconds"], figures.get("plain_group_by_seconds")))
+        if "plain_group_by_seconds" in figures:
+            row("  LIMIT plain GROUP BY, same rows", f"{figures['plain_group_by_seconds']} s")
+        row("  while charging", f"{figures['charged_during_rollup_per_s']:,} charges/s settled "
+                                f"(offered {rollup['offered_charges_per_s']:,}/s over HTTP)")
     width = max(len(name) for name, _ in rows) + 2
-    return "\n".join(f"{name:<{width}}{figure}" for name, figure in rows)
+    lines = [f"{name:<{width}}{figure}" for name, figure in rows]
+    lines.append("\ntargets (ratios of this run):")
+    for t in r.get("targets", []):
+        verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]
+        lines.append(f"  {verdict:<5}{t['name']:<36}{t['ratio']}  (target {t['target']})")
+    return "\n".join(lines)
 
 
 def main() -> int:
     bench = Bench()
     bench.execute()
+    bench.results["targets"] = targets(bench.results)
     out = Path(__file__).with_name("results.json")
     out.write_text(json.dumps(bench.results, indent=2) + "\n")
     m = bench.results["machine"]

@@ -1,7 +1,9 @@
 """Engine per process and the unit of work every use case runs in."""
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -17,8 +19,11 @@ from sqlalchemy import (
     Numeric,
     Table,
     Text,
+    TextClause,
     Uuid,
     create_engine,
+    event,
+    exc,
     func,
     select,
     text,
@@ -31,6 +36,13 @@ from .config import Settings
 # UTC timestamps everywhere; a stuck lock or statement fails the unit of work instead of
 # holding a wallet row forever (a failed charge stays pending and is retried).
 SESSION_OPTIONS = "-c timezone=UTC -c lock_timeout=10s -c statement_timeout=60s -c idle_in_transaction_session_timeout=60s"
+
+# A pooled connection that sat unused this long is tried with a round trip before it is handed out
+# (the server may have restarted or dropped it meanwhile); one in steady use is not. SQLAlchemy's
+# pool_pre_ping would ping on every checkout: under load that was ~12% of a POST /charge's wall time and
+# a round trip per unit of work (bench/PROFILE.md). A connection that breaks in use still fails that
+# one unit of work and invalidates the pool, as it would with pre-ping.
+IDLE_PING_SECONDS = 5.0
 
 _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
@@ -45,7 +57,6 @@ def engine_for(database_url: str) -> Engine:
                 database_url,
                 pool_size=10,
                 max_overflow=20,
-                pool_pre_ping=True,
                 pool_timeout=10,
                 # SQL parameters (payloads, metadata, secrets) never appear in exception text or logs
                 hide_parameters=True,
@@ -53,6 +64,8 @@ def engine_for(database_url: str) -> Engine:
                 json_deserializer=exactjson.loads,
                 connect_args={"connect_timeout": 5, "options": SESSION_OPTIONS},
             )
+            event.listen(engine, "checkin", _checked_in)
+            event.listen(engine, "checkout", _ping_if_idle)
             _engines[database_url] = engine
         return engine
 
@@ -65,6 +78,27 @@ def read_engine(settings: Settings) -> Engine:
     changed): those use `engine_for(settings.database_url)`. A replica serves no temporary tables, so
     SQL that creates them (the invoice rollup and its preview) stays on the primary too."""
     return engine_for(settings.read_database_url or settings.database_url)
+
+
+def _checked_in(dbapi_connection: Any, record: Any) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """SQLAlchemy's recipe for pessimistic disconnect handling, for idle connections only: a
+    DisconnectionError makes the pool discard this connection and hand out a fresh one."""
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()  # the ping's implicit transaction is not the unit of work's
+    except Exception as error:  # any failure of the driver here means the connection is gone
+        raise exc.DisconnectionError() from error
 
 
 def dispose_engines() -> None:
@@ -124,15 +158,28 @@ def _array_values(pg_type: str, values: list[Any]) -> list[Any]:
     return values
 
 
+@functools.lru_cache(maxsize=256)
+def cached_text(sql: str) -> TextClause:
+    """`text(sql)`, built once per distinct statement: parsing a statement's bind parameters and
+    computing its cache key cost ~5% of a web worker's CPU when redone on every request
+    (bench/PROFILE.md). For statements whose text is fixed or drawn from a few shapes."""
+    return text(sql)
+
+
 def unnest_arrays(table: Table, rows: list[dict[str, Any]], alias: str = "rows") -> tuple[str, dict[str, list[Any]]]:
     """`unnest(...) WITH ORDINALITY AS alias(columns, ordinality)` over one array per column of `rows`,
     and its parameters: many rows in one statement whose text does not grow with the row count."""
-    names = list(rows[0])
-    types = {name: _array_type(table.c[name]) for name in names}
-    params = {f"{alias}_{name}": _array_values(types[name], [row[name] for row in rows]) for name in names}
-    arrays = ", ".join(f"CAST(:{alias}_{name} AS {types[name]}[])" for name in names)
-    columns = ", ".join(f'"{name}"' for name in names)
-    return f"unnest({arrays}) WITH ORDINALITY AS {alias}({columns}, ordinality)", params
+    return unnest_columns(table, {name: [row[name] for row in rows] for name in rows[0]}, alias)
+
+
+def unnest_columns(table: Table, columns: dict[str, list[Any]], alias: str = "rows") -> tuple[str, dict[str, list[Any]]]:
+    """unnest_arrays for rows given column by column (one list per column, all as long), which the
+    batch paths build without making a dict per row first."""
+    types = {name: _array_type(table.c[name]) for name in columns}
+    params = {f"{alias}_{name}": _array_values(types[name], values) for name, values in columns.items()}
+    arrays = ", ".join(f"CAST(:{alias}_{name} AS {types[name]}[])" for name in columns)
+    names = ", ".join(f'"{name}"' for name in columns)
+    return f"unnest({arrays}) WITH ORDINALITY AS {alias}({names}, ordinality)", params
 
 
 def insert_rows(uow: UnitOfWork, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -141,6 +188,6 @@ def insert_rows(uow: UnitOfWork, table: Table, rows: list[dict[str, Any]]) -> No
         source, params = unnest_arrays(table, rows)
         columns = ", ".join(f'"{name}"' for name in rows[0])
         select_list = ", ".join(f'rows."{name}"' for name in rows[0])
-        uow.connection.execute(text(
+        uow.connection.execute(cached_text(
             f"INSERT INTO {table.name} ({columns}) SELECT {select_list} FROM {source} ORDER BY rows.ordinality"
         ), params)
