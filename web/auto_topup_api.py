@@ -132,8 +132,13 @@ def show_allocation(view: allocations.AllocationView) -> dict[str, Any]:
 # --- auto top-up ----------------------------------------------------------------------------------
 
 
+def configured() -> bool:
+    """Auto top-up pays through Stripe: without STRIPE_SECRET_KEY it is unavailable (503, and the portal says so)."""
+    return bool(current_app.config["LAD_SETTINGS"].stripe_secret_key)
+
+
 def _configured() -> None:
-    if not current_app.config["LAD_SETTINGS"].stripe_secret_key:
+    if not configured():
         raise ApiError("unavailable", "auto top-up is not configured (STRIPE_SECRET_KEY)")
 
 
@@ -150,11 +155,17 @@ def put_auto_topup() -> Response:
     with unit_of_work() as uow:
         rule = rules.put_rule(uow, tenant_id, command)
         spent = rules.spent_this_month(uow, tenant_id)
-    try:  # a balance already at or below the new threshold is topped up now, not at the next scan
+    check_soon(tenant_id)
+    return ok(autoTopup=show_rule(rule, spent))
+
+
+def check_soon(tenant_id: str) -> None:
+    """After a rule is saved (API or portal): a balance already at or below the new threshold is
+    topped up now, not at the next scan."""
+    try:
         check_auto_topup(tenant_id)
     except Exception:
         log.exception("auto top-up check after saving the rule failed; the minute scan will", tenant_id=tenant_id)
-    return ok(autoTopup=show_rule(rule, spent))
 
 
 @billing.get("/settings/auto-topup")
