@@ -686,6 +686,7 @@ def test_portal_auto_top_up_form_changes_the_rule(browser, api, live, make_token
         assert navigation.value.status == 400
         v.checked(navigation.value, "portal-auto-topup-refused")
         assert "Field: rechargeTo" in page.inner_text("main")
+        assert page.get_by_label("Stripe customer").input_value() == card[0], "what was typed stays, to correct"
         assert api.get("/api/billing/settings/auto-topup", manage).status_code == 404
 
         page.get_by_label("Or top up by this fixed amount").fill("")

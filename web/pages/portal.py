@@ -149,7 +149,8 @@ def invoice_csv_download(invoice_id: str) -> Response:
 # --- settings the tenant's admin may change --------------------------------------------------------
 
 
-def _settings_page(error: BillingError | ApiError | None = None, status: int = 200) -> Response:
+def _settings_page(error: BillingError | ApiError | None = None, status: int = 200,
+                   auto_topup_form: dict[str, str] | None = None) -> Response:
     tenant_id = current_session().tenant_id
     with unit_of_work() as uow:
         found = alerts.get_settings(uow, tenant_id)
@@ -162,6 +163,7 @@ def _settings_page(error: BillingError | ApiError | None = None, status: int = 2
     body = render_template("portal/settings.html", alerts=settings, budgets=[show.budget(b) for b in budget_list],
                            auto_topup=show_rule(rule, spent) if rule else None,
                            auto_topup_available=auto_topup_configured(), unavailable=UNAVAILABLE,
+                           auto_topup_form=auto_topup_form,
                            error=error, saved=request.args.get("saved"))
     return make_response(body, status)
 
@@ -243,8 +245,8 @@ def put_auto_topup() -> Response:
         with unit_of_work() as uow:
             actions.record(uow, session, session.tenant_id, "auto_topup.put", command.model_dump(mode="json"))
             auto_topup_rules.put_rule(uow, session.tenant_id, command)  # validates; commits the record with it
-    except BillingError as exc:
-        return _settings_page(exc, status_for(exc.code, exc.details))
+    except BillingError as exc:  # shown with what was typed, to correct
+        return _settings_page(exc, status_for(exc.code, exc.details), auto_topup_form=form.to_dict())
     check_auto_topup_soon(session.tenant_id)
     return _saved("auto top-up")
 
