@@ -576,7 +576,8 @@ def priced(live: Any, make_token: Any) -> dict[str, Any]:
               charge(api, charger, "agent", [{**uncosted, "quantity": "1000"}])]
     tiered = charge(api, charger, "tiered", [{**graduated, "quantity": "1500"}, {**package, "quantity": "25"}])
     return {"tenant": tenant, "admin": admin, "manage": make_token(tenant, "billing.manage"), "costed": costed,
-            "cost": cost.json()["cost"], "events": events + [tiered], "tiered": tiered}
+            "cost": cost.json()["cost"], "events": events + [tiered], "tiered": tiered, "graduated": graduated,
+            "package": package}
 
 
 def test_console_margins_show_the_api_s_figures_and_the_costs_block(browser, api, priced, make_token):
@@ -620,6 +621,13 @@ def test_console_margins_show_the_api_s_figures_and_the_costs_block(browser, api
         assert row.locator("td").all_inner_texts() == [
             cost["category"], cost["provider"], cost["model"], cost["unit"], "0.0015", cost["currency"],
             cost["effectiveFrom"][:16].replace("T", " "), "open"]
+        # the graduated price shows its tiers, the package price its package, as PUT /pricing set them
+        graduated = page.locator("#prices-table tbody tr", has_text=priced["graduated"]["model"]).locator("xpath=./td")
+        assert graduated.nth(4).inner_text() == "graduated"
+        assert [r.locator("td").all_inner_texts() for r in graduated.nth(5).locator("tbody tr").all()] == [
+            ["1000", "0.01"], ["5000", "0.005"], ["—", "0.001"]]
+        package = page.locator("#prices-table tbody tr", has_text=priced["package"]["model"]).locator("xpath=./td")
+        assert package.nth(4).inner_text() == "package" and package.nth(5).inner_text() == "0.5 per 10"
     listed = api.get("/api/billing/costs", ops, params={"model": priced["costed"]["model"]}).json()["costs"]
     assert [c["id"] for c in listed] == [cost["id"]]
 
