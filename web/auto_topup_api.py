@@ -132,13 +132,8 @@ def show_allocation(view: allocations.AllocationView) -> dict[str, Any]:
 # --- auto top-up ----------------------------------------------------------------------------------
 
 
-def configured() -> bool:
-    """Auto top-up pays through Stripe: without STRIPE_SECRET_KEY it is unavailable (503, and the portal says so)."""
-    return bool(current_app.config["LAD_SETTINGS"].stripe_secret_key)
-
-
 def _configured() -> None:
-    if not configured():
+    if not current_app.config["LAD_SETTINGS"].stripe_secret_key:
         raise ApiError("unavailable", "auto top-up is not configured (STRIPE_SECRET_KEY)")
 
 
@@ -155,17 +150,11 @@ def put_auto_topup() -> Response:
     with unit_of_work() as uow:
         rule = rules.put_rule(uow, tenant_id, command)
         spent = rules.spent_this_month(uow, tenant_id)
-    check_soon(tenant_id)
-    return ok(autoTopup=show_rule(rule, spent))
-
-
-def check_soon(tenant_id: str) -> None:
-    """After a rule is saved (API or portal): a balance already at or below the new threshold is
-    topped up now, not at the next scan."""
-    try:
+    try:  # a balance already at or below the new threshold is topped up now, not at the next scan
         check_auto_topup(tenant_id)
     except Exception:
         log.exception("auto top-up check after saving the rule failed; the minute scan will", tenant_id=tenant_id)
+    return ok(autoTopup=show_rule(rule, spent))
 
 
 @billing.get("/settings/auto-topup")
@@ -193,6 +182,21 @@ def get_auto_topups() -> Response:
     with unit_of_work() as uow:
         found = attempts.list_attempts(uow, query.tenantId, status=query.status, limit=query.limit)
     return ok(autoTopups=[show_attempt(a) for a in found])
+
+
+def configured() -> bool:
+    """Auto top-up pays through Stripe: without STRIPE_SECRET_KEY it is unavailable (the API answers
+    503, the portal says so)."""
+    return bool(current_app.config["LAD_SETTINGS"].stripe_secret_key)
+
+
+def check_soon(tenant_id: str) -> None:
+    """After the portal saves a rule, as put_auto_topup does: a balance already at or below the new
+    threshold is topped up now, not at the next scan."""
+    try:
+        check_auto_topup(tenant_id)
+    except Exception:
+        log.exception("auto top-up check after saving the rule failed; the minute scan will", tenant_id=tenant_id)
 
 
 # --- recurring allocations ------------------------------------------------------------------------
