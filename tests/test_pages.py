@@ -551,3 +551,220 @@ def test_the_chart_library_is_served_from_the_app_with_its_licence(api):
     assert (vendored / "LICENSE.md").read_text().startswith("The MIT License")
     served = api.get("/static/vendor/chart.js/chart.umd.min.js")
     assert served.status_code == 200 and served.content == (vendored / "chart.umd.min.js").read_bytes()
+
+
+# --- pages that show pricing (margins, costs, tiers) and auto top-up --------------------------------
+
+@pytest.fixture(scope="module")
+def priced(live: Any, make_token: Any) -> dict[str, Any]:
+    """A tenant of its own charged today for a costed item, an uncosted one, and one call priced in
+    graduated tiers and packages (PUT /pricing with pricingModel)."""
+    from tests.test_pricing_stack import TIERS, new_item, put_price
+
+    api, tenant = live.api, f"margin-{uuid.uuid4().hex[:8]}"
+    admin, charger = make_token(tenant, "billing.admin"), make_token(tenant, "billing.charge", "billing.view")
+    top_up(api, admin, "50")
+    costed, uncosted, graduated, package = new_item("llm"), new_item("tts"), new_item("llm"), new_item("stt")
+    put_price(api, admin, costed, tenantId=tenant, unitPrice="0.002")
+    put_price(api, admin, uncosted, tenantId=tenant, unitPrice="0.001")
+    put_price(api, admin, graduated, tenantId=tenant, pricingModel="graduated", tiers=TIERS)
+    put_price(api, admin, package, tenantId=tenant, pricingModel="package", packageSize="10", packagePrice="0.5")
+    cost = api.request("PUT", "/api/billing/costs", admin, json={**costed, "unitCost": "0.0015"})
+    assert cost.status_code == 200, cost.text
+    events = [charge(api, charger, "agent", [{**costed, "quantity": "1000"}]),
+              charge(api, charger, "campaign", [{**costed, "quantity": "2000"}]),
+              charge(api, charger, "agent", [{**uncosted, "quantity": "1000"}])]
+    tiered = charge(api, charger, "tiered", [{**graduated, "quantity": "1500"}, {**package, "quantity": "25"}])
+    return {"tenant": tenant, "admin": admin, "manage": make_token(tenant, "billing.manage"), "costed": costed,
+            "cost": cost.json()["cost"], "events": events + [tiered], "tiered": tiered, "graduated": graduated,
+            "package": package}
+
+
+def test_console_margins_show_the_api_s_figures_and_the_costs_block(browser, api, priced, make_token):
+    tenant, ops = priced["tenant"], make_token("ops", "billing.admin")
+    days = sorted(e["createdAt"][:10] for e in priced["events"])
+    period = {"from": days[0], "to": days[-1], "groupBy": "featureKey", "tenantId": tenant}
+    expected = api.get("/api/billing/margins", ops, params=period).json()["margins"]
+    # the test's own arithmetic: 3000 tokens at 0.002 cost 0.0015 each; the tts item has no cost
+    assert (expected["revenue"], expected["cost"], expected["margin"]) == ("6", "4.5", "1.5")
+    with Visit(browser, viewport={"width": 1280, "height": 900}) as v:
+        page = v.page
+        v.open(console_link(api, ops)["url"])
+        v.click(page.get_by_role("link", name="Margins"))
+        page.get_by_label("From").fill(period["from"])
+        page.get_by_label("To (a date").fill(period["to"])
+        page.get_by_label("By", exact=True).select_option("featureKey")
+        page.get_by_label("Tenant").fill(tenant)
+        v.click(page.get_by_role("button", name="Show"), "console-margins-by-feature")
+        shown = {name: page.get_by_test_id(name).inner_text() for name in
+                 ("revenue", "cost", "margin", "margin-percent", "uncosted-revenue", "uncosted-items")}
+        assert shown == {"revenue": expected["revenue"], "cost": expected["cost"], "margin": expected["margin"],
+                         "margin-percent": expected["marginPercent"] or "—",
+                         "uncosted-revenue": expected["uncosted"]["revenue"],
+                         "uncosted-items": str(expected["uncosted"]["items"])}
+        rows = [row.locator("th, td").all_inner_texts() for row in page.locator("#margins-table tbody tr").all()]
+        assert rows == [[g["key"], g["revenue"], g["cost"], g["margin"], g["marginPercent"] or "—", str(g["events"]),
+                         g["uncostedRevenue"], str(g["uncostedItems"])] for g in expected["groups"]]
+        assert {"agent", "campaign", "tiered"} == {r[0] for r in rows}
+
+        # by tenant, the default: the tenant links to its page
+        v.open(page.url.split("?")[0] + f"?from={period['from']}&to={period['to']}&tenantId={tenant}")
+        assert page.locator("#margins-table tbody th a").all_inner_texts() == [tenant]
+        # bad input: the API's validation error, named by field, and no figures
+        v.open(page.url.split("?")[0] + "?from=yesterday", "console-margins-refused", status=400)
+        assert "Field: from" in page.inner_text("main") and page.locator("#margins-table").count() == 0
+
+        v.click(page.get_by_role("link", name="Catalog and costs"), "console-catalog-costs")
+        row = page.locator("#costs-table tbody tr", has_text=priced["costed"]["model"])
+        assert row.count() == 1
+        cost = priced["cost"]
+        assert row.locator("td").all_inner_texts() == [
+            cost["category"], cost["provider"], cost["model"], cost["unit"], "0.0015", cost["currency"],
+            cost["effectiveFrom"][:16].replace("T", " "), "open"]
+        # the graduated price shows its tiers, the package price its package, as PUT /pricing set them
+        graduated = page.locator("#prices-table tbody tr", has_text=priced["graduated"]["model"]).locator("xpath=./td")
+        assert graduated.nth(4).inner_text() == "graduated"
+        assert [r.locator("td").all_inner_texts() for r in graduated.nth(5).locator("tbody tr").all()] == [
+            ["1000", "0.01"], ["5000", "0.005"], ["—", "0.001"]]
+        package = page.locator("#prices-table tbody tr", has_text=priced["package"]["model"]).locator("xpath=./td")
+        assert package.nth(4).inner_text() == "package" and package.nth(5).inner_text() == "0.5 per 10"
+    listed = api.get("/api/billing/costs", ops, params={"model": priced["costed"]["model"]}).json()["costs"]
+    assert [c["id"] for c in listed] == [cost["id"]]
+
+
+def test_a_call_priced_in_tiers_and_packages_shows_them(browser, api, priced):
+    event_id = priced["tiered"]["id"]
+    detail = api.get(f"/api/billing/usage/{event_id}", priced["admin"]).json()["usageEvent"]
+    graduated, package = detail["items"]
+    assert graduated["tiers"] == [{"quantity": "1000", "unitPrice": "0.01", "amount": "10"},
+                                  {"quantity": "500", "unitPrice": "0.005", "amount": "2.5"}]
+    assert package["packages"] == {"count": "3", "packageSize": "10", "packagePrice": "0.5", "amount": "1.5"}
+    with Visit(browser, viewport=PHONE) as v:
+        page = v.page
+        v.open(portal_link(api, priced["manage"])["url"])
+        v.open(page.url + f"usage/{event_id}", "portal-call-tiers-and-packages")
+        columns = page.locator("#items-table > thead th").all_inner_texts()
+        assert {"pricingModel", "billedQuantity", "tiers", "packages"} <= set(columns)
+        rows = page.locator("#items-table > tbody > tr")
+        tiers = rows.nth(0).locator("xpath=./td").nth(columns.index("tiers"))
+        # a list of tiers is one small table: a column per field, a row per tier, exactly as the API gives them
+        assert tiers.locator("thead th").all_inner_texts() == ["quantity", "unitPrice", "amount"]
+        assert [r.locator("td").all_inner_texts() for r in tiers.locator("tbody tr").all()] == [
+            ["1000", "0.01", "10"], ["500", "0.005", "2.5"]]
+        packages = rows.nth(1).locator("xpath=./td").nth(columns.index("packages"))
+        assert [(r.locator("th").inner_text(), r.locator("td").inner_text())
+                for r in packages.locator("tr").all()] == list(package["packages"].items())
+        assert rows.nth(0).locator("xpath=./td").nth(columns.index("pricingModel")).inner_text() == "graduated"
+
+
+@pytest.fixture(scope="module")
+def card(live: Any) -> tuple[str, str]:
+    """A Stripe customer with a card saved, in localstripe (as tests/test_auto_topup.py saves one)."""
+    import stripe
+
+    from tests.conftest import STRIPE_API_KEY
+    from tests.test_auto_topup import saved_card
+
+    return saved_card(stripe.StripeClient(STRIPE_API_KEY, base_addresses={"api": live.env["STRIPE_API_BASE"]},
+                                          max_network_retries=0))
+
+
+def test_portal_auto_top_up_form_changes_the_rule(browser, api, live, make_token, card):
+    from tests.test_auto_topup import wait_for
+
+    tenant = f"autotopup-{uuid.uuid4().hex[:8]}"
+    admin, manage = make_token(tenant, "billing.admin"), make_token(tenant, "billing.manage")
+    top_up(api, admin, "5")  # below the threshold about to be set: saving the rule tops it up at once
+    assert api.get("/api/billing/settings/auto-topup", manage).status_code == 404
+    link = portal_link(api, manage)
+    with Visit(browser, viewport=PHONE) as v:
+        page = v.page
+        v.open(link["url"])
+        v.click(page.get_by_role("link", name="Settings"))
+        section = page.locator("#auto-topup-settings")
+        assert "No auto top-up rule yet" in section.inner_text()
+        page.get_by_label("When the available balance is at or below").fill("10")
+        page.get_by_label("Top up to this available balance").fill("50")
+        page.get_by_label("Or top up by this fixed amount").fill("5")
+        page.get_by_label("Stripe customer").fill(card[0])
+        page.get_by_label("Saved payment method").fill(card[1])
+        # both a target and a fixed amount: the API's validation error, shown on the page, nothing saved
+        with page.expect_navigation() as navigation:
+            page.get_by_role("button", name="Save auto top-up").click()
+        assert navigation.value.status == 400
+        v.checked(navigation.value, "portal-auto-topup-refused")
+        assert "Field: rechargeTo" in page.inner_text("main")
+        assert page.get_by_label("Stripe customer").input_value() == card[0], "what was typed stays, to correct"
+        assert api.get("/api/billing/settings/auto-topup", manage).status_code == 404
+
+        page.get_by_label("Or top up by this fixed amount").fill("")
+        page.get_by_label("At most this much a month").fill("200")
+        v.click(page.get_by_role("button", name="Save auto top-up"))
+        assert "Saved: auto top-up" in page.inner_text("main")
+        rule = api.get("/api/billing/settings/auto-topup", manage).json()["autoTopup"]
+        assert (rule["enabled"], rule["threshold"], rule["rechargeTo"], rule["amount"], rule["maxPerMonth"],
+                rule["cooldownSeconds"], rule["stripeCustomerId"], rule["stripePaymentMethodId"]) == (
+            True, "10", "50", None, "200", 300, card[0], card[1])
+        # the balance was at 5: saving the rule topped it up to 50, which the page then shows as spent
+        wait_for("the top-up", lambda: api.get("/api/billing/settings/auto-topup", manage)
+                 .json()["autoTopup"]["spentThisMonth"] == "45")
+        v.open(page.url.split("?")[0], "portal-settings-auto-topup")
+        assert page.get_by_test_id("auto-topup-status").inner_text() == "active"
+        assert page.get_by_test_id("auto-topup-spent").inner_text() == "45"
+        assert page.get_by_label("Top up to this available balance").input_value() == "50"
+
+        page.get_by_label("On (saving it on").uncheck()
+        v.click(page.get_by_role("button", name="Save auto top-up"))
+        assert page.get_by_test_id("auto-topup-status").inner_text() == "disabled"
+        assert page.get_by_test_id("auto-topup-disabled-reason").inner_text() == "disabled by an administrator"
+    rule = api.get("/api/billing/settings/auto-topup", manage).json()["autoTopup"]
+    assert rule["enabled"] is False and rule["disabledReason"] == "disabled by an administrator"
+
+    # the console's tenant page lists the attempt as GET /auto-topups gives it
+    attempt = api.get(f"/api/billing/auto-topups?tenantId={tenant}", admin).json()["autoTopups"][0]
+    with Visit(browser, viewport={"width": 1280, "height": 900}) as v:
+        v.open(console_link(api, make_token("ops", "billing.admin"))["url"])
+        v.open(v.page.url + f"tenants/{tenant}", "console-tenant-auto-topups")
+        cells = v.page.locator("#auto-topups-table tbody tr").first.locator("td").all_inner_texts()
+        assert cells[1:5] == ["succeeded", "45", "5", attempt["paymentIntentId"]]
+
+    # without its CSRF token the form is refused and nothing changes; the same form twice is one rule
+    session, base = _opened(link["url"]), f"http://127.0.0.1:{live.port}/portal"
+    form = {"enabled": "on", "threshold": "3", "rechargeTo": "20", "stripeCustomerId": card[0],
+            "stripePaymentMethodId": card[1]}
+    assert session.post(f"{base}/settings/auto-topup", data=form, timeout=30).status_code == 403
+    assert api.get("/api/billing/settings/auto-topup", manage).json()["autoTopup"]["threshold"] == "10"
+    form["csrf_token"] = _csrf(session.get(f"{base}/settings", timeout=30).text)
+    for _ in range(2):
+        saved = session.post(f"{base}/settings/auto-topup", data=form, timeout=30)
+        assert saved.status_code == 200 and "Saved: auto top-up" in saved.text
+    rule = api.get("/api/billing/settings/auto-topup", manage).json()["autoTopup"]
+    assert (rule["enabled"], rule["threshold"], rule["rechargeTo"], rule["disabledReason"]) == (True, "3", "20", None)
+    bad = session.post(f"{base}/settings/auto-topup", timeout=30, data={**form, "cooldownSeconds": "soon"})
+    assert bad.status_code == 400 and "cooldownSeconds" in bad.text
+    with tenant_b_engine(live).begin() as connection:
+        recorded = connection.execute(text(
+            "SELECT request->>'threshold' FROM page_actions WHERE tenant_id = :t AND action = 'auto_topup.put' "
+            "ORDER BY created_at"), {"t": tenant}).scalars().all()
+    assert recorded == ["10", "10", "3", "3"]
+
+
+def test_without_stripe_the_portal_says_auto_top_up_is_unavailable(live, api, tenant_a):
+    import dataclasses
+
+    from billing_core.config import Settings
+    from tests.conftest import TEST_SECRET
+    from web.app import create_app
+    from web.auth import TokenSettings
+
+    settings = dataclasses.replace(Settings.from_env(), stripe_secret_key=None)
+    app = create_app({"LAD_TOKENS": TokenSettings(TEST_SECRET, None, None, None), "LAD_SETTINGS": settings})
+    opening = portal_link(api, tenant_a["tokens"]["manage"])["url"].split("/portal/")[1]
+    with app.test_client() as client:
+        assert client.get(f"/portal/{opening}").status_code == 303
+        page = client.get("/portal/settings")
+        assert page.status_code == 200 and "Auto top-up is unavailable" in page.text
+        assert 'action="/portal/settings/auto-topup"' not in page.text
+        csrf = _csrf(page.text)
+        refused = client.post("/portal/settings/auto-topup", data={"csrf_token": csrf, "threshold": "1"})
+        assert refused.status_code == 503 and "Auto top-up is unavailable" in refused.text

@@ -185,6 +185,21 @@ def get_auto_topups() -> Response:
     return ok(autoTopups=[show_attempt(a) for a in found])
 
 
+def configured() -> bool:
+    """Auto top-up pays through Stripe: without STRIPE_SECRET_KEY it is unavailable (the API answers
+    503, the portal says so)."""
+    return bool(current_app.config["LAD_SETTINGS"].stripe_secret_key)
+
+
+def check_soon(tenant_id: str) -> None:
+    """After the portal saves a rule, as put_auto_topup does: a balance already at or below the new
+    threshold is topped up now, not at the next scan."""
+    try:
+        check_auto_topup(tenant_id)
+    except Exception:
+        log.exception("auto top-up check after saving the rule failed; the minute scan will", tenant_id=tenant_id)
+
+
 # --- recurring allocations ------------------------------------------------------------------------
 
 

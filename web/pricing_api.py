@@ -2,7 +2,10 @@
 the platform's margins (all `billing.admin`). Handlers parse, call billing_core.pricing, and answer."""
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Response, current_app
+from sqlalchemy.engine import Connection
 
 from billing_core import invoices, money
 from billing_core.commands import CostRequest, PriceAdjustmentRequest
@@ -82,17 +85,23 @@ def get_margins() -> Response:
     query = parse_query(schemas.MarginsQuery)
     engine = engine_for(current_app.config["LAD_SETTINGS"].database_url)
     with engine.connect() as connection:
-        now = connection.exec_driver_sql("SELECT now()").scalar_one()
-        start = time_bound(query.from_, "from", end=False) or month_of(now)
-        end = time_bound(query.to, "to", end=True) or now
-        found = margin_report.margins(connection, start=start, end=end, group_by=query.groupBy,
-                                      tenant_id=query.tenantId)
+        body = margins_report(connection, query)
         connection.rollback()
+    return ok(margins=body)
+
+
+def margins_report(connection: Connection, query: schemas.MarginsQuery) -> dict[str, Any]:
+    """The margins as GET /margins answers them; the console's margins page shows the same."""
+    now = connection.exec_driver_sql("SELECT now()").scalar_one()
+    start = time_bound(query.from_, "from", end=False) or month_of(now)
+    end = time_bound(query.to, "to", end=True) or now
+    found = margin_report.margins(connection, start=start, end=end, group_by=query.groupBy,
+                                  tenant_id=query.tenantId)
     text = money.format_decimal
 
     def pct(value):  # noqa: ANN001, ANN202
         return None if value is None else text(value)
-    return ok(margins={
+    return {
         "revenue": text(found.revenue), "cost": text(found.cost),
         "margin": text(money.subtract(found.revenue, found.cost)),
         "marginPercent": pct(margin_report.margin_percent(found.revenue, found.cost)),
@@ -101,7 +110,7 @@ def get_margins() -> Response:
                     "uncostedRevenue": text(g.uncosted_revenue), "uncostedItems": g.uncosted_items}
                    for g in found.groups],
         "uncosted": {"revenue": text(found.uncosted_revenue), "items": found.uncosted_items},
-        "groupBy": query.groupBy, "from": show.timestamp(start), "to": show.timestamp(end)})
+        "groupBy": query.groupBy, "from": show.timestamp(start), "to": show.timestamp(end)}
 
 
 @billing.get("/invoices/margins")

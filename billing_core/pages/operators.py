@@ -80,4 +80,4 @@ def price_rows(uow: UnitOfWork, limit: int = 500) -> list[Price]:
         select(prices).order_by(prices.c.effective_to.desc().nulls_first(), prices.c.category, prices.c.provider,
                                 prices.c.model, prices.c.unit, prices.c.tenant_id.nulls_first(),
                                 prices.c.effective_from.desc()).limit(limit)).all()
-    return [Price(**{k: v for k, v in r._mapping.items() if k in Price.__dataclass_fields__}) for r in rows]
+    return [Price.from_row(r) for r in rows]  # with its terms: pricing model, tiers, package

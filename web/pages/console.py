@@ -7,19 +7,26 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, make_response, redirect, render_template, request, url_for
 
 from billing_core import budgets, credits, history, ledger, reservations
+from billing_core.auto_topup import attempts as auto_topups
 from billing_core.commands import AdjustmentRequest, Reason, RefundRequest, Strict, TopUpRequest
+from billing_core.db import engine_for
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.pages import actions, operators, sessions
+from billing_core.pricing import costs
+from billing_core.pricing import margins as margin_groupings
 from billing_core.tables import wallets
 from billing_core.wallets import change_settings
 
 from .. import representations as show
+from .. import schemas
 from ..auth import TENANT_ID
+from ..auto_topup_api import show_attempt
 from ..errors import status_for
 from ..parsing import parse
+from ..pricing_api import margins_report
 from .common import close_session, current_session, install, open_link, unit_of_work
 
 console = Blueprint("console", __name__, url_prefix="/console")
@@ -72,12 +79,14 @@ def _tenant_page(tenant_id: str, error: BillingError | None = None, notice: str 
         budget_list = budgets.list_budgets(uow, tenant_id)
         recorded = actions.recent(uow, tenant_id, limit=20)
         verification = ledger.verify(uow, tenant_id)
+        topups = auto_topups.list_attempts(uow, tenant_id, limit=20)
     body = render_template(
         "console/tenant.html", tenant_id=tenant_id, wallet=show.wallet(wallet, grants),
         entries=_chain([show.transaction(e) for e in entries]), events=[show.usage_event(e) for e in events],
         holds=[show.reservation(r) for r in holds], budgets=[show.budget(b) for b in budget_list],
         actions=[{**a, "created_at": show.timestamp(a["created_at"])} for a in recorded],
-        verification=show.verification(verification), error=error, notice=notice or request.args.get("done"),
+        verification=show.verification(verification), auto_topups=[show_attempt(a) for a in topups],
+        error=error, notice=notice or request.args.get("done"),
         new_key=str(uuid.uuid4()))
     return make_response(body, status)
 
@@ -162,13 +171,30 @@ def wallet_status(tenant_id: str) -> Response:
 def catalog() -> str:
     with unit_of_work() as uow:
         rows = operators.price_rows(uow)
-    return render_template("console/catalog.html", prices=[show.price(p) for p in rows])
+        cost_rows = costs.list_costs(uow)  # as GET /costs lists them: every item's history, by start
+    return render_template("console/catalog.html", prices=[show.price(p) for p in rows],
+                           costs=[show.provider_cost(c) for c in cost_rows])
 
 
 @console.get("/margins")
-def margins() -> str:
-    # GET /margins arrives with the pricing work; this page then shows its groups (see the template)
-    return render_template("console/margins.html")
+def margins() -> Response:
+    """GET /margins in a page: the same query fields (an empty form field is an absent one), the same
+    report, so the page shows exactly the API's figures for the same period."""
+    chosen = {name: value for name, value in request.args.items() if value and name in MARGIN_FIELDS}
+    report, error = None, None
+    try:
+        query = parse(schemas.MarginsQuery, chosen)
+        with engine_for(current_app.config["LAD_SETTINGS"].database_url).connect() as connection:
+            report = margins_report(connection, query)
+            connection.rollback()
+    except BillingError as exc:
+        error = exc
+    body = render_template("console/margins.html", report=report, error=error, chosen=chosen,
+                           groupings=list(margin_groupings.GROUPINGS))
+    return make_response(body, 200 if error is None else status_for(error.code, error.details))
+
+
+MARGIN_FIELDS = ("from", "to", "groupBy", "tenantId")
 
 
 @console.get("/operations")

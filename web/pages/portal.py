@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, time, timedelta, timezone
+from typing import Any
 
 from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
 
 from billing_core import alerts, budgets, credits, history, invoices, reservations, usage
 from billing_core.alerts import AlertSettingsRequest
+from billing_core.auto_topup import rules as auto_topup_rules
+from billing_core.auto_topup.rules import AutoTopupRequest
 from billing_core.commands import BudgetRequest
 from billing_core.errors import BillingError, NotFound
 from billing_core.invoice_render import invoice_csv, invoice_pdf
@@ -20,6 +23,10 @@ from billing_core.wallet_book import WalletBook
 from .. import representations as show
 from ..alerts_api import _check_soon as check_alerts_soon
 from ..alerts_api import show_settings
+from ..auto_topup_api import check_soon as check_auto_topup_soon
+from ..auto_topup_api import configured as auto_topup_configured
+from ..auto_topup_api import show_rule
+from ..errors import ApiError, status_for
 from ..invoices_api import invoice_json, invoice_summary
 from ..lifecycle_api import _feature_key
 from ..parsing import parse, path_uuid
@@ -142,15 +149,21 @@ def invoice_csv_download(invoice_id: str) -> Response:
 # --- settings the tenant's admin may change --------------------------------------------------------
 
 
-def _settings_page(error: BillingError | None = None, status: int = 200) -> Response:
+def _settings_page(error: BillingError | ApiError | None = None, status: int = 200,
+                   auto_topup_form: dict[str, str] | None = None) -> Response:
     tenant_id = current_session().tenant_id
     with unit_of_work() as uow:
         found = alerts.get_settings(uow, tenant_id)
         budget_list = budgets.list_budgets(uow, tenant_id)
+        rule = auto_topup_rules.get_rule(uow, tenant_id)
+        spent = auto_topup_rules.spent_this_month(uow, tenant_id)
     settings = show_settings(found) if found else None
     if settings:
         settings.pop("webhookSecret")  # shown to the API's admins only
     body = render_template("portal/settings.html", alerts=settings, budgets=[show.budget(b) for b in budget_list],
+                           auto_topup=show_rule(rule, spent) if rule else None,
+                           auto_topup_available=auto_topup_configured(), unavailable=UNAVAILABLE,
+                           auto_topup_form=auto_topup_form,
                            error=error, saved=request.args.get("saved"))
     return make_response(body, status)
 
@@ -213,5 +226,30 @@ def delete_budget(feature_key: str) -> Response:
     return _saved("budgets")
 
 
-# Auto top-up settings (PUT /settings/auto-topup) arrive with the auto top-up work: the settings page
-# has its block (templates/portal/settings.html, "auto-topup"); its form posts here once that lands.
+@portal.post("/settings/auto-topup")
+def put_auto_topup() -> Response:
+    """PUT /settings/auto-topup from a form: the same request model, the same use case (which validates
+    and commits the record with the rule), then the same immediate check. Saving the same form again
+    leaves the same rule."""
+    session = current_session()
+    if not auto_topup_configured():
+        return _settings_page(ApiError("unavailable", UNAVAILABLE), 503)
+    form = request.form
+    body: dict[str, Any] = {name: form[name] for name in AUTO_TOPUP_FIELDS if form.get(name)}
+    body["enabled"] = form.get("enabled") == "on"
+    cooldown = form.get("cooldownSeconds", "")
+    if cooldown:  # a whole number of seconds; anything else is left for the model to refuse by name
+        body["cooldownSeconds"] = int(cooldown) if cooldown.isdigit() else cooldown
+    try:
+        command = parse(AutoTopupRequest, body)
+        with unit_of_work() as uow:
+            actions.record(uow, session, session.tenant_id, "auto_topup.put", command.model_dump(mode="json"))
+            auto_topup_rules.put_rule(uow, session.tenant_id, command)  # validates; commits the record with it
+    except BillingError as exc:  # shown with what was typed, to correct
+        return _settings_page(exc, status_for(exc.code, exc.details), auto_topup_form=form.to_dict())
+    check_auto_topup_soon(session.tenant_id)
+    return _saved("auto top-up")
+
+
+AUTO_TOPUP_FIELDS = ("threshold", "rechargeTo", "amount", "maxPerMonth", "stripeCustomerId", "stripePaymentMethodId")
+UNAVAILABLE = "Auto top-up is unavailable: this service has no Stripe account configured (STRIPE_SECRET_KEY)."
