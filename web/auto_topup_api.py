@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from flask import Response, current_app
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from sqlalchemy.exc import OperationalError
 
 from billing_core import allocations, logs
 from billing_core.allocations import AllocationName, AllocationRequest
@@ -16,7 +17,7 @@ from billing_core.errors import NotFound, ValidationFailed
 from tasks.auto_topup import check_auto_topup
 
 from . import schemas
-from .api import billing, documented, ok, unit_of_work
+from .api import BROKER_ERRORS, billing, documented, ok, unit_of_work
 from .auth import ADMIN, MANAGE, authenticate, managed_tenant, tenant_for
 from .errors import ApiError
 from .limits import rate_limited
@@ -133,7 +134,7 @@ def show_allocation(view: allocations.AllocationView) -> dict[str, Any]:
 
 
 def _configured() -> None:
-    if not current_app.config["LAD_SETTINGS"].stripe_secret_key:
+    if not configured():
         raise ApiError("unavailable", "auto top-up is not configured (STRIPE_SECRET_KEY)")
 
 
@@ -151,10 +152,7 @@ def put_auto_topup() -> Response:
     with unit_of_work() as uow:
         rule = rules.put_rule(uow, tenant_id, command)
         spent = rules.spent_this_month(uow, tenant_id)
-    try:  # a balance already at or below the new threshold is topped up now, not at the next scan
-        check_auto_topup(tenant_id)
-    except Exception:
-        log.exception("auto top-up check after saving the rule failed; the minute scan will", tenant_id=tenant_id)
+    check_soon(tenant_id)
     return ok(autoTopup=show_rule(rule, spent))
 
 
@@ -192,11 +190,11 @@ def configured() -> bool:
 
 
 def check_soon(tenant_id: str) -> None:
-    """After the portal saves a rule, as put_auto_topup does: a balance already at or below the new
-    threshold is topped up now, not at the next scan."""
+    """After a rule is saved (API or portal): a balance already at or below the new threshold is topped
+    up now, not at the next scan. The rule is saved either way; the minute scan is the net."""
     try:
         check_auto_topup(tenant_id)
-    except Exception:
+    except (*BROKER_ERRORS, OperationalError):
         log.exception("auto top-up check after saving the rule failed; the minute scan will", tenant_id=tenant_id)
 
 
