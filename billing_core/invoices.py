@@ -59,7 +59,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from . import money
+from . import credits, money
 from .cursors import decode_cursor, encode_cursor
 from .db import UnitOfWork
 from .errors import BillingError, NotFound, ValidationFailed
@@ -598,6 +598,16 @@ def rollup(uow: UnitOfWork, period: Period, *, tenant_id: str | None = None,
            "invoices": len(created), "lines": lines, "refused": json.dumps(refused), "started_at": started_at})
     uow.commit()
     return RollupResult(period, tenant_id, created, lines, round((time.perf_counter() - started) * 1000), refused)
+
+
+def end_what_is_due_in_open_month(uow: UnitOfWork, tenant_id: str, period: Period) -> None:
+    """Before a draft of the month still open: that month ends at the present, so what has expired by
+    now belongs in it (as GET /wallet shows it), even if the expiry job has not come round yet. Commits
+    when the period is the open month; the draft is then computed in a new unit of work."""
+    now = uow.now()
+    if period.start <= now < period.end:
+        credits.end_what_is_due(uow, tenant_id)
+        uow.commit()
 
 
 def preview(uow: UnitOfWork, tenant_id: str, period: Period) -> Invoice:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from flask import Response, make_response
 from pydantic import BaseModel, Field
 
-from billing_core import credits, invoices
+from billing_core import invoices
 from billing_core.commands import TenantId
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.invoice_render import invoice_csv, invoice_pdf
@@ -241,13 +241,8 @@ def get_invoice_preview() -> Response:
     query = parse_query(PeriodQuery)
     tenant_id = tenant_for(principal, query.tenantId)
     with unit_of_work() as uow:
-        now = uow.now()
-        period = _period(query.period, Period.containing(now))
-        if period.start <= now < period.end:
-            # the month still open ends at the present: what has expired by now is in it, as in GET /wallet,
-            # even if the expiry job has not come round yet
-            credits.end_what_is_due(uow, tenant_id)
-            uow.commit()
+        period = _period(query.period, Period.containing(uow.now()))
+        invoices.end_what_is_due_in_open_month(uow, tenant_id, period)
     with unit_of_work() as uow:  # the preview's SQL uses temporary tables, which a replica cannot have
         try:
             draft = invoices.preview(uow, tenant_id, period)
@@ -296,7 +291,9 @@ def _stored(invoice_id: str) -> Invoice:
             return invoices.get_invoice(uow, tenant_id, wanted)
 
 
-def _download(body: str | bytes, mimetype: str, inv: Invoice, extension: str) -> Response:
+def invoice_file(inv: Invoice, extension: str) -> Response:
+    """The invoice as a download: `pdf` or `csv` (the API's and the portal's)."""
+    body, mimetype = (invoice_pdf(inv), "application/pdf") if extension == "pdf" else (invoice_csv(inv), "text/csv")
     response = make_response(body)
     response.mimetype = mimetype
     response.headers["Content-Disposition"] = (
@@ -309,8 +306,7 @@ def _download(body: str | bytes, mimetype: str, inv: Invoice, extension: str) ->
 @rate_limited(VIEW)
 def get_invoice_csv(invoice_id: str) -> Response:
     """The invoice as CSV (text/csv): its lines, then its totals; every row names the invoice."""
-    inv = _stored(invoice_id)
-    return _download(invoice_csv(inv), "text/csv", inv, "csv")
+    return invoice_file(_stored(invoice_id), "csv")
 
 
 @billing.get("/invoices/<invoice_id>.pdf")
@@ -318,8 +314,7 @@ def get_invoice_csv(invoice_id: str) -> Response:
 @rate_limited(VIEW)
 def get_invoice_pdf(invoice_id: str) -> Response:
     """The invoice as a PDF document."""
-    inv = _stored(invoice_id)
-    return _download(invoice_pdf(inv), "application/pdf", inv, "pdf")
+    return invoice_file(_stored(invoice_id), "pdf")
 
 
 @billing.get("/invoices/<invoice_id>")

@@ -15,7 +15,6 @@ from billing_core.auto_topup import rules as auto_topup_rules
 from billing_core.auto_topup.rules import AutoTopupRequest
 from billing_core.commands import BudgetRequest
 from billing_core.errors import BillingError, NotFound
-from billing_core.invoice_render import invoice_csv, invoice_pdf
 from billing_core.invoices import Period
 from billing_core.pages import actions, sessions, spend
 from billing_core.wallet_book import WalletBook
@@ -27,7 +26,7 @@ from ..auto_topup_api import check_soon as check_auto_topup_soon
 from ..auto_topup_api import configured as auto_topup_configured
 from ..auto_topup_api import show_rule
 from ..errors import ApiError, status_for
-from ..invoices_api import invoice_json, invoice_summary
+from ..invoices_api import invoice_file, invoice_json, invoice_summary
 from ..lifecycle_api import _feature_key
 from ..parsing import parse, path_uuid
 from .common import close_session, current_session, install, open_link, unit_of_work
@@ -117,8 +116,11 @@ def call(usage_event_id: str) -> str:
 def invoices_page() -> str:
     tenant_id = current_session().tenant_id
     with unit_of_work() as uow:
+        open_month = Period.containing(uow.now())
+        invoices.end_what_is_due_in_open_month(uow, tenant_id, open_month)
+    with unit_of_work() as uow:
         found, _ = invoices.list_invoices(uow, tenant_id, limit=24)
-        draft = invoices.preview(uow, tenant_id, Period.containing(uow.now()))
+        draft = invoices.preview(uow, tenant_id, open_month)
     return render_template("portal/invoices.html", invoices=[invoice_summary(i) for i in found],
                            draft=invoice_json(draft))
 
@@ -127,13 +129,7 @@ def _invoice_download(invoice_id: str, extension: str) -> Response:
     tenant_id = current_session().tenant_id
     with unit_of_work() as uow:
         invoice = invoices.get_invoice(uow, tenant_id, path_uuid(invoice_id, "invoice"))
-    body, mimetype = (invoice_pdf(invoice), "application/pdf") if extension == "pdf" \
-        else (invoice_csv(invoice), "text/csv")
-    response = make_response(body)
-    response.mimetype = mimetype
-    response.headers["Content-Disposition"] = (
-        f'attachment; filename="invoice-{invoice.tenant_id}-{invoice.period_label}.{extension}"')
-    return response
+    return invoice_file(invoice, extension)
 
 
 @portal.get("/invoices/<invoice_id>.pdf")
