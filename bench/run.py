@@ -27,8 +27,8 @@ import psutil
 from sqlalchemy import func, select
 
 from bench import invoices as invoice_bench
-from bench import pricing as pricing_bench
 from bench import limits as machine_limits
+from bench import pricing as pricing_bench
 from bench.profile import Profiler
 from billing_core.db import dispose_engines, engine_for
 from billing_core.tables import usage_events
