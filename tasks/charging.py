@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
@@ -97,13 +98,18 @@ def _check_auto_topup(tenant_id: str) -> None:
 
 
 def _record(tenant_id: str, group: list[charging.Settled]) -> None:
-    """Metrics and one log line per settled charge, carrying the request id that accepted it."""
+    """Metrics, and one log line per request id and outcome in the group (not per charge: that was
+    ~28% of the worker's time, bench/PROFILE.md), carrying the request id that accepted them and
+    their ids space-separated, so a grep for a request id or an event id finds its line."""
     now = datetime.now(timezone.utc)
+    lines: dict[tuple[str | None, str, str | None], list[str]] = defaultdict(list)
     for settled in group:
-        metrics.CHARGES_SETTLED.labels(settled.status, settled.rejection_code or "").inc()
         metrics.CHARGE_LATENCY.observe(max(0.0, (now - settled.accepted_at).total_seconds()))
-        log.info("charge settled", tenant_id=tenant_id, usage_event_id=str(settled.usage_event_id),
-                 status=settled.status, rejection_code=settled.rejection_code, accepted_by=settled.request_id)
+        lines[(settled.request_id, settled.status, settled.rejection_code)].append(str(settled.usage_event_id))
+    for (request_id, status, rejection_code), ids in lines.items():
+        metrics.CHARGES_SETTLED.labels(status, rejection_code or "").inc(len(ids))
+        log.info("charge settled", tenant_id=tenant_id, charges=len(ids), usage_event_id=" ".join(ids),
+                 status=status, rejection_code=rejection_code, accepted_by=request_id)
 
 
 @celery_app.task(

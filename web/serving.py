@@ -49,15 +49,17 @@ class JsonErrorsProtocol(HttpToolsProtocol):
         if self._lingering:
             return
         # httptools keeps any amount of header bytes: past the limits (and then some) the request
-        # cannot be served, so it is refused before it is held in memory
-        if self._header_timer is not None:
+        # cannot be served, so it is refused before more is held in memory. Counted after parsing:
+        # one read may carry the headers and the start of a large body (a POST /charges batch on a
+        # fresh connection), and only a read that leaves the headers still incomplete is all header.
+        counting = self._header_timer is not None
+        super().data_received(data)
+        if counting and self._header_timer is not None and not self.transport.is_closing():
             self._header_bytes += len(data)
             if self._header_bytes > MAX_TARGET_BYTES + MAX_HEADER_BYTES + 4096:
                 self._cancel_header_timer()
                 self._close_with(431, b"Request Header Fields Too Large", _envelope(
                     "headers_too_large", f"the request headers are larger than {MAX_HEADER_BYTES} bytes"))
-                return
-        super().data_received(data)
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
