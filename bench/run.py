@@ -591,9 +591,10 @@ def table(r: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in rows) + 2
     lines = [f"{name:<{width}}{figure}" for name, figure in rows]
     lines.append("\ntargets (ratios of this run):")
+    named = max((len(t["name"]) for t in r.get("targets", [])), default=0) + 2
     for t in r.get("targets", []):
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[t["pass"]]
-        lines.append(f"  {verdict:<5}{t['name']:<36}{t['ratio']}  (target {t['target']})")
+        lines.append(f"  {verdict:<5}{t['name']:<{named}}{t['ratio']}  (target {t['target']})")
     return "\n".join(lines)
 
 
