@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, make_response, redirect, ren
 from billing_core import budgets, credits, history, ledger, reservations
 from billing_core.auto_topup import attempts as auto_topups
 from billing_core.commands import AdjustmentRequest, Reason, RefundRequest, Strict, TopUpRequest
-from billing_core.db import engine_for
+from billing_core.db import read_engine
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.pages import actions, operators, sessions
 from billing_core.pricing import costs
@@ -184,7 +184,7 @@ def margins() -> Response:
     report, error = None, None
     try:
         query = parse(schemas.MarginsQuery, chosen)
-        with engine_for(current_app.config["LAD_SETTINGS"].database_url).connect() as connection:
+        with read_engine(current_app.config["LAD_SETTINGS"]).connect() as connection:
             report = margins_report(connection, query)
             connection.rollback()
     except BillingError as exc:
