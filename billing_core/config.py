@@ -31,7 +31,7 @@ class Settings:
     stripe_secret_key: str | None = None
     stripe_api_base: str = "https://api.stripe.com"
     # a try that could not reach Stripe is repeated after base × 2^(tries−1) seconds, this many tries in all
-    auto_topup_retry_base_seconds: float = 5
+    auto_topup_retry_base_seconds: int = 5
     auto_topup_max_tries: int = 8
     # a streaming replica for the heavy reads (billing_core.db.read_engine); None: the primary serves them
     read_database_url: str | None = None
@@ -68,7 +68,7 @@ class Settings:
             rate_limit_depleted=os.environ.get("RATE_LIMIT_DEPLETED", "60/minute"),
             stripe_secret_key=os.environ.get("STRIPE_SECRET_KEY") or None,
             stripe_api_base=os.environ.get("STRIPE_API_BASE") or "https://api.stripe.com",
-            auto_topup_retry_base_seconds=float(os.environ.get("AUTO_TOPUP_RETRY_BASE_SECONDS", "5")),
+            auto_topup_retry_base_seconds=int(os.environ.get("AUTO_TOPUP_RETRY_BASE_SECONDS", "5")),
             auto_topup_max_tries=int(os.environ.get("AUTO_TOPUP_MAX_TRIES", "8")),
             read_database_url=normalize_database_url(os.environ["READ_DATABASE_URL"])
             if os.environ.get("READ_DATABASE_URL") else None,

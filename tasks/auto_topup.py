@@ -51,7 +51,7 @@ def _started(found: attempts.Evaluation) -> None:
         _send(tenant_id, attempt_id)
 
 
-def _send(tenant_id: str, attempt_id: uuid.UUID, countdown: float | None = None) -> None:
+def _send(tenant_id: str, attempt_id: uuid.UUID, countdown: int | None = None) -> None:
     try:
         pay_auto_topup.apply_async(args=[tenant_id, str(attempt_id)], countdown=countdown, retry=False)
     except BROKER_ERRORS as exc:  # the attempt is pending in PostgreSQL: the scan sends it again

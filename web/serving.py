@@ -24,9 +24,9 @@ from uvicorn_worker import UvicornWorker
 MAX_TARGET_BYTES = 8 * 1024  # path and query
 MAX_HEADER_BYTES = 32 * 1024  # all header names and values
 MAX_BODY_BYTES = 16 * 1024 * 1024  # the largest body any route takes (a POST /charges batch)
-BODY_TIMEOUT_SECONDS = float(os.environ.get("WEB_BODY_TIMEOUT_SECONDS", "30"))
+BODY_TIMEOUT_SECONDS = int(os.environ.get("WEB_BODY_TIMEOUT_SECONDS", "30"))
 # a request's headers must be complete this long after its first byte (or after the connection opens)
-HEADER_TIMEOUT_SECONDS = float(os.environ.get("WEB_HEADER_TIMEOUT_SECONDS", "30"))
+HEADER_TIMEOUT_SECONDS = int(os.environ.get("WEB_HEADER_TIMEOUT_SECONDS", "30"))
 LINGER_SECONDS = 2  # after refusing a request: how long its input is still read (and dropped)
 
 Scope = dict[str, Any]

@@ -250,7 +250,7 @@ def fail(uow: UnitOfWork, tenant_id: str, attempt_id: uuid.UUID, code: str, mess
     return found
 
 
-def postpone(uow: UnitOfWork, tenant_id: str, attempt_id: uuid.UUID, error: str, delay_seconds: float,
+def postpone(uow: UnitOfWork, tenant_id: str, attempt_id: uuid.UUID, error: str, delay_seconds: int,
              payment_intent_id: str | None = None) -> None:
     """Stripe could not be reached (or the payment is still processing): the attempt stays pending
     and is tried again after the delay, with the same idempotency key; commit."""
