@@ -4,7 +4,12 @@ localstripe keeps its state in one fixed file (/tmp/localstripe.pickle) and list
 interface; this launcher keeps the state in a file of our own (so two test runs on one machine do
 not share customers, and a stopped server starts again with what it had: the "Stripe unreachable
 and back" test) and listens on 127.0.0.1 only. Its access log names each request's Idempotency-Key,
-so a test can see what the code under test sent. Nothing else of localstripe is changed.
+so a test can see what the code under test sent.
+
+One gap of localstripe 1.15.10 is filled, as Stripe behaves: a SetupIntent that succeeds attaches its
+payment method to the SetupIntent's customer (localstripe only marks the SetupIntent succeeded), which
+is how a tenant's card reaches the customer LAD created for it (POST /settings/payment-methods).
+Nothing else of localstripe is changed.
 
     python -m devstack.localstripe --port 8420 --state .data/test/localstripe.pickle
 """
@@ -21,6 +26,18 @@ from localstripe import resources
 from localstripe.server import app
 
 ACCESS_LOG_FORMAT = '%r %s idempotency_key="%{Idempotency-Key}i"'
+
+
+def _attach_on_success() -> None:
+    """Stripe: "When the SetupIntent succeeds, the PaymentMethod is attached to the Customer"."""
+    confirm = resources.SetupIntent._attach_pm
+
+    def attach_pm(self: resources.SetupIntent, pm: resources.PaymentMethod) -> None:
+        confirm(self, pm)
+        if self.status == "succeeded" and self.customer:
+            pm.customer = self.customer
+
+    resources.SetupIntent._attach_pm = attach_pm  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -45,6 +62,7 @@ def main() -> None:
     resources.Store.try_load_from_disk = load  # type: ignore[method-assign]
     resources.Store.dump_to_disk = dump  # type: ignore[method-assign]
     resources.store.try_load_from_disk()
+    _attach_on_success()
     logger = logging.getLogger("aiohttp.access")
     logger.setLevel(logging.INFO)
     logger.addHandler(logging.StreamHandler(sys.stdout))

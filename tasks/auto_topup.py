@@ -4,8 +4,9 @@ billing_core.allocations.
 - check_auto_topup(tenant_id): called by the charging task right after a settled group.
 - billing.pay_auto_topup(tenant_id, attempt_id): one try at paying an attempt; a try that cannot
   reach Stripe sends itself again after a backoff (same attempt, same idempotency key).
-- billing.scan_auto_topups(): beat, every minute: the safety net for the trigger, and a new
-  message for pending attempts whose message was lost.
+- billing.scan_auto_topups(): beat, every minute: the check of rules saved before LAD owned the
+  tenants' Stripe customers, the safety net for the trigger, and a new message for pending
+  attempts whose message was lost.
 - billing.grant_allocations(): beat, 00:05 UTC on the 1st: each allocation once per month.
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ from sqlalchemy.exc import OperationalError
 
 from billing_core import allocations, logs, metrics
 from billing_core.auto_topup import attempts
-from billing_core.auto_topup.payment import StripeGateway
+from billing_core.auto_topup.customers import StripeUnavailable
+from billing_core.auto_topup.payment import StripeGateway, pay_attempt
 from billing_core.config import Settings
 from billing_core.db import UnitOfWork, engine_for
 
@@ -79,7 +81,7 @@ def pay_auto_topup(tenant_id: str, attempt_id: str) -> str:
         claimed = attempts.start_try(uow, tenant_id, attempt_uuid)
     if claimed is None:
         return "finished"  # a redelivered or duplicate message: the attempt is done
-    result = client.pay(claimed)
+    result = pay_attempt(_uow, client, claimed)
     outcome = result.outcome
     if outcome == "succeeded":
         assert result.payment_intent_id is not None and result.paid is not None
@@ -113,8 +115,13 @@ def pay_auto_topup(tenant_id: str, attempt_id: str) -> str:
 def scan_auto_topups() -> int:
     """Every tenant at or below its threshold gets its attempt (tenants being evaluated are
     skipped, their evaluation judges them); pending attempts whose message was lost are sent again."""
-    if gateway() is None:
+    client = gateway()
+    if client is None:
         return 0
+    try:  # rules saved before LAD owned the tenants' Stripe customers: checked whatever the balance
+        dispatch(attempts.verify_saved(_uow, client.customers))
+    except StripeUnavailable as exc:
+        log.warning("saved auto top-up rules not checked: Stripe unreachable", error=str(exc))
     found = attempts.Evaluation()
     after: str | None = ""
     while after is not None:

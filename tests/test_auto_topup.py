@@ -1,7 +1,8 @@
 """Auto top-up through Stripe, on the real stack: the code under test pays through the official
 `stripe` library against localstripe (a stateful Stripe API server, a child process of the test
-stack, STRIPE_API_BASE). The tests talk to localstripe through the same library to save cards and
-to read back the payment intents it holds."""
+stack, STRIPE_API_BASE). The tests talk to localstripe through the same library to save cards (as
+Stripe.js would confirm a tenant's SetupIntent), to make another tenant's customer, and to read back
+the payment intents it holds."""
 from __future__ import annotations
 
 import re
@@ -35,11 +36,33 @@ def stripe_client(live) -> stripe.StripeClient:
                                max_network_retries=0)
 
 
-def saved_card(client: stripe.StripeClient, number: str = GOOD_CARD) -> tuple[str, str]:
-    """A customer with a card attached (in production: saved by a SetupIntent), as (customer, payment method)."""
-    customer = client.v1.customers.create(params={"email": "finance@tenant.test"})
+def own_card(api, token: str, client: stripe.StripeClient, number: str = GOOD_CARD, *,
+             attach_directly: bool = False) -> tuple[str, str]:
+    """A card saved on the tenant's own Stripe customer as a tenant saves one: POST /settings/payment-methods
+    (LAD creates the customer on first use), then the SetupIntent confirmed with the card, which is what
+    Stripe.js does in the tenant's browser; or, for a card whose setup would need 3-D Secure, attached to
+    that customer with the API. As (customer, payment method)."""
+    response = api.post("/api/billing/settings/payment-methods", token, json={})
+    assert response.status_code == 200, response.text
+    customer, intent = response.json()["stripeCustomerId"], response.json()["setupIntent"]
     method = client.v1.payment_methods.create(params={
         "type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
+    if attach_directly:
+        client.v1.payment_methods.attach(method.id, params={"customer": customer})
+    else:
+        confirmed = client.v1.setup_intents.confirm(
+            intent["id"], params={"payment_method": method.id, "client_secret": intent["clientSecret"]})
+        assert confirmed.status == "succeeded", confirmed
+    return customer, method.id
+
+
+def foreign_card(client: stripe.StripeClient, tenant_id: str | None = None) -> tuple[str, str]:
+    """A customer made in Stripe by someone else (metadata.tenantId naming `tenant_id`, if given) with a card
+    attached, as (customer, payment method): what an attacker names."""
+    customer = client.v1.customers.create(params={
+        "email": "finance@tenant.test", **({"metadata": {"tenantId": tenant_id}} if tenant_id else {})})
+    method = client.v1.payment_methods.create(params={
+        "type": "card", "card": {"number": GOOD_CARD, "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
     client.v1.payment_methods.attach(method.id, params={"customer": customer.id})
     return customer.id, method.id
 
@@ -122,8 +145,8 @@ def notifications_of(api, admin: str, event_type: str) -> list[dict[str, Any]]:
 # --- settings ---------------------------------------------------------------------------------------
 
 def test_settings_are_validated_and_need_manage_or_admin(api, tokens, tenant, make_token, stripe_client):
-    card = saved_card(stripe_client)
     manage = make_token(tenant, "billing.manage")
+    card = own_card(api, manage, stripe_client)
     bad = [
         ({"threshold": "-1"}, "threshold"),
         ({"threshold": "50", "rechargeTo": "50"}, "rechargeTo"),
@@ -160,11 +183,141 @@ def test_settings_are_validated_and_need_manage_or_admin(api, tokens, tenant, ma
     assert api.get("/api/billing/auto-topups", manage).status_code == 403  # operators only
 
 
+# --- issue 25, finding 1: only the tenant's own customer and its cards --------------------------------
+
+def test_a_rule_may_name_only_a_card_attached_to_the_tenants_own_stripe_customer(api, tokens, tenant, make_token,
+                                                                                 stripe_client):
+    """The attack of issue 25: tenant-a's admin names tenant-b's customer and card. Refused (400 naming the
+    field), nothing saved, nothing paid; only a card saved through LAD's SetupIntent for tenant-a's own
+    customer is accepted."""
+    victim = f"{tenant}-b"
+    made_for_victim = foreign_card(stripe_client, victim)  # metadata.tenantId names the victim
+    manage = make_token(tenant, "billing.manage")
+    top_up(api, tokens["admin"], "100")
+    attack = {"threshold": "150", "amount": "25", "maxPerMonth": "25"}
+
+    def refused(card: tuple[str | None, str], field: str) -> None:
+        body = {**attack, "stripePaymentMethodId": card[1],
+                **({"stripeCustomerId": card[0]} if card[0] else {})}
+        response = api.request("PUT", "/api/billing/settings/auto-topup", manage, json=body)
+        assert response.status_code == 400, (card, response.text)
+        error = response.json()["error"]
+        assert error["code"] == "validation_error" and error["details"]["field"] == field, error
+        assert victim not in error["message"], "the refusal names nothing of the other tenant"
+
+    refused(made_for_victim, "stripeCustomerId")  # the issue's reproduction: 200, and a paid grant of 25
+    refused((None, made_for_victim[1]), "stripePaymentMethodId")  # tenant-a has no customer of its own yet
+    victims_card = own_card(api, make_token(victim, "billing.manage"), stripe_client)  # saved through LAD
+    refused(victims_card, "stripeCustomerId")
+    refused((None, victims_card[1]), "stripePaymentMethodId")
+
+    # tenant-a's own customer: created by LAD with metadata.tenantId, once, with a SetupIntent to save a card
+    first = api.post("/api/billing/settings/payment-methods", manage, json={})
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert set(body) == {"success", "stripeCustomerId", "setupIntent"} and body["success"] is True
+    assert set(body["setupIntent"]) == {"id", "clientSecret"}
+    assert body["setupIntent"]["clientSecret"].startswith(body["setupIntent"]["id"])
+    own = body["stripeCustomerId"]
+    assert stripe_client.v1.customers.retrieve(own).metadata.to_dict() == {"tenantId": tenant}
+    intent = stripe_client.v1.setup_intents.retrieve(body["setupIntent"]["id"])
+    assert intent.customer == own and intent.usage == "off_session"
+    again = api.post("/api/billing/settings/payment-methods", tokens["admin"], json={"tenantId": tenant})
+    assert again.json()["stripeCustomerId"] == own  # one customer per tenant (an operator's request too)
+    assert api.post("/api/billing/settings/payment-methods", make_token(victim, "billing.manage"),
+                    json={"tenantId": tenant}).status_code == 403
+    assert api.post("/api/billing/settings/payment-methods", tokens["view"], json={}).status_code == 403
+
+    refused((own, victims_card[1]), "stripePaymentMethodId")  # the victim's card on a's own customer: no
+    refused((None, victims_card[1]), "stripePaymentMethodId")
+    refused((victims_card[0], victims_card[1]), "stripeCustomerId")
+    assert api.get("/api/billing/settings/auto-topup", manage).status_code == 404  # nothing was saved
+    assert attempts(api, tokens["admin"], tenant) == [] and intents_of(stripe_client, tenant) == []
+    assert wallet(api, tokens["admin"])["currentBalance"] == "100"
+
+    card = own_card(api, manage, stripe_client)
+    assert card[0] == own
+    response = api.request("PUT", "/api/billing/settings/auto-topup", manage,
+                           json={"threshold": "10", "rechargeTo": "50", "stripePaymentMethodId": card[1]})
+    assert response.status_code == 200, response.text
+    rule = response.json()["autoTopup"]
+    assert (rule["stripeCustomerId"], rule["stripePaymentMethodId"], rule["status"]) == (own, card[1], "active")
+
+
+def test_before_each_payment_a_detached_card_or_a_customer_of_another_tenant_stops_the_rule(
+        api, tokens, tenant, make_token, stripe_client):
+    address = f"finance-{tenant}@tenant.test"
+    alert_email(api, tokens["admin"], address)
+    card = own_card(api, tokens["admin"], stripe_client)
+    top_up(api, tokens["admin"], "100")
+    assert put_rule(api, tokens["admin"], card).status_code == 200  # checked with Stripe: attached now
+    stripe_client.v1.payment_methods.detach(card[1])  # … and detached since
+    charge(api, tokens["charge"], "950000")  # 95: 5 left, at or below 10
+
+    [attempt] = wait_finished(api, tokens["admin"], tenant)
+    assert attempt["status"] == "failed" and attempt["failureCode"] == "payment_method_not_attached", attempt
+    assert attempt["paymentIntentId"] is None and intents_of(stripe_client, tenant) == []
+    rule = get_rule(api, tokens["admin"])
+    assert rule["status"] == "disabled" and "payment_method_not_attached" in rule["disabledReason"]
+    [notification] = notifications_of(api, tokens["admin"], "auto_topup.failed")
+    assert notification["payload"]["failureCode"] == "payment_method_not_attached"
+
+    # a customer whose metadata names another tenant by the time of the payment
+    card = own_card(api, tokens["admin"], stripe_client)
+    top_up(api, tokens["admin"], "100")
+    assert put_rule(api, tokens["admin"], card).status_code == 200
+    stripe_client.v1.customers.update(card[0], params={"metadata": {"tenantId": f"{tenant}-b"}})
+    charge(api, tokens["charge"], "1000000")  # 100: 5 left
+    found = wait_finished(api, tokens["admin"], tenant, count=2)
+    assert [(a["status"], a["failureCode"]) for a in found] == [
+        ("failed", "customer_not_owned"), ("failed", "payment_method_not_attached")], found
+    assert intents_of(stripe_client, tenant) == []
+    assert "customer_not_owned" in get_rule(api, tokens["admin"])["disabledReason"]
+    assert len(notifications_of(api, tokens["admin"], "auto_topup.failed")) == 2
+    assert wallet(api, tokens["admin"])["currentBalance"] == "5"
+
+
+def test_rules_saved_before_tenants_owned_their_customer_are_checked_by_the_minute_scan(api, tokens, tenant, make_token,
+                                                                                       stripe_client, engine):
+    """Rules saved before migration 0015 are unverified. The scan checks each: one naming a customer of
+    another tenant is disabled and notified before it is ever paid; one naming a customer made for this
+    tenant (metadata.tenantId) is kept, and that customer becomes the tenant's own."""
+    from sqlalchemy import text
+
+    alert_email(api, tokens["admin"], f"finance-{tenant}@tenant.test")
+    legit = f"{tenant}-c"
+    legit_admin = make_token(legit, "billing.admin")
+    top_up(api, tokens["admin"], "5")  # at or below the threshold: on today's main the scan pays
+    top_up(api, legit_admin, "100")
+    foreign, legacy = foreign_card(stripe_client, f"{tenant}-b"), foreign_card(stripe_client, legit)
+    with engine.begin() as connection:
+        for tenant_id, (customer, method) in ((tenant, foreign), (legit, legacy)):
+            connection.execute(text("""
+                INSERT INTO auto_topup_settings (tenant_id, enabled, threshold, recharge_to, stripe_customer_id,
+                    stripe_payment_method_id, cooldown_seconds, created_at, updated_at)
+                VALUES (:t, true, 10, 50, :c, :pm, 300, now(), now())
+            """), {"t": tenant_id, "c": customer, "pm": method})
+    scan_now()
+
+    rule = wait_for("the rule checked", lambda: (r := get_rule(api, tokens["admin"]))["status"] == "disabled" and r)
+    assert "customer_not_owned" in rule["disabledReason"]
+    [notification] = notifications_of(api, tokens["admin"], "auto_topup.failed")
+    assert notification["payload"]["failureCode"] == "customer_not_owned"
+    assert scan_now() == 0
+    assert intents_of(stripe_client, tenant) == [] and wallet(api, tokens["admin"])["currentBalance"] == "5"
+    assert [a for a in attempts(api, tokens["admin"], tenant) if a["status"] == "succeeded"] == []
+
+    kept = get_rule(api, legit_admin)
+    assert kept["status"] == "active" and kept["stripeCustomerId"] == legacy[0]
+    adopted = api.post("/api/billing/settings/payment-methods", legit_admin, json={})
+    assert adopted.json()["stripeCustomerId"] == legacy[0]
+
+
 # --- the trigger -----------------------------------------------------------------------------------
 
 def test_a_charge_crossing_the_threshold_recharges_to_the_target_once(api, tokens, tenant, make_token,
                                                                       stripe_client, engine):
-    card = saved_card(stripe_client)
+    card = own_card(api, tokens["admin"], stripe_client)
     top_up(api, tokens["admin"], "12")
     assert put_rule(api, tokens["admin"], card).status_code == 200
     charge(api, tokens["charge"], "50000")  # 5: available 7, at or below 10
@@ -209,7 +362,7 @@ def test_a_charge_crossing_the_threshold_recharges_to_the_target_once(api, token
 
 def test_fifty_concurrent_crossing_charges_give_one_attempt_and_one_grant(api, tokens, tenant, make_token,
                                                                           stripe_client):
-    card = saved_card(stripe_client)
+    card = own_card(api, tokens["admin"], stripe_client)
     top_up(api, tokens["admin"], "20")
     assert put_rule(api, tokens["admin"], card, rechargeTo="100").status_code == 200
     with ThreadPoolExecutor(max_workers=25) as pool:  # 50 × 0.25: every one of the last 41 is below 10
@@ -233,7 +386,7 @@ def test_a_declined_card_fails_once_disables_and_notifies_until_enabled_again(ap
                                                                              stripe_client, smtp_inbox):
     address = f"finance-{tenant}@tenant.test"
     alert_email(api, tokens["admin"], address)
-    declined = saved_card(stripe_client, DECLINED_CARD)
+    declined = own_card(api, tokens["admin"], stripe_client, DECLINED_CARD)
     top_up(api, tokens["admin"], "5")
     assert put_rule(api, tokens["admin"], declined).status_code == 200  # already below: an attempt at once
 
@@ -254,7 +407,7 @@ def test_a_declined_card_fails_once_disables_and_notifies_until_enabled_again(ap
     assert len(attempts(api, tokens["admin"], tenant)) == 1
 
     # an administrator saves it enabled again (with a working card): one new attempt
-    good = saved_card(stripe_client)
+    good = own_card(api, tokens["admin"], stripe_client)
     response = put_rule(api, make_token(tenant, "billing.manage"), good)
     assert response.status_code == 200 and response.json()["autoTopup"]["disabledReason"] is None
     found = wait_finished(api, tokens["admin"], tenant, count=2)
@@ -264,7 +417,7 @@ def test_a_declined_card_fails_once_disables_and_notifies_until_enabled_again(ap
 
 
 def test_a_card_that_needs_3d_secure_fails_as_authentication_required(api, tokens, tenant, stripe_client):
-    card = saved_card(stripe_client, THREE_D_SECURE_CARD)
+    card = own_card(api, tokens["admin"], stripe_client, THREE_D_SECURE_CARD, attach_directly=True)
     top_up(api, tokens["admin"], "5")
     assert put_rule(api, tokens["admin"], card).status_code == 200
     [attempt] = wait_finished(api, tokens["admin"], tenant)
@@ -296,13 +449,17 @@ def test_without_a_stripe_key_auto_top_up_answers_503(live, tenant):
 
 def test_stripe_unreachable_is_retried_with_the_same_key_and_charges_once(live, api, tokens, tenant, make_token,
                                                                          stripe_client):
-    card = saved_card(stripe_client)
-    top_up(api, tokens["admin"], "5")
+    card = own_card(api, tokens["admin"], stripe_client)
+    top_up(api, tokens["admin"], "100")
+    assert put_rule(api, tokens["admin"], card, rechargeTo="30").status_code == 200  # checked with Stripe
     live.stop_localstripe()
     try:
-        assert put_rule(api, tokens["admin"], card, rechargeTo="30").status_code == 200
+        charge(api, tokens["charge"], "950000")  # 95: 5 left, at or below 10
         pending = wait_for("two tries of the attempt", lambda: [
             a for a in attempts(api, tokens["admin"], tenant) if a["status"] == "pending" and a["stripeRequests"] >= 2])
+        # a card cannot be checked while Stripe is away: saving a rule answers 503, and saves nothing
+        refused = put_rule(api, tokens["admin"], card, rechargeTo="40")
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
     finally:
         live.start_localstripe()
     [attempt] = wait_finished(api, tokens["admin"], tenant)
@@ -315,6 +472,7 @@ def test_stripe_unreachable_is_retried_with_the_same_key_and_charges_once(live, 
     keys = re.findall(r'POST /v1/payment_intents HTTP/1.1 \d+ idempotency_key="([^"]*)"', live.stripe_log.read_text())
     assert attempt["id"] in keys and keys.count(attempt["id"]) == 1
     assert wallet(api, tokens["admin"])["currentBalance"] == "30"
+    assert get_rule(api, tokens["admin"])["rechargeTo"] == "30"
     assert_ledger_consistent(api, make_token, tenant)
 
 
@@ -322,7 +480,7 @@ def test_stripe_unreachable_is_retried_with_the_same_key_and_charges_once(live, 
 
 def test_max_per_month_caps_and_notifies_once(api, tokens, tenant, make_token, stripe_client, smtp_inbox):
     alert_email(api, tokens["admin"], f"finance-{tenant}@tenant.test")
-    card = saved_card(stripe_client)
+    card = own_card(api, tokens["admin"], stripe_client)
     top_up(api, tokens["admin"], "5")
     assert put_rule(api, tokens["admin"], card, rechargeTo=None, amount="20", maxPerMonth="30",
                     cooldownSeconds=0).status_code == 200
@@ -344,7 +502,7 @@ def test_max_per_month_caps_and_notifies_once(api, tokens, tenant, make_token, s
 
 
 def test_cooldown_separates_successes(api, tokens, tenant, make_token, stripe_client):
-    card = saved_card(stripe_client)
+    card = own_card(api, tokens["admin"], stripe_client)
     top_up(api, tokens["admin"], "5")
     assert put_rule(api, tokens["admin"], card, rechargeTo=None, amount="20", cooldownSeconds=3600).status_code == 200
     [first] = wait_finished(api, tokens["admin"], tenant)
@@ -361,7 +519,7 @@ def test_cooldown_separates_successes(api, tokens, tenant, make_token, stripe_cl
 
 
 def test_no_attempt_while_the_wallet_is_blocked(api, tokens, tenant, make_token, stripe_client):
-    card = saved_card(stripe_client)
+    card = own_card(api, tokens["admin"], stripe_client)
     top_up(api, tokens["admin"], "5")
     response = api.request("PATCH", "/api/billing/wallet", tokens["admin"], json={"status": "blocked"})
     assert response.status_code == 200, response.text
@@ -448,7 +606,7 @@ def test_a_pending_attempt_whose_message_was_lost_is_sent_again_by_the_scan(api,
                                                                            stripe_client, engine):
     from sqlalchemy import text
 
-    card = saved_card(stripe_client)
+    card = own_card(api, tokens["admin"], stripe_client)
     top_up(api, tokens["admin"], "100")
     assert put_rule(api, tokens["admin"], card).status_code == 200
     lost = uuid.uuid4()  # committed, but its message never reached the broker

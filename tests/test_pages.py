@@ -658,19 +658,17 @@ def test_a_call_priced_in_tiers_and_packages_shows_them(browser, api, priced):
 
 
 @pytest.fixture(scope="module")
-def card(live: Any) -> tuple[str, str]:
-    """A Stripe customer with a card saved, in localstripe (as tests/test_auto_topup.py saves one)."""
+def stripe_client(live: Any) -> Any:
     import stripe
 
     from tests.conftest import STRIPE_API_KEY
-    from tests.test_auto_topup import saved_card
 
-    return saved_card(stripe.StripeClient(STRIPE_API_KEY, base_addresses={"api": live.env["STRIPE_API_BASE"]},
-                                          max_network_retries=0))
+    return stripe.StripeClient(STRIPE_API_KEY, base_addresses={"api": live.env["STRIPE_API_BASE"]},
+                               max_network_retries=0)
 
 
-def test_portal_auto_top_up_form_changes_the_rule(browser, api, live, make_token, card):
-    from tests.test_auto_topup import wait_for
+def test_portal_auto_top_up_form_changes_the_rule(browser, api, live, make_token, stripe_client):
+    from tests.test_auto_topup import own_card, wait_for
 
     tenant = f"autotopup-{uuid.uuid4().hex[:8]}"
     admin, manage = make_token(tenant, "billing.admin"), make_token(tenant, "billing.manage")
@@ -682,19 +680,31 @@ def test_portal_auto_top_up_form_changes_the_rule(browser, api, live, make_token
         v.open(link["url"])
         v.click(page.get_by_role("link", name="Settings"))
         section = page.locator("#auto-topup-settings")
-        assert "No auto top-up rule yet" in section.inner_text()
+        assert "No auto top-up rule yet" in section.inner_text() and "No card saved yet" in section.inner_text()
+        # "Add a card": the tenant's own Stripe customer and a SetupIntent, shown for Stripe.js to confirm
+        v.click(page.get_by_role("button", name="Add a card"), "portal-settings-add-card")
+        settings_url = page.url.split("/settings")[0] + "/settings"
+        customer = page.get_by_test_id("card-setup-customer").inner_text()
+        intent_id = page.get_by_test_id("card-setup-intent").inner_text()
+        secret = page.get_by_test_id("card-setup-secret").inner_text()
+        intent = stripe_client.v1.setup_intents.retrieve(intent_id)
+        assert intent.customer == customer and intent.client_secret == secret
+        assert stripe_client.v1.customers.retrieve(customer).metadata.to_dict() == {"tenantId": tenant}
+        card = own_card(api, manage, stripe_client)  # confirmed where Stripe.js runs; the same customer
+        assert card[0] == customer
+        v.open(settings_url)
+        assert card[1] in page.locator("#cards-list").inner_text()
         page.get_by_label("When the available balance is at or below").fill("10")
         page.get_by_label("Top up to this available balance").fill("50")
         page.get_by_label("Or top up by this fixed amount").fill("5")
-        page.get_by_label("Stripe customer").fill(card[0])
-        page.get_by_label("Saved payment method").fill(card[1])
+        page.get_by_label("Card to charge").select_option(card[1])
         # both a target and a fixed amount: the API's validation error, shown on the page, nothing saved
         with page.expect_navigation() as navigation:
             page.get_by_role("button", name="Save auto top-up").click()
         assert navigation.value.status == 400
         v.checked(navigation.value, "portal-auto-topup-refused")
         assert "Field: rechargeTo" in page.inner_text("main")
-        assert page.get_by_label("Stripe customer").input_value() == card[0], "what was typed stays, to correct"
+        assert page.get_by_label("Or top up by this fixed amount").input_value() == "5", "what was typed stays"
         assert api.get("/api/billing/settings/auto-topup", manage).status_code == 404
 
         page.get_by_label("Or top up by this fixed amount").fill("")

@@ -1,18 +1,21 @@
-"""Auto top-up settings, the operators' list of attempts, and recurring allocations under
-/api/billing. Handlers parse, call billing_core, and answer."""
+"""Auto top-up settings, the tenant's payment methods, the operators' list of attempts, and recurring
+allocations under /api/billing. Handlers parse, call billing_core, and answer."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
-from flask import Response, current_app
+from flask import Response, current_app, request
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from sqlalchemy.exc import OperationalError
 
 from billing_core import allocations, logs
 from billing_core.allocations import AllocationName, AllocationRequest
-from billing_core.auto_topup import attempts, rules
+from billing_core.auto_topup import attempts, customers, rules
+from billing_core.auto_topup.payment import StripeGateway
 from billing_core.auto_topup.rules import AutoTopupRequest
-from billing_core.commands import TenantId
+from billing_core.commands import Strict, TenantId
 from billing_core.errors import NotFound, ValidationFailed
 from tasks.auto_topup import check_auto_topup
 
@@ -50,6 +53,23 @@ class AutoTopupOut(BaseModel):
 class AutoTopupResponse(BaseModel):
     success: Literal[True]
     autoTopup: AutoTopupOut
+
+
+class PaymentMethodSetupRequest(Strict):
+    tenantId: TenantId | None = Field(None, description="billing.admin only: the tenant to act for")
+
+
+class SetupIntentOut(BaseModel):
+    id: str = Field(description="the SetupIntent (seti_…)")
+    clientSecret: str = Field(description="for Stripe.js (stripe.confirmCardSetup) in the tenant's browser; "
+                                          "its payment_method, once confirmed, is the stripePaymentMethodId")
+
+
+class PaymentMethodSetupResponse(BaseModel):
+    success: Literal[True]
+    stripeCustomerId: str = Field(description="the tenant's own Stripe customer, created by LAD "
+                                              "(metadata.tenantId) on first use")
+    setupIntent: SetupIntentOut
 
 
 class AttemptOut(BaseModel):
@@ -138,19 +158,38 @@ def _configured() -> None:
         raise ApiError("unavailable", "auto top-up is not configured (STRIPE_SECRET_KEY)")
 
 
+@billing.post("/settings/payment-methods")
+@documented({200: PaymentMethodSetupResponse}, 403, 503, json=PaymentMethodSetupRequest)
+@rate_limited(MANAGE)
+def post_payment_method() -> Response:
+    """Start saving a card for auto top-up: a SetupIntent for the tenant's own Stripe customer (created by
+    LAD with metadata.tenantId when it has none). The tenant confirms it with Stripe.js; the card is then
+    attached to that customer, and its payment method may be named in PUT /settings/auto-topup.
+    billing.manage for its own tenant, or billing.admin with tenantId."""
+    body = json_body() if request.get_data(cache=True).strip() else {}
+    _, tenant_id = managed_tenant(parse(PaymentMethodSetupRequest, body).tenantId)
+    _configured()
+    with unit_of_work() as uow, stripe_answering():
+        setup = customers.start_card_setup(uow, stripe_gateway().customers, tenant_id)
+    return ok(stripeCustomerId=setup.customer_id,
+              setupIntent={"id": setup.setup_intent_id, "clientSecret": setup.client_secret})
+
+
 @billing.put("/settings/auto-topup")
 @documented({200: AutoTopupResponse}, 403, 503, json=AutoTopupRequest)
 @rate_limited(MANAGE)
 def put_auto_topup() -> Response:
     """When the available balance is at or below `threshold`, charge the saved Stripe payment method
-    off-session for `rechargeTo` − available (or a fixed `amount`). Saving it enabled also turns it
-    back on after a failed payment disabled it. billing.manage for its own tenant, or billing.admin."""
+    off-session for `rechargeTo` − available (or a fixed `amount`). The payment method must be attached to
+    the tenant's own Stripe customer (POST /settings/payment-methods): checked with Stripe now and before
+    every payment; anything else is 400 naming the field. Saving it enabled also turns it back on after a
+    failed payment disabled it. billing.manage for its own tenant, or billing.admin."""
     principal = authenticate(MANAGE)
     _configured()  # 503 before the body is judged: nothing can be saved without a Stripe key
     command = parse(AutoTopupRequest, json_body())
     tenant_id = tenant_for(principal, command.tenantId)  # managed_tenant's rule, after the 503
-    with unit_of_work() as uow:
-        rule = rules.put_rule(uow, tenant_id, command)
+    with unit_of_work() as uow, stripe_answering():
+        rule = rules.put_rule(uow, tenant_id, command, stripe_gateway().customers)
         spent = rules.spent_this_month(uow, tenant_id)
     check_soon(tenant_id)
     return ok(autoTopup=show_rule(rule, spent))
@@ -181,6 +220,26 @@ def get_auto_topups() -> Response:
     with unit_of_work() as uow:
         found = attempts.list_attempts(uow, query.tenantId, status=query.status, limit=query.limit)
     return ok(autoTopups=[show_attempt(a) for a in found])
+
+
+def stripe_gateway() -> StripeGateway:
+    """The app's Stripe client (configured() first)."""
+    found = current_app.extensions.get("lad_stripe")
+    if found is None:
+        settings = current_app.config["LAD_SETTINGS"]
+        found = current_app.extensions["lad_stripe"] = StripeGateway(settings.stripe_secret_key,
+                                                                      settings.stripe_api_base)
+    return found
+
+
+@contextmanager
+def stripe_answering() -> Iterator[None]:
+    """A Stripe that does not answer is the service's trouble, not the request's: 503."""
+    try:
+        yield
+    except customers.StripeUnavailable as exc:
+        log.warning("Stripe did not answer", error=str(exc))
+        raise ApiError("unavailable", "Stripe did not answer; try again shortly") from exc
 
 
 def configured() -> bool:

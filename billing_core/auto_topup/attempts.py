@@ -14,10 +14,15 @@ Life of an attempt (its row is the state machine; every step is conditional on `
 Evaluations of one tenant run one after another (they lock the rule's row first; the scan skips a
 locked one) and a partial unique index admits one pending attempt per tenant, so concurrent
 evaluations, retries and redelivered messages start at most one attempt and finish it once.
+
+Every try that would create a payment first checks with Stripe that the rule's card is still attached
+to the tenant's own customer (payment.pay_attempt); a refusal fails the attempt like a declined card.
+Rules saved before that check existed are checked by the minute scan too (verify_saved).
 """
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -27,6 +32,7 @@ from sqlalchemy import Column, Date, DateTime, Integer, MetaData, Numeric, Table
 
 from .. import money, notifications, stripe_payments
 from ..db import UnitOfWork
+from . import customers
 from .rules import CENT, AutoTopupRule, disable, rule_of
 
 metadata = MetaData()
@@ -158,6 +164,50 @@ def _evaluate_locked(uow: UnitOfWork, rule: AutoTopupRule) -> Evaluation:
         RETURNING id
     """), values).first()
     return Evaluation(attempts=[(rule.tenant_id, started.id)]) if started else Evaluation()
+
+
+def verify_saved(new_uow: Callable[[], UnitOfWork], stripe_api: customers.StripeCustomers,
+                 limit: int = 100) -> list[uuid.UUID]:
+    """The check of rules saved before LAD owned the tenants' Stripe customers (migration 0015 leaves them
+    unverified; a migration cannot ask Stripe): each enabled unverified rule is checked now, whatever the
+    balance, and is marked verified, or disabled with the reason and auto_topup.failed notified. Each
+    rule commits on its own. Returns the notifications to dispatch; raises customers.StripeUnavailable
+    (the rest wait for the next scan)."""
+    with new_uow() as uow:
+        rows = uow.connection.execute(text("""
+            SELECT tenant_id, stripe_customer_id, stripe_payment_method_id FROM auto_topup_settings
+            WHERE enabled AND verified_at IS NULL ORDER BY tenant_id LIMIT :limit
+        """), {"limit": limit}).all()
+    found: list[uuid.UUID] = []
+    for row in rows:
+        refusal = customers.verify_rule(new_uow, stripe_api, row.tenant_id, row.stripe_customer_id,
+                                        row.stripe_payment_method_id)
+        with new_uow() as uow:
+            found += _verified(uow, row.tenant_id, row.stripe_customer_id, row.stripe_payment_method_id, refusal)
+    return found
+
+
+def _verified(uow: UnitOfWork, tenant_id: str, customer_id: str, payment_method_id: str,
+              refusal: customers.NotOwned | None) -> list[uuid.UUID]:
+    """Record a saved rule's check, unless the rule changed meanwhile (a new save is checked on its own); commit."""
+    rule = uow.connection.execute(text("""
+        SELECT * FROM auto_topup_settings WHERE tenant_id = :t AND enabled AND verified_at IS NULL
+          AND stripe_customer_id = :c AND stripe_payment_method_id = :pm FOR UPDATE
+    """), {"t": tenant_id, "c": customer_id, "pm": payment_method_id}).one_or_none()
+    if rule is None:
+        uow.rollback()
+        return []
+    if refusal is None:
+        uow.connection.execute(text("UPDATE auto_topup_settings SET verified_at = now() WHERE tenant_id = :t"),
+                               {"t": tenant_id})
+        uow.commit()
+        return []
+    disable(uow, tenant_id, f"not this tenant's card ({refusal.code}): {refusal.message}")
+    found = notifications.enqueue(uow, tenant_id, FAILED_EVENT, {
+        "attemptId": None, "amount": None, "failureCode": refusal.code, "failureMessage": refusal.message,
+        "paymentIntentId": None, "threshold": money.normalize(rule.threshold)})
+    uow.commit()
+    return found
 
 
 # --- paying ---------------------------------------------------------------------------------------

@@ -9,9 +9,14 @@ Outcomes, as Stripe answers:
 - a network error, a 5xx, a rate limit or an idempotent request still in flight → retry later with
   the same idempotency key, so Stripe performs the payment at most once however often it is asked;
 - `processing` → looked at again later (by retrieving the payment intent, not by paying again).
+
+Before a payment is created, the card is checked again: it must still be attached to the tenant's own
+Stripe customer (customers.verify_rule). A card detached since, or a customer that is not the
+tenant's, fails the attempt like a declined card (no payment is asked for).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -19,8 +24,10 @@ from typing import Any
 import stripe
 
 from .. import money
+from ..db import UnitOfWork
 from ..pricing import CURRENCY
 from .attempts import PaymentTry
+from .customers import StripeCustomers, StripeUnavailable, verify_rule
 
 REQUEST_TIMEOUT_SECONDS = 20  # well inside the task's time limit
 
@@ -42,6 +49,7 @@ class StripeGateway:
         self.client = stripe.StripeClient(
             secret_key, base_addresses={"api": api_base}, max_network_retries=0,
             http_client=stripe.new_default_http_client(timeout=REQUEST_TIMEOUT_SECONDS))
+        self.customers = StripeCustomers(self.client)
 
     def pay(self, attempt: PaymentTry) -> PaymentResult:
         try:
@@ -65,6 +73,20 @@ class StripeGateway:
             return PaymentResult("failed", _intent_of(exc), code=exc.code or _snake(type(exc).__name__),
                                  message=exc.user_message or str(exc))
         return _result(intent)
+
+
+def pay_attempt(new_uow: Callable[[], UnitOfWork], gateway: StripeGateway, attempt: PaymentTry) -> PaymentResult:
+    """One try at paying an attempt: when it would create the payment, only after Stripe confirms the
+    rule's payment method is attached to the tenant's own customer."""
+    if attempt.payment_intent_id is None:
+        try:
+            refusal = verify_rule(new_uow, gateway.customers, attempt.tenant_id, attempt.customer_id,
+                                  attempt.payment_method_id)
+        except StripeUnavailable as exc:
+            return PaymentResult("retry", code="stripe_unreachable", message=str(exc))
+        if refusal is not None:
+            return PaymentResult("failed", code=refusal.code, message=refusal.message)
+    return gateway.pay(attempt)
 
 
 def _result(intent: Any) -> PaymentResult:

@@ -1,5 +1,6 @@
 """A tenant's auto top-up rule: when the available balance is at or below `threshold`, pay
-`rechargeTo` − available (or a fixed `amount`) with the saved Stripe payment method.
+`rechargeTo` − available (or a fixed `amount`) with a card saved on the tenant's own Stripe customer
+(customers.py: the rule may name no other).
 
 The rule's row is also the lock every evaluation of the tenant takes first (attempts.evaluate), so
 saving a rule and evaluating it never interleave."""
@@ -17,6 +18,7 @@ from .. import money
 from ..commands import NonNegativeAmount, PositiveAmount, Strict, TenantId
 from ..db import UnitOfWork
 from ..errors import ValidationFailed
+from .customers import NotOwned, StripeCustomers, check_request
 
 metadata = MetaData()
 
@@ -33,6 +35,9 @@ auto_topup_settings = Table(
     Column("cooldown_seconds", Integer, nullable=False),
     Column("disabled_reason", Text),
     Column("disabled_at", DateTime(timezone=True)),
+    # when Stripe last confirmed the customer and payment method are the tenant's own (NULL: a rule saved
+    # before migration 0015, to be checked by the minute scan)
+    Column("verified_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -45,12 +50,14 @@ StripePaymentMethodId = Annotated[str, Field(pattern=r"^(pm|card|src)_[A-Za-z0-9
 
 
 class AutoTopupRequest(Strict):
-    """`rechargeTo` (recharge up to that available balance) or `amount` (a fixed top-up), not both."""
+    """`rechargeTo` (recharge up to that available balance) or `amount` (a fixed top-up), not both.
+    `stripePaymentMethodId` must be attached to the tenant's own Stripe customer (POST
+    /settings/payment-methods); `stripeCustomerId` may be omitted, and if given must be that customer."""
     enabled: bool = True
     threshold: NonNegativeAmount
     rechargeTo: PositiveAmount | None = None
     amount: PositiveAmount | None = None
-    stripeCustomerId: StripeCustomerId
+    stripeCustomerId: StripeCustomerId | None = None
     stripePaymentMethodId: StripePaymentMethodId
     maxPerMonth: PositiveAmount | None = None
     cooldownSeconds: Annotated[int, Field(ge=0, le=31 * 24 * 3600, strict=True)] = DEFAULT_COOLDOWN_SECONDS
@@ -83,6 +90,7 @@ class AutoTopupRule:
     cooldown_seconds: int
     disabled_reason: str | None
     disabled_at: datetime | None
+    verified_at: datetime | None
     created_at: datetime
     updated_at: datetime
 
@@ -105,16 +113,22 @@ def get_rule(uow: UnitOfWork, tenant_id: str, *, lock: bool = False) -> AutoTopu
     return rule_of(row) if row is not None else None
 
 
-def put_rule(uow: UnitOfWork, tenant_id: str, command: AutoTopupRequest) -> AutoTopupRule:
-    """Replace the tenant's rule and commit. Saving it enabled closes the circuit breaker (the
-    disabled reason is cleared): this is how an administrator turns it back on after a failure."""
+def put_rule(uow: UnitOfWork, tenant_id: str, command: AutoTopupRequest,
+             stripe_api: StripeCustomers) -> AutoTopupRule:
+    """Replace the tenant's rule and commit, once Stripe confirms the payment method is attached to the
+    tenant's own customer (ValidationFailed naming the field otherwise; customers.StripeUnavailable
+    when Stripe cannot say). Saving it enabled closes the circuit breaker (the disabled reason is
+    cleared): this is how an administrator turns it back on after a failure."""
     _check(command)
+    owned = check_request(uow, stripe_api, tenant_id, command.stripeCustomerId, command.stripePaymentMethodId)
+    if isinstance(owned, NotOwned):
+        raise ValidationFailed(owned.field, owned.message)
     row = uow.connection.execute(text("""
         INSERT INTO auto_topup_settings AS s (tenant_id, enabled, threshold, recharge_to, amount, stripe_customer_id,
-            stripe_payment_method_id, max_per_month, cooldown_seconds, disabled_reason, disabled_at)
+            stripe_payment_method_id, max_per_month, cooldown_seconds, disabled_reason, disabled_at, verified_at)
         VALUES (:t, :enabled, :threshold, :recharge_to, :amount, :customer, :payment_method, :max_per_month,
                 :cooldown, CASE WHEN :enabled THEN NULL ELSE 'disabled by an administrator' END,
-                CASE WHEN :enabled THEN NULL ELSE now() END)
+                CASE WHEN :enabled THEN NULL ELSE now() END, now())
         ON CONFLICT (tenant_id) DO UPDATE SET
             enabled = EXCLUDED.enabled, threshold = EXCLUDED.threshold, recharge_to = EXCLUDED.recharge_to,
             amount = EXCLUDED.amount, stripe_customer_id = EXCLUDED.stripe_customer_id,
@@ -123,10 +137,10 @@ def put_rule(uow: UnitOfWork, tenant_id: str, command: AutoTopupRequest) -> Auto
             disabled_reason = CASE WHEN EXCLUDED.enabled THEN NULL
                                    WHEN s.enabled THEN 'disabled by an administrator' ELSE s.disabled_reason END,
             disabled_at = CASE WHEN EXCLUDED.enabled THEN NULL WHEN s.enabled THEN now() ELSE s.disabled_at END,
-            updated_at = now()
+            verified_at = now(), updated_at = now()
         RETURNING *
     """), {"t": tenant_id, "enabled": command.enabled, "threshold": command.threshold,
-           "recharge_to": command.rechargeTo, "amount": command.amount, "customer": command.stripeCustomerId,
+           "recharge_to": command.rechargeTo, "amount": command.amount, "customer": owned,
            "payment_method": command.stripePaymentMethodId, "max_per_month": command.maxPerMonth,
            "cooldown": command.cooldownSeconds}).one()
     uow.commit()

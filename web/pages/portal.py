@@ -11,6 +11,7 @@ from flask import Blueprint, Response, make_response, redirect, render_template,
 
 from billing_core import alerts, budgets, credits, history, invoices, reservations, usage
 from billing_core.alerts import AlertSettingsRequest
+from billing_core.auto_topup import customers
 from billing_core.auto_topup import rules as auto_topup_rules
 from billing_core.auto_topup.rules import AutoTopupRequest
 from billing_core.commands import BudgetRequest
@@ -24,7 +25,7 @@ from ..alerts_api import _check_soon as check_alerts_soon
 from ..alerts_api import show_settings
 from ..auto_topup_api import check_soon as check_auto_topup_soon
 from ..auto_topup_api import configured as auto_topup_configured
-from ..auto_topup_api import show_rule
+from ..auto_topup_api import show_rule, stripe_answering, stripe_gateway
 from ..errors import ApiError, status_for
 from ..invoices_api import invoice_file, invoice_json, invoice_summary
 from ..lifecycle_api import _feature_key
@@ -146,22 +147,35 @@ def invoice_csv_download(invoice_id: str) -> Response:
 
 
 def _settings_page(error: BillingError | ApiError | None = None, status: int = 200,
-                   auto_topup_form: dict[str, str] | None = None) -> Response:
+                   auto_topup_form: dict[str, str] | None = None,
+                   card_setup: customers.CardSetup | None = None) -> Response:
     tenant_id = current_session().tenant_id
     with unit_of_work() as uow:
         found = alerts.get_settings(uow, tenant_id)
         budget_list = budgets.list_budgets(uow, tenant_id)
         rule = auto_topup_rules.get_rule(uow, tenant_id)
         spent = auto_topup_rules.spent_this_month(uow, tenant_id)
+    cards, cards_unavailable = _cards(tenant_id)
     settings = show_settings(found) if found else None
     if settings:
         settings.pop("webhookSecret")  # shown to the API's admins only
     body = render_template("portal/settings.html", alerts=settings, budgets=[show.budget(b) for b in budget_list],
                            auto_topup=show_rule(rule, spent) if rule else None,
                            auto_topup_available=auto_topup_configured(), unavailable=UNAVAILABLE,
-                           auto_topup_form=auto_topup_form,
-                           error=error, saved=request.args.get("saved"))
+                           auto_topup_form=auto_topup_form, cards=cards, cards_unavailable=cards_unavailable,
+                           card_setup=card_setup, error=error, saved=request.args.get("saved"))
     return make_response(body, status)
+
+
+def _cards(tenant_id: str) -> tuple[list[customers.Card] | None, bool]:
+    """The cards on the tenant's own Stripe customer (None: no customer yet), and whether Stripe failed to say."""
+    if not auto_topup_configured():
+        return None, False
+    try:
+        with unit_of_work() as uow:
+            return customers.cards_of(uow, stripe_gateway().customers, tenant_id), False
+    except customers.StripeUnavailable:
+        return None, True
 
 
 @portal.get("/settings")
@@ -222,11 +236,24 @@ def delete_budget(feature_key: str) -> Response:
     return _saved("budgets")
 
 
+@portal.post("/settings/payment-methods")
+def add_payment_method() -> Response:
+    """POST /settings/payment-methods from a button: a SetupIntent for the tenant's own Stripe customer,
+    shown on the page (never in an address) for Stripe.js to confirm where the card is typed."""
+    session = current_session()
+    if not auto_topup_configured():
+        return _settings_page(ApiError("unavailable", UNAVAILABLE), 503)
+    with unit_of_work() as uow, stripe_answering():
+        actions.record(uow, session, session.tenant_id, "payment_method.setup", {})
+        setup = customers.start_card_setup(uow, stripe_gateway().customers, session.tenant_id)  # commits both
+    return _settings_page(card_setup=setup)
+
+
 @portal.post("/settings/auto-topup")
 def put_auto_topup() -> Response:
-    """PUT /settings/auto-topup from a form: the same request model, the same use case (which validates
-    and commits the record with the rule), then the same immediate check. Saving the same form again
-    leaves the same rule."""
+    """PUT /settings/auto-topup from a form: the same request model, the same use case (which checks the
+    card with Stripe, validates and commits the record with the rule), then the same immediate check.
+    Saving the same form again leaves the same rule."""
     session = current_session()
     if not auto_topup_configured():
         return _settings_page(ApiError("unavailable", UNAVAILABLE), 503)
@@ -238,14 +265,16 @@ def put_auto_topup() -> Response:
         body["cooldownSeconds"] = int(cooldown) if cooldown.isdigit() else cooldown
     try:
         command = parse(AutoTopupRequest, body)
-        with unit_of_work() as uow:
+        with unit_of_work() as uow, stripe_answering():
             actions.record(uow, session, session.tenant_id, "auto_topup.put", command.model_dump(mode="json"))
-            auto_topup_rules.put_rule(uow, session.tenant_id, command)  # validates; commits the record with it
-    except BillingError as exc:  # shown with what was typed, to correct
-        return _settings_page(exc, status_for(exc.code, exc.details), auto_topup_form=form.to_dict())
+            # validates and checks the card with Stripe; commits the record with the rule
+            auto_topup_rules.put_rule(uow, session.tenant_id, command, stripe_gateway().customers)
+    except (BillingError, ApiError) as exc:  # shown with what was typed, to correct
+        status = exc.status if isinstance(exc, ApiError) else status_for(exc.code, exc.details)
+        return _settings_page(exc, status, auto_topup_form=form.to_dict())
     check_auto_topup_soon(session.tenant_id)
     return _saved("auto top-up")
 
 
-AUTO_TOPUP_FIELDS = ("threshold", "rechargeTo", "amount", "maxPerMonth", "stripeCustomerId", "stripePaymentMethodId")
+AUTO_TOPUP_FIELDS = ("threshold", "rechargeTo", "amount", "maxPerMonth", "stripePaymentMethodId")
 UNAVAILABLE = "Auto top-up is unavailable: this service has no Stripe account configured (STRIPE_SECRET_KEY)."
