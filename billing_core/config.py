@@ -27,6 +27,10 @@ class Settings:
     rate_limit_view: str = "3000/minute"
     rate_limit_admin: str = "1200/minute"
     rate_limit_depleted: str = "60/minute"
+    # requests refused with 401/403 count here only: per token, and per source address (which may be a
+    # proxy or a NAT in front of many clients, hence larger); both below the ordinary rates
+    rate_limit_refused: str = "60/minute"
+    rate_limit_refused_address: str = "600/minute"
     # auto top-up: payments through Stripe (unset key: auto top-up answers 503 and never pays)
     stripe_secret_key: str | None = None
     stripe_api_base: str = "https://api.stripe.com"
@@ -66,6 +70,8 @@ class Settings:
             rate_limit_view=os.environ.get("RATE_LIMIT_VIEW", "3000/minute"),
             rate_limit_admin=os.environ.get("RATE_LIMIT_ADMIN", "1200/minute"),
             rate_limit_depleted=os.environ.get("RATE_LIMIT_DEPLETED", "60/minute"),
+            rate_limit_refused=os.environ.get("RATE_LIMIT_REFUSED", "60/minute"),
+            rate_limit_refused_address=os.environ.get("RATE_LIMIT_REFUSED_ADDRESS", "600/minute"),
             stripe_secret_key=os.environ.get("STRIPE_SECRET_KEY") or None,
             stripe_api_base=os.environ.get("STRIPE_API_BASE") or "https://api.stripe.com",
             auto_topup_retry_base_seconds=int(os.environ.get("AUTO_TOPUP_RETRY_BASE_SECONDS", "5")),

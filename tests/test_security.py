@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import random
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from decimal import Decimal
 
 import jwt
 import pytest
+import requests
 from sqlalchemy import text
 
 from tests.conftest import TEST_SECRET
@@ -517,3 +519,79 @@ def test_all_rate_limits_of_a_request_cost_one_redis_round_trip(live, tokens):
     # (Flask-Limiter's moving window sent a script per limit and another for the headers: 3 or more).
     # Celery's own traffic on this Redis (LPUSH, BRPOP, ZADD) uses no scripts.
     assert 20 <= delta.get("cmdstat_evalsha", 0) < 40, delta
+
+
+# --- issue 25 ----------------------------------------------------------------------------------------
+
+
+class _FromAddress(requests.adapters.HTTPAdapter):
+    """Connections from another loopback address (127.0.0.0/8 is all this machine's): the refusals of
+    one test fill that address's bucket, not the one every other test shares."""
+
+    def __init__(self, address: str):
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        kwargs["source_address"] = (self.address, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _client_at(live, address: str) -> Api:
+    client = Api(live.api.base_url)
+    client.session.mount("http://", _FromAddress(address))
+    return client
+
+
+def _unique_loopback() -> str:
+    return f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
+
+
+def _remaining(response) -> int:
+    assert response.status_code == 200, response.text
+    return int(response.headers["X-RateLimit-Remaining"])
+
+
+def test_refused_requests_never_spend_the_operators_or_the_managers_buckets(live, make_token, tenant):
+    """Finding 2: a tenant's billing.view token sending POST /topup (403) counted in the bucket of the
+    tenant it named, where the operator's own requests for that tenant counted too: 1,199 refusals and the
+    operator got 429. Now a request counts in its own principal's buckets, once authenticated and
+    allowed; refusals count in buckets of their own (per token, per address), which refuse a flood (429)."""
+    api = live.api
+    operator = make_token(f"ops-{uuid.uuid4().hex[:8]}", "billing.admin")
+    manage = make_token(tenant, "billing.manage")
+
+    def operator_topup():
+        return api.post(f"{B}/topup", operator, json={"tenantId": tenant, "amount": "1",
+                                                     "idempotencyKey": str(uuid.uuid4())})
+
+    before = _remaining(operator_topup())
+    flood = _client_at(live, _unique_loopback())
+    view = make_token(tenant, "billing.view", sub="flooder")
+    statuses = [flood.post(f"{B}/topup", view, json={"tenantId": tenant, "amount": "1",
+                                                     "idempotencyKey": str(uuid.uuid4())}).status_code
+                for _ in range(150)]
+    # the refusals' own bucket per token (60 a minute by default) holds, then refuses the flood itself
+    assert set(statuses[:50]) == {403} and statuses[-1] == 429, statuses
+    refused = flood.post(f"{B}/topup", view, json={"amount": "1", "idempotencyKey": "x"})
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert before - _remaining(operator_topup()) <= 2, "the operator's bucket did not move"
+
+    # the same for billing.manage routes, and for a refusal inside the route (naming another tenant)
+    before = _remaining(api.request("PUT", f"{B}/budgets/flooded", manage, json={"limit": "1", "period": "day"}))
+    view = make_token(tenant, "billing.view", sub="flooder-2")
+    statuses = [flood.request("PUT", f"{B}/budgets/flooded", view, json={"limit": "1", "period": "day"}).status_code
+                for _ in range(70)]
+    assert statuses[0] == 403 and statuses[-1] == 429, statuses
+    for _ in range(10):
+        assert api.request("PUT", f"{B}/budgets/flooded", manage,
+                           json={"limit": "1", "period": "day", "tenantId": f"{tenant}-x"}).status_code == 403
+    assert before - _remaining(api.request("PUT", f"{B}/budgets/flooded", manage,
+                                           json={"limit": "1", "period": "day"})) <= 3
+
+    # many tokens from one address: its bucket (600 a minute) refuses them all past it
+    other = _client_at(live, _unique_loopback())
+    answers = [other.get(f"{B}/wallet", f"not-a-token-{index}").status_code for index in range(620)]
+    assert answers[0] == 401 and answers[-1] == 429 and set(answers) == {401, 429}
+    assert api.get(f"{B}/wallet", make_token(tenant)).status_code == 200  # other addresses are not refused
