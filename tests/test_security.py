@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import json
 import random
+import re
 import socket
 import threading
 import time
@@ -595,3 +597,97 @@ def test_refused_requests_never_spend_the_operators_or_the_managers_buckets(live
     answers = [other.get(f"{B}/wallet", f"not-a-token-{index}").status_code for index in range(620)]
     assert answers[0] == 401 and answers[-1] == 429 and set(answers) == {401, 429}
     assert api.get(f"{B}/wallet", make_token(tenant)).status_code == 200  # other addresses are not refused
+
+
+def test_a_body_over_its_routes_limit_is_refused_while_it_arrives(live, tokens):
+    """Finding 5: every path read bodies up to 16 MiB before anything looked at them. Now 1 MiB unless the
+    app says more for the route (POST /charges), refused as the bytes arrive."""
+    def chunked(path: str, megabytes: int) -> tuple[int, bytes]:
+        connection = socket.create_connection(("127.0.0.1", live.port), timeout=30)
+        try:
+            connection.sendall(f"POST {path} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                               "Content-Type: application/json\r\n\r\n".encode())
+            piece = b" " * 65536
+            try:
+                for _ in range(megabytes * 16):
+                    connection.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                connection.sendall(b"0\r\n\r\n")
+            except OSError:
+                pass  # refused and closed before all of it was sent
+            answer = b""
+            while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                    re.search(rb"content-length: (\d+)", answer, re.I).group(1)):
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        finally:
+            connection.close()
+        return int(answer.split(b" ")[1]), answer
+
+    status, answer = chunked("/healthz", 3)
+    assert status == 413 and b"payload_too_large" in answer, answer[:300]
+    status, answer = chunked(f"{B}/charge", 2)
+    assert status == 413 and b"payload_too_large" in answer, answer[:300]
+    # the batch endpoint takes more: 2 MiB of it reaches the route
+    body = json.dumps({"events": [_charge(live.api, "")]}) + " " * (2 * 1024 * 1024)
+    accepted = live.api.post(f"{B}/charges", tokens["charge"], data=body, headers={"Content-Type": "application/json"})
+    assert accepted.status_code == 202, accepted.text[:300]
+
+
+def test_a_worker_holds_at_most_its_cap_of_request_bodies_at_once():
+    """Finding 5: unfinished bodies cannot grow a worker without bound; past the cap a request is refused
+    (503, retry) and what was held is given back."""
+    import asyncio
+
+    from web.serving import BufferedRequests
+
+    def application(environ, start_response):
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(len(body)).encode()]
+
+    requests_ = BufferedRequests(application, threads=2, body_limit=lambda method, path: 1024 * 1024,
+                                 max_buffered=1_500_000)
+    scope = {"type": "http", "method": "POST", "path": "/x", "raw_path": b"/x", "query_string": b"",
+             "headers": [], "http_version": "1.1", "scheme": "http", "root_path": "",
+             "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5000)}
+    part = b"x" * 600_000
+
+    async def scenario() -> list[int]:
+        inputs = [asyncio.Queue() for _ in range(4)]
+        answers: list[list[dict]] = [[] for _ in range(4)]
+
+        def run(index: int):
+            async def receive():
+                return await inputs[index].get()
+
+            async def send(message):
+                answers[index].append(message)
+            return asyncio.create_task(requests_(scope, receive, send))
+
+        async def status(index: int) -> int:
+            while not answers[index]:
+                await asyncio.sleep(0.01)
+            return answers[index][0]["status"]
+
+        tasks = [run(0), run(1)]
+        for index in (0, 1):  # two unfinished bodies of 600 KB each
+            await inputs[index].put({"type": "http.request", "body": part, "more_body": True})
+        await asyncio.sleep(0.1)
+        assert requests_.buffered == 1_200_000
+        tasks.append(run(2))
+        await inputs[2].put({"type": "http.request", "body": part, "more_body": True})
+        refused = await status(2)
+        for index in (0, 1):
+            await inputs[index].put({"type": "http.request", "body": b"", "more_body": False})
+        finished = [await status(0), await status(1)]
+        await asyncio.gather(*tasks)
+        assert requests_.buffered == 0
+        tasks = [run(3)]
+        await inputs[3].put({"type": "http.request", "body": part, "more_body": False})
+        await asyncio.gather(*tasks)
+        assert requests_.buffered == 0
+        return [refused, *finished, answers[3][0]["status"]]
+
+    assert asyncio.run(scenario()) == [503, 200, 200, 200]

@@ -17,7 +17,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def json_body() -> dict[str, Any]:
-    """The request body as a JSON object; numbers arrive as Decimal. Over MAX_CONTENT_LENGTH: 413.
+    """The request body as a JSON object; numbers arrive as Decimal. Over the route's body limit (web.app): 413.
     Parsed once per request (a batch's rate-limit weight reads it before its handler)."""
     parsed = g.get("lad_json_body")
     if parsed is not None:
@@ -41,9 +41,6 @@ def parse(model: type[M], data: dict[str, Any]) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise validation_failed(exc) from exc
-
-
-MAX_BATCH_BODY_BYTES = 16 * 1024 * 1024  # 1,000 charges with their items and metadata
 
 
 def parse_batch_event(index: int, event: dict[str, Any], tenant_id: str) -> ChargeRequest | BillingError:

@@ -6,15 +6,22 @@ a complete request is handed to a thread of the Flask app (a2wsgi's WSGI bridge)
 threaded workers gave each connection a thread that blocked reading headers, so 80 connections
 trickling headers stopped the API; here they cost a socket and a few kilobytes each.
 
+Bodies are bounded twice while they are read, before any route (or authentication) sees them: by the
+route's own limit, decided where the app is wired (web.app.body_limit: 1 MiB, more only for the batch
+endpoint), and by a cap on the bytes one worker holds at once across all its requests
+(WEB_MAX_BUFFERED_BYTES, default 64 MiB), so unfinished bodies cannot grow a worker without bound.
+
 Server-generated refusals use the API's JSON error envelope: 400 for a request that does not
-parse, 414 for an over-long request line, 431 for oversized headers, 413 for an oversized body, 408
-when headers or a body do not arrive in time (WEB_HEADER_TIMEOUT_SECONDS, WEB_BODY_TIMEOUT_SECONDS).
+parse, 414 for an over-long request line, 431 for oversized headers, 413 for a body over its route's
+limit, 503 when the worker's buffers are full (retry shortly), 408 when headers or a body do not
+arrive in time (WEB_HEADER_TIMEOUT_SECONDS, WEB_BODY_TIMEOUT_SECONDS).
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from a2wsgi import WSGIMiddleware
@@ -23,7 +30,8 @@ from uvicorn_worker import UvicornWorker
 
 MAX_TARGET_BYTES = 8 * 1024  # path and query
 MAX_HEADER_BYTES = 32 * 1024  # all header names and values
-MAX_BODY_BYTES = 16 * 1024 * 1024  # the largest body any route takes (a POST /charges batch)
+DEFAULT_BODY_BYTES = 1024 * 1024  # a route's body limit unless the app says otherwise
+MAX_BUFFERED_BYTES = int(os.environ.get("WEB_MAX_BUFFERED_BYTES", str(64 * 1024 * 1024)))
 BODY_TIMEOUT_SECONDS = int(os.environ.get("WEB_BODY_TIMEOUT_SECONDS", "30"))
 # a request's headers must be complete this long after its first byte (or after the connection opens)
 HEADER_TIMEOUT_SECONDS = int(os.environ.get("WEB_HEADER_TIMEOUT_SECONDS", "30"))
@@ -36,10 +44,30 @@ def _envelope(code: str, message: str) -> bytes:
     return json.dumps({"success": False, "error": {"code": code, "message": message, "details": {}}}).encode()
 
 
+class _LingeringClose:
+    """The protocol's transport, but closing it while the request's body is still arriving (a body
+    refused for its size, or the worker's buffers full) closes as JsonErrorsProtocol._close_with does,
+    lingering, so the answer is not destroyed by the reset unread input would cause."""
+
+    def __init__(self, transport: Any, protocol: JsonErrorsProtocol):
+        self._transport, self._protocol = transport, protocol
+
+    def close(self) -> None:
+        cycle = self._protocol.cycle
+        if cycle is not None and cycle.more_body and not self._protocol._lingering:
+            self._protocol._linger()
+        else:
+            self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class JsonErrorsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a header timeout (uvicorn has none: a connection trickling
     header lines would stay open for ever), answering a request it cannot parse, or whose headers
-    do not arrive in time, with the JSON envelope instead of plain text."""
+    do not arrive in time, with the JSON envelope instead of plain text, and closing lingering after
+    an answer given before the request's body was read."""
 
     _header_timer: asyncio.TimerHandle | None = None
     _header_bytes = 0  # received while the current request's headers are incomplete
@@ -62,7 +90,7 @@ class JsonErrorsProtocol(HttpToolsProtocol):
                     "headers_too_large", f"the request headers are larger than {MAX_HEADER_BYTES} bytes"))
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(_LingeringClose(transport, self))
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -99,14 +127,18 @@ class JsonErrorsProtocol(HttpToolsProtocol):
     def _close_with(self, status: int, reason: bytes, body: bytes) -> None:
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
                              b"connection: close\r\n\r\n" % (status, reason, len(body)) + body)
-        # A lingering close, as nginx does: closing a socket with unread input makes the kernel send
-        # a reset, which can destroy the answer before the client reads it (a client still sending
-        # headers always has input in flight). So: send the answer and a FIN, drop what still
-        # arrives for a moment, then close.
+        self._linger()
+
+    def _linger(self) -> None:
+        """A lingering close, as nginx does: closing a socket with unread input makes the kernel send
+        a reset, which can destroy the answer before the client reads it (a client still sending
+        headers or a body always has input in flight). So: send the answer and a FIN, drop what
+        still arrives for a moment (reading again if flow control had paused it), then close."""
         self._cancel_header_timer()
         self._lingering = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
+            self.transport.resume_reading()
             self.loop.call_later(LINGER_SECONDS, self.transport.close)
         else:
             self.transport.close()
@@ -118,33 +150,52 @@ class Worker(UvicornWorker):
     CONFIG_KWARGS = {"loop": "auto", "http": "web.serving:JsonErrorsProtocol", "lifespan": "off"}
 
 
+Refusal = tuple[int, str, str]
+
+
 def _refusal(status: int, code: str, message: str) -> tuple[dict, dict]:
     body = _envelope(code, message)
-    start = {"type": "http.response.start", "status": status,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                         (b"connection", b"close")]}
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]
+    if status == 503:
+        headers.append((b"retry-after", b"1"))
+    start = {"type": "http.response.start", "status": status, "headers": headers}
     return start, {"type": "http.response.body", "body": body}
 
 
 class BufferedRequests:
     """ASGI in front of the WSGI app: checks the request's size, reads the whole body on the event
-    loop (bounded in size and time), then runs the app in a thread with the body in memory."""
+    loop (bounded by the route's limit, the worker's cap and time), then runs the app in a thread
+    with the body in memory."""
 
-    def __init__(self, wsgi_app: Any, threads: int):
+    def __init__(self, wsgi_app: Any, threads: int, body_limit: Callable[[str, str], int] | None = None,
+                 max_buffered: int = MAX_BUFFERED_BYTES):
         self.app = WSGIMiddleware(wsgi_app, workers=threads)
+        self.body_limit = body_limit or (lambda method, path: DEFAULT_BODY_BYTES)
+        self.max_buffered = max_buffered
+        self.buffered = 0  # bytes of request bodies this worker holds now (one event loop: no lock)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        refused = self._oversized(scope)
-        if refused is None:
-            body, refused = await self._read_body(receive)
-        if refused is not None:
-            for message in _refusal(*refused):
-                await send(message)
-            return
-        if body is None:  # the client went away
-            return
+        limit = self.body_limit(scope["method"], scope["path"])
+        held = 0
+        try:
+            refused = self._oversized(scope, limit)
+            if refused is None:
+                body, refused = await self._read_body(receive, limit)
+                held = len(body) if body is not None else 0
+            if refused is not None:
+                for message in _refusal(*refused):
+                    await send(message)
+                return
+            if body is None:  # the client went away
+                return
+            await self._run(scope, receive, send, body)
+        finally:
+            self.buffered -= held
+
+    async def _run(self, scope: Scope, receive: Any, send: Any, body: bytes) -> None:
         replay: list[dict] = [{"type": "http.request", "body": body, "more_body": False}]
         started = False
 
@@ -166,19 +217,20 @@ class BufferedRequests:
                 await send(message)
 
     @staticmethod
-    def _oversized(scope: Scope) -> tuple[int, str, str] | None:
+    def _oversized(scope: Scope, limit: int) -> Refusal | None:
         if len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") > MAX_TARGET_BYTES:
             return 414, "uri_too_long", f"the request target is longer than {MAX_TARGET_BYTES} bytes"
         if sum(len(name) + len(value) for name, value in scope["headers"]) > MAX_HEADER_BYTES:
             return 431, "headers_too_large", f"the request headers are larger than {MAX_HEADER_BYTES} bytes"
         declared = next((value for name, value in scope["headers"] if name == b"content-length"), b"0")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return 413, "payload_too_large", f"the body is larger than {MAX_BODY_BYTES} bytes"
+        if declared.isdigit() and int(declared) > limit:
+            return 413, "payload_too_large", f"the body is larger than {limit} bytes"
         return None
 
-    @staticmethod
-    async def _read_body(receive: Any) -> tuple[bytes | None, tuple[int, str, str] | None]:
-        chunks, size = [], 0
+    async def _read_body(self, receive: Any, limit: int) -> tuple[bytes | None, Refusal | None]:
+        """The whole body, counted in the worker's buffered bytes as it arrives. A body returned is the
+        caller's to give back; a refused or abandoned one is given back here."""
+        chunks, held = [], 0
         try:
             async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
                 while True:
@@ -186,18 +238,25 @@ class BufferedRequests:
                     if message["type"] == "http.disconnect":
                         return None, None
                     chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > MAX_BODY_BYTES:
-                        return None, (413, "payload_too_large", f"the body is larger than {MAX_BODY_BYTES} bytes")
+                    if held + len(chunk) > limit:
+                        return None, (413, "payload_too_large", f"the body is larger than {limit} bytes")
+                    if self.buffered + len(chunk) > self.max_buffered:
+                        return None, (503, "unavailable",
+                                      "this server is reading too many request bodies at once; retry shortly")
+                    self.buffered += len(chunk)
+                    held += len(chunk)
                     chunks.append(chunk)
                     if not message.get("more_body", False):
+                        held = 0  # handed over
                         return b"".join(chunks), None
         except TimeoutError:
             return None, (408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s")
+        finally:
+            self.buffered -= held
 
 
 def asgi_app() -> BufferedRequests:
     """gunicorn's application (`web.serving:asgi_app()`), built in each worker process."""
-    from .app import create_app
+    from .app import body_limit, create_app
 
-    return BufferedRequests(create_app(), threads=int(os.environ.get("WEB_THREADS", "32")))
+    return BufferedRequests(create_app(), threads=int(os.environ.get("WEB_THREADS", "32")), body_limit=body_limit)
