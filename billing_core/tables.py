@@ -293,6 +293,8 @@ portal_sessions = Table(
     Column("tenant_id", Text, primary_key=True),
     Column("id", Uuid, primary_key=True),
     Column("token_hash", Text, nullable=False),  # SHA-256 of the link's secret; the secret is never stored
+    Column("session_hash", Text),  # SHA-256 of the cookie's secret, drawn when the link is opened
+    Column("opened_at", DateTime(timezone=True)),  # the link's one opening
     Column("created_by", Text),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
@@ -303,6 +305,8 @@ console_sessions = Table(  # operators only: no tenant
     "console_sessions", metadata,
     Column("id", Uuid, primary_key=True),
     Column("token_hash", Text, nullable=False),
+    Column("session_hash", Text),
+    Column("opened_at", DateTime(timezone=True)),
     Column("created_by", Text),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),

@@ -50,8 +50,13 @@ def main() -> int:
     if production and not os.environ.get("FLOWER_BASIC_AUTH"):
         print("LAD_ENV=production needs FLOWER_BASIC_AUTH", file=sys.stderr)
         return 2
+    if production and not os.environ.get("LAD_PUBLIC_URL"):
+        print("LAD_ENV=production needs LAD_PUBLIC_URL (the address links and redirects name)", file=sys.stderr)
+        return 2
 
     stack = Stack(DATA_DIR, database_name=service_database())
+    # links and redirects name this address, never a request's Host (web.app.public_url_from_env)
+    stack.env["LAD_PUBLIC_URL"] = os.environ.get("LAD_PUBLIC_URL") or f"http://localhost:{port}"
     generated_secret = not (os.environ.get("JWT_SECRET") or os.environ.get("JWT_PUBLIC_KEY"))
     if generated_secret:
         stack.env["JWT_SECRET"] = development_secret(DATA_DIR, "jwt_secret")
@@ -76,9 +81,10 @@ def main() -> int:
         except DatabaseMissing as exc:
             print(f"DATABASE_URL: {exc}", file=sys.stderr)
             return 2
-        # where `make job` finds these servers
+        # where `make job` finds these servers (and `make console` the address its links name)
         (DATA_DIR / "stack.env").write_text("".join(
-            f"{key}={stack.env[key]}\n" for key in ("DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")))
+            f"{key}={stack.env[key]}\n"
+            for key in ("DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "LAD_PUBLIC_URL")))
         stack.migrate()
         # supervisord owns web, worker, beat and Flower: it restarts whichever exits (devstack.supervise)
         (state / "supervisord.conf").write_text(supervise.config({

@@ -119,6 +119,7 @@ def live(smtp_inbox) -> Iterator[TestStack]:
         AUTO_TOPUP_RETRY_BASE_SECONDS="1",
     )
     port = free_port()
+    stack.env["LAD_PUBLIC_URL"] = f"http://127.0.0.1:{port}"  # links and redirects name it, never a Host
     test_stack = TestStack(stack, port, logs)
     try:
         test_stack.start_localstripe()

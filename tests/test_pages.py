@@ -498,6 +498,7 @@ def test_outside_development_the_cookies_are_secure_and_the_portal_s_embeddable(
     from web.auth import TokenSettings
 
     monkeypatch.setenv("LAD_ENV", "production")
+    monkeypatch.setenv("LAD_PUBLIC_URL", "https://billing.lad.example")  # required in production
     app = create_app({"LAD_TOKENS": TokenSettings("x" * 32, None, None, "lad-billing")})
     portal = portal_link(api, tenant_a["tokens"]["manage"])["url"].split("/portal/")[1]
     console = console_link(api, tenant_a["tokens"]["admin"])["url"].split("/console/")[1]
@@ -531,6 +532,7 @@ def test_make_console_prints_links_that_open_the_pages(live, monkeypatch, capsys
 
     tenant = f"cli-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("PORT", str(live.port))
+    monkeypatch.setenv("LAD_PUBLIC_URL", live.env["LAD_PUBLIC_URL"])  # as `make run` writes it in stack.env
     assert console.main(["--tenant", tenant, "--ttl-minutes", "5"]) == 0
     links = re.findall(r"(http://\S+/(?:console|portal)/open\?token=\S+)", capsys.readouterr().out)
     assert len(links) == 2
@@ -739,7 +741,7 @@ def test_portal_auto_top_up_form_changes_the_rule(browser, api, live, make_token
         assert cells[1:5] == ["succeeded", "45", "5", attempt["paymentIntentId"]]
 
     # without its CSRF token the form is refused and nothing changes; the same form twice is one rule
-    session, base = _opened(link["url"]), f"http://127.0.0.1:{live.port}/portal"
+    session, base = _opened(portal_link(api, manage)["url"]), f"http://127.0.0.1:{live.port}/portal"
     form = {"enabled": "on", "threshold": "3", "rechargeTo": "20", "stripeCustomerId": card[0],
             "stripePaymentMethodId": card[1]}
     assert session.post(f"{base}/settings/auto-topup", data=form, timeout=30).status_code == 403
@@ -778,3 +780,107 @@ def test_without_stripe_the_portal_says_auto_top_up_is_unavailable(live, api, te
         csrf = _csrf(page.text)
         refused = client.post("/portal/settings/auto-topup", data={"csrf_token": csrf, "threshold": "1"})
         assert refused.status_code == 503 and "Auto top-up is unavailable" in refused.text
+
+
+# --- issue 25: links open once, switching tenants asks, pages share the rate limits, fixed notices ----
+
+def _link_token(url: str) -> str:
+    return url.split("token=", 1)[1]
+
+
+def test_a_link_opens_once_and_then_says_to_ask_for_a_new_one(api, live, tenant_a, make_token):
+    """Finding 4: the first opening exchanges the link for a session secret of its own (the cookie); a
+    second opening of the same link, from anywhere, is 410 and sets nothing."""
+    link = portal_link(api, tenant_a["tokens"]["manage"])
+    first = _opened(link["url"])
+    cookie = first.cookies.get("lad_portal")
+    assert cookie and cookie.startswith(tenant_a["tenant"] + "~")
+    assert _link_token(link["url"]).split("~")[1] not in cookie, "the cookie is not the link's token"
+    again = requests.get(link["url"], timeout=30, allow_redirects=False)
+    assert again.status_code == 410 and "ask for a new link" in again.text.lower()
+    assert "Set-Cookie" not in again.headers and tenant_a["dear"]["totalCost"] not in again.text
+    assert first.get(link["url"], timeout=30).status_code == 410, "not even in the browser that opened it"
+    base = f"http://127.0.0.1:{live.port}"
+    assert first.get(f"{base}/portal/", timeout=30).status_code == 200, "the session itself goes on"
+    # the link's token is no cookie either
+    assert requests.get(f"{base}/portal/", cookies={"lad_portal": _link_token(link["url"])},
+                        timeout=30).status_code == 401
+
+    console = console_link(api, make_token("ops", "billing.admin"))
+    opened = _opened(console["url"])
+    assert opened.cookies.get("lad_console") != _link_token(console["url"])
+    assert requests.get(console["url"], timeout=30).status_code == 410
+    assert opened.get(f"{base}/console/", timeout=30).status_code == 200
+
+
+def test_a_link_of_another_tenant_asks_before_replacing_the_open_portal(browser, api, live, tenant_a, tenant_b,
+                                                                        make_token):
+    """Finding 3: with tenant A's portal open, following a link of tenant B (an attacker's, say) shows a
+    confirmation; switching takes a POST carrying the open session's CSRF token."""
+    base = f"http://127.0.0.1:{live.port}/portal"
+    session = _opened(portal_link(api, tenant_a["tokens"]["manage"])["url"])
+    theirs = portal_link(api, make_token(tenant_b["tenant"], "billing.manage"))
+    asked = session.get(theirs["url"], timeout=30, allow_redirects=False)
+    assert asked.status_code == 200 and "Open another tenant's portal?" in asked.text
+    assert tenant_b["tenant"] in asked.text and "Set-Cookie" not in asked.headers
+    assert f"<strong>{tenant_a['tenant']}</strong>" in session.get(f"{base}/", timeout=30).text
+    token = re.search(r'name="token" value="([^"]+)"', asked.text).group(1)
+    for data in ({"token": token}, {"token": token, "csrf_token": "0" * 64}):
+        assert session.post(f"{base}/open", data=data, timeout=30).status_code == 403
+    assert f"<strong>{tenant_a['tenant']}</strong>" in session.get(f"{base}/", timeout=30).text
+    switched = session.post(f"{base}/open", data={"token": token, "csrf_token": _csrf(asked.text)}, timeout=30)
+    assert switched.status_code == 200 and f"<strong>{tenant_b['tenant']}</strong>" in switched.text
+    # a link of the tenant already open opens without asking
+    same = session.get(portal_link(api, make_token(tenant_b["tenant"], "billing.manage"))["url"], timeout=30)
+    assert same.status_code == 200 and "Open another tenant's portal?" not in same.text
+
+    with Visit(browser, viewport=PHONE) as v:  # the confirmation is a page like the others (axe, CSP)
+        v.open(portal_link(api, tenant_a["tokens"]["manage"])["url"])
+        v.open(portal_link(api, make_token(tenant_b["tenant"], "billing.manage"))["url"], "portal-switch-asks")
+        v.click(v.page.get_by_role("button", name=f"Open the portal of {tenant_b['tenant']}"))
+        assert tenant_b["tenant"] in v.page.inner_text("header")
+
+
+def test_pages_count_in_the_tenants_rate_limit_buckets(api, live, make_token):
+    """Finding 6: portal reads spend the tenant's billing.view bucket, its forms the billing.manage one.
+    A tenant of its own: its buckets had no earlier window whose counts could fade meanwhile."""
+    tenant, base = f"limits-{uuid.uuid4().hex[:8]}", f"http://127.0.0.1:{live.port}/portal"
+    view, manage = make_token(tenant, "billing.view"), make_token(tenant, "billing.manage")
+    top_up(api, make_token(tenant, "billing.admin"), "5")
+    session = _opened(portal_link(api, manage)["url"])
+
+    def remaining(response: requests.Response) -> int:
+        assert response.status_code == 200, response.text
+        return int(response.headers["X-RateLimit-Remaining"])
+
+    before = remaining(api.get("/api/billing/wallet", view))
+    for path in ("/", "/usage?days=90", "/usage?days=90&by=category", "/invoices", "/settings"):
+        assert session.get(base + path, timeout=30).status_code == 200
+    # 5 pages and this request; a window boundary passed meanwhile may fade the count by one
+    assert before - remaining(api.get("/api/billing/wallet", view)) >= 5
+    assert int(session.get(base + "/", timeout=30).headers["X-RateLimit-Remaining"]) < before - 5
+
+    budget = {"limit": "9", "period": "month"}
+    before = remaining(api.request("PUT", "/api/billing/budgets/pages-count", manage, json=budget))
+    csrf = _csrf(session.get(f"{base}/settings", timeout=30).text)
+    for _ in range(3):
+        saved = session.post(f"{base}/settings/budgets", timeout=30,
+                             data={"featureKey": "pages-count", "limit": "9", "period": "month", "csrf_token": csrf})
+        assert saved.status_code == 200
+    after = remaining(api.request("PUT", "/api/billing/budgets/pages-count", manage, json=budget))
+    assert before - after >= 3  # 3 forms and this request (the pages they land on are reads), less a fade
+
+
+def test_notices_come_from_fixed_keys_never_from_the_address(api, live, tenant_a, make_token):
+    """Finding 8: ?saved= and ?done= name a message; any other text in them shows nothing."""
+    base = f"http://127.0.0.1:{live.port}"
+    forged = "Your account is suspended: call +1 555 0100"
+    portal = _opened(portal_link(api, tenant_a["tokens"]["manage"])["url"])
+    page = portal.get(f"{base}/portal/settings", params={"saved": forged}, timeout=30)
+    assert page.status_code == 200 and "suspended" not in page.text and 'class="notice"' not in page.text
+    assert "Saved: alerts." in portal.get(f"{base}/portal/settings?saved=alerts", timeout=30).text
+    console, _ = _console_session(api, live, make_token)
+    page = console.get(f"{base}/console/tenants/{tenant_a['tenant']}", params={"done": forged}, timeout=30)
+    assert page.status_code == 200 and "suspended" not in page.text and "Done:" not in page.text
+    assert "Done: block." in console.get(f"{base}/console/tenants/{tenant_a['tenant']}?done=block", timeout=30).text
+

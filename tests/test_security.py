@@ -691,3 +691,35 @@ def test_a_worker_holds_at_most_its_cap_of_request_bodies_at_once():
         return [refused, *finished, answers[3][0]["status"]]
 
     assert asyncio.run(scenario()) == [503, 200, 200, 200]
+
+
+def test_links_and_redirects_name_the_public_address_never_the_host_header(live, tokens, make_token, tenant,
+                                                                          monkeypatch):
+    """Finding 7: LAD_PUBLIC_URL (in development http://localhost:PORT), never the request's Host."""
+    public, base = live.env["LAD_PUBLIC_URL"], live.api.base_url
+    evil = {"Host": "evil.example"}
+    manage = make_token(tenant, "billing.manage")
+    link = live.api.post(f"{B}/portal-sessions", manage, json={}, headers=dict(evil)).json()["portalSession"]["url"]
+    assert link.startswith(f"{public}/portal/open?token="), link
+    for path in ("/portal", "/console"):
+        moved = requests.get(base + path, headers=evil, allow_redirects=False, timeout=30)
+        assert moved.status_code in (301, 308) and moved.headers["Location"] == f"{public}{path}/", moved.headers
+    opened = requests.get(base + link.removeprefix(public), headers=evil, allow_redirects=False, timeout=30)
+    assert opened.status_code == 303 and opened.headers["Location"] == f"{public}/portal/", opened.headers
+
+    # unset in development: http://localhost:PORT
+    from tests.conftest import TEST_SECRET
+    from web.app import create_app
+    from web.auth import TokenSettings
+
+    monkeypatch.delenv("LAD_PUBLIC_URL", raising=False)
+    monkeypatch.setenv("PORT", "4321")
+    with create_app({"LAD_TOKENS": TokenSettings(TEST_SECRET, None, None, None)}).test_client() as client:
+        answer = client.post(f"{B}/portal-sessions", json={}, headers={"Authorization": f"Bearer {manage}", **evil})
+        assert answer.json["portalSession"]["url"].startswith("http://localhost:4321/portal/open?token=")
+        moved = client.get("/console", headers=evil)
+        assert moved.headers["Location"] == "http://localhost:4321/console/"
+    # and required in production
+    monkeypatch.setenv("LAD_ENV", "production")
+    with pytest.raises(RuntimeError, match="LAD_PUBLIC_URL"):
+        create_app({"LAD_TOKENS": TokenSettings("x" * 32, None, None, "lad-billing")})

@@ -1,9 +1,12 @@
 """Flask application factory."""
 from __future__ import annotations
 
+import os
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import Flask, request
+from flask import Flask, Response, redirect, request
+from werkzeug.routing import RequestRedirect
 
 from billing_core import logs
 from billing_core.config import Settings
@@ -26,6 +29,7 @@ from .limits import init_limiter
 from .observability import init_observability
 from .openapi import spec
 from .outcomes import ChargeOutcomeListener
+from .pages.common import public_url
 from .pages.console import console
 from .pages.portal import portal
 
@@ -40,8 +44,31 @@ def body_limit(method: str, path: str) -> int:
     return BODY_LIMITS.get((method, path), MAX_BODY_BYTES)
 
 
+def public_url_from_env() -> str:
+    """The service's own address for links and redirects (LAD_PUBLIC_URL), never a request's Host header:
+    required in production; in development http://localhost:PORT."""
+    url = os.environ.get("LAD_PUBLIC_URL", "").strip().rstrip("/")
+    if not url:
+        if os.environ.get("LAD_ENV", "development") == "production":
+            raise RuntimeError("LAD_ENV=production needs LAD_PUBLIC_URL (the address links and redirects name)")
+        url = f"http://localhost:{os.environ.get('PORT') or '3004'}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise RuntimeError(f"LAD_PUBLIC_URL must be an http(s) address like https://billing.example.com, not {url!r}")
+    return url
+
+
 def _route_body_limit() -> None:
     request.max_content_length = body_limit(request.method, request.path)
+
+
+def _public_redirect() -> Response | None:
+    """Werkzeug's own redirects (a missing trailing slash) name the request's Host: name ours instead."""
+    moved = request.routing_exception
+    if not isinstance(moved, RequestRedirect):
+        return None
+    target = urlsplit(moved.new_url)
+    return redirect(public_url() + target.path + (f"?{target.query}" if target.query else ""), code=moved.code)
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -50,6 +77,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.json = BillingJSONProvider(app)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, LAD_SETTINGS=Settings.from_env())
     app.config.update(config or {})
+    app.config.setdefault("LAD_PUBLIC_URL", public_url_from_env())
+    app.before_request(_public_redirect)
     app.before_request(_route_body_limit)
     settings: Settings = app.config["LAD_SETTINGS"]
     app.extensions["lad_tokens"] = app.config.get("LAD_TOKENS") or TokenSettings.from_env()

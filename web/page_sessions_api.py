@@ -2,7 +2,6 @@
 naming a tenant), POST /console-sessions (billing.admin), and their revocation."""
 from __future__ import annotations
 
-import os
 from typing import Annotated, Literal
 
 from flask import Response, request, url_for
@@ -15,6 +14,7 @@ from . import representations as show
 from .api import billing, documented, ok, unit_of_work
 from .auth import ADMIN, MANAGE, authenticate, managed_tenant
 from .limits import rate_limited
+from .pages.common import public_url
 from .parsing import json_body, parse, parse_query, path_uuid
 from .schemas import TenantQuery, Timestamp, Uuid
 
@@ -33,7 +33,8 @@ class ConsoleSessionRequest(Strict):
 
 class SessionOut(BaseModel):
     id: Uuid = Field(description="for DELETE /portal-sessions/<id> or /console-sessions/<id>")
-    url: str = Field(description="opens the pages in a browser with no other credential; keep it secret")
+    url: str = Field(description="opens the pages in a browser with no other credential, once: its first opening "
+                                 "exchanges it for a session of its own; keep it secret")
     expiresAt: Timestamp
 
 
@@ -57,10 +58,9 @@ def _optional_body() -> dict:
 
 
 def _session_out(new: sessions.NewSession, endpoint: str) -> dict[str, str | None]:
-    # behind a proxy the service's public address is LAD_PUBLIC_URL, not the Host it was asked on
-    public = os.environ.get("LAD_PUBLIC_URL", "").rstrip("/")
-    url = public + url_for(endpoint, token=new.token) if public else url_for(endpoint, token=new.token, _external=True)
-    return {"id": str(new.id), "url": url, "expiresAt": show.timestamp(new.expires_at)}
+    # the service's own address (LAD_PUBLIC_URL), never the Host header it was asked with
+    return {"id": str(new.id), "url": public_url() + url_for(endpoint, token=new.token),
+            "expiresAt": show.timestamp(new.expires_at)}
 
 
 @billing.post("/portal-sessions")

@@ -1,5 +1,6 @@
-"""What both page surfaces share: the session from the cookie (opened once from a link), CSRF on every
-form, strict security headers, HTML error pages, and the unit of work."""
+"""What both page surfaces share: the session from the cookie (a link opens it once), CSRF on every
+form, the principal's rate limits, strict security headers, HTML error pages, links and redirects on
+the public address, and the unit of work."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,7 @@ from billing_core.pages import sessions
 from billing_core.pages.sessions import PageSession
 
 from ..errors import ApiError, status_for
+from ..limits import check_page_limits, count_refusal
 
 
 class PageRefused(Exception):
@@ -27,6 +29,15 @@ class PageRefused(Exception):
 
 def unit_of_work() -> UnitOfWork:
     return UnitOfWork(engine_for(current_app.config["LAD_SETTINGS"].database_url))
+
+
+def public_url() -> str:
+    """LAD_PUBLIC_URL (web.app.public_url_from_env): links and redirects never name a request's Host."""
+    return current_app.config["LAD_PUBLIC_URL"]
+
+
+def public_redirect(endpoint: str, **values: Any) -> Response:
+    return redirect(public_url() + url_for(endpoint, **values), code=303)
 
 
 def development() -> bool:
@@ -62,22 +73,51 @@ def cookie_name(surface: str) -> str:
 
 
 def open_link(surface: str, landing: str) -> Response:
-    """GET …/open?token=: check the link's token, keep it in the session cookie, and land on the
-    first page (a redirect, so the token leaves the address bar and the history)."""
-    token = request.args.get("token")
+    """…/open?token=: a link opens once. Its first opening exchanges the link's token for a session secret
+    of its own (the cookie) and lands on the first page; the link then opens nothing (410), though it stays
+    in the browser's history. When the browser has a portal session of another tenant open, a GET only
+    asks (a page whose POST carries that session's CSRF token), so a page of another site cannot swap
+    the person into someone else's portal unnoticed."""
+    token = request.form.get("token") if request.method == "POST" else request.args.get("token")
     with unit_of_work() as uow:
-        found = sessions.find_session(uow, surface, token)
-    if found is None:
-        raise PageRefused(401, "This link does not open anything",
-                          "The link is not valid: it was changed, it expired, or it was revoked. Ask for a new one.")
-    response = redirect(url_for(landing), code=303)
+        state = sessions.link_state(uow, surface, token)
+    if state is None:
+        raise _refused_link()
+    if state == sessions.USED:
+        raise PageRefused(410, "This link was used already",
+                          "A link opens the pages once, and this one has been opened. Ask for a new link.")
+    current = _cookie_session(surface)
+    if request.method == "POST":
+        if current is None or not current.accepts_csrf(request.form.get("csrf_token")):
+            count_refusal(None)
+            raise PageRefused(403, "Form refused", "The form was sent without its security token. Reload the page.")
+    elif surface == sessions.PORTAL and current is not None and current.tenant_id != state:
+        body = render_template("pages/switch.html", token=token, current=current.tenant_id, new=state,
+                               csrf_token=current.csrf_token, stay=public_url() + url_for(landing))
+        return make_response(body, 200)
+    with unit_of_work() as uow:
+        opened = sessions.open_link(uow, surface, token)
+    if opened is None:  # opened by someone else a moment ago, or revoked meanwhile
+        raise _refused_link()
+    response = public_redirect(landing)
     # the portal is embedded in LAD's dashboard (another site): outside development its cookie must go with
     # framed requests (SameSite=None), kept apart per embedding site (Partitioned, CHIPS)
     embedded = surface == sessions.PORTAL and not development()
     response.set_cookie(
-        cookie_name(surface), token or "", expires=found.expires_at, path=f"/{surface}", httponly=True,
+        cookie_name(surface), opened.cookie, expires=opened.expires_at, path=f"/{surface}", httponly=True,
         secure=not development(), samesite="None" if embedded else "Lax", partitioned=embedded)
     return response
+
+
+def _refused_link() -> PageRefused:
+    count_refusal(None)
+    return PageRefused(401, "This link does not open anything",
+                       "The link is not valid: it was changed, it expired, or it was revoked. Ask for a new one.")
+
+
+def _cookie_session(surface: str) -> PageSession | None:
+    with unit_of_work() as uow:
+        return sessions.find_session(uow, surface, request.cookies.get(cookie_name(surface)))
 
 
 def close_session(surface: str) -> Response:
@@ -101,19 +141,22 @@ def current_session() -> PageSession:
 
 
 def guard(surface: str) -> Callable[[], None]:
-    """before_request: every page but the opening link needs a live session, and a POST its CSRF token."""
+    """before_request: every page but the opening link needs a live session, and a POST its CSRF token;
+    then the request counts in the session's rate-limit buckets (its tenant's, as the API counts)."""
 
     def check() -> None:
         if request.endpoint and request.endpoint.endswith(".open"):
             return
-        with unit_of_work() as uow:
-            found = sessions.find_session(uow, surface, request.cookies.get(cookie_name(surface)))
+        found = _cookie_session(surface)
         if found is None:
+            count_refusal(None)
             raise PageRefused(401, "Signed out",
                               "There is no valid session: it expired or was revoked. Open a new link.")
         g.lad_page_session = found
         if request.method == "POST" and not found.accepts_csrf(request.form.get("csrf_token")):
+            count_refusal(None)
             raise PageRefused(403, "Form refused", "The form was sent without its security token. Reload the page.")
+        check_page_limits(found, writing=request.method not in ("GET", "HEAD"))
 
     return check
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from flask import Blueprint, Response, current_app, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, make_response, render_template, request
 
 from billing_core import budgets, credits, history, ledger, reservations
 from billing_core.auto_topup import attempts as auto_topups
@@ -27,7 +27,7 @@ from ..auto_topup_api import show_attempt
 from ..errors import status_for
 from ..parsing import parse
 from ..pricing_api import margins_report
-from .common import close_session, current_session, install, open_link, unit_of_work
+from .common import close_session, current_session, install, open_link, public_redirect, unit_of_work
 
 console = Blueprint("console", __name__, url_prefix="/console")
 install(console, sessions.CONSOLE)
@@ -68,8 +68,11 @@ def _chain(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return entries
 
 
-def _tenant_page(tenant_id: str, error: BillingError | None = None, notice: str | None = None,
-                 status: int = 200) -> Response:
+# what a tenant's page may say was done: an action's name in the address, never text from it
+DONE = {"topup": "top-up", "adjustment": "adjustment", "refund": "refund", "block": "block", "unblock": "unblock"}
+
+
+def _tenant_page(tenant_id: str, error: BillingError | None = None, status: int = 200) -> Response:
     with unit_of_work() as uow:
         _known_tenant(uow, tenant_id)
         wallet, grants = credits.wallet_view(uow, tenant_id)
@@ -86,7 +89,7 @@ def _tenant_page(tenant_id: str, error: BillingError | None = None, notice: str 
         holds=[show.reservation(r) for r in holds], budgets=[show.budget(b) for b in budget_list],
         actions=[{**a, "created_at": show.timestamp(a["created_at"])} for a in recorded],
         verification=show.verification(verification), auto_topups=[show_attempt(a) for a in topups],
-        error=error, notice=notice or request.args.get("done"),
+        error=error, notice=DONE.get(request.args.get("done", "")),
         new_key=str(uuid.uuid4()))
     return make_response(body, status)
 
@@ -109,7 +112,7 @@ def _act(tenant_id: str, action: str, run: Any) -> Response:
         if isinstance(exc, NotFound) and exc.message.startswith("tenant "):
             raise
         return _tenant_page(tenant_id, exc, status=status_for(exc.code, exc.details))
-    return redirect(url_for("console.tenant", tenant_id=tenant_id, done=action), code=303)
+    return public_redirect("console.tenant", tenant_id=tenant_id, done=action)
 
 
 def _form(*names: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import re
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, Response, make_response, render_template, request
 
 from billing_core import alerts, budgets, credits, history, invoices, reservations, usage
 from billing_core.alerts import AlertSettingsRequest
@@ -30,7 +30,7 @@ from ..errors import ApiError, status_for
 from ..invoices_api import invoice_file, invoice_json, invoice_summary
 from ..lifecycle_api import _feature_key
 from ..parsing import parse, path_uuid
-from .common import close_session, current_session, install, open_link, unit_of_work
+from .common import close_session, current_session, install, open_link, public_redirect, unit_of_work
 
 portal = Blueprint("portal", __name__, url_prefix="/portal")
 install(portal, sessions.PORTAL)
@@ -39,7 +39,7 @@ RANGES = (7, 30, 90)  # days the usage chart offers
 MAX_RANGE_DAYS = 366
 
 
-@portal.get("/open", endpoint="open")
+@portal.route("/open", methods=["GET", "POST"], endpoint="open")
 def open_session() -> Response:
     return open_link(sessions.PORTAL, "portal.overview")
 
@@ -146,6 +146,11 @@ def invoice_csv_download(invoice_id: str) -> Response:
 # --- settings the tenant's admin may change --------------------------------------------------------
 
 
+# what a settings page may say it did: a key in the address, never text from it
+NOTICES = {"alerts": "Saved: alerts.", "budgets": "Saved: budgets.", "budget-removed": "Removed the budget.",
+           "auto-topup": "Saved: auto top-up."}
+
+
 def _settings_page(error: BillingError | ApiError | None = None, status: int = 200,
                    auto_topup_form: dict[str, str] | None = None,
                    card_setup: customers.CardSetup | None = None) -> Response:
@@ -163,7 +168,7 @@ def _settings_page(error: BillingError | ApiError | None = None, status: int = 2
                            auto_topup=show_rule(rule, spent) if rule else None,
                            auto_topup_available=auto_topup_configured(), unavailable=UNAVAILABLE,
                            auto_topup_form=auto_topup_form, cards=cards, cards_unavailable=cards_unavailable,
-                           card_setup=card_setup, error=error, saved=request.args.get("saved"))
+                           card_setup=card_setup, error=error, notice=NOTICES.get(request.args.get("saved", "")))
     return make_response(body, status)
 
 
@@ -184,7 +189,7 @@ def settings() -> Response:
 
 
 def _saved(what: str) -> Response:
-    return redirect(url_for("portal.settings", saved=what), code=303)
+    return public_redirect("portal.settings", saved=what)
 
 
 @portal.post("/settings/alerts")
@@ -273,7 +278,7 @@ def put_auto_topup() -> Response:
         status = exc.status if isinstance(exc, ApiError) else status_for(exc.code, exc.details)
         return _settings_page(exc, status, auto_topup_form=form.to_dict())
     check_auto_topup_soon(session.tenant_id)
-    return _saved("auto top-up")
+    return _saved("auto-topup")
 
 
 AUTO_TOPUP_FIELDS = ("threshold", "rechargeTo", "amount", "maxPerMonth", "stripePaymentMethodId")
