@@ -10,16 +10,28 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from . import money
+from .commands import FeatureKey
 from .db import UnitOfWork
-from .errors import BudgetExceeded
+from .errors import BudgetExceeded, ValidationFailed
 from .tables import budget_spend, budgets, reservations
 
 PERIODS = ("day", "month")
 ACTIONS = ("reject", "alert")
+_FEATURE_KEY = TypeAdapter(FeatureKey)
+
+
+def valid_feature_key(value: str) -> str:
+    """The one check of a budget's feature key, for the API (its path) and the portal (its form) alike:
+    what a charge's featureKey may be, "/" included."""
+    try:
+        return _FEATURE_KEY.validate_python(value)
+    except ValidationError:
+        raise ValidationFailed("featureKey", "must be 1-64 letters, digits or ._:/-") from None
 
 
 @dataclass(frozen=True)

@@ -884,3 +884,49 @@ def test_notices_come_from_fixed_keys_never_from_the_address(api, live, tenant_a
     assert page.status_code == 200 and "suspended" not in page.text and "Done:" not in page.text
     assert "Done: block." in console.get(f"{base}/console/tenants/{tenant_a['tenant']}?done=block", timeout=30).text
 
+
+def test_a_call_whose_metadata_mixes_objects_and_text_shows_them_all(api, live, tenant_a):
+    """Finding 9: a list whose first element is an object but not all are was a 500."""
+    event = charge(api, tenant_a["tokens"]["charge"], "mixed", stt_items("10"),
+                   metadata={"x": [{"a": 1}, "str", [2, {"b": "c"}]], "y": [{"a": 1}, {"z": 2}]})
+    session = _opened(portal_link(api, tenant_a["tokens"]["manage"])["url"])
+    page = session.get(f"http://127.0.0.1:{live.port}/portal/usage/{event['id']}", timeout=30)
+    assert page.status_code == 200, page.text[:300]
+    metadata = page.text.split('id="metadata"')[1]
+    assert "str" in metadata and ">c<" in metadata and ">z<" in metadata
+
+
+def test_the_portal_refuses_what_the_api_refuses_and_removes_what_it_created(api, live, tenant_a):
+    """Finding 9: a cooldown of "²" (a digit to str.isdigit, not to int) was a 500; a budget for a feature key
+    with "/" could be set from the portal and then removed neither there nor through the API."""
+    tokens, base = tenant_a["tokens"], f"http://127.0.0.1:{live.port}/portal"
+    session = _opened(portal_link(api, tokens["manage"])["url"])
+    csrf = _csrf(session.get(f"{base}/settings", timeout=30).text)
+    for cooldown in ("²", "٣", "1e3", "-5"):
+        bad = session.post(f"{base}/settings/auto-topup", timeout=30, data={
+            "csrf_token": csrf, "enabled": "on", "threshold": "1", "rechargeTo": "5", "cooldownSeconds": cooldown,
+            "stripePaymentMethodId": "pm_none"})
+        assert bad.status_code == 400 and "Field: <code>cooldownSeconds</code>" in bad.text, (cooldown, bad.status_code)
+
+    def budgets() -> list[str]:
+        return [b["featureKey"] for b in api.get("/api/billing/budgets", tokens["admin"]).json()["budgets"]]
+
+    for key in ("voice agent", "x" * 65, "voice?agent"):  # what the API's path refuses, the form refuses
+        refused = session.post(f"{base}/settings/budgets", timeout=30,
+                               data={"featureKey": key, "limit": "1", "period": "day", "csrf_token": csrf})
+        assert refused.status_code == 400 and "Field: <code>featureKey</code>" in refused.text, key
+        api_refused = api.request("PUT", "/api/billing/budgets/" + requests.utils.quote(key, safe=""),
+                                  tokens["manage"], json={"limit": "1", "period": "day"})
+        assert api_refused.status_code == 400 and api_refused.json()["error"]["details"]["field"] == "featureKey"
+    saved = session.post(f"{base}/settings/budgets", timeout=30,
+                         data={"featureKey": "voice/agent", "limit": "1", "period": "day", "csrf_token": csrf})
+    assert saved.status_code == 200 and "voice/agent" in budgets()
+    removed = session.post(f"{base}/settings/budgets/delete", timeout=30,
+                           data={"featureKey": "voice/agent", "csrf_token": csrf})
+    assert removed.status_code == 200 and "Removed the budget." in removed.text and "voice/agent" not in budgets()
+    # and the API, with the "/" escaped or not
+    for path in ("voice%2Fagent", "voice/agent"):
+        put = api.request("PUT", f"/api/billing/budgets/{path}", tokens["manage"], json={"limit": "2", "period": "day"})
+        assert put.status_code == 200 and put.json()["budget"]["featureKey"] == "voice/agent", put.text
+        assert api.request("DELETE", f"/api/billing/budgets/{path}", tokens["manage"]).status_code == 200
+        assert "voice/agent" not in budgets()

@@ -9,7 +9,6 @@ from billing_core.commands import (
     AdjustmentRequest,
     BudgetRequest,
     ExtendReservationRequest,
-    FeatureKey,
     PriceRequest,
     RefundRequest,
     ReleaseReservationRequest,
@@ -115,23 +114,15 @@ def get_reservations() -> Response:
 # --- budgets --------------------------------------------------------------------------------------
 
 
-def _feature_key(value: str) -> str:
-    from pydantic import TypeAdapter, ValidationError
-
-    try:
-        return TypeAdapter(FeatureKey).validate_python(value)
-    except ValidationError:
-        raise ValidationFailed("featureKey", "must be 1-64 letters, digits or ._:/-") from None
-
-
-@billing.put("/budgets/<feature_key>")
+# <path:…>: a feature key may hold "/" (as a charge's may), sent as is or as %2F
+@billing.put("/budgets/<path:feature_key>")
 @documented({200: schemas.BudgetResponse}, 403, json=BudgetRequest)
 @rate_limited(MANAGE)
 def put_budget(feature_key: str) -> Response:
     """Limit a feature's spend per day or month; `reject` refuses the charge that would go over it."""
     command = parse(BudgetRequest, json_body())
     _, tenant_id = managed_tenant(command.tenantId)
-    feature_key = _feature_key(feature_key)
+    feature_key = budgets.valid_feature_key(feature_key)
     with unit_of_work() as uow:
         WalletBook.open(uow, tenant_id)  # the wallet lock: no charge of this tenant runs meanwhile
         budgets.put_budget(uow, tenant_id, feature_key, spend_limit=command.limit, period=command.period,
@@ -141,14 +132,15 @@ def put_budget(feature_key: str) -> Response:
     return ok(budget=show.budget(status))
 
 
-@billing.delete("/budgets/<feature_key>")
+@billing.delete("/budgets/<path:feature_key>")
 @documented({200: schemas.BudgetsResponse}, 403, 404, query=schemas.TenantQuery)
 @rate_limited(MANAGE)
 def delete_budget(feature_key: str) -> Response:
     _, tenant_id = managed_tenant(parse_query(schemas.TenantQuery).tenantId)
     with unit_of_work() as uow:
         WalletBook.open(uow, tenant_id)
-        if not budgets.delete_budget(uow, tenant_id, _feature_key(feature_key)):
+        # no check of the key: whatever was stored can be removed
+        if not budgets.delete_budget(uow, tenant_id, feature_key):
             raise NotFound(f"no budget for {feature_key}")
         remaining = budgets.list_budgets(uow, tenant_id)
         uow.commit()

@@ -28,7 +28,6 @@ from ..auto_topup_api import configured as auto_topup_configured
 from ..auto_topup_api import show_rule, stripe_answering, stripe_gateway
 from ..errors import ApiError, status_for
 from ..invoices_api import invoice_file, invoice_json, invoice_summary
-from ..lifecycle_api import _feature_key
 from ..parsing import parse, path_uuid
 from .common import close_session, current_session, install, open_link, public_redirect, unit_of_work
 
@@ -214,7 +213,7 @@ def put_budget() -> Response:
     session = current_session()
     form = request.form
     try:
-        feature_key = _feature_key(form.get("featureKey", ""))
+        feature_key = budgets.valid_feature_key(form.get("featureKey", ""))  # the API's own check of its path
         command = parse(BudgetRequest, {"limit": form.get("limit", ""), "period": form.get("period"),
                                         "action": form.get("action") or "reject"})
     except BillingError as exc:
@@ -229,16 +228,18 @@ def put_budget() -> Response:
     return _saved("budgets")
 
 
-@portal.post("/settings/budgets/<feature_key>/delete")
-def delete_budget(feature_key: str) -> Response:
+@portal.post("/settings/budgets/delete")
+def delete_budget() -> Response:
+    """The feature key is a form field, not part of the address: a key may hold a "/"."""
     session = current_session()
+    feature_key = request.form.get("featureKey", "")
     with unit_of_work() as uow:
         WalletBook.open(uow, session.tenant_id)
         actions.record(uow, session, session.tenant_id, "budget.delete", {"featureKey": feature_key})
-        if not budgets.delete_budget(uow, session.tenant_id, _feature_key(feature_key)):
+        if not budgets.delete_budget(uow, session.tenant_id, feature_key):
             raise NotFound(f"no budget for {feature_key}")
         uow.commit()
-    return _saved("budgets")
+    return _saved("budget-removed")
 
 
 @portal.post("/settings/payment-methods")
@@ -266,8 +267,8 @@ def put_auto_topup() -> Response:
     body: dict[str, Any] = {name: form[name] for name in AUTO_TOPUP_FIELDS if form.get(name)}
     body["enabled"] = form.get("enabled") == "on"
     cooldown = form.get("cooldownSeconds", "")
-    if cooldown:  # a whole number of seconds; anything else is left for the model to refuse by name
-        body["cooldownSeconds"] = int(cooldown) if cooldown.isdigit() else cooldown
+    if cooldown:  # whole seconds in ASCII digits ("²" is a digit to isdigit()); else the model refuses it by name
+        body["cooldownSeconds"] = int(cooldown) if cooldown.isascii() and cooldown.isdigit() else cooldown
     try:
         command = parse(AutoTopupRequest, body)
         with unit_of_work() as uow, stripe_answering():
