@@ -277,6 +277,17 @@ def test_before_each_payment_a_detached_card_or_a_customer_of_another_tenant_sto
     assert wallet(api, tokens["admin"])["currentBalance"] == "5"
 
 
+def test_a_customer_deleted_in_stripe_stops_the_rule_before_paying(api, tokens, tenant, stripe_client):
+    card = own_card(api, tokens["admin"], stripe_client)
+    top_up(api, tokens["admin"], "100")
+    assert put_rule(api, tokens["admin"], card).status_code == 200
+    stripe_client.v1.customers.delete(card[0])  # e.g. from Stripe's dashboard
+    charge(api, tokens["charge"], "950000")
+    [attempt] = wait_finished(api, tokens["admin"], tenant)
+    assert attempt["status"] == "failed" and attempt["failureCode"] == "customer_not_owned", attempt
+    assert intents_of(stripe_client, tenant) == [] and get_rule(api, tokens["admin"])["status"] == "disabled"
+
+
 def test_rules_saved_before_tenants_owned_their_customer_are_checked_by_the_minute_scan(api, tokens, tenant, make_token,
                                                                                        stripe_client, engine):
     """Rules saved before migration 0015 are unverified. The scan checks each: one naming a customer of
@@ -460,6 +471,8 @@ def test_stripe_unreachable_is_retried_with_the_same_key_and_charges_once(live, 
         # a card cannot be checked while Stripe is away: saving a rule answers 503, and saves nothing
         refused = put_rule(api, tokens["admin"], card, rechargeTo="40")
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
+        setup = api.post("/api/billing/settings/payment-methods", tokens["admin"], json={})
+        assert setup.status_code == 503 and setup.json()["error"]["code"] == "unavailable"
     finally:
         live.start_localstripe()
     [attempt] = wait_finished(api, tokens["admin"], tenant)

@@ -39,7 +39,9 @@ NO_CUSTOMER = "no_payment_method"
 
 
 class StripeUnavailable(Exception):
-    """Stripe did not answer (network, 5xx, rate limit, a refused key): nothing is known either way."""
+    """Stripe did not answer (network, 5xx, rate limit, a refused key), or refused a request it should
+    not have (say, the stored customer was deleted in Stripe's dashboard): nothing is known either way,
+    and nothing is saved."""
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,11 @@ class Card:
 
 @contextmanager
 def _asking_stripe() -> Iterator[None]:
+    """Every Stripe error becomes StripeUnavailable (the web answers 503, an attempt tries again later);
+    the look-ups that mean "not found" catch theirs first."""
     try:
         yield
-    except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError, stripe.AuthenticationError,
-            stripe.PermissionError) as exc:
+    except stripe.StripeError as exc:
         raise StripeUnavailable(str(exc) or type(exc).__name__) from exc
 
 
