@@ -19,9 +19,11 @@ from typing import Any
 
 from sqlalchemy import event
 
-from billing_core import charging, credits, usage
-from billing_core.commands import ChargeRequest, TopUpRequest
 from billing_core.db import UnitOfWork, engine_for
+from billing_core.ledger import credits
+from billing_core.ledger.commands import TopUpRequest
+from billing_core.usage import charging, events
+from billing_core.usage.commands import ChargeRequest
 
 ITEM = {"category": "stt", "provider": "openai", "model": "whisper-1", "unit": "second", "quantity": "100"}
 
@@ -78,12 +80,12 @@ def explain(database_url: str) -> int:
         credits.top_up(uow, tenant, TopUpRequest.model_validate(
             {"amount": "1000000", "idempotencyKey": f"fund-{tenant}"}), created_by="bench")
     with UnitOfWork(engine) as uow:  # warm: the catalog cache, the plans
-        usage.accept_charges(uow, tenant, [ChargeRequest.model_validate(
+        events.accept_charges(uow, tenant, [ChargeRequest.model_validate(
             {"featureKey": "warm", "idempotencyKey": f"warm-{i}", "items": [ITEM]}) for i in range(10)], user_id="b")
     backlog = int(os.environ.get("EXPLAIN_BACKLOG", "20000"))  # the hot wallet's events before these
     for start in range(0, backlog, 1000):
         with UnitOfWork(engine) as uow:
-            usage.accept_charges(uow, tenant, [ChargeRequest.model_validate(
+            events.accept_charges(uow, tenant, [ChargeRequest.model_validate(
                 {"featureKey": "backlog", "idempotencyKey": f"backlog-{i}", "items": [ITEM]})
                 for i in range(start, start + 1000)], user_id="b")
         if start % 2000 == 0:
@@ -95,7 +97,7 @@ def explain(database_url: str) -> int:
         explainer.phase = "accept 1,000 (POST /charges)"
         started = time.perf_counter()
         with UnitOfWork(engine) as uow:
-            usage.accept_charges(uow, tenant, commands, user_id="bench")
+            events.accept_charges(uow, tenant, commands, user_id="bench")
         print(f"accept: {time.perf_counter() - started:.3f} s with EXPLAIN")
         explainer.phase = "settle a group of 500 (worker)"
         with UnitOfWork(engine) as uow:

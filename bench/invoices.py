@@ -27,8 +27,8 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from billing_core import invoices
 from billing_core.db import UnitOfWork
+from billing_core.invoicing import invoices
 
 # the cost cycle: variant v of a tenant's j-th event is j % 14; its items
 VARIANTS: list[tuple[int, str, list[tuple[str, str, str, str, str, str]]]] = [
@@ -415,7 +415,7 @@ def scenario(bench: Any, token: Callable[..., str]) -> dict[str, Any]:
 
 
 def main() -> int:
-    from billing_core.config import Settings
+    from billing_core.bootstrap import Settings
     from billing_core.db import engine_for
 
     parser = argparse.ArgumentParser(description=__doc__)

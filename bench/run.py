@@ -32,7 +32,7 @@ from bench import limits as machine_limits
 from bench import pricing as pricing_bench
 from bench.profile import Profiler
 from billing_core.db import dispose_engines, engine_for
-from billing_core.tables import usage_events
+from billing_core.usage.tables import usage_events
 from devstack.servers import free_port
 from devstack.stack import ROOT, Stack, drop_database
 from web.auth import TokenSettings, issue_token

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, or_
 
-from .errors import ValidationFailed
+from billing_core.errors import ValidationFailed
 
 
 def encode_cursor(created_at: datetime, event_id: uuid.UUID) -> str:

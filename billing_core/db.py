@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Integer,
+    MetaData,
     Numeric,
     Table,
     Text,
@@ -30,8 +31,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from . import exactjson
-from .config import Settings
+from billing_core import exactjson
+from billing_core.bootstrap import Settings
 
 # UTC timestamps everywhere; a stuck lock or statement fails the unit of work instead of
 # holding a wallet row forever (a failed charge stays pending and is retried).
@@ -191,3 +192,10 @@ def insert_rows(uow: UnitOfWork, table: Table, rows: list[dict[str, Any]]) -> No
         uow.connection.execute(cached_text(
             f"INSERT INTO {table.name} ({columns}) SELECT {select_list} FROM {source} ORDER BY rows.ordinality"
         ), params)
+
+
+metadata = MetaData()
+
+
+# Numeric without precision: PostgreSQL NUMERIC stores every digit it is given, so nothing rounds.
+Money = Numeric(asdecimal=True)

@@ -8,12 +8,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Table,
+    Text,
+    Uuid,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 
-from .db import UnitOfWork
-from .errors import IdempotencyConflict
-from .tables import idempotency_records
+from billing_core.db import UnitOfWork, metadata
+from billing_core.errors import IdempotencyConflict
 
 
 @dataclass(frozen=True)
@@ -89,3 +97,16 @@ def record_result(uow: UnitOfWork, tenant_id: str, key: str, *, ledger_entry_id:
         .where(idempotency_records.c.tenant_id == tenant_id, idempotency_records.c.idempotency_key == key)
         .values(ledger_entry_id=ledger_entry_id, resource_id=resource_id)
     )
+
+
+idempotency_records = Table(
+    "idempotency_records", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("idempotency_key", Text, primary_key=True),
+    Column("operation", Text, nullable=False),
+    Column("request_fingerprint", Text, nullable=False),
+    Column("usage_event_id", Uuid),
+    Column("ledger_entry_id", Uuid),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("resource_id", Uuid),  # a reservation, refund's entry or other resource the request made
+)

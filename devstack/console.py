@@ -23,9 +23,9 @@ def main(argv: list[str]) -> int:
         for line in stack_env.read_text().splitlines():
             key, _, value = line.partition("=")
             os.environ.setdefault(key, value)
-    from billing_core.config import Settings
+    from billing_core.access import sessions
+    from billing_core.bootstrap import Settings
     from billing_core.db import UnitOfWork, engine_for
-    from billing_core.pages import sessions
 
     base = os.environ.get("LAD_PUBLIC_URL") or f"http://localhost:{os.environ.get('PORT') or '3004'}"
     engine = engine_for(Settings.from_env().database_url)

@@ -8,11 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from billing_core.config import normalize_database_url
-
-from . import supervise
-from .servers import _wait_for_port
-from .stack import PYTHON_BIN, ROOT, DatabaseMissing, Stack, development_secret
+from billing_core.bootstrap import normalize_database_url
+from devstack import supervise
+from devstack.servers import _wait_for_port
+from devstack.stack import PYTHON_BIN, ROOT, DatabaseMissing, Stack, development_secret
 
 DATA_DIR = Path(os.environ.get("LAD_DATA_DIR") or ROOT / ".data")
 DEMO_TENANT = "demo-tenant"

@@ -17,9 +17,8 @@ import uuid
 from pathlib import Path
 
 from billing_core.db import dispose_engines
-
-from .servers import free_port
-from .stack import PYTHON_BIN, ROOT, Stack, drop_database, web_command_args
+from devstack.servers import free_port
+from devstack.stack import PYTHON_BIN, ROOT, Stack, drop_database, web_command_args
 
 OLD = ["--worker-class", "gthread", "--threads", "32", "--keep-alive", "75", "--timeout", "60",
        "web.app:create_app()"]

@@ -17,7 +17,7 @@ import psycopg2
 from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
-from .servers import EmbeddedServers, _wait_for_port
+from devstack.servers import EmbeddedServers, _wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON_BIN = Path(sys.executable).parent
@@ -108,7 +108,7 @@ class Stack:
                 self.servers.start_postgres()
             if not given_redis:
                 self.servers.start_redis()
-        from billing_core.config import normalize_database_url
+        from billing_core.bootstrap import normalize_database_url
 
         self.server_url = normalize_database_url(given_db) if given_db else self.servers.database_url
         redis_url = given_redis or self.servers.redis_url

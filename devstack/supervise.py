@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .stack import ROOT
+from devstack.stack import ROOT
 
 STARTSECS = 5          # a child must stay up this long to count as started; before that, backoff
 START_RETRIES = 1000   # retries with backoff before supervisord gives a child up (FATAL): in effect never

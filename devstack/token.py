@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from devstack.run import DATA_DIR
+from devstack.stack import development_secret
 from web.auth import TokenSettings, issue_token
-
-from .run import DATA_DIR
-from .stack import development_secret
 
 
 def main() -> None:

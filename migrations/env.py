@@ -2,7 +2,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from billing_core.config import Settings
+from billing_core.bootstrap import Settings
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url

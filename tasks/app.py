@@ -7,9 +7,9 @@ from celery.signals import before_task_publish, setup_logging, task_postrun, tas
 from billing_core import logs
 from billing_core.db import dispose_engines
 
-celery_app = Celery("lad_billing", include=["tasks.auto_topup", "tasks.charging", "tasks.credits", "tasks.housekeeping",
-                                          "tasks.invoices", "tasks.notifications"])
-celery_app.config_from_object("celeryconfig")
+celery_app = Celery("lad_billing", include=["tasks.payments", "tasks.usage", "tasks.credits", "tasks.ledger",
+                                          "tasks.invoicing", "tasks.notifications"])
+celery_app.config_from_object("tasks.config")
 
 REQUEST_ID_HEADER = "lad_request_id"
 

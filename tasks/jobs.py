@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .app import celery_app
+from tasks.app import celery_app
 
 
 def job_names() -> list[str]:

@@ -1,5 +1,5 @@
-"""Low-balance alerts and notification delivery: thin tasks over billing_core.alerts and
-billing_core.notifications.
+"""Low-balance alerts and notification delivery: thin tasks over billing_core.notifications.alerts and
+billing_core.notifications.outbox.
 
 - billing.check_balance_alerts(tenant_id): the prompt path, sent after a charge settles.
 - billing.scan_balance_alerts(): beat, every minute: evaluates every tenant with alert settings.
@@ -18,15 +18,15 @@ import kombu.exceptions
 import redis
 from sqlalchemy.exc import OperationalError
 
-from billing_core import alerts, logs, metrics, notifications
-from billing_core.config import Settings
+from billing_core import logs, metrics
+from billing_core.bootstrap import Settings
 from billing_core.db import UnitOfWork, engine_for
-
-from .app import celery_app
+from billing_core.notifications import alerts, outbox
+from tasks.app import celery_app
 
 log = logs.get(__name__)
 settings = Settings.from_env()
-notification_settings = notifications.NotificationSettings.from_env()
+notification_settings = outbox.NotificationSettings.from_env()
 BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
 
 
@@ -78,7 +78,7 @@ def scan_balance_alerts() -> int:
 @celery_app.task(name="billing.deliver_notification", autoretry_for=(OperationalError,), retry_backoff=True,
                  retry_backoff_max=30, max_retries=5)
 def deliver_notification(notification_id: str, expected_attempts: int | None = None) -> str:
-    outcome = notifications.deliver(_uow, uuid.UUID(notification_id), expected_attempts, notification_settings)
+    outcome = outbox.deliver(_uow, uuid.UUID(notification_id), expected_attempts, notification_settings)
     _count(outcome)
     if outcome.status == "failed":
         log.warning("notification failed", notification_id=notification_id, attempt=outcome.attempt)
@@ -96,14 +96,14 @@ def deliver_notification(notification_id: str, expected_attempts: int | None = N
 RESULT_LABEL = {"delivered": "delivered", "pending": "retry", "failed": "failed", "lost": "lost"}
 
 
-def _count(outcome: notifications.DeliveryOutcome) -> None:
+def _count(outcome: outbox.DeliveryOutcome) -> None:
     """One sample per attempt made (a skipped message made none)."""
     result = RESULT_LABEL.get(outcome.status)
     if result is None or outcome.event_type is None or outcome.channel is None:
         return
     metrics.NOTIFICATION_DELIVERIES.labels(event_type=outcome.event_type, channel=outcome.channel,
                                            result=result).inc()
-    if outcome.channel == notifications.WEBHOOK and result in ("retry", "failed"):
+    if outcome.channel == outbox.WEBHOOK and result in ("retry", "failed"):
         metrics.WEBHOOK_DELIVERY_FAILURES.labels(event_type=outcome.event_type).inc()
 
 
@@ -112,7 +112,7 @@ def sweep_notifications() -> int:
     """Due notifications whose delivery message was lost (or whose retry is too far off for a
     delayed message): send one now."""
     with _uow() as uow:
-        due = notifications.claim_lost(uow, notification_settings)
+        due = outbox.claim_lost(uow, notification_settings)
     for notification_id, attempts in due:
         try:
             deliver_notification.apply_async(args=[str(notification_id), attempts], retry=False)

@@ -24,12 +24,13 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from billing_core import alerts, notifications
-from billing_core.alerts import AlertSettingsRequest
-from billing_core.commands import AdjustmentRequest, ReleaseReservationRequest, ReservationRequest, TopUpRequest
-from billing_core.credits import adjust, top_up
 from billing_core.db import UnitOfWork
-from billing_core.reservations import release, reserve
+from billing_core.ledger.commands import AdjustmentRequest, TopUpRequest
+from billing_core.ledger.credits import adjust, top_up
+from billing_core.lifecycle.commands import ReleaseReservationRequest, ReservationRequest
+from billing_core.lifecycle.holds import release, reserve
+from billing_core.notifications import alerts, outbox
+from billing_core.notifications.alerts import AlertSettingsRequest
 from tests.helpers import stt_items, wallet
 from tests.helpers import top_up as http_top_up
 from tests.receivers import SmtpInbox, WebhookReceiver
@@ -141,7 +142,7 @@ def celery():
 
 def enqueue_one(engine, tenant: str, event_type: str = "balance.low", payload: dict | None = None) -> uuid.UUID:
     with UnitOfWork(engine) as uow:
-        ids = notifications.enqueue(uow, tenant, event_type, payload or {"threshold": "5", "availableBalance": "4"})
+        ids = outbox.enqueue(uow, tenant, event_type, payload or {"threshold": "5", "availableBalance": "4"})
         uow.commit()
     assert len(ids) == 1
     return ids[0]
@@ -479,14 +480,14 @@ def test_concurrent_sweeps_and_deliveries_never_deliver_one_notification_twice(e
         with engine.begin() as connection:
             connection.execute(text("UPDATE notifications SET enqueued_at = now() - interval '10 minutes' "
                                     "WHERE id = ANY(:ids)"), {"ids": ids})
-        settings = notifications.NotificationSettings(retry_base_ms=1000)
+        settings = outbox.NotificationSettings(retry_base_ms=1000)
         barrier = threading.Barrier(4)
         swept: list[list[uuid.UUID]] = []
 
         def sweep() -> None:
             barrier.wait()
             with UnitOfWork(engine) as uow:
-                swept.append([i for i, _ in notifications.claim_lost(uow, settings, limit=20) if i in set(ids)])
+                swept.append([i for i, _ in outbox.claim_lost(uow, settings, limit=20) if i in set(ids)])
 
         threads = [threading.Thread(target=sweep) for _ in range(4)]
         for thread in threads:
@@ -503,7 +504,7 @@ def test_concurrent_sweeps_and_deliveries_never_deliver_one_notification_twice(e
 
         def deliver() -> None:
             barrier.wait()
-            results.append(notifications.deliver(lambda: UnitOfWork(engine), target, None, settings).status)
+            results.append(outbox.deliver(lambda: UnitOfWork(engine), target, None, settings).status)
 
         threads = [threading.Thread(target=deliver) for _ in range(8)]
         for thread in threads:
@@ -519,22 +520,22 @@ def test_an_outdated_message_is_dropped_and_retries_give_up_at_the_horizon(engin
     with WebhookReceiver(then=503) as receiver:
         webhook_tenant(engine, tenant, receiver.url)
         notification_id = enqueue_one(engine, tenant)
-        settings = notifications.NotificationSettings(retry_base_ms=60_000, retry_horizon_ms=3_600_000)
+        settings = outbox.NotificationSettings(retry_base_ms=60_000, retry_horizon_ms=3_600_000)
         new_uow = lambda: UnitOfWork(engine)  # noqa: E731
-        first = notifications.deliver(new_uow, notification_id, 0, settings)
+        first = outbox.deliver(new_uow, notification_id, 0, settings)
         assert first.status == "pending" and first.retry_in_ms is not None and 30_000 <= first.retry_in_ms <= 60_000
         assert first.expected_attempts == 1
         # a duplicate of the first message (expects 0 attempts) is dropped; the retry's is early
-        assert notifications.deliver(new_uow, notification_id, 0, settings).status == "stale"
-        early = notifications.deliver(new_uow, notification_id, 1, settings)
+        assert outbox.deliver(new_uow, notification_id, 0, settings).status == "stale"
+        early = outbox.deliver(new_uow, notification_id, 1, settings)
         assert early.status == "not_due" and early.retry_in_ms is not None
-        assert notifications.deliver(new_uow, notification_id, None, settings).retry_in_ms is None
+        assert outbox.deliver(new_uow, notification_id, None, settings).retry_in_ms is None
         # the horizon has passed by the next attempt: failed, not retried
         with engine.begin() as connection:
             connection.execute(text("UPDATE notifications SET next_attempt_at = now(), "
                                     "created_at = now() - interval '59 minutes 50 seconds' WHERE id = :id"),
                                {"id": notification_id})
-        last = notifications.deliver(new_uow, notification_id, 1, settings)
+        last = outbox.deliver(new_uow, notification_id, 1, settings)
         assert last.status == "failed" and last.attempt == 2
         assert len(receiver.received()) == 2
     with engine.connect() as connection:
@@ -544,9 +545,9 @@ def test_an_outdated_message_is_dropped_and_retries_give_up_at_the_horizon(engin
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap():
-    settings = notifications.NotificationSettings(retry_base_ms=1000, retry_max_delay_ms=60_000)
+    settings = outbox.NotificationSettings(retry_base_ms=1000, retry_max_delay_ms=60_000)
     for attempt, ceiling in [(1, 1000), (2, 2000), (3, 4000), (7, 60_000), (60, 60_000)]:
-        delays = {notifications.backoff_ms(attempt, settings) for _ in range(200)}
+        delays = {outbox.backoff_ms(attempt, settings) for _ in range(200)}
         assert all(ceiling // 2 <= d <= ceiling for d in delays)
         assert len(delays) > 1  # jittered
 
@@ -556,9 +557,9 @@ def test_notifications_list_pages_filters_and_tenant_isolation(api, tokens, tena
         webhook_tenant(engine, tenant, receiver.url)
         ids = [enqueue_one(engine, tenant, "balance.low") for _ in range(3)]
         ids += [enqueue_one(engine, tenant, "invoice.finalized", {"invoiceId": "inv-1", "period": "2026-10"})]
-        settings = notifications.NotificationSettings()
+        settings = outbox.NotificationSettings()
         for notification_id in ids[:2]:  # two failed at once on 400
-            notifications.deliver(lambda: UnitOfWork(engine), notification_id, None, settings)
+            outbox.deliver(lambda: UnitOfWork(engine), notification_id, None, settings)
     admin = tokens["admin"]
     listed, cursor = [], ""
     while True:
@@ -584,14 +585,14 @@ def test_notifications_list_pages_filters_and_tenant_isolation(api, tokens, tena
 def test_operator_events_go_to_the_operator_settings(api, tokens, engine):
     secret = "whsec_operator_" + uuid.uuid4().hex
     with WebhookReceiver() as receiver:
-        operator = notifications.OperatorSettings(webhook_url=receiver.url, webhook_secret=secret)
+        operator = outbox.OperatorSettings(webhook_url=receiver.url, webhook_secret=secret)
         with UnitOfWork(engine) as uow:
-            ids = notifications.enqueue(uow, None, "reconciliation.mismatch", {"walletsChecked": 3, "mismatches": [
+            ids = outbox.enqueue(uow, None, "reconciliation.mismatch", {"walletsChecked": 3, "mismatches": [
                 {"tenantId": "t-x", "reason": "balance"}]}, operator=operator)
             uow.commit()
         assert len(ids) == 1
-        outcome = notifications.deliver(lambda: UnitOfWork(engine), ids[0], 0,
-                                        notifications.NotificationSettings(operator=operator))
+        outcome = outbox.deliver(lambda: UnitOfWork(engine), ids[0], 0,
+                                        outbox.NotificationSettings(operator=operator))
         assert outcome.status == "delivered"
         request = receiver.received()[0]
     assert documented_verifier()(secret, request.body, request.headers["LAD-Signature"])
@@ -600,8 +601,8 @@ def test_operator_events_go_to_the_operator_settings(api, tokens, engine):
     mine = [n for n in listed if n["id"] == str(ids[0])]
     assert mine and mine[0]["tenantId"] is None and mine[0]["status"] == "delivered"
     with UnitOfWork(engine) as uow:  # nothing configured: nothing enqueued
-        assert notifications.enqueue(uow, None, "reconciliation.mismatch", {},
-                                     operator=notifications.OperatorSettings()) == []
+        assert outbox.enqueue(uow, None, "reconciliation.mismatch", {},
+                                     operator=outbox.OperatorSettings()) == []
 
 
 # --- e-mail ---------------------------------------------------------------------------------------
@@ -609,11 +610,11 @@ def test_operator_events_go_to_the_operator_settings(api, tokens, engine):
 
 def test_email_sender_against_a_real_smtp_server():
     with SmtpInbox() as inbox:
-        settings = notifications.NotificationSettings(smtp_url=inbox.url, smtp_from="LAD Billing <billing@lad.test>")
-        subject, body = notifications.render_email(
+        settings = outbox.NotificationSettings(smtp_url=inbox.url, smtp_from="LAD Billing <billing@lad.test>")
+        subject, body = outbox.render_email(
             "balance.low", "t-mail", {"threshold": "10", "availableBalance": "7.5", "currency": "USD"},
             uuid.uuid4(), datetime.now(timezone.utc))
-        result = notifications.send_email(settings, "ops@tenant.test", subject, body, {"LAD-Event-Type": "balance.low"})
+        result = outbox.send_email(settings, "ops@tenant.test", subject, body, {"LAD-Event-Type": "balance.low"})
         assert result.ok and result.smtp_result.startswith("250")
         message = inbox.wait_for(lambda m: True)
         assert message["Subject"] == "[LAD Billing] Low balance: 7.5 USD available (alert at 10)"
@@ -623,12 +624,12 @@ def test_email_sender_against_a_real_smtp_server():
         assert "availableBalance: 7.5" in content and "Tenant: t-mail" in content
 
         inbox.replies.append("550 5.1.1 mailbox unavailable")
-        refused = notifications.send_email(settings, "gone@tenant.test", subject, body)
+        refused = outbox.send_email(settings, "gone@tenant.test", subject, body)
         assert not refused.ok and not refused.retryable and refused.smtp_result.startswith("550")
         inbox.replies.append("451 4.3.0 try again later")
-        later = notifications.send_email(settings, "ops@tenant.test", subject, body)
+        later = outbox.send_email(settings, "ops@tenant.test", subject, body)
         assert not later.ok and later.retryable
-    down = notifications.send_email(settings, "ops@tenant.test", subject, body)  # the server is gone
+    down = outbox.send_email(settings, "ops@tenant.test", subject, body)  # the server is gone
     assert not down.ok and down.retryable and down.error
 
 
@@ -639,8 +640,8 @@ def test_email_notification_delivered_in_process(engine, tenant):
         ids = [enqueue_one(engine, tenant, "balance.depleted", {"threshold": "0", "availableBalance": "0",
                                                                  "currency": "USD"}),
                enqueue_one(engine, tenant, "invoice.finalized", {"invoiceId": "inv-9", "period": "2026-10"})]
-        settings = notifications.NotificationSettings(smtp_url=inbox.url)
-        outcomes = [notifications.deliver(lambda: UnitOfWork(engine), i, 0, settings) for i in ids]
+        settings = outbox.NotificationSettings(smtp_url=inbox.url)
+        outcomes = [outbox.deliver(lambda: UnitOfWork(engine), i, 0, settings) for i in ids]
         assert [o.status for o in outcomes] == ["delivered", "delivered"]
         messages = {m["Subject"]: m for m in inbox.messages() if tenant in m.get_content()}
     assert set(messages) == {"[LAD Billing] Balance depleted: 0 USD available",
@@ -674,9 +675,9 @@ def test_network_errors_are_retried_and_a_dead_workers_attempt_is_recorded_as_ab
         closed.stop()  # nothing listens there any more: connection refused
         webhook_tenant(engine, tenant, closed_url)
         notification_id = enqueue_one(engine, tenant)
-        settings = notifications.NotificationSettings(retry_base_ms=1000)
+        settings = outbox.NotificationSettings(retry_base_ms=1000)
         new_uow = lambda: UnitOfWork(engine)  # noqa: E731
-        refused = notifications.deliver(new_uow, notification_id, 0, settings)
+        refused = outbox.deliver(new_uow, notification_id, 0, settings)
         assert refused.status == "pending" and refused.retry_in_ms is not None
         # a worker claims the next attempt and dies before recording anything
         configure(engine, tenant, ["1"], webhookUrl=receiver.url)
@@ -684,13 +685,13 @@ def test_network_errors_are_retried_and_a_dead_workers_attempt_is_recorded_as_ab
             connection.execute(text("UPDATE notifications SET next_attempt_at = now(), destination = :url "
                                     "WHERE id = :id"), {"id": notification_id, "url": receiver.url})
         with UnitOfWork(engine) as uow:
-            claimed = notifications.claim(uow, notification_id, 1, settings)
-        assert isinstance(claimed, notifications.Claimed) and claimed.attempt == 2
-        assert notifications.deliver(new_uow, notification_id, 2, settings).status == "leased"
+            claimed = outbox.claim(uow, notification_id, 1, settings)
+        assert isinstance(claimed, outbox.Claimed) and claimed.attempt == 2
+        assert outbox.deliver(new_uow, notification_id, 2, settings).status == "leased"
         with engine.begin() as connection:  # its lease runs out
             connection.execute(text("UPDATE notifications SET lease_until = now() - interval '1 second' "
                                     "WHERE id = :id"), {"id": notification_id})
-        assert notifications.deliver(new_uow, notification_id, 2, settings).status == "delivered"
+        assert outbox.deliver(new_uow, notification_id, 2, settings).status == "delivered"
         assert len(receiver.received()) == 1
     with engine.connect() as connection:
         attempts = connection.execute(text(
@@ -702,11 +703,11 @@ def test_network_errors_are_retried_and_a_dead_workers_attempt_is_recorded_as_ab
 
 
 def test_webhooks_to_private_addresses_are_refused_unless_allowed(monkeypatch):
-    from billing_core import notifications
+    from billing_core.notifications import outbox
 
     monkeypatch.delenv("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", raising=False)  # on in every environment
     for url in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data", "http://10.0.0.1/x"):
-        result = notifications.post_webhook(url, b"{}", {}, 1)
+        result = outbox.post_webhook(url, b"{}", {}, 1)
         assert not result.ok and not result.retryable and "non-public" in result.error, url
     monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "true")
-    assert "non-public" not in (notifications.post_webhook("http://127.0.0.1:9/hook", b"{}", {}, 1).error or "")
+    assert "non-public" not in (outbox.post_webhook("http://127.0.0.1:9/hook", b"{}", {}, 1).error or "")

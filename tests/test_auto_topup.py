@@ -19,7 +19,7 @@ import stripe
 from sqlalchemy import select
 
 from billing_core import exactjson
-from billing_core.tables import stripe_events
+from billing_core.payments.tables import stripe_events
 from tests.conftest import STRIPE_API_KEY, STRIPE_SECRET
 from tests.helpers import assert_ledger_consistent, stt_items, top_up, wallet
 
@@ -125,7 +125,7 @@ def stripe_grants(api, token: str) -> list[dict[str, Any]]:
 
 def scan_now() -> int:
     """Run the minute scan now, in this process, exactly as beat runs it."""
-    from tasks.auto_topup import scan_auto_topups
+    from tasks.payments import scan_auto_topups
 
     return scan_auto_topups()
 
@@ -442,7 +442,7 @@ def test_a_card_that_needs_3d_secure_fails_as_authentication_required(api, token
 def test_without_a_stripe_key_auto_top_up_answers_503(live, tenant):
     from dataclasses import replace
 
-    from billing_core.config import Settings
+    from billing_core.bootstrap import Settings
     from tests.conftest import TEST_SECRET
     from web.app import create_app
     from web.auth import TokenSettings, issue_token
@@ -552,8 +552,8 @@ def test_no_attempt_while_the_wallet_is_blocked(api, tokens, tenant, make_token,
 def test_allocations_grant_once_per_period_under_concurrent_beat_runs(api, tokens, tenant, make_token, engine):
     from datetime import datetime, timedelta, timezone
 
-    from billing_core import allocations
     from billing_core.db import UnitOfWork
+    from billing_core.ledger import allocations
 
     assert api.request("PUT", "/api/billing/allocations/monthly", tokens["charge"],
                        json={"amount": "100"}).status_code == 403

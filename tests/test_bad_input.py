@@ -6,7 +6,9 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from billing_core.tables import idempotency_records, ledger_entries, usage_events
+from billing_core.idempotency import idempotency_records
+from billing_core.ledger.tables import ledger_entries
+from billing_core.usage.tables import usage_events
 from tests.helpers import stt_items, top_up, wallet
 
 

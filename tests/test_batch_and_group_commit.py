@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
-from billing_core.tables import ledger_entries
+from billing_core.ledger.tables import ledger_entries
 from tests.helpers import assert_ledger_consistent, stt_items, top_up, wait_until_settled, wallet
 
 
@@ -81,7 +81,7 @@ def test_a_full_batch_of_1000_is_accepted_and_charged(api, tokens, tenant, make_
 def test_five_workers_race_for_one_wallets_10000_pending_events(live, tokens, tenant, make_token, engine):
     """Every event charged exactly once, with an unbroken balance chain, while five worker processes
     (the suite's own and four more) each keep claiming groups of the same wallet's events."""
-    from tasks.charging import charge_wallet
+    from tasks.usage import charge_wallet
 
     top_up(live.api, tokens["admin"], "90")  # 9,000 of the 10,000 fit: the rest must be rejected
     extra = [live.stack.start_worker(log=live.logs / f"racer-{n}.log", concurrency=1, name=f"racer-{n}")

@@ -10,18 +10,20 @@ import pytest
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from billing_core import charging, usage
-from billing_core.commands import ChargeRequest, TopUpRequest
-from billing_core.credits import top_up
 from billing_core.db import UnitOfWork
-from billing_core.tables import ledger_entries, usage_events
+from billing_core.ledger.commands import TopUpRequest
+from billing_core.ledger.credits import top_up
+from billing_core.ledger.tables import ledger_entries
+from billing_core.usage import charging, events
+from billing_core.usage.commands import ChargeRequest
+from billing_core.usage.tables import usage_events
 from tests.helpers import stt_items
 
 
-def accept(engine, tenant: str, key: str) -> usage.ChargeOutcome:
+def accept(engine, tenant: str, key: str) -> events.ChargeOutcome:
     command = ChargeRequest.model_validate({"featureKey": "f", "idempotencyKey": key, "items": stt_items("100")})
     with UnitOfWork(engine) as uow:
-        return usage.accept_charge(uow, tenant, command, user_id="test")
+        return events.accept_charge(uow, tenant, command, user_id="test")
 
 
 def fund(engine, tenant: str, amount: str) -> None:

@@ -17,7 +17,8 @@ import pytest
 from sqlalchemy import func, select
 
 from billing_core.db import engine_for
-from billing_core.tables import ledger_entries, usage_events
+from billing_core.ledger.tables import ledger_entries
+from billing_core.usage.tables import usage_events
 from devstack.servers import free_port
 from devstack.stack import Stack, drop_database
 from tests.conftest import TEST_SECRET

@@ -54,18 +54,15 @@ from hypothesis.stateful import (
 )
 from sqlalchemy import text
 
-from billing_core import charging, credits, entitlement, ledger, money, reservations, usage, wallets
-from billing_core.commands import (
-    AdjustmentRequest,
-    ChargeRequest,
-    ExtendReservationRequest,
-    RefundRequest,
-    ReleaseReservationRequest,
-    ReservationRequest,
-    TopUpRequest,
-)
+from billing_core import money
 from billing_core.db import UnitOfWork
 from billing_core.errors import BillingError
+from billing_core.ledger import credits, verification, wallets
+from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, TopUpRequest
+from billing_core.lifecycle import entitlement, holds
+from billing_core.lifecycle.commands import ExtendReservationRequest, ReleaseReservationRequest, ReservationRequest
+from billing_core.usage import charging, events
+from billing_core.usage.commands import ChargeRequest
 from tests.helpers import stt_items
 
 ZERO = Decimal(0)
@@ -171,8 +168,8 @@ class CreditMachine(RuleBasedStateMachine):
             "featureKey": feature, "idempotencyKey": self.key("charge"), "items": stt_items(str(int(seconds))),
             "reservationId": str(reservation_id) if reservation_id else None})
 
-    def accept(self, command: ChargeRequest) -> usage.ChargeOutcome | None:
-        return self.attempt("accept", lambda uow: usage.accept_charge(uow, self.tenant, command, user_id="prop"))
+    def accept(self, command: ChargeRequest) -> events.ChargeOutcome | None:
+        return self.attempt("accept", lambda uow: events.accept_charge(uow, self.tenant, command, user_id="prop"))
 
     def charge_batch(self) -> list[charging.Settled]:
         with UnitOfWork(self.engine) as uow:
@@ -184,7 +181,7 @@ class CreditMachine(RuleBasedStateMachine):
 
     def expire_due(self) -> None:
         with UnitOfWork(self.engine) as uow:
-            reservations.expire_due(uow, self.tenant)
+            holds.expire_due(uow, self.tenant)
         self.check_expired_as_far_as_possible()
 
     def check_expired_as_far_as_possible(self) -> None:
@@ -339,7 +336,7 @@ class CreditMachine(RuleBasedStateMachine):
         command = ReservationRequest(featureKey=feature, amount=text_amount(amount), ttlSeconds=900,
                                      idempotencyKey=self.key("reserve"))
         allowed = self.entitled(feature, amount)
-        result = self.attempt("reserve", lambda uow: reservations.reserve(uow, self.tenant, command, created_by="prop"))
+        result = self.attempt("reserve", lambda uow: holds.reserve(uow, self.tenant, command, created_by="prop"))
         assert (result is not None) == allowed, f"entitlement said allowed={allowed} for a hold of {amount}"
         if result is None:
             return multiple()
@@ -360,7 +357,7 @@ class CreditMachine(RuleBasedStateMachine):
         command = ExtendReservationRequest(amount=None if more_amount is None else text_amount(more_amount),
                                            ttlSeconds=ttl, idempotencyKey=self.key("extend"))
         allowed = hold.status == "active" and (more_amount is None or self.entitled(hold.feature_key, more_amount))
-        result = self.attempt("extend", lambda uow: reservations.extend(uow, self.tenant, hold.id, command,
+        result = self.attempt("extend", lambda uow: holds.extend(uow, self.tenant, hold.id, command,
                                                                          created_by="prop"))
         # holding more must fit in what may be spent now, as for a new hold (credits past their expiry
         # that no longer back a hold are not spendable), which is what entitlement answers
@@ -375,7 +372,7 @@ class CreditMachine(RuleBasedStateMachine):
         if hold is None:
             return
         command = ReleaseReservationRequest(idempotencyKey=self.key("release"))
-        result = self.attempt("release", lambda uow: reservations.release(uow, self.tenant, hold.id, command,
+        result = self.attempt("release", lambda uow: holds.release(uow, self.tenant, hold.id, command,
                                                                            created_by="prop"))
         if result is not None:
             assert result.reservation.status == "released"
@@ -465,7 +462,7 @@ class CreditMachine(RuleBasedStateMachine):
             with self.engine.begin() as connection:
                 connection.execute(move_expiry, params)
             with UnitOfWork(self.engine) as uow:
-                reservations.expire_due(uow, self.tenant)
+                holds.expire_due(uow, self.tenant)
             with UnitOfWork(self.engine) as uow:
                 settled = {s.usage_event_id: s.status for s in charging.charge_pending_batch(uow, self.tenant, 500)}
         else:
@@ -520,7 +517,7 @@ class CreditMachine(RuleBasedStateMachine):
         """A blocked wallet refuses charges and holds, but takes top-ups; then it is unblocked."""
         self.set_status("blocked")
         amount = max(TICK, sized(size, self.spendable()))
-        refused = self.attempt("reserve", lambda uow: reservations.reserve(uow, self.tenant, ReservationRequest(
+        refused = self.attempt("reserve", lambda uow: holds.reserve(uow, self.tenant, ReservationRequest(
             featureKey="call", amount=text_amount(amount), idempotencyKey=self.key("reserve")), created_by="prop"))
         assert refused is None
         accepted = self.accept(self.charge_command(amount, "call"))
@@ -541,7 +538,7 @@ class CreditMachine(RuleBasedStateMachine):
 
         def send(uow: UnitOfWork) -> Any:
             if operation == "reserve":
-                return reservations.reserve(uow, self.tenant, command, created_by="prop")
+                return holds.reserve(uow, self.tenant, command, created_by="prop")
             return getattr(credits, operation)(uow, self.tenant, command, created_by="prop")
 
         result = self.attempt(f"replay-{operation}", send)
@@ -584,8 +581,8 @@ def _check_books(connection: Any, tenant: str) -> None:
     def rows(sql: str) -> list[Any]:
         return connection.execute(text(sql), {"tenant": tenant}).all()
 
-    verification = ledger.verify(SimpleNamespace(connection=connection), tenant)
-    assert verification.ok, verification.mismatches
+    books = verification.verify(SimpleNamespace(connection=connection), tenant)
+    assert books.ok, books.mismatches
     wallet_rows = rows("SELECT * FROM wallets WHERE tenant_id = :tenant")
     if not wallet_rows:
         return

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select, text
 
-from billing_core.tables import ledger_entries, wallets
+from billing_core.ledger.tables import ledger_entries, wallets
 from tests.helpers import Api, assert_ledger_consistent, stt_items, top_up, wait_until_settled, wallet
 
 pytestmark = pytest.mark.faults

@@ -7,7 +7,8 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
-from billing_core.tables import ledger_entries, usage_events
+from billing_core.ledger.tables import ledger_entries
+from billing_core.usage.tables import usage_events
 from tests.helpers import Api, assert_ledger_consistent, stt_items, top_up, wait_until_settled, wallet
 
 
@@ -102,7 +103,7 @@ def test_500_concurrent_charges_against_balance_for_300(live, tokens, tenant, en
 
 def test_database_down_answers_503(tenant):
     """With PostgreSQL unreachable, a charge is refused with a clear 503 and nothing is promised."""
-    from billing_core.config import Settings
+    from billing_core.bootstrap import Settings
     from devstack.servers import free_port
     from web.app import create_app
     from web.auth import TokenSettings, issue_token

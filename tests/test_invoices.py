@@ -36,22 +36,20 @@ from pypdf import PdfReader
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from billing_core import charging, credits, invoices, reservations, usage, wallet_book
-from billing_core.commands import (
-    AdjustmentRequest,
-    ChargeRequest,
-    RefundRequest,
-    ReleaseReservationRequest,
-    ReservationRequest,
-    TopUpRequest,
-)
 from billing_core.db import UnitOfWork, engine_for
-from billing_core.invoices import Period
-from billing_core.tables import ledger_entries
-from billing_core.wallet_book import WalletBook
+from billing_core.invoicing import invoices
+from billing_core.invoicing.invoices import Period
+from billing_core.ledger import book, credits
+from billing_core.ledger.book import WalletBook
+from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, TopUpRequest
+from billing_core.ledger.tables import ledger_entries
+from billing_core.lifecycle import holds
+from billing_core.lifecycle.commands import ReleaseReservationRequest, ReservationRequest
+from billing_core.usage import charging, events
+from billing_core.usage.commands import ChargeRequest
 
 CENT = Decimal("0.01")
-PRICES = {  # the default catalog (billing_core.pricing.DEFAULT_CATALOG)
+PRICES = {  # the default catalog (billing_core.catalog.DEFAULT_CATALOG)
     ("stt", "openai", "whisper-1", "second"): Decimal("0.0001"),
     ("llm_prompt", "openai", "gpt-4", "token"): Decimal("0.00003"),
     ("llm_completion", "openai", "gpt-4", "token"): Decimal("0.00006"),
@@ -88,7 +86,7 @@ _flush_lock = threading.Lock()
 def ledger_dated(moment: datetime) -> Iterator[None]:
     """Ledger entries that billing_core writes in this process get created_at = moment: WalletBook.flush's
     own INSERT, with the time given instead of now()."""
-    original = wallet_book.insert_rows
+    original = book.insert_rows
 
     def dated(uow: UnitOfWork, table: Any, rows: list[dict[str, Any]]) -> None:
         if table is ledger_entries:
@@ -96,11 +94,11 @@ def ledger_dated(moment: datetime) -> Iterator[None]:
         original(uow, table, rows)
 
     with _flush_lock:
-        wallet_book.insert_rows = dated
+        book.insert_rows = dated
         try:
             yield
         finally:
-            wallet_book.insert_rows = original
+            book.insert_rows = original
 
 
 class History:
@@ -130,14 +128,14 @@ class History:
 
     def hold(self, at: datetime, feature: str, amount: str) -> uuid.UUID:
         with ledger_dated(at), self.uow() as uow:
-            result = reservations.reserve(uow, self.tenant, ReservationRequest(
+            result = holds.reserve(uow, self.tenant, ReservationRequest(
                 featureKey=feature, amount=amount, ttlSeconds=3600, idempotencyKey=str(uuid.uuid4())),
                 created_by="test")
         return result.reservation.id
 
     def release(self, at: datetime, reservation_id: uuid.UUID) -> None:
         with ledger_dated(at), self.uow() as uow:
-            reservations.release(uow, self.tenant, reservation_id, ReleaseReservationRequest(), created_by="test")
+            holds.release(uow, self.tenant, reservation_id, ReleaseReservationRequest(), created_by="test")
 
     def expired_promotion(self, at: datetime, amount: str) -> None:
         """A promotional grant past its expiry, ended in the same transaction (so the beat expiry job,
@@ -156,7 +154,7 @@ class History:
                                                 "idempotencyKey": str(uuid.uuid4()),
                                                 "reservationId": str(reservation_id) if reservation_id else None})
         with self.uow() as uow:
-            event = usage.accept_charge(uow, self.tenant, command, user_id="test").event
+            event = events.accept_charge(uow, self.tenant, command, user_id="test").event
         with self.engine.begin() as connection:  # accepted then (usage events are not append-only)
             connection.execute(text("UPDATE usage_events SET created_at = :at WHERE tenant_id = :t AND id = :id"),
                                {"at": accepted_at, "t": self.tenant, "id": event.id})

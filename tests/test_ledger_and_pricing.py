@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import text, update
 from sqlalchemy.exc import DBAPIError
 
-from billing_core import pricing
+from billing_core import catalog
 from billing_core.db import UnitOfWork
-from billing_core.tables import wallets
+from billing_core.ledger.tables import wallets
 from tests.helpers import stt_items, top_up, wallet
 
 
@@ -44,7 +44,7 @@ def test_verify_reports_a_balance_that_disagrees_with_its_entries(api, tokens, t
 
 def test_tenant_override_wins_and_stays_private(api, tokens, tenant, engine, make_token):
     with UnitOfWork(engine) as uow:
-        pricing.set_price(uow, tenant_id=tenant, key=("stt", "openai", "whisper-1", "second"),
+        catalog.set_price(uow, tenant_id=tenant, key=("stt", "openai", "whisper-1", "second"),
                           unit_price=Decimal("0.00005"), description="negotiated")
         uow.commit()
     mine = api.get("/api/billing/pricing?category=stt&provider=openai&model=whisper-1&unit=second", tokens["any"])
@@ -66,7 +66,7 @@ def test_price_change_applies_from_its_start_and_never_rewrites_history(api, tok
                       json={"featureKey": "f", "idempotencyKey": "before", "items": stt_items("1000")})
     assert before.json()["usageEvent"]["totalCost"] == "0.1"
     with UnitOfWork(engine) as uow:
-        pricing.set_price(uow, tenant_id=tenant, key=("stt", "openai", "whisper-1", "second"),
+        catalog.set_price(uow, tenant_id=tenant, key=("stt", "openai", "whisper-1", "second"),
                           unit_price=Decimal("0.0002"), effective_from=datetime.now(timezone.utc) - timedelta(seconds=1))
         uow.commit()
     after = api.post("/api/billing/charge", tokens["charge"],

@@ -598,10 +598,10 @@ def test_a_settlement_accepted_before_its_hold_expired_settles_it_though_the_hol
     broker is down and the charge waits for the pending sweep."""
     from sqlalchemy import update
 
-    from billing_core import usage
-    from billing_core.commands import ChargeRequest
     from billing_core.db import UnitOfWork
-    from billing_core.tables import reservations
+    from billing_core.lifecycle.tables import reservations
+    from billing_core.usage import events
+    from billing_core.usage.commands import ChargeRequest
 
     run = Run()
     client = Client(live.api.base_url, tokens["charge"], run)
@@ -615,7 +615,7 @@ def test_a_settlement_accepted_before_its_hold_expired_settles_it_though_the_hol
                                             "idempotencyKey": f"late-{uuid.uuid4()}",
                                             "reservationId": reservation_id})
     with UnitOfWork(engine) as uow:
-        event = usage.accept_charge(uow, tenant, command, user_id="test").event
+        event = events.accept_charge(uow, tenant, command, user_id="test").event
     assert event.status == "pending"
     # the hold runs out just after the charge was made (its TTL was shorter than the work took)
     with engine.begin() as connection:

@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from billing_core import money
-from billing_core.commands import ChargeRequest, fingerprint_body
+from billing_core.usage.commands import ChargeRequest, fingerprint_body
 from web.json import BillingJSONProvider
 
 

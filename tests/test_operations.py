@@ -12,22 +12,22 @@ from decimal import Decimal
 
 from sqlalchemy import text, update
 
-from billing_core.tables import wallets
+from billing_core.ledger.tables import wallets
 from tests.helpers import stt_items, top_up
 
 
 def test_the_schedule_is_utc_crontab_entries_that_expire(live):  # live: the queue names are set
     from celery.schedules import crontab
 
-    import celeryconfig
+    import tasks.config
 
-    assert celeryconfig.timezone == "UTC" and celeryconfig.enable_utc
-    for name, entry in celeryconfig.beat_schedule.items():
+    assert tasks.config.timezone == "UTC" and tasks.config.enable_utc
+    for name, entry in tasks.config.beat_schedule.items():
         assert entry["options"]["expires"] > 0, name
         if name != "sweep-pending-charges":  # sub-minute in the test stack only
             assert isinstance(entry["schedule"], crontab), name
     assert {"expire-credits", "reconcile-ledgers", "sweep-pending-charges", "sweep-stripe-events"} <= set(
-        celeryconfig.beat_schedule)
+        tasks.config.beat_schedule)
 
 
 def test_a_job_runs_on_demand_from_the_cli(live):
@@ -42,8 +42,8 @@ def test_a_job_runs_on_demand_from_the_cli(live):
 
 
 def test_reconciliation_records_one_run_per_hour_however_often_it_runs(engine):
-    from billing_core import reconciliation
     from billing_core.db import UnitOfWork
+    from billing_core.ledger import reconciliation
 
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM reconciliation_runs"))

@@ -18,7 +18,7 @@ from pypdf import PdfReader
 from sqlalchemy import text
 
 from billing_core.db import UnitOfWork, engine_for
-from billing_core.invoices import rollup
+from billing_core.invoicing.invoices import rollup
 from devstack.stack import ROOT
 from tests.helpers import stt_items, top_up, wait_until_settled
 from tests.test_invoices import STT, TTS, History, items, months
@@ -331,7 +331,7 @@ def test_blocking_needs_a_reason_and_is_recorded(api, live, tenant_b, make_token
 
 
 def test_operations_show_the_backlog_and_the_reconciliation_runs(api, live, tenant_b, make_token):
-    from billing_core import reconciliation
+    from billing_core.ledger import reconciliation
 
     with UnitOfWork(tenant_b_engine(live)) as uow:
         reconciliation.reconcile(uow)  # this hour's run (or the one already recorded)
@@ -764,7 +764,7 @@ def test_portal_auto_top_up_form_changes_the_rule(browser, api, live, make_token
 def test_without_stripe_the_portal_says_auto_top_up_is_unavailable(live, api, tenant_a):
     import dataclasses
 
-    from billing_core.config import Settings
+    from billing_core.bootstrap import Settings
     from tests.conftest import TEST_SECRET
     from web.app import create_app
     from web.auth import TokenSettings

@@ -10,17 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing_core import money
+from billing_core.catalog.models import GRADUATED, PACKAGE, UNIT, Terms, Tier, packages_for, rate, terms_from_request
 from billing_core.errors import ValidationFailed
-from billing_core.pricing.models import (
-    GRADUATED,
-    PACKAGE,
-    UNIT,
-    Terms,
-    Tier,
-    packages_for,
-    rate,
-    terms_from_request,
-)
 
 D = Decimal
 TIERS = (Tier(D(1000), D("0.01")), Tier(D(5000), D("0.005")), Tier(None, D("0.001")))

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 
-from billing_core.tables import tier_positions
+from billing_core.catalog.tables import tier_positions
 from tests.helpers import Api, assert_ledger_consistent, top_up, wait_until_settled, wallet
 
 D = Decimal
@@ -294,13 +294,15 @@ def test_graduated_charges_in_a_month_add_up_to_the_price_of_the_total(engine, m
     """In-process on the real database: charges accepted, then settled in groups of `group` (group
     commit), some refunded along the way. The sum of the charged costs equals the graduated price of
     the month's total at once, refunds or not (costs stay as charged)."""
-    from billing_core import credits, usage
-    from billing_core.charging import charge_pending_batch
-    from billing_core.commands import ChargeRequest, RefundRequest, TopUpRequest
+    from billing_core.catalog import Terms, put_price
+    from billing_core.catalog.models import terms_from_request
     from billing_core.db import UnitOfWork
-    from billing_core.pricing import Terms, put_price
-    from billing_core.pricing.models import terms_from_request
-    from billing_core.wallets import debit_for_event
+    from billing_core.ledger import credits
+    from billing_core.ledger.commands import RefundRequest, TopUpRequest
+    from billing_core.ledger.wallets import debit_for_event
+    from billing_core.usage import events
+    from billing_core.usage.charging import charge_pending_batch
+    from billing_core.usage.commands import ChargeRequest
 
     tenant = f"p-{uuid.uuid4().hex[:12]}"
     item = new_item()
@@ -311,13 +313,13 @@ def test_graduated_charges_in_a_month_add_up_to_the_price_of_the_total(engine, m
         put_price(uow, tenant_id=tenant, key=key, terms=terms, effective_from=None, description=None)
     with UnitOfWork(engine) as uow:
         credits.top_up(uow, tenant, TopUpRequest(amount="100000", idempotencyKey="fund"), created_by="prop")
-    events = []
+    accepted = []
     for index, (quantity, refund_it) in enumerate(steps):
         with UnitOfWork(engine) as uow:
-            outcome = usage.accept_charge(uow, tenant, ChargeRequest(
+            outcome = events.accept_charge(uow, tenant, ChargeRequest(
                 featureKey="calls", idempotencyKey=f"k-{index}", items=[{**item, "quantity": str(quantity)}]),
                 user_id="prop")
-        events.append((outcome.event.id, refund_it))
+        accepted.append((outcome.event.id, refund_it))
         if index % group == group - 1:
             with UnitOfWork(engine) as uow:
                 charge_pending_batch(uow, tenant, limit=group)
@@ -325,7 +327,7 @@ def test_graduated_charges_in_a_month_add_up_to_the_price_of_the_total(engine, m
         with UnitOfWork(engine) as uow:
             if not charge_pending_batch(uow, tenant, limit=group):
                 break
-    for event_id, refund_it in events:
+    for event_id, refund_it in accepted:
         if refund_it:
             with UnitOfWork(engine) as uow:
                 debit = debit_for_event(uow, tenant, event_id)
@@ -341,7 +343,7 @@ def test_graduated_charges_in_a_month_add_up_to_the_price_of_the_total(engine, m
     assert sum((r.total_cost for r in rows), D(0)) == at_once(total)
     # a later charge continues from the whole month, refunds notwithstanding
     with UnitOfWork(engine) as uow:
-        outcome = usage.accept_charge(uow, tenant, ChargeRequest(
+        outcome = events.accept_charge(uow, tenant, ChargeRequest(
             featureKey="calls", idempotencyKey="last", items=[{**item, "quantity": "1"}]), user_id="prop")
     with UnitOfWork(engine) as uow:
         charge_pending_batch(uow, tenant, limit=10)

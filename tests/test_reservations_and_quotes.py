@@ -275,16 +275,16 @@ def test_another_tenants_quote_is_not_found(api, tokens, make_token):
 
 def test_a_charge_made_before_its_hold_expired_settles_it_late(api, tokens, tenant, engine):
     """The hold expired (and was released) between the charge's acceptance and its settlement."""
-    from billing_core import usage
-    from billing_core.commands import ChargeRequest
     from billing_core.db import UnitOfWork
+    from billing_core.usage import events
+    from billing_core.usage.commands import ChargeRequest
 
     top_up(api, tokens["admin"], "10")
     hold = reserve(api, tokens["charge"], "3").json()["reservation"]
     with UnitOfWork(engine) as uow:  # accepted, but no worker told yet
-        outcome = usage.accept_charge(uow, tenant, ChargeRequest(
+        outcome = events.accept_charge(uow, tenant, ChargeRequest(
             featureKey="voice-call", items=stt_items("20000"), reservationId=hold["id"]), user_id="t")
-    from billing_core import reservations
+    from billing_core.lifecycle import holds
 
     # the hold runs out just after the charge was made, and the expiry job ends it before it sees the
     # charge (as when it runs while the acceptance has not committed yet): the charge is hidden from it
@@ -294,7 +294,7 @@ def test_a_charge_made_before_its_hold_expired_settles_it_late(api, tokens, tena
         connection.execute(text("UPDATE usage_events SET status = 'rejected' WHERE id = :id"),
                            {"id": outcome.event.id})
     with UnitOfWork(engine) as uow:
-        assert reservations.expire_due(uow, tenant) == 1
+        assert holds.expire_due(uow, tenant) == 1
     with engine.begin() as connection:
         connection.execute(text("UPDATE usage_events SET status = 'pending' WHERE id = :id"),
                            {"id": outcome.event.id})

@@ -295,7 +295,7 @@ def test_metrics_label_unknown_methods_other_and_are_not_public(live):
 
 
 def test_non_public_addresses_are_refused_including_nat64_6to4_multicast_and_reserved():
-    from billing_core.webhook_destinations import is_public
+    from billing_core.notifications.destinations import is_public
 
     for address in ("127.0.0.1", "10.0.0.1", "169.254.169.254", "100.64.0.1", "224.0.0.1", "240.0.0.1",
                     "0.0.0.0", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "64:ff9b::7f00:1",
@@ -306,23 +306,23 @@ def test_non_public_addresses_are_refused_including_nat64_6to4_multicast_and_res
 
 
 def test_the_guard_is_on_by_default_and_fails_closed_on_lookup_errors(monkeypatch):
-    from billing_core import notifications
+    from billing_core.notifications import outbox
 
     monkeypatch.delenv("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", raising=False)
     monkeypatch.delenv("LAD_ENV", raising=False)  # development: on all the same
-    refused = notifications.post_webhook("http://127.0.0.1:9/hook", b"{}", {}, 1)
+    refused = outbox.post_webhook("http://127.0.0.1:9/hook", b"{}", {}, 1)
     assert not refused.ok and not refused.retryable and "non-public" in refused.error
 
     def failing_lookup(*args, **kwargs):
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
     monkeypatch.setattr(socket, "getaddrinfo", failing_lookup)
-    result = notifications.post_webhook("http://hooks.example.test/x", b"{}", {}, 1)
+    result = outbox.post_webhook("http://hooks.example.test/x", b"{}", {}, 1)
     assert not result.ok and "could not be resolved" in result.error
 
 
 def test_the_host_is_resolved_once_and_the_checked_address_is_the_one_connected(monkeypatch):
-    from billing_core import notifications
+    from billing_core.notifications import outbox
 
     monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "true")  # the receiver is local
     real_lookup, lookups = socket.getaddrinfo, []
@@ -340,7 +340,7 @@ def test_the_host_is_resolved_once_and_the_checked_address_is_the_one_connected(
     with WebhookReceiver([500], then=200) as receiver:
         port = int(receiver.url.split(":")[2].split("/")[0])
         monkeypatch.setattr(socket, "getaddrinfo", rebinding)
-        result = notifications.post_webhook(f"http://rebind.example.test:{port}/hooks/lad", b"{}",
+        result = outbox.post_webhook(f"http://rebind.example.test:{port}/hooks/lad", b"{}",
                                             {"Content-Type": "application/json"}, 5)
         monkeypatch.setattr(socket, "getaddrinfo", real_lookup)
         got = receiver.received()
@@ -352,7 +352,7 @@ def test_the_host_is_resolved_once_and_the_checked_address_is_the_one_connected(
 def test_a_failure_record_keeps_the_status_and_at_most_200_bytes_never_headers(monkeypatch):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from billing_core import notifications
+    from billing_core.notifications import outbox
 
     monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "true")
 
@@ -373,7 +373,7 @@ def test_a_failure_record_keeps_the_status_and_at_most_200_bytes_never_headers(m
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        result = notifications.post_webhook(f"http://127.0.0.1:{server.server_address[1]}/h", b"{}", {}, 5)
+        result = outbox.post_webhook(f"http://127.0.0.1:{server.server_address[1]}/h", b"{}", {}, 5)
     finally:
         server.shutdown()
         server.server_close()
@@ -398,8 +398,8 @@ def test_entitlement_checks_spend_the_view_scope_not_the_charge_bucket(api, toke
 
 
 def test_invoice_csv_cells_that_would_be_formulas_are_prefixed_and_numbers_stay_numbers():
-    from billing_core.invoice_render import invoice_csv
-    from billing_core.invoices import Invoice, InvoiceLine
+    from billing_core.invoicing.invoices import Invoice, InvoiceLine
+    from billing_core.invoicing.rendering import invoice_csv
 
     zero = Decimal(0)
     line = InvoiceLine(line_no=1, line_type="adjustment", feature_key="-f", category=None, provider=None,

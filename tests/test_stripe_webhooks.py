@@ -18,9 +18,11 @@ import pytest
 import stripe
 from sqlalchemy import func, select, text
 
-from billing_core import exactjson, stripe_payments
+from billing_core import exactjson
 from billing_core.db import UnitOfWork
-from billing_core.tables import stripe_events, wallets
+from billing_core.ledger.tables import wallets
+from billing_core.payments import stripe_events as stripe_event_store
+from billing_core.payments.tables import stripe_events
 from tests.conftest import STRIPE_SECRET
 from tests.helpers import Api, stt_items, top_up, wallet
 
@@ -395,9 +397,9 @@ def test_refund_racing_its_checkout_is_not_left_waiting(engine, tenant, monkeypa
     checkout = checkout_completed(tenant, payment, 500)
     for event in (refund, checkout):  # stored directly: no task is queued, this test plays both workers
         with UnitOfWork(engine) as uow:
-            assert stripe_payments.record_event(uow, exactjson.loads(exactjson.dumps(event)))
+            assert stripe_event_store.record_event(uow, exactjson.loads(exactjson.dumps(event)))
 
-    real_mark = stripe_payments._mark
+    real_mark = stripe_event_store._mark
     outcome: dict[str, Any] = {}
     threads: list[threading.Thread] = []
 
@@ -405,7 +407,7 @@ def test_refund_racing_its_checkout_is_not_left_waiting(engine, tenant, monkeypa
         try:
             with UnitOfWork(engine) as uow:
                 outcome["pid"] = uow.connection.execute(select(func.pg_backend_pid())).scalar_one()
-                outcome["checkout"] = stripe_payments.process_event(uow, checkout["id"])
+                outcome["checkout"] = stripe_event_store.process_event(uow, checkout["id"])
         except BaseException as exc:  # noqa: BLE001 - reported below
             outcome["error"] = exc
 
@@ -427,9 +429,9 @@ def test_refund_racing_its_checkout_is_not_left_waiting(engine, tenant, monkeypa
                 assert time.monotonic() < deadline, "the checkout neither finished nor waited on a lock"
                 time.sleep(0.05)
 
-    monkeypatch.setattr(stripe_payments, "_mark", mark_then_let_the_checkout_run)
+    monkeypatch.setattr(stripe_event_store, "_mark", mark_then_let_the_checkout_run)
     with UnitOfWork(engine) as uow:
-        stripe_payments.process_event(uow, refund["id"])
+        stripe_event_store.process_event(uow, refund["id"])
     threads[0].join(DEADLINE_SECONDS)
     assert not threads[0].is_alive()
     assert "error" not in outcome, outcome.get("error")

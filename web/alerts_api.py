@@ -8,18 +8,18 @@ from typing import Annotated, Any, Literal
 from flask import Response
 from pydantic import BaseModel, Field
 
-from billing_core import alerts, logs, notifications
-from billing_core.alerts import AlertSettingsRequest
-from billing_core.commands import TenantId
+from billing_core import logs
 from billing_core.errors import NotFound
+from billing_core.fields import TenantId
+from billing_core.notifications import alerts, outbox
+from billing_core.notifications.alerts import AlertSettingsRequest
 from tasks.notifications import check_balance_alerts
-
-from . import schemas
-from .api import BROKER_ERRORS, billing, documented, ok, unit_of_work
-from .auth import ADMIN, MANAGE, authenticate, managed_tenant
-from .limits import rate_limited
-from .parsing import json_body, parse, parse_query, path_uuid
-from .representations import amount, timestamp
+from web import schemas
+from web.api import BROKER_ERRORS, billing, documented, ok, unit_of_work
+from web.auth import ADMIN, MANAGE, authenticate, managed_tenant
+from web.limits import rate_limited
+from web.parsing import json_body, parse, parse_query, path_uuid
+from web.representations import amount, timestamp
 
 log = logs.get(__name__)
 
@@ -117,11 +117,11 @@ def show_settings(s: alerts.AlertSettings) -> dict[str, Any]:
     }
 
 
-def show_notification(n: notifications.Notification) -> dict[str, Any]:
+def show_notification(n: outbox.Notification) -> dict[str, Any]:
     return {
         "id": str(n.id), "tenantId": n.tenant_id, "type": n.event_type, "channel": n.channel,
         "destination": n.destination, "status": n.status, "attemptCount": n.attempts,
-        "nextAttemptAt": timestamp(n.next_attempt_at) if n.status == notifications.PENDING else None,
+        "nextAttemptAt": timestamp(n.next_attempt_at) if n.status == outbox.PENDING else None,
         "lastError": n.last_error, "createdAt": timestamp(n.created_at), "deliveredAt": timestamp(n.delivered_at),
         "failedAt": timestamp(n.failed_at), "payload": n.payload,
         "attempts": [{"attempt": a.attempt, "startedAt": timestamp(a.started_at), "durationMs": a.duration_ms,
@@ -184,7 +184,7 @@ def get_notifications() -> Response:
     else:
         _, tenant_id = managed_tenant(query.tenantId)
     with unit_of_work() as uow:
-        found, next_cursor = notifications.list_notifications(
+        found, next_cursor = outbox.list_notifications(
             uow, tenant_id, status=query.status, event_type=query.type, channel=query.channel, limit=query.limit,
             cursor=query.cursor)
     return ok(notifications=[show_notification(n) for n in found], nextCursor=next_cursor)
@@ -197,7 +197,7 @@ def get_notification(notification_id: str) -> Response:
     _, tenant_id = managed_tenant(parse_query(schemas.TenantQuery).tenantId)
     wanted = path_uuid(notification_id, "notification")
     with unit_of_work() as uow:
-        found, _ = notifications.list_notifications(uow, tenant_id, ids=[wanted], limit=1)
+        found, _ = outbox.list_notifications(uow, tenant_id, ids=[wanted], limit=1)
     if not found:
         raise NotFound(f"notification {notification_id} not found")
     return ok(notification=show_notification(found[0]))

@@ -9,28 +9,24 @@ import redis
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from spectree import Response as Documented
 
-from billing_core import credits, history, ledger, logs, metrics, money, pricing, quotes, usage
-from billing_core.commands import MAX_BATCH_ITEMS, ChargeBatchRequest, ChargeRequest, QuoteRequest, TopUpRequest
+from billing_core import catalog, logs, metrics, money
 from billing_core.db import UnitOfWork, engine_for, read_engine
 from billing_core.errors import ValidationFailed
-from billing_core.usage import PENDING, ChargeOutcome
-from tasks.charging import request_charging
-
-from . import representations as show
-from . import schemas
-from .auth import ADMIN, CHARGE, VIEW, authenticate, tenant_for
-from .errors import error_response
-from .limits import rate_limited
-from .openapi import spec
-from .parsing import (
-    json_body,
-    parse,
-    parse_batch_event,
-    parse_query,
-    path_uuid,
-    time_bound,
-    with_idempotency_header,
-)
+from billing_core.ledger import credits, verification
+from billing_core.ledger.commands import TopUpRequest
+from billing_core.lifecycle import quotes
+from billing_core.lifecycle.commands import QuoteRequest
+from billing_core.usage import events, history
+from billing_core.usage.commands import MAX_BATCH_ITEMS, ChargeBatchRequest, ChargeRequest
+from billing_core.usage.events import PENDING, ChargeOutcome
+from tasks.usage import request_charging
+from web import representations as show
+from web import schemas
+from web.auth import ADMIN, CHARGE, VIEW, authenticate, tenant_for
+from web.errors import error_response
+from web.limits import rate_limited
+from web.openapi import spec
+from web.parsing import json_body, parse, parse_batch_event, parse_query, path_uuid, time_bound, with_idempotency_header
 
 log = logs.get(__name__)
 billing = Blueprint("billing", __name__, url_prefix="/api/billing")
@@ -75,8 +71,8 @@ def get_pricing() -> Response:
     with unit_of_work() as uow:
         now = time_bound(query.at, "at", end=False) or uow.now()
         if all(key):
-            return ok(price=show.price(pricing.find_price(uow, tenant_id, key, now)))  # type: ignore[arg-type]
-        found = pricing.list_prices(uow, tenant_id, now, category=query.category, provider=query.provider,
+            return ok(price=show.price(catalog.find_price(uow, tenant_id, key, now)))  # type: ignore[arg-type]
+        found = catalog.list_prices(uow, tenant_id, now, category=query.category, provider=query.provider,
                                     model=query.model, unit=query.unit)
     return ok(prices=[show.price(p) for p in found])
 
@@ -93,7 +89,7 @@ def post_quote() -> Response:
         quote, priced = quotes.create_quote(
             uow, tenant_id, command.items, command.ttlSeconds or current_app.config["LAD_SETTINGS"].quote_ttl_seconds)
     return ok(quote={"quoteId": str(quote.id), "expiresAt": show.timestamp(quote.expires_at),
-                     "totalCost": show.amount(money.total(p.cost for p in priced)), "currency": pricing.CURRENCY,
+                     "totalCost": show.amount(money.total(p.cost for p in priced)), "currency": catalog.CURRENCY,
                      "items": [show.quote_line(p) for p in priced]})
 
 
@@ -139,7 +135,7 @@ def post_charge() -> Response:
     tenant_id = tenant_for(principal, _one_tenant(command.tenantId, query.tenantId))
     wait = 0 if "respond-async" in request.headers.get("Prefer", "") else query.wait
     with unit_of_work() as uow:
-        outcome = usage.accept_charge(uow, tenant_id, command, user_id=principal.subject, request_id=g.request_id)
+        outcome = events.accept_charge(uow, tenant_id, command, user_id=principal.subject, request_id=g.request_id)
     event = outcome.event
     _log_accepted(tenant_id, [outcome.event] if not outcome.replayed else [])
     if not outcome.replayed and not _request_charging(tenant_id, [(event.id, event.task_id)]):
@@ -171,7 +167,7 @@ def post_charges() -> Response:
     tenant_id = tenant_for(principal, _one_tenant(batch.tenantId, parse_query(schemas.TenantQuery).tenantId))
     commands = [parse_batch_event(index, event, tenant_id) for index, event in enumerate(batch.events)]
     with unit_of_work() as uow:
-        acceptances = usage.accept_charges(uow, tenant_id, commands, user_id=principal.subject,
+        acceptances = events.accept_charges(uow, tenant_id, commands, user_id=principal.subject,
                                            request_id=g.request_id)
     _log_accepted(tenant_id, [a.event for a in acceptances if a.event is not None and not a.replayed])
     accepted = [(a.event.id, a.event.task_id) for a in acceptances if a.event is not None and not a.replayed]
@@ -180,7 +176,7 @@ def post_charges() -> Response:
     return ok(202, results=[show.batch_result(index, a) for index, a in enumerate(acceptances)])
 
 
-def _log_accepted(tenant_id: str, events: list[usage.UsageEvent]) -> None:
+def _log_accepted(tenant_id: str, events: list[events.UsageEvent]) -> None:
     """One log line per request, not per charge (1,000 lines per batch were ~20% of the web's CPU,
     bench/PROFILE.md): its ids space-separated, so a grep for any one of them finds the line."""
     metrics.CHARGES_ACCEPTED.inc(len(events))
@@ -214,7 +210,7 @@ def _wait_for_outcome(tenant_id: str, outcome: ChargeOutcome, wait: int) -> Char
     def settled() -> bool:
         nonlocal latest
         with unit_of_work() as uow:
-            latest = usage.load_outcome(uow, tenant_id, outcome.event.id)
+            latest = events.load_outcome(uow, tenant_id, outcome.event.id)
         return latest.event.status != PENDING
 
     current_app.extensions["lad_outcomes"].wait(str(outcome.event.id), wait, settled)
@@ -248,7 +244,7 @@ def get_task(task_id: str) -> Response:
         authenticate(CHARGE)  # answers 403 naming the capability
     tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
     with unit_of_work() as uow:
-        outcome = usage.find_by_task(uow, tenant_id, path_uuid(task_id, "task"))
+        outcome = events.find_by_task(uow, tenant_id, path_uuid(task_id, "task"))
     return ok(task=show.task(outcome))
 
 
@@ -277,7 +273,7 @@ def get_usage_event(usage_event_id: str) -> Response:
     principal = authenticate(VIEW)
     tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
     with unit_of_work() as uow:
-        outcome = usage.load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
+        outcome = events.load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
     return ok(usageEvent=show.usage_event_detail(outcome))
 
 
@@ -289,7 +285,7 @@ def get_transactions() -> Response:
     query = parse_query(schemas.TransactionsQuery)
     tenant_id = tenant_for(principal, query.tenantId)
     with read_unit_of_work() as uow:
-        entries, next_cursor = ledger.list_entries(
+        entries, next_cursor = verification.list_entries(
             uow, tenant_id, start=time_bound(query.from_, "from", end=False),
             end=time_bound(query.to, "to", end=True), entry_type=query.type, limit=query.limit, cursor=query.cursor,
         )
@@ -302,5 +298,5 @@ def get_transactions() -> Response:
 def get_ledger_verification() -> Response:
     authenticate(ADMIN)
     with unit_of_work() as uow:
-        result = ledger.verify(uow, parse_query(schemas.TenantQuery).tenantId)
+        result = verification.verify(uow, parse_query(schemas.TenantQuery).tenantId)
     return ok(**show.verification(result))

@@ -9,29 +9,21 @@ from flask import Flask, Response, redirect, request
 from werkzeug.routing import RequestRedirect
 
 from billing_core import logs
-from billing_core.config import Settings
+from billing_core.bootstrap import Settings
 
 # their routes join the blueprint
-from . import (  # noqa: F401
-    alerts_api,
-    auto_topup_api,
-    invoices_api,
-    lifecycle_api,
-    page_sessions_api,
-    stripe_webhook,
-)
-from .api import billing
-from .auth import TokenSettings
-from .errors import register_error_handlers
-from .health import health
-from .json import BillingJSONProvider
-from .limits import init_limiter
-from .observability import init_observability
-from .openapi import spec
-from .outcomes import ChargeOutcomeListener
-from .pages.common import public_url
-from .pages.console import console
-from .pages.portal import portal
+from web.api import billing
+from web.auth import TokenSettings
+from web.errors import register_error_handlers
+from web.health import health
+from web.json import BillingJSONProvider
+from web.limits import init_limiter
+from web.observability import init_observability
+from web.openapi import spec
+from web.outcomes import ChargeOutcomeListener
+from web.pages.common import public_url
+from web.pages.console import console
+from web.pages.portal import portal
 
 # One body limit per route, decided here: 1 MiB, and more only for the batch endpoint (1,000 charges
 # with their items and metadata). web.serving enforces it while reading a body, before any route or
@@ -83,7 +75,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     settings: Settings = app.config["LAD_SETTINGS"]
     app.extensions["lad_tokens"] = app.config.get("LAD_TOKENS") or TokenSettings.from_env()
     app.extensions["lad_outcomes"] = ChargeOutcomeListener(settings.redis_url, settings.charge_outcome_channel)
-    from . import pricing_api  # noqa: F401 - pricing models, costs and margins: routes join the blueprint
+    from web import pricing_api  # noqa: F401 - pricing models, costs and margins: routes join the blueprint
     app.register_blueprint(billing)
     init_limiter(app)
     app.register_blueprint(health)
@@ -92,7 +84,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     init_observability(app)
     spec.register(app)
-    from .cli import billing_cli
+    from web.cli import billing_cli
 
     app.cli.add_command(billing_cli)
     logs.configure()

@@ -11,8 +11,7 @@ import jwt
 from flask import current_app, g, request
 
 from billing_core import logs
-
-from .errors import ApiError
+from web.errors import ApiError
 
 log = logs.get(__name__)
 

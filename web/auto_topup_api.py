@@ -10,22 +10,22 @@ from flask import Response, current_app, request
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from sqlalchemy.exc import OperationalError
 
-from billing_core import allocations, logs
-from billing_core.allocations import AllocationName, AllocationRequest
-from billing_core.auto_topup import attempts, customers, rules
-from billing_core.auto_topup.payment import StripeGateway
-from billing_core.auto_topup.rules import AutoTopupRequest
-from billing_core.commands import Strict, TenantId
+from billing_core import logs
 from billing_core.errors import NotFound, ValidationFailed
-from tasks.auto_topup import check_auto_topup
-
-from . import schemas
-from .api import BROKER_ERRORS, billing, documented, ok, unit_of_work
-from .auth import ADMIN, MANAGE, authenticate, managed_tenant, tenant_for
-from .errors import ApiError
-from .limits import rate_limited
-from .parsing import json_body, parse, parse_query
-from .representations import amount, timestamp
+from billing_core.fields import Strict, TenantId
+from billing_core.ledger import allocations
+from billing_core.ledger.allocations import AllocationName, AllocationRequest
+from billing_core.payments.auto_topup import attempts, customers, rules
+from billing_core.payments.auto_topup.payment import StripeGateway
+from billing_core.payments.auto_topup.rules import AutoTopupRequest
+from tasks.payments import check_auto_topup
+from web import schemas
+from web.api import BROKER_ERRORS, billing, documented, ok, unit_of_work
+from web.auth import ADMIN, MANAGE, authenticate, managed_tenant, tenant_for
+from web.errors import ApiError
+from web.limits import rate_limited
+from web.parsing import json_body, parse, parse_query
+from web.representations import amount, timestamp
 
 log = logs.get(__name__)
 

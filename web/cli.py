@@ -5,7 +5,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
-from billing_core import pricing
+from billing_core import catalog
 from billing_core.db import UnitOfWork, engine_for
 
 billing_cli = AppGroup("billing", help="LAD Billing administration.")
@@ -15,7 +15,7 @@ billing_cli = AppGroup("billing", help="LAD Billing administration.")
 def load_catalog() -> None:
     """Load the default global price catalog (repeatable)."""
     with UnitOfWork(engine_for(current_app.config["LAD_SETTINGS"].database_url)) as uow:
-        pricing.load_default_catalog(uow)
+        catalog.load_default_catalog(uow)
         uow.commit()
     click.echo("default price catalog loaded")
 
@@ -23,7 +23,7 @@ def load_catalog() -> None:
 @billing_cli.command("job")
 @click.argument("name")
 def run_job(name: str) -> None:
-    """Run a scheduled job now, as beat would (names: the entries of celeryconfig.beat_schedule)."""
+    """Run a scheduled job now, as beat would (names: the entries of tasks.config.beat_schedule)."""
     import json
 
     from tasks.jobs import job_names, run_job

@@ -6,8 +6,7 @@ from sqlalchemy import text
 
 from billing_core.db import engine_for
 from tasks.app import celery_app
-
-from .openapi import spec
+from web.openapi import spec
 
 health = Blueprint("health", __name__)
 

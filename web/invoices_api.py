@@ -8,20 +8,19 @@ from typing import Annotated, Any, Literal
 from flask import Response, make_response
 from pydantic import BaseModel, Field
 
-from billing_core import invoices
-from billing_core.commands import TenantId
 from billing_core.errors import BillingError, NotFound, ValidationFailed
-from billing_core.invoice_render import invoice_csv, invoice_pdf
-from billing_core.invoices import Invoice, InvoiceLine, Period
-from tasks.invoices import announce_finalized
-
-from . import representations as show
-from .api import billing, documented, ok, read_unit_of_work, unit_of_work
-from .auth import ADMIN, VIEW, authenticate, tenant_for
-from .errors import ApiError
-from .limits import rate_limited
-from .parsing import parse_query, path_uuid
-from .schemas import DecimalString, Query, TenantQuery, Timestamp, Uuid
+from billing_core.fields import TenantId
+from billing_core.invoicing import invoices
+from billing_core.invoicing.invoices import Invoice, InvoiceLine, Period
+from billing_core.invoicing.rendering import invoice_csv, invoice_pdf
+from tasks.invoicing import announce_finalized
+from web import representations as show
+from web.api import billing, documented, ok, read_unit_of_work, unit_of_work
+from web.auth import ADMIN, VIEW, authenticate, tenant_for
+from web.errors import ApiError
+from web.limits import rate_limited
+from web.parsing import parse_query, path_uuid
+from web.schemas import DecimalString, Query, TenantQuery, Timestamp, Uuid
 
 log = logging.getLogger(__name__)
 

@@ -4,31 +4,25 @@ from __future__ import annotations
 
 from flask import Response, current_app
 
-from billing_core import budgets, credits, entitlement, money, pricing, reservations
-from billing_core.commands import (
-    AdjustmentRequest,
-    BudgetRequest,
-    ExtendReservationRequest,
-    PriceRequest,
-    RefundRequest,
-    ReleaseReservationRequest,
-    ReservationRequest,
-    UsageItem,
-    WalletSettingsRequest,
-)
+from billing_core import catalog, money
+from billing_core.catalog.commands import PriceRequest
+from billing_core.catalog.items import estimate_cost
+from billing_core.catalog.models import terms_from_request
 from billing_core.db import engine_for
 from billing_core.errors import NotFound, ValidationFailed
-from billing_core.pricing.items import estimate_cost
-from billing_core.pricing.models import terms_from_request
-from billing_core.wallet_book import WalletBook
-from billing_core.wallets import change_settings, get_wallet
-
-from . import representations as show
-from . import schemas
-from .api import billing, credit_answer, documented, ok, unit_of_work
-from .auth import ADMIN, CHARGE, MANAGE, VIEW, authenticate, managed_tenant, tenant_for
-from .limits import rate_limited
-from .parsing import json_body, parse, parse_query, path_uuid, with_idempotency_header
+from billing_core.ledger import credits
+from billing_core.ledger.book import WalletBook
+from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, WalletSettingsRequest
+from billing_core.ledger.wallets import change_settings, get_wallet
+from billing_core.lifecycle import budgets, entitlement, holds
+from billing_core.lifecycle.commands import BudgetRequest, ExtendReservationRequest, ReleaseReservationRequest, ReservationRequest
+from billing_core.usage.commands import UsageItem
+from web import representations as show
+from web import schemas
+from web.api import billing, credit_answer, documented, ok, unit_of_work
+from web.auth import ADMIN, CHARGE, MANAGE, VIEW, authenticate, managed_tenant, tenant_for
+from web.limits import rate_limited
+from web.parsing import json_body, parse, parse_query, path_uuid, with_idempotency_header
 
 # --- reservations ---------------------------------------------------------------------------------
 
@@ -48,7 +42,7 @@ def post_reservation() -> Response:
     command = parse(ReservationRequest, with_idempotency_header(json_body()))
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
-        result = reservations.reserve(uow, tenant_id, command, created_by=principal.subject)
+        result = holds.reserve(uow, tenant_id, command, created_by=principal.subject)
     return ok(reservation=show.reservation(result.reservation), replayed=result.replayed)
 
 
@@ -61,7 +55,7 @@ def post_reservation_extend(reservation_id: str) -> Response:
     command = parse(ExtendReservationRequest, with_idempotency_header(json_body()))
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
-        result = reservations.extend(uow, tenant_id, path_uuid(reservation_id, "reservation"), command,
+        result = holds.extend(uow, tenant_id, path_uuid(reservation_id, "reservation"), command,
                                      created_by=principal.subject)
     return ok(reservation=show.reservation(result.reservation), replayed=result.replayed)
 
@@ -75,7 +69,7 @@ def post_reservation_release(reservation_id: str) -> Response:
     command = parse(ReleaseReservationRequest, with_idempotency_header(_optional_body()))
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
-        result = reservations.release(uow, tenant_id, path_uuid(reservation_id, "reservation"), command,
+        result = holds.release(uow, tenant_id, path_uuid(reservation_id, "reservation"), command,
                                       created_by=principal.subject)
     return ok(reservation=show.reservation(result.reservation), replayed=result.replayed)
 
@@ -94,7 +88,7 @@ def get_reservation(reservation_id: str) -> Response:
     principal = _view_or_charge()
     tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
     with unit_of_work() as uow:
-        found = reservations.get_reservation(uow, tenant_id, path_uuid(reservation_id, "reservation"))
+        found = holds.get_reservation(uow, tenant_id, path_uuid(reservation_id, "reservation"))
     return ok(reservation=show.reservation(found))
 
 
@@ -106,7 +100,7 @@ def get_reservations() -> Response:
     query = parse_query(schemas.ReservationsQuery)
     tenant_id = tenant_for(principal, query.tenantId)
     with unit_of_work() as uow:
-        found, next_cursor = reservations.list_reservations(uow, tenant_id, status=query.status, limit=query.limit,
+        found, next_cursor = holds.list_reservations(uow, tenant_id, status=query.status, limit=query.limit,
                                                             cursor=query.cursor)
     return ok(reservations=[show.reservation(r) for r in found], nextCursor=next_cursor)
 
@@ -252,7 +246,7 @@ def put_pricing() -> Response:
         package_price=command.packagePrice, minimum_quantity=command.minimumQuantity,
         tiers=None if command.tiers is None else [t.model_dump() for t in command.tiers])
     with unit_of_work() as uow:
-        price = pricing.put_price(uow, tenant_id=command.tenantId,
+        price = catalog.put_price(uow, tenant_id=command.tenantId,
                                   key=(command.category, command.provider, command.model, command.unit),
                                   terms=terms, effective_from=command.effectiveFrom,
                                   description=command.description)

@@ -35,12 +35,11 @@ from flask import Flask, Response, current_app, g, request
 from sqlalchemy import text
 
 from billing_core import logs
-from billing_core.config import Settings
+from billing_core.access.sessions import PageSession
+from billing_core.bootstrap import Settings
 from billing_core.db import engine_for
-from billing_core.pages.sessions import PageSession
-
-from .auth import ADMIN, CHARGE, MANAGE, VIEW, Principal, authenticate
-from .errors import ApiError
+from web.auth import ADMIN, CHARGE, MANAGE, VIEW, Principal, authenticate
+from web.errors import ApiError
 
 log = logs.get(__name__)
 

@@ -16,8 +16,7 @@ from sqlalchemy import text
 
 from billing_core import logs, metrics
 from billing_core.db import engine_for
-
-from .errors import ApiError
+from web.errors import ApiError
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # any other method is labelled "other": a label per method a client invents would grow /metrics without bound

@@ -7,16 +7,15 @@ from typing import Annotated, Literal
 from flask import Response, request, url_for
 from pydantic import BaseModel, Field
 
-from billing_core.commands import Strict, TenantId
-from billing_core.pages import sessions
-
-from . import representations as show
-from .api import billing, documented, ok, unit_of_work
-from .auth import ADMIN, MANAGE, authenticate, managed_tenant
-from .limits import rate_limited
-from .pages.common import public_url
-from .parsing import json_body, parse, parse_query, path_uuid
-from .schemas import TenantQuery, Timestamp, Uuid
+from billing_core.access import sessions
+from billing_core.fields import Strict, TenantId
+from web import representations as show
+from web.api import billing, documented, ok, unit_of_work
+from web.auth import ADMIN, MANAGE, authenticate, managed_tenant
+from web.limits import rate_limited
+from web.pages.common import public_url
+from web.parsing import json_body, parse, parse_query, path_uuid
+from web.schemas import TenantQuery, Timestamp, Uuid
 
 TtlMinutes = Annotated[int, Field(ge=1, le=sessions.MAX_TTL_MINUTES, strict=True,
                                   description=f"default {sessions.DEFAULT_TTL_MINUTES}")]

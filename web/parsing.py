@@ -8,10 +8,9 @@ from typing import Any, TypeVar
 from flask import current_app, g, request
 from pydantic import BaseModel, ValidationError
 
-from billing_core.commands import ChargeRequest
 from billing_core.errors import BillingError, NotFound, ValidationFailed
-
-from .errors import validation_failed
+from billing_core.usage.commands import ChargeRequest
+from web.errors import validation_failed
 
 M = TypeVar("M", bound=BaseModel)
 

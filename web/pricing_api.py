@@ -1,5 +1,5 @@
 """Pricing administration and margins under /api/billing: tenant multipliers, provider costs and
-the platform's margins (all `billing.admin`). Handlers parse, call billing_core.pricing, and answer."""
+the platform's margins (all `billing.admin`). Handlers parse, call billing_core.catalog, and answer."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,20 +7,20 @@ from typing import Any
 from flask import Response, current_app
 from sqlalchemy.engine import Connection
 
-from billing_core import invoices, money
-from billing_core.commands import CostRequest, PriceAdjustmentRequest
+from billing_core import money
+from billing_core.catalog import adjustments, costs
+from billing_core.catalog.commands import CostRequest, PriceAdjustmentRequest
+from billing_core.catalog.positions import month_of
 from billing_core.db import read_engine
-from billing_core.pricing import adjustments, costs
-from billing_core.pricing import margins as margin_report
-from billing_core.pricing.positions import month_of
-
-from . import representations as show
-from . import schemas
-from .api import billing, documented, ok, unit_of_work
-from .auth import ADMIN, authenticate, tenant_for
-from .errors import ApiError
-from .limits import rate_limited
-from .parsing import json_body, parse, parse_query, time_bound
+from billing_core.invoicing import invoices
+from billing_core.invoicing import margins as margin_report
+from web import representations as show
+from web import schemas
+from web.api import billing, documented, ok, unit_of_work
+from web.auth import ADMIN, authenticate, tenant_for
+from web.errors import ApiError
+from web.limits import rate_limited
+from web.parsing import json_body, parse, parse_query, time_bound
 
 
 @billing.put("/pricing/adjustments")

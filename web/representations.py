@@ -5,15 +5,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from billing_core import money
-from billing_core.budgets import BudgetStatus
-from billing_core.history import Summary
-from billing_core.ledger import Verification
-from billing_core.pricing import Adjustment, Price, PricedItem, ProviderCost
-from billing_core.pricing.items import line_breakdown
-from billing_core.pricing.models import UNIT, tiers_to_json
-from billing_core.usage import Acceptance, ChargeOutcome, UsageEvent, UsageItemRecord
-from billing_core.wallet_book import Grant, Reservation
-from billing_core.wallets import LedgerEntry, Wallet
+from billing_core.catalog import Adjustment, Price, PricedItem, ProviderCost
+from billing_core.catalog.items import line_breakdown
+from billing_core.catalog.models import UNIT, tiers_to_json
+from billing_core.ledger.book import Grant, Reservation
+from billing_core.ledger.verification import Verification
+from billing_core.ledger.wallets import LedgerEntry, Wallet
+from billing_core.lifecycle.budgets import BudgetStatus
+from billing_core.usage.events import Acceptance, ChargeOutcome, UsageEvent, UsageItemRecord
+from billing_core.usage.history import Summary
 
 
 def timestamp(value: datetime | None) -> str | None:

@@ -1,12 +1,13 @@
 """Query parameters and response bodies, as pydantic models; /openapi.json is generated from these
-and from the request commands in billing_core.commands."""
+and from the request commands in billing_core.fields."""
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from billing_core.commands import CatalogKey, ChargeRequest, FeatureKey, TenantId
+from billing_core.fields import CatalogKey, FeatureKey, TenantId
+from billing_core.usage.commands import ChargeRequest
 
 DecimalString = Annotated[str, Field(pattern=r"^-?\d+(\.\d+)?$", examples=["0.037"])]
 Timestamp = Annotated[str, Field(description="ISO 8601 UTC", examples=["2025-12-27T10:00:00Z"])]

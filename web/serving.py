@@ -257,6 +257,6 @@ class BufferedRequests:
 
 def asgi_app() -> BufferedRequests:
     """gunicorn's application (`web.serving:asgi_app()`), built in each worker process."""
-    from .app import body_limit, create_app
+    from web.app import body_limit, create_app
 
     return BufferedRequests(create_app(), threads=int(os.environ.get("WEB_THREADS", "32")), body_limit=body_limit)

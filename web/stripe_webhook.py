@@ -1,5 +1,5 @@
 """POST /api/billing/webhooks/stripe: verify the Stripe-Signature, store the event once, answer at
-once; a Celery task applies it (billing_core.stripe_payments)."""
+once; a Celery task applies it (billing_core.payments.stripe_events)."""
 from __future__ import annotations
 
 import logging
@@ -10,13 +10,13 @@ import stripe
 from flask import Response, current_app, jsonify, request
 from spectree import Response as Documented
 
-from billing_core import exactjson, stripe_payments
+from billing_core import exactjson
+from billing_core.payments import stripe_events
 from tasks.credits import process_stripe_event
-
-from . import schemas
-from .api import BROKER_ERRORS, billing, unit_of_work
-from .errors import ApiError
-from .openapi import spec
+from web import schemas
+from web.api import BROKER_ERRORS, billing, unit_of_work
+from web.errors import ApiError
+from web.openapi import spec
 
 log = logging.getLogger(__name__)
 SIGNATURE_TOLERANCE_SECONDS = 300  # Stripe's default: an older signed payload is a replay
@@ -69,7 +69,7 @@ def post_stripe_webhook() -> Response:
         raise ApiError("validation_error", "a number in the event is not finite or out of range",
                        {"field": bad_number})
     with unit_of_work() as uow:
-        new = stripe_payments.record_event(uow, event)
+        new = stripe_events.record_event(uow, event)
     if new:
         try:
             process_stripe_event.apply_async(args=[event["id"]], retry=False)

@@ -1,7 +1,7 @@
 """Monthly invoices and their lines, the record of each rollup run, and half-even rounding.
 
 An invoice covers one tenant's ledger for one calendar month (UTC). It is written once, finalized,
-by the rollup (billing_core.invoices) and never changed: UPDATE, DELETE and TRUNCATE are refused by
+by the rollup (billing_core.invoicing.invoices) and never changed: UPDATE, DELETE and TRUNCATE are refused by
 triggers, as for the ledger, and lines cannot be added to an invoice finalized by an earlier
 transaction. Each invoice row must reconcile: opening + credits - usage = closing, exactly (a CHECK).
 

@@ -10,13 +10,12 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
+from billing_core.access import sessions
+from billing_core.access.sessions import PageSession
 from billing_core.db import UnitOfWork, engine_for
 from billing_core.errors import BillingError
-from billing_core.pages import sessions
-from billing_core.pages.sessions import PageSession
-
-from ..errors import ApiError, status_for
-from ..limits import check_page_limits, count_refusal
+from web.errors import ApiError, status_for
+from web.limits import check_page_limits, count_refusal
 
 
 class PageRefused(Exception):

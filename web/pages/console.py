@@ -9,25 +9,28 @@ from typing import Any, Literal
 
 from flask import Blueprint, Response, current_app, make_response, render_template, request
 
-from billing_core import budgets, credits, history, ledger, reservations
-from billing_core.auto_topup import attempts as auto_topups
-from billing_core.commands import AdjustmentRequest, Reason, RefundRequest, Strict, TopUpRequest
+from billing_core.access import actions, sessions
+from billing_core.catalog import costs
 from billing_core.db import read_engine
 from billing_core.errors import BillingError, NotFound, ValidationFailed
-from billing_core.pages import actions, operators, sessions
-from billing_core.pricing import costs
-from billing_core.pricing import margins as margin_groupings
-from billing_core.tables import wallets
-from billing_core.wallets import change_settings
-
-from .. import representations as show
-from .. import schemas
-from ..auth import TENANT_ID
-from ..auto_topup_api import show_attempt
-from ..errors import status_for
-from ..parsing import parse
-from ..pricing_api import margins_report
-from .common import close_session, current_session, install, open_link, public_redirect, unit_of_work
+from billing_core.fields import Reason, Strict
+from billing_core.invoicing import margins as margin_groupings
+from billing_core.ledger import credits, verification
+from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, TopUpRequest
+from billing_core.ledger.tables import wallets
+from billing_core.ledger.wallets import change_settings
+from billing_core.lifecycle import budgets, holds
+from billing_core.payments.auto_topup import attempts as auto_topups
+from billing_core.reports import operators
+from billing_core.usage import history
+from web import representations as show
+from web import schemas
+from web.auth import TENANT_ID
+from web.auto_topup_api import show_attempt
+from web.errors import status_for
+from web.pages.common import close_session, current_session, install, open_link, public_redirect, unit_of_work
+from web.parsing import parse
+from web.pricing_api import margins_report
 
 console = Blueprint("console", __name__, url_prefix="/console")
 install(console, sessions.CONSOLE)
@@ -76,19 +79,19 @@ def _tenant_page(tenant_id: str, error: BillingError | None = None, status: int 
     with unit_of_work() as uow:
         _known_tenant(uow, tenant_id)
         wallet, grants = credits.wallet_view(uow, tenant_id)
-        entries, _ = ledger.list_entries(uow, tenant_id, limit=50)
+        entries, _ = verification.list_entries(uow, tenant_id, limit=50)
         events, _ = history.list_usage_events(uow, tenant_id, history.UsageFilter(), limit=20)
-        holds, _ = reservations.list_reservations(uow, tenant_id, status="active", limit=50, cursor=None)
+        active_holds, _ = holds.list_reservations(uow, tenant_id, status="active", limit=50, cursor=None)
         budget_list = budgets.list_budgets(uow, tenant_id)
         recorded = actions.recent(uow, tenant_id, limit=20)
-        verification = ledger.verify(uow, tenant_id)
+        books = verification.verify(uow, tenant_id)
         topups = auto_topups.list_attempts(uow, tenant_id, limit=20)
     body = render_template(
         "console/tenant.html", tenant_id=tenant_id, wallet=show.wallet(wallet, grants),
         entries=_chain([show.transaction(e) for e in entries]), events=[show.usage_event(e) for e in events],
-        holds=[show.reservation(r) for r in holds], budgets=[show.budget(b) for b in budget_list],
+        holds=[show.reservation(r) for r in active_holds], budgets=[show.budget(b) for b in budget_list],
         actions=[{**a, "created_at": show.timestamp(a["created_at"])} for a in recorded],
-        verification=show.verification(verification), auto_topups=[show_attempt(a) for a in topups],
+        verification=show.verification(books), auto_topups=[show_attempt(a) for a in topups],
         error=error, notice=DONE.get(request.args.get("done", "")),
         new_key=str(uuid.uuid4()))
     return make_response(body, status)

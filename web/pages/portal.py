@@ -9,27 +9,31 @@ from typing import Any
 
 from flask import Blueprint, Response, make_response, render_template, request
 
-from billing_core import alerts, budgets, credits, history, invoices, reservations, usage
-from billing_core.alerts import AlertSettingsRequest
-from billing_core.auto_topup import customers
-from billing_core.auto_topup import rules as auto_topup_rules
-from billing_core.auto_topup.rules import AutoTopupRequest
-from billing_core.commands import BudgetRequest
+from billing_core.access import actions, sessions
 from billing_core.errors import BillingError, NotFound
-from billing_core.invoices import Period
-from billing_core.pages import actions, sessions, spend
-from billing_core.wallet_book import WalletBook
-
-from .. import representations as show
-from ..alerts_api import _check_soon as check_alerts_soon
-from ..alerts_api import show_settings
-from ..auto_topup_api import check_soon as check_auto_topup_soon
-from ..auto_topup_api import configured as auto_topup_configured
-from ..auto_topup_api import show_rule, stripe_answering, stripe_gateway
-from ..errors import ApiError, status_for
-from ..invoices_api import invoice_file, invoice_json, invoice_summary
-from ..parsing import parse, path_uuid
-from .common import close_session, current_session, install, open_link, public_redirect, unit_of_work
+from billing_core.invoicing import invoices
+from billing_core.invoicing.invoices import Period
+from billing_core.ledger import credits
+from billing_core.ledger.book import WalletBook
+from billing_core.lifecycle import budgets, holds
+from billing_core.lifecycle.commands import BudgetRequest
+from billing_core.notifications import alerts
+from billing_core.notifications.alerts import AlertSettingsRequest
+from billing_core.payments.auto_topup import customers
+from billing_core.payments.auto_topup import rules as auto_topup_rules
+from billing_core.payments.auto_topup.rules import AutoTopupRequest
+from billing_core.reports import spend
+from billing_core.usage import events, history
+from web import representations as show
+from web.alerts_api import _check_soon as check_alerts_soon
+from web.alerts_api import show_settings
+from web.auto_topup_api import check_soon as check_auto_topup_soon
+from web.auto_topup_api import configured as auto_topup_configured
+from web.auto_topup_api import show_rule, stripe_answering, stripe_gateway
+from web.errors import ApiError, status_for
+from web.invoices_api import invoice_file, invoice_json, invoice_summary
+from web.pages.common import close_session, current_session, install, open_link, public_redirect, unit_of_work
+from web.parsing import parse, path_uuid
 
 portal = Blueprint("portal", __name__, url_prefix="/portal")
 install(portal, sessions.PORTAL)
@@ -53,12 +57,12 @@ def overview() -> str:
     tenant_id = current_session().tenant_id
     with unit_of_work() as uow:
         wallet, grants = credits.wallet_view(uow, tenant_id)
-        holds, _ = reservations.list_reservations(uow, tenant_id, status="active", limit=50, cursor=None)
+        active_holds, _ = holds.list_reservations(uow, tenant_id, status="active", limit=50, cursor=None)
         alert_settings = alerts.get_settings(uow, tenant_id)
         recent, _ = history.list_usage_events(uow, tenant_id, history.UsageFilter(), limit=10)
     low = [state for state in (alert_settings.states if alert_settings else []) if not state.armed]
     return render_template("portal/overview.html", wallet=show.wallet(wallet, grants),
-                           holds=[show.reservation(r) for r in holds], recent=[show.usage_event(e) for e in recent],
+                           holds=[show.reservation(r) for r in active_holds], recent=[show.usage_event(e) for e in recent],
                            low_alerts=[{"threshold": show.amount(s.threshold), "eventType": s.event_type,
                                         "since": show.timestamp(s.last_fired_at)} for s in low],
                            depleted=wallet.available_balance <= 0)
@@ -103,7 +107,7 @@ def usage_page() -> str:
 def call(usage_event_id: str) -> str:
     tenant_id = current_session().tenant_id
     with unit_of_work() as uow:
-        outcome = usage.load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
+        outcome = events.load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
     detail = show.usage_event_detail(outcome)
     # every field the item representation has, in its order: breakdowns added later appear as they come
     columns: list[str] = []

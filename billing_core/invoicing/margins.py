@@ -1,0 +1,188 @@
+"""Margins: revenue, provider cost and margin of charged usage, less refunds, from the same items
+that were charged — by tenant, feature, category, provider or model, over a period of event times.
+
+Revenue is what the items were charged, less what was refunded of their events. A refund is of an
+event (a debit), so it is taken off the event's items last item first, each down to zero at most:
+exact, and the same every time. Costs stay as charged (the platform paid its provider anyway).
+Revenue, cost and margin are those of the costed items; an item with no provider cost in force at
+its event's time is uncosted and counted apart, never as a zero cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from billing_core import money
+
+GROUPINGS = {"tenant": "e.tenant_id", "featureKey": "e.feature_key", "category": "i.category",
+             "provider": "i.provider", "model": "i.provider || '/' || i.model"}
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class MarginGroup:
+    key: str
+    revenue: Decimal  # of the costed items
+    cost: Decimal
+    events: int
+    uncosted_revenue: Decimal
+    uncosted_items: int
+
+    @property
+    def margin(self) -> Decimal:
+        return money.subtract(self.revenue, self.cost)
+
+    @property
+    def margin_percent(self) -> Decimal | None:
+        return margin_percent(self.revenue, self.cost)
+
+
+def margin_percent(revenue: Decimal, cost: Decimal) -> Decimal | None:
+    """margin / revenue x 100, to two places (a ratio for people, not an amount); None without revenue."""
+    if revenue == 0:
+        return None
+    return (money.subtract(revenue, cost) * 100 / revenue).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+
+
+@dataclass(frozen=True)
+class Margins:
+    groups: list[MarginGroup]
+
+    @property
+    def revenue(self) -> Decimal:
+        return money.total(g.revenue for g in self.groups)
+
+    @property
+    def cost(self) -> Decimal:
+        return money.total(g.cost for g in self.groups)
+
+    @property
+    def uncosted_revenue(self) -> Decimal:
+        return money.total(g.uncosted_revenue for g in self.groups)
+
+    @property
+    def uncosted_items(self) -> int:
+        return sum(g.uncosted_items for g in self.groups)
+
+
+_QUERY = """
+WITH refunded AS (
+    SELECT r.tenant_id, r.usage_event_id, sum(r.amount) AS amount
+    FROM ledger_entries r
+    WHERE r.entry_type = 'refund' AND r.usage_event_id IS NOT NULL AND r.created_at >= :start {tenant_r}
+    GROUP BY 1, 2
+), items AS (
+    SELECT {key} AS key, e.id AS event_id, i.cost, i.provider_cost,
+           coalesce(f.amount, 0) AS refunded,
+           coalesce(sum(i.cost) OVER (PARTITION BY e.id ORDER BY i.position DESC
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS later_cost
+    FROM usage_events e
+    JOIN usage_event_items i ON i.tenant_id = e.tenant_id AND i.usage_event_id = e.id
+    LEFT JOIN refunded f ON f.tenant_id = e.tenant_id AND f.usage_event_id = e.id
+    WHERE e.status = 'charged' AND e.created_at >= :start AND e.created_at < :end {tenant_e}
+), revenue AS (
+    SELECT key, event_id, provider_cost,
+           i.cost - least(i.cost, greatest(0, i.refunded - i.later_cost)) AS revenue
+    FROM items i
+)
+SELECT key,
+       coalesce(sum(revenue) FILTER (WHERE provider_cost IS NOT NULL), 0) AS revenue,
+       coalesce(sum(provider_cost), 0) AS cost,
+       count(DISTINCT event_id) AS events,
+       coalesce(sum(revenue) FILTER (WHERE provider_cost IS NULL), 0) AS uncosted_revenue,
+       count(*) FILTER (WHERE provider_cost IS NULL) AS uncosted_items
+FROM revenue
+GROUP BY key
+ORDER BY key
+"""
+
+
+def margins(connection: Connection, *, start: datetime, end: datetime, group_by: str,
+            tenant_id: str | None) -> Margins:
+    """One set-based query over the charged items of events in [start, end); one tenant's or, for
+    the platform operator, every tenant's (the one deliberately cross-tenant read here). Takes a
+    connection so the caller can route it to a read replica."""
+    tenant = tenant_id is not None
+    rows = connection.execute(text(_QUERY.format(
+        key=GROUPINGS[group_by],
+        tenant_r="AND r.tenant_id = :tenant_id" if tenant else "",
+        tenant_e="AND e.tenant_id = :tenant_id" if tenant else "")),
+        {"start": start, "end": end, "tenant_id": tenant_id}).all()
+    return Margins([MarginGroup(r.key, r.revenue, r.cost, r.events, r.uncosted_revenue, r.uncosted_items)
+                    for r in rows])
+
+
+# --- margin per invoice line (operators only) ---------------------------------------------------------
+# The usage of a month as its invoice groups it (feature, category, provider, model, unit, unit price,
+# prior period), from the events charged in the month, with the provider cost of each line. An item
+# priced in tiers spreads its actual quantity over its parts in order (the units of the first tier were
+# used first) and each part costs that quantity x the item's unit cost; any other item's cost is all on
+# its one part. Refunds are invoice credit lines, not usage, so they are not taken off here.
+_INVOICE_LINES = """
+WITH parts AS (
+    SELECT e.feature_key, i.category, i.provider, i.model, i.unit, i.unit_price, i.quantity,
+           i.cost AS revenue, i.provider_cost AS cost, i.unit_cost, e.created_at < :start AS prior_period
+    FROM usage_events e
+    JOIN usage_event_items i ON i.tenant_id = e.tenant_id AND i.usage_event_id = e.id
+    WHERE e.tenant_id = :tenant_id AND e.status = 'charged' AND e.charged_at >= :start AND e.charged_at < :end
+      AND i.pricing IS NULL
+    UNION ALL
+    SELECT e.feature_key, i.category, i.provider, i.model,
+           CASE WHEN p.part ? 'packageSize' THEN (p.part ->> 'packageSize') || ' ' || i.unit ELSE i.unit END,
+           CAST(p.part ->> 'unitPrice' AS numeric), CAST(p.part ->> 'quantity' AS numeric),
+           CAST(p.part ->> 'amount' AS numeric),
+           CASE WHEN i.pricing ->> 'pricingModel' <> 'graduated' THEN i.provider_cost
+                ELSE least(CAST(p.part ->> 'quantity' AS numeric), greatest(0, i.quantity - coalesce(sum(
+                         CAST(p.part ->> 'quantity' AS numeric)) OVER (PARTITION BY i.id ORDER BY p.n
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))) * i.unit_cost END,
+           i.unit_cost, e.created_at < :start
+    FROM usage_events e
+    JOIN usage_event_items i ON i.tenant_id = e.tenant_id AND i.usage_event_id = e.id
+    CROSS JOIN LATERAL jsonb_array_elements(i.pricing -> 'parts') WITH ORDINALITY AS p (part, n)
+    WHERE e.tenant_id = :tenant_id AND e.status = 'charged' AND e.charged_at >= :start AND e.charged_at < :end
+      AND i.pricing IS NOT NULL
+)
+SELECT feature_key, category, provider, model, unit, unit_price, prior_period, sum(quantity) AS quantity,
+       coalesce(sum(revenue) FILTER (WHERE unit_cost IS NOT NULL), 0) AS revenue,
+       coalesce(sum(cost), 0) AS cost,
+       coalesce(sum(revenue) FILTER (WHERE unit_cost IS NULL), 0) AS uncosted_revenue,
+       count(*) FILTER (WHERE unit_cost IS NULL) AS uncosted_items
+FROM parts
+GROUP BY 1, 2, 3, 4, 5, 6, 7
+ORDER BY prior_period, feature_key, category, provider, model, unit, unit_price
+"""
+
+
+@dataclass(frozen=True)
+class LineMargin:
+    feature_key: str
+    category: str
+    provider: str
+    model: str
+    unit: str
+    unit_price: Decimal | None
+    prior_period: bool
+    quantity: Decimal
+    revenue: Decimal  # of the costed parts
+    cost: Decimal
+    uncosted_revenue: Decimal
+    uncosted_items: int
+
+    @property
+    def key(self) -> tuple:
+        return (self.feature_key, self.category, self.provider, self.model, self.unit,
+                None if self.unit_price is None else money.normalize(self.unit_price), self.prior_period)
+
+    @property
+    def margin(self) -> Decimal:
+        return money.subtract(self.revenue, self.cost)
+
+
+def invoice_line_margins(connection: Connection, tenant_id: str, start: datetime, end: datetime) -> list[LineMargin]:
+    """Revenue, provider cost and margin of each usage line of the tenant's month [start, end)."""
+    rows = connection.execute(text(_INVOICE_LINES), {"tenant_id": tenant_id, "start": start, "end": end}).all()
+    return [LineMargin(**r._mapping) for r in rows]

@@ -1,0 +1,444 @@
+"""The wallet book: a wallet locked for one transaction, with its live credit grants and the holds
+in play. Every movement of money or holds goes through it, and flush() writes them all with a
+handful of statements: the ledger entries (an unbroken balance chain in the order they were made),
+which grants each entry drew from, the grants, the holds and the wallet's balances.
+
+Invariants, kept because every writer holds the wallet's row lock:
+- balance = sum of ledger amounts = sum of the grants' remaining amounts (the debt grant is negative);
+- reserved balance = sum of ledger reserved_change = sum of the active holds.
+
+Debits draw on grants in this order (documented in the README):
+1. grants past their expiry that are still backing holds (they expire as soon as the holds end);
+2. lower `priority` first (0 to 100, default 50);
+3. soonest expiry first, grants that never expire last;
+4. promotional before paid;
+5. oldest first.
+What the grants cannot cover (an overdraft, a clawback) goes onto the wallet's one debt grant, and
+every credit repays that debt before it adds to any grant.
+"""
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select, text
+
+from billing_core import money
+from billing_core.db import UnitOfWork, insert_rows, unnest_arrays
+from billing_core.errors import ReservationClosed, ReservationExpired
+from billing_core.ledger.tables import credit_grants, grant_draws, ledger_entries, wallets
+from billing_core.ledger.wallets import LedgerEntry, Wallet, ensure_wallet
+from billing_core.lifecycle.budgets import BudgetGuard
+from billing_core.lifecycle.tables import reservations
+from billing_core.usage.tables import usage_events
+
+PAID, PROMOTIONAL, DEBT = "paid", "promotional", "debt"
+DEFAULT_PRIORITY = 50
+ACTIVE, SETTLED, RELEASED, EXPIRED = "active", "settled", "released", "expired"
+ZERO = Decimal(0)
+
+
+@dataclass
+class Grant:
+    id: uuid.UUID
+    tenant_id: str
+    wallet_id: uuid.UUID
+    kind: str
+    amount: Decimal
+    remaining: Decimal
+    priority: int
+    expires_at: datetime | None
+    expired_at: datetime | None
+    source: str
+    reference: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class Reservation:
+    id: uuid.UUID
+    tenant_id: str
+    wallet_id: uuid.UUID
+    feature_key: str
+    external_reference_id: str | None
+    quote_id: uuid.UUID | None
+    status: str
+    amount: Decimal
+    settled_amount: Decimal | None
+    usage_event_id: uuid.UUID | None
+    expires_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None
+
+
+_GRANT_COLUMNS = [f.name for f in fields(Grant)]
+_RESERVATION_COLUMNS = [f.name for f in fields(Reservation)]
+
+
+@dataclass
+class _Changes:
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    draws: dict[tuple[uuid.UUID, uuid.UUID], Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    new_grants: set[uuid.UUID] = field(default_factory=set)
+    changed_grants: set[uuid.UUID] = field(default_factory=set)
+    new_holds: set[uuid.UUID] = field(default_factory=set)
+    changed_holds: set[uuid.UUID] = field(default_factory=set)
+
+
+class WalletBook:
+    def __init__(self, uow: UnitOfWork, wallet: Wallet, now: datetime, grants: list[Grant],
+                 holds: dict[uuid.UUID, Reservation]):
+        self.uow, self.wallet, self.now = uow, wallet, now
+        self.tenant_id = wallet.tenant_id
+        self.balance, self.reserved = wallet.current_balance, wallet.reserved_balance
+        self.flag_reason: str | None = None
+        self.grants = {g.id: g for g in grants}
+        self.holds = holds
+        # due holds that a pending charge made before their expiry will settle: not expired under it
+        self.awaiting: set[uuid.UUID] = set()
+        self.budgets = BudgetGuard.load(uow, wallet.tenant_id)
+        self._changes = _Changes()
+
+    @classmethod
+    def open(cls, uow: UnitOfWork, tenant_id: str) -> WalletBook:
+        """Lock the tenant's wallet (created on first use) and load its live grants, its holds past
+        their expiry and its budgets."""
+        ensure_wallet(uow, tenant_id)
+        wallet = Wallet(**uow.connection.execute(
+            select(wallets).where(wallets.c.tenant_id == tenant_id).with_for_update()).one()._mapping)
+        # the time once the lock is held, not the transaction's start: a transaction that waited for the
+        # lock must not judge expiries by a moment before the one it waited for
+        now = uow.connection.execute(select(func.clock_timestamp())).scalar_one()
+        grants = [Grant(**r._mapping) for r in uow.connection.execute(
+            select(credit_grants).where(credit_grants.c.tenant_id == tenant_id,
+                                        credit_grants.c.wallet_id == wallet.id, credit_grants.c.remaining != 0))]
+        due = {r.id: Reservation(**r._mapping) for r in uow.connection.execute(
+            select(reservations).where(reservations.c.tenant_id == tenant_id, reservations.c.status == ACTIVE,
+                                       reservations.c.expires_at <= now))}
+        book = cls(uow, wallet, now, grants, due)
+        if due:
+            # a charge accepted before its hold expired still settles it, whoever gets to the hold first
+            book.awaiting = set(uow.connection.execute(
+                select(usage_events.c.reservation_id).distinct()
+                .join(reservations, (reservations.c.tenant_id == usage_events.c.tenant_id)
+                      & (reservations.c.id == usage_events.c.reservation_id))
+                .where(usage_events.c.tenant_id == tenant_id, usage_events.c.status == "pending",
+                       usage_events.c.reservation_id.in_(list(due)),
+                       usage_events.c.created_at < reservations.c.expires_at)).scalars())
+        return book
+
+    def load_holds(self, reservation_ids: Iterable[uuid.UUID]) -> None:
+        """Bring these holds of the tenant into the book (ids of another tenant find nothing)."""
+        missing = [r for r in reservation_ids if r not in self.holds]
+        if missing:
+            for row in self.uow.connection.execute(
+                select(reservations).where(reservations.c.tenant_id == self.tenant_id,
+                                           reservations.c.id.in_(missing))):
+                self.holds[row.id] = Reservation(**row._mapping)
+
+    # --- what the wallet holds ---------------------------------------------------------------
+
+    @property
+    def available(self) -> Decimal:
+        return money.subtract(self.balance, self.reserved)
+
+    @property
+    def spendable(self) -> Decimal:
+        """What a debit may take: the available balance plus the overdraft allowed."""
+        return money.add(self.available, self.wallet.overdraft_limit)
+
+    @property
+    def blocked(self) -> bool:
+        return self.wallet.status != "active"
+
+    def _debt(self) -> Grant:
+        for grant in self.grants.values():
+            if grant.kind == DEBT:
+                return grant
+        debt = self.uow.connection.execute(
+            select(credit_grants).where(credit_grants.c.tenant_id == self.tenant_id,
+                                        credit_grants.c.wallet_id == self.wallet.id, credit_grants.c.kind == DEBT)
+        ).one_or_none()
+        grant = Grant(**debt._mapping) if debt else self._new_grant(DEBT, ZERO, source="overdraft")
+        self.grants[grant.id] = grant
+        return grant
+
+    def _new_grant(self, kind: str, amount: Decimal, *, source: str, priority: int = DEFAULT_PRIORITY,
+                   expires_at: datetime | None = None, reference: str | None = None) -> Grant:
+        grant = Grant(id=uuid.uuid4(), tenant_id=self.tenant_id, wallet_id=self.wallet.id, kind=kind,
+                      amount=amount, remaining=ZERO, priority=priority, expires_at=expires_at, expired_at=None,
+                      source=source, reference=reference, created_at=self.now, updated_at=self.now)
+        self.grants[grant.id] = grant
+        self._changes.new_grants.add(grant.id)
+        return grant
+
+    def load_grants(self, grant_ids: Iterable[uuid.UUID]) -> None:
+        """Bring grants with nothing left (not loaded by open) into the book, e.g. to refund into them."""
+        missing = [g for g in grant_ids if g not in self.grants]
+        if missing:
+            for row in self.uow.connection.execute(
+                select(credit_grants).where(credit_grants.c.tenant_id == self.tenant_id,
+                                            credit_grants.c.id.in_(missing))):
+                self.grants[row.id] = Grant(**row._mapping)
+
+    def live_grants(self) -> list[Grant]:
+        """Grants with something left, in the order debits draw on them."""
+        return sorted((g for g in self.grants.values() if g.kind != DEBT and g.remaining > 0), key=self._draw_order)
+
+    def _draw_order(self, grant: Grant) -> tuple:
+        overdue = grant.expires_at is not None and grant.expires_at <= self.now
+        return (not overdue, grant.priority, grant.expires_at is None, grant.expires_at or self.now,
+                grant.kind != PROMOTIONAL, grant.created_at, grant.id)
+
+    # --- moving money ------------------------------------------------------------------------
+
+    def _entry(self, entry_type: str, amount: Decimal, *, reserved_change: Decimal = ZERO,
+               usage_event_id: uuid.UUID | None = None, reservation_id: uuid.UUID | None = None,
+               grant_id: uuid.UUID | None = None, related_entry_id: uuid.UUID | None = None,
+               reference: str | None = None, description: str | None = None,
+               idempotency_key: str | None = None, created_by: str | None = None) -> dict[str, Any]:
+        before = self.balance
+        self.balance = money.add(before, amount)
+        self.reserved = money.add(self.reserved, reserved_change)
+        entry = {"id": uuid.uuid4(), "tenant_id": self.tenant_id, "wallet_id": self.wallet.id,
+                 "entry_type": entry_type, "amount": amount, "balance_before": before, "balance_after": self.balance,
+                 "usage_event_id": usage_event_id, "reference": reference, "description": description,
+                 "idempotency_key": idempotency_key, "created_by": created_by, "reserved_change": reserved_change,
+                 "reservation_id": reservation_id, "grant_id": grant_id, "related_entry_id": related_entry_id}
+        self._changes.entries.append(entry)
+        return entry
+
+    def _move(self, entry: dict[str, Any], grant: Grant, amount: Decimal) -> None:
+        if amount == 0:
+            return
+        grant.remaining = money.add(grant.remaining, amount)
+        grant.updated_at = self.now
+        if grant.remaining == 0 and grant.expires_at is not None and grant.expires_at <= self.now:
+            grant.expired_at = grant.expired_at or self.now  # an overdue grant used up is over
+        if grant.id not in self._changes.new_grants:
+            self._changes.changed_grants.add(grant.id)
+        self._changes.draws[(entry["id"], grant.id)] += amount
+
+    def debit(self, amount: Decimal, *, entry_type: str = "debit", first: Grant | None = None,
+              **entry: Any) -> dict[str, Any]:
+        """Take `amount` (>= 0) from the grants in draw order (`first` before the others); what they
+        cannot cover goes onto the debt. Checking that it may is the caller's job."""
+        record = self._entry(entry_type, -amount, **entry)
+        left = amount
+        order = self.live_grants()
+        if first is not None and first in order:
+            order.remove(first)
+            order.insert(0, first)
+        for grant in order:
+            if left == 0:
+                break
+            take = min(left, grant.remaining)
+            self._move(record, grant, -take)
+            left = money.subtract(left, take)
+        if left > 0:
+            self._move(record, self._debt(), -left)
+        return record
+
+    def _repay_debt(self, entry: dict[str, Any], amount: Decimal) -> Decimal:
+        """Use a credit to pay the debt first; returns what is left of the credit."""
+        # a debt with something owed is live, so open() loaded it
+        debt = next((g for g in self.grants.values() if g.kind == DEBT), None)
+        if debt is None or debt.remaining >= 0:
+            return amount
+        repay = min(amount, -debt.remaining)
+        self._move(entry, debt, repay)
+        return money.subtract(amount, repay)
+
+    def add_grant(self, amount: Decimal, *, kind: str, source: str, entry_type: str = "topup",
+                  priority: int = DEFAULT_PRIORITY, expires_at: datetime | None = None,
+                  grant_reference: str | None = None, **entry: Any) -> tuple[dict[str, Any], Grant]:
+        """Credit `amount` as a new grant (after repaying any debt)."""
+        grant = self._new_grant(kind, amount, source=source, priority=priority, expires_at=expires_at,
+                                reference=grant_reference)
+        record = self._entry(entry_type, amount, grant_id=grant.id, **entry)
+        self._move(record, grant, self._repay_debt(record, amount))
+        return record, grant
+
+    def restore(self, amount: Decimal, draws: list[tuple[uuid.UUID | None, Decimal]], **entry: Any) -> dict[str, Any]:
+        """Credit `amount` back into the grants a debit drew from (`draws`: grant and what may still
+        be returned to it, in the order drawn), last drawn first, after repaying any debt. What does
+        not fit — drawn from the debt, or from a grant past its expiry, which is not revived — goes
+        into a new grant that does not expire: promotional if it all came from promotional credits,
+        else paid."""
+        record = self._entry("refund", amount, **entry)
+        left = self._repay_debt(record, amount)
+        self.load_grants(g for g, _ in draws if g is not None)
+        rest_kind = None
+        for grant_id, returnable in reversed(draws):
+            grant = self.grants.get(grant_id) if grant_id is not None else None
+            if left == 0:
+                break
+            if grant is None or grant.kind == DEBT or (grant.expires_at is not None and grant.expires_at <= self.now):
+                kind = grant.kind if grant is not None and grant.kind != DEBT else PAID
+                rest_kind = kind if rest_kind in (None, kind) else PAID
+                continue
+            put = min(left, returnable, money.subtract(grant.amount, grant.remaining))
+            if put > 0:
+                self._move(record, grant, put)
+                left = money.subtract(left, put)
+        if left > 0:
+            grant = self._new_grant(rest_kind or PAID, left, source="refund")
+            record["grant_id"] = grant.id
+            self._move(record, grant, left)
+        return record
+
+    def flag(self, reason: str) -> None:
+        self.flag_reason = reason
+
+    # --- holds -------------------------------------------------------------------------------
+
+    def hold(self, reservation: Reservation, **entry: Any) -> dict[str, Any]:
+        self.holds[reservation.id] = reservation
+        self._changes.new_holds.add(reservation.id)
+        self.budgets.hold_changed(reservation.feature_key, reservation.amount)
+        return self._entry("hold", ZERO, reserved_change=reservation.amount, reservation_id=reservation.id, **entry)
+
+    def extend_hold(self, reservation: Reservation, more: Decimal, expires_at: datetime,
+                    **entry: Any) -> dict[str, Any] | None:
+        reservation.amount = money.add(reservation.amount, more)
+        reservation.expires_at = expires_at
+        self._touch(reservation)
+        self.budgets.hold_changed(reservation.feature_key, more)
+        if more == 0:
+            return None
+        return self._entry("hold", ZERO, reserved_change=more, reservation_id=reservation.id, **entry)
+
+    def close_hold(self, reservation: Reservation, status: str, **entry: Any) -> dict[str, Any]:
+        """Release or expire a hold: its amount goes back to the available balance."""
+        reservation.status, reservation.closed_at = status, self.now
+        self._touch(reservation)
+        self.budgets.hold_changed(reservation.feature_key, -reservation.amount)
+        return self._entry("hold_release", ZERO, reserved_change=-reservation.amount,
+                           reservation_id=reservation.id, description=f"hold {status}", **entry)
+
+    def settle_hold(self, reservation: Reservation, cost: Decimal, usage_event_id: uuid.UUID,
+                    **entry: Any) -> dict[str, Any]:
+        """Debit the actual cost and release the whole hold, in one entry. A hold that expired after
+        the charge was made was released already; its late settlement releases nothing more."""
+        releasing = self.held_by(reservation)
+        reservation.status, reservation.closed_at = SETTLED, self.now
+        reservation.settled_amount, reservation.usage_event_id = cost, usage_event_id
+        self._touch(reservation)
+        self.budgets.hold_changed(reservation.feature_key, -releasing)
+        return self.debit(cost, reserved_change=-releasing, reservation_id=reservation.id,
+                          usage_event_id=usage_event_id, **entry)
+
+    @staticmethod
+    def held_by(reservation: Reservation) -> Decimal:
+        """What the hold still sets aside: its amount while active, nothing once it has ended."""
+        return reservation.amount if reservation.status == ACTIVE else ZERO
+
+    def _touch(self, reservation: Reservation) -> None:
+        reservation.updated_at = self.now
+        if reservation.id not in self._changes.new_holds:
+            self._changes.changed_holds.add(reservation.id)
+
+    # --- expiry ------------------------------------------------------------------------------
+
+    def expire_due(self, keep: Iterable[uuid.UUID] = ()) -> int:
+        """Expire the holds past their TTL (except `keep` and holds a pending charge made in time will
+        settle), then the grants past their expiry. Holds are honoured: debits draw on overdue grants
+        first, so the overdue credits back the active holds, and only what exceeds the reserved
+        balance expires now; the rest expires once the holds end. Returns how many things expired."""
+        kept = set(keep) | self.awaiting
+        count = 0
+        for reservation in list(self.holds.values()):
+            if reservation.status == ACTIVE and reservation.expires_at <= self.now and reservation.id not in kept:
+                self.close_hold(reservation, EXPIRED)
+                count += 1
+        backing = max(self.reserved, ZERO)
+        for grant in self.live_grants():
+            if grant.expires_at is None or grant.expires_at > self.now:
+                break  # overdue grants come first in draw order
+            kept_back = min(grant.remaining, backing)
+            backing = money.subtract(backing, kept_back)
+            amount = money.subtract(grant.remaining, kept_back)
+            if amount > 0:
+                record = self._entry("expiry", -amount, grant_id=grant.id,
+                                     description=f"{grant.kind} credits expired")
+                self._move(record, grant, -amount)
+                count += 1
+        return count
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def flush(self) -> list[uuid.UUID]:
+        """Write everything this book did; returns the ids of the ledger entries, in order."""
+        changes, connection = self._changes, self.uow.connection
+        if changes.new_grants:
+            insert_rows(self.uow, credit_grants, [_row(self.grants[g], _GRANT_COLUMNS) for g in changes.new_grants])
+        if changes.entries:
+            insert_rows(self.uow, ledger_entries, changes.entries)
+        if changes.draws:
+            insert_rows(self.uow, grant_draws, [
+                {"tenant_id": self.tenant_id, "ledger_entry_id": entry_id, "grant_id": grant_id, "amount": amount}
+                for (entry_id, grant_id), amount in changes.draws.items() if amount != 0])
+        if changes.changed_grants - changes.new_grants:
+            _update_rows(self.uow, credit_grants, self.tenant_id, [
+                {"id": g, "remaining": self.grants[g].remaining, "expired_at": self.grants[g].expired_at}
+                for g in changes.changed_grants - changes.new_grants])
+        if changes.new_holds:
+            insert_rows(self.uow, reservations, [_row(self.holds[h], _RESERVATION_COLUMNS) for h in changes.new_holds])
+        if changes.changed_holds - changes.new_holds:
+            _update_rows(self.uow, reservations, self.tenant_id, [
+                {k: getattr(self.holds[h], k) for k in ("id", "status", "amount", "settled_amount",
+                                                        "usage_event_id", "expires_at", "closed_at")}
+                for h in changes.changed_holds - changes.new_holds])
+        moved = (self.balance, self.reserved) != (self.wallet.current_balance, self.wallet.reserved_balance)
+        if moved or self.flag_reason:
+            values: dict[str, Any] = {"current_balance": self.balance, "reserved_balance": self.reserved,
+                                      "updated_at": func.now()}
+            if self.flag_reason:
+                values.update(flagged_at=func.coalesce(wallets.c.flagged_at, func.now()), flag_reason=self.flag_reason)
+            connection.execute(wallets.update().where(wallets.c.tenant_id == self.tenant_id,
+                                                      wallets.c.id == self.wallet.id).values(**values))
+        self.budgets.flush()
+        written = [e["id"] for e in changes.entries]
+        self.wallet = replace(self.wallet, current_balance=self.balance, reserved_balance=self.reserved)
+        self._changes = _Changes()
+        return written
+
+    def entries(self, entry_ids: list[uuid.UUID]) -> list[LedgerEntry]:
+        """Ledger entries as stored (with their sequence and time), in the order given."""
+        rows = {r.id: LedgerEntry(**r._mapping) for r in self.uow.connection.execute(
+            select(ledger_entries).where(ledger_entries.c.tenant_id == self.tenant_id,
+                                         ledger_entries.c.id.in_(entry_ids)))}
+        return [rows[i] for i in entry_ids]
+
+
+def check_settleable(hold: Reservation, at: datetime) -> None:
+    """A hold can be settled once, by a charge made before it expired — even if the hold expired
+    before the charge reached it (then its credits are no longer set aside: see settle_hold)."""
+    if hold.status in (SETTLED, RELEASED):
+        raise ReservationClosed(f"the reservation was {hold.status} already",
+                                {"field": "reservationId", "reservationId": str(hold.id), "status": hold.status})
+    if at >= hold.expires_at:
+        raise ReservationExpired("the reservation expired",
+                                 {"field": "reservationId", "reservationId": str(hold.id),
+                                  "expiresAt": hold.expires_at.isoformat()})
+
+
+def _row(obj: Any, columns: list[str]) -> dict[str, Any]:
+    return {c: getattr(obj, c) for c in columns}
+
+
+def _update_rows(uow: UnitOfWork, table: Any, tenant_id: str, rows: list[dict[str, Any]]) -> None:
+    """One UPDATE for many rows of `table`, joined to their new values passed as arrays."""
+    source, params = unnest_arrays(table, rows)
+    assignments = ", ".join(f'"{name}" = rows."{name}"' for name in rows[0] if name != "id")
+    uow.connection.execute(text(
+        f"UPDATE {table.name} AS t SET {assignments}, updated_at = now() FROM {source} "
+        f"WHERE t.tenant_id = :tenant_id AND t.id = rows.id"
+    ), {**params, "tenant_id": tenant_id})

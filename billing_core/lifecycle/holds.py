@@ -1,0 +1,211 @@
+"""Reservations (holds): credits set aside before work whose cost is not known yet (a voice call),
+then settled by a charge naming the hold, released, or expired after their TTL.
+
+A hold lowers the available balance at once; it moves no money, so its ledger entries carry the
+change of the reserved balance (`reserved_change`) and an amount of zero. Every change happens under
+the wallet's row lock (WalletBook), which is what makes a hold settle at most once.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+
+from sqlalchemy import select, text
+
+from billing_core import idempotency, money
+from billing_core.catalog import clock_and_catalog, price_items
+from billing_core.cursors import newest_first, next_cursor
+from billing_core.db import UnitOfWork
+from billing_core.errors import (
+    InsufficientBalance,
+    NotFound,
+    ReservationClosed,
+    ReservationExpired,
+    ValidationFailed,
+    WalletBlocked,
+)
+from billing_core.ledger.book import ACTIVE, EXPIRED, RELEASED, Reservation, WalletBook
+from billing_core.lifecycle.commands import ExtendReservationRequest, ReleaseReservationRequest, ReservationRequest
+from billing_core.lifecycle.quotes import binding_prices, load_quotes
+from billing_core.lifecycle.tables import reservations
+from billing_core.usage.commands import fingerprint_body
+
+STATUSES = ("active", "settled", "released", "expired")
+
+
+@dataclass(frozen=True)
+class ReservationResult:
+    reservation: Reservation
+    replayed: bool = False
+
+
+def load_reservations(uow: UnitOfWork, tenant_id: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, Reservation]:
+    if not ids:
+        return {}
+    rows = uow.connection.execute(
+        select(reservations).where(reservations.c.tenant_id == tenant_id, reservations.c.id.in_(set(ids))))
+    return {r.id: Reservation(**r._mapping) for r in rows}
+
+
+def get_reservation(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID) -> Reservation:
+    found = load_reservations(uow, tenant_id, [reservation_id]).get(reservation_id)
+    if found is None:
+        raise NotFound(f"reservation {reservation_id} not found")
+    return found
+
+
+def _replay(uow: UnitOfWork, tenant_id: str, record: idempotency.IdempotencyRecord) -> ReservationResult:
+    assert record.resource_id is not None
+    return ReservationResult(get_reservation(uow, tenant_id, record.resource_id), replayed=True)
+
+
+def _may_hold(book: WalletBook, feature_key: str, amount: Decimal) -> None:
+    if book.blocked:
+        raise WalletBlocked("the wallet is blocked; reservations are refused", {"walletId": str(book.wallet.id)})
+    book.budgets.check(feature_key, book.now, amount)
+    if amount > book.spendable:
+        raise InsufficientBalance("insufficient balance for this reservation",
+                                  {"required": money.format_decimal(amount),
+                                   "available": money.format_decimal(book.available)})
+
+
+def reserve(uow: UnitOfWork, tenant_id: str, command: ReservationRequest, *, created_by: str | None) -> ReservationResult:
+    """Hold `amount` (or what the items cost) for `ttlSeconds`, or refuse: 402 when it does not fit."""
+    if (command.amount is None) == (command.items is None):
+        raise ValidationFailed("amount", "give either amount or items")
+    if command.quoteId is not None and command.items is None:
+        raise ValidationFailed("quoteId", "a quote prices items; give items with it")
+    key = command.idempotencyKey
+    earlier = idempotency.claim(uow, tenant_id, key, "reservation",
+                                idempotency.fingerprint("reservation", fingerprint_body(command)))
+    if earlier is not None:
+        return _replay(uow, tenant_id, earlier)
+    amount = command.amount
+    if command.items is not None:
+        now, catalog = clock_and_catalog(uow, tenant_id)
+        prices = catalog if command.quoteId is None else binding_prices(
+            load_quotes(uow, tenant_id, [command.quoteId]), command.quoteId, now, catalog)
+        amount = money.total(p.cost for p in price_items(uow, tenant_id, command.items, now, prices))
+    assert amount is not None
+    book = WalletBook.open(uow, tenant_id)
+    book.expire_due()
+    _may_hold(book, command.featureKey, amount)
+    reservation = Reservation(
+        id=uuid.uuid4(), tenant_id=tenant_id, wallet_id=book.wallet.id, feature_key=command.featureKey,
+        external_reference_id=command.externalReferenceId, quote_id=command.quoteId, status=ACTIVE,
+        amount=amount, settled_amount=None, usage_event_id=None,
+        expires_at=book.now + timedelta(seconds=command.ttlSeconds), created_at=book.now, updated_at=book.now,
+        closed_at=None)
+    book.hold(reservation, reference=command.externalReferenceId, description=f"hold for {command.featureKey}",
+              idempotency_key=key, created_by=created_by)
+    book.flush()
+    idempotency.record_result(uow, tenant_id, key, resource_id=reservation.id)
+    uow.commit()
+    return ReservationResult(reservation)
+
+
+def _open_hold(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID) -> tuple[WalletBook, Reservation]:
+    book = WalletBook.open(uow, tenant_id)
+    book.load_holds([reservation_id])
+    hold = book.holds.get(reservation_id)
+    if hold is None:
+        raise NotFound(f"reservation {reservation_id} not found")
+    return book, hold
+
+
+def _refuse_closed(hold: Reservation, book: WalletBook) -> None:
+    if hold.status == EXPIRED or (hold.status == ACTIVE and hold.expires_at <= book.now):
+        raise ReservationExpired("the reservation expired", {"reservationId": str(hold.id),
+                                                             "expiresAt": hold.expires_at.isoformat()})
+    if hold.status != ACTIVE:
+        raise ReservationClosed(f"the reservation was {hold.status} already",
+                                {"reservationId": str(hold.id), "status": hold.status})
+
+
+def extend(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID, command: ExtendReservationRequest, *,
+           created_by: str | None) -> ReservationResult:
+    """Hold more and/or longer: a call that runs long. The expiry is never brought forward."""
+    if command.amount is None and command.ttlSeconds is None:
+        raise ValidationFailed("amount", "give amount and/or ttlSeconds")
+    key = command.idempotencyKey
+    earlier = idempotency.claim(uow, tenant_id, key, f"extend:{reservation_id}",
+                                idempotency.fingerprint("extend", fingerprint_body(command)))
+    if earlier is not None:
+        return _replay(uow, tenant_id, earlier)
+    book, hold = _open_hold(uow, tenant_id, reservation_id)
+    _refuse_closed(hold, book)
+    book.expire_due()  # credits past their expiry are not available to hold more
+    more = command.amount or Decimal(0)
+    if more:
+        _may_hold(book, hold.feature_key, more)
+    expires_at = hold.expires_at
+    if command.ttlSeconds is not None:
+        expires_at = max(expires_at, book.now + timedelta(seconds=command.ttlSeconds))
+    book.extend_hold(hold, more, expires_at, description=f"hold for {hold.feature_key} extended",
+                     idempotency_key=key, created_by=created_by)
+    book.flush()
+    idempotency.record_result(uow, tenant_id, key, resource_id=hold.id)
+    uow.commit()
+    return ReservationResult(hold)
+
+
+def release(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID, command: ReleaseReservationRequest, *,
+            created_by: str | None) -> ReservationResult:
+    """Give the hold back to the available balance. Releasing a released hold again changes nothing
+    and answers it as a replay; a settled or expired one cannot be released."""
+    key = command.idempotencyKey
+    if key is not None:
+        earlier = idempotency.claim(uow, tenant_id, key, f"release:{reservation_id}",
+                                    idempotency.fingerprint("release", fingerprint_body(command)))
+        if earlier is not None:
+            return _replay(uow, tenant_id, earlier)
+    book, hold = _open_hold(uow, tenant_id, reservation_id)
+    if hold.status == RELEASED:
+        uow.rollback()
+        return ReservationResult(hold, replayed=True)
+    _refuse_closed(hold, book)
+    book.close_hold(hold, RELEASED, idempotency_key=key, created_by=created_by)
+    book.flush()
+    if key is not None:
+        idempotency.record_result(uow, tenant_id, key, resource_id=hold.id)
+    uow.commit()
+    return ReservationResult(hold)
+
+
+def list_reservations(uow: UnitOfWork, tenant_id: str, *, status: str | None, limit: int,
+                      cursor: str | None) -> tuple[list[Reservation], str | None]:
+    """Newest first; the cursor is the last reservation's (created_at, id)."""
+    query = select(reservations).where(reservations.c.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(reservations.c.status == status)
+    rows = uow.connection.execute(newest_first(query, reservations, cursor, limit)).all()
+    return [Reservation(**r._mapping) for r in rows[:limit]], next_cursor(rows, limit)
+
+
+def tenants_with_due_credits(uow: UnitOfWork, limit: int = 1000) -> list[str]:
+    """Tenants with a hold past its TTL, or with credits past their expiry beyond what backs their
+    holds (the rest cannot expire yet): the expiry job's deliberately cross-tenant query, over two
+    partial indexes, most overdue first."""
+    return list(uow.connection.execute(text("""
+        SELECT tenant_id FROM (
+            SELECT tenant_id, min(expires_at) AS due FROM reservations
+            WHERE status = 'active' AND expires_at <= now() GROUP BY tenant_id
+            UNION ALL
+            SELECT g.tenant_id, min(g.expires_at) FROM credit_grants g
+            JOIN wallets w ON w.tenant_id = g.tenant_id AND w.id = g.wallet_id
+            WHERE g.remaining > 0 AND g.expires_at <= now()
+            GROUP BY g.tenant_id, w.reserved_balance HAVING sum(g.remaining) > w.reserved_balance
+        ) due GROUP BY tenant_id ORDER BY min(due) LIMIT :limit
+    """), {"limit": limit}).scalars())
+
+
+def expire_due(uow: UnitOfWork, tenant_id: str) -> int:
+    """Expire the tenant's holds and grants that are due; commits. Running it twice, or while a
+    charge settles, is harmless: it works under the wallet lock and only on what is still due."""
+    book = WalletBook.open(uow, tenant_id)
+    expired = book.expire_due()
+    book.flush()
+    uow.commit()
+    return expired

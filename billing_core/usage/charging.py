@@ -1,0 +1,275 @@
+"""Charging pending usage events: one at a time (the naive mode, kept for comparison) or a wallet's
+pending events in groups, each group in one transaction (group commit, the default)."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+
+from billing_core import money
+from billing_core.catalog import CATALOG, TierPositions, price_items
+from billing_core.catalog.models import GRADUATED
+from billing_core.db import UnitOfWork, unnest_arrays
+from billing_core.errors import (
+    BudgetExceeded,
+    InsufficientBalance,
+    NotFound,
+    PriceNotFound,
+    ReservationClosed,
+    ReservationExceeded,
+    ReservationExpired,
+    WalletBlocked,
+)
+from billing_core.ledger.book import WalletBook, check_settleable
+from billing_core.notifications import outbox
+from billing_core.usage.events import CHARGED, PENDING, REJECTED, ChargeOutcome, load_outcome
+from billing_core.usage.tables import usage_event_items, usage_events
+
+
+def charge_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID) -> ChargeOutcome:
+    """Naive mode: charge one pending usage event in its own transaction and commit, by the same
+    rules as a group (see charge_pending_batch). A duplicate delivery finds it settled and changes nothing."""
+    book = WalletBook.open(uow, tenant_id)
+    row = uow.connection.execute(
+        select(*_PENDING_COLUMNS)
+        .where(usage_events.c.tenant_id == tenant_id, usage_events.c.id == usage_event_id)
+        .with_for_update()
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"usage event {usage_event_id} not found")
+    if row.status != PENDING:
+        uow.rollback()
+        return load_outcome(uow, tenant_id, usage_event_id)
+    _settle_group(uow, book, [row])
+    uow.commit()
+    return load_outcome(uow, tenant_id, usage_event_id)
+
+
+@dataclass(frozen=True)
+class StalePending:
+    tenant_id: str
+    usage_event_id: uuid.UUID
+    task_id: uuid.UUID
+    enqueue_count: int
+
+
+def claim_stale_pending(uow: UnitOfWork, older_than_seconds: int, limit: int = 1000) -> list[StalePending]:
+    """Mark pending events whose last enqueue is older than their retry age as enqueued now, and
+    return them for enqueueing again (their message was lost, or their worker died).
+
+    The retry age doubles with each enqueue (capped at 64×), so a backlog the workers are still
+    working through is not flooded with duplicates. This is the one deliberately cross-tenant query:
+    a housekeeping scan over the pending index. SKIP LOCKED leaves events a worker is charging now,
+    and concurrent sweeps never claim the same event twice.
+    """
+    backoff = func.power(2, func.least(usage_events.c.enqueue_count - 1, 6))
+    stale = (
+        select(usage_events.c.id)
+        .where(usage_events.c.status == PENDING,
+               usage_events.c.enqueued_at
+               < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds * backoff))
+        .order_by(usage_events.c.enqueued_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    rows = uow.connection.execute(
+        update(usage_events)
+        .where(usage_events.c.id.in_(stale), usage_events.c.status == PENDING)
+        .values(enqueued_at=func.now(), enqueue_count=usage_events.c.enqueue_count + 1)
+        .returning(usage_events.c.tenant_id, usage_events.c.id, usage_events.c.task_id, usage_events.c.enqueue_count)
+    ).all()
+    uow.commit()
+    return [StalePending(r.tenant_id, r.id, r.task_id, r.enqueue_count) for r in rows]
+
+
+
+
+@dataclass(frozen=True)
+class Settled:
+    usage_event_id: uuid.UUID
+    status: str
+    rejection_code: str | None
+    accepted_at: datetime
+    request_id: str | None
+
+
+_PENDING_COLUMNS = (usage_events.c.id, usage_events.c.status, usage_events.c.created_at, usage_events.c.feature_key,
+                    usage_events.c.external_reference_id, usage_events.c.idempotency_key, usage_events.c.user_id,
+                    usage_events.c.reservation_id, usage_events.c.quote_id, usage_events.c.request_id)
+
+
+def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Settled]:
+    """Group commit: claim up to `limit` of the tenant's pending events in event order, price them,
+    and settle them all in this one transaction, then commit.
+
+    One wallet lock, one multi-row insert of ledger entries whose balance_before/balance_after form
+    an unbroken chain in event order, one update of each kind of row touched. Each event is charged
+    or rejected on its own merits: after a charge that does not fit, a cheaper one still may.
+    Invariant: the wallet is locked before any event is claimed, so a wallet's groups are settled one
+    after another in arrival order; FOR UPDATE SKIP LOCKED means no two claims share an event; only
+    `pending` events are claimed, so each is settled exactly once (the ledger's one-debit-per-event
+    index and the one-settlement-per-hold index stand behind that).
+    """
+    # The wallet first: a second worker on this wallet waits here and then claims the next events,
+    # so a wallet's events are settled in arrival order even across workers.
+    book = WalletBook.open(uow, tenant_id)
+    events = uow.connection.execute(
+        select(*_PENDING_COLUMNS)
+        .where(usage_events.c.tenant_id == tenant_id, usage_events.c.status == PENDING)
+        .order_by(usage_events.c.seq)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not events:
+        # nothing to charge, but holds and grants past their expiry end here too
+        if book.expire_due():
+            book.flush()
+            uow.commit()
+        else:
+            uow.rollback()
+        return []
+    outcomes = _settle_group(uow, book, events)
+    uow.commit()
+    return [Settled(o["event_id"], o["status"], o["code"], e.created_at, e.request_id)
+            for o, e in zip(outcomes, events, strict=True)]
+
+
+_REFUSALS = (PriceNotFound, InsufficientBalance, WalletBlocked, BudgetExceeded, ReservationExceeded,
+             ReservationExpired, ReservationClosed)
+
+
+def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[dict[str, Any]]:
+    """Price and settle claimed pending events against the locked wallet, in the order given."""
+    tenant_id = book.tenant_id
+    items: dict[uuid.UUID, list[Any]] = {e.id: [] for e in events}
+    c = usage_event_items.c
+    for row in uow.connection.execute(
+        select(c.usage_event_id, c.position, c.category, c.provider, c.model, c.unit, c.quantity, c.unit_price,
+               c.cost, c.price_id, c.unit_cost, c.provider_cost,
+               # what repricing compares and binding quotes advance by, without decoding the whole breakdown
+               c.pricing["pricingModel"].astext.label("pricing_model"),
+               c.pricing["billedQuantity"].astext.label("billed_quantity"),
+               c.pricing["tierStart"].astext.label("tier_start"))
+        .where(c.tenant_id == tenant_id, c.usage_event_id.in_(list(items)))
+        .order_by(c.usage_event_id, c.position)
+    ):
+        items[row.usage_event_id].append(row)
+    settling = {e.reservation_id for e in events if e.reservation_id is not None}
+    book.load_holds(settling)
+    # a hold a charge in hand settles is not expired under it; the charge's own time decides
+    book.expire_due(keep=settling)
+
+    catalog = CATALOG.for_tenant(uow, tenant_id)
+    # graduated tiers: where each month stands, read under the wallet lock (the book holds it) and
+    # advanced event by event, only for the events charged; written with the debits
+    positions = TierPositions(uow, tenant_id, locked=True)
+    outcomes: list[dict[str, Any]] = []
+    repriced: list[dict[str, Any]] = []
+    for event in events:
+        try:
+            if event.quote_id is not None:  # priced at acceptance by a binding quote; it stays so
+                cost = money.total(i.cost for i in items[event.id])
+                priced = None
+                advances = [((i.category, i.provider, i.model, i.unit), event.created_at,
+                             money.to_decimal(i.billed_quantity))
+                            for i in items[event.id] if i.pricing_model == GRADUATED]
+            else:
+                priced = price_items(uow, tenant_id, items[event.id], event.created_at, catalog, positions)
+                cost = money.total(p.cost for p in priced)
+                advances = [p.advance for p in priced if p.advance is not None]
+            _charge(book, event, cost)
+        except _REFUSALS as refusal:
+            outcomes.append({"event_id": event.id, "status": REJECTED, "total_cost": None, "code": refusal.code,
+                             "reason": refusal.message, "details": refusal.details})
+            continue
+        except ArithmeticError as exc:  # a cost no exact context can hold: refuse this event, not the group
+            outcomes.append({"event_id": event.id, "status": REJECTED, "total_cost": None, "code": "pricing_error",
+                             "reason": f"the cost cannot be computed exactly: {type(exc).__name__}", "details": {}})
+            continue
+        if advances:
+            positions.advance(advances)
+        outcomes.append({"event_id": event.id, "status": CHARGED, "total_cost": cost, "code": None,
+                         "reason": None, "details": None})
+        # items were priced at acceptance, which is the event's time; rewrite only what differs (a
+        # graduated item's place in the month, mostly)
+        # (the breakdown follows from the price row, its multiplier, the quantity and the tier start)
+        for stored, p in zip(items[event.id], priced or [], strict=False):
+            tier_start = None if p.tier_start is None else money.format_decimal(p.tier_start)
+            if (p.price.id, p.price.unit_price, p.cost, p.unit_cost, p.provider_cost, tier_start) != (
+                    stored.price_id, stored.unit_price, stored.cost, stored.unit_cost, stored.provider_cost,
+                    stored.tier_start):
+                repriced.append(dict(zip(_REPRICED, (event.id, stored.position, p.price.id, p.price.unit_price,
+                                                     p.cost, p.breakdown(), p.unit_cost, p.provider_cost),
+                                         strict=True)))
+
+    book.awaiting -= settling
+    book.expire_due()  # holds kept for this group's charges that turned out too late
+    book.flush()
+    positions.flush()
+    for exceeded in book.budgets.exceeded:  # `alert` budgets: delivered by the notification sweep
+        outbox.enqueue(uow, tenant_id, "budget.exceeded", exceeded)
+    book.budgets.exceeded.clear()
+    _settle_events(uow, tenant_id, outcomes)
+    if repriced:  # one UPDATE, joined to the new prices passed as arrays
+        source, params = unnest_arrays(usage_event_items, repriced)
+        assignments = ", ".join(f'"{name}" = rows."{name}"' for name in _REPRICED[2:])
+        uow.connection.execute(text(
+            f"UPDATE usage_event_items AS i SET {assignments} FROM {source} "
+            "WHERE i.tenant_id = :tenant_id AND i.usage_event_id = rows.usage_event_id AND i.position = rows.position"
+        ), {**params, "tenant_id": tenant_id})
+    return outcomes
+
+
+_REPRICED = ("usage_event_id", "position", "price_id", "unit_price", "cost", "pricing", "unit_cost", "provider_cost")
+
+
+def _charge(book: WalletBook, event: Any, cost: Decimal) -> None:
+    """Debit one event's cost, settling its hold if it names one, or raise why it is refused."""
+    if book.blocked:
+        raise WalletBlocked("the wallet is blocked; charges are refused", {"walletId": str(book.wallet.id)})
+    hold = None
+    if event.reservation_id is not None:
+        hold = book.holds[event.reservation_id]
+        check_settleable(hold, event.created_at)
+    releasing = book.held_by(hold) if hold is not None else Decimal(0)
+    book.budgets.check(event.feature_key, event.created_at, cost, releasing)
+    # the hold's own amount is released in the same entry, so it adds to what the charge may take
+    if cost > money.add(book.spendable, releasing):
+        details = {"required": money.format_decimal(cost), "available": money.format_decimal(book.available)}
+        if hold is not None:
+            raise ReservationExceeded(
+                "the cost exceeds the hold and the available balance cannot cover the rest",
+                {**details, "reservationId": str(hold.id), "held": money.format_decimal(hold.amount)})
+        raise InsufficientBalance("insufficient balance for this charge", details)
+    entry = {"reference": event.external_reference_id, "description": f"{event.feature_key} usage",
+             "idempotency_key": event.idempotency_key, "created_by": event.user_id}
+    if hold is not None:
+        book.settle_hold(hold, cost, event.id, **entry)
+    else:
+        book.debit(cost, usage_event_id=event.id, **entry)
+    book.budgets.spend(event.feature_key, event.created_at, cost)
+
+
+def _settle_events(uow: UnitOfWork, tenant_id: str, outcomes: list[dict[str, Any]]) -> None:
+    """One UPDATE for the whole group, joined to the outcomes passed as arrays."""
+    source, params = unnest_arrays(usage_events, [
+        {"id": o["event_id"], "status": o["status"], "total_cost": o["total_cost"], "rejection_code": o["code"],
+         "rejection_reason": o["reason"], "rejection_details": o["details"]}
+        for o in outcomes
+    ])
+    uow.connection.execute(text(f"""
+        UPDATE usage_events AS e SET
+            status = rows.status,
+            total_cost = coalesce(rows.total_cost, e.total_cost),
+            charged_at = CASE WHEN rows.status = 'charged' THEN now() END,
+            rejection_code = rows.rejection_code,
+            rejection_reason = rows.rejection_reason,
+            rejection_details = rows.rejection_details
+        FROM {source}
+        WHERE e.tenant_id = :tenant_id AND e.id = rows.id
+    """), {**params, "tenant_id": tenant_id})

@@ -1,0 +1,145 @@
+"""Auto top-up and recurring allocation tasks: thin over billing_core.payments.auto_topup and
+billing_core.ledger.allocations.
+
+- check_auto_topup(tenant_id): called by the charging task right after a settled group.
+- billing.pay_auto_topup(tenant_id, attempt_id): one try at paying an attempt; a try that cannot
+  reach Stripe sends itself again after a backoff (same attempt, same idempotency key).
+- billing.scan_auto_topups(): beat, every minute: the check of rules saved before LAD owned the
+  tenants' Stripe customers, the safety net for the trigger, and a new message for pending
+  attempts whose message was lost.
+- billing.grant_allocations(): beat, 00:05 UTC on the 1st: each allocation once per month.
+"""
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy.exc import OperationalError
+
+from billing_core import logs, metrics
+from billing_core.bootstrap import Settings
+from billing_core.db import UnitOfWork, engine_for
+from billing_core.ledger import allocations
+from billing_core.payments.auto_topup import attempts
+from billing_core.payments.auto_topup.customers import StripeUnavailable
+from billing_core.payments.auto_topup.payment import StripeGateway, pay_attempt
+from tasks.app import celery_app
+from tasks.notifications import BROKER_ERRORS, dispatch
+
+log = logs.get(__name__)
+settings = Settings.from_env()
+_gateway: StripeGateway | None = None
+
+
+def _uow() -> UnitOfWork:
+    return UnitOfWork(engine_for(settings.database_url))
+
+
+def gateway() -> StripeGateway | None:
+    """The process's Stripe client; None without STRIPE_SECRET_KEY (auto top-up is then off)."""
+    global _gateway
+    if _gateway is None and settings.stripe_secret_key:
+        _gateway = StripeGateway(settings.stripe_secret_key, settings.stripe_api_base)
+    return _gateway
+
+
+def _started(found: attempts.Evaluation) -> None:
+    """After the commit that started them: send each attempt's payment message, dispatch notifications."""
+    for _ in range(found.capped):
+        metrics.AUTO_TOPUP_ATTEMPTS.labels(outcome="capped").inc()
+    dispatch(found.notification_ids)
+    for tenant_id, attempt_id in found.attempts:
+        metrics.AUTO_TOPUP_ATTEMPTS.labels(outcome="started").inc()
+        log.info("auto top-up started", tenant_id=tenant_id, attempt_id=str(attempt_id))
+        _send(tenant_id, attempt_id)
+
+
+def _send(tenant_id: str, attempt_id: uuid.UUID, countdown: int | None = None) -> None:
+    try:
+        pay_auto_topup.apply_async(args=[tenant_id, str(attempt_id)], countdown=countdown, retry=False)
+    except BROKER_ERRORS as exc:  # the attempt is pending in PostgreSQL: the scan sends it again
+        log.warning("broker unavailable, auto top-up left for the scan", attempt_id=str(attempt_id), error=str(exc))
+
+
+def check_auto_topup(tenant_id: str) -> None:
+    """The prompt trigger after a settled charge group (one indexed read when the tenant has no rule)."""
+    if gateway() is None:
+        return
+    with _uow() as uow:
+        found = attempts.evaluate(uow, tenant_id)
+    _started(found)
+
+
+@celery_app.task(name="billing.pay_auto_topup", autoretry_for=(OperationalError,), retry_backoff=True,
+                 retry_backoff_max=30, max_retries=5)
+def pay_auto_topup(tenant_id: str, attempt_id: str) -> str:
+    client = gateway()
+    if client is None:
+        log.error("auto top-up attempt without STRIPE_SECRET_KEY; left pending", attempt_id=attempt_id)
+        return "unconfigured"
+    attempt_uuid = uuid.UUID(attempt_id)
+    with _uow() as uow:
+        claimed = attempts.start_try(uow, tenant_id, attempt_uuid)
+    if claimed is None:
+        return "finished"  # a redelivered or duplicate message: the attempt is done
+    result = pay_attempt(_uow, client, claimed)
+    outcome = result.outcome
+    if outcome == "succeeded":
+        assert result.payment_intent_id is not None and result.paid is not None
+        with _uow() as uow:
+            attempts.succeed(uow, tenant_id, attempt_uuid, result.payment_intent_id, result.paid)
+    elif outcome == "failed" or claimed.tries >= settings.auto_topup_max_tries:
+        # a refused payment, or no answer after every try: the breaker opens either way (a payment
+        # that went through unseen is still credited by its payment_intent.succeeded webhook)
+        code = {"failed": result.code or "failed", "processing": "payment_still_processing"}.get(
+            outcome, "stripe_unreachable")
+        with _uow() as uow:
+            dispatch(attempts.fail(uow, tenant_id, attempt_uuid, code, result.message or code,
+                                   result.payment_intent_id))
+        log.warning("auto top-up failed", tenant_id=tenant_id, attempt_id=attempt_id, code=code,
+                    tries=claimed.tries)
+        outcome = "failed"
+    else:
+        delay = min(settings.auto_topup_retry_base_seconds * 2 ** (claimed.tries - 1), 600)
+        with _uow() as uow:
+            attempts.postpone(uow, tenant_id, attempt_uuid, result.message or outcome, delay,
+                              result.payment_intent_id)
+        log.warning("auto top-up try postponed", tenant_id=tenant_id, attempt_id=attempt_id, reason=result.message,
+                    tries=claimed.tries, retry_in=delay)
+        _send(tenant_id, attempt_uuid, countdown=delay)
+    metrics.AUTO_TOPUP_ATTEMPTS.labels(outcome=outcome).inc()
+    return outcome
+
+
+@celery_app.task(name="billing.scan_auto_topups", autoretry_for=(OperationalError,), retry_backoff=True,
+                 max_retries=3)
+def scan_auto_topups() -> int:
+    """Every tenant at or below its threshold gets its attempt (tenants being evaluated are
+    skipped, their evaluation judges them); pending attempts whose message was lost are sent again."""
+    client = gateway()
+    if client is None:
+        return 0
+    try:  # rules saved before LAD owned the tenants' Stripe customers: checked whatever the balance
+        dispatch(attempts.verify_saved(_uow, client.customers))
+    except StripeUnavailable as exc:
+        log.warning("saved auto top-up rules not checked: Stripe unreachable", error=str(exc))
+    found = attempts.Evaluation()
+    after: str | None = ""
+    while after is not None:
+        with _uow() as uow:
+            page, after = attempts.scan_page(uow, after)
+        found += page
+    _started(found)
+    with _uow() as uow:
+        lost = attempts.claim_lost(uow)
+    for tenant_id, attempt_id in lost:
+        _send(tenant_id, attempt_id)
+    return len(found.attempts) + len(lost)
+
+
+@celery_app.task(name="billing.grant_allocations", autoretry_for=(OperationalError,), retry_backoff=True,
+                 max_retries=3)
+def grant_allocations() -> int:
+    granted = allocations.grant_due(_uow)
+    if granted:
+        log.info("allocations granted", granted=granted)
+    return granted
