@@ -10,8 +10,6 @@ from werkzeug.routing import RequestRedirect
 
 from billing_core import logs
 from billing_core.bootstrap import Settings
-
-# their routes join the blueprint
 from web.api import billing
 from web.auth import TokenSettings
 from web.errors import register_error_handlers
@@ -75,7 +73,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     settings: Settings = app.config["LAD_SETTINGS"]
     app.extensions["lad_tokens"] = app.config.get("LAD_TOKENS") or TokenSettings.from_env()
     app.extensions["lad_outcomes"] = ChargeOutcomeListener(settings.redis_url, settings.charge_outcome_channel)
-    from web import pricing_api  # noqa: F401 - pricing models, costs and margins: routes join the blueprint
     app.register_blueprint(billing)
     init_limiter(app)
     app.register_blueprint(health)

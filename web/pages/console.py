@@ -25,12 +25,12 @@ from billing_core.reports import operators
 from billing_core.usage import history
 from web import representations as show
 from web import schemas
+from web.api.invoicing import margins_report
+from web.api.payments import show_attempt
 from web.auth import TENANT_ID
-from web.auto_topup_api import show_attempt
 from web.errors import status_for
 from web.pages.common import close_session, current_session, install, open_link, public_redirect, unit_of_work
 from web.parsing import parse
-from web.pricing_api import margins_report
 
 console = Blueprint("console", __name__, url_prefix="/console")
 install(console, sessions.CONSOLE)

@@ -25,13 +25,13 @@ from billing_core.payments.auto_topup.rules import AutoTopupRequest
 from billing_core.reports import spend
 from billing_core.usage import events, history
 from web import representations as show
-from web.alerts_api import _check_soon as check_alerts_soon
-from web.alerts_api import show_settings
-from web.auto_topup_api import check_soon as check_auto_topup_soon
-from web.auto_topup_api import configured as auto_topup_configured
-from web.auto_topup_api import show_rule, stripe_answering, stripe_gateway
+from web.api.invoicing import invoice_file, invoice_json, invoice_summary
+from web.api.notifications import _check_soon as check_alerts_soon
+from web.api.notifications import show_settings
+from web.api.payments import check_soon as check_auto_topup_soon
+from web.api.payments import configured as auto_topup_configured
+from web.api.payments import show_rule, stripe_answering, stripe_gateway
 from web.errors import ApiError, status_for
-from web.invoices_api import invoice_file, invoice_json, invoice_summary
 from web.pages.common import close_session, current_session, install, open_link, public_redirect, unit_of_work
 from web.parsing import parse, path_uuid
 

@@ -4,26 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from flask import Response, current_app, request
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+import stripe
+from flask import Response, current_app, jsonify, request
+from pydantic import BaseModel, Field
+from spectree import Response as Documented
 from sqlalchemy.exc import OperationalError
 
-from billing_core import logs
-from billing_core.errors import NotFound, ValidationFailed
+from billing_core import exactjson, logs
+from billing_core.errors import NotFound
 from billing_core.fields import Strict, TenantId
-from billing_core.ledger import allocations
-from billing_core.ledger.allocations import AllocationName, AllocationRequest
+from billing_core.payments import stripe_events
 from billing_core.payments.auto_topup import attempts, customers, rules
 from billing_core.payments.auto_topup.payment import StripeGateway
 from billing_core.payments.auto_topup.rules import AutoTopupRequest
+from tasks.credits import process_stripe_event
 from tasks.payments import check_auto_topup
 from web import schemas
-from web.api import BROKER_ERRORS, billing, documented, ok, unit_of_work
+from web.api.routing import BROKER_ERRORS, billing, documented, ok, unit_of_work
 from web.auth import ADMIN, MANAGE, authenticate, managed_tenant, tenant_for
 from web.errors import ApiError
 from web.limits import rate_limited
+from web.openapi import spec
 from web.parsing import json_body, parse, parse_query
 from web.representations import amount, timestamp
 
@@ -99,28 +103,6 @@ class AttemptsQuery(schemas.Query):
     tenantId: TenantId | None = None  # absent: every tenant's attempts (operators)
 
 
-class AllocationOut(BaseModel):
-    tenantId: str
-    name: str
-    amount: schemas.DecimalString
-    kind: Literal["promotional", "paid"]
-    period: Literal["month"]
-    expiresAtPeriodEnd: bool
-    lastPeriodGranted: schemas.Timestamp | None
-    createdAt: schemas.Timestamp
-    updatedAt: schemas.Timestamp
-
-
-class AllocationResponse(BaseModel):
-    success: Literal[True]
-    allocation: AllocationOut
-
-
-class AllocationsResponse(BaseModel):
-    success: Literal[True]
-    allocations: list[AllocationOut]
-
-
 # --- representations ------------------------------------------------------------------------------
 
 
@@ -141,13 +123,6 @@ def show_attempt(a: attempts.Attempt) -> dict[str, Any]:
             "failureMessage": a.failure_message, "stripeRequests": a.stripe_requests,
             "grantId": str(a.grant_id) if a.grant_id else None, "createdAt": timestamp(a.created_at),
             "finishedAt": timestamp(a.finished_at)}
-
-
-def show_allocation(view: allocations.AllocationView) -> dict[str, Any]:
-    a = view.allocation
-    return {"tenantId": a.tenant_id, "name": a.name, "amount": amount(a.amount), "kind": a.kind, "period": a.period,
-            "expiresAtPeriodEnd": a.expires_at_period_end, "lastPeriodGranted": timestamp(view.last_period_granted),
-            "createdAt": timestamp(a.created_at), "updatedAt": timestamp(a.updated_at)}
 
 
 # --- auto top-up ----------------------------------------------------------------------------------
@@ -260,63 +235,62 @@ def check_soon(tenant_id: str) -> None:
 # --- recurring allocations ------------------------------------------------------------------------
 
 
-def _name(value: str) -> str:
+SIGNATURE_TOLERANCE_SECONDS = 300  # Stripe's default: an older signed payload is a replay
+
+
+# Stripe's numbers are cents, counts and epoch seconds; anything beyond this is not from Stripe and
+# would overflow PostgreSQL's numeric (jsonb) or every amount computed from it
+MAX_NUMBER_DIGITS = 30
+
+
+def _unstorable_number(event: Any) -> str | None:
+    """The path of a non-finite or absurdly large number in the event, if any (walked with a stack:
+    the payload's depth is the sender's choice)."""
+    stack: list[tuple[Any, str]] = [(event, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, Decimal):
+            if not value.is_finite() or abs(value.adjusted()) > MAX_NUMBER_DIGITS:
+                return path or "body"
+        elif isinstance(value, dict):
+            stack.extend((child, f"{path}.{key}" if path else str(key)) for key, child in value.items())
+        elif isinstance(value, list):
+            stack.extend((child, f"{path}[{index}]") for index, child in enumerate(value))
+    return None
+
+
+@billing.post("/webhooks/stripe")
+@spec.validate(resp=Documented(HTTP_200=schemas.WebhookResponse, HTTP_400=schemas.ErrorResponse,
+                               HTTP_503=schemas.ErrorResponse),
+               skip_validation=True, tags=["stripe"], security={})
+def post_stripe_webhook() -> Response:
+    """Stripe events: paid checkouts and payment intents credit a paid grant, refunds and disputes
+    claw it back. Authenticated by the Stripe-Signature header, not a bearer token."""
+    secret = current_app.config["LAD_SETTINGS"].stripe_webhook_secret
+    if not secret:
+        raise ApiError("unavailable", "Stripe webhooks are not configured (STRIPE_WEBHOOK_SECRET)")
+    payload = request.get_data()
     try:
-        return TypeAdapter(AllocationName).validate_python(value)
-    except ValidationError:
-        raise ValidationFailed("name", "must be 1-64 letters, digits or ._:-") from None
-
-
-@billing.put("/allocations/<name>")
-@documented({200: AllocationResponse}, 403, json=AllocationRequest)
-@rate_limited(ADMIN)
-def put_allocation(name: str) -> Response:
-    """A recurring grant: each month (00:05 UTC on the 1st, and at once for the current month when
-    created) the tenant gets `amount` once, expiring at the month's end unless expiresAtPeriodEnd
-    is false. A change applies from the next month."""
-    principal = authenticate(ADMIN)
-    command = parse(AllocationRequest, json_body())
-    tenant_id = tenant_for(principal, command.tenantId)
-    name = _name(name)
+        text = payload.decode("utf-8")
+        stripe.WebhookSignature.verify_header(text, request.headers.get("Stripe-Signature"), secret,
+                                              tolerance=SIGNATURE_TOLERANCE_SECONDS)
+        event = exactjson.loads(text)
+    except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
+        raise ApiError("invalid_signature", f"the Stripe signature does not verify: {exc}",
+                       {"field": "Stripe-Signature"}, status=400) from None
+    except (ValueError, ArithmeticError, RecursionError):  # signed, but not JSON any Decimal can hold
+        raise ApiError("validation_error", "not a JSON Stripe event", {"field": "body"}) from None
+    if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not event["id"]:
+        raise ApiError("validation_error", "not a Stripe event", {"field": "id"})
+    bad_number = _unstorable_number(event)
+    if bad_number is not None:
+        raise ApiError("validation_error", "a number in the event is not finite or out of range",
+                       {"field": bad_number})
     with unit_of_work() as uow:
-        allocations.put_allocation(uow, tenant_id, name, command)
-        view = allocations.list_allocations(uow, tenant_id, name)[0]
-    return ok(allocation=show_allocation(view))
-
-
-@billing.get("/allocations")
-@documented({200: AllocationsResponse}, 403, query=schemas.TenantQuery)
-@rate_limited(ADMIN)
-def get_allocations() -> Response:
-    principal = authenticate(ADMIN)
-    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
-    with unit_of_work() as uow:
-        found = allocations.list_allocations(uow, tenant_id)
-    return ok(allocations=[show_allocation(v) for v in found])
-
-
-@billing.get("/allocations/<name>")
-@documented({200: AllocationResponse}, 403, 404, query=schemas.TenantQuery)
-@rate_limited(ADMIN)
-def get_allocation(name: str) -> Response:
-    principal = authenticate(ADMIN)
-    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
-    with unit_of_work() as uow:
-        found = allocations.list_allocations(uow, tenant_id, _name(name))
-    if not found:
-        raise NotFound(f"no allocation {name}")
-    return ok(allocation=show_allocation(found[0]))
-
-
-@billing.delete("/allocations/<name>")
-@documented({200: AllocationsResponse}, 403, 404, query=schemas.TenantQuery)
-@rate_limited(ADMIN)
-def delete_allocation(name: str) -> Response:
-    """Stop an allocation from next month on; what it granted stays until it expires."""
-    principal = authenticate(ADMIN)
-    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
-    with unit_of_work() as uow:
-        if not allocations.delete_allocation(uow, tenant_id, _name(name)):
-            raise NotFound(f"no allocation {name}")
-        remaining = allocations.list_allocations(uow, tenant_id)
-    return ok(allocations=[show_allocation(v) for v in remaining])
+        new = stripe_events.record_event(uow, event)
+    if new:
+        try:
+            process_stripe_event.apply_async(args=[event["id"]], retry=False)
+        except BROKER_ERRORS as exc:  # stored: the Stripe sweep processes it once the broker is back
+            log.warning("broker unavailable, Stripe event %s left for the sweep: %s", event["id"], exc)
+    return jsonify({"received": True, "duplicate": not new})

@@ -2,25 +2,26 @@
 wallet settings and catalog administration. Handlers parse, call billing_core, and answer."""
 from __future__ import annotations
 
-from flask import Response, current_app
+from flask import Response, current_app, request
 
 from billing_core import catalog, money
-from billing_core.catalog.commands import PriceRequest
 from billing_core.catalog.items import estimate_cost
-from billing_core.catalog.models import terms_from_request
 from billing_core.db import engine_for
 from billing_core.errors import NotFound, ValidationFailed
-from billing_core.ledger import credits
 from billing_core.ledger.book import WalletBook
-from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, WalletSettingsRequest
-from billing_core.ledger.wallets import change_settings, get_wallet
-from billing_core.lifecycle import budgets, entitlement, holds
-from billing_core.lifecycle.commands import BudgetRequest, ExtendReservationRequest, ReleaseReservationRequest, ReservationRequest
+from billing_core.lifecycle import budgets, entitlement, holds, quotes
+from billing_core.lifecycle.commands import (
+    BudgetRequest,
+    ExtendReservationRequest,
+    QuoteRequest,
+    ReleaseReservationRequest,
+    ReservationRequest,
+)
 from billing_core.usage.commands import UsageItem
 from web import representations as show
 from web import schemas
-from web.api import billing, credit_answer, documented, ok, unit_of_work
-from web.auth import ADMIN, CHARGE, MANAGE, VIEW, authenticate, managed_tenant, tenant_for
+from web.api.routing import billing, documented, ok, unit_of_work
+from web.auth import CHARGE, MANAGE, VIEW, authenticate, managed_tenant, tenant_for
 from web.limits import rate_limited
 from web.parsing import json_body, parse, parse_query, path_uuid, with_idempotency_header
 
@@ -28,7 +29,6 @@ from web.parsing import json_body, parse, parse_query, path_uuid, with_idempoten
 
 
 def _optional_body() -> dict:
-    from flask import request
 
     return json_body() if request.get_data(cache=True).strip() else {}
 
@@ -156,32 +156,6 @@ def get_budgets() -> Response:
 # --- refunds and adjustments ----------------------------------------------------------------------
 
 
-@billing.post("/refunds")
-@documented({200: schemas.CreditResponse}, 403, 404, 409, 422, json=RefundRequest)
-@rate_limited(ADMIN)
-def post_refund() -> Response:
-    """Credit back all or part of a debit (never more than it took, over all its refunds)."""
-    principal = authenticate(ADMIN)
-    command = parse(RefundRequest, with_idempotency_header(json_body()))
-    tenant_id = tenant_for(principal, command.tenantId)
-    with unit_of_work() as uow:
-        result = credits.refund(uow, tenant_id, command, created_by=principal.subject)
-    return credit_answer(result)
-
-
-@billing.post("/adjustments")
-@documented({200: schemas.CreditResponse}, 402, 403, 409, json=AdjustmentRequest)
-@rate_limited(ADMIN)
-def post_adjustment() -> Response:
-    """A signed manual correction with a mandatory reason."""
-    principal = authenticate(ADMIN)
-    command = parse(AdjustmentRequest, with_idempotency_header(json_body()))
-    tenant_id = tenant_for(principal, command.tenantId)
-    with unit_of_work() as uow:
-        result = credits.adjust(uow, tenant_id, command, created_by=principal.subject)
-    return credit_answer(result)
-
-
 # --- gating on balance ----------------------------------------------------------------------------
 
 
@@ -216,38 +190,17 @@ def get_entitlement() -> Response:
 # --- administration -------------------------------------------------------------------------------
 
 
-@billing.patch("/wallet")
-@documented({200: schemas.WalletSettingsResponse}, 403, json=WalletSettingsRequest)
-@rate_limited(ADMIN)
-def patch_wallet() -> Response:
-    """Block or unblock the wallet, set its overdraft limit, clear a clawback flag. Blocked wallets
-    refuse charges and reservations (403 wallet_blocked); top-ups still work."""
-    principal = authenticate(ADMIN)
-    command = parse(WalletSettingsRequest, json_body())
+@billing.post("/quote")
+@documented({200: schemas.QuoteResponse}, 403, 413, 422, json=QuoteRequest)
+@rate_limited(VIEW)
+def post_quote() -> Response:
+    """Price items; the quote is binding for charges and reservations naming its quoteId until expiresAt."""
+    principal = authenticate()
+    command = parse(QuoteRequest, json_body())
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
-        change_settings(uow, tenant_id, status=command.status, overdraft_limit=command.overdraftLimit,
-                        clear_flag=bool(command.clearFlag))
-        wallet = get_wallet(uow, tenant_id)
-        uow.commit()
-    return ok(wallet=show.wallet(wallet))
-
-
-@billing.put("/pricing")
-@documented({200: schemas.PriceResponse}, 403, json=PriceRequest)
-@rate_limited(ADMIN)
-def put_pricing() -> Response:
-    """A new price from effectiveFrom (default now): a tenant's override with tenantId, else global.
-    The price in force until then is closed, never edited."""
-    authenticate(ADMIN)
-    command = parse(PriceRequest, json_body())
-    terms = terms_from_request(
-        command.pricingModel, unit_price=command.unitPrice, package_size=command.packageSize,
-        package_price=command.packagePrice, minimum_quantity=command.minimumQuantity,
-        tiers=None if command.tiers is None else [t.model_dump() for t in command.tiers])
-    with unit_of_work() as uow:
-        price = catalog.put_price(uow, tenant_id=command.tenantId,
-                                  key=(command.category, command.provider, command.model, command.unit),
-                                  terms=terms, effective_from=command.effectiveFrom,
-                                  description=command.description)
-    return ok(price=show.price(price))
+        quote, priced = quotes.create_quote(
+            uow, tenant_id, command.items, command.ttlSeconds or current_app.config["LAD_SETTINGS"].quote_ttl_seconds)
+    return ok(quote={"quoteId": str(quote.id), "expiresAt": show.timestamp(quote.expires_at),
+                     "totalCost": show.amount(money.total(p.cost for p in priced)), "currency": catalog.CURRENCY,
+                     "items": [show.quote_line(p) for p in priced]})

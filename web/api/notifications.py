@@ -15,7 +15,7 @@ from billing_core.notifications import alerts, outbox
 from billing_core.notifications.alerts import AlertSettingsRequest
 from tasks.notifications import check_balance_alerts
 from web import schemas
-from web.api import BROKER_ERRORS, billing, documented, ok, unit_of_work
+from web.api.routing import BROKER_ERRORS, billing, documented, ok, unit_of_work
 from web.auth import ADMIN, MANAGE, authenticate, managed_tenant
 from web.limits import rate_limited
 from web.parsing import json_body, parse, parse_query, path_uuid

@@ -2,126 +2,24 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
-import kombu.exceptions
-import redis
-from flask import Blueprint, Response, current_app, g, jsonify, request
-from spectree import Response as Documented
+from flask import Response, current_app, g, request
 
-from billing_core import catalog, logs, metrics, money
-from billing_core.db import UnitOfWork, engine_for, read_engine
+from billing_core import logs, metrics
 from billing_core.errors import ValidationFailed
-from billing_core.ledger import credits, verification
-from billing_core.ledger.commands import TopUpRequest
-from billing_core.lifecycle import quotes
-from billing_core.lifecycle.commands import QuoteRequest
 from billing_core.usage import events, history
 from billing_core.usage.commands import MAX_BATCH_ITEMS, ChargeBatchRequest, ChargeRequest
 from billing_core.usage.events import PENDING, ChargeOutcome
 from tasks.usage import request_charging
 from web import representations as show
 from web import schemas
-from web.auth import ADMIN, CHARGE, VIEW, authenticate, tenant_for
+from web.api.routing import BROKER_ERRORS, billing, documented, ok, read_unit_of_work, unit_of_work
+from web.auth import CHARGE, VIEW, authenticate, tenant_for
 from web.errors import error_response
 from web.limits import rate_limited
-from web.openapi import spec
 from web.parsing import json_body, parse, parse_batch_event, parse_query, path_uuid, time_bound, with_idempotency_header
 
 log = logs.get(__name__)
-billing = Blueprint("billing", __name__, url_prefix="/api/billing")
-
-BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
-
-
-def documented(ok: dict[int, type], *errors: int, **kwargs: Any):
-    """OpenAPI for a route; requests are validated by the handler itself (see web.parsing)."""
-    responses = {f"HTTP_{status}": model for status, model in ok.items()}
-    for status in (400, 401, 429, *errors):
-        responses[f"HTTP_{status}"] = schemas.ErrorResponse
-    return spec.validate(resp=Documented(**responses), skip_validation=True, tags=["billing"], **kwargs)
-
-
-def unit_of_work() -> UnitOfWork:
-    return UnitOfWork(engine_for(current_app.config["LAD_SETTINGS"].database_url))
-
-
-def read_unit_of_work() -> UnitOfWork:
-    """For the heavy reads only (billing_core.db.read_engine): served by the replica when there is one."""
-    return UnitOfWork(read_engine(current_app.config["LAD_SETTINGS"]))
-
-
-def ok(status: int = 200, replayed: bool = False, **body: Any) -> Response:
-    response = jsonify({"success": True, **body})
-    response.status_code = status
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
-
-
-@billing.get("/pricing")
-@documented({200: schemas.PricingResponse}, 404, query=schemas.PricingAtQuery)
-@rate_limited(VIEW)
-def get_pricing() -> Response:
-    """The prices in force now, or `at` a given time."""
-    principal = authenticate()
-    query = parse_query(schemas.PricingAtQuery)
-    tenant_id = tenant_for(principal, query.tenantId)
-    key = (query.category, query.provider, query.model, query.unit)
-    with unit_of_work() as uow:
-        now = time_bound(query.at, "at", end=False) or uow.now()
-        if all(key):
-            return ok(price=show.price(catalog.find_price(uow, tenant_id, key, now)))  # type: ignore[arg-type]
-        found = catalog.list_prices(uow, tenant_id, now, category=query.category, provider=query.provider,
-                                    model=query.model, unit=query.unit)
-    return ok(prices=[show.price(p) for p in found])
-
-
-@billing.post("/quote")
-@documented({200: schemas.QuoteResponse}, 403, 413, 422, json=QuoteRequest)
-@rate_limited(VIEW)
-def post_quote() -> Response:
-    """Price items; the quote is binding for charges and reservations naming its quoteId until expiresAt."""
-    principal = authenticate()
-    command = parse(QuoteRequest, json_body())
-    tenant_id = tenant_for(principal, command.tenantId)
-    with unit_of_work() as uow:
-        quote, priced = quotes.create_quote(
-            uow, tenant_id, command.items, command.ttlSeconds or current_app.config["LAD_SETTINGS"].quote_ttl_seconds)
-    return ok(quote={"quoteId": str(quote.id), "expiresAt": show.timestamp(quote.expires_at),
-                     "totalCost": show.amount(money.total(p.cost for p in priced)), "currency": catalog.CURRENCY,
-                     "items": [show.quote_line(p) for p in priced]})
-
-
-@billing.get("/wallet")
-@documented({200: schemas.WalletResponse}, 403, query=schemas.TenantQuery)
-@rate_limited(VIEW)
-def get_wallet_balance() -> Response:
-    """Balances and the credit grants behind them (grants and holds past their expiry end first)."""
-    principal = authenticate()
-    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
-    with unit_of_work() as uow:
-        wallet, grants = credits.wallet_view(uow, tenant_id)
-    return ok(wallet=show.wallet(wallet, grants))
-
-
-@billing.post("/topup")
-@documented({200: schemas.CreditResponse}, 403, 409, 413, json=TopUpRequest)
-@rate_limited(ADMIN)
-def post_topup() -> Response:
-    """Add a credit grant: paid or promotional, optionally expiring, with a draw priority."""
-    principal = authenticate(ADMIN)
-    command = parse(TopUpRequest, with_idempotency_header(json_body()))
-    tenant_id = tenant_for(principal, command.tenantId)
-    with unit_of_work() as uow:
-        result = credits.top_up(uow, tenant_id, command, created_by=principal.subject)
-    return credit_answer(result)
-
-
-def credit_answer(result: credits.CreditResult) -> Response:
-    """A top-up, refund or adjustment: its ledger entry, and the grant it created if any."""
-    return ok(transaction=show.transaction(result.entry), grant=show.grant(result.grant) if result.grant else None,
-              replayed=result.replayed)
 
 
 @billing.post("/charge")
@@ -176,16 +74,16 @@ def post_charges() -> Response:
     return ok(202, results=[show.batch_result(index, a) for index, a in enumerate(acceptances)])
 
 
-def _log_accepted(tenant_id: str, events: list[events.UsageEvent]) -> None:
+def _log_accepted(tenant_id: str, accepted: list[events.UsageEvent]) -> None:
     """One log line per request, not per charge (1,000 lines per batch were ~20% of the web's CPU,
     bench/PROFILE.md): its ids space-separated, so a grep for any one of them finds the line."""
-    metrics.CHARGES_ACCEPTED.inc(len(events))
-    if not events:
+    metrics.CHARGES_ACCEPTED.inc(len(accepted))
+    if not accepted:
         return
-    reservations = " ".join(str(e.reservation_id) for e in events if e.reservation_id)
-    log.info("charge accepted", tenant_id=tenant_id, charges=len(events),
-             usage_event_id=" ".join(str(e.id) for e in events),
-             charge_task_id=" ".join(str(e.task_id) for e in events), reservation_id=reservations or None)
+    reservations = " ".join(str(e.reservation_id) for e in accepted if e.reservation_id)
+    log.info("charge accepted", tenant_id=tenant_id, charges=len(accepted),
+             usage_event_id=" ".join(str(e.id) for e in accepted),
+             charge_task_id=" ".join(str(e.task_id) for e in accepted), reservation_id=reservations or None)
 
 
 def _one_tenant(in_body: str | None, in_query: str | None) -> str | None:
@@ -277,26 +175,3 @@ def get_usage_event(usage_event_id: str) -> Response:
     return ok(usageEvent=show.usage_event_detail(outcome))
 
 
-@billing.get("/transactions")
-@documented({200: schemas.TransactionsResponse}, 403, query=schemas.TransactionsQuery)
-@rate_limited(VIEW)
-def get_transactions() -> Response:
-    principal = authenticate(VIEW)
-    query = parse_query(schemas.TransactionsQuery)
-    tenant_id = tenant_for(principal, query.tenantId)
-    with read_unit_of_work() as uow:
-        entries, next_cursor = verification.list_entries(
-            uow, tenant_id, start=time_bound(query.from_, "from", end=False),
-            end=time_bound(query.to, "to", end=True), entry_type=query.type, limit=query.limit, cursor=query.cursor,
-        )
-    return ok(transactions=[show.transaction(e) for e in entries], nextCursor=next_cursor)
-
-
-@billing.get("/ledger/verify")
-@documented({200: schemas.VerifyResponse}, 403, query=schemas.TenantQuery)
-@rate_limited(ADMIN)
-def get_ledger_verification() -> Response:
-    authenticate(ADMIN)
-    with unit_of_work() as uow:
-        result = verification.verify(uow, parse_query(schemas.TenantQuery).tenantId)
-    return ok(**show.verification(result))

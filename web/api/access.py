@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from billing_core.access import sessions
 from billing_core.fields import Strict, TenantId
 from web import representations as show
-from web.api import billing, documented, ok, unit_of_work
+from web.api.routing import billing, documented, ok, unit_of_work
 from web.auth import ADMIN, MANAGE, authenticate, managed_tenant
 from web.limits import rate_limited
 from web.pages.common import public_url
