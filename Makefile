@@ -2,13 +2,15 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
 .PHONY: install run test bench token job migrate lint clean console vendor chromium
 
-$(STAMP): requirements.txt
+# requirements.txt is the service (the production image installs only it); requirements-dev.txt adds
+# the local stack's embedded servers, the tests, the bench and the linters
+$(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 # the Python client library (clients/python), editable: its tests use its source
@@ -23,7 +25,7 @@ install: $(STAMP) $(CLIENT_STAMP)
 run: install
 	WEBHOOK_ALLOW_PRIVATE_ADDRESSES=$${WEBHOOK_ALLOW_PRIVATE_ADDRESSES:-true} $(PY) -m devstack.run
 
-test: install node-toolchain chromium
+test: lint node-toolchain chromium
 	$(PY) -m pytest
 
 # Node.js 18+ and npm for the TypeScript client's tests (clients/node); CI is root on Debian
@@ -40,8 +42,10 @@ token: install
 job: install
 	@$(PY) -m devstack.job $(NAME)
 
+# ruff, and mypy over the service's three layers (mypy.ini)
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 migrate: install
 	$(VENV)/bin/alembic upgrade head

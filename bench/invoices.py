@@ -415,14 +415,14 @@ def scenario(bench: Any, token: Callable[..., str]) -> dict[str, Any]:
 
 
 def main() -> int:
-    from billing_core.bootstrap import Settings
+    from billing_core.bootstrap import settings as service_settings
     from billing_core.db import engine_for
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=int(os.environ.get("BENCH_INVOICE_EVENTS", "1000000")))
     parser.add_argument("--tenants", type=int, default=1000)
     args = parser.parse_args()
-    engine = engine_for(Settings.from_env().database_url)
+    engine = engine_for(service_settings().database_url)
     with engine.connect() as connection:
         now = connection.execute(text("SELECT now()")).scalar_one()
     period = invoices.previous_period(now)

@@ -135,10 +135,12 @@ class Bench:
 
     # --- stack ---------------------------------------------------------------------------------
     def start(self, mode: str) -> None:
-        self.stack.env["CHARGE_MODE"] = mode
+        naive = mode == "naive"  # bench/naive.py: one message and one transaction per charge
         LOGS.mkdir(parents=True, exist_ok=True)
-        self.stack.start_worker(log=LOGS / f"worker-{mode}.log", concurrency=WORKER_CONCURRENCY)
-        self.stack.start_web(self.port, log=LOGS / f"web-{mode}.log", workers=2, threads=32)
+        self.stack.start_worker(log=LOGS / f"worker-{mode}.log", concurrency=WORKER_CONCURRENCY,
+                                include="bench.naive" if naive else None)
+        self.stack.start_web(self.port, log=LOGS / f"web-{mode}.log", workers=2, threads=32,
+                             app_factory="bench.naive:create_app" if naive else None)
         self.stack.wait_ready(self.port)
 
     def stop_service(self) -> None:

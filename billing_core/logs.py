@@ -5,7 +5,6 @@ from HTTP to ledger with one grep for its request id."""
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any
 
@@ -20,7 +19,7 @@ _SHARED: list[Any] = [
 ]
 
 
-def configure(level: str | None = None) -> None:
+def configure(level: str = "INFO") -> None:
     """Route structlog and the standard library's logging through one JSON renderer on stderr."""
     structlog.configure(
         processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -36,7 +35,7 @@ def configure(level: str | None = None) -> None:
     ))
     root = logging.getLogger()
     root.handlers = [handler]
-    root.setLevel(level or os.environ.get("LOG_LEVEL", "INFO"))
+    root.setLevel(level)
 
 
 def bind(**values: Any) -> None:

@@ -24,11 +24,11 @@ def main(argv: list[str]) -> int:
             key, _, value = line.partition("=")
             os.environ.setdefault(key, value)
     from billing_core.access import sessions
-    from billing_core.bootstrap import Settings
+    from billing_core.bootstrap import settings as service_settings
     from billing_core.db import UnitOfWork, engine_for
 
     base = os.environ.get("LAD_PUBLIC_URL") or f"http://localhost:{os.environ.get('PORT') or '3004'}"
-    engine = engine_for(Settings.from_env().database_url)
+    engine = engine_for(service_settings().database_url)
     with UnitOfWork(engine) as uow:
         console = sessions.create_console_session(uow, ttl_minutes=args.ttl_minutes, created_by="make console")
     print(f"Console (valid {args.ttl_minutes} minutes): {base}/console/open?token={console.token}")

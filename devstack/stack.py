@@ -80,12 +80,14 @@ def development_secret(data_dir: Path, name: str, make: Callable[[], str] = lamb
     return path.read_text().strip()
 
 
-def web_command_args(workers: int, port: int) -> list[str]:
-    """gunicorn's arguments for the API, the same in `make run`, the tests, the Dockerfile and compose."""
+def web_command_args(workers: int, port: int, app_factory: str | None = None) -> list[str]:
+    """gunicorn's arguments for the API, the same in `make run`, the tests, the Dockerfile and compose
+    (the bench alone names another app factory)."""
+    application = f"web.serving:asgi_app({app_factory!r})" if app_factory else "web.serving:asgi_app()"
     return ["--worker-class", "web.serving.Worker", "--workers", str(workers), "--bind", f"0.0.0.0:{port}",
             # idle keep-alive connections stay open longer than a client's pause between requests, so
             # a reused connection is not closed under a request in flight
-            "--timeout", "60", "--keep-alive", "75", "--graceful-timeout", "10", "web.serving:asgi_app()"]
+            "--timeout", "60", "--keep-alive", "75", "--graceful-timeout", "10", application]
 
 
 @dataclass
@@ -143,15 +145,16 @@ class Stack:
 
     # --- the service's processes: one command line each, for the test stack and for `make run` ---
 
-    def web_command(self, port: int, workers: int = 2, threads: int = 32) -> list[str]:
+    def web_command(self, port: int, workers: int = 2, threads: int = 32, app_factory: str | None = None) -> list[str]:
         # web.serving: uvicorn workers read whole requests on an event loop before a thread sees them,
         # so slow clients cannot tie up the threads (see web/serving.py)
         self.env["WEB_THREADS"] = str(threads)
-        return [str(PYTHON_BIN / "gunicorn"), *web_command_args(workers, port)]
+        return [str(PYTHON_BIN / "gunicorn"), *web_command_args(workers, port, app_factory)]
 
-    def worker_command(self, concurrency: int = 4, name: str = "worker") -> list[str]:
+    def worker_command(self, concurrency: int = 4, name: str = "worker", include: str | None = None) -> list[str]:
         return [str(PYTHON_BIN / "celery"), "-A", "tasks.app", "worker", "--loglevel", "INFO",
-                "--concurrency", str(concurrency), "--hostname", f"{name}-{self.database_name}@%h"]
+                "--concurrency", str(concurrency), "--hostname", f"{name}-{self.database_name}@%h",
+                *(["--include", include] if include else [])]
 
     def beat_command(self) -> list[str]:
         return [str(PYTHON_BIN / "celery"), "-A", "tasks.app", "beat", "--loglevel", "INFO",
@@ -163,12 +166,14 @@ class Stack:
         return [str(PYTHON_BIN / "celery"), "-A", "tasks.app", "flower", f"--port={port}", "--address=127.0.0.1",
                 "--persistent=True", f"--db={self.data_dir / 'flower.db'}"]
 
-    def start_web(self, port: int, log: Path | None = None, workers: int = 2, threads: int = 32) -> None:
-        process = self.spawn("web", *self.web_command(port, workers, threads), log=log)
+    def start_web(self, port: int, log: Path | None = None, workers: int = 2, threads: int = 32,
+                  app_factory: str | None = None) -> None:
+        process = self.spawn("web", *self.web_command(port, workers, threads, app_factory), log=log)
         _wait_for_port(port, process, log or Path("/dev/null"), timeout=60)
 
-    def start_worker(self, log: Path | None = None, concurrency: int = 4, name: str = "worker") -> subprocess.Popen:
-        return self.spawn(name, *self.worker_command(concurrency, name), log=log)
+    def start_worker(self, log: Path | None = None, concurrency: int = 4, name: str = "worker",
+                     include: str | None = None) -> subprocess.Popen:
+        return self.spawn(name, *self.worker_command(concurrency, name, include), log=log)
 
     def start_beat(self, log: Path | None = None) -> None:
         self.spawn("beat", *self.beat_command(), log=log)

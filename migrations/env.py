@@ -2,10 +2,10 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from billing_core.bootstrap import Settings
+from billing_core.bootstrap import settings as service_settings
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
+url = config.get_main_option("sqlalchemy.url") or service_settings().database_url
 
 if context.is_offline_mode():
     context.configure(url=url, literal_binds=True)

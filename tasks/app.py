@@ -5,18 +5,26 @@ from celery import Celery
 from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun, worker_process_init
 
 from billing_core import logs
+from billing_core.bootstrap import runtime
 from billing_core.db import dispose_engines
+from tasks.config import celery_config
 
-celery_app = Celery("lad_billing", include=["tasks.payments", "tasks.usage", "tasks.credits", "tasks.ledger",
-                                          "tasks.invoicing", "tasks.notifications"])
-celery_app.config_from_object("tasks.config")
+celery_app = Celery("lad_billing", include=["tasks.usage", "tasks.ledger", "tasks.payments", "tasks.invoicing",
+                                          "tasks.notifications"])
+
+
+@celery_app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    """Configured from the process's settings when first needed, not when this module is imported."""
+    sender.conf.update(celery_config(runtime().settings))
+
 
 REQUEST_ID_HEADER = "lad_request_id"
 
 
 @setup_logging.connect
 def _json_logs(**_: Any) -> None:
-    logs.configure()  # connecting here keeps Celery from installing its own handlers
+    logs.configure(runtime().settings.log_level)  # connecting here keeps Celery from installing its own handlers
 
 
 @worker_process_init.connect

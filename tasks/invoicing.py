@@ -9,8 +9,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from billing_core import metrics
-from billing_core.bootstrap import Settings
-from billing_core.db import UnitOfWork, engine_for
+from billing_core.bootstrap import unit_of_work
 from billing_core.errors import ValidationFailed
 from billing_core.invoicing import invoices
 from billing_core.notifications import outbox
@@ -18,13 +17,9 @@ from tasks.app import celery_app
 from tasks.notifications import dispatch
 
 log = logging.getLogger(__name__)
-settings = Settings.from_env()
 
 SETTLING_RETRY_SECONDS = 60
 
-
-def _uow() -> UnitOfWork:
-    return UnitOfWork(engine_for(settings.database_url))
 
 
 def announce_finalized(period: invoices.Period, created: list[tuple[Any, str]]) -> None:
@@ -32,7 +27,7 @@ def announce_finalized(period: invoices.Period, created: list[tuple[Any, str]]) 
     between loses these notifications, never an invoice (they are listed by GET /invoices)."""
     if not created:
         return
-    with _uow() as uow:
+    with unit_of_work() as uow:
         ids = [notification_id for invoice_id, tenant in created
                for notification_id in outbox.enqueue(uow, tenant, "invoice.finalized",
                                                             {"invoiceId": str(invoice_id), "period": period.label})]
@@ -49,9 +44,9 @@ def rollup_invoices(self: Any, period: str | None = None, tenant_id: str | None 
     """Finalize the invoices of `period` (YYYY-MM; default: the month before now, as beat runs it) for
     every tenant, or one. Returns what it created (hook `invoice.finalized` notifications on invoiceIds)."""
     try:
-        with _uow() as uow:
+        with unit_of_work() as uow:
             target = invoices.Period.parse(period) if period else invoices.previous_period(uow.now())
-        with _uow() as uow:
+        with unit_of_work() as uow:
             result = invoices.rollup(uow, target, tenant_id=tenant_id, task_id=self.request.id)
     except ValidationFailed as exc:
         log.error("invoice rollup not run: %s", exc.message)

@@ -1,20 +1,21 @@
 """Housekeeping jobs: the hourly reconciliation."""
 from __future__ import annotations
 
+from sqlalchemy.exc import OperationalError
+
 from billing_core import logs, metrics
-from billing_core.bootstrap import Settings
-from billing_core.db import UnitOfWork, engine_for, read_engine
+from billing_core.bootstrap import runtime, unit_of_work
 from billing_core.ledger import reconciliation
+from billing_core.lifecycle import holds, quotes
 from tasks.app import celery_app
 from tasks.notifications import dispatch
 
 log = logs.get(__name__)
-settings = Settings.from_env()
 
 
 @celery_app.task(name="billing.reconcile_ledgers")
 def reconcile_ledgers() -> dict:
-    with UnitOfWork(engine_for(settings.database_url)) as uow, UnitOfWork(read_engine(settings)) as scans:
+    with unit_of_work() as uow, runtime().read_unit_of_work() as scans:
         result = reconciliation.reconcile(uow, scans)
     dispatch(result.notification_ids)
     metrics.RECONCILIATION_MISMATCHES.set(len(result.mismatches) + result.stuck_pending_events)
@@ -27,3 +28,24 @@ def reconcile_ledgers() -> dict:
                   recorded=result.recorded)
     return {"ok": result.ok, "walletsChecked": result.wallets_checked, "mismatches": len(result.mismatches),
             "stuckPendingEvents": result.stuck_pending_events, "recorded": result.recorded}
+
+
+@celery_app.task(name="billing.expire_credits", autoretry_for=(OperationalError,), retry_backoff=True,
+                 max_retries=3)
+def expire_credits() -> int:
+    """End the holds past their TTL and the grants past their expiry, wallet by wallet (the charging
+    path does the same for a wallet it settles). Returns how many holds and grants expired."""
+    with unit_of_work() as uow:
+        tenants = holds.tenants_with_due_credits(uow)
+    expired = 0
+    for tenant_id in tenants:
+        try:
+            with unit_of_work() as uow:
+                expired += holds.expire_due(uow, tenant_id)
+        except Exception:  # one wallet's failure must not stop the others; the next run retries it
+            log.exception("expiring the credits of %s failed", tenant_id)
+    if expired:
+        log.info("expired %d holds and grants in %d wallets", expired, len(tenants))
+    with unit_of_work() as uow:
+        quotes.purge_expired(uow)
+    return expired

@@ -2,7 +2,7 @@
 billing_core.notifications.outbox.
 
 - billing.check_balance_alerts(tenant_id): the prompt path, sent after a charge settles.
-- billing.scan_balance_alerts(): beat, every minute: evaluates every tenant with alert settings.
+- billing.scan_balance_alerts(): beat, every minute: evaluates every tenant with alert runtime().settings.
 - billing.deliver_notification(notification_id, expected_attempts=None): one delivery attempt; a
   retry due within a minute is sent as a delayed message, a later one is left to the sweep.
 - billing.sweep_notifications(): beat, every minute: sends a message for due notifications whose
@@ -19,19 +19,17 @@ import redis
 from sqlalchemy.exc import OperationalError
 
 from billing_core import logs, metrics
-from billing_core.bootstrap import Settings
-from billing_core.db import UnitOfWork, engine_for
+from billing_core.bootstrap import runtime, unit_of_work
 from billing_core.notifications import alerts, outbox
 from tasks.app import celery_app
 
 log = logs.get(__name__)
-settings = Settings.from_env()
-notification_settings = outbox.NotificationSettings.from_env()
 BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
 
 
-def _uow() -> UnitOfWork:
-    return UnitOfWork(engine_for(settings.database_url))
+
+def notification_settings() -> outbox.NotificationSettings:
+    return outbox.NotificationSettings.of(runtime().settings)
 
 
 def dispatch(notification_ids: Iterable[uuid.UUID | str]) -> None:
@@ -49,7 +47,7 @@ def dispatch(notification_ids: Iterable[uuid.UUID | str]) -> None:
                  retry_backoff_max=30, max_retries=5)
 def check_balance_alerts(tenant_id: str) -> int:
     """Evaluate one tenant's low-balance alerts now; returns how many notifications it enqueued."""
-    with _uow() as uow:
+    with unit_of_work() as uow:
         found = alerts.check(uow, tenant_id)
     _fired(found)
     if found.fired:
@@ -68,7 +66,7 @@ def _fired(found: alerts.Evaluation) -> None:
 def scan_balance_alerts() -> int:
     """The safety net: evaluate every tenant with alert settings (pages of tenants; tenants another
     evaluation holds are skipped and judged by it)."""
-    found = alerts.scan(_uow)
+    found = alerts.scan(unit_of_work)
     _fired(found)
     if found.fired:
         log.info("balance alert scan", alerts_fired=len(found.fired))
@@ -78,7 +76,7 @@ def scan_balance_alerts() -> int:
 @celery_app.task(name="billing.deliver_notification", autoretry_for=(OperationalError,), retry_backoff=True,
                  retry_backoff_max=30, max_retries=5)
 def deliver_notification(notification_id: str, expected_attempts: int | None = None) -> str:
-    outcome = outbox.deliver(_uow, uuid.UUID(notification_id), expected_attempts, notification_settings)
+    outcome = outbox.deliver(unit_of_work, uuid.UUID(notification_id), expected_attempts, notification_settings())
     _count(outcome)
     if outcome.status == "failed":
         log.warning("notification failed", notification_id=notification_id, attempt=outcome.attempt)
@@ -111,8 +109,8 @@ def _count(outcome: outbox.DeliveryOutcome) -> None:
 def sweep_notifications() -> int:
     """Due notifications whose delivery message was lost (or whose retry is too far off for a
     delayed message): send one now."""
-    with _uow() as uow:
-        due = outbox.claim_lost(uow, notification_settings)
+    with unit_of_work() as uow:
+        due = outbox.claim_lost(uow, notification_settings())
     for notification_id, attempts in due:
         try:
             deliver_notification.apply_async(args=[str(notification_id), attempts], retry=False)

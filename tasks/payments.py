@@ -16,9 +16,9 @@ import uuid
 from sqlalchemy.exc import OperationalError
 
 from billing_core import logs, metrics
-from billing_core.bootstrap import Settings
-from billing_core.db import UnitOfWork, engine_for
+from billing_core.bootstrap import runtime, unit_of_work
 from billing_core.ledger import allocations
+from billing_core.payments import stripe_events
 from billing_core.payments.auto_topup import attempts
 from billing_core.payments.auto_topup.customers import StripeUnavailable
 from billing_core.payments.auto_topup.payment import StripeGateway, pay_attempt
@@ -26,19 +26,15 @@ from tasks.app import celery_app
 from tasks.notifications import BROKER_ERRORS, dispatch
 
 log = logs.get(__name__)
-settings = Settings.from_env()
 _gateway: StripeGateway | None = None
 
-
-def _uow() -> UnitOfWork:
-    return UnitOfWork(engine_for(settings.database_url))
 
 
 def gateway() -> StripeGateway | None:
     """The process's Stripe client; None without STRIPE_SECRET_KEY (auto top-up is then off)."""
     global _gateway
-    if _gateway is None and settings.stripe_secret_key:
-        _gateway = StripeGateway(settings.stripe_secret_key, settings.stripe_api_base)
+    if _gateway is None and runtime().settings.stripe_secret_key:
+        _gateway = StripeGateway(runtime().settings.stripe_secret_key, runtime().settings.stripe_api_base)
     return _gateway
 
 
@@ -64,7 +60,7 @@ def check_auto_topup(tenant_id: str) -> None:
     """The prompt trigger after a settled charge group (one indexed read when the tenant has no rule)."""
     if gateway() is None:
         return
-    with _uow() as uow:
+    with unit_of_work() as uow:
         found = attempts.evaluate(uow, tenant_id)
     _started(found)
 
@@ -77,30 +73,30 @@ def pay_auto_topup(tenant_id: str, attempt_id: str) -> str:
         log.error("auto top-up attempt without STRIPE_SECRET_KEY; left pending", attempt_id=attempt_id)
         return "unconfigured"
     attempt_uuid = uuid.UUID(attempt_id)
-    with _uow() as uow:
+    with unit_of_work() as uow:
         claimed = attempts.start_try(uow, tenant_id, attempt_uuid)
     if claimed is None:
         return "finished"  # a redelivered or duplicate message: the attempt is done
-    result = pay_attempt(_uow, client, claimed)
+    result = pay_attempt(unit_of_work, client, claimed)
     outcome = result.outcome
     if outcome == "succeeded":
         assert result.payment_intent_id is not None and result.paid is not None
-        with _uow() as uow:
+        with unit_of_work() as uow:
             attempts.succeed(uow, tenant_id, attempt_uuid, result.payment_intent_id, result.paid)
-    elif outcome == "failed" or claimed.tries >= settings.auto_topup_max_tries:
+    elif outcome == "failed" or claimed.tries >= runtime().settings.auto_topup_max_tries:
         # a refused payment, or no answer after every try: the breaker opens either way (a payment
         # that went through unseen is still credited by its payment_intent.succeeded webhook)
         code = {"failed": result.code or "failed", "processing": "payment_still_processing"}.get(
             outcome, "stripe_unreachable")
-        with _uow() as uow:
+        with unit_of_work() as uow:
             dispatch(attempts.fail(uow, tenant_id, attempt_uuid, code, result.message or code,
                                    result.payment_intent_id))
         log.warning("auto top-up failed", tenant_id=tenant_id, attempt_id=attempt_id, code=code,
                     tries=claimed.tries)
         outcome = "failed"
     else:
-        delay = min(settings.auto_topup_retry_base_seconds * 2 ** (claimed.tries - 1), 600)
-        with _uow() as uow:
+        delay = min(runtime().settings.auto_topup_retry_base_seconds * 2 ** (claimed.tries - 1), 600)
+        with unit_of_work() as uow:
             attempts.postpone(uow, tenant_id, attempt_uuid, result.message or outcome, delay,
                               result.payment_intent_id)
         log.warning("auto top-up try postponed", tenant_id=tenant_id, attempt_id=attempt_id, reason=result.message,
@@ -119,17 +115,17 @@ def scan_auto_topups() -> int:
     if client is None:
         return 0
     try:  # rules saved before LAD owned the tenants' Stripe customers: checked whatever the balance
-        dispatch(attempts.verify_saved(_uow, client.customers))
+        dispatch(attempts.verify_saved(unit_of_work, client.customers))
     except StripeUnavailable as exc:
         log.warning("saved auto top-up rules not checked: Stripe unreachable", error=str(exc))
     found = attempts.Evaluation()
     after: str | None = ""
     while after is not None:
-        with _uow() as uow:
+        with unit_of_work() as uow:
             page, after = attempts.scan_page(uow, after)
         found += page
     _started(found)
-    with _uow() as uow:
+    with unit_of_work() as uow:
         lost = attempts.claim_lost(uow)
     for tenant_id, attempt_id in lost:
         _send(tenant_id, attempt_id)
@@ -139,7 +135,34 @@ def scan_auto_topups() -> int:
 @celery_app.task(name="billing.grant_allocations", autoretry_for=(OperationalError,), retry_backoff=True,
                  max_retries=3)
 def grant_allocations() -> int:
-    granted = allocations.grant_due(_uow)
+    granted = allocations.grant_due(unit_of_work)
     if granted:
         log.info("allocations granted", granted=granted)
     return granted
+
+
+@celery_app.task(name="billing.process_stripe_event", autoretry_for=(OperationalError,), retry_backoff=True,
+                 max_retries=8)
+def process_stripe_event(event_id: str) -> str:
+    try:
+        with unit_of_work() as uow:
+            status = stripe_events.process_event(uow, event_id)
+    except OperationalError:
+        raise  # the database: retried
+    except Exception as exc:  # anything else would fail the same way again: record it for a person
+        log.exception("stripe event %s failed", event_id)
+        with unit_of_work() as uow:
+            stripe_events.mark_failed(uow, event_id, f"{type(exc).__name__}: {exc}")
+        return "failed"
+    log.info("stripe event %s: %s", event_id, status)
+    return status
+
+
+@celery_app.task(name="billing.sweep_stripe_events")
+def sweep_stripe_events() -> int:
+    """Stripe events stored but never processed (the broker was down when they arrived)."""
+    with unit_of_work() as uow:
+        event_ids = stripe_events.unprocessed(uow)
+    for event_id in event_ids:
+        process_stripe_event.apply_async(args=[event_id])
+    return len(event_ids)

@@ -1,6 +1,6 @@
 """Charging tasks. In group mode a message means "there is work for wallet W": accepting a charge
 sends one only if none is outstanding for that wallet, and the task settles the wallet's pending
-events in groups. In naive mode (benchmark only) each charge is its own message and transaction."""
+events in groups. (The bench's naive mode, one message and one transaction per charge, is bench/naive.py.)"""
 from __future__ import annotations
 
 import contextlib
@@ -14,42 +14,34 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from billing_core import logs, metrics
-from billing_core.bootstrap import Settings
-from billing_core.db import UnitOfWork, engine_for
-from billing_core.errors import NotFound
+from billing_core.bootstrap import runtime, unit_of_work
 from billing_core.usage import charging
 from tasks.app import celery_app
 from tasks.notifications import check_balance_alerts
 from tasks.payments import check_auto_topup
 
 log = logs.get(__name__)
-settings = Settings.from_env()
 STUCK_AFTER_ENQUEUES = 5  # an operator should look at a charge retried this often
 WAKE_TTL_SECONDS = 30  # a wake-up whose worker died is forgotten after this; the sweep covers the rest
 GROUPS_PER_TASK = 20  # then the task hands the wallet to a fresh message, so other wallets get a turn
-_redis = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
 
 
 def _wake_key(tenant_id: str) -> str:
-    return f"{settings.queue}:wake:{tenant_id}"
+    return f"{runtime().settings.queue}:wake:{tenant_id}"
 
 
 def request_charging(tenant_id: str, events: Iterable[tuple[uuid.UUID, uuid.UUID]]) -> None:
     """Ask the workers to charge these newly accepted (usage event id, task id) pairs. Raises on a
     broker or Redis outage; the events are durable and the pending sweep enqueues them later."""
-    if settings.charge_mode == "naive":
-        for usage_event_id, task_id in events:
-            charge_usage_event.apply_async(args=[tenant_id, str(usage_event_id)], task_id=str(task_id), retry=False)
-        return
     key = _wake_key(tenant_id)
     try:
-        if not _redis.set(key, "1", nx=True, ex=WAKE_TTL_SECONDS):
+        if not runtime().redis.set(key, "1", nx=True, ex=WAKE_TTL_SECONDS):
             return  # a wake-up for this wallet is outstanding; its worker will find these events
         charge_wallet.apply_async(args=[tenant_id], retry=False)
     except BaseException:
         # no message may have gone out: let the next acceptance send one (the sweep covers a failed delete)
         with contextlib.suppress(redis.RedisError):
-            _redis.delete(key)
+            runtime().redis.delete(key)
         raise
 
 
@@ -59,17 +51,17 @@ def charge_wallet(tenant_id: str) -> int:
     """Settle the wallet's pending charges, group by group."""
     try:
         # cleared before claiming: anything accepted from now on sends a new wake-up
-        _redis.delete(_wake_key(tenant_id))
+        runtime().redis.delete(_wake_key(tenant_id))
     except redis.RedisError:
         log.warning("could not clear the wake-up of %s", tenant_id)
     settled = 0
     for _ in range(GROUPS_PER_TASK):
-        with UnitOfWork(engine_for(settings.database_url)) as uow:
-            group = charging.charge_pending_batch(uow, tenant_id, settings.charge_batch_size)
+        with unit_of_work() as uow:
+            group = charging.charge_pending_batch(uow, tenant_id, runtime().settings.charge_batch_size)
         settled += len(group)
-        _record(tenant_id, group)
-        _announce_outcomes([s.usage_event_id for s in group])
-        if len(group) < settings.charge_batch_size:
+        record_settled(tenant_id, group)
+        announce_outcomes([s.usage_event_id for s in group])
+        if len(group) < runtime().settings.charge_batch_size:
             break
     else:
         charge_wallet.apply_async(args=[tenant_id])
@@ -97,7 +89,7 @@ def _check_auto_topup(tenant_id: str) -> None:
         log.exception("checking the auto top-up of %s failed; the minute scan will", tenant_id)
 
 
-def _record(tenant_id: str, group: list[charging.Settled]) -> None:
+def record_settled(tenant_id: str, group: list[charging.Settled]) -> None:
     """Metrics, and one log line per request id and outcome in the group (not per charge: that was
     ~28% of the worker's time, bench/PROFILE.md), carrying the request id that accepted them and
     their ids space-separated, so a grep for a request id or an event id finds its line."""
@@ -112,49 +104,26 @@ def _record(tenant_id: str, group: list[charging.Settled]) -> None:
                  status=status, rejection_code=rejection_code, accepted_by=request_id)
 
 
-@celery_app.task(
-    name="billing.charge_usage_event",
-    autoretry_for=(OperationalError,), retry_backoff=True, retry_backoff_max=60, max_retries=8,
-)
-def charge_usage_event(tenant_id: str, usage_event_id: str) -> str:
-    """Naive mode: one charge, one transaction."""
-    try:
-        with UnitOfWork(engine_for(settings.database_url)) as uow:
-            outcome = charging.charge_usage_event(uow, tenant_id, uuid.UUID(usage_event_id))
-    except NotFound:
-        log.error("charge for unknown usage event %s of tenant %s dropped", usage_event_id, tenant_id)
-        return "not_found"
-    event = outcome.event
-    _record(tenant_id, [charging.Settled(event.id, event.status, event.rejection_code, event.created_at,
-                                         event.request_id)])
-    _announce_outcomes([event.id])
-    return event.status
-
-
-def _announce_outcomes(usage_event_ids: list[uuid.UUID]) -> None:
+def announce_outcomes(usage_event_ids: list[uuid.UUID]) -> None:
     """Wake web requests waiting on these charges; they read the outcomes from PostgreSQL."""
     if not usage_event_ids:
         return
     try:
-        _redis.publish(settings.charge_outcome_channel, " ".join(str(i) for i in usage_event_ids))
+        runtime().redis.publish(runtime().settings.charge_outcome_channel, " ".join(str(i) for i in usage_event_ids))
     except redis.RedisError:
         log.warning("could not announce %d outcomes; waiting requests will time out to 202", len(usage_event_ids))
 
 
 @celery_app.task(name="billing.sweep_pending_charges")
 def sweep_pending_charges() -> int:
-    with UnitOfWork(engine_for(settings.database_url)) as uow:
-        stale = charging.claim_stale_pending(uow, settings.pending_charge_age_seconds)
+    with unit_of_work() as uow:
+        stale = charging.claim_stale_pending(uow, runtime().settings.pending_charge_age_seconds)
     for event in stale:
         if event.enqueue_count >= STUCK_AFTER_ENQUEUES:
             log.error("usage event %s of tenant %s still pending after %d enqueues",
                       event.usage_event_id, event.tenant_id, event.enqueue_count)
-    if settings.charge_mode == "naive":
-        for event in stale:
-            charge_usage_event.apply_async(args=[event.tenant_id, str(event.usage_event_id)], task_id=str(event.task_id))
-    else:
-        for tenant_id in sorted({event.tenant_id for event in stale}):
-            charge_wallet.apply_async(args=[tenant_id])  # direct: a stale wake-up key must not hold it back
+    for tenant_id in sorted({event.tenant_id for event in stale}):
+        charge_wallet.apply_async(args=[tenant_id])  # direct: a stale wake-up key must not hold it back
     if stale:
         log.info("re-enqueued %d pending charges", len(stale))
     return len(stale)

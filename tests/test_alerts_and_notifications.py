@@ -703,11 +703,15 @@ def test_network_errors_are_retried_and_a_dead_workers_attempt_is_recorded_as_ab
 
 
 def test_webhooks_to_private_addresses_are_refused_unless_allowed(monkeypatch):
+    from billing_core.bootstrap import Settings
     from billing_core.notifications import outbox
 
     monkeypatch.delenv("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", raising=False)  # on in every environment
+    guarded = outbox.NotificationSettings.of(Settings())
     for url in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data", "http://10.0.0.1/x"):
-        result = outbox.post_webhook(url, b"{}", {}, 1)
+        result = outbox.post_webhook(url, b"{}", {}, 1, allow_private_addresses=guarded.allow_private_addresses)
         assert not result.ok and not result.retryable and "non-public" in result.error, url
     monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "true")
-    assert "non-public" not in (outbox.post_webhook("http://127.0.0.1:9/hook", b"{}", {}, 1).error or "")
+    allowed = outbox.NotificationSettings.of(Settings())
+    assert "non-public" not in (outbox.post_webhook("http://127.0.0.1:9/hook", b"{}", {}, 1,
+                                                    allow_private_addresses=allowed.allow_private_addresses).error or "")

@@ -108,10 +108,10 @@ def test_database_down_answers_503(tenant):
     from web.app import create_app
     from web.auth import TokenSettings, issue_token
 
-    settings = Settings.from_env()
+    settings = Settings()
     dead = f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/nowhere"
     tokens = TokenSettings("s", None, None, None)
-    app = create_app({"LAD_SETTINGS": Settings(**{**settings.__dict__, "database_url": dead}), "LAD_TOKENS": tokens})
+    app = create_app({"LAD_SETTINGS": settings.model_copy(update={"database_url": dead}), "LAD_TOKENS": tokens})
     token = issue_token(tokens, tenant_id=tenant, capabilities=["billing.charge"])
     response = app.test_client().post("/api/billing/charge", headers={"Authorization": f"Bearer {token}"},
                                       json={"featureKey": "f", "idempotencyKey": str(uuid.uuid4()), "items": stt_items("1")})

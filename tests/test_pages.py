@@ -482,13 +482,15 @@ def test_every_page_carries_the_security_headers(api, live, tenant_a, make_token
 def test_portal_frame_ancestors_come_from_the_setting(monkeypatch):
     from flask import Response
 
+    from web.app import create_app
     from web.pages.common import security_headers
 
     monkeypatch.setenv("PORTAL_FRAME_ANCESTORS", "https://dashboard.lad.example https://lad.example")
-    portal = security_headers("portal", Response())
+    with create_app().test_request_context():
+        portal = security_headers("portal", Response())
+        console = security_headers("console", Response())
     assert "frame-ancestors https://dashboard.lad.example https://lad.example" in portal.headers["Content-Security-Policy"]
     assert "X-Frame-Options" not in portal.headers
-    console = security_headers("console", Response())
     assert "frame-ancestors 'none'" in console.headers["Content-Security-Policy"]
     assert console.headers["X-Frame-Options"] == "DENY"
 
@@ -762,14 +764,13 @@ def test_portal_auto_top_up_form_changes_the_rule(browser, api, live, make_token
 
 
 def test_without_stripe_the_portal_says_auto_top_up_is_unavailable(live, api, tenant_a):
-    import dataclasses
 
     from billing_core.bootstrap import Settings
     from tests.conftest import TEST_SECRET
     from web.app import create_app
     from web.auth import TokenSettings
 
-    settings = dataclasses.replace(Settings.from_env(), stripe_secret_key=None)
+    settings = Settings().model_copy(update={"stripe_secret_key": None})
     app = create_app({"LAD_TOKENS": TokenSettings(TEST_SECRET, None, None, None), "LAD_SETTINGS": settings})
     opening = portal_link(api, tenant_a["tokens"]["manage"])["url"].split("/portal/")[1]
     with app.test_client() as client:

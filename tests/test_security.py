@@ -155,6 +155,7 @@ def test_a_manage_token_administers_its_own_tenants_settings_and_nothing_else(ap
 
 
 def test_production_refuses_to_start_without_an_audience_or_with_a_short_secret(monkeypatch):
+    from billing_core.bootstrap import Settings
     from web.auth import TokenSettings
 
     monkeypatch.setenv("LAD_ENV", "production")
@@ -162,13 +163,13 @@ def test_production_refuses_to_start_without_an_audience_or_with_a_short_secret(
     monkeypatch.setenv("JWT_SECRET", "x" * 40)
     monkeypatch.delenv("JWT_AUDIENCE", raising=False)
     with pytest.raises(RuntimeError, match="JWT_AUDIENCE"):
-        TokenSettings.from_env()
+        TokenSettings.of(Settings())
     monkeypatch.setenv("JWT_AUDIENCE", "lad-billing")
     monkeypatch.setenv("JWT_SECRET", "abc")
     with pytest.raises(RuntimeError, match="32 bytes"):
-        TokenSettings.from_env()
+        TokenSettings.of(Settings())
     monkeypatch.setenv("JWT_SECRET", "x" * 32)
-    settings = TokenSettings.from_env()
+    settings = TokenSettings.of(Settings())
     assert settings.audience == "lad-billing" and settings.max_lifetime_seconds == 30 * 24 * 3600
 
 

@@ -1,7 +1,6 @@
 """Flask application factory."""
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -9,7 +8,8 @@ from flask import Flask, Response, redirect, request
 from werkzeug.routing import RequestRedirect
 
 from billing_core import logs
-from billing_core.bootstrap import Settings
+from billing_core.bootstrap import Runtime, Settings
+from tasks.usage import request_charging
 from web.api import billing
 from web.auth import TokenSettings
 from web.errors import register_error_handlers
@@ -34,14 +34,14 @@ def body_limit(method: str, path: str) -> int:
     return BODY_LIMITS.get((method, path), MAX_BODY_BYTES)
 
 
-def public_url_from_env() -> str:
+def public_url_of(settings: Settings) -> str:
     """The service's own address for links and redirects (LAD_PUBLIC_URL), never a request's Host header:
     required in production; in development http://localhost:PORT."""
-    url = os.environ.get("LAD_PUBLIC_URL", "").strip().rstrip("/")
+    url = (settings.lad_public_url or "").strip().rstrip("/")
     if not url:
-        if os.environ.get("LAD_ENV", "development") == "production":
+        if settings.production:
             raise RuntimeError("LAD_ENV=production needs LAD_PUBLIC_URL (the address links and redirects name)")
-        url = f"http://localhost:{os.environ.get('PORT') or '3004'}"
+        url = f"http://localhost:{settings.port}"
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         raise RuntimeError(f"LAD_PUBLIC_URL must be an http(s) address like https://billing.example.com, not {url!r}")
@@ -62,16 +62,21 @@ def _public_redirect() -> Response | None:
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """The web app. `config` may carry LAD_SETTINGS (default: read from the environment, once, here),
+    LAD_TOKENS (token settings), LAD_PUBLIC_URL and LAD_REQUEST_CHARGING (how accepted charges reach the
+    workers; default tasks.usage.request_charging)."""
+    config = config or {}
+    settings: Settings = config.get("LAD_SETTINGS") or Settings()
     app = Flask(__name__)
     app.json_provider_class = BillingJSONProvider
     app.json = BillingJSONProvider(app)
-    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, LAD_SETTINGS=Settings.from_env())
-    app.config.update(config or {})
-    app.config.setdefault("LAD_PUBLIC_URL", public_url_from_env())
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, **config, LAD_SETTINGS=settings)
+    app.config.setdefault("LAD_PUBLIC_URL", public_url_of(settings))
     app.before_request(_public_redirect)
     app.before_request(_route_body_limit)
-    settings: Settings = app.config["LAD_SETTINGS"]
-    app.extensions["lad_tokens"] = app.config.get("LAD_TOKENS") or TokenSettings.from_env()
+    app.extensions["lad_runtime"] = Runtime(settings)
+    app.extensions["lad_tokens"] = config.get("LAD_TOKENS") or TokenSettings.of(settings)
+    app.extensions["lad_request_charging"] = config.get("LAD_REQUEST_CHARGING") or request_charging
     app.extensions["lad_outcomes"] = ChargeOutcomeListener(settings.redis_url, settings.charge_outcome_channel)
     app.register_blueprint(billing)
     init_limiter(app)
@@ -84,5 +89,5 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from web.cli import billing_cli
 
     app.cli.add_command(billing_cli)
-    logs.configure()
+    logs.configure(settings.log_level)
     return app

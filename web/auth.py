@@ -1,7 +1,6 @@
 """Bearer JWT verification and capability checks. The tenant comes from the verified token only."""
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import time
@@ -11,6 +10,7 @@ import jwt
 from flask import current_app, g, request
 
 from billing_core import logs
+from billing_core.bootstrap import Settings
 from web.errors import ApiError
 
 log = logs.get(__name__)
@@ -38,18 +38,15 @@ class TokenSettings:
         return "RS256" if self.public_key else "HS256"
 
     @classmethod
-    def from_env(cls) -> TokenSettings:
-        production = os.environ.get("LAD_ENV", "development") == "production"
-        secret = os.environ.get("JWT_SECRET") or None
-        public_key = os.environ.get("JWT_PUBLIC_KEY") or None
+    def of(cls, settings: Settings) -> TokenSettings:
+        production = settings.production
+        secret, public_key = settings.jwt_secret, settings.jwt_public_key
         if not secret and not public_key:
             if production:
                 raise RuntimeError("LAD_ENV=production needs JWT_SECRET or JWT_PUBLIC_KEY")
             secret = secrets.token_urlsafe(32)  # development only; `make run` passes one in
-        issuer, audience = os.environ.get("JWT_ISSUER") or None, os.environ.get("JWT_AUDIENCE") or None
-        max_lifetime = int(os.environ.get("JWT_MAX_LIFETIME_SECONDS") or DEFAULT_MAX_LIFETIME_SECONDS)
-        if max_lifetime < 1:
-            raise RuntimeError("JWT_MAX_LIFETIME_SECONDS must be at least 1")
+        issuer, audience = settings.jwt_issuer, settings.jwt_audience
+        max_lifetime = settings.jwt_max_lifetime_seconds
         if production:
             # a token minted for another LAD service with the same key must not work here
             if not audience:

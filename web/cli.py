@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import click
-from flask import current_app
 from flask.cli import AppGroup
 
 from billing_core import catalog
-from billing_core.db import UnitOfWork, engine_for
+from web.runtime import unit_of_work
 
 billing_cli = AppGroup("billing", help="LAD Billing administration.")
 
@@ -14,7 +13,7 @@ billing_cli = AppGroup("billing", help="LAD Billing administration.")
 @billing_cli.command("load-catalog")
 def load_catalog() -> None:
     """Load the default global price catalog (repeatable)."""
-    with UnitOfWork(engine_for(current_app.config["LAD_SETTINGS"].database_url)) as uow:
+    with unit_of_work() as uow:
         catalog.load_default_catalog(uow)
         uow.commit()
     click.echo("default price catalog loaded")

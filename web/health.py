@@ -1,12 +1,12 @@
 """Liveness, readiness and the OpenAPI document (outside /api/billing)."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
-from billing_core.db import engine_for
 from tasks.app import celery_app
 from web.openapi import spec
+from web.runtime import runtime
 
 health = Blueprint("health", __name__)
 
@@ -27,7 +27,7 @@ def readyz() -> Response:
 
 def _check_postgres() -> str:
     try:
-        with engine_for(current_app.config["LAD_SETTINGS"].database_url).connect() as connection:
+        with runtime().engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         return "ok"
     except Exception as exc:  # readiness reports any failure; it never raises

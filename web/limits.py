@@ -37,9 +37,9 @@ from sqlalchemy import text
 from billing_core import logs
 from billing_core.access.sessions import PageSession
 from billing_core.bootstrap import Settings
-from billing_core.db import engine_for
 from web.auth import ADMIN, CHARGE, MANAGE, VIEW, Principal, authenticate
 from web.errors import ApiError
+from web.runtime import runtime, settings
 
 log = logs.get(__name__)
 
@@ -99,10 +99,6 @@ class Verdict:
     counted: tuple[str, ...] = field(default=())  # the counters this request was added to
 
 
-def _settings() -> Settings:
-    return current_app.config["LAD_SETTINGS"]
-
-
 def init_limiter(app: Flask) -> None:
     settings: Settings = app.config["LAD_SETTINGS"]
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
@@ -114,7 +110,7 @@ def init_limiter(app: Flask) -> None:
 
 def _depleted(tenant_id: str) -> bool:
     """Available balance at or below zero (no wallet yet counts as zero): one indexed read."""
-    available = engine_for(_settings().database_url).connect().execution_options(
+    available = runtime().engine.connect().execution_options(
         isolation_level="AUTOCOMMIT")
     try:
         value = available.execute(text(
@@ -163,7 +159,7 @@ def _give_back(verdict: Verdict) -> None:
 
 
 def _principal_buckets(principal: Principal, capability: str) -> list[tuple[str, limits.RateLimitItem]]:
-    rate = _rate(getattr(_settings(), LIMIT_SETTING[capability]))
+    rate = _rate(getattr(settings(), LIMIT_SETTING[capability]))
     return [(f"{capability}:tenant:{principal.tenant_id}", rate),
             (f"{capability}:token:{_digest(_presented_token() or '')}", rate)]
 
@@ -174,17 +170,17 @@ def check_limits(principal: Principal, capability: str, *, depleted_limit: bool 
     counted = _principal_buckets(principal, capability)
     # a depleted tenant's own reservations; an operator is not a depleted tenant, whatever it names
     if depleted_limit and ADMIN not in principal.capabilities and _depleted(principal.tenant_id):
-        counted.append((f"depleted:tenant:{principal.tenant_id}", _rate(_settings().rate_limit_depleted)))
+        counted.append((f"depleted:tenant:{principal.tenant_id}", _rate(settings().rate_limit_depleted)))
     return _count(counted, weight)
 
 
 def count_refusal(token: str | None) -> None:
     """Count a request refused with 401 or 403 (in its token's and its source address's refusal
     buckets); raises rate_limited when either is full."""
-    settings = _settings()
-    counted = [(f"refused:address:{request.remote_addr or 'unknown'}", _rate(settings.rate_limit_refused_address))]
+    rates = settings()
+    counted = [(f"refused:address:{request.remote_addr or 'unknown'}", _rate(rates.rate_limit_refused_address))]
     if token:
-        counted.append((f"refused:token:{_digest(token)}", _rate(settings.rate_limit_refused)))
+        counted.append((f"refused:token:{_digest(token)}", _rate(rates.rate_limit_refused)))
     _enforce(_count(counted))
 
 
@@ -193,10 +189,10 @@ def check_page_limits(session: PageSession, writing: bool) -> None:
     tenant's buckets (reads at the billing.view rate, forms at billing.manage's) and its own, a console
     session (an operator) in its own at the billing.admin rate. Raises rate_limited when one is full."""
     if session.tenant_id is None:
-        counted = [(f"{ADMIN}:console:{session.id}", _rate(_settings().rate_limit_admin))]
+        counted = [(f"{ADMIN}:console:{session.id}", _rate(settings().rate_limit_admin))]
     else:
         capability = MANAGE if writing else VIEW
-        rate = _rate(getattr(_settings(), LIMIT_SETTING[capability]))
+        rate = _rate(getattr(settings(), LIMIT_SETTING[capability]))
         counted = [(f"{capability}:tenant:{session.tenant_id}", rate), (f"{capability}:page:{session.id}", rate)]
     _enforce(_count(counted))
 

@@ -3,20 +3,19 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import os
 import re
 import time
 import uuid
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
 from billing_core import logs, metrics
-from billing_core.db import engine_for
 from web.errors import ApiError
+from web.runtime import runtime, settings
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # any other method is labelled "other": a label per method a client invents would grow /metrics without bound
@@ -62,7 +61,7 @@ class PendingBacklog:
     def collect(self):  # noqa: ANN201 - a prometheus collector
         count = GaugeMetricFamily("lad_pending_charges", "Usage events waiting to be charged")
         age = GaugeMetricFamily("lad_pending_charge_age_seconds", "Age of the oldest pending usage event")
-        with engine_for(current_app.config["LAD_SETTINGS"].database_url).connect() as connection:
+        with runtime().engine.connect() as connection:
             row = connection.execute(text(
                 "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) "
                 "FROM usage_events WHERE status = 'pending'")).one()
@@ -80,7 +79,7 @@ class _ThisProcess:
 def _may_scrape() -> bool:
     """/metrics shows business volumes: only a scraper holding METRICS_TOKEN (bearer), or one on
     the loopback address."""
-    expected = os.environ.get("METRICS_TOKEN")
+    expected = settings().metrics_token
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if expected and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode()):
         return True
@@ -97,7 +96,7 @@ def get_metrics() -> Response:
     if not _may_scrape():
         raise ApiError("unauthorized", "/metrics needs the METRICS_TOKEN bearer token or a loopback address")
     registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if settings().prometheus_multiproc_dir:
         MultiProcessCollector(registry)
     else:
         registry.register(_ThisProcess())

@@ -19,8 +19,8 @@ arrive in time (WEB_HEADER_TIMEOUT_SECONDS, WEB_BODY_TIMEOUT_SECONDS).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -28,13 +28,11 @@ from a2wsgi import WSGIMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
+from billing_core.bootstrap import settings
+
 MAX_TARGET_BYTES = 8 * 1024  # path and query
 MAX_HEADER_BYTES = 32 * 1024  # all header names and values
 DEFAULT_BODY_BYTES = 1024 * 1024  # a route's body limit unless the app says otherwise
-MAX_BUFFERED_BYTES = int(os.environ.get("WEB_MAX_BUFFERED_BYTES", str(64 * 1024 * 1024)))
-BODY_TIMEOUT_SECONDS = int(os.environ.get("WEB_BODY_TIMEOUT_SECONDS", "30"))
-# a request's headers must be complete this long after its first byte (or after the connection opens)
-HEADER_TIMEOUT_SECONDS = int(os.environ.get("WEB_HEADER_TIMEOUT_SECONDS", "30"))
 LINGER_SECONDS = 2  # after refusing a request: how long its input is still read (and dropped)
 
 Scope = dict[str, Any]
@@ -107,7 +105,8 @@ class JsonErrorsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def _arm_header_timer(self) -> None:
-        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._headers_late)
+        # a request's headers must be complete this long after its first byte (or after the connection opens)
+        self._header_timer = self.loop.call_later(settings().web_header_timeout_seconds, self._headers_late)
 
     def _cancel_header_timer(self) -> None:
         self._header_bytes = 0
@@ -119,7 +118,7 @@ class JsonErrorsProtocol(HttpToolsProtocol):
         self._header_timer = None
         if not self.transport.is_closing():
             self._close_with(408, b"Request Timeout", _envelope(
-                "request_timeout", f"the request headers did not arrive within {HEADER_TIMEOUT_SECONDS:g} s"))
+                "request_timeout", f"the request headers did not arrive within {settings().web_header_timeout_seconds:g} s"))
 
     def send_400_response(self, msg: str) -> None:
         self._close_with(400, b"Bad Request", _envelope("validation_error", "invalid HTTP request"))
@@ -169,10 +168,11 @@ class BufferedRequests:
     with the body in memory."""
 
     def __init__(self, wsgi_app: Any, threads: int, body_limit: Callable[[str, str], int] | None = None,
-                 max_buffered: int = MAX_BUFFERED_BYTES):
+                 max_buffered: int | None = None, body_timeout_seconds: int | None = None):
         self.app = WSGIMiddleware(wsgi_app, workers=threads)
         self.body_limit = body_limit or (lambda method, path: DEFAULT_BODY_BYTES)
-        self.max_buffered = max_buffered
+        self.max_buffered = max_buffered or settings().web_max_buffered_bytes
+        self.body_timeout_seconds = body_timeout_seconds or settings().web_body_timeout_seconds
         self.buffered = 0  # bytes of request bodies this worker holds now (one event loop: no lock)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -232,7 +232,7 @@ class BufferedRequests:
         caller's to give back; a refused or abandoned one is given back here."""
         chunks, held = [], 0
         try:
-            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+            async with asyncio.timeout(self.body_timeout_seconds):
                 while True:
                     message = await receive()
                     if message["type"] == "http.disconnect":
@@ -250,13 +250,17 @@ class BufferedRequests:
                         held = 0  # handed over
                         return b"".join(chunks), None
         except TimeoutError:
-            return None, (408, "request_timeout", f"the body did not arrive within {BODY_TIMEOUT_SECONDS:g} s")
+            return None, (408, "request_timeout", f"the body did not arrive within {self.body_timeout_seconds:g} s")
         finally:
             self.buffered -= held
 
 
-def asgi_app() -> BufferedRequests:
-    """gunicorn's application (`web.serving:asgi_app()`), built in each worker process."""
-    from web.app import body_limit, create_app
+def asgi_app(app_factory: str = "web.app:create_app") -> BufferedRequests:
+    """gunicorn's application (`web.serving:asgi_app()`), built in each worker process from the process's
+    settings; the bench names another factory (`web.serving:asgi_app('bench.naive:create_app')`)."""
+    from web.app import body_limit
 
-    return BufferedRequests(create_app(), threads=int(os.environ.get("WEB_THREADS", "32")), body_limit=body_limit)
+    module, _, name = app_factory.partition(":")
+    create_app = getattr(importlib.import_module(module), name)
+    return BufferedRequests(create_app({"LAD_SETTINGS": settings()}), threads=settings().web_threads,
+                            body_limit=body_limit)

@@ -14,7 +14,6 @@ host is still resolved once and the checked address used.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from dataclasses import dataclass
 
@@ -22,10 +21,6 @@ from dataclasses import dataclass
 _EMBEDDING_V6 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16"))
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def private_addresses_allowed() -> bool:
-    return os.environ.get("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "").strip().lower() in ("1", "true", "yes")
 
 
 def is_public(ip: Address) -> bool:
@@ -45,7 +40,7 @@ class Destination:
     retryable: bool = False  # a failed lookup may succeed later; a non-public address will not
 
 
-def resolve(host: str, port: int) -> Destination:
+def resolve(host: str, port: int, allow_private_addresses: bool = False) -> Destination:
     """Resolve once and check every address; the first one is the one to connect to."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
@@ -54,7 +49,7 @@ def resolve(host: str, port: int) -> Destination:
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if not addresses:
         return Destination(None, "the webhook host resolves to no address; not attempted", retryable=True)
-    if not private_addresses_allowed():
+    if not allow_private_addresses:
         for ip in addresses:
             if not is_public(ip):
                 return Destination(None, f"the webhook host resolves to a non-public address ({ip}); refused "

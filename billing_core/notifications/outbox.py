@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
-import os
 import random
 import smtplib
 import ssl
@@ -35,7 +34,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
 from typing import Any
@@ -49,6 +48,7 @@ from sqlalchemy import (
 )
 
 from billing_core import exactjson, money
+from billing_core.bootstrap import Settings, settings
 from billing_core.cursors import newest_first, next_cursor
 from billing_core.db import UnitOfWork, insert_rows
 from billing_core.notifications import destinations as webhook_destinations
@@ -76,16 +76,6 @@ MAX_ATTEMPTS_SHOWN = 100
 # --- settings -------------------------------------------------------------------------------------
 
 
-def _milliseconds(name: str, default: str) -> int:
-    raw = os.environ.get(name) or default
-    try:
-        seconds = Decimal(raw.strip())
-    except InvalidOperation:
-        raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if not seconds.is_finite() or seconds < 0:
-        raise ValueError(f"{name} must be a non-negative number of seconds")
-    return int(seconds * 1000)
-
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -95,10 +85,9 @@ class OperatorSettings:
     email: str | None = None
 
     @classmethod
-    def from_env(cls) -> OperatorSettings:
-        return cls(webhook_url=os.environ.get("OPERATOR_WEBHOOK_URL") or None,
-                   webhook_secret=os.environ.get("OPERATOR_WEBHOOK_SECRET") or None,
-                   email=os.environ.get("OPERATOR_EMAIL") or None)
+    def of(cls, settings: Settings) -> OperatorSettings:
+        return cls(webhook_url=settings.operator_webhook_url, webhook_secret=settings.operator_webhook_secret,
+                   email=settings.operator_email)
 
 
 @dataclass(frozen=True)
@@ -112,18 +101,22 @@ class NotificationSettings:
     smtp_from: str = "LAD Billing <billing@localhost>"  # SMTP_FROM
     smtp_timeout_seconds: int = 20
     operator: OperatorSettings = field(default_factory=OperatorSettings)
+    allow_private_addresses: bool = False  # WEBHOOK_ALLOW_PRIVATE_ADDRESSES: the SSRF guard's opt-out
 
     @classmethod
-    def from_env(cls) -> NotificationSettings:
+    def of(cls, settings: Settings) -> NotificationSettings:
+        def ms(seconds: Decimal) -> int:
+            return int(seconds * 1000)
         return cls(
-            retry_base_ms=max(1, _milliseconds("NOTIFICATION_RETRY_BASE_SECONDS", "30")),
-            retry_max_delay_ms=max(1, _milliseconds("NOTIFICATION_RETRY_MAX_DELAY_SECONDS", "3600")),
-            retry_horizon_ms=_milliseconds("NOTIFICATION_RETRY_HORIZON_SECONDS", "86400"),
-            sweep_grace_ms=_milliseconds("NOTIFICATION_SWEEP_GRACE_SECONDS", "60"),
-            http_timeout_seconds=int(os.environ.get("NOTIFICATION_HTTP_TIMEOUT_SECONDS") or "10"),
-            smtp_url=os.environ.get("SMTP_URL") or None,
-            smtp_from=os.environ.get("SMTP_FROM") or "LAD Billing <billing@localhost>",
-            operator=OperatorSettings.from_env(),
+            retry_base_ms=max(1, ms(settings.notification_retry_base_seconds)),
+            retry_max_delay_ms=max(1, ms(settings.notification_retry_max_delay_seconds)),
+            retry_horizon_ms=ms(settings.notification_retry_horizon_seconds),
+            sweep_grace_ms=ms(settings.notification_sweep_grace_seconds),
+            http_timeout_seconds=settings.notification_http_timeout_seconds,
+            smtp_url=settings.smtp_url,
+            smtp_from=settings.smtp_from,
+            operator=OperatorSettings.of(settings),
+            allow_private_addresses=settings.webhook_allow_private_addresses,
         )
 
 
@@ -163,7 +156,7 @@ def destinations(uow: UnitOfWork, tenant_id: str | None,
                  operator: OperatorSettings | None = None) -> list[tuple[str, str]]:
     """(channel, destination) pairs the tenant's events go to; the operators' for tenant None."""
     if tenant_id is None:
-        operator = operator or OperatorSettings.from_env()
+        operator = operator or OperatorSettings.of(settings())
         url, email = operator.webhook_url, operator.email
     else:
         row = uow.connection.execute(
@@ -425,7 +418,8 @@ def send(claimed: Claimed, settings: NotificationSettings) -> SendResult:
             "LAD-Delivery-Attempt": str(claimed.attempt),
             SIGNATURE_HEADER: signature_header(claimed.secret, body, int(time.time())),
         }
-        return post_webhook(claimed.destination, body, headers, settings.http_timeout_seconds)
+        return post_webhook(claimed.destination, body, headers, settings.http_timeout_seconds,
+                            allow_private_addresses=settings.allow_private_addresses)
     if not settings.smtp_url:
         return SendResult(ok=False, error="e-mail is not configured (SMTP_URL)")
     subject, body_text = render_email(claimed.event_type, claimed.tenant_id, claimed.payload, claimed.id,
@@ -438,7 +432,8 @@ def retryable_status(status: int) -> bool:
     return status in (408, 429) or status >= 500
 
 
-def post_webhook(url: str, body: bytes, headers: dict[str, str], timeout_seconds: int) -> SendResult:
+def post_webhook(url: str, body: bytes, headers: dict[str, str], timeout_seconds: int, *,
+                 allow_private_addresses: bool = False) -> SendResult:
     """POST without following redirects. 2xx delivered; 408, 429 and 5xx retryable; any other
     status (3xx, 4xx) failed; timeouts and connection errors retryable."""
     try:
@@ -449,7 +444,7 @@ def post_webhook(url: str, body: bytes, headers: dict[str, str], timeout_seconds
     except ValueError as exc:
         return SendResult(ok=False, error=f"invalid webhook URL: {exc}")
     port = port or (443 if parts.scheme == "https" else 80)
-    destination = webhook_destinations.resolve(host, port)
+    destination = webhook_destinations.resolve(host, port, allow_private_addresses)
     if destination.address is None:
         return SendResult(ok=False, retryable=destination.retryable, error=destination.refused)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

@@ -10,11 +10,12 @@ from pydantic import BaseModel, Field
 from billing_core.access import sessions
 from billing_core.fields import Strict, TenantId
 from web import representations as show
-from web.api.routing import billing, documented, ok, unit_of_work
+from web.api.routing import billing, documented, ok
 from web.auth import ADMIN, MANAGE, authenticate, managed_tenant
 from web.limits import rate_limited
 from web.pages.common import public_url
 from web.parsing import json_body, parse, parse_query, path_uuid
+from web.runtime import unit_of_work
 from web.schemas import TenantQuery, Timestamp, Uuid
 
 TtlMinutes = Annotated[int, Field(ge=1, le=sessions.MAX_TTL_MINUTES, strict=True,

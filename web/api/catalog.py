@@ -10,10 +10,11 @@ from billing_core.catalog.commands import CostRequest, PriceAdjustmentRequest, P
 from billing_core.catalog.models import terms_from_request
 from web import representations as show
 from web import schemas
-from web.api.routing import billing, documented, ok, unit_of_work
+from web.api.routing import billing, documented, ok
 from web.auth import ADMIN, VIEW, authenticate, tenant_for
 from web.limits import rate_limited
 from web.parsing import json_body, parse, parse_query, time_bound
+from web.runtime import unit_of_work
 
 
 @billing.put("/pricing/adjustments")

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from flask import Response, current_app, make_response
+from flask import Response, make_response
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Connection
 
 from billing_core import money
 from billing_core.catalog.positions import month_of
-from billing_core.db import read_engine
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.fields import TenantId
 from billing_core.invoicing import invoices
@@ -21,11 +20,12 @@ from billing_core.invoicing.rendering import invoice_csv, invoice_pdf
 from tasks.invoicing import announce_finalized
 from web import representations as show
 from web import schemas
-from web.api.routing import billing, documented, ok, read_unit_of_work, unit_of_work
+from web.api.routing import billing, documented, ok
 from web.auth import ADMIN, VIEW, authenticate, tenant_for
 from web.errors import ApiError
 from web.limits import rate_limited
 from web.parsing import parse_query, path_uuid, time_bound
+from web.runtime import read_unit_of_work, runtime, unit_of_work
 from web.schemas import DecimalString, Query, TenantQuery, Timestamp, Uuid
 
 log = logging.getLogger(__name__)
@@ -339,7 +339,7 @@ def get_margins() -> Response:
     authenticate(ADMIN)
     query = parse_query(schemas.MarginsQuery)
     # a report over many events: the replica's (READ_DATABASE_URL) when there is one
-    with read_engine(current_app.config["LAD_SETTINGS"]).connect() as connection:
+    with runtime().read_engine.connect() as connection:
         body = margins_report(connection, query)
         connection.rollback()
     return ok(margins=body)

@@ -12,11 +12,12 @@ from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, TopUp
 from billing_core.ledger.wallets import change_settings, get_wallet
 from web import representations as show
 from web import schemas
-from web.api.routing import billing, documented, ok, read_unit_of_work, unit_of_work
+from web.api.routing import billing, documented, ok
 from web.auth import ADMIN, VIEW, authenticate, tenant_for
 from web.limits import rate_limited
 from web.parsing import json_body, parse, parse_query, time_bound, with_idempotency_header
 from web.representations import amount, timestamp
+from web.runtime import read_unit_of_work, unit_of_work
 
 
 class AllocationOut(BaseModel):

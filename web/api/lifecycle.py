@@ -2,11 +2,10 @@
 wallet settings and catalog administration. Handlers parse, call billing_core, and answer."""
 from __future__ import annotations
 
-from flask import Response, current_app, request
+from flask import Response, request
 
 from billing_core import catalog, money
 from billing_core.catalog.items import estimate_cost
-from billing_core.db import engine_for
 from billing_core.errors import NotFound, ValidationFailed
 from billing_core.ledger.book import WalletBook
 from billing_core.lifecycle import budgets, entitlement, holds, quotes
@@ -20,10 +19,11 @@ from billing_core.lifecycle.commands import (
 from billing_core.usage.commands import UsageItem
 from web import representations as show
 from web import schemas
-from web.api.routing import billing, documented, ok, unit_of_work
+from web.api.routing import billing, documented, ok
 from web.auth import CHARGE, MANAGE, VIEW, authenticate, managed_tenant, tenant_for
 from web.limits import rate_limited
 from web.parsing import json_body, parse, parse_query, path_uuid, with_idempotency_header
+from web.runtime import settings, unit_of_work
 
 # --- reservations ---------------------------------------------------------------------------------
 
@@ -179,10 +179,8 @@ def get_entitlement() -> Response:
         usage_item = parse(UsageItem, item)
         with unit_of_work() as uow:
             estimated = money.add(estimated, estimate_cost(uow, tenant_id, [usage_item]))
-    engine = engine_for(current_app.config["LAD_SETTINGS"].database_url)
-    with engine.connect() as connection:
-        found = entitlement.check(connection, tenant_id, query.featureKey, estimated)
-        connection.rollback()
+    with unit_of_work() as uow:  # a read: the unit of work rolls back
+        found = entitlement.check(uow.connection, tenant_id, query.featureKey, estimated)
     return ok(entitlement={"allowed": found.allowed, "availableBalance": show.amount(found.available_balance),
                            "reason": found.reason})
 
@@ -200,7 +198,7 @@ def post_quote() -> Response:
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
         quote, priced = quotes.create_quote(
-            uow, tenant_id, command.items, command.ttlSeconds or current_app.config["LAD_SETTINGS"].quote_ttl_seconds)
+            uow, tenant_id, command.items, command.ttlSeconds or settings().quote_ttl_seconds)
     return ok(quote={"quoteId": str(quote.id), "expiresAt": show.timestamp(quote.expires_at),
                      "totalCost": show.amount(money.total(p.cost for p in priced)), "currency": catalog.CURRENCY,
                      "items": [show.quote_line(p) for p in priced]})

@@ -15,11 +15,12 @@ from billing_core.notifications import alerts, outbox
 from billing_core.notifications.alerts import AlertSettingsRequest
 from tasks.notifications import check_balance_alerts
 from web import schemas
-from web.api.routing import BROKER_ERRORS, billing, documented, ok, unit_of_work
+from web.api.routing import BROKER_ERRORS, billing, documented, ok
 from web.auth import ADMIN, MANAGE, authenticate, managed_tenant
 from web.limits import rate_limited
 from web.parsing import json_body, parse, parse_query, path_uuid
 from web.representations import amount, timestamp
+from web.runtime import unit_of_work
 
 log = logs.get(__name__)
 
@@ -136,7 +137,7 @@ def show_notification(n: outbox.Notification) -> dict[str, Any]:
 @billing.put("/settings/alerts")
 @documented({200: AlertSettingsResponse}, 403, json=AlertSettingsRequest)
 @rate_limited(MANAGE)
-def put_alert_settings() -> Response:
+def put_alertsettings() -> Response:
     """Low-balance alerts: thresholds on the available balance (balance minus holds), a webhook
     (signed with webhookSecret, generated when not given) and/or an e-mail address. An alert fires
     once when the available balance is at or below a threshold (0: balance.depleted, others:
@@ -160,7 +161,7 @@ def _check_soon(tenant_id: str) -> None:
 @billing.get("/settings/alerts")
 @documented({200: AlertSettingsResponse}, 403, 404, query=schemas.TenantQuery)
 @rate_limited(MANAGE)
-def get_alert_settings() -> Response:
+def get_alertsettings() -> Response:
     """The tenant's alert settings (with the webhook secret: its billing.manage holders and the
     platform operator only) and each threshold's state."""
     _, tenant_id = managed_tenant(parse_query(schemas.TenantQuery).tenantId)

@@ -20,16 +20,16 @@ from billing_core.payments import stripe_events
 from billing_core.payments.auto_topup import attempts, customers, rules
 from billing_core.payments.auto_topup.payment import StripeGateway
 from billing_core.payments.auto_topup.rules import AutoTopupRequest
-from tasks.credits import process_stripe_event
-from tasks.payments import check_auto_topup
+from tasks.payments import check_auto_topup, process_stripe_event
 from web import schemas
-from web.api.routing import BROKER_ERRORS, billing, documented, ok, unit_of_work
+from web.api.routing import BROKER_ERRORS, billing, documented, ok
 from web.auth import ADMIN, MANAGE, authenticate, managed_tenant, tenant_for
 from web.errors import ApiError
 from web.limits import rate_limited
 from web.openapi import spec
 from web.parsing import json_body, parse, parse_query
 from web.representations import amount, timestamp
+from web.runtime import settings, unit_of_work
 
 log = logs.get(__name__)
 
@@ -201,9 +201,9 @@ def stripe_gateway() -> StripeGateway:
     """The app's Stripe client (configured() first)."""
     found = current_app.extensions.get("lad_stripe")
     if found is None:
-        settings = current_app.config["LAD_SETTINGS"]
-        found = current_app.extensions["lad_stripe"] = StripeGateway(settings.stripe_secret_key,
-                                                                      settings.stripe_api_base)
+        configured_for = settings()
+        found = current_app.extensions["lad_stripe"] = StripeGateway(configured_for.stripe_secret_key,
+                                                                      configured_for.stripe_api_base)
     return found
 
 
@@ -220,7 +220,7 @@ def stripe_answering() -> Iterator[None]:
 def configured() -> bool:
     """Auto top-up pays through Stripe: without STRIPE_SECRET_KEY it is unavailable (the API answers
     503, the portal says so)."""
-    return bool(current_app.config["LAD_SETTINGS"].stripe_secret_key)
+    return bool(settings().stripe_secret_key)
 
 
 def check_soon(tenant_id: str) -> None:
@@ -266,7 +266,7 @@ def _unstorable_number(event: Any) -> str | None:
 def post_stripe_webhook() -> Response:
     """Stripe events: paid checkouts and payment intents credit a paid grant, refunds and disputes
     claw it back. Authenticated by the Stripe-Signature header, not a bearer token."""
-    secret = current_app.config["LAD_SETTINGS"].stripe_webhook_secret
+    secret = settings().stripe_webhook_secret
     if not secret:
         raise ApiError("unavailable", "Stripe webhooks are not configured (STRIPE_WEBHOOK_SECRET)")
     payload = request.get_data()

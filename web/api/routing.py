@@ -4,10 +4,9 @@ from typing import Any
 
 import kombu.exceptions
 import redis
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 from spectree import Response as Documented
 
-from billing_core.db import UnitOfWork, engine_for, read_engine
 from web import schemas
 from web.openapi import spec
 
@@ -23,15 +22,6 @@ def documented(ok: dict[int, type], *errors: int, **kwargs: Any):
     for status in (400, 401, 429, *errors):
         responses[f"HTTP_{status}"] = schemas.ErrorResponse
     return spec.validate(resp=Documented(**responses), skip_validation=True, tags=["billing"], **kwargs)
-
-
-def unit_of_work() -> UnitOfWork:
-    return UnitOfWork(engine_for(current_app.config["LAD_SETTINGS"].database_url))
-
-
-def read_unit_of_work() -> UnitOfWork:
-    """For the heavy reads only (billing_core.db.read_engine): served by the replica when there is one."""
-    return UnitOfWork(read_engine(current_app.config["LAD_SETTINGS"]))
 
 
 def ok(status: int = 200, replayed: bool = False, **body: Any) -> Response:

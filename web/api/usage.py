@@ -10,14 +10,14 @@ from billing_core.errors import ValidationFailed
 from billing_core.usage import events, history
 from billing_core.usage.commands import MAX_BATCH_ITEMS, ChargeBatchRequest, ChargeRequest
 from billing_core.usage.events import PENDING, ChargeOutcome
-from tasks.usage import request_charging
 from web import representations as show
 from web import schemas
-from web.api.routing import BROKER_ERRORS, billing, documented, ok, read_unit_of_work, unit_of_work
+from web.api.routing import BROKER_ERRORS, billing, documented, ok
 from web.auth import CHARGE, VIEW, authenticate, tenant_for
 from web.errors import error_response
 from web.limits import rate_limited
 from web.parsing import json_body, parse, parse_batch_event, parse_query, path_uuid, time_bound, with_idempotency_header
+from web.runtime import read_unit_of_work, request_charging, unit_of_work
 
 log = logs.get(__name__)
 

@@ -3,7 +3,6 @@ form, the principal's rate limits, strict security headers, HTML error pages, li
 the public address, and the unit of work."""
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,10 +11,10 @@ from werkzeug.exceptions import HTTPException
 
 from billing_core.access import sessions
 from billing_core.access.sessions import PageSession
-from billing_core.db import UnitOfWork, engine_for
 from billing_core.errors import BillingError
 from web.errors import ApiError, status_for
 from web.limits import check_page_limits, count_refusal
+from web.runtime import settings, unit_of_work
 
 
 class PageRefused(Exception):
@@ -26,12 +25,8 @@ class PageRefused(Exception):
         self.status, self.title, self.message = status, title, message
 
 
-def unit_of_work() -> UnitOfWork:
-    return UnitOfWork(engine_for(current_app.config["LAD_SETTINGS"].database_url))
-
-
 def public_url() -> str:
-    """LAD_PUBLIC_URL (web.app.public_url_from_env): links and redirects never name a request's Host."""
+    """LAD_PUBLIC_URL (web.app.public_url_of): links and redirects never name a request's Host."""
     return current_app.config["LAD_PUBLIC_URL"]
 
 
@@ -40,14 +35,14 @@ def public_redirect(endpoint: str, **values: Any) -> Response:
 
 
 def development() -> bool:
-    return os.environ.get("LAD_ENV", "development") == "development"
+    return settings().lad_env == "development"
 
 
 def frame_ancestors(surface: str) -> str:
     """Who may frame the page: for the portal, PORTAL_FRAME_ANCESTORS (space-separated origins, e.g.
     LAD's own dashboard); nobody otherwise, and never for the console."""
     if surface == sessions.PORTAL:
-        allowed = os.environ.get("PORTAL_FRAME_ANCESTORS", "").split()
+        allowed = settings().portal_frame_ancestors.split()
         if allowed:
             return " ".join(allowed)
     return "'none'"

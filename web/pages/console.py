@@ -7,11 +7,10 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal
 
-from flask import Blueprint, Response, current_app, make_response, render_template, request
+from flask import Blueprint, Response, make_response, render_template, request
 
 from billing_core.access import actions, sessions
 from billing_core.catalog import costs
-from billing_core.db import read_engine
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.fields import Reason, Strict
 from billing_core.invoicing import margins as margin_groupings
@@ -29,8 +28,9 @@ from web.api.invoicing import margins_report
 from web.api.payments import show_attempt
 from web.auth import TENANT_ID
 from web.errors import status_for
-from web.pages.common import close_session, current_session, install, open_link, public_redirect, unit_of_work
+from web.pages.common import close_session, current_session, install, open_link, public_redirect
 from web.parsing import parse
+from web.runtime import runtime, unit_of_work
 
 console = Blueprint("console", __name__, url_prefix="/console")
 install(console, sessions.CONSOLE)
@@ -190,7 +190,7 @@ def margins() -> Response:
     report, error = None, None
     try:
         query = parse(schemas.MarginsQuery, chosen)
-        with read_engine(current_app.config["LAD_SETTINGS"]).connect() as connection:
+        with runtime().read_engine.connect() as connection:
             report = margins_report(connection, query)
             connection.rollback()
     except BillingError as exc:

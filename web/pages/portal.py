@@ -32,8 +32,9 @@ from web.api.payments import check_soon as check_auto_topup_soon
 from web.api.payments import configured as auto_topup_configured
 from web.api.payments import show_rule, stripe_answering, stripe_gateway
 from web.errors import ApiError, status_for
-from web.pages.common import close_session, current_session, install, open_link, public_redirect, unit_of_work
+from web.pages.common import close_session, current_session, install, open_link, public_redirect
 from web.parsing import parse, path_uuid
+from web.runtime import unit_of_work
 
 portal = Blueprint("portal", __name__, url_prefix="/portal")
 install(portal, sessions.PORTAL)
