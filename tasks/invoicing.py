@@ -3,12 +3,11 @@ midnight, so the transactions of the month's last moments have committed; the se
 billing_core.db bound them). Safe to run twice or concurrently: a second run writes nothing."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from billing_core import metrics
+from billing_core import logs, metrics
 from billing_core.bootstrap import unit_of_work
 from billing_core.errors import ValidationFailed
 from billing_core.invoicing import invoices
@@ -16,7 +15,7 @@ from billing_core.notifications import outbox
 from tasks.app import celery_app
 from tasks.notifications import dispatch
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 SETTLING_RETRY_SECONDS = 60
 
@@ -49,18 +48,18 @@ def rollup_invoices(self: Any, period: str | None = None, tenant_id: str | None 
         with unit_of_work() as uow:
             result = invoices.rollup(uow, target, tenant_id=tenant_id, task_id=self.request.id)
     except ValidationFailed as exc:
-        log.error("invoice rollup not run: %s", exc.message)
+        log.error("invoice rollup not run", reason=exc.message)
         return {"period": period, "error": exc.code, "message": exc.message}
     except invoices.PeriodNotClosed as exc:
         if exc.details.get("state") == "settling":
-            log.info("invoice rollup of %s waits: %s", exc.details.get("period"), exc.message)
+            log.info("invoice rollup waits", period=exc.details.get("period"), reason=exc.message)
             raise self.retry(exc=exc, countdown=SETTLING_RETRY_SECONDS, max_retries=60) from None
-        log.error("invoice rollup not run: %s", exc.message)
+        log.error("invoice rollup not run", reason=exc.message)
         return {"period": exc.details.get("period"), "error": exc.code, "message": exc.message}
     metrics.INVOICE_ROLLUP_SECONDS.observe(result.milliseconds / 1000)
     announce_finalized(target, result.created)
-    log.info("invoice rollup of %s: %d invoices, %d lines in %d ms", target.label, len(result.created),
-             result.lines_created, result.milliseconds)
+    log.info("invoice rollup", period=target.label, invoices=len(result.created), lines=result.lines_created,
+             duration_ms=result.milliseconds)
     return {"period": target.label, "tenantId": tenant_id, "invoicesCreated": len(result.created),
             "linesCreated": result.lines_created, "milliseconds": result.milliseconds,
             "invoiceIds": [str(i) for i in result.invoice_ids], "refused": result.refused}

@@ -43,9 +43,9 @@ def expire_credits() -> int:
             with unit_of_work() as uow:
                 expired += holds.expire_due(uow, tenant_id)
         except Exception:  # one wallet's failure must not stop the others; the next run retries it
-            log.exception("expiring the credits of %s failed", tenant_id)
+            log.exception("expiring credits failed", tenant_id=tenant_id)
     if expired:
-        log.info("expired %d holds and grants in %d wallets", expired, len(tenants))
+        log.info("expired holds and grants", expired=expired, wallets=len(tenants))
     with unit_of_work() as uow:
         quotes.purge_expired(uow)
     return expired

@@ -150,11 +150,11 @@ def process_stripe_event(event_id: str) -> str:
     except OperationalError:
         raise  # the database: retried
     except Exception as exc:  # anything else would fail the same way again: record it for a person
-        log.exception("stripe event %s failed", event_id)
+        log.exception("stripe event failed", stripe_event_id=event_id)
         with unit_of_work() as uow:
             stripe_events.mark_failed(uow, event_id, f"{type(exc).__name__}: {exc}")
         return "failed"
-    log.info("stripe event %s: %s", event_id, status)
+    log.info("stripe event processed", stripe_event_id=event_id, status=status)
     return status
 
 

@@ -53,7 +53,7 @@ def charge_wallet(tenant_id: str) -> int:
         # cleared before claiming: anything accepted from now on sends a new wake-up
         runtime().redis.delete(_wake_key(tenant_id))
     except redis.RedisError:
-        log.warning("could not clear the wake-up of %s", tenant_id)
+        log.warning("could not clear the wake-up", tenant_id=tenant_id)
     settled = 0
     for _ in range(GROUPS_PER_TASK):
         with unit_of_work() as uow:
@@ -77,7 +77,7 @@ def _check_alerts(tenant_id: str) -> None:
     try:
         check_balance_alerts(tenant_id)
     except Exception:
-        log.exception("checking the balance alerts of %s failed; the beat scan will", tenant_id)
+        log.exception("checking the balance alerts failed; the beat scan will", tenant_id=tenant_id)
 
 
 def _check_auto_topup(tenant_id: str) -> None:
@@ -86,7 +86,7 @@ def _check_auto_topup(tenant_id: str) -> None:
     try:
         check_auto_topup(tenant_id)
     except Exception:
-        log.exception("checking the auto top-up of %s failed; the minute scan will", tenant_id)
+        log.exception("checking the auto top-up failed; the minute scan will", tenant_id=tenant_id)
 
 
 def record_settled(tenant_id: str, group: list[charging.Settled]) -> None:
@@ -111,7 +111,7 @@ def announce_outcomes(usage_event_ids: list[uuid.UUID]) -> None:
     try:
         runtime().redis.publish(runtime().settings.charge_outcome_channel, " ".join(str(i) for i in usage_event_ids))
     except redis.RedisError:
-        log.warning("could not announce %d outcomes; waiting requests will time out to 202", len(usage_event_ids))
+        log.warning("could not announce outcomes; waiting requests will time out to 202", charges=len(usage_event_ids))
 
 
 @celery_app.task(name="billing.sweep_pending_charges")
@@ -120,10 +120,10 @@ def sweep_pending_charges() -> int:
         stale = charging.claim_stale_pending(uow, runtime().settings.pending_charge_age_seconds)
     for event in stale:
         if event.enqueue_count >= STUCK_AFTER_ENQUEUES:
-            log.error("usage event %s of tenant %s still pending after %d enqueues",
-                      event.usage_event_id, event.tenant_id, event.enqueue_count)
+            log.error("usage event still pending after many enqueues", usage_event_id=str(event.usage_event_id),
+                      tenant_id=event.tenant_id, enqueues=event.enqueue_count)
     for tenant_id in sorted({event.tenant_id for event in stale}):
         charge_wallet.apply_async(args=[tenant_id])  # direct: a stale wake-up key must not hold it back
     if stale:
-        log.info("re-enqueued %d pending charges", len(stale))
+        log.info("re-enqueued pending charges", charges=len(stale))
     return len(stale)

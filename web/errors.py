@@ -1,7 +1,6 @@
 """One error envelope for domain errors, validation errors and HTTP errors."""
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import sqlalchemy.exc
@@ -9,9 +8,10 @@ from flask import Flask, Response, jsonify
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from billing_core import logs
 from billing_core.errors import BillingError, ValidationFailed
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 STATUS_BY_CODE = {
     "validation_error": 400,
@@ -112,12 +112,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(sqlalchemy.exc.TimeoutError)
     def _database_unavailable(exc: Exception) -> Response:
         # PostgreSQL down or out of connections: nothing was accepted, the client may retry
-        log.error("database unavailable: %s", exc)
+        log.error("database unavailable", error=str(exc))
         response = error_response("unavailable", "the billing database is unavailable; retry later")
         response.headers["Retry-After"] = "5"
         return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.exception("unhandled error")
+        log.error("unhandled error", exc_info=exc)
         return error_response("internal_error", "internal error", status=500)

@@ -2,7 +2,6 @@
 Redis channel; one listener thread per web process wakes the request threads waiting on them."""
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -10,7 +9,9 @@ from collections.abc import Callable
 
 import redis
 
-log = logging.getLogger(__name__)
+from billing_core import logs
+
+log = logs.get(__name__)
 
 
 class ChargeOutcomeListener:
@@ -64,7 +65,7 @@ class ChargeOutcomeListener:
                     elif message["type"] == "message":  # space-separated usage event ids
                         self._wake(message["data"].decode("utf-8", "replace").split())
             except (redis.RedisError, OSError) as exc:
-                log.warning("charge outcome listener lost Redis (%s); retrying", exc)
+                log.warning("charge outcome listener lost Redis; retrying", error=str(exc))
                 time.sleep(1)
             except Exception:  # the thread must outlive anything a message can do to it
                 log.exception("charge outcome listener failed; restarting")

@@ -48,7 +48,6 @@ open for a day.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 import uuid
@@ -59,7 +58,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from billing_core import money
+from billing_core import logs, money
 from billing_core.cursors import decode_cursor, encode_cursor
 from billing_core.db import UnitOfWork
 from billing_core.errors import BillingError, NotFound, ValidationFailed
@@ -78,7 +77,7 @@ LIST_LIMIT_MAX = 200
 CREDIT_TYPES = ("topup", "refund", "adjustment", "expiry")
 FINALIZED, DRAFT = "finalized", "draft"
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 _PERIOD = re.compile(r"^(\d{4})-(\d{2})$")
 
 
@@ -582,8 +581,8 @@ def rollup(uow: UnitOfWork, period: Period, *, tenant_id: str | None = None,
     _prepare(uow, period, tenant_id)
     refused = _refused(uow)
     if refused:
-        log.error("invoice rollup of %s refuses %d tenant(s) whose ledger does not reconcile: %s",
-                  period.label, len(refused), refused[:20])
+        log.error("invoice rollup refuses tenants whose ledger does not reconcile", period=period.label,
+                  tenants_refused=len(refused), tenant_id=" ".join(refused[:20]))
     columns = ", ".join(_DRAFT_COLUMNS)
     line_columns = ", ".join(c for c in _LINE_INSERT_COLUMNS)
     rows = connection.execute(text(_WRITE.format(

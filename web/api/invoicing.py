@@ -2,14 +2,13 @@
 month (nothing stored), and the rollup of a closed month on demand (billing.admin)."""
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any, Literal
 
 from flask import Response, make_response
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Connection
 
-from billing_core import money
+from billing_core import logs, money
 from billing_core.catalog.positions import month_of
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.fields import TenantId
@@ -28,7 +27,7 @@ from web.parsing import parse_query, path_uuid, time_bound
 from web.runtime import read_unit_of_work, runtime, unit_of_work
 from web.schemas import DecimalString, Query, TenantQuery, Timestamp, Uuid
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 # until web/errors.py maps these codes, the handlers give the status themselves
 STATUS = {"period_not_closed": 409, "period_not_started": 409}
@@ -274,8 +273,8 @@ def post_invoice_rollup() -> Response:
         except invoices.PeriodNotClosed as exc:
             raise _refusal(exc) from None
     announce_finalized(period, result.created)
-    log.info("invoice rollup of %s: %d invoices, %d lines in %d ms", period.label, len(result.created),
-             result.lines_created, result.milliseconds)
+    log.info("invoice rollup", period=period.label, invoices=len(result.created), lines=result.lines_created,
+             duration_ms=result.milliseconds)
     return ok(rollup={"period": period.label, "tenantId": query.tenantId, "invoicesCreated": len(result.created),
                       "linesCreated": result.lines_created,
                       "invoiceIds": [str(i) for i in result.invoice_ids[:MAX_IDS_IN_ROLLUP]],

@@ -292,5 +292,5 @@ def post_stripe_webhook() -> Response:
         try:
             process_stripe_event.apply_async(args=[event["id"]], retry=False)
         except BROKER_ERRORS as exc:  # stored: the Stripe sweep processes it once the broker is back
-            log.warning("broker unavailable, Stripe event %s left for the sweep: %s", event["id"], exc)
+            log.warning("broker unavailable, Stripe event left for the sweep", stripe_event_id=event["id"], error=str(exc))
     return jsonify({"received": True, "duplicate": not new})
