@@ -582,7 +582,7 @@ def rollup(uow: UnitOfWork, period: Period, *, tenant_id: str | None = None,
     refused = _refused(uow)
     if refused:
         log.error("invoice rollup refuses tenants whose ledger does not reconcile", period=period.label,
-                  tenants_refused=len(refused), tenant_id=" ".join(refused[:20]))
+                  tenants_refused=len(refused), refused=refused[:20])
     columns = ", ".join(_DRAFT_COLUMNS)
     line_columns = ", ".join(c for c in _LINE_INSERT_COLUMNS)
     rows = connection.execute(text(_WRITE.format(
