@@ -12,15 +12,11 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
 
 import redis
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import Engine
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/lad_billing"
-
-
-def _env(name: str, *more: str) -> AliasChoices:
-    return AliasChoices(name, *more)
 
 
 class Settings(BaseSettings):
@@ -33,7 +29,7 @@ class Settings(BaseSettings):
     read_database_url: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     celery_broker_url: str | None = None  # default: redis_url
-    queue: str = Field("billing", validation_alias=_env("BILLING_QUEUE", "queue"))
+    queue: str = Field("billing", validation_alias="BILLING_QUEUE")
 
     # --- charging --------------------------------------------------------------------------------------
     # a charge still pending this long after its last enqueue is enqueued again
