@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -41,6 +42,6 @@ def newest_first(query: Select, table: Any, cursor: str | None, limit: int) -> S
     return query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit + 1)
 
 
-def next_cursor(rows: list[Any], limit: int) -> str | None:
+def next_cursor(rows: Sequence[Any], limit: int) -> str | None:
     """The cursor after the last row of a page from newest_first, or None on the last page."""
     return encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None

@@ -33,8 +33,9 @@ _gateway: StripeGateway | None = None
 def gateway() -> StripeGateway | None:
     """The process's Stripe client; None without STRIPE_SECRET_KEY (auto top-up is then off)."""
     global _gateway
-    if _gateway is None and runtime().settings.stripe_secret_key:
-        _gateway = StripeGateway(runtime().settings.stripe_secret_key, runtime().settings.stripe_api_base)
+    key = runtime().settings.stripe_secret_key
+    if _gateway is None and key:
+        _gateway = StripeGateway(key, runtime().settings.stripe_api_base)
     return _gateway
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, redirect, request
+from flask import Flask, redirect, request
 from werkzeug.routing import RequestRedirect
+from werkzeug.wrappers import Response as BaseResponse
 
 from billing_core import logs
 from billing_core.bootstrap import Runtime, Settings
@@ -52,7 +53,7 @@ def _route_body_limit() -> None:
     request.max_content_length = body_limit(request.method, request.path)
 
 
-def _public_redirect() -> Response | None:
+def _public_redirect() -> BaseResponse | None:
     """Werkzeug's own redirects (a missing trailing slash) name the request's Host: name ours instead."""
     moved = request.routing_exception
     if not isinstance(moved, RequestRedirect):

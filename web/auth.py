@@ -51,7 +51,7 @@ class TokenSettings:
             # a token minted for another LAD service with the same key must not work here
             if not audience:
                 raise RuntimeError("LAD_ENV=production needs JWT_AUDIENCE (every token must carry it)")
-            if not public_key and len(secret.encode()) < MIN_HMAC_SECRET_BYTES:
+            if not public_key and len((secret or "").encode()) < MIN_HMAC_SECRET_BYTES:
                 raise RuntimeError(f"LAD_ENV=production needs a JWT_SECRET of at least {MIN_HMAC_SECRET_BYTES} bytes")
             if not issuer:
                 log.warning("JWT_ISSUER is not set: tokens of any issuer holding the key are accepted")
@@ -70,7 +70,7 @@ class Principal:
 
 
 def verify_token(token: str, settings: TokenSettings) -> Principal:
-    key = settings.public_key or settings.secret
+    key = settings.public_key or settings.secret or ""  # of() always sets one of them
     try:
         claims = jwt.decode(
             token, key, algorithms=[settings.algorithm],

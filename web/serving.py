@@ -22,7 +22,7 @@ import asyncio
 import importlib
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from a2wsgi import WSGIMiddleware
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -87,8 +87,8 @@ class JsonErrorsProtocol(HttpToolsProtocol):
                 self._close_with(431, b"Request Header Fields Too Large", _envelope(
                     "headers_too_large", f"the request headers are larger than {MAX_HEADER_BYTES} bytes"))
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
-        super().connection_made(_LingeringClose(transport, self))
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(cast(asyncio.Transport, _LingeringClose(transport, self)))
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -208,7 +208,7 @@ class BufferedRequests:
             await send(message)
 
         try:
-            await self.app(scope, buffered, sending)
+            await self.app(cast(Any, scope), cast(Any, buffered), cast(Any, sending))
         except Exception:
             # the app answers its own errors; this is the bridge failing: still the envelope
             if started:

@@ -12,6 +12,7 @@ Amounts are Stripe's minor units: USD cents, so 1 credit = 1 USD.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -96,7 +97,7 @@ def _payment_of(event_type: str, obj: dict[str, Any]) -> str | None:
     return payment if isinstance(payment, str) and payment else None
 
 
-def _waiting_for(uow: UnitOfWork, payment: str | None) -> list[Any]:
+def _waiting_for(uow: UnitOfWork, payment: str | None) -> Sequence[Any]:
     if payment is None:
         return []
     return uow.connection.execute(text(

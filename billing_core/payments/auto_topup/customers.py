@@ -21,6 +21,7 @@ from typing import Any
 
 import stripe
 from sqlalchemy import text
+from stripe.params import SetupIntentCreateParams
 
 from billing_core.db import UnitOfWork
 
@@ -87,9 +88,13 @@ class StripeCustomers:
     def create_setup_intent(self, customer_id: str, tenant_id: str) -> tuple[str, str]:
         """A SetupIntent that saves a card on the customer for off-session payments: (id, client secret)."""
         with _asking_stripe():
-            intent = self.client.v1.setup_intents.create(params={
+            params: SetupIntentCreateParams = {
                 "customer": customer_id, "usage": "off_session", "payment_method_types": ["card"],
-                "metadata": {"tenantId": tenant_id}})
+                "metadata": {"tenantId": tenant_id},
+            }
+            intent = self.client.v1.setup_intents.create(params=params)
+        if intent.client_secret is None:  # Stripe always returns it to the secret key that made the intent
+            raise StripeUnavailable("Stripe returned a SetupIntent without its client secret")
         return intent.id, intent.client_secret
 
     def customer_tenant(self, customer_id: str) -> str | None:

@@ -59,7 +59,9 @@ class StripeGateway:
                 intent = self.client.v1.payment_intents.create(params={
                     "amount": attempt.amount_cents, "currency": CURRENCY.lower(),
                     "customer": attempt.customer_id, "payment_method": attempt.payment_method_id,
-                    "payment_method_types": ["card"], "off_session": True, "confirm": True,
+                    # the API takes payment_method_types; stripe 16's typed params leave it out
+                    "payment_method_types": ["card"],  # type: ignore[typeddict-unknown-key]
+                    "off_session": True, "confirm": True,
                     "metadata": {"tenantId": attempt.tenant_id, "autoTopupAttemptId": str(attempt.attempt_id)},
                 }, options={"idempotency_key": attempt.idempotency_key})
         except stripe.CardError as exc:
