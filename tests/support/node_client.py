@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-NODE_PACKAGE = Path(__file__).resolve().parent.parent / "clients" / "node"
+NODE_PACKAGE = Path(__file__).resolve().parents[2] / "clients" / "node"
 
 
 def npm(*args: str, cwd: Path = NODE_PACKAGE, timeout: float = 600, env: dict[str, str] | None = None) -> str:

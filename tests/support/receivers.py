@@ -12,6 +12,7 @@ from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from devstack.servers import free_port
+from tests.support.polling import eventually
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,8 @@ class WebhookReceiver:
 
     def wait_for(self, count: int, timeout: int = 60) -> list[Received]:
         """Poll until at least `count` requests arrived."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            got = self.received()
-            if len(got) >= count:
-                return got
-            time.sleep(0.05)
-        raise AssertionError(f"{len(self.received())} webhook requests after {timeout}s, wanted {count}")
+        return eventually(lambda: (got := self.received()) if len(got) >= count else None, timeout, 0.05,
+                          what=f"{count} webhook requests")
 
 
 class SmtpInbox:
@@ -149,10 +145,5 @@ class SmtpInbox:
             return list(self._messages)
 
     def wait_for(self, predicate: Callable[[EmailMessage], bool], timeout: int = 60) -> EmailMessage:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in self.messages():
-                if predicate(message):
-                    return message
-            time.sleep(0.05)
-        raise AssertionError(f"no matching e-mail after {timeout}s ({len(self.messages())} received)")
+        return eventually(lambda: next((m for m in self.messages() if predicate(m)), None), timeout, 0.05,
+                          what=f"a matching e-mail ({len(self.messages())} received so far)")
