@@ -29,6 +29,16 @@ def smtp_inbox():
         inbox.stop()
 
 
+@pytest.fixture(scope="session")
+def sink():
+    """A webhook receiver answering 200 to everything, for tests about when alerts fire."""
+    from tests.support.receivers import WebhookReceiver
+
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
 @pytest.fixture
 def tenant() -> str:
     """A fresh tenant per test: tests never see each other's wallets."""

@@ -1,20 +1,11 @@
 """Tokens: signature, algorithm, expiry and claims; capabilities; tenant isolation."""
 from __future__ import annotations
 
-import time
-
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.helpers import stt_items, top_up
-from web.auth import TokenSettings, issue_token, verify_token
-from web.errors import ApiError
-
-
-def claims(tenant: str, **extra):
-    return {"sub": "x", "tenantId": tenant, "capabilities": ["billing.admin"], "exp": int(time.time()) + 600, **extra}
+from tests.support.helpers import stt_items, top_up
+from tests.support.tokens import claims
 
 
 def assert_401(response):
@@ -42,7 +33,7 @@ def test_expired_token(api, tenant, make_token):
 
 
 def test_token_without_exp_or_tenant(api, tenant):
-    from tests.conftest import TEST_SECRET
+    from tests.support.stack import TEST_SECRET
 
     no_exp = {k: v for k, v in claims(tenant).items() if k != "exp"}
     assert_401(api.get("/api/billing/wallet", jwt.encode(no_exp, TEST_SECRET, algorithm="HS256")))
@@ -94,21 +85,3 @@ def test_admin_may_act_on_another_tenant(api, make_token, tenant):
     assert api.get("/api/billing/wallet", make_token(tenant)).json()["wallet"]["currentBalance"] == "7"
 
 
-def test_rs256_tokens_when_a_public_key_is_set():
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private_pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption()).decode()
-    public_pem = private.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    settings = TokenSettings(secret="ignored", public_key=public_pem, issuer="lad", audience="billing")
-    token = issue_token(settings, tenant_id="t1", capabilities=["billing.view"], private_key=private_pem)
-    principal = verify_token(token, settings)
-    assert principal.tenant_id == "t1" and principal.has("billing.view") and not principal.has("billing.charge")
-    # an HS256 token made with the public key as secret (algorithm confusion) is refused
-    forged = jwt.encode(claims("t1", iss="lad", aud="billing"), "ignored", algorithm="HS256")
-    with pytest.raises(ApiError):
-        verify_token(forged, settings)
-    wrong_audience = issue_token(TokenSettings(None, public_pem, "lad", "other"), tenant_id="t1",
-                                 capabilities=[], private_key=private_pem)
-    with pytest.raises(ApiError):
-        verify_token(wrong_audience, settings)

@@ -5,11 +5,9 @@ Stripe.js would confirm a tenant's SetupIntent), to make another tenant's custom
 the payment intents it holds."""
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
@@ -20,13 +18,21 @@ from sqlalchemy import select
 
 from billing_core import exactjson
 from billing_core.payments.tables import stripe_events
-from tests.conftest import STRIPE_API_KEY, STRIPE_SECRET
-from tests.helpers import assert_ledger_consistent, stt_items, top_up, wallet
-
-DEADLINE_SECONDS = 60
-GOOD_CARD, DECLINED_CARD = "4242424242424242", "4000000000000341"  # the second attaches, then declines
-THREE_D_SECURE_CARD = "4000002760003184"  # needs the customer's authentication on every payment
-
+from tests.support.auto_topup import (
+    DECLINED_CARD,
+    GOOD_CARD,
+    THREE_D_SECURE_CARD,
+    attempts,
+    charge,
+    get_rule,
+    intents_of,
+    own_card,
+    put_rule,
+    wait_finished,
+    wait_for,
+)
+from tests.support.helpers import assert_ledger_consistent, top_up, wallet
+from tests.support.stack import STRIPE_API_KEY, STRIPE_SECRET
 
 # --- Stripe (localstripe) through the official library ---------------------------------------------
 
@@ -36,24 +42,6 @@ def stripe_client(live) -> stripe.StripeClient:
                                max_network_retries=0)
 
 
-def own_card(api, token: str, client: stripe.StripeClient, number: str = GOOD_CARD, *,
-             attach_directly: bool = False) -> tuple[str, str]:
-    """A card saved on the tenant's own Stripe customer as a tenant saves one: POST /settings/payment-methods
-    (LAD creates the customer on first use), then the SetupIntent confirmed with the card, which is what
-    Stripe.js does in the tenant's browser; or, for a card whose setup would need 3-D Secure, attached to
-    that customer with the API. As (customer, payment method)."""
-    response = api.post("/api/billing/settings/payment-methods", token, json={})
-    assert response.status_code == 200, response.text
-    customer, intent = response.json()["stripeCustomerId"], response.json()["setupIntent"]
-    method = client.v1.payment_methods.create(params={
-        "type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
-    if attach_directly:
-        client.v1.payment_methods.attach(method.id, params={"customer": customer})
-    else:
-        confirmed = client.v1.setup_intents.confirm(
-            intent["id"], params={"payment_method": method.id, "client_secret": intent["clientSecret"]})
-        assert confirmed.status == "succeeded", confirmed
-    return customer, method.id
 
 
 def foreign_card(client: stripe.StripeClient, tenant_id: str | None = None) -> tuple[str, str]:
@@ -67,56 +55,20 @@ def foreign_card(client: stripe.StripeClient, tenant_id: str | None = None) -> t
     return customer.id, method.id
 
 
-def intents_of(client: stripe.StripeClient, tenant_id: str) -> list[Any]:
-    return [pi for pi in client.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter()
-            if pi.metadata.to_dict().get("tenantId") == tenant_id]
 
 
 # --- the service ------------------------------------------------------------------------------------
 
-def put_rule(api, token: str, card: tuple[str, str], **fields: Any):
-    body = {"threshold": "10", "rechargeTo": "50", "stripeCustomerId": card[0], "stripePaymentMethodId": card[1],
-            **fields}
-    return api.request("PUT", "/api/billing/settings/auto-topup", token, json=body)
 
 
-def get_rule(api, token: str) -> dict[str, Any]:
-    response = api.get("/api/billing/settings/auto-topup", token)
-    assert response.status_code == 200, response.text
-    return response.json()["autoTopup"]
 
 
-def attempts(api, admin: str, tenant_id: str) -> list[dict[str, Any]]:
-    response = api.get(f"/api/billing/auto-topups?tenantId={tenant_id}", admin)
-    assert response.status_code == 200, response.text
-    return response.json()["autoTopups"]
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = DEADLINE_SECONDS) -> Any:
-    """Poll until probe() returns something truthy (tests may poll; the service never does)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"{what} after {timeout}s"
-        time.sleep(0.2)
 
 
-def wait_finished(api, admin: str, tenant_id: str, count: int = 1) -> list[dict[str, Any]]:
-    """The tenant's attempts once `count` exist and none is pending."""
-    def probe() -> list[dict[str, Any]] | None:
-        found = attempts(api, admin, tenant_id)
-        return found if len(found) >= count and all(a["status"] != "pending" for a in found) else None
-    return wait_for(f"{count} finished auto top-up attempts", probe)
 
 
-def charge(api, token: str, seconds: str, key: str | None = None) -> None:
-    """One settled charge of seconds × 0.0001 (10000 seconds = 1)."""
-    response = api.post("/api/billing/charge?wait=30", token, json={
-        "featureKey": "voice-agent", "idempotencyKey": key or f"c-{uuid.uuid4()}", "items": stt_items(seconds)})
-    assert response.status_code == 200, response.text
-    assert response.json()["transaction"] is not None, response.text
 
 
 def stripe_grants(api, token: str) -> list[dict[str, Any]]:
@@ -443,7 +395,7 @@ def test_without_a_stripe_key_auto_top_up_answers_503(live, tenant):
     from dataclasses import replace
 
     from billing_core.bootstrap import Settings
-    from tests.conftest import TEST_SECRET
+    from tests.support.stack import TEST_SECRET
     from web.app import create_app
     from web.auth import TokenSettings, issue_token
 
@@ -458,35 +410,6 @@ def test_without_a_stripe_key_auto_top_up_answers_503(live, tenant):
             assert response.get_json()["error"]["code"] == "unavailable"
 
 
-def test_stripe_unreachable_is_retried_with_the_same_key_and_charges_once(live, api, tokens, tenant, make_token,
-                                                                         stripe_client):
-    card = own_card(api, tokens["admin"], stripe_client)
-    top_up(api, tokens["admin"], "100")
-    assert put_rule(api, tokens["admin"], card, rechargeTo="30").status_code == 200  # checked with Stripe
-    live.stop_localstripe()
-    try:
-        charge(api, tokens["charge"], "950000")  # 95: 5 left, at or below 10
-        pending = wait_for("two tries of the attempt", lambda: [
-            a for a in attempts(api, tokens["admin"], tenant) if a["status"] == "pending" and a["stripeRequests"] >= 2])
-        # a card cannot be checked while Stripe is away: saving a rule answers 503, and saves nothing
-        refused = put_rule(api, tokens["admin"], card, rechargeTo="40")
-        assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
-        setup = api.post("/api/billing/settings/payment-methods", tokens["admin"], json={})
-        assert setup.status_code == 503 and setup.json()["error"]["code"] == "unavailable"
-    finally:
-        live.start_localstripe()
-    [attempt] = wait_finished(api, tokens["admin"], tenant)
-    assert attempt["id"] == pending[0]["id"] and attempt["status"] == "succeeded", attempt
-    assert attempt["stripeRequests"] >= 3
-    [intent] = intents_of(stripe_client, tenant)  # charged once
-    assert intent.id == attempt["paymentIntentId"] and intent.amount == 2500
-    assert intent.metadata.to_dict()["autoTopupAttemptId"] == attempt["id"]
-    # every payment request that reached Stripe carried the attempt's id as its idempotency key
-    keys = re.findall(r'POST /v1/payment_intents HTTP/1.1 \d+ idempotency_key="([^"]*)"', live.stripe_log.read_text())
-    assert attempt["id"] in keys and keys.count(attempt["id"]) == 1
-    assert wallet(api, tokens["admin"])["currentBalance"] == "30"
-    assert get_rule(api, tokens["admin"])["rechargeTo"] == "30"
-    assert_ledger_consistent(api, make_token, tenant)
 
 
 # --- guards -----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from billing_core.idempotency import idempotency_records
 from billing_core.ledger.tables import ledger_entries
 from billing_core.usage.tables import usage_events
-from tests.helpers import stt_items, top_up, wallet
+from tests.support.helpers import stt_items, top_up, wallet
 
 
 def charge_body(**item_overrides):

@@ -7,7 +7,7 @@ from decimal import Decimal
 from sqlalchemy import func, select
 
 from billing_core.ledger.tables import ledger_entries
-from tests.helpers import assert_ledger_consistent, stt_items, top_up, wait_until_settled, wallet
+from tests.support.helpers import assert_ledger_consistent, stt_items, top_up, wait_until_settled, wallet
 
 
 def event(key: str, seconds: str = "100", **overrides):

@@ -11,8 +11,8 @@ import pytest
 from lad_billing import models
 from lad_billing._operations import API, READS
 
-from tests.client_contract import Contract
-from tests.node_client import built_node_package
+from tests.support.client_contract import Contract
+from tests.support.node_client import built_node_package
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,13 @@ def test_python_models_match_the_openapi_document(contract):
     assert problems == []
 
 
+@pytest.mark.node
 def test_node_models_match_the_openapi_document(contract, node_reads):
     problems = [p for read in node_reads for p in contract.check_read(read)]
     assert problems == []
 
 
+@pytest.mark.node
 def test_both_libraries_read_the_same_answers(node_reads):
     def key(read: dict) -> tuple:
         return read["method"], read["path"], read["status"], tuple(read["pointer"])

@@ -7,13 +7,16 @@ import os
 import re
 import subprocess
 
-from tests.conftest import TEST_SECRET
-from tests.fault_proxy import FaultProxy
-from tests.node_client import built_node_package
+import pytest
+
+from tests.support.fault_proxy import FaultProxy
+from tests.support.node_client import built_node_package
+from tests.support.stack import TEST_SECRET
 
 NODE_TESTS = ["test/client.test.mjs", "test/require.test.cjs", "test/retries.test.mjs"]
 
 
+@pytest.mark.node
 def test_node_client_suite(live):
     package = built_node_package()
     proxy = FaultProxy(live.api.base_url).start()

@@ -26,8 +26,8 @@ from lad_billing import (
     ValidationError,
 )
 
-from tests.fault_proxy import FaultProxy
-from tests.helpers import assert_ledger_consistent
+from tests.support.fault_proxy import FaultProxy
+from tests.support.helpers import assert_ledger_consistent
 
 STT = {"category": "stt", "provider": "openai", "model": "whisper-1", "unit": "second"}
 

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
-from tests.helpers import assert_ledger_consistent, stt_items, top_up, wallet
+from tests.support.helpers import assert_ledger_consistent, stt_items, top_up, wallet
 
 
 def grant(api, admin, amount, **extra):

@@ -6,7 +6,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-from tests.helpers import Api, stt_items, top_up, wallet
+from tests.support.helpers import Api, stt_items, top_up, wallet
 
 E = "/api/billing/entitlement"
 

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from billing_core.ledger.tables import ledger_entries
 from billing_core.usage.tables import usage_events
-from tests.helpers import Api, assert_ledger_consistent, stt_items, top_up, wait_until_settled, wallet
+from tests.support.helpers import Api, assert_ledger_consistent, stt_items, top_up, wait_until_settled, wallet
 
 
 def test_same_charge_twenty_times_concurrently_charges_once(live, tokens, tenant, engine, make_token):

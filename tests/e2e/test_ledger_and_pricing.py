@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from billing_core import catalog
 from billing_core.db import UnitOfWork
 from billing_core.ledger.tables import wallets
-from tests.helpers import stt_items, top_up, wallet
+from tests.support.helpers import stt_items, top_up, wallet
 
 
 @pytest.mark.parametrize("statement", [

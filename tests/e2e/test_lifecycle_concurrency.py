@@ -23,7 +23,7 @@ from typing import Any
 import requests
 from sqlalchemy import text
 
-from tests.helpers import Api, stt_items
+from tests.support.helpers import Api, stt_items
 
 THREADS = 200
 ROUNDS = 6  # holds per "call" worker

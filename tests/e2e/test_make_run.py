@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from devstack.servers import free_port
 from devstack.stack import ROOT, drop_database
-from tests.test_seed_api import SEED_QUOTE_ITEMS
+from tests.support.helpers import SEED_QUOTE_ITEMS
 
 
 def port_open(port: int) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from decimal import Decimal
@@ -13,7 +12,7 @@ from decimal import Decimal
 from sqlalchemy import text, update
 
 from billing_core.ledger.tables import wallets
-from tests.helpers import stt_items, top_up
+from tests.support.helpers import stt_items, top_up
 
 
 def test_the_schedule_is_utc_crontab_entries_that_expire(live):  # live: the queue names are set
@@ -41,26 +40,6 @@ def test_a_job_runs_on_demand_from_the_cli(live):
     assert unknown.returncode == 2 and "reconcile-ledgers" in unknown.stderr
 
 
-def test_reconciliation_records_one_run_per_hour_however_often_it_runs(engine):
-    from billing_core.db import UnitOfWork
-    from billing_core.ledger import reconciliation
-
-    with engine.begin() as connection:
-        connection.execute(text("DELETE FROM reconciliation_runs"))
-    results = []
-
-    def run() -> None:
-        with UnitOfWork(engine) as uow:
-            results.append(reconciliation.reconcile(uow))
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(r.recorded for r in results) == [False, False, True]
-    with engine.connect() as connection:
-        assert connection.execute(text("SELECT count(*) FROM reconciliation_runs")).scalar_one() == 1
 
 
 def test_reconciliation_reports_a_tampered_wallet_and_changes_nothing(api, tokens, tenant, engine, live):

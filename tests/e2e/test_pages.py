@@ -20,8 +20,8 @@ from sqlalchemy import text
 from billing_core.db import UnitOfWork, engine_for
 from billing_core.invoicing.invoices import rollup
 from devstack.stack import ROOT
-from tests.helpers import stt_items, top_up, wait_until_settled
-from tests.test_invoices import STT, TTS, History, items, months
+from tests.support.helpers import stt_items, top_up, wait_until_settled
+from tests.support.invoices import STT, TTS, History, items, months
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -162,6 +162,7 @@ def tenant_b(live: Any, make_token: Any) -> dict[str, Any]:
 
 # --- the portal in the browser ----------------------------------------------------------------------
 
+@pytest.mark.browser
 def test_portal_balance_chart_breakdown_invoice_and_alert_threshold(browser, api, tenant_a):
     tokens = tenant_a["tokens"]
     link = portal_link(api, tokens["manage"], ttlMinutes=30)
@@ -227,6 +228,7 @@ def test_portal_balance_chart_breakdown_invoice_and_alert_threshold(browser, api
     assert settings["thresholds"] == ["5", "1.25"] and settings["email"] == "billing@example.com"
 
 
+@pytest.mark.browser
 def test_tables_read_without_javascript(browser, api, tenant_a):
     link = portal_link(api, tenant_a["tokens"]["manage"])
     with Visit(browser, java_script_enabled=False) as v:
@@ -236,6 +238,7 @@ def test_tables_read_without_javascript(browser, api, tenant_a):
         assert tenant_a["cheap"]["totalCost"] in v.page.inner_text("#spend-table tfoot")
 
 
+@pytest.mark.browser
 def test_a_script_in_a_tenant_s_values_is_shown_as_text(browser, api, tenant_a, make_token):
     tokens = tenant_a["tokens"]
     link = portal_link(api, tokens["manage"])
@@ -261,6 +264,7 @@ def test_a_script_in_a_tenant_s_values_is_shown_as_text(browser, api, tenant_a, 
 
 # --- the console in the browser ---------------------------------------------------------------------
 
+@pytest.mark.browser
 def test_console_search_a_tenant_top_it_up_with_a_reason_and_see_the_ledger_entry(browser, api, tenant_a,
                                                                                  make_token):
     tenant = tenant_a["tenant"]
@@ -479,18 +483,6 @@ def test_every_page_carries_the_security_headers(api, live, tenant_a, make_token
         assert "<script>" not in response.text.replace(SCRIPT, ""), "no inline script"
 
 
-def test_portal_frame_ancestors_come_from_the_setting(monkeypatch):
-    from flask import Response
-
-    from web.pages.common import security_headers
-
-    monkeypatch.setenv("PORTAL_FRAME_ANCESTORS", "https://dashboard.lad.example https://lad.example")
-    portal = security_headers("portal", Response())
-    assert "frame-ancestors https://dashboard.lad.example https://lad.example" in portal.headers["Content-Security-Policy"]
-    assert "X-Frame-Options" not in portal.headers
-    console = security_headers("console", Response())
-    assert "frame-ancestors 'none'" in console.headers["Content-Security-Policy"]
-    assert console.headers["X-Frame-Options"] == "DENY"
 
 
 def test_outside_development_the_cookies_are_secure_and_the_portal_s_embeddable(live, api, tenant_a, monkeypatch):
@@ -515,7 +507,7 @@ def test_outside_development_the_cookies_are_secure_and_the_portal_s_embeddable(
 
 
 def test_links_name_the_public_address_when_it_is_set(live, tenant_a, monkeypatch):
-    from tests.conftest import TEST_SECRET
+    from tests.support.stack import TEST_SECRET
     from web.app import create_app
     from web.auth import TokenSettings
 
@@ -561,7 +553,7 @@ def test_the_chart_library_is_served_from_the_app_with_its_licence(api):
 def priced(live: Any, make_token: Any) -> dict[str, Any]:
     """A tenant of its own charged today for a costed item, an uncosted one, and one call priced in
     graduated tiers and packages (PUT /pricing with pricingModel)."""
-    from tests.test_pricing_stack import TIERS, new_item, put_price
+    from tests.support.pricing import TIERS, new_item, put_price
 
     api, tenant = live.api, f"margin-{uuid.uuid4().hex[:8]}"
     admin, charger = make_token(tenant, "billing.admin"), make_token(tenant, "billing.charge", "billing.view")
@@ -582,6 +574,7 @@ def priced(live: Any, make_token: Any) -> dict[str, Any]:
             "package": package}
 
 
+@pytest.mark.browser
 def test_console_margins_show_the_api_s_figures_and_the_costs_block(browser, api, priced, make_token):
     tenant, ops = priced["tenant"], make_token("ops", "billing.admin")
     days = sorted(e["createdAt"][:10] for e in priced["events"])
@@ -634,6 +627,7 @@ def test_console_margins_show_the_api_s_figures_and_the_costs_block(browser, api
     assert [c["id"] for c in listed] == [cost["id"]]
 
 
+@pytest.mark.browser
 def test_a_call_priced_in_tiers_and_packages_shows_them(browser, api, priced):
     event_id = priced["tiered"]["id"]
     detail = api.get(f"/api/billing/usage/{event_id}", priced["admin"]).json()["usageEvent"]
@@ -663,14 +657,15 @@ def test_a_call_priced_in_tiers_and_packages_shows_them(browser, api, priced):
 def stripe_client(live: Any) -> Any:
     import stripe
 
-    from tests.conftest import STRIPE_API_KEY
+    from tests.support.stack import STRIPE_API_KEY
 
     return stripe.StripeClient(STRIPE_API_KEY, base_addresses={"api": live.env["STRIPE_API_BASE"]},
                                max_network_retries=0)
 
 
+@pytest.mark.browser
 def test_portal_auto_top_up_form_changes_the_rule(browser, api, live, make_token, stripe_client):
-    from tests.test_auto_topup import own_card, wait_for
+    from tests.support.auto_topup import own_card, wait_for
 
     tenant = f"autotopup-{uuid.uuid4().hex[:8]}"
     admin, manage = make_token(tenant, "billing.admin"), make_token(tenant, "billing.manage")
@@ -765,7 +760,7 @@ def test_without_stripe_the_portal_says_auto_top_up_is_unavailable(live, api, te
     import dataclasses
 
     from billing_core.bootstrap import Settings
-    from tests.conftest import TEST_SECRET
+    from tests.support.stack import TEST_SECRET
     from web.app import create_app
     from web.auth import TokenSettings
 
@@ -813,6 +808,7 @@ def test_a_link_opens_once_and_then_says_to_ask_for_a_new_one(api, live, tenant_
     assert opened.get(f"{base}/console/", timeout=30).status_code == 200
 
 
+@pytest.mark.browser
 def test_a_link_of_another_tenant_asks_before_replacing_the_open_portal(browser, api, live, tenant_a, tenant_b,
                                                                         make_token):
     """Finding 3: with tenant A's portal open, following a link of tenant B (an attacker's, say) shows a

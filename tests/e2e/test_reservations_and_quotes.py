@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from sqlalchemy import text
 
-from tests.helpers import assert_ledger_consistent, stt_items, top_up, wallet
+from tests.support.helpers import assert_ledger_consistent, stt_items, top_up, wallet
 
 R = "/api/billing/reservations"
 

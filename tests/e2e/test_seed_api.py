@@ -4,16 +4,10 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-from tests.helpers import assert_ledger_consistent, wallet
+from tests.support.helpers import SEED_QUOTE_ITEMS, assert_ledger_consistent, wallet
 
 DECIMAL = re.compile(r"^-?\d+(\.\d+)?$")
 
-SEED_QUOTE_ITEMS = [
-    {"category": "stt", "provider": "openai", "model": "whisper-1", "unit": "second", "quantity": 60},
-    {"category": "llm", "provider": "openai", "model": "gpt-4", "unit": "token", "quantity": 500},
-    {"category": "tts", "provider": "openai", "model": "tts-1", "unit": "character", "quantity": 200},
-    {"category": "telephony", "provider": "twilio", "model": "voice", "unit": "minute", "quantity": 1},
-]
 
 SEED_CHARGE = {
     "featureKey": "voice-agent",
@@ -141,7 +135,7 @@ def test_async_charge_answers_202_with_location(api, tokens):
     body = response.json()
     assert body["usageEvent"]["status"] == "pending" and body["usageEvent"]["id"] and body["usageEvent"]["createdAt"]
     assert response.headers["Location"] == f"/api/billing/tasks/{body['taskId']}"
-    from tests.helpers import wait_until_settled
+    from tests.support.helpers import wait_until_settled
 
     settled = wait_until_settled(api, tokens["charge"], [body["taskId"]])
     assert settled[body["taskId"]]["state"] == "charged"

@@ -15,90 +15,49 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-import stripe
-from sqlalchemy import func, select, text
 
 from billing_core import exactjson
-from billing_core.db import UnitOfWork
-from billing_core.ledger.tables import wallets
-from billing_core.payments import stripe_events as stripe_event_store
-from billing_core.payments.tables import stripe_events
-from tests.conftest import STRIPE_SECRET
-from tests.helpers import Api, stt_items, top_up, wallet
+from tests.support.helpers import Api, stt_items, top_up, wallet
+from tests.support.stripe_events import (
+    DEADLINE_SECONDS,
+    HANDLED,
+    _id,
+    charge_refunded,
+    checkout_completed,
+    dispute_created,
+    event_row,
+    make_event,
+    payment_intent_succeeded,
+    post_raw,
+    send,
+    sign,
+)
 
-WEBHOOK = "/api/billing/webhooks/stripe"
-DEADLINE_SECONDS = 30
-HANDLED = ("processed", "ignored", "waiting")
 PAIRS = 30
 
 
 # --- building and sending events ------------------------------------------------------------------
 
-def _id(prefix: str) -> str:
-    return f"{prefix}_test_{uuid.uuid4().hex}"
 
 
-def make_event(event_type: str, obj: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
-    return {"id": event_id or _id("evt"), "object": "event", "api_version": "2024-06-20",
-            "created": int(time.time()), "livemode": False, "pending_webhooks": 1, "type": event_type,
-            "data": {"object": obj}}
 
 
-def checkout_completed(tenant_id: str | None, payment: str, cents: int, *, currency: str = "usd",
-                       payment_status: str = "paid") -> dict[str, Any]:
-    metadata = {"tenantId": tenant_id} if tenant_id else {}
-    return make_event("checkout.session.completed", {
-        "id": _id("cs"), "object": "checkout.session", "mode": "payment", "status": "complete",
-        "payment_status": payment_status, "payment_intent": payment, "amount_subtotal": cents,
-        "amount_total": cents, "currency": currency, "metadata": metadata})
 
 
-def payment_intent_succeeded(tenant_id: str, payment: str, cents: int, currency: str = "usd") -> dict[str, Any]:
-    return make_event("payment_intent.succeeded", {
-        "id": payment, "object": "payment_intent", "status": "succeeded", "amount": cents,
-        "amount_received": cents, "currency": currency, "metadata": {"tenantId": tenant_id}})
 
 
-def charge_refunded(tenant_id: str | None, payment: str, cents: int, refunded_cents: int) -> dict[str, Any]:
-    metadata = {"tenantId": tenant_id} if tenant_id else {}
-    return make_event("charge.refunded", {
-        "id": _id("ch"), "object": "charge", "amount": cents, "amount_captured": cents,
-        "amount_refunded": refunded_cents, "refunded": refunded_cents == cents, "currency": "usd",
-        "payment_intent": payment, "metadata": metadata})
 
 
-def dispute_created(payment: str, cents: int) -> dict[str, Any]:
-    # a dispute's own metadata is empty: the payment intent alone names the payment
-    return make_event("charge.dispute.created", {
-        "id": _id("dp"), "object": "dispute", "amount": cents, "currency": "usd", "charge": _id("ch"),
-        "payment_intent": payment, "reason": "fraudulent", "status": "needs_response", "metadata": {}})
 
 
-def sign(payload: str, secret: str = STRIPE_SECRET, timestamp: int | None = None) -> str:
-    header = stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp=timestamp)
-    assert header.startswith("t=") and ",v1=" in header
-    return header
 
 
-def post_raw(api: Api, body: str, header: str | None) -> Any:
-    headers = {"Content-Type": "application/json"}
-    if header is not None:
-        headers["Stripe-Signature"] = header
-    return api.post(WEBHOOK, data=body.encode("utf-8"), headers=headers)
 
 
-def send(api: Api, event: dict[str, Any], *, duplicate: bool = False) -> None:
-    body = exactjson.dumps(event)
-    response = post_raw(api, body, sign(body))
-    assert response.status_code == 200, response.text
-    assert response.json() == {"received": True, "duplicate": duplicate}
 
 
 # --- observing the worker ---------------------------------------------------------------------------
 
-def event_row(engine, event_id: str) -> Any:
-    with engine.connect() as connection:
-        return connection.execute(select(stripe_events).where(stripe_events.c.id == event_id)).one_or_none()
 
 
 def wait_handled(engine, event_id: str) -> Any:
@@ -387,60 +346,6 @@ def test_refund_and_checkout_delivered_at_the_same_moment(api, engine, tenant, t
     verify(api, make_token, tenant)
 
 
-def test_refund_racing_its_checkout_is_not_left_waiting(engine, tenant, monkeypatch):
-    """The interleaving the concurrent case above hits only by chance, made deterministic on the real DB: the
-    refund's worker finds no grant yet and marks itself waiting; before it commits, the checkout's
-    worker runs (to the end, or until it blocks on a lock the refund holds). Whatever the order,
-    once both are handled the payment is credited and clawed back: the refund is not left waiting."""
-    payment = _id("pi")
-    refund = charge_refunded(tenant, payment, 500, 500)
-    checkout = checkout_completed(tenant, payment, 500)
-    for event in (refund, checkout):  # stored directly: no task is queued, this test plays both workers
-        with UnitOfWork(engine) as uow:
-            assert stripe_event_store.record_event(uow, exactjson.loads(exactjson.dumps(event)))
-
-    real_mark = stripe_event_store._mark
-    outcome: dict[str, Any] = {}
-    threads: list[threading.Thread] = []
-
-    def run_checkout() -> None:
-        try:
-            with UnitOfWork(engine) as uow:
-                outcome["pid"] = uow.connection.execute(select(func.pg_backend_pid())).scalar_one()
-                outcome["checkout"] = stripe_event_store.process_event(uow, checkout["id"])
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            outcome["error"] = exc
-
-    def checkout_blocked() -> bool:
-        if "pid" not in outcome:
-            return False
-        with engine.connect() as connection:
-            waiting = connection.execute(text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"),
-                                         {"pid": outcome["pid"]}).scalar_one_or_none()
-        return waiting == "Lock"
-
-    def mark_then_let_the_checkout_run(uow, event_id, status, *rest):
-        real_mark(uow, event_id, status, *rest)
-        if event_id == refund["id"] and not threads:
-            threads.append(threading.Thread(target=run_checkout))
-            threads[0].start()
-            deadline = time.monotonic() + DEADLINE_SECONDS
-            while threads[0].is_alive() and not checkout_blocked():
-                assert time.monotonic() < deadline, "the checkout neither finished nor waited on a lock"
-                time.sleep(0.05)
-
-    monkeypatch.setattr(stripe_event_store, "_mark", mark_then_let_the_checkout_run)
-    with UnitOfWork(engine) as uow:
-        stripe_event_store.process_event(uow, refund["id"])
-    threads[0].join(DEADLINE_SECONDS)
-    assert not threads[0].is_alive()
-    assert "error" not in outcome, outcome.get("error")
-    assert outcome["checkout"] == "processed"
-    row = event_row(engine, refund["id"])
-    assert row.status == "processed", (row.status, row.detail)
-    with engine.connect() as connection:
-        balance = connection.execute(select(wallets.c.current_balance).where(wallets.c.tenant_id == tenant)).scalar_one()
-    assert balance == 0
 
 
 # --- 6: disputes ------------------------------------------------------------------------------------

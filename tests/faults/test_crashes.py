@@ -21,8 +21,8 @@ from billing_core.ledger.tables import ledger_entries
 from billing_core.usage.tables import usage_events
 from devstack.servers import free_port
 from devstack.stack import Stack, drop_database
-from tests.conftest import TEST_SECRET
-from tests.helpers import Api, assert_ledger_consistent, stt_items, top_up
+from tests.support.helpers import Api, assert_ledger_consistent, stt_items, top_up
+from tests.support.stack import TEST_SECRET
 
 pytestmark = pytest.mark.faults
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from billing_core.ledger.tables import ledger_entries, wallets
-from tests.helpers import Api, assert_ledger_consistent, stt_items, top_up, wait_until_settled, wallet
+from tests.support.helpers import Api, assert_ledger_consistent, stt_items, top_up, wait_until_settled, wallet
 
 pytestmark = pytest.mark.faults
 

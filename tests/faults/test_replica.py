@@ -17,7 +17,9 @@ from sqlalchemy.engine import make_url
 
 from devstack.servers import _as_pg_user, _pg_bin, _wait_for_port, free_port
 from devstack.stack import Stack, database_url
-from tests.helpers import Api, assert_ledger_consistent, stt_items, top_up, wallet
+from tests.support.helpers import Api, assert_ledger_consistent, stt_items, top_up, wallet
+
+pytestmark = pytest.mark.faults
 
 
 def query(url: str, statement: str, database: str = "postgres"):

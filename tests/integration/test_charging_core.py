@@ -17,7 +17,7 @@ from billing_core.ledger.tables import ledger_entries
 from billing_core.usage import charging, events
 from billing_core.usage.commands import ChargeRequest
 from billing_core.usage.tables import usage_events
-from tests.helpers import stt_items
+from tests.support.helpers import stt_items
 
 
 def accept(engine, tenant: str, key: str) -> events.ChargeOutcome:

@@ -1,4 +1,4 @@
-"""Property-based test of the credit lifecycle against the real PostgreSQL of the test stack.
+"""Property-based test of the credit lifecycle against a real PostgreSQL database.
 
 A hypothesis state machine drives one fresh tenant per run through random sequences of top-ups
 (paid or promotional, expiring or not, any priority), grants expiring, holds (reserve, extend,
@@ -25,9 +25,9 @@ a charge made before its hold expired settles it, one made after is refused; a r
 nothing.
 
 Simulated time: a grant or hold "expires" by moving its expires_at into the past (credit_grants and
-reservations are not append-only), then the expiry job's function runs. The stack's beat may run the
-same job at any moment, which changes nothing the checks rely on; where an outcome would depend on
-whether it ran first, the step holds the wallet lock. Rules choose holds and grants by the order
+reservations are not append-only), then the expiry job's function runs. No beat runs here; in
+production it may run the same job at any moment, which changes nothing the checks rely on; where an
+outcome would depend on whether it ran first, the step holds the wallet lock. Rules choose holds and grants by the order
 they were made in (not by their random ids), so that hypothesis can replay and shrink a run.
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ from billing_core.lifecycle import entitlement, holds
 from billing_core.lifecycle.commands import ExtendReservationRequest, ReleaseReservationRequest, ReservationRequest
 from billing_core.usage import charging, events
 from billing_core.usage.commands import ChargeRequest
-from tests.helpers import stt_items
+from tests.support.helpers import stt_items
 
 ZERO = Decimal(0)
 TICK = Decimal("0.0001")  # the price of one STT second: every amount here is a whole number of ticks

@@ -9,6 +9,14 @@ from typing import Any
 
 import requests
 
+# the README's seed quote: 60 s of speech to text, 500 prompt tokens, 200 characters of speech, one minute
+SEED_QUOTE_ITEMS = [
+    {"category": "stt", "provider": "openai", "model": "whisper-1", "unit": "second", "quantity": 60},
+    {"category": "llm", "provider": "openai", "model": "gpt-4", "unit": "token", "quantity": 500},
+    {"category": "tts", "provider": "openai", "model": "tts-1", "unit": "character", "quantity": 200},
+    {"category": "telephony", "provider": "twilio", "model": "voice", "unit": "minute", "quantity": 1},
+]
+
 
 class Api:
     """A small HTTP client for the running service."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import email
 import email.policy
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -86,7 +85,7 @@ class WebhookReceiver:
 
     def wait_for(self, count: int, timeout: int = 60) -> list[Received]:
         """Poll until at least `count` requests arrived."""
-        return eventually(lambda: (got := self.received()) if len(got) >= count else None, timeout, 0.05,
+        return eventually(lambda: got if len(got := self.received()) >= count else None, timeout, 0.05,
                           what=f"{count} webhook requests")
 
 

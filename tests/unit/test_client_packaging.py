@@ -8,9 +8,11 @@ import sys
 import tarfile
 from pathlib import Path
 
-from tests.node_client import NODE_PACKAGE, built_node_package, npm
+import pytest
 
-PYTHON_PACKAGE = Path(__file__).resolve().parent.parent / "clients" / "python"
+from tests.support.node_client import NODE_PACKAGE, built_node_package, npm
+
+PYTHON_PACKAGE = Path(__file__).resolve().parents[2] / "clients" / "python"
 
 
 def run(*args: str | Path, cwd: Path | None = None, timeout: float = 600) -> str:
@@ -33,6 +35,7 @@ def test_pip_install_gives_an_installable_typed_package(tmp_path):
     assert str(venv) in found["root"]  # the installed copy, not the source tree
 
 
+@pytest.mark.node
 def test_npm_pack_gives_an_installable_package_for_require_import_and_typescript(tmp_path):
     package = built_node_package()
     output = npm("pack", "--json", "--pack-destination", str(tmp_path))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 services = compose["services"]
 APP_SERVICES = {"migrate", "web", "worker", "beat", "flower"}
