@@ -23,6 +23,14 @@ def api(live: TestStack) -> Api:
     return live.api
 
 
+@pytest.fixture(scope="package")
+def stripe_client(live: TestStack):
+    """Stripe (the stack's localstripe) through the official library."""
+    from tests.support.auto_topup import stripe_client
+
+    return stripe_client(live.env["STRIPE_API_BASE"])
+
+
 @pytest.fixture
 def engine(live: TestStack):
     from billing_core.db import engine_for

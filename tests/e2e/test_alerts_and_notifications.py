@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from billing_core.notifications import outbox
 from tests.support.helpers import stt_items, wallet
 from tests.support.helpers import top_up as http_top_up
 from tests.support.notifications import configure, enqueue_one, evaluate, fired, fund, spend, webhook_tenant
+from tests.support.polling import eventually
 from tests.support.receivers import WebhookReceiver
 
 
@@ -59,14 +59,7 @@ def retry_base_seconds(live) -> Decimal:
 
 
 def poll(fetch: Callable[[], Any], until: Callable[[Any], bool], timeout: int = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fetch()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached after {timeout}s; last: {value!r}")
-        time.sleep(0.2)
+    return eventually(fetch, timeout, what=what, until=until)
 
 
 

@@ -12,13 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
-import pytest
 import stripe
 from sqlalchemy import select
 
 from billing_core import exactjson
 from billing_core.payments.tables import stripe_events
 from tests.support.auto_topup import (
+    DEADLINE_SECONDS,
     DECLINED_CARD,
     GOOD_CARD,
     THREE_D_SECURE_CARD,
@@ -29,20 +29,12 @@ from tests.support.auto_topup import (
     own_card,
     put_rule,
     wait_finished,
-    wait_for,
 )
 from tests.support.helpers import assert_ledger_consistent, top_up, wallet
-from tests.support.stack import STRIPE_API_KEY, STRIPE_SECRET
+from tests.support.polling import eventually
+from tests.support.stack import STRIPE_SECRET
 
 # --- Stripe (localstripe) through the official library ---------------------------------------------
-
-@pytest.fixture(scope="module")
-def stripe_client(live) -> stripe.StripeClient:
-    return stripe.StripeClient(STRIPE_API_KEY, base_addresses={"api": live.env["STRIPE_API_BASE"]},
-                               max_network_retries=0)
-
-
-
 
 def foreign_card(client: stripe.StripeClient, tenant_id: str | None = None) -> tuple[str, str]:
     """A customer made in Stripe by someone else (metadata.tenantId naming `tenant_id`, if given) with a card
@@ -262,7 +254,8 @@ def test_rules_saved_before_tenants_owned_their_customer_are_checked_by_the_minu
             """), {"t": tenant_id, "c": customer, "pm": method})
     scan_now()
 
-    rule = wait_for("the rule checked", lambda: (r := get_rule(api, tokens["admin"]))["status"] == "disabled" and r)
+    rule = eventually(lambda: get_rule(api, tokens["admin"]), DEADLINE_SECONDS, what="the rule checked",
+                      until=lambda r: r["status"] == "disabled")
     assert "customer_not_owned" in rule["disabledReason"]
     [notification] = notifications_of(api, tokens["admin"], "auto_topup.failed")
     assert notification["payload"]["failureCode"] == "customer_not_owned"
@@ -314,7 +307,7 @@ def test_a_charge_crossing_the_threshold_recharges_to_the_target_once(api, token
         with engine.connect() as connection:
             row = connection.execute(select(stripe_events).where(stripe_events.c.id == event["id"])).one()
         return row if row.status != "received" else None
-    row = wait_for("the webhook handled", handled)
+    row = eventually(handled, DEADLINE_SECONDS, what="the webhook handled")
     assert row.status == "ignored" and "credited already" in row.detail
     assert wallet(api, tokens["admin"])["currentBalance"] == "50"
     assert len(stripe_grants(api, tokens["admin"])) == 1

@@ -1,13 +1,13 @@
 """Batch ingestion (POST /charges) and group commit under racing workers."""
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 
 from sqlalchemy import func, select
 
 from billing_core.ledger.tables import ledger_entries
 from tests.support.helpers import assert_ledger_consistent, stt_items, top_up, wait_until_settled, wallet
+from tests.support.polling import eventually
 
 
 def event(key: str, seconds: str = "100", **overrides):
@@ -71,9 +71,7 @@ def test_a_full_batch_of_1000_is_accepted_and_charged(api, tokens, tenant, make_
     assert response.status_code == 202
     results = response.json()["results"]
     assert {r["status"] for r in results} == {"accepted"}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and Decimal(wallet(api, tokens["any"])["currentBalance"]) != 90:
-        time.sleep(0.2)
+    eventually(lambda: Decimal(wallet(api, tokens["any"])["currentBalance"]) == 90, 60, what="every charge settled")
     assert wallet(api, tokens["any"])["currentBalance"] == "90"  # 1000 × 0.01
     assert_ledger_consistent(api, make_token, tenant)
 
@@ -94,14 +92,12 @@ def test_five_workers_race_for_one_wallets_10000_pending_events(live, tokens, te
             task_ids += [r["taskId"] for r in response.json()["results"]]
         for _ in range(20):  # wake-ups to spare, so every worker process has groups to race for
             charge_wallet.apply_async(args=[tenant])
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
+        def debits() -> int:
             with engine.connect() as connection:
-                done = connection.execute(select(func.count()).select_from(ledger_entries).where(
+                return connection.execute(select(func.count()).select_from(ledger_entries).where(
                     ledger_entries.c.tenant_id == tenant, ledger_entries.c.entry_type == "debit")).scalar_one()
-            if done == 9000:
-                break
-            time.sleep(0.5)
+
+        eventually(debits, 180, 0.5, what="9,000 debits", until=lambda done: done == 9000)
     finally:
         for n in range(4):
             live.stack.stop_process(f"racer-{n}")

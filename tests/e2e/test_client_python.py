@@ -28,6 +28,7 @@ from lad_billing import (
 
 from tests.support.fault_proxy import FaultProxy
 from tests.support.helpers import assert_ledger_consistent
+from tests.support.polling import eventually
 
 STT = {"category": "stt", "provider": "openai", "model": "whisper-1", "unit": "second"}
 
@@ -138,11 +139,8 @@ def test_errors_are_typed_and_floats_are_refused(billing, admin):
 
 def _settled(client: BillingClient, task_id: str | None) -> lad_billing.Task:
     assert task_id
-    deadline = time.monotonic() + 60
-    while (task := client.task(task_id)).state == "pending":
-        assert time.monotonic() < deadline, "charge still pending"
-        time.sleep(0.1)
-    return task
+    return eventually(lambda: client.task(task_id), 60, 0.1, what="the charge settled",
+                      until=lambda task: task.state != "pending")
 
 
 # --- call() ---------------------------------------------------------------------------------------

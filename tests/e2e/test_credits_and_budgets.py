@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from tests.support.helpers import assert_ledger_consistent, stt_items, top_up, wallet
+from tests.support.polling import eventually
 
 
 def grant(api, admin, amount, **extra):
@@ -63,13 +64,12 @@ def test_debits_draw_on_grants_in_the_documented_order(api, tokens, tenant, make
     assert_ledger_consistent(api, make_token, tenant)
 
 
-def test_an_expired_grant_leaves_the_balance_with_an_expiry_entry(api, tokens, tenant, make_token):
+def test_an_expired_grant_leaves_the_balance_with_an_expiry_entry(api, tokens, tenant, make_token, clock):
     grant(api, tokens["admin"], "3")
     grant(api, tokens["admin"], "2", kind="promotional", expiresAt=later(1))
     assert charge(api, tokens["charge"], "5000").status_code == 200  # 0.5, from the promotional grant
-    deadline = time.monotonic() + 30
-    while wallet(api, tokens["admin"])["currentBalance"] != "3" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    clock.advance(1.2)  # past the promotional grant's expiry
+    eventually(lambda: wallet(api, tokens["admin"])["currentBalance"] == "3", timeout=30, what="the grant expired")
     w = wallet(api, tokens["admin"])
     assert w["currentBalance"] == "3" and [g["kind"] for g in w["grants"]] == ["paid"]
     [expiry] = api.get("/api/billing/transactions?type=expiry", tokens["view"]).json()["transactions"]
@@ -77,11 +77,11 @@ def test_an_expired_grant_leaves_the_balance_with_an_expiry_entry(api, tokens, t
     assert_ledger_consistent(api, make_token, tenant)
 
 
-def test_credits_backing_a_hold_do_not_expire_under_it(api, tokens, tenant, make_token):
+def test_credits_backing_a_hold_do_not_expire_under_it(api, tokens, tenant, make_token, clock):
     grant(api, tokens["admin"], "4", expiresAt=later(1))
     hold = api.post("/api/billing/reservations", tokens["charge"], json={
         "featureKey": "voice-call", "amount": "3", "idempotencyKey": "h"}).json()["reservation"]
-    time.sleep(1.2)  # past the grant's expiry; nothing to poll for
+    clock.advance(1.2)  # past the grant's expiry; nothing to poll for
     w = wallet(api, tokens["admin"])
     assert (w["currentBalance"], w["reservedBalance"]) == ("3", "3")  # only the unheld 1 expired
     settled = charge(api, tokens["charge"], "20000", reservationId=hold["id"])
@@ -265,12 +265,12 @@ def test_budget_administration(api, tokens, make_token):
 # --- expiry, holds and refunds together (review findings) -----------------------------------------
 
 
-def test_overdue_credits_back_a_hold_before_valid_credits_are_touched(api, tokens, tenant, make_token):
+def test_overdue_credits_back_a_hold_before_valid_credits_are_touched(api, tokens, tenant, make_token, clock):
     expiring = grant(api, tokens["admin"], "10", expiresAt=later(1))["grant"]["id"]
     lasting = grant(api, tokens["admin"], "5")["grant"]["id"]
     hold = api.post("/api/billing/reservations", tokens["charge"], json={
         "featureKey": "voice-call", "amount": "10", "idempotencyKey": "h"}).json()["reservation"]
-    time.sleep(1.2)  # past the first grant's expiry
+    clock.advance(1.2)  # past the first grant's expiry
     # the overdue 10 back the hold of 10: nothing can expire yet, and the lasting grant is untouched
     assert remaining(api, tokens["admin"]) == {expiring: "10", lasting: "5"}
     assert charge(api, tokens["charge"], "100000", reservationId=hold["id"]).status_code == 200  # costs 10
@@ -279,10 +279,10 @@ def test_overdue_credits_back_a_hold_before_valid_credits_are_touched(api, token
     assert_ledger_consistent(api, make_token, tenant)
 
 
-def test_a_refund_does_not_revive_an_expired_grant(api, tokens, tenant, make_token):
+def test_a_refund_does_not_revive_an_expired_grant(api, tokens, tenant, make_token, clock):
     grant(api, tokens["admin"], "10", kind="promotional", expiresAt=later(1))
     debit = charge(api, tokens["charge"], "40000").json()["transaction"]
-    time.sleep(1.2)
+    clock.advance(1.2)
     assert wallet(api, tokens["admin"])["currentBalance"] == "0"  # the 6 left expired
     body = {"transactionId": debit["id"], "reason": "r", "idempotencyKey": "r"}
     refund = api.post("/api/billing/refunds", tokens["admin"], json=body).json()
@@ -295,11 +295,11 @@ def test_a_refund_does_not_revive_an_expired_grant(api, tokens, tenant, make_tok
     assert_ledger_consistent(api, make_token, tenant)
 
 
-def test_extending_a_hold_cannot_take_expired_credits(api, tokens):
+def test_extending_a_hold_cannot_take_expired_credits(api, tokens, clock):
     grant(api, tokens["admin"], "5", expiresAt=later(1))
     hold = api.post("/api/billing/reservations", tokens["charge"], json={
         "featureKey": "voice-call", "amount": "2", "ttlSeconds": 600, "idempotencyKey": "h"}).json()["reservation"]
-    time.sleep(1.2)
+    clock.advance(1.2)
     more = api.post(f"/api/billing/reservations/{hold['id']}/extend", tokens["charge"],
                     json={"amount": "1", "idempotencyKey": "e"})
     assert more.status_code == 402 and more.json()["error"]["code"] == "insufficient_balance"

@@ -22,10 +22,8 @@ from __future__ import annotations
 import csv
 import io
 import threading
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -39,6 +37,8 @@ from billing_core.db import UnitOfWork, engine_for
 from billing_core.invoicing import invoices
 from billing_core.invoicing.invoices import Period
 from tests.support.invoices import CALL, COMPLETION, PRICES, PROMPT, STT, TTS, History, half_even, items, months
+from tests.support.jobs import sweep_pending_charges
+from tests.support.polling import eventually
 
 # --- writing history in a past month --------------------------------------------------------------
 
@@ -125,16 +125,6 @@ def assert_lines(invoice: dict[str, Any], expected: dict[tuple, dict]) -> None:
 def without_identity(invoice: dict[str, Any]) -> dict[str, Any]:
     """An invoice without what only a stored one has (id, status, times)."""
     return {k: v for k, v in invoice.items() if k not in ("id", "status", "createdAt", "finalizedAt")}
-
-
-def wait_for(condition: Callable[[], Any], timeout: int = 90, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def celery():
@@ -274,7 +264,7 @@ def test_csv_and_pdf_carry_the_same_invoice(api, month):
     assert "whisper-1" in pdf_text and "0.025" in pdf_text  # a usage line, exact and rounded
 
 
-def test_the_current_month_draft_has_the_late_event_as_a_prior_period_line(api, month, make_token):
+def test_the_current_month_draft_has_the_late_event_as_a_prior_period_line(api, month, make_token, clock):
     """The current month through the HTTP API and the worker; its draft (nothing stored) reconciles with
     the ledger, and the event accepted last month and charged now is a prior-period line of this month,
     while last month's finalized invoice stays exactly as it was."""
@@ -313,16 +303,18 @@ def test_the_current_month_draft_has_the_late_event_as_a_prior_period_line(api, 
         with engine.connect() as connection:
             return connection.execute(text("SELECT now()")).scalar_one()
 
-    wait_for(lambda: database_now() > expires, what="the grant's expiry")
-    celery().send_task("billing.expire_credits")  # beat sends it every minute as well
-    wait_for(lambda: api.get("/api/billing/transactions?type=expiry", view).json()["transactions"],
-             what="the promotional credits to expire")
+    clock.advance(2)  # past the grant's expiry, for every process
+    eventually(lambda: database_now() > expires, 90, what="the grant's expiry")
+    celery().send_task("billing.expire_credits")  # beat sends it every minute in production
+    eventually(lambda: api.get("/api/billing/transactions?type=expiry", view).json()["transactions"], 90,
+               what="the promotional credits to expire")
 
     def late_event() -> dict[str, Any] | None:
         event = api.get(f"/api/billing/usage/{month['late_event']}", view).json()["usageEvent"]
         return event if event["status"] != "pending" else None
 
-    assert wait_for(late_event, what="the late event to be charged")["status"] == "charged"
+    sweep_pending_charges(clock)  # as beat's pending sweep does, every few seconds in production
+    assert eventually(late_event, 90, what="the late event to be charged")["status"] == "charged"
 
     response = api.get("/api/billing/invoices/preview", view)  # default: the current month
     assert response.status_code == 200, response.text
@@ -620,7 +612,7 @@ def test_the_monthly_job_sent_as_beat_sends_it_twice_changes_nothing_the_second_
                                             "WHERE task_id = ANY(:ids)"), {"ids": sent}).all()
         return found if len(found) == 2 else []
 
-    finished = wait_for(runs, what="both rollup tasks to finish")
+    finished = eventually(runs, 90, what="both rollup tasks to finish")
     assert {r.period for r in finished} == {previous.first_day} and {r.tenant_id for r in finished} == {None}
     assert sorted(r.invoices_created for r in finished) == [0, 1]  # this tenant's invoice, once
     rows = snapshot(engine, tenant)

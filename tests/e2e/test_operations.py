@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 from decimal import Decimal
 
@@ -13,6 +12,7 @@ from sqlalchemy import text, update
 
 from billing_core.ledger.tables import wallets
 from tests.support.helpers import stt_items, top_up
+from tests.support.polling import eventually
 
 
 def test_the_schedule_is_utc_crontab_entries_that_expire(live):  # live: the queue names are set
@@ -52,11 +52,12 @@ def test_reconciliation_reports_a_tampered_wallet_and_changes_nothing(api, token
     try:
         # exactly as beat runs it: the task, through the broker, on the live worker
         celery_app.send_task("billing.reconcile_ledgers")
-        deadline, run = time.monotonic() + 60, None
-        while run is None and time.monotonic() < deadline:
+
+        def recorded() -> object:
             with engine.connect() as connection:
-                run = connection.execute(text("SELECT ok, mismatches FROM reconciliation_runs")).first()
-            time.sleep(0.2)
+                return connection.execute(text("SELECT ok, mismatches FROM reconciliation_runs")).first()
+
+        run = eventually(recorded, 60, what="the reconciliation run recorded", until=lambda row: row is not None)
         with engine.connect() as connection:
             balance = connection.execute(text("SELECT current_balance FROM wallets WHERE tenant_id = :t"),
                                          {"t": tenant}).scalar_one()
@@ -108,14 +109,13 @@ def test_one_request_id_follows_a_charge_from_http_to_the_ledger(api, tokens, li
                         json={"featureKey": "f", "items": stt_items("1000")})
     assert response.status_code == 200 and response.headers["X-Request-Id"] == request_id
     event_id = response.json()["usageEvent"]["id"]
-    deadline = time.monotonic() + 30  # log files are written by other processes
-    while time.monotonic() < deadline:
-        lines = [json.loads(line) for path in ("web.log", "worker.log")
-                 for line in (live.logs / path).read_text().splitlines() if request_id in line]
-        events = {line["event"] for line in lines}
-        if {"request", "charge accepted", "charge settled"} <= events:
-            break
-        time.sleep(0.2)
+    def logged() -> list[dict]:  # log files are written by other processes
+        return [json.loads(line) for path in ("web.log", "worker.log")
+                for line in (live.logs / path).read_text().splitlines() if request_id in line]
+
+    lines = eventually(logged, 30, what="the request's log lines",
+                       until=lambda found: {"request", "charge accepted", "charge settled"} <= {f["event"] for f in found})
+    events = {line["event"] for line in lines}
     assert {"request", "charge accepted", "charge settled"} <= events, lines
     settled = next(line for line in lines if line["event"] == "charge settled")
     assert settled["usage_event_id"] == event_id and settled["status"] == "charged" and settled["task_id"]

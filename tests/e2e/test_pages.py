@@ -22,6 +22,7 @@ from billing_core.invoicing.invoices import rollup
 from devstack.stack import ROOT
 from tests.support.helpers import stt_items, top_up, wait_until_settled
 from tests.support.invoices import STT, TTS, History, items, months
+from tests.support.polling import eventually
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -653,19 +654,9 @@ def test_a_call_priced_in_tiers_and_packages_shows_them(browser, api, priced):
         assert rows.nth(0).locator("xpath=./td").nth(columns.index("pricingModel")).inner_text() == "graduated"
 
 
-@pytest.fixture(scope="module")
-def stripe_client(live: Any) -> Any:
-    import stripe
-
-    from tests.support.stack import STRIPE_API_KEY
-
-    return stripe.StripeClient(STRIPE_API_KEY, base_addresses={"api": live.env["STRIPE_API_BASE"]},
-                               max_network_retries=0)
-
-
 @pytest.mark.browser
 def test_portal_auto_top_up_form_changes_the_rule(browser, api, live, make_token, stripe_client):
-    from tests.support.auto_topup import own_card, wait_for
+    from tests.support.auto_topup import own_card
 
     tenant = f"autotopup-{uuid.uuid4().hex[:8]}"
     admin, manage = make_token(tenant, "billing.admin"), make_token(tenant, "billing.manage")
@@ -713,8 +704,8 @@ def test_portal_auto_top_up_form_changes_the_rule(browser, api, live, make_token
                 rule["cooldownSeconds"], rule["stripeCustomerId"], rule["stripePaymentMethodId"]) == (
             True, "10", "50", None, "200", 300, card[0], card[1])
         # the balance was at 5: saving the rule topped it up to 50, which the page then shows as spent
-        wait_for("the top-up", lambda: api.get("/api/billing/settings/auto-topup", manage)
-                 .json()["autoTopup"]["spentThisMonth"] == "45")
+        eventually(lambda: api.get("/api/billing/settings/auto-topup", manage)
+                   .json()["autoTopup"]["spentThisMonth"] == "45", what="the top-up")
         v.open(page.url.split("?")[0], "portal-settings-auto-topup")
         assert page.get_by_test_id("auto-topup-status").inner_text() == "active"
         assert page.get_by_test_id("auto-topup-spent").inner_text() == "45"

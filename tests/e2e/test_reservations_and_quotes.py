@@ -2,13 +2,14 @@
 idempotent replay and tenant isolation."""
 from __future__ import annotations
 
-import time
 import uuid
 from decimal import Decimal
 
 from sqlalchemy import text
 
 from tests.support.helpers import assert_ledger_consistent, stt_items, top_up, wallet
+from tests.support.jobs import sweep_pending_charges
+from tests.support.polling import eventually
 
 R = "/api/billing/reservations"
 
@@ -152,10 +153,10 @@ def test_extend_holds_more_and_longer_and_refuses_what_does_not_fit(api, tokens)
     assert wallet(api, tokens["any"])["reservedBalance"] == "5"
 
 
-def test_an_expired_hold_is_released_and_cannot_be_settled_or_extended(api, tokens):
+def test_an_expired_hold_is_released_and_cannot_be_settled_or_extended(api, tokens, clock):
     top_up(api, tokens["admin"], "10")
     hold = reserve(api, tokens["charge"], "4", ttl=1).json()["reservation"]
-    time.sleep(1.2)  # the hold's TTL is one second; nothing polls for this
+    clock.advance(1.2)  # the hold's TTL is one second; nothing polls for this
     refused = settle(api, tokens["charge"], hold["id"], "100")
     assert refused.status_code == 410 and refused.json()["error"]["code"] == "reservation_expired"
     extend = api.post(f"{R}/{hold['id']}/extend", tokens["charge"], json={"ttlSeconds": 60, "idempotencyKey": "e"})
@@ -248,14 +249,14 @@ def test_a_quote_is_binding_until_it_expires(api, tokens, tenant, engine):
     assert reservation.status_code == 410 and reservation.json()["error"]["code"] == "quote_expired"
 
 
-def test_quote_expiry_defaults_to_fifteen_minutes_and_can_be_shorter(api, tokens):
+def test_quote_expiry_defaults_to_fifteen_minutes_and_can_be_shorter(api, tokens, clock):
     from datetime import datetime, timedelta
 
     quote = api.post("/api/billing/quote", tokens["any"], json={"items": stt_items()}).json()["quote"]
     expires = datetime.fromisoformat(quote["expiresAt"].replace("Z", "+00:00"))
     assert timedelta(minutes=14) < expires - datetime.now(expires.tzinfo) <= timedelta(minutes=15)
     short = api.post("/api/billing/quote", tokens["any"], json={"items": stt_items(), "ttlSeconds": 1}).json()["quote"]
-    time.sleep(1.2)
+    clock.advance(1.2)
     top_up(api, tokens["admin"], "1")
     late = api.post("/api/billing/charge", tokens["charge"], json={
         "featureKey": "f", "items": stt_items("100"), "quoteId": short["quoteId"]})
@@ -273,7 +274,7 @@ def test_another_tenants_quote_is_not_found(api, tokens, make_token):
     assert Decimal(theirs["totalCost"]) == 1
 
 
-def test_a_charge_made_before_its_hold_expired_settles_it_late(api, tokens, tenant, engine):
+def test_a_charge_made_before_its_hold_expired_settles_it_late(api, tokens, tenant, engine, clock):
     """The hold expired (and was released) between the charge's acceptance and its settlement."""
     from billing_core.db import UnitOfWork
     from billing_core.usage import events
@@ -299,12 +300,13 @@ def test_a_charge_made_before_its_hold_expired_settles_it_late(api, tokens, tena
         connection.execute(text("UPDATE usage_events SET status = 'pending' WHERE id = :id"),
                            {"id": outcome.event.id})
     assert api.get(f"{R}/{hold['id']}", tokens["view"]).json()["reservation"]["status"] == "expired"
-    deadline = time.monotonic() + 30  # the pending sweep hands it to a worker
-    while time.monotonic() < deadline:
+    assert sweep_pending_charges(clock) >= 1  # the pending sweep hands it to a worker
+
+    def handled() -> dict | None:
         task = api.get(f"/api/billing/tasks/{outcome.event.task_id}", tokens["view"]).json()["task"]
-        if task["state"] != "pending":
-            break
-        time.sleep(0.2)
+        return task if task["state"] != "pending" else None
+
+    task = eventually(handled, timeout=30, what="the swept charge handled")
     assert task["state"] == "charged", task
     settled = api.get(f"{R}/{hold['id']}", tokens["view"]).json()["reservation"]
     assert (settled["status"], settled["settledAmount"]) == ("settled", "2")

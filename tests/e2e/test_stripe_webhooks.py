@@ -18,6 +18,7 @@ import pytest
 
 from billing_core import exactjson
 from tests.support.helpers import Api, stt_items, top_up, wallet
+from tests.support.polling import eventually
 from tests.support.stripe_events import (
     DEADLINE_SECONDS,
     HANDLED,
@@ -62,15 +63,13 @@ PAIRS = 30
 
 def wait_handled(engine, event_id: str) -> Any:
     """Poll until the worker has handled the stored event (processed, ignored, or waiting for its payment)."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
+    def stored() -> Any:
         row = event_row(engine, event_id)
         assert row is not None, f"event {event_id} was not stored"
-        if row.status in HANDLED:
-            return row
-        assert time.monotonic() < deadline, (
-            f"event {event_id} still {row.status} after {DEADLINE_SECONDS}s (did its task raise? see worker.log)")
-        time.sleep(0.1)
+        return row
+
+    return eventually(stored, DEADLINE_SECONDS, 0.1, until=lambda row: row.status in HANDLED,
+                      what=f"event {event_id} handled (did its task raise? see worker.log)")
 
 
 def deliver(api: Api, engine, event: dict[str, Any], expect: str) -> Any:
@@ -82,13 +81,8 @@ def deliver(api: Api, engine, event: dict[str, Any], expect: str) -> Any:
 
 def wait_balance(api: Api, token: str, expected: str) -> dict[str, Any]:
     """Poll GET /wallet until the balance is the expected one."""
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while True:
-        current = wallet(api, token)
-        if Decimal(current["currentBalance"]) == Decimal(expected):
-            return current
-        assert time.monotonic() < deadline, f"balance {current['currentBalance']}, expected {expected}"
-        time.sleep(0.1)
+    return eventually(lambda: wallet(api, token), DEADLINE_SECONDS, 0.1, what=f"a balance of {expected}",
+                      until=lambda current: Decimal(current["currentBalance"]) == Decimal(expected))
 
 
 def transactions(api: Api, token: str) -> list[dict[str, Any]]:

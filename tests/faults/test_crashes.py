@@ -22,6 +22,7 @@ from billing_core.usage.tables import usage_events
 from devstack.servers import free_port
 from devstack.stack import Stack, drop_database
 from tests.support.helpers import Api, assert_ledger_consistent, stt_items, top_up
+from tests.support.polling import eventually
 from tests.support.stack import TEST_SECRET
 
 pytestmark = pytest.mark.faults
@@ -80,20 +81,13 @@ def settled_counts(engine, tenant: str) -> dict[str, int]:
 
 
 def wait_for_charges(engine, tenant: str, at_least: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while settled_counts(engine, tenant).get("charged", 0) < at_least:
-        assert time.monotonic() < deadline, f"fewer than {at_least} charges settled: {settled_counts(engine, tenant)}"
-        time.sleep(0.1)
+    eventually(lambda: settled_counts(engine, tenant), timeout, 0.1, what=f"{at_least} charges settled",
+               until=lambda counts: counts.get("charged", 0) >= at_least)
 
 
 def assert_each_settled_once(engine, tenant: str, accepted: set[str], timeout: float = 150) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        counts = settled_counts(engine, tenant)
-        if "pending" not in counts:
-            break
-        assert time.monotonic() < deadline, f"charges still pending: {counts}"
-        time.sleep(0.5)
+    eventually(lambda: settled_counts(engine, tenant), timeout, 0.5, what="no charge pending",
+               until=lambda counts: "pending" not in counts)
     with engine.connect() as connection:
         events = dict(connection.execute(select(usage_events.c.id, usage_events.c.status)
                                          .where(usage_events.c.tenant_id == tenant)).all())

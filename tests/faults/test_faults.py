@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,6 +9,7 @@ from sqlalchemy import func, select, text
 
 from billing_core.ledger.tables import ledger_entries, wallets
 from tests.support.helpers import Api, assert_ledger_consistent, stt_items, top_up, wait_until_settled, wallet
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.faults
 
@@ -43,9 +43,7 @@ def test_worker_killed_mid_flight_loses_and_doubles_nothing(live, tokens, tenant
     holder.execute(select(wallets.c.id).where(wallets.c.tenant_id == tenant).with_for_update())
     try:
         first = submit(live.api, tokens["charge"], range(0, 150))
-        deadline = time.monotonic() + 30
-        while not waiting_on_wallet_lock(engine) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: waiting_on_wallet_lock(engine), 30, 0.05, what="a charge waiting on the wallet lock")
         assert waiting_on_wallet_lock(engine), "no charge reached the wallet lock"
         live.kill_worker()  # SIGKILL to the whole worker process group, with tasks mid-transaction
     finally:

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from devstack.servers import _as_pg_user, _pg_bin, _wait_for_port, free_port
 from devstack.stack import Stack, database_url
 from tests.support.helpers import Api, assert_ledger_consistent, stt_items, top_up, wallet
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.faults
 
@@ -66,10 +67,8 @@ class Replica:
 
     def catch_up(self, timeout: float = 30) -> None:
         lsn = query(self.primary_url, "SELECT pg_current_wal_lsn()")
-        deadline = time.monotonic() + timeout
-        while not query(self.url, f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"):
-            assert time.monotonic() < deadline, "the replica did not catch up"
-            time.sleep(0.1)
+        eventually(lambda: query(self.url, f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn"), timeout, 0.1,
+                   what="the replica caught up")
 
     def promote(self) -> None:
         subprocess.run([_pg_bin("pg_ctl"), "promote", "-D", str(self.data), "-w"], check=True, capture_output=True,

@@ -5,8 +5,9 @@ import re
 
 import pytest
 
-from tests.support.auto_topup import attempts, charge, get_rule, intents_of, own_card, put_rule, wait_finished, wait_for
+from tests.support.auto_topup import DEADLINE_SECONDS, attempts, charge, get_rule, intents_of, own_card, put_rule, wait_finished
 from tests.support.helpers import assert_ledger_consistent, top_up, wallet
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.faults
 
@@ -19,8 +20,9 @@ def test_stripe_unreachable_is_retried_with_the_same_key_and_charges_once(live, 
     live.stop_localstripe()
     try:
         charge(api, tokens["charge"], "950000")  # 95: 5 left, at or below 10
-        pending = wait_for("two tries of the attempt", lambda: [
-            a for a in attempts(api, tokens["admin"], tenant) if a["status"] == "pending" and a["stripeRequests"] >= 2])
+        pending = eventually(lambda: [
+            a for a in attempts(api, tokens["admin"], tenant) if a["status"] == "pending" and a["stripeRequests"] >= 2],
+            DEADLINE_SECONDS, what="two tries of the attempt")
         # a card cannot be checked while Stripe is away: saving a rule answers 503, and saves nothing
         refused = put_rule(api, tokens["admin"], card, rechargeTo="40")
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"

@@ -2,14 +2,13 @@
 fault and page tests."""
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import stripe
 
 from tests.support.helpers import stt_items
+from tests.support.polling import eventually
 
 DEADLINE_SECONDS = 60
 
@@ -18,6 +17,13 @@ GOOD_CARD, DECLINED_CARD = "4242424242424242", "4000000000000341"  # the second 
 
 
 THREE_D_SECURE_CARD = "4000002760003184"  # needs the customer's authentication on every payment
+
+
+def stripe_client(base: str) -> stripe.StripeClient:
+    """The official library against localstripe at `base` (a stack's STRIPE_API_BASE)."""
+    from tests.support.stack import STRIPE_API_KEY
+
+    return stripe.StripeClient(STRIPE_API_KEY, base_addresses={"api": base}, max_network_retries=0)
 
 
 def own_card(api, token: str, client: stripe.StripeClient, number: str = GOOD_CARD, *,
@@ -63,23 +69,12 @@ def attempts(api, admin: str, tenant_id: str) -> list[dict[str, Any]]:
     return response.json()["autoTopups"]
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = DEADLINE_SECONDS) -> Any:
-    """Poll until probe() returns something truthy (tests may poll; the service never does)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"{what} after {timeout}s"
-        time.sleep(0.2)
-
-
 def wait_finished(api, admin: str, tenant_id: str, count: int = 1) -> list[dict[str, Any]]:
     """The tenant's attempts once `count` exist and none is pending."""
     def probe() -> list[dict[str, Any]] | None:
         found = attempts(api, admin, tenant_id)
         return found if len(found) >= count and all(a["status"] != "pending" for a in found) else None
-    return wait_for(f"{count} finished auto top-up attempts", probe)
+    return eventually(probe, DEADLINE_SECONDS, what=f"{count} finished auto top-up attempts")
 
 
 def charge(api, token: str, seconds: str, key: str | None = None) -> None:

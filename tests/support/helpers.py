@@ -1,13 +1,14 @@
 """Helpers shared by the tests that talk to the running service."""
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import requests
+
+from tests.support.polling import eventually
 
 # the README's seed quote: 60 s of speech to text, 500 prompt tokens, 200 characters of speech, one minute
 SEED_QUOTE_ITEMS = [
@@ -57,10 +58,10 @@ def wallet(api: Api, token: str) -> dict[str, Any]:
 
 def wait_until_settled(api: Api, token: str, task_ids: list[str], timeout: float = 60) -> dict[str, dict]:
     """Poll GET /tasks until no task is pending (tests may poll; the service never does)."""
-    deadline = time.monotonic() + timeout
     states: dict[str, dict] = {}
     pending = set(task_ids)
-    while pending and time.monotonic() < deadline:
+
+    def settled() -> bool:
         for task_id in list(pending):
             response = api.get(f"/api/billing/tasks/{task_id}", token)
             assert response.status_code == 200, response.text
@@ -68,9 +69,9 @@ def wait_until_settled(api: Api, token: str, task_ids: list[str], timeout: float
             if task["state"] != "pending":
                 states[task_id] = task
                 pending.discard(task_id)
-        if pending:
-            time.sleep(0.2)
-    assert not pending, f"{len(pending)} charges still pending after {timeout}s"
+        return not pending
+
+    eventually(settled, timeout, what=f"every charge settled ({len(pending)} still pending)")
     return states
 
 
