@@ -1,6 +1,6 @@
 """The TypeScript client library (clients/node, @lad/billing-client) against the real stack: its own
 tests run with Node's built-in test runner after `npm ci` and the build, with the stack's URL, the test
-JWT secret and a fault proxy (tests/fault_proxy.py) in the environment."""
+JWT secret and a fault proxy (tests/support/fault_proxy.py) in the environment."""
 from __future__ import annotations
 
 import os

@@ -673,7 +673,7 @@ def _check_books(connection: Any, tenant: str) -> None:
 
 def test_credit_lifecycle_keeps_the_books(engine):
     """Modest by default (well under a minute); a deeper hunt:
-    CREDIT_PROPERTY_EXAMPLES=300 CREDIT_PROPERTY_STEPS=60 pytest -s tests/test_credit_properties.py"""
+    CREDIT_PROPERTY_EXAMPLES=300 CREDIT_PROPERTY_STEPS=60 pytest -s tests/integration/test_credit_properties.py"""
     CreditMachine.engine = engine
     CreditMachine.totals.clear()
     run_state_machine_as_test(CreditMachine, settings=settings(
