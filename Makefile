@@ -28,6 +28,21 @@ run: install
 test: lint node-toolchain chromium
 	$(PY) -m pytest
 
+# one level at a time (`make test` runs them all); locally, -m "not browser and not node" skips the
+# Chromium and TypeScript suites: `make test-e2e PYTEST_ARGS='-m "not browser and not node"'`
+.PHONY: test-unit test-integration test-e2e test-faults
+test-unit: install node-toolchain
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: install node-toolchain chromium
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+test-faults: install
+	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
+
 # Node.js 18+ and npm for the TypeScript client's tests (clients/node); CI is root on Debian
 .PHONY: node-toolchain
 node-toolchain:

@@ -71,7 +71,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.json_provider_class = BillingJSONProvider
     app.json = BillingJSONProvider(app)
-    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, **config, LAD_SETTINGS=settings)
+    app.config.update({"MAX_CONTENT_LENGTH": MAX_BODY_BYTES, **config, "LAD_SETTINGS": settings})
     app.config.setdefault("LAD_PUBLIC_URL", public_url_of(settings))
     app.before_request(_public_redirect)
     app.before_request(_route_body_limit)
