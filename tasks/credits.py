@@ -7,7 +7,8 @@ from sqlalchemy.exc import OperationalError
 
 from billing_core.bootstrap import Settings
 from billing_core.db import UnitOfWork, engine_for
-from billing_core.lifecycle import holds, quotes
+from billing_core.ledger import expiry
+from billing_core.lifecycle import quotes
 from billing_core.payments import stripe_events
 from tasks.app import celery_app
 
@@ -25,12 +26,12 @@ def expire_credits() -> int:
     """End the holds past their TTL and the grants past their expiry, wallet by wallet (the charging
     path does the same for a wallet it settles). Returns how many holds and grants expired."""
     with _uow() as uow:
-        tenants = holds.tenants_with_due_credits(uow)
+        tenants = expiry.tenants_with_due(uow)
     expired = 0
     for tenant_id in tenants:
         try:
             with _uow() as uow:
-                expired += holds.expire_due(uow, tenant_id)
+                expired += expiry.expire_due(uow, tenant_id)
         except Exception:  # one wallet's failure must not stop the others; the next run retries it
             log.exception("expiring the credits of %s failed", tenant_id)
     if expired:

@@ -15,8 +15,7 @@ billing_cli = AppGroup("billing", help="LAD Billing administration.")
 def load_catalog() -> None:
     """Load the default global price catalog (repeatable)."""
     with UnitOfWork(engine_for(current_app.config["LAD_SETTINGS"].database_url)) as uow:
-        catalog.load_default_catalog(uow)
-        uow.commit()
+        catalog.load_default_catalog(uow)  # commits
     click.echo("default price catalog loaded")
 
 

@@ -12,10 +12,10 @@ from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import text
 
 from billing_core import logs, metrics
 from billing_core.db import engine_for
+from billing_core.reports import operators
 from web.errors import ApiError
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -63,11 +63,9 @@ class PendingBacklog:
         count = GaugeMetricFamily("lad_pending_charges", "Usage events waiting to be charged")
         age = GaugeMetricFamily("lad_pending_charge_age_seconds", "Age of the oldest pending usage event")
         with engine_for(current_app.config["LAD_SETTINGS"].database_url).connect() as connection:
-            row = connection.execute(text(
-                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) "
-                "FROM usage_events WHERE status = 'pending'")).one()
-        count.add_metric([], row[0])
-        age.add_metric([], row[1])
+            pending, oldest = operators.pending_totals(connection)
+        count.add_metric([], pending)
+        age.add_metric([], oldest)
         yield count
         yield age
 
