@@ -112,6 +112,10 @@ class WalletBook:
                        usage_events.c.created_at < reservations.c.expires_at)).scalars())
         return book
 
+    def stop_awaiting(self, hold_ids: Iterable[uuid.UUID]) -> None:
+        """These holds' pending charges have been settled or refused: expiry no longer spares them."""
+        self.awaiting -= set(hold_ids)
+
     def load_holds(self, reservation_ids: Iterable[uuid.UUID]) -> None:
         """Bring these holds of the tenant into the book (ids of another tenant find nothing)."""
         missing = [r for r in reservation_ids if r not in self.holds]

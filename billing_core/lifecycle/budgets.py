@@ -133,6 +133,11 @@ class BudgetGuard:
                                       "limit": money.format_decimal(budget.spend_limit),
                                       "used": money.format_decimal(used)})
 
+    def take_exceeded(self) -> list[dict[str, str]]:
+        """The budget.exceeded notices this transaction raised, handed over once."""
+        taken, self.exceeded = self.exceeded, []
+        return taken
+
     def hold_changed(self, feature_key: str, delta: Decimal) -> None:
         if feature_key in self.held:
             self.held[feature_key] = money.add(self.held[feature_key], delta)

@@ -209,13 +209,12 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
                                                      p.cost, p.breakdown(), p.unit_cost, p.provider_cost),
                                          strict=True)))
 
-    book.awaiting -= settling
+    book.stop_awaiting(settling)
     expiry.end_due(book)  # holds kept for this group's charges that turned out too late
     book.flush()
     positions.flush()
-    for exceeded in book.budgets.exceeded:  # `alert` budgets: delivered by the notification sweep
+    for exceeded in book.budgets.take_exceeded():  # `alert` budgets: delivered by the notification sweep
         outbox.enqueue(uow, tenant_id, "budget.exceeded", exceeded)
-    book.budgets.exceeded.clear()
     _settle_events(uow, tenant_id, outcomes)
     if repriced:  # one UPDATE, joined to the new prices passed as arrays
         source, params = unnest_arrays(usage_event_items, repriced)
