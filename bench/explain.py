@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import event
 
 from billing_core.db import UnitOfWork, engine_for
-from billing_core.ledger import credits
+from billing_core.ledger import credits, expiry
 from billing_core.ledger.commands import TopUpRequest
 from billing_core.usage import charging, events
 from billing_core.usage.commands import ChargeRequest
@@ -104,7 +104,7 @@ def explain(database_url: str) -> int:
             charging.charge_pending_batch(uow, tenant, 500)
         explainer.phase = "GET /wallet"
         with UnitOfWork(engine) as uow:
-            credits.wallet_view(uow, tenant)
+            expiry.end_due_and_read_wallet(uow, tenant)
     for phase in dict.fromkeys(p for p, *_ in explainer.plans):
         print(f"\n===== {phase}")
         for _, took, statement, plan in sorted((p for p in explainer.plans if p[0] == phase), key=lambda p: -p[1]):

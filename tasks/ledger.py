@@ -5,8 +5,8 @@ from sqlalchemy.exc import OperationalError
 
 from billing_core import logs, metrics
 from billing_core.bootstrap import runtime, unit_of_work
-from billing_core.ledger import reconciliation
-from billing_core.lifecycle import holds, quotes
+from billing_core.ledger import expiry, reconciliation
+from billing_core.lifecycle import quotes
 from tasks.app import celery_app
 from tasks.notifications import dispatch
 
@@ -36,12 +36,12 @@ def expire_credits() -> int:
     """End the holds past their TTL and the grants past their expiry, wallet by wallet (the charging
     path does the same for a wallet it settles). Returns how many holds and grants expired."""
     with unit_of_work() as uow:
-        tenants = holds.tenants_with_due_credits(uow)
+        tenants = expiry.tenants_with_due(uow)
     expired = 0
     for tenant_id in tenants:
         try:
             with unit_of_work() as uow:
-                expired += holds.expire_due(uow, tenant_id)
+                expired += expiry.expire_due(uow, tenant_id)
         except Exception:  # one wallet's failure must not stop the others; the next run retries it
             log.exception("expiring credits failed", tenant_id=tenant_id)
     if expired:

@@ -14,8 +14,7 @@ billing_cli = AppGroup("billing", help="LAD Billing administration.")
 def load_catalog() -> None:
     """Load the default global price catalog (repeatable)."""
     with unit_of_work() as uow:
-        catalog.load_default_catalog(uow)
-        uow.commit()
+        catalog.load_default_catalog(uow)  # commits
     click.echo("default price catalog loaded")
 
 

@@ -32,11 +32,11 @@ from typing import Any
 import limits
 import redis
 from flask import Flask, Response, current_app, g, request
-from sqlalchemy import text
 
 from billing_core import logs
 from billing_core.access.sessions import PageSession
 from billing_core.bootstrap import Settings
+from billing_core.ledger import wallets
 from web.auth import ADMIN, CHARGE, MANAGE, VIEW, Principal, authenticate
 from web.errors import ApiError
 from web.runtime import runtime, settings
@@ -110,15 +110,11 @@ def init_limiter(app: Flask) -> None:
 
 def _depleted(tenant_id: str) -> bool:
     """Available balance at or below zero (no wallet yet counts as zero): one indexed read."""
-    available = runtime().engine.connect().execution_options(
-        isolation_level="AUTOCOMMIT")
+    connection = runtime().engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
-        value = available.execute(text(
-            "SELECT current_balance - reserved_balance FROM wallets WHERE tenant_id = :t"),
-            {"t": tenant_id}).scalar_one_or_none()
+        return wallets.available_at_or_below_zero(connection, tenant_id)
     finally:
-        available.close()
-    return value is None or value <= 0
+        connection.close()
 
 
 @functools.cache

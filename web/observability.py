@@ -11,9 +11,9 @@ from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import text
 
 from billing_core import logs, metrics
+from billing_core.reports import operators
 from web.errors import ApiError
 from web.runtime import runtime, settings
 
@@ -62,11 +62,9 @@ class PendingBacklog:
         count = GaugeMetricFamily("lad_pending_charges", "Usage events waiting to be charged")
         age = GaugeMetricFamily("lad_pending_charge_age_seconds", "Age of the oldest pending usage event")
         with runtime().engine.connect() as connection:
-            row = connection.execute(text(
-                "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) "
-                "FROM usage_events WHERE status = 'pending'")).one()
-        count.add_metric([], row[0])
-        age.add_metric([], row[1])
+            pending, oldest = operators.pending_totals(connection)
+        count.add_metric([], pending)
+        age.add_metric([], oldest)
         yield count
         yield age
 

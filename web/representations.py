@@ -8,9 +8,8 @@ from billing_core import money
 from billing_core.catalog import Adjustment, Price, PricedItem, ProviderCost
 from billing_core.catalog.items import line_breakdown
 from billing_core.catalog.models import UNIT, tiers_to_json
-from billing_core.ledger.book import Grant, Reservation
+from billing_core.ledger.model import Grant, Hold, LedgerEntry, Wallet
 from billing_core.ledger.verification import Verification
-from billing_core.ledger.wallets import LedgerEntry, Wallet
 from billing_core.lifecycle.budgets import BudgetStatus
 from billing_core.usage.events import Acceptance, ChargeOutcome, UsageEvent, UsageItemRecord
 from billing_core.usage.history import Summary
@@ -98,7 +97,7 @@ def transaction(e: LedgerEntry) -> dict[str, Any]:
     }
 
 
-def reservation(r: Reservation) -> dict[str, Any]:
+def reservation(r: Hold) -> dict[str, Any]:
     return {"id": str(r.id), "status": r.status, "amount": amount(r.amount),
             "settledAmount": amount(r.settled_amount), "featureKey": r.feature_key,
             "externalReferenceId": r.external_reference_id, "quoteId": _id(r.quote_id),

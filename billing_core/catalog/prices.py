@@ -277,9 +277,11 @@ def set_price(uow: UnitOfWork, *, tenant_id: str | None, key: CatalogKey, unit_p
 
 
 def load_default_catalog(uow: UnitOfWork) -> None:
+    """The default global prices (repeatable: a price already in force is left as it is); commits."""
     for category, provider, model, unit, unit_price, description in DEFAULT_CATALOG:
         set_price(uow, tenant_id=None, key=(category, provider, model, unit),
                   unit_price=Decimal(unit_price), description=description)
+    uow.commit()
 
 
 def put_price(uow: UnitOfWork, *, tenant_id: str | None, key: CatalogKey, terms: Terms,

@@ -62,7 +62,7 @@ from billing_core import logs, money
 from billing_core.cursors import decode_cursor, encode_cursor
 from billing_core.db import UnitOfWork
 from billing_core.errors import BillingError, NotFound, ValidationFailed
-from billing_core.ledger import credits
+from billing_core.ledger import expiry
 
 # digits after the point of each currency's minor unit (ISO 4217); others have two
 MINOR_UNITS = {"USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "JPY": 0, "KRW": 0, "CLP": 0,
@@ -70,11 +70,8 @@ MINOR_UNITS = {"USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "CAD": 2, "AUD": 2, "JPY"
 DEFAULT_MINOR_UNIT = 2
 # entries dated up to this long before a month can still belong to it (see the module docstring)
 SETTLE_MARGIN = timedelta(days=1)
-# the monthly job runs this long after midnight on the 1st (celery beat: 00:15 UTC)
-ROLLUP_DELAY = timedelta(minutes=15)
 ADVISORY_NAMESPACE = 0x1A0_1AD  # pg_advisory_xact_lock(namespace, period) keys; no other user of it
 LIST_LIMIT_MAX = 200
-CREDIT_TYPES = ("topup", "refund", "adjustment", "expiry")
 FINALIZED, DRAFT = "finalized", "draft"
 
 log = logs.get(__name__)
@@ -606,7 +603,7 @@ def end_what_is_due_in_open_month(uow: UnitOfWork, tenant_id: str, period: Perio
     when the period is the open month; the draft is then computed in a new unit of work."""
     now = uow.now()
     if period.start <= now < period.end:
-        credits.end_what_is_due(uow, tenant_id)
+        expiry.end_what_is_due(uow, tenant_id)
         uow.commit()
 
 

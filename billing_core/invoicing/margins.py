@@ -17,6 +17,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from billing_core import money
+from billing_core.catalog.positions import month_of
+from billing_core.db import UnitOfWork
+from billing_core.invoicing.invoices import InvoiceLine, Period, preview
 
 GROUPINGS = {"tenant": "e.tenant_id", "featureKey": "e.feature_key", "category": "i.category",
              "provider": "i.provider", "model": "i.provider || '/' || i.model"}
@@ -186,3 +189,44 @@ def invoice_line_margins(connection: Connection, tenant_id: str, start: datetime
     """Revenue, provider cost and margin of each usage line of the tenant's month [start, end)."""
     rows = connection.execute(text(_INVOICE_LINES), {"tenant_id": tenant_id, "start": start, "end": end}).all()
     return [LineMargin(**r._mapping) for r in rows]
+
+
+def margins_report(connection: Connection, *, start: datetime | None, end: datetime | None, group_by: str,
+                   tenant_id: str | None) -> tuple[Margins, datetime, datetime]:
+    """GET /margins and the console's margins page: `margins` over [start, end), by default from the
+    start of this UTC month to now (the database's clock); answers the period it used."""
+    now = connection.exec_driver_sql("SELECT now()").scalar_one()
+    start = start or month_of(now)
+    end = end or now
+    return margins(connection, start=start, end=end, group_by=group_by, tenant_id=tenant_id), start, end
+
+
+@dataclass(frozen=True)
+class InvoiceLineMargin:
+    line: InvoiceLine
+    margin: LineMargin | None  # None: no charged item behind the line in the month
+
+
+@dataclass(frozen=True)
+class InvoiceMargins:
+    tenant_id: str
+    period: Period
+    lines: list[InvoiceLineMargin]
+
+
+def invoice_margins(uow: UnitOfWork, tenant_id: str, period: Period | None = None) -> InvoiceMargins:
+    """The operators' view of a month's invoice (default: the current month): each usage line of its
+    draft, as the invoice groups it, joined with its provider cost and margin. Writes nothing (the
+    draft's work tables are rolled back); PeriodNotStarted for a month that has not begun."""
+    period = period or Period.containing(uow.now())
+    draft = preview(uow, tenant_id, period)
+    found = {m.key: m for m in invoice_line_margins(uow.connection, tenant_id, draft.period_start, draft.period_end)}
+    uow.rollback()
+    return InvoiceMargins(tenant_id, period, [InvoiceLineMargin(line, found.get(_line_key(line)))
+                                              for line in draft.usage_lines])
+
+
+def _line_key(line: InvoiceLine) -> tuple:
+    """LineMargin.key of an invoice line: the invoice's grouping of usage."""
+    return (line.feature_key, line.category, line.provider, line.model, line.unit,
+            None if line.unit_price is None else money.normalize(line.unit_price), line.prior_period)

@@ -7,14 +7,18 @@ Invariants, kept because every writer holds the wallet's row lock:
 - balance = sum of ledger amounts = sum of the grants' remaining amounts (the debt grant is negative);
 - reserved balance = sum of ledger reserved_change = sum of the active holds.
 
-Debits draw on grants in this order (documented in the README):
+Debits draw on grants in one order, `draw_order` (documented in the README), and refunds return
+credit in the reverse of that order as it stood when the debit was made:
 1. grants past their expiry that are still backing holds (they expire as soon as the holds end);
 2. lower `priority` first (0 to 100, default 50);
 3. soonest expiry first, grants that never expire last;
 4. promotional before paid;
 5. oldest first.
-What the grants cannot cover (an overdraft, a clawback) goes onto the wallet's one debt grant, and
-every credit repays that debt before it adds to any grant.
+What the grants cannot cover (an overdraft, a clawback) goes onto the wallet's one debt grant, drawn
+last, and every credit repays that debt before it adds to any grant.
+
+What is due to end (holds past their TTL, credits past their expiry) is decided in expiry.py; the
+book only carries it out (close_hold, expire_grant).
 """
 from __future__ import annotations
 
@@ -31,55 +35,29 @@ from sqlalchemy import func, select, text
 from billing_core import money
 from billing_core.db import UnitOfWork, insert_rows, unnest_arrays
 from billing_core.errors import ReservationClosed, ReservationExpired
+from billing_core.ledger.model import (
+    EntryType,
+    Grant,
+    GrantKind,
+    Hold,
+    HoldStatus,
+    LedgerEntry,
+    UsageEventStatus,
+    Wallet,
+    WalletStatus,
+)
 from billing_core.ledger.tables import credit_grants, grant_draws, ledger_entries, wallets
-from billing_core.ledger.wallets import LedgerEntry, Wallet, ensure_wallet
+from billing_core.ledger.wallets import ensure_wallet
 from billing_core.lifecycle.budgets import BudgetGuard
 from billing_core.lifecycle.tables import reservations
 from billing_core.usage.tables import usage_events
 
-PAID, PROMOTIONAL, DEBT = "paid", "promotional", "debt"
 DEFAULT_PRIORITY = 50
-ACTIVE, SETTLED, RELEASED, EXPIRED = "active", "settled", "released", "expired"
 ZERO = Decimal(0)
 
 
-@dataclass
-class Grant:
-    id: uuid.UUID
-    tenant_id: str
-    wallet_id: uuid.UUID
-    kind: str
-    amount: Decimal
-    remaining: Decimal
-    priority: int
-    expires_at: datetime | None
-    expired_at: datetime | None
-    source: str
-    reference: str | None
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass
-class Reservation:
-    id: uuid.UUID
-    tenant_id: str
-    wallet_id: uuid.UUID
-    feature_key: str
-    external_reference_id: str | None
-    quote_id: uuid.UUID | None
-    status: str
-    amount: Decimal
-    settled_amount: Decimal | None
-    usage_event_id: uuid.UUID | None
-    expires_at: datetime
-    created_at: datetime
-    updated_at: datetime
-    closed_at: datetime | None
-
-
 _GRANT_COLUMNS = [f.name for f in fields(Grant)]
-_RESERVATION_COLUMNS = [f.name for f in fields(Reservation)]
+_HOLD_COLUMNS = [f.name for f in fields(Hold)]
 
 
 @dataclass
@@ -94,7 +72,7 @@ class _Changes:
 
 class WalletBook:
     def __init__(self, uow: UnitOfWork, wallet: Wallet, now: datetime, grants: list[Grant],
-                 holds: dict[uuid.UUID, Reservation]):
+                 holds: dict[uuid.UUID, Hold]):
         self.uow, self.wallet, self.now = uow, wallet, now
         self.tenant_id = wallet.tenant_id
         self.balance, self.reserved = wallet.current_balance, wallet.reserved_balance
@@ -119,8 +97,8 @@ class WalletBook:
         grants = [Grant(**r._mapping) for r in uow.connection.execute(
             select(credit_grants).where(credit_grants.c.tenant_id == tenant_id,
                                         credit_grants.c.wallet_id == wallet.id, credit_grants.c.remaining != 0))]
-        due = {r.id: Reservation(**r._mapping) for r in uow.connection.execute(
-            select(reservations).where(reservations.c.tenant_id == tenant_id, reservations.c.status == ACTIVE,
+        due = {r.id: Hold(**r._mapping) for r in uow.connection.execute(
+            select(reservations).where(reservations.c.tenant_id == tenant_id, reservations.c.status == HoldStatus.ACTIVE,
                                        reservations.c.expires_at <= now))}
         book = cls(uow, wallet, now, grants, due)
         if due:
@@ -129,10 +107,14 @@ class WalletBook:
                 select(usage_events.c.reservation_id).distinct()
                 .join(reservations, (reservations.c.tenant_id == usage_events.c.tenant_id)
                       & (reservations.c.id == usage_events.c.reservation_id))
-                .where(usage_events.c.tenant_id == tenant_id, usage_events.c.status == "pending",
+                .where(usage_events.c.tenant_id == tenant_id, usage_events.c.status == UsageEventStatus.PENDING,
                        usage_events.c.reservation_id.in_(list(due)),
                        usage_events.c.created_at < reservations.c.expires_at)).scalars())
         return book
+
+    def stop_awaiting(self, hold_ids: Iterable[uuid.UUID]) -> None:
+        """These holds' pending charges have been settled or refused: expiry no longer spares them."""
+        self.awaiting -= set(hold_ids)
 
     def load_holds(self, reservation_ids: Iterable[uuid.UUID]) -> None:
         """Bring these holds of the tenant into the book (ids of another tenant find nothing)."""
@@ -141,7 +123,7 @@ class WalletBook:
             for row in self.uow.connection.execute(
                 select(reservations).where(reservations.c.tenant_id == self.tenant_id,
                                            reservations.c.id.in_(missing))):
-                self.holds[row.id] = Reservation(**row._mapping)
+                self.holds[row.id] = Hold(**row._mapping)
 
     # --- what the wallet holds ---------------------------------------------------------------
 
@@ -156,17 +138,17 @@ class WalletBook:
 
     @property
     def blocked(self) -> bool:
-        return self.wallet.status != "active"
+        return self.wallet.status != WalletStatus.ACTIVE
 
     def _debt(self) -> Grant:
         for grant in self.grants.values():
-            if grant.kind == DEBT:
+            if grant.kind == GrantKind.DEBT:
                 return grant
         debt = self.uow.connection.execute(
             select(credit_grants).where(credit_grants.c.tenant_id == self.tenant_id,
-                                        credit_grants.c.wallet_id == self.wallet.id, credit_grants.c.kind == DEBT)
+                                        credit_grants.c.wallet_id == self.wallet.id, credit_grants.c.kind == GrantKind.DEBT)
         ).one_or_none()
-        grant = Grant(**debt._mapping) if debt else self._new_grant(DEBT, ZERO, source="overdraft")
+        grant = Grant(**debt._mapping) if debt else self._new_grant(GrantKind.DEBT, ZERO, source="overdraft")
         self.grants[grant.id] = grant
         return grant
 
@@ -190,12 +172,8 @@ class WalletBook:
 
     def live_grants(self) -> list[Grant]:
         """Grants with something left, in the order debits draw on them."""
-        return sorted((g for g in self.grants.values() if g.kind != DEBT and g.remaining > 0), key=self._draw_order)
-
-    def _draw_order(self, grant: Grant) -> tuple:
-        overdue = grant.expires_at is not None and grant.expires_at <= self.now
-        return (not overdue, grant.priority, grant.expires_at is None, grant.expires_at or self.now,
-                grant.kind != PROMOTIONAL, grant.created_at, grant.id)
+        return sorted((g for g in self.grants.values() if g.kind != GrantKind.DEBT and g.remaining > 0),
+                      key=lambda g: draw_order(g, self.now))
 
     # --- moving money ------------------------------------------------------------------------
 
@@ -220,13 +198,13 @@ class WalletBook:
             return
         grant.remaining = money.add(grant.remaining, amount)
         grant.updated_at = self.now
-        if grant.remaining == 0 and grant.expires_at is not None and grant.expires_at <= self.now:
+        if grant.remaining == 0 and grant.overdue(self.now):
             grant.expired_at = grant.expired_at or self.now  # an overdue grant used up is over
         if grant.id not in self._changes.new_grants:
             self._changes.changed_grants.add(grant.id)
         self._changes.draws[(entry["id"], grant.id)] += amount
 
-    def debit(self, amount: Decimal, *, entry_type: str = "debit", first: Grant | None = None,
+    def debit(self, amount: Decimal, *, entry_type: str = EntryType.DEBIT, first: Grant | None = None,
               **entry: Any) -> dict[str, Any]:
         """Take `amount` (>= 0) from the grants in draw order (`first` before the others); what they
         cannot cover goes onto the debt. Checking that it may is the caller's job."""
@@ -249,14 +227,14 @@ class WalletBook:
     def _repay_debt(self, entry: dict[str, Any], amount: Decimal) -> Decimal:
         """Use a credit to pay the debt first; returns what is left of the credit."""
         # a debt with something owed is live, so open() loaded it
-        debt = next((g for g in self.grants.values() if g.kind == DEBT), None)
+        debt = next((g for g in self.grants.values() if g.kind == GrantKind.DEBT), None)
         if debt is None or debt.remaining >= 0:
             return amount
         repay = min(amount, -debt.remaining)
         self._move(entry, debt, repay)
         return money.subtract(amount, repay)
 
-    def add_grant(self, amount: Decimal, *, kind: str, source: str, entry_type: str = "topup",
+    def add_grant(self, amount: Decimal, *, kind: str, source: str, entry_type: str = EntryType.TOPUP,
                   priority: int = DEFAULT_PRIORITY, expires_at: datetime | None = None,
                   grant_reference: str | None = None, **entry: Any) -> tuple[dict[str, Any], Grant]:
         """Credit `amount` as a new grant (after repaying any debt)."""
@@ -272,7 +250,7 @@ class WalletBook:
         not fit — drawn from the debt, or from a grant past its expiry, which is not revived — goes
         into a new grant that does not expire: promotional if it all came from promotional credits,
         else paid."""
-        record = self._entry("refund", amount, **entry)
+        record = self._entry(EntryType.REFUND, amount, **entry)
         left = self._repay_debt(record, amount)
         self.load_grants(g for g, _ in draws if g is not None)
         rest_kind = None
@@ -280,16 +258,16 @@ class WalletBook:
             grant = self.grants.get(grant_id) if grant_id is not None else None
             if left == 0:
                 break
-            if grant is None or grant.kind == DEBT or (grant.expires_at is not None and grant.expires_at <= self.now):
-                kind = grant.kind if grant is not None and grant.kind != DEBT else PAID
-                rest_kind = kind if rest_kind in (None, kind) else PAID
+            if grant is None or grant.kind == GrantKind.DEBT or grant.overdue(self.now):
+                kind = grant.kind if grant is not None and grant.kind != GrantKind.DEBT else GrantKind.PAID
+                rest_kind = kind if rest_kind in (None, kind) else GrantKind.PAID
                 continue
             put = min(left, returnable, money.subtract(grant.amount, grant.remaining))
             if put > 0:
                 self._move(record, grant, put)
                 left = money.subtract(left, put)
         if left > 0:
-            grant = self._new_grant(rest_kind or PAID, left, source="refund")
+            grant = self._new_grant(rest_kind or GrantKind.PAID, left, source="refund")
             record["grant_id"] = grant.id
             self._move(record, grant, left)
         return record
@@ -299,78 +277,59 @@ class WalletBook:
 
     # --- holds -------------------------------------------------------------------------------
 
-    def hold(self, reservation: Reservation, **entry: Any) -> dict[str, Any]:
-        self.holds[reservation.id] = reservation
-        self._changes.new_holds.add(reservation.id)
-        self.budgets.hold_changed(reservation.feature_key, reservation.amount)
-        return self._entry("hold", ZERO, reserved_change=reservation.amount, reservation_id=reservation.id, **entry)
+    def hold(self, hold: Hold, **entry: Any) -> dict[str, Any]:
+        self.holds[hold.id] = hold
+        self._changes.new_holds.add(hold.id)
+        self.budgets.hold_changed(hold.feature_key, hold.amount)
+        return self._entry(EntryType.HOLD, ZERO, reserved_change=hold.amount, reservation_id=hold.id, **entry)
 
-    def extend_hold(self, reservation: Reservation, more: Decimal, expires_at: datetime,
+    def extend_hold(self, hold: Hold, more: Decimal, expires_at: datetime,
                     **entry: Any) -> dict[str, Any] | None:
-        reservation.amount = money.add(reservation.amount, more)
-        reservation.expires_at = expires_at
-        self._touch(reservation)
-        self.budgets.hold_changed(reservation.feature_key, more)
+        hold.amount = money.add(hold.amount, more)
+        hold.expires_at = expires_at
+        self._touch(hold)
+        self.budgets.hold_changed(hold.feature_key, more)
         if more == 0:
             return None
-        return self._entry("hold", ZERO, reserved_change=more, reservation_id=reservation.id, **entry)
+        return self._entry(EntryType.HOLD, ZERO, reserved_change=more, reservation_id=hold.id, **entry)
 
-    def close_hold(self, reservation: Reservation, status: str, **entry: Any) -> dict[str, Any]:
+    def close_hold(self, hold: Hold, status: HoldStatus, **entry: Any) -> dict[str, Any]:
         """Release or expire a hold: its amount goes back to the available balance."""
-        reservation.status, reservation.closed_at = status, self.now
-        self._touch(reservation)
-        self.budgets.hold_changed(reservation.feature_key, -reservation.amount)
-        return self._entry("hold_release", ZERO, reserved_change=-reservation.amount,
-                           reservation_id=reservation.id, description=f"hold {status}", **entry)
+        hold.status, hold.closed_at = status, self.now
+        self._touch(hold)
+        self.budgets.hold_changed(hold.feature_key, -hold.amount)
+        return self._entry(EntryType.HOLD_RELEASE, ZERO, reserved_change=-hold.amount,
+                           reservation_id=hold.id, description=f"hold {status}", **entry)
 
-    def settle_hold(self, reservation: Reservation, cost: Decimal, usage_event_id: uuid.UUID,
+    def settle_hold(self, hold: Hold, cost: Decimal, usage_event_id: uuid.UUID,
                     **entry: Any) -> dict[str, Any]:
         """Debit the actual cost and release the whole hold, in one entry. A hold that expired after
         the charge was made was released already; its late settlement releases nothing more."""
-        releasing = self.held_by(reservation)
-        reservation.status, reservation.closed_at = SETTLED, self.now
-        reservation.settled_amount, reservation.usage_event_id = cost, usage_event_id
-        self._touch(reservation)
-        self.budgets.hold_changed(reservation.feature_key, -releasing)
-        return self.debit(cost, reserved_change=-releasing, reservation_id=reservation.id,
+        releasing = self.held_by(hold)
+        hold.status, hold.closed_at = HoldStatus.SETTLED, self.now
+        hold.settled_amount, hold.usage_event_id = cost, usage_event_id
+        self._touch(hold)
+        self.budgets.hold_changed(hold.feature_key, -releasing)
+        return self.debit(cost, reserved_change=-releasing, reservation_id=hold.id,
                           usage_event_id=usage_event_id, **entry)
 
     @staticmethod
-    def held_by(reservation: Reservation) -> Decimal:
+    def held_by(hold: Hold) -> Decimal:
         """What the hold still sets aside: its amount while active, nothing once it has ended."""
-        return reservation.amount if reservation.status == ACTIVE else ZERO
+        return hold.amount if hold.status == HoldStatus.ACTIVE else ZERO
 
-    def _touch(self, reservation: Reservation) -> None:
-        reservation.updated_at = self.now
-        if reservation.id not in self._changes.new_holds:
-            self._changes.changed_holds.add(reservation.id)
+    def _touch(self, hold: Hold) -> None:
+        hold.updated_at = self.now
+        if hold.id not in self._changes.new_holds:
+            self._changes.changed_holds.add(hold.id)
 
-    # --- expiry ------------------------------------------------------------------------------
+    # --- expiry (what is due is expiry.py's rule) --------------------------------------------
 
-    def expire_due(self, keep: Iterable[uuid.UUID] = ()) -> int:
-        """Expire the holds past their TTL (except `keep` and holds a pending charge made in time will
-        settle), then the grants past their expiry. Holds are honoured: debits draw on overdue grants
-        first, so the overdue credits back the active holds, and only what exceeds the reserved
-        balance expires now; the rest expires once the holds end. Returns how many things expired."""
-        kept = set(keep) | self.awaiting
-        count = 0
-        for reservation in list(self.holds.values()):
-            if reservation.status == ACTIVE and reservation.expires_at <= self.now and reservation.id not in kept:
-                self.close_hold(reservation, EXPIRED)
-                count += 1
-        backing = max(self.reserved, ZERO)
-        for grant in self.live_grants():
-            if grant.expires_at is None or grant.expires_at > self.now:
-                break  # overdue grants come first in draw order
-            kept_back = min(grant.remaining, backing)
-            backing = money.subtract(backing, kept_back)
-            amount = money.subtract(grant.remaining, kept_back)
-            if amount > 0:
-                record = self._entry("expiry", -amount, grant_id=grant.id,
-                                     description=f"{grant.kind} credits expired")
-                self._move(record, grant, -amount)
-                count += 1
-        return count
+    def expire_grant(self, grant: Grant, amount: Decimal) -> dict[str, Any]:
+        """Take `amount` (> 0) of an overdue grant off the balance as expired."""
+        record = self._entry(EntryType.EXPIRY, -amount, grant_id=grant.id, description=f"{grant.kind} credits expired")
+        self._move(record, grant, -amount)
+        return record
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -390,7 +349,7 @@ class WalletBook:
                 {"id": g, "remaining": self.grants[g].remaining, "expired_at": self.grants[g].expired_at}
                 for g in changes.changed_grants - changes.new_grants])
         if changes.new_holds:
-            insert_rows(self.uow, reservations, [_row(self.holds[h], _RESERVATION_COLUMNS) for h in changes.new_holds])
+            insert_rows(self.uow, reservations, [_row(self.holds[h], _HOLD_COLUMNS) for h in changes.new_holds])
         if changes.changed_holds - changes.new_holds:
             _update_rows(self.uow, reservations, self.tenant_id, [
                 {k: getattr(self.holds[h], k) for k in ("id", "status", "amount", "settled_amount",
@@ -418,10 +377,29 @@ class WalletBook:
         return [rows[i] for i in entry_ids]
 
 
-def check_settleable(hold: Reservation, at: datetime) -> None:
+def draw_order(grant: Grant, at: datetime) -> tuple:
+    """The one order in which debits draw on grants at time `at` (a sort key): overdue grants first
+    (they only still hold credit that backs holds), then lower priority, sooner expiry (never last),
+    promotional before paid, oldest; the debt last of all. Refunds return credit in the reverse of
+    this order as it stood when the debit was made."""
+    return (grant.kind == GrantKind.DEBT, not grant.overdue(at), grant.priority, grant.expires_at is None,
+            grant.expires_at or at, grant.kind != GrantKind.PROMOTIONAL, grant.created_at, grant.id)
+
+
+def read_live_grants(uow: UnitOfWork, tenant_id: str) -> list[Grant]:
+    """The wallet's grants with something left (and the debt, if any), in the order debits would draw
+    on them now; read without the wallet's lock."""
+    rows = uow.connection.execute(  # the time with the rows: no round trip of its own
+        select(*credit_grants.c, func.now().label("read_at"))
+        .where(credit_grants.c.tenant_id == tenant_id, credit_grants.c.remaining != 0)).all()
+    grants = [Grant(**{c: getattr(r, c) for c in _GRANT_COLUMNS}) for r in rows]
+    return sorted(grants, key=lambda g: draw_order(g, rows[0].read_at)) if rows else []
+
+
+def check_settleable(hold: Hold, at: datetime) -> None:
     """A hold can be settled once, by a charge made before it expired — even if the hold expired
     before the charge reached it (then its credits are no longer set aside: see settle_hold)."""
-    if hold.status in (SETTLED, RELEASED):
+    if hold.status in (HoldStatus.SETTLED, HoldStatus.RELEASED):
         raise ReservationClosed(f"the reservation was {hold.status} already",
                                 {"field": "reservationId", "reservationId": str(hold.id), "status": hold.status})
     if at >= hold.expires_at:

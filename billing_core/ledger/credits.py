@@ -6,21 +6,19 @@ from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import Boolean, column, select, text
+from sqlalchemy import select
 
 from billing_core import idempotency, money
-from billing_core.db import UnitOfWork, cached_text
+from billing_core.db import UnitOfWork
 from billing_core.errors import InsufficientBalance, NotFound, RefundExceeded, ValidationFailed
-from billing_core.ledger.book import DEBT, Grant, WalletBook
+from billing_core.ledger import expiry
+from billing_core.ledger.book import WalletBook, draw_order
 from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, TopUpRequest
-from billing_core.ledger.tables import credit_grants, grant_draws, ledger_entries, wallets
-from billing_core.ledger.wallets import LedgerEntry, Wallet, get_entry, get_wallet
+from billing_core.ledger.model import EntryType, Grant, LedgerEntry
+from billing_core.ledger.tables import credit_grants, grant_draws, ledger_entries
+from billing_core.ledger.wallets import get_entry
 from billing_core.usage.commands import fingerprint_body
 from billing_core.usage.tables import usage_events
-
-# the order debits draw on grants (WalletBook.live_grants), as SQL; the debt comes last
-DRAW_ORDER = (credit_grants.c.kind == DEBT, credit_grants.c.priority, credit_grants.c.expires_at.asc().nulls_last(),
-              credit_grants.c.kind != "promotional", credit_grants.c.created_at, credit_grants.c.id)
 
 
 @dataclass(frozen=True)
@@ -80,11 +78,11 @@ def adjust(uow: UnitOfWork, tenant_id: str, command: AdjustmentRequest, *, creat
     if replay is not None:
         return replay
     book = WalletBook.open(uow, tenant_id)
-    book.expire_due()
+    expiry.end_due(book)
     entry = {"reference": key, "description": command.reason, "idempotency_key": key, "created_by": created_by}
     if command.amount > 0:
         _future(book, command)
-        book.add_grant(command.amount, kind=command.kind, source="adjustment", entry_type="adjustment",
+        book.add_grant(command.amount, kind=command.kind, source="adjustment", entry_type=EntryType.ADJUSTMENT,
                                   expires_at=command.expiresAt, **entry)
         return _commit(uow, book, key)
     if command.expiresAt is not None:
@@ -93,7 +91,7 @@ def adjust(uow: UnitOfWork, tenant_id: str, command: AdjustmentRequest, *, creat
         raise InsufficientBalance("the adjustment would take the balance below what the overdraft allows",
                                   {"field": "amount", "required": money.format_decimal(-command.amount),
                                    "available": money.format_decimal(book.available)})
-    book.debit(-command.amount, entry_type="adjustment", **entry)
+    book.debit(-command.amount, entry_type=EntryType.ADJUSTMENT, **entry)
     return _commit(uow, book, key)
 
 
@@ -108,7 +106,7 @@ def refund(uow: UnitOfWork, tenant_id: str, command: RefundRequest, *, created_b
     original = get_entry(uow, tenant_id, command.transactionId)
     if original is None:
         raise NotFound(f"transaction {command.transactionId} not found", {"field": "transactionId"})
-    if original.entry_type != "debit":
+    if original.entry_type != EntryType.DEBIT:
         raise ValidationFailed("transactionId", f"only a debit can be refunded, not a {original.entry_type}")
     returnable = _returnable(uow, tenant_id, original)
     left = money.total(amount for _, amount in returnable)
@@ -129,23 +127,25 @@ def refund(uow: UnitOfWork, tenant_id: str, command: RefundRequest, *, created_b
 
 
 def _returnable(uow: UnitOfWork, tenant_id: str, original: LedgerEntry) -> list[tuple[uuid.UUID | None, Decimal]]:
-    """Per grant the debit drew from (in draw order), what earlier refunds have not yet returned.
+    """Per grant the debit drew from, in the order it drew on them (draw_order at the debit's time:
+    a grant overdue then was drawn first), what earlier refunds have not yet returned.
     A debit that drew on the debt can be refunded too; that part repays the debt or becomes a grant.
     A debit from before grants existed has no draws: all of it may come back, as a new grant."""
-    drawn: dict[uuid.UUID | None, Decimal] = {}
-    for grant_id, amount in uow.connection.execute(
-        select(grant_draws.c.grant_id, grant_draws.c.amount)
-        .join(credit_grants, credit_grants.c.id == grant_draws.c.grant_id)
-        .where(grant_draws.c.tenant_id == tenant_id, grant_draws.c.ledger_entry_id == original.id)
-        .order_by(*DRAW_ORDER)
-    ):
-        drawn[grant_id] = -amount
+    draws = uow.connection.execute(
+        select(credit_grants, grant_draws.c.amount.label("drawn"))
+        .join(grant_draws, (grant_draws.c.tenant_id == credit_grants.c.tenant_id)
+              & (grant_draws.c.grant_id == credit_grants.c.id))
+        .where(grant_draws.c.tenant_id == tenant_id, grant_draws.c.ledger_entry_id == original.id)).all()
+    by_grant = {r.id: (Grant(**{c.name: getattr(r, c.name) for c in credit_grants.c}), -r.drawn) for r in draws}
+    drawn: dict[uuid.UUID | None, Decimal] = {
+        grant.id: amount
+        for grant, amount in sorted(by_grant.values(), key=lambda pair: draw_order(pair[0], original.created_at))}
     if not drawn:
         drawn[None] = -original.amount
     refunded = uow.connection.execute(
         select(ledger_entries.c.amount).where(ledger_entries.c.tenant_id == tenant_id,
                                               ledger_entries.c.related_entry_id == original.id,
-                                              ledger_entries.c.entry_type == "refund")).scalars().all()
+                                              ledger_entries.c.entry_type == EntryType.REFUND)).scalars().all()
     # what was refunded before is taken off the draws last drawn first, as restore() returns them
     already = money.total(refunded)
     left: dict[uuid.UUID | None, Decimal] = defaultdict(Decimal)
@@ -163,64 +163,3 @@ def get_grant(uow: UnitOfWork, tenant_id: str, grant_id: uuid.UUID | None) -> Gr
         select(credit_grants).where(credit_grants.c.tenant_id == tenant_id, credit_grants.c.id == grant_id)
     ).one_or_none()
     return Grant(**row._mapping) if row else None
-
-
-def live_grants(uow: UnitOfWork, tenant_id: str) -> list[Grant]:
-    """The wallet's grants with something left (and the debt, if any), in the order debits draw on them."""
-    rows = uow.connection.execute(
-        select(credit_grants).where(credit_grants.c.tenant_id == tenant_id, credit_grants.c.remaining != 0)
-        .order_by(*DRAW_ORDER))
-    return [Grant(**r._mapping) for r in rows]
-
-
-def wallet_view(uow: UnitOfWork, tenant_id: str) -> tuple[Wallet, list[Grant]]:
-    """The wallet (created on first use) and its live grants, read without the wallet's row lock —
-    unless a hold or credits are past their expiry: then they end first, as the beat job would end
-    them, so the balance shown is the one a charge would meet. Commits."""
-    # one statement for the wallet and whether anything is due (the wallet is created only when
-    # missing), the grants in the same transaction: 3 round trips instead of 7 (bench/PROFILE.md)
-    row = uow.connection.execute(_WALLET_AND_DUE, {"t": tenant_id}).one_or_none()
-    if row is None:
-        get_wallet(uow, tenant_id)
-        row = uow.connection.execute(_WALLET_AND_DUE, {"t": tenant_id}).one()
-    values = dict(row._mapping)
-    due = values.pop("due")
-    wallet = Wallet(**values)
-    if due:
-        wallet = _end_due(uow, tenant_id)
-    grants = live_grants(uow, tenant_id)
-    uow.commit()
-    return wallet, grants
-
-
-_DUE = """EXISTS (SELECT 1 FROM reservations WHERE tenant_id = :t AND status = 'active' AND expires_at <= now())
-            OR coalesce((SELECT sum(remaining) FROM credit_grants
-                         WHERE tenant_id = :t AND remaining > 0 AND expires_at <= now()), 0) > {reserved}"""
-# typed like select(wallets) (ids as UUIDs), columns named in the table's order
-_WALLET_AND_DUE = text(
-    f"SELECT {', '.join('w.' + c.name for c in wallets.c)}, {_DUE.format(reserved='w.reserved_balance')} AS due "
-    "FROM wallets w WHERE w.tenant_id = :t").columns(*wallets.c, column("due", Boolean))
-
-
-def end_what_is_due(uow: UnitOfWork, tenant_id: str, wallet: Wallet | None = None) -> Wallet | None:
-    """End the holds past their TTL and the credits past their expiry now, under the wallet's lock, if
-    there are any (the wallet after that), else nothing (and no lock). For answers about the present
-    — the wallet, the current month's draft — that must not show what has expired as still there
-    merely because the beat job has not come round yet. The caller commits."""
-    if wallet is None:
-        row = uow.connection.execute(select(wallets).where(wallets.c.tenant_id == tenant_id)).one_or_none()
-        if row is None:
-            return None  # no wallet, nothing to end (and none is created for asking)
-        wallet = Wallet(**row._mapping)
-    due = uow.connection.execute(cached_text(f"SELECT {_DUE.format(reserved=':reserved')}"),
-                                 {"t": tenant_id, "reserved": wallet.reserved_balance}).scalar_one()
-    if not due:
-        return None
-    return _end_due(uow, tenant_id)
-
-
-def _end_due(uow: UnitOfWork, tenant_id: str) -> Wallet:
-    book = WalletBook.open(uow, tenant_id)
-    book.expire_due()
-    book.flush()
-    return book.wallet

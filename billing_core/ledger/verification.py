@@ -12,10 +12,8 @@ from sqlalchemy import func, select, text
 from billing_core import money
 from billing_core.db import UnitOfWork
 from billing_core.errors import ValidationFailed
+from billing_core.ledger.model import LedgerEntry
 from billing_core.ledger.tables import ledger_entries, wallets
-from billing_core.ledger.wallets import LedgerEntry
-
-ENTRY_TYPES = ("topup", "debit", "refund", "adjustment", "expiry", "hold", "hold_release")
 
 
 def list_entries(uow: UnitOfWork, tenant_id: str, *, start: datetime | None = None, end: datetime | None = None,

@@ -16,12 +16,11 @@ from sqlalchemy.dialects.postgresql import insert
 
 from billing_core import money
 from billing_core.db import UnitOfWork
-from billing_core.errors import BudgetExceeded, ValidationFailed
+from billing_core.errors import BudgetExceeded, NotFound, ValidationFailed
 from billing_core.fields import FeatureKey
+from billing_core.ledger.wallets import get_wallet
 from billing_core.lifecycle.tables import budget_spend, budgets, reservations
 
-PERIODS = ("day", "month")
-ACTIONS = ("reject", "alert")
 _FEATURE_KEY = TypeAdapter(FeatureKey)
 
 
@@ -134,6 +133,11 @@ class BudgetGuard:
                                       "limit": money.format_decimal(budget.spend_limit),
                                       "used": money.format_decimal(used)})
 
+    def take_exceeded(self) -> list[dict[str, str]]:
+        """The budget.exceeded notices this transaction raised, handed over once."""
+        taken, self.exceeded = self.exceeded, []
+        return taken
+
     def hold_changed(self, feature_key: str, delta: Decimal) -> None:
         if feature_key in self.held:
             self.held[feature_key] = money.add(self.held[feature_key], delta)
@@ -154,7 +158,7 @@ class BudgetGuard:
 
 def put_budget(uow: UnitOfWork, tenant_id: str, feature_key: str, *, spend_limit: Decimal, period: str,
                action: str) -> Budget:
-    """Create or change a budget. The caller holds the wallet lock (WalletBook.open), so no charge
+    """Create or change a budget. The caller holds the wallet lock (set_budget takes it), so no charge
     runs meanwhile; the current period's spend is counted from the usage already charged."""
     row = uow.connection.execute(
         insert(budgets).values(tenant_id=tenant_id, feature_key=feature_key, spend_limit=spend_limit,
@@ -182,6 +186,30 @@ def put_budget(uow: UnitOfWork, tenant_id: str, feature_key: str, *, spend_limit
         ON CONFLICT (tenant_id, feature_key, period, period_start) DO UPDATE SET spent = excluded.spent
     """), {"tenant_id": tenant_id, "feature_key": feature_key, "period": period})
     return budget
+
+
+def set_budget(uow: UnitOfWork, tenant_id: str, feature_key: str, *, spend_limit: Decimal, period: str,
+               action: str) -> BudgetStatus:
+    """PUT /budgets and the portal's form: create or change the budget under the wallet's lock (no
+    charge of this tenant runs meanwhile), commit, and answer it with its spend in the current period.
+    Anything the caller wrote in this unit of work (the page's action record) commits with it."""
+    get_wallet(uow, tenant_id, lock=True)
+    put_budget(uow, tenant_id, feature_key, spend_limit=spend_limit, period=period, action=action)
+    status = next(b for b in list_budgets(uow, tenant_id) if b.budget.feature_key == feature_key)
+    uow.commit()
+    return status
+
+
+def remove_budget(uow: UnitOfWork, tenant_id: str, feature_key: str) -> list[BudgetStatus]:
+    """DELETE /budgets and the portal's button: remove the budget under the wallet's lock and commit;
+    answers the budgets left. NotFound (nothing committed) when the feature has no budget."""
+    get_wallet(uow, tenant_id, lock=True)
+    # no check of the key: whatever was stored can be removed
+    if not delete_budget(uow, tenant_id, feature_key):
+        raise NotFound(f"no budget for {feature_key}")
+    remaining = list_budgets(uow, tenant_id)
+    uow.commit()
+    return remaining
 
 
 def list_budgets(uow: UnitOfWork, tenant_id: str) -> list[BudgetStatus]:

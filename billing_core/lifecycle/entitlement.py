@@ -38,7 +38,7 @@ def check(connection, tenant_id: str, feature_key: str, estimated_cost: Decimal)
     row = connection.execute(_QUERY, {"tenant_id": tenant_id, "feature_key": feature_key}).one()
     if row.status is None:  # no wallet yet: nothing to spend
         return Entitlement(estimated_cost <= 0, Decimal(0), None if estimated_cost <= 0 else "insufficient_balance")
-    # as WalletBook.expire_due: holds end first, then overdue credits expire beyond what backs the rest
+    # as expiry.end_due: holds end first, then overdue credits expire beyond what backs the rest
     reserved = money.subtract(row.reserved_balance, row.due_holds)
     expiring = max(Decimal(0), money.subtract(row.due_credits, max(reserved, Decimal(0))))
     available = money.subtract(money.subtract(row.current_balance, reserved), expiring)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from billing_core import idempotency, money
 from billing_core.catalog import clock_and_catalog, price_items
@@ -26,39 +26,39 @@ from billing_core.errors import (
     ValidationFailed,
     WalletBlocked,
 )
-from billing_core.ledger.book import ACTIVE, EXPIRED, RELEASED, Reservation, WalletBook
+from billing_core.ledger import expiry
+from billing_core.ledger.book import WalletBook
+from billing_core.ledger.model import Hold, HoldStatus
 from billing_core.lifecycle.commands import ExtendReservationRequest, ReleaseReservationRequest, ReservationRequest
 from billing_core.lifecycle.quotes import binding_prices, load_quotes
 from billing_core.lifecycle.tables import reservations
 from billing_core.usage.commands import fingerprint_body
 
-STATUSES = ("active", "settled", "released", "expired")
-
 
 @dataclass(frozen=True)
-class ReservationResult:
-    reservation: Reservation
+class HoldResult:
+    hold: Hold
     replayed: bool = False
 
 
-def load_reservations(uow: UnitOfWork, tenant_id: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, Reservation]:
+def load_holds(uow: UnitOfWork, tenant_id: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, Hold]:
     if not ids:
         return {}
     rows = uow.connection.execute(
         select(reservations).where(reservations.c.tenant_id == tenant_id, reservations.c.id.in_(set(ids))))
-    return {r.id: Reservation(**r._mapping) for r in rows}
+    return {r.id: Hold(**r._mapping) for r in rows}
 
 
-def get_reservation(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID) -> Reservation:
-    found = load_reservations(uow, tenant_id, [reservation_id]).get(reservation_id)
+def get_hold(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID) -> Hold:
+    found = load_holds(uow, tenant_id, [reservation_id]).get(reservation_id)
     if found is None:
         raise NotFound(f"reservation {reservation_id} not found")
     return found
 
 
-def _replay(uow: UnitOfWork, tenant_id: str, record: idempotency.IdempotencyRecord) -> ReservationResult:
+def _replay(uow: UnitOfWork, tenant_id: str, record: idempotency.IdempotencyRecord) -> HoldResult:
     assert record.resource_id is not None
-    return ReservationResult(get_reservation(uow, tenant_id, record.resource_id), replayed=True)
+    return HoldResult(get_hold(uow, tenant_id, record.resource_id), replayed=True)
 
 
 def _may_hold(book: WalletBook, feature_key: str, amount: Decimal) -> None:
@@ -71,7 +71,7 @@ def _may_hold(book: WalletBook, feature_key: str, amount: Decimal) -> None:
                                    "available": money.format_decimal(book.available)})
 
 
-def reserve(uow: UnitOfWork, tenant_id: str, command: ReservationRequest, *, created_by: str | None) -> ReservationResult:
+def reserve(uow: UnitOfWork, tenant_id: str, command: ReservationRequest, *, created_by: str | None) -> HoldResult:
     """Hold `amount` (or what the items cost) for `ttlSeconds`, or refuse: 402 when it does not fit."""
     if (command.amount is None) == (command.items is None):
         raise ValidationFailed("amount", "give either amount or items")
@@ -90,23 +90,23 @@ def reserve(uow: UnitOfWork, tenant_id: str, command: ReservationRequest, *, cre
         amount = money.total(p.cost for p in price_items(uow, tenant_id, command.items, now, prices))
     assert amount is not None
     book = WalletBook.open(uow, tenant_id)
-    book.expire_due()
+    expiry.end_due(book)
     _may_hold(book, command.featureKey, amount)
-    reservation = Reservation(
+    hold = Hold(
         id=uuid.uuid4(), tenant_id=tenant_id, wallet_id=book.wallet.id, feature_key=command.featureKey,
-        external_reference_id=command.externalReferenceId, quote_id=command.quoteId, status=ACTIVE,
+        external_reference_id=command.externalReferenceId, quote_id=command.quoteId, status=HoldStatus.ACTIVE,
         amount=amount, settled_amount=None, usage_event_id=None,
         expires_at=book.now + timedelta(seconds=command.ttlSeconds), created_at=book.now, updated_at=book.now,
         closed_at=None)
-    book.hold(reservation, reference=command.externalReferenceId, description=f"hold for {command.featureKey}",
+    book.hold(hold, reference=command.externalReferenceId, description=f"hold for {command.featureKey}",
               idempotency_key=key, created_by=created_by)
     book.flush()
-    idempotency.record_result(uow, tenant_id, key, resource_id=reservation.id)
+    idempotency.record_result(uow, tenant_id, key, resource_id=hold.id)
     uow.commit()
-    return ReservationResult(reservation)
+    return HoldResult(hold)
 
 
-def _open_hold(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID) -> tuple[WalletBook, Reservation]:
+def _open_hold(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID) -> tuple[WalletBook, Hold]:
     book = WalletBook.open(uow, tenant_id)
     book.load_holds([reservation_id])
     hold = book.holds.get(reservation_id)
@@ -115,17 +115,17 @@ def _open_hold(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID) -> tu
     return book, hold
 
 
-def _refuse_closed(hold: Reservation, book: WalletBook) -> None:
-    if hold.status == EXPIRED or (hold.status == ACTIVE and hold.expires_at <= book.now):
+def _refuse_closed(hold: Hold, book: WalletBook) -> None:
+    if hold.status == HoldStatus.EXPIRED or (hold.status == HoldStatus.ACTIVE and hold.expires_at <= book.now):
         raise ReservationExpired("the reservation expired", {"reservationId": str(hold.id),
                                                              "expiresAt": hold.expires_at.isoformat()})
-    if hold.status != ACTIVE:
+    if hold.status != HoldStatus.ACTIVE:
         raise ReservationClosed(f"the reservation was {hold.status} already",
                                 {"reservationId": str(hold.id), "status": hold.status})
 
 
 def extend(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID, command: ExtendReservationRequest, *,
-           created_by: str | None) -> ReservationResult:
+           created_by: str | None) -> HoldResult:
     """Hold more and/or longer: a call that runs long. The expiry is never brought forward."""
     if command.amount is None and command.ttlSeconds is None:
         raise ValidationFailed("amount", "give amount and/or ttlSeconds")
@@ -136,7 +136,7 @@ def extend(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID, command: 
         return _replay(uow, tenant_id, earlier)
     book, hold = _open_hold(uow, tenant_id, reservation_id)
     _refuse_closed(hold, book)
-    book.expire_due()  # credits past their expiry are not available to hold more
+    expiry.end_due(book)  # credits past their expiry are not available to hold more
     more = command.amount or Decimal(0)
     if more:
         _may_hold(book, hold.feature_key, more)
@@ -148,11 +148,11 @@ def extend(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID, command: 
     book.flush()
     idempotency.record_result(uow, tenant_id, key, resource_id=hold.id)
     uow.commit()
-    return ReservationResult(hold)
+    return HoldResult(hold)
 
 
 def release(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID, command: ReleaseReservationRequest, *,
-            created_by: str | None) -> ReservationResult:
+            created_by: str | None) -> HoldResult:
     """Give the hold back to the available balance. Releasing a released hold again changes nothing
     and answers it as a replay; a settled or expired one cannot be released."""
     key = command.idempotencyKey
@@ -162,50 +162,23 @@ def release(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID, command:
         if earlier is not None:
             return _replay(uow, tenant_id, earlier)
     book, hold = _open_hold(uow, tenant_id, reservation_id)
-    if hold.status == RELEASED:
+    if hold.status == HoldStatus.RELEASED:
         uow.rollback()
-        return ReservationResult(hold, replayed=True)
+        return HoldResult(hold, replayed=True)
     _refuse_closed(hold, book)
-    book.close_hold(hold, RELEASED, idempotency_key=key, created_by=created_by)
+    book.close_hold(hold, HoldStatus.RELEASED, idempotency_key=key, created_by=created_by)
     book.flush()
     if key is not None:
         idempotency.record_result(uow, tenant_id, key, resource_id=hold.id)
     uow.commit()
-    return ReservationResult(hold)
+    return HoldResult(hold)
 
 
-def list_reservations(uow: UnitOfWork, tenant_id: str, *, status: str | None, limit: int,
-                      cursor: str | None) -> tuple[list[Reservation], str | None]:
+def list_holds(uow: UnitOfWork, tenant_id: str, *, status: str | None, limit: int,
+               cursor: str | None) -> tuple[list[Hold], str | None]:
     """Newest first; the cursor is the last reservation's (created_at, id)."""
     query = select(reservations).where(reservations.c.tenant_id == tenant_id)
     if status is not None:
         query = query.where(reservations.c.status == status)
     rows = uow.connection.execute(newest_first(query, reservations, cursor, limit)).all()
-    return [Reservation(**r._mapping) for r in rows[:limit]], next_cursor(rows, limit)
-
-
-def tenants_with_due_credits(uow: UnitOfWork, limit: int = 1000) -> list[str]:
-    """Tenants with a hold past its TTL, or with credits past their expiry beyond what backs their
-    holds (the rest cannot expire yet): the expiry job's deliberately cross-tenant query, over two
-    partial indexes, most overdue first."""
-    return list(uow.connection.execute(text("""
-        SELECT tenant_id FROM (
-            SELECT tenant_id, min(expires_at) AS due FROM reservations
-            WHERE status = 'active' AND expires_at <= now() GROUP BY tenant_id
-            UNION ALL
-            SELECT g.tenant_id, min(g.expires_at) FROM credit_grants g
-            JOIN wallets w ON w.tenant_id = g.tenant_id AND w.id = g.wallet_id
-            WHERE g.remaining > 0 AND g.expires_at <= now()
-            GROUP BY g.tenant_id, w.reserved_balance HAVING sum(g.remaining) > w.reserved_balance
-        ) due GROUP BY tenant_id ORDER BY min(due) LIMIT :limit
-    """), {"limit": limit}).scalars())
-
-
-def expire_due(uow: UnitOfWork, tenant_id: str) -> int:
-    """Expire the tenant's holds and grants that are due; commits. Running it twice, or while a
-    charge settles, is harmless: it works under the wallet lock and only on what is still due."""
-    book = WalletBook.open(uow, tenant_id)
-    expired = book.expire_due()
-    book.flush()
-    uow.commit()
-    return expired
+    return [Hold(**r._mapping) for r in rows[:limit]], next_cursor(rows, limit)

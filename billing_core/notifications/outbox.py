@@ -59,7 +59,6 @@ EVENT_TYPES = ("balance.low", "balance.depleted", "invoice.finalized", "budget.e
 WEBHOOK, EMAIL = "webhook", "email"
 CHANNELS = (WEBHOOK, EMAIL)
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
-STATUSES = (PENDING, DELIVERED, FAILED)
 SIGNATURE_HEADER = "LAD-Signature"
 USER_AGENT = "LAD-Billing-Webhooks/1.0"
 # a claimed delivery must finish within this (HTTP and SMTP timeouts are far shorter; the Celery

@@ -22,7 +22,8 @@ from sqlalchemy.dialects.postgresql import insert
 from billing_core import money
 from billing_core.catalog import CURRENCY
 from billing_core.db import UnitOfWork
-from billing_core.ledger.book import PAID, WalletBook
+from billing_core.ledger.book import WalletBook
+from billing_core.ledger.model import EntryType, GrantKind
 from billing_core.ledger.tables import credit_grants, ledger_entries
 from billing_core.payments.tables import stripe_events
 
@@ -163,7 +164,7 @@ def credit_payment(uow: UnitOfWork, tenant_id: str, payment: str, amount: Decima
     if _payment_grant(uow, payment) is not None:
         return None
     book = WalletBook.open(uow, tenant_id)
-    _, grant = book.add_grant(amount, kind=PAID, source="stripe", grant_reference=f"stripe:{payment}",
+    _, grant = book.add_grant(amount, kind=GrantKind.PAID, source="stripe", grant_reference=f"stripe:{payment}",
                               reference=reference, description=f"Stripe payment {payment}",
                               idempotency_key=f"stripe:{reference}", created_by="stripe")
     book.flush()
@@ -195,11 +196,11 @@ def _claw_back(uow: UnitOfWork, event_type: str, event_id: str, obj: dict[str, A
     credit_entry = uow.connection.execute(
         select(ledger_entries.c.id).where(ledger_entries.c.tenant_id == tenant_id,
                                           ledger_entries.c.grant_id == grant_row.id,
-                                          ledger_entries.c.entry_type == "topup")).scalar_one()
+                                          ledger_entries.c.entry_type == EntryType.TOPUP)).scalar_one()
     clawed = -money.total(uow.connection.execute(
         select(ledger_entries.c.amount).where(ledger_entries.c.tenant_id == tenant_id,
                                               ledger_entries.c.related_entry_id == credit_entry,
-                                              ledger_entries.c.entry_type == "adjustment")).scalars())
+                                              ledger_entries.c.entry_type == EntryType.ADJUSTMENT)).scalars())
     # charge.refunded carries the refunded total so far; a dispute, the disputed amount
     if event_type == "charge.refunded":
         target = _minor(obj.get("amount_refunded")) or Decimal(0)
@@ -209,7 +210,7 @@ def _claw_back(uow: UnitOfWork, event_type: str, event_id: str, obj: dict[str, A
     if amount <= 0:
         return "ignored", tenant_id, "nothing more to claw back for this payment"
     book.load_grants([grant_row.id])
-    book.debit(amount, entry_type="adjustment", first=book.grants[grant_row.id], related_entry_id=credit_entry,
+    book.debit(amount, entry_type=EntryType.ADJUSTMENT, first=book.grants[grant_row.id], related_entry_id=credit_entry,
                reference=event_id, description=f"Stripe {event_type} of payment {payment}",
                idempotency_key=f"stripe:{event_id}", created_by="stripe")
     # a chargeback that leaves a debt, or eats into held credits, is for a person to review (and the

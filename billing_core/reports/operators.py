@@ -7,13 +7,14 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, text
+from sqlalchemy.engine import Connection
 
 from billing_core import money
 from billing_core.catalog import Price
 from billing_core.catalog.tables import prices
 from billing_core.db import UnitOfWork
+from billing_core.ledger.model import Wallet
 from billing_core.ledger.tables import reconciliation_runs, wallets
-from billing_core.ledger.wallets import Wallet
 from billing_core.notifications.tables import notifications
 
 TENANTS_PAGE = 50
@@ -47,12 +48,25 @@ def pending_backlog(uow: UnitOfWork, limit: int = 20) -> Backlog:
         SELECT tenant_id, count(*) AS pending, extract(epoch FROM now() - min(created_at)) AS oldest
         FROM usage_events WHERE status = 'pending' GROUP BY tenant_id ORDER BY oldest DESC LIMIT :limit"""),
         {"limit": limit}).all()
-    total, oldest = uow.connection.execute(text(
-        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM usage_events "
-        "WHERE status = 'pending'")).one()
+    total, oldest = pending_totals(uow.connection)
     return Backlog(total, money.normalize(Decimal(oldest).quantize(Decimal("0.1"))),
                    [(r.tenant_id, r.pending, money.normalize(Decimal(r.oldest).quantize(Decimal("0.1"))))
                     for r in rows])
+
+
+def pending_totals(connection: Connection) -> tuple[int, Decimal]:
+    """How many usage events wait to be charged, and the age of the oldest in seconds (0 when none):
+    the backlog is a fact of the database, not of any one process (also /metrics' gauges)."""
+    count, oldest = connection.execute(text(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM usage_events "
+        "WHERE status = 'pending'")).one()
+    return count, oldest
+
+
+def tenant_exists(uow: UnitOfWork, tenant_id: str) -> bool:
+    """Whether the tenant has a wallet; asking never creates one."""
+    return uow.connection.execute(
+        select(wallets.c.id).where(wallets.c.tenant_id == tenant_id)).first() is not None
 
 
 def reconciliation_history(uow: UnitOfWork, limit: int = 48) -> list[dict[str, Any]]:

@@ -24,9 +24,11 @@ from billing_core.errors import (
     ReservationExpired,
     WalletBlocked,
 )
+from billing_core.ledger import expiry
 from billing_core.ledger.book import WalletBook, check_settleable
+from billing_core.ledger.model import SettleOutcome, UsageEventStatus
 from billing_core.notifications import outbox
-from billing_core.usage.events import CHARGED, PENDING, REJECTED, ChargeOutcome, load_outcome
+from billing_core.usage.events import ChargeOutcome, load_outcome
 from billing_core.usage.tables import usage_event_items, usage_events
 
 
@@ -41,7 +43,7 @@ def charge_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUI
     ).one_or_none()
     if row is None:
         raise NotFound(f"usage event {usage_event_id} not found")
-    if row.status != PENDING:
+    if row.status != UsageEventStatus.PENDING:
         uow.rollback()
         return load_outcome(uow, tenant_id, usage_event_id)
     _settle_group(uow, book, [row])
@@ -69,7 +71,7 @@ def claim_stale_pending(uow: UnitOfWork, older_than_seconds: int, limit: int = 1
     backoff = func.power(2, func.least(usage_events.c.enqueue_count - 1, 6))
     stale = (
         select(usage_events.c.id)
-        .where(usage_events.c.status == PENDING,
+        .where(usage_events.c.status == UsageEventStatus.PENDING,
                usage_events.c.enqueued_at
                < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds * backoff))
         .order_by(usage_events.c.enqueued_at)
@@ -79,7 +81,7 @@ def claim_stale_pending(uow: UnitOfWork, older_than_seconds: int, limit: int = 1
     )
     rows = uow.connection.execute(
         update(usage_events)
-        .where(usage_events.c.id.in_(stale), usage_events.c.status == PENDING)
+        .where(usage_events.c.id.in_(stale), usage_events.c.status == UsageEventStatus.PENDING)
         .values(enqueued_at=func.now(), enqueue_count=usage_events.c.enqueue_count + 1)
         .returning(usage_events.c.tenant_id, usage_events.c.id, usage_events.c.task_id, usage_events.c.enqueue_count)
     ).all()
@@ -120,14 +122,14 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
     book = WalletBook.open(uow, tenant_id)
     events = uow.connection.execute(
         select(*_PENDING_COLUMNS)
-        .where(usage_events.c.tenant_id == tenant_id, usage_events.c.status == PENDING)
+        .where(usage_events.c.tenant_id == tenant_id, usage_events.c.status == UsageEventStatus.PENDING)
         .order_by(usage_events.c.seq)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
     if not events:
         # nothing to charge, but holds and grants past their expiry end here too
-        if book.expire_due():
+        if expiry.end_due(book):
             book.flush()
             uow.commit()
         else:
@@ -135,7 +137,7 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
         return []
     outcomes = _settle_group(uow, book, events)
     uow.commit()
-    return [Settled(o["event_id"], o["status"], o["code"], e.created_at, e.request_id)
+    return [Settled(o.event_id, o.status, o.code, e.created_at, e.request_id)
             for o, e in zip(outcomes, events, strict=True)]
 
 
@@ -143,7 +145,7 @@ _REFUSALS = (PriceNotFound, InsufficientBalance, WalletBlocked, BudgetExceeded, 
              ReservationExpired, ReservationClosed)
 
 
-def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[dict[str, Any]]:
+def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[SettleOutcome]:
     """Price and settle claimed pending events against the locked wallet, in the order given."""
     tenant_id = book.tenant_id
     items: dict[uuid.UUID, list[Any]] = {e.id: [] for e in events}
@@ -162,13 +164,13 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
     settling = {e.reservation_id for e in events if e.reservation_id is not None}
     book.load_holds(settling)
     # a hold a charge in hand settles is not expired under it; the charge's own time decides
-    book.expire_due(keep=settling)
+    expiry.end_due(book, keep=settling)
 
     catalog = CATALOG.for_tenant(uow, tenant_id)
     # graduated tiers: where each month stands, read under the wallet lock (the book holds it) and
     # advanced event by event, only for the events charged; written with the debits
     positions = TierPositions(uow, tenant_id, locked=True)
-    outcomes: list[dict[str, Any]] = []
+    outcomes: list[SettleOutcome] = []
     repriced: list[dict[str, Any]] = []
     for event in events:
         try:
@@ -184,17 +186,17 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
                 advances = [p.advance for p in priced if p.advance is not None]
             _charge(book, event, cost)
         except _REFUSALS as refusal:
-            outcomes.append({"event_id": event.id, "status": REJECTED, "total_cost": None, "code": refusal.code,
-                             "reason": refusal.message, "details": refusal.details})
+            outcomes.append(SettleOutcome(event.id, UsageEventStatus.REJECTED, code=refusal.code,
+                                          reason=refusal.message, details=refusal.details))
             continue
         except ArithmeticError as exc:  # a cost no exact context can hold: refuse this event, not the group
-            outcomes.append({"event_id": event.id, "status": REJECTED, "total_cost": None, "code": "pricing_error",
-                             "reason": f"the cost cannot be computed exactly: {type(exc).__name__}", "details": {}})
+            outcomes.append(SettleOutcome(event.id, UsageEventStatus.REJECTED, code="pricing_error",
+                                          reason=f"the cost cannot be computed exactly: {type(exc).__name__}",
+                                          details={}))
             continue
         if advances:
             positions.advance(advances)
-        outcomes.append({"event_id": event.id, "status": CHARGED, "total_cost": cost, "code": None,
-                         "reason": None, "details": None})
+        outcomes.append(SettleOutcome(event.id, UsageEventStatus.CHARGED, total_cost=cost))
         # items were priced at acceptance, which is the event's time; rewrite only what differs (a
         # graduated item's place in the month, mostly)
         # (the breakdown follows from the price row, its multiplier, the quantity and the tier start)
@@ -207,13 +209,12 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[
                                                      p.cost, p.breakdown(), p.unit_cost, p.provider_cost),
                                          strict=True)))
 
-    book.awaiting -= settling
-    book.expire_due()  # holds kept for this group's charges that turned out too late
+    book.stop_awaiting(settling)
+    expiry.end_due(book)  # holds kept for this group's charges that turned out too late
     book.flush()
     positions.flush()
-    for exceeded in book.budgets.exceeded:  # `alert` budgets: delivered by the notification sweep
+    for exceeded in book.budgets.take_exceeded():  # `alert` budgets: delivered by the notification sweep
         outbox.enqueue(uow, tenant_id, "budget.exceeded", exceeded)
-    book.budgets.exceeded.clear()
     _settle_events(uow, tenant_id, outcomes)
     if repriced:  # one UPDATE, joined to the new prices passed as arrays
         source, params = unnest_arrays(usage_event_items, repriced)
@@ -255,11 +256,11 @@ def _charge(book: WalletBook, event: Any, cost: Decimal) -> None:
     book.budgets.spend(event.feature_key, event.created_at, cost)
 
 
-def _settle_events(uow: UnitOfWork, tenant_id: str, outcomes: list[dict[str, Any]]) -> None:
+def _settle_events(uow: UnitOfWork, tenant_id: str, outcomes: list[SettleOutcome]) -> None:
     """One UPDATE for the whole group, joined to the outcomes passed as arrays."""
     source, params = unnest_arrays(usage_events, [
-        {"id": o["event_id"], "status": o["status"], "total_cost": o["total_cost"], "rejection_code": o["code"],
-         "rejection_reason": o["reason"], "rejection_details": o["details"]}
+        {"id": o.event_id, "status": o.status, "total_cost": o.total_cost, "rejection_code": o.code,
+         "rejection_reason": o.reason, "rejection_details": o.details}
         for o in outcomes
     ])
     uow.connection.execute(text(f"""

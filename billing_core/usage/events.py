@@ -15,14 +15,13 @@ from billing_core.catalog import CURRENCY, PricedItem, TierPositions, clock_and_
 from billing_core.db import UnitOfWork, cached_text, unnest_columns
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.idempotency import idempotency_records
-from billing_core.ledger.book import Reservation, check_settleable
-from billing_core.ledger.wallets import LedgerEntry, debit_for_event
-from billing_core.lifecycle.holds import load_reservations
+from billing_core.ledger.book import check_settleable
+from billing_core.ledger.model import Hold, LedgerEntry, UsageEventStatus
+from billing_core.ledger.wallets import debit_for_event
+from billing_core.lifecycle.holds import load_holds
 from billing_core.lifecycle.quotes import QuotedPrices, binding_prices, load_quotes
 from billing_core.usage.commands import ChargeRequest, fingerprint_body
 from billing_core.usage.tables import usage_event_items, usage_events
-
-PENDING, CHARGED, REJECTED = "pending", "charged", "rejected"
 
 
 @dataclass(frozen=True)
@@ -125,7 +124,7 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
 
     accepted_at, catalog = clock_and_catalog(uow, tenant_id)
     commands_in_play = [c.command for c in first_by_key.values()]
-    found_holds = load_reservations(uow, tenant_id, [c.reservationId for c in commands_in_play if c.reservationId])
+    found_holds = load_holds(uow, tenant_id, [c.reservationId for c in commands_in_play if c.reservationId])
     found_quotes = load_quotes(uow, tenant_id, [*(c.quoteId for c in commands_in_play if c.quoteId),
                                                 *(h.quote_id for h in found_holds.values() if h.quote_id)])
     fresh: list[_Candidate] = []
@@ -184,7 +183,7 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
     return [r for r in results if r is not None]
 
 
-def _check_hold(found: dict[uuid.UUID, Reservation], command: ChargeRequest, at: datetime) -> Reservation:
+def _check_hold(found: dict[uuid.UUID, Hold], command: ChargeRequest, at: datetime) -> Hold:
     """Refuse at once a charge whose hold cannot be settled; the worker checks again when it settles."""
     hold = found.get(command.reservationId)  # type: ignore[arg-type]
     if hold is None:
@@ -203,7 +202,7 @@ def _events_as_written(tenant_id: str, fresh: list[_Candidate], accepted_at: dat
         c.event_id: UsageEvent(
             id=c.event_id, tenant_id=tenant_id, task_id=uuid.uuid4(), feature_key=c.command.featureKey,
             external_reference_id=c.command.externalReferenceId, idempotency_key=c.key, user_id=user_id,
-            status=PENDING, total_cost=money.total(p.cost for p in c.priced), currency=CURRENCY,
+            status=UsageEventStatus.PENDING, total_cost=money.total(p.cost for p in c.priced), currency=CURRENCY,
             rejection_code=None, rejection_reason=None, rejection_details=None, metadata=c.command.metadata,
             created_at=accepted_at, charged_at=None, enqueued_at=accepted_at, enqueue_count=1,
             reservation_id=c.command.reservationId, quote_id=c.quote_id, request_id=request_id,
@@ -308,7 +307,7 @@ def load_outcome(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, *, 
     if row is None:
         raise NotFound(f"usage event {usage_event_id} not found")
     event = event_from_row(row)
-    debit = debit_for_event(uow, tenant_id, event.id) if event.status == CHARGED else None
+    debit = debit_for_event(uow, tenant_id, event.id) if event.status == UsageEventStatus.CHARGED else None
     items = load_items(uow, tenant_id, event.id) if with_items else []
     return ChargeOutcome(event, debit, items)
 

@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from billing_core import money
 from billing_core.cursors import newest_first, next_cursor
 from billing_core.db import UnitOfWork
-from billing_core.usage.events import CHARGED, UsageEvent, event_from_row
+from billing_core.ledger.model import UsageEventStatus
+from billing_core.usage.events import UsageEvent, event_from_row
 from billing_core.usage.tables import usage_events
 
 
@@ -63,14 +64,14 @@ def summarize_usage(uow: UnitOfWork, tenant_id: str, filters: UsageFilter) -> Su
     by_status: dict[str, tuple[int, Decimal]] = {}
     for feature_key, status, count, cost in rows:
         # a feature's cost is what it was billed; pending and rejected costs show under by_status
-        billed = cost if status == CHARGED else Decimal(0)
+        billed = cost if status == UsageEventStatus.CHARGED else Decimal(0)
         for bucket, name, amount in ((by_feature, feature_key, billed), (by_status, status, cost)):
             events, total_cost = bucket.get(name, (0, Decimal(0)))
             bucket[name] = (events + count, money.add(total_cost, amount))
     return Summary(
         total_events=sum(count for count, _ in by_status.values()),
         # what was billed: charged events only; pending and rejected costs show under by_status
-        total_cost=by_status.get(CHARGED, (0, Decimal(0)))[1],
+        total_cost=by_status.get(UsageEventStatus.CHARGED, (0, Decimal(0)))[1],
         by_feature=by_feature,
         by_status=by_status,
     )

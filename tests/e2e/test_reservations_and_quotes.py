@@ -285,7 +285,7 @@ def test_a_charge_made_before_its_hold_expired_settles_it_late(api, tokens, tena
     with UnitOfWork(engine) as uow:  # accepted, but no worker told yet
         outcome = events.accept_charge(uow, tenant, ChargeRequest(
             featureKey="voice-call", items=stt_items("20000"), reservationId=hold["id"]), user_id="t")
-    from billing_core.lifecycle import holds
+    from billing_core.ledger import expiry
 
     # the hold runs out just after the charge was made, and the expiry job ends it before it sees the
     # charge (as when it runs while the acceptance has not committed yet): the charge is hidden from it
@@ -295,7 +295,7 @@ def test_a_charge_made_before_its_hold_expired_settles_it_late(api, tokens, tena
         connection.execute(text("UPDATE usage_events SET status = 'rejected' WHERE id = :id"),
                            {"id": outcome.event.id})
     with UnitOfWork(engine) as uow:
-        assert holds.expire_due(uow, tenant) == 1
+        assert expiry.expire_due(uow, tenant) == 1
     with engine.begin() as connection:
         connection.execute(text("UPDATE usage_events SET status = 'pending' WHERE id = :id"),
                            {"id": outcome.event.id})

@@ -55,7 +55,7 @@ def test_rearms_above_the_threshold_even_between_two_evaluations_and_counts_hold
     evaluate(engine, tenant)
     assert fired(engine, tenant)[-1] == ("balance.low", "5", "4.5")
     with UnitOfWork(engine) as uow:
-        release(uow, tenant, hold.reservation.id, ReleaseReservationRequest(), created_by="test")
+        release(uow, tenant, hold.hold.id, ReleaseReservationRequest(), created_by="test")
     evaluate(engine, tenant)
     assert states(engine, tenant) == {"5": True}
     assert len(fired(engine, tenant)) == 3

@@ -20,7 +20,7 @@ After every step, from one REPEATABLE READ snapshot:
 - the refunds of a debit never add up to more than it took, and refunds name a debit.
 After particular steps: right after the expiry job nothing is due (overdue credits <= reserved);
 entitlement's answer is what reserve, extend and a charge then do, and what GET /wallet's reading
-(credits.wallet_view) shows; a refund never credits a grant past its expiry; a hold settles once;
+(expiry.end_due_and_read_wallet) shows; a refund never credits a grant past its expiry; a hold settles once;
 a charge made before its hold expired settles it, one made after is refused; a replay changes
 nothing.
 
@@ -57,7 +57,7 @@ from sqlalchemy import text
 from billing_core import money
 from billing_core.db import UnitOfWork
 from billing_core.errors import BillingError
-from billing_core.ledger import credits, verification, wallets
+from billing_core.ledger import credits, expiry, verification, wallets
 from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, TopUpRequest
 from billing_core.lifecycle import entitlement, holds
 from billing_core.lifecycle.commands import ExtendReservationRequest, ReleaseReservationRequest, ReservationRequest
@@ -181,7 +181,7 @@ class CreditMachine(RuleBasedStateMachine):
 
     def expire_due(self) -> None:
         with UnitOfWork(self.engine) as uow:
-            holds.expire_due(uow, self.tenant)
+            expiry.expire_due(uow, self.tenant)
         self.check_expired_as_far_as_possible()
 
     def check_expired_as_far_as_possible(self) -> None:
@@ -340,10 +340,10 @@ class CreditMachine(RuleBasedStateMachine):
         assert (result is not None) == allowed, f"entitlement said allowed={allowed} for a hold of {amount}"
         if result is None:
             return multiple()
-        assert result.reservation.amount == amount and result.reservation.status == "active"
+        assert result.hold.amount == amount and result.hold.status == "active"
         self.sent.append(("reserve", command))
-        self.hold_numbers.setdefault(result.reservation.id, len(self.hold_numbers))
-        return multiple(result.reservation.id)
+        self.hold_numbers.setdefault(result.hold.id, len(self.hold_numbers))
+        return multiple(result.hold.id)
 
     @rule(hold_id=holds, only_active=st.booleans(), more=st.one_of(st.none(), sizes),
           ttl=st.one_of(st.none(), st.sampled_from([60, 900, 3600])))
@@ -364,7 +364,7 @@ class CreditMachine(RuleBasedStateMachine):
         assert (result is not None) == allowed, (
             f"entitlement said allowed={allowed} for holding {more_amount} more on a {hold.status} hold")
         if result is not None:
-            assert result.reservation.amount == hold.amount + (more_amount or ZERO)
+            assert result.hold.amount == hold.amount + (more_amount or ZERO)
 
     @rule(hold_id=holds, only_active=st.booleans())
     def release(self, hold_id: uuid.UUID, only_active: bool) -> None:
@@ -375,7 +375,7 @@ class CreditMachine(RuleBasedStateMachine):
         result = self.attempt("release", lambda uow: holds.release(uow, self.tenant, hold.id, command,
                                                                            created_by="prop"))
         if result is not None:
-            assert result.reservation.status == "released"
+            assert result.hold.status == "released"
 
     @rule(ending=holds, running=holds, more=sizes)
     def one_call_ends_another_runs_long(self, ending: uuid.UUID, running: uuid.UUID, more: tuple[str, Any]) -> None:
@@ -462,7 +462,7 @@ class CreditMachine(RuleBasedStateMachine):
             with self.engine.begin() as connection:
                 connection.execute(move_expiry, params)
             with UnitOfWork(self.engine) as uow:
-                holds.expire_due(uow, self.tenant)
+                expiry.expire_due(uow, self.tenant)
             with UnitOfWork(self.engine) as uow:
                 settled = {s.usage_event_id: s.status for s in charging.charge_pending_batch(uow, self.tenant, 500)}
         else:
@@ -486,7 +486,7 @@ class CreditMachine(RuleBasedStateMachine):
         with self.snapshot() as connection:
             expected = entitlement.check(connection, self.tenant, "call", ZERO).available_balance
         with UnitOfWork(self.engine) as uow:
-            wallet, grants = credits.wallet_view(uow, self.tenant)
+            wallet, grants = expiry.end_due_and_read_wallet(uow, self.tenant)
         assert wallet.available_balance == wallet.current_balance - wallet.reserved_balance
         assert wallet.available_balance == expected, (wallet, expected)
         assert wallet.current_balance == sum((g.remaining for g in grants), ZERO), (wallet, grants)
@@ -500,15 +500,13 @@ class CreditMachine(RuleBasedStateMachine):
             limit = max(ZERO, wallet.reserved_balance - wallet.current_balance)
 
         def change(uow: UnitOfWork) -> None:
-            wallets.change_settings(uow, self.tenant, status=None, overdraft_limit=limit, clear_flag=False)
-            uow.commit()
+            wallets.change_settings(uow, self.tenant, status=None, overdraft_limit=limit, clear_flag=False)  # commits
 
         self.attempt("overdraft", change)
 
     def set_status(self, status: str) -> None:
         def change(uow: UnitOfWork) -> None:
-            wallets.change_settings(uow, self.tenant, status=status, overdraft_limit=None, clear_flag=False)
-            uow.commit()
+            wallets.change_settings(uow, self.tenant, status=status, overdraft_limit=None, clear_flag=False)  # commits
 
         self.attempt(f"status-{status}", change)
 

@@ -18,7 +18,7 @@ from sqlalchemy import text
 
 from billing_core.db import UnitOfWork
 from billing_core.invoicing.invoices import Period
-from billing_core.ledger import book, credits
+from billing_core.ledger import book, credits, expiry
 from billing_core.ledger.book import WalletBook
 from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, TopUpRequest
 from billing_core.ledger.tables import ledger_entries
@@ -120,7 +120,7 @@ class History:
             result = holds.reserve(uow, self.tenant, ReservationRequest(
                 featureKey=feature, amount=amount, ttlSeconds=3600, idempotencyKey=str(uuid.uuid4())),
                 created_by="test")
-        return result.reservation.id
+        return result.hold.id
 
     def release(self, at: datetime, reservation_id: uuid.UUID) -> None:
         with ledger_dated(at), self.uow() as uow:
@@ -133,7 +133,7 @@ class History:
             book = WalletBook.open(uow, self.tenant)
             book.add_grant(Decimal(amount), kind="promotional", source="topup", expires_at=book.now - timedelta(seconds=1),
                            description="launch promotion")
-            assert book.expire_due() == 1
+            assert expiry.end_due(book) == 1
             book.flush()
             uow.commit()
 

@@ -9,7 +9,6 @@ from pydantic import BaseModel, Field
 from sqlalchemy.engine import Connection
 
 from billing_core import logs, money
-from billing_core.catalog.positions import month_of
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.fields import TenantId
 from billing_core.invoicing import invoices
@@ -346,11 +345,9 @@ def get_margins() -> Response:
 
 def margins_report(connection: Connection, query: schemas.MarginsQuery) -> dict[str, Any]:
     """The margins as GET /margins answers them; the console's margins page shows the same."""
-    now = connection.exec_driver_sql("SELECT now()").scalar_one()
-    start = time_bound(query.from_, "from", end=False) or month_of(now)
-    end = time_bound(query.to, "to", end=True) or now
-    found = margin_report.margins(connection, start=start, end=end, group_by=query.groupBy,
-                                  tenant_id=query.tenantId)
+    found, start, end = margin_report.margins_report(
+        connection, start=time_bound(query.from_, "from", end=False), end=time_bound(query.to, "to", end=True),
+        group_by=query.groupBy, tenant_id=query.tenantId)
     text = money.format_decimal
 
     def pct(value):  # noqa: ANN001, ANN202
@@ -378,20 +375,14 @@ def get_invoice_margins() -> Response:
     query = parse_query(schemas.InvoiceMarginsQuery)
     tenant_id = tenant_for(principal, query.tenantId)
     with unit_of_work() as uow:
-        period = invoices.Period.parse(query.period) if query.period else invoices.Period.containing(uow.now())
         try:
-            draft = invoices.preview(uow, tenant_id, period)
+            found = margin_report.invoice_margins(
+                uow, tenant_id, invoices.Period.parse(query.period) if query.period else None)
         except invoices.PeriodNotStarted as exc:
             raise ApiError(exc.code, exc.message, exc.details, status=409) from None
-        found = {m.key: m for m in margin_report.invoice_line_margins(
-            uow.connection, tenant_id, draft.period_start, draft.period_end)}
-        uow.rollback()
     text = money.format_decimal
     lines = []
-    for line in draft.usage_lines:
-        key = (line.feature_key, line.category, line.provider, line.model, line.unit,
-               None if line.unit_price is None else money.normalize(line.unit_price), line.prior_period)
-        m = found.get(key)
+    for line, m in ((found_line.line, found_line.margin) for found_line in found.lines):
         percent = margin_report.margin_percent(m.revenue, m.cost) if m else None
         lines.append({"lineNumber": line.line_no, "featureKey": line.feature_key, "category": line.category,
                       "provider": line.provider, "model": line.model, "unit": line.unit,
@@ -402,4 +393,4 @@ def get_invoice_margins() -> Response:
                       "marginPercent": None if percent is None else text(percent),
                       "uncostedRevenue": text(m.uncosted_revenue) if m else text(line.exact_amount),
                       "uncostedItems": m.uncosted_items if m else line.item_count})
-    return ok(invoiceMargins={"tenantId": tenant_id, "period": period.label, "lines": lines})
+    return ok(invoiceMargins={"tenantId": tenant_id, "period": found.period.label, "lines": lines})

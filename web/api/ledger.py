@@ -6,10 +6,10 @@ from flask import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from billing_core.errors import NotFound, ValidationFailed
-from billing_core.ledger import allocations, credits, verification
+from billing_core.ledger import allocations, credits, expiry, verification
 from billing_core.ledger.allocations import AllocationName, AllocationRequest
 from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, TopUpRequest, WalletSettingsRequest
-from billing_core.ledger.wallets import change_settings, get_wallet
+from billing_core.ledger.wallets import change_settings
 from web import representations as show
 from web import schemas
 from web.api.routing import billing, documented, ok
@@ -50,7 +50,7 @@ def get_wallet_balance() -> Response:
     principal = authenticate()
     tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
     with unit_of_work() as uow:
-        wallet, grants = credits.wallet_view(uow, tenant_id)
+        wallet, grants = expiry.end_due_and_read_wallet(uow, tenant_id)
     return ok(wallet=show.wallet(wallet, grants))
 
 
@@ -134,10 +134,8 @@ def patch_wallet() -> Response:
     command = parse(WalletSettingsRequest, json_body())
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
-        change_settings(uow, tenant_id, status=command.status, overdraft_limit=command.overdraftLimit,
-                        clear_flag=bool(command.clearFlag))
-        wallet = get_wallet(uow, tenant_id)
-        uow.commit()
+        wallet = change_settings(uow, tenant_id, status=command.status, overdraft_limit=command.overdraftLimit,
+                                 clear_flag=bool(command.clearFlag))
     return ok(wallet=show.wallet(wallet))
 
 

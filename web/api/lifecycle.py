@@ -6,8 +6,7 @@ from flask import Response, request
 
 from billing_core import catalog, money
 from billing_core.catalog.items import estimate_cost
-from billing_core.errors import NotFound, ValidationFailed
-from billing_core.ledger.book import WalletBook
+from billing_core.errors import ValidationFailed
 from billing_core.lifecycle import budgets, entitlement, holds, quotes
 from billing_core.lifecycle.commands import (
     BudgetRequest,
@@ -43,7 +42,7 @@ def post_reservation() -> Response:
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
         result = holds.reserve(uow, tenant_id, command, created_by=principal.subject)
-    return ok(reservation=show.reservation(result.reservation), replayed=result.replayed)
+    return ok(reservation=show.reservation(result.hold), replayed=result.replayed)
 
 
 @billing.post("/reservations/<reservation_id>/extend")
@@ -57,7 +56,7 @@ def post_reservation_extend(reservation_id: str) -> Response:
     with unit_of_work() as uow:
         result = holds.extend(uow, tenant_id, path_uuid(reservation_id, "reservation"), command,
                                      created_by=principal.subject)
-    return ok(reservation=show.reservation(result.reservation), replayed=result.replayed)
+    return ok(reservation=show.reservation(result.hold), replayed=result.replayed)
 
 
 @billing.post("/reservations/<reservation_id>/release")
@@ -71,7 +70,7 @@ def post_reservation_release(reservation_id: str) -> Response:
     with unit_of_work() as uow:
         result = holds.release(uow, tenant_id, path_uuid(reservation_id, "reservation"), command,
                                       created_by=principal.subject)
-    return ok(reservation=show.reservation(result.reservation), replayed=result.replayed)
+    return ok(reservation=show.reservation(result.hold), replayed=result.replayed)
 
 
 def _view_or_charge():  # noqa: ANN202
@@ -88,7 +87,7 @@ def get_reservation(reservation_id: str) -> Response:
     principal = _view_or_charge()
     tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
     with unit_of_work() as uow:
-        found = holds.get_reservation(uow, tenant_id, path_uuid(reservation_id, "reservation"))
+        found = holds.get_hold(uow, tenant_id, path_uuid(reservation_id, "reservation"))
     return ok(reservation=show.reservation(found))
 
 
@@ -100,8 +99,8 @@ def get_reservations() -> Response:
     query = parse_query(schemas.ReservationsQuery)
     tenant_id = tenant_for(principal, query.tenantId)
     with unit_of_work() as uow:
-        found, next_cursor = holds.list_reservations(uow, tenant_id, status=query.status, limit=query.limit,
-                                                            cursor=query.cursor)
+        found, next_cursor = holds.list_holds(uow, tenant_id, status=query.status, limit=query.limit,
+                                              cursor=query.cursor)
     return ok(reservations=[show.reservation(r) for r in found], nextCursor=next_cursor)
 
 
@@ -118,11 +117,8 @@ def put_budget(feature_key: str) -> Response:
     _, tenant_id = managed_tenant(command.tenantId)
     feature_key = budgets.valid_feature_key(feature_key)
     with unit_of_work() as uow:
-        WalletBook.open(uow, tenant_id)  # the wallet lock: no charge of this tenant runs meanwhile
-        budgets.put_budget(uow, tenant_id, feature_key, spend_limit=command.limit, period=command.period,
-                           action=command.action)
-        status = next(b for b in budgets.list_budgets(uow, tenant_id) if b.budget.feature_key == feature_key)
-        uow.commit()
+        status = budgets.set_budget(uow, tenant_id, feature_key, spend_limit=command.limit, period=command.period,
+                                    action=command.action)
     return ok(budget=show.budget(status))
 
 
@@ -132,12 +128,7 @@ def put_budget(feature_key: str) -> Response:
 def delete_budget(feature_key: str) -> Response:
     _, tenant_id = managed_tenant(parse_query(schemas.TenantQuery).tenantId)
     with unit_of_work() as uow:
-        WalletBook.open(uow, tenant_id)
-        # no check of the key: whatever was stored can be removed
-        if not budgets.delete_budget(uow, tenant_id, feature_key):
-            raise NotFound(f"no budget for {feature_key}")
-        remaining = budgets.list_budgets(uow, tenant_id)
-        uow.commit()
+        remaining = budgets.remove_budget(uow, tenant_id, feature_key)
     return ok(budgets=[show.budget(b) for b in remaining])
 
 

@@ -14,7 +14,7 @@ from spectree import Response as Documented
 from sqlalchemy.exc import OperationalError
 
 from billing_core import exactjson, logs
-from billing_core.errors import NotFound
+from billing_core.errors import NotFound, ValidationFailed
 from billing_core.fields import Strict, TenantId
 from billing_core.payments import stripe_events
 from billing_core.payments.auto_topup import attempts, customers, rules
@@ -100,7 +100,9 @@ class AttemptsResponse(BaseModel):
 class AttemptsQuery(schemas.Query):
     status: Literal["pending", "succeeded", "failed", "capped"] | None = None
     limit: Annotated[int, Field(ge=1, le=500)] = 100
-    tenantId: TenantId | None = None  # absent: every tenant's attempts (operators)
+    tenantId: TenantId | None = None  # absent: the token's own tenant
+    # true (billing.admin, without tenantId): every tenant's attempts
+    allTenants: bool = False
 
 
 # --- representations ------------------------------------------------------------------------------
@@ -186,14 +188,22 @@ def get_auto_topup() -> Response:
 
 @billing.get("/auto-topups")
 @documented({200: AttemptsResponse}, 403, query=AttemptsQuery)
-@rate_limited(ADMIN)
+@rate_limited(MANAGE)
 def get_auto_topups() -> Response:
-    """Auto top-up attempts, newest first, with status, amount, payment intent and failure code:
-    one tenant's (`tenantId`) or every tenant's."""
-    authenticate(ADMIN)
+    """Auto top-up attempts, newest first, with status, amount, payment intent and failure code: the
+    token's own tenant's (billing.manage), another tenant's (billing.admin with `tenantId`), or every
+    tenant's (billing.admin with `allTenants=true`)."""
     query = parse_query(AttemptsQuery)
+    if query.allTenants:
+        authenticate(ADMIN)
+        if query.tenantId is not None:
+            raise ValidationFailed("allTenants", "give tenantId or allTenants=true, not both")
+        with unit_of_work() as uow:
+            found = attempts.list_every_tenants_attempts(uow, status=query.status, limit=query.limit)
+        return ok(autoTopups=[show_attempt(a) for a in found])
+    _, tenant_id = managed_tenant(query.tenantId)
     with unit_of_work() as uow:
-        found = attempts.list_attempts(uow, query.tenantId, status=query.status, limit=query.limit)
+        found = attempts.list_attempts(uow, tenant_id, status=query.status, limit=query.limit)
     return ok(autoTopups=[show_attempt(a) for a in found])
 
 

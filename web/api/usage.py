@@ -7,9 +7,10 @@ from flask import Response, current_app, g, request
 
 from billing_core import logs, metrics
 from billing_core.errors import ValidationFailed
+from billing_core.ledger.model import UsageEventStatus
 from billing_core.usage import events, history
 from billing_core.usage.commands import MAX_BATCH_ITEMS, ChargeBatchRequest, ChargeRequest
-from billing_core.usage.events import PENDING, ChargeOutcome
+from billing_core.usage.events import ChargeOutcome
 from web import representations as show
 from web import schemas
 from web.api.routing import BROKER_ERRORS, billing, documented, ok
@@ -38,7 +39,7 @@ def post_charge() -> Response:
     _log_accepted(tenant_id, [outcome.event] if not outcome.replayed else [])
     if not outcome.replayed and not _request_charging(tenant_id, [(event.id, event.task_id)]):
         wait = 0  # no worker will hear of it before the sweep
-    if event.status == PENDING and wait > 0:
+    if event.status == UsageEventStatus.PENDING and wait > 0:
         outcome = _wait_for_outcome(tenant_id, outcome, wait)
     return _charge_response(outcome, replayed=outcome.replayed)
 
@@ -109,7 +110,7 @@ def _wait_for_outcome(tenant_id: str, outcome: ChargeOutcome, wait: int) -> Char
         nonlocal latest
         with unit_of_work() as uow:
             latest = events.load_outcome(uow, tenant_id, outcome.event.id)
-        return latest.event.status != PENDING
+        return latest.event.status != UsageEventStatus.PENDING
 
     current_app.extensions["lad_outcomes"].wait(str(outcome.event.id), wait, settled)
     return ChargeOutcome(latest.event, latest.debit, latest.items, replayed=outcome.replayed)
@@ -118,7 +119,7 @@ def _wait_for_outcome(tenant_id: str, outcome: ChargeOutcome, wait: int) -> Char
 def _charge_response(outcome: ChargeOutcome, *, replayed: bool) -> Response:
     event = outcome.event
     task_id = str(event.task_id)
-    if event.status == PENDING:
+    if event.status == UsageEventStatus.PENDING:
         response = ok(202, replayed, taskId=task_id, usageEvent=show.usage_event(event))
         response.headers["Location"] = f"/api/billing/tasks/{task_id}"
         return response

@@ -14,9 +14,8 @@ from billing_core.catalog import costs
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.fields import Reason, Strict
 from billing_core.invoicing import margins as margin_groupings
-from billing_core.ledger import credits, verification
+from billing_core.ledger import credits, expiry, verification
 from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, TopUpRequest
-from billing_core.ledger.tables import wallets
 from billing_core.ledger.wallets import change_settings
 from billing_core.lifecycle import budgets, holds
 from billing_core.payments.auto_topup import attempts as auto_topups
@@ -58,8 +57,7 @@ def tenants() -> str:
 
 def _known_tenant(uow: Any, tenant_id: str) -> str:
     """Only tenants with a wallet are shown: looking never creates one."""
-    if not TENANT_ID.match(tenant_id) or uow.connection.execute(
-            wallets.select().where(wallets.c.tenant_id == tenant_id)).first() is None:
+    if not TENANT_ID.match(tenant_id) or not operators.tenant_exists(uow, tenant_id):
         raise NotFound(f"tenant {tenant_id} not found")
     return tenant_id
 
@@ -78,10 +76,10 @@ DONE = {"topup": "top-up", "adjustment": "adjustment", "refund": "refund", "bloc
 def _tenant_page(tenant_id: str, error: BillingError | None = None, status: int = 200) -> Response:
     with unit_of_work() as uow:
         _known_tenant(uow, tenant_id)
-        wallet, grants = credits.wallet_view(uow, tenant_id)
+        wallet, grants = expiry.end_due_and_read_wallet(uow, tenant_id)
         entries, _ = verification.list_entries(uow, tenant_id, limit=50)
         events, _ = history.list_usage_events(uow, tenant_id, history.UsageFilter(), limit=20)
-        active_holds, _ = holds.list_reservations(uow, tenant_id, status="active", limit=50, cursor=None)
+        active_holds, _ = holds.list_holds(uow, tenant_id, status="active", limit=50, cursor=None)
         budget_list = budgets.list_budgets(uow, tenant_id)
         recorded = actions.recent(uow, tenant_id, limit=20)
         books = verification.verify(uow, tenant_id)
@@ -166,10 +164,8 @@ def wallet_status(tenant_id: str) -> Response:
     def run(uow: Any, session: sessions.PageSession) -> Any:
         command = parse(WalletStatusChange, _form("status", "reason"))
 
-        def done() -> None:
-            change_settings(uow, tenant_id, status=command.status, overdraft_limit=None, clear_flag=False)
-            uow.commit()
-        return command.model_dump(mode="json"), done
+        return command.model_dump(mode="json"), lambda: change_settings(
+            uow, tenant_id, status=command.status, overdraft_limit=None, clear_flag=False)
     return _act(tenant_id, "block" if request.form.get("status") == "blocked" else "unblock", run)
 
 

@@ -10,11 +10,10 @@ from typing import Any
 from flask import Blueprint, Response, make_response, render_template, request
 
 from billing_core.access import actions, sessions
-from billing_core.errors import BillingError, NotFound
+from billing_core.errors import BillingError
 from billing_core.invoicing import invoices
 from billing_core.invoicing.invoices import Period
-from billing_core.ledger import credits
-from billing_core.ledger.book import WalletBook
+from billing_core.ledger import expiry
 from billing_core.lifecycle import budgets, holds
 from billing_core.lifecycle.commands import BudgetRequest
 from billing_core.notifications import alerts
@@ -57,8 +56,8 @@ def sign_out() -> Response:
 def overview() -> str:
     tenant_id = current_session().tenant_id
     with unit_of_work() as uow:
-        wallet, grants = credits.wallet_view(uow, tenant_id)
-        active_holds, _ = holds.list_reservations(uow, tenant_id, status="active", limit=50, cursor=None)
+        wallet, grants = expiry.end_due_and_read_wallet(uow, tenant_id)
+        active_holds, _ = holds.list_holds(uow, tenant_id, status="active", limit=50, cursor=None)
         alert_settings = alerts.get_settings(uow, tenant_id)
         recent, _ = history.list_usage_events(uow, tenant_id, history.UsageFilter(), limit=10)
     low = [state for state in (alert_settings.states if alert_settings else []) if not state.armed]
@@ -224,12 +223,11 @@ def put_budget() -> Response:
     except BillingError as exc:
         return _settings_page(exc, 400)
     with unit_of_work() as uow:
-        WalletBook.open(uow, session.tenant_id)  # the wallet lock, as the API takes it
         actions.record(uow, session, session.tenant_id, "budget.put",
                        {"featureKey": feature_key, **command.model_dump(mode="json", exclude={"tenantId"})})
-        budgets.put_budget(uow, session.tenant_id, feature_key, spend_limit=command.limit, period=command.period,
+        # the API's use case: takes the wallet lock, commits the record with the change
+        budgets.set_budget(uow, session.tenant_id, feature_key, spend_limit=command.limit, period=command.period,
                            action=command.action)
-        uow.commit()
     return _saved("budgets")
 
 
@@ -239,11 +237,8 @@ def delete_budget() -> Response:
     session = current_session()
     feature_key = request.form.get("featureKey", "")
     with unit_of_work() as uow:
-        WalletBook.open(uow, session.tenant_id)
         actions.record(uow, session, session.tenant_id, "budget.delete", {"featureKey": feature_key})
-        if not budgets.delete_budget(uow, session.tenant_id, feature_key):
-            raise NotFound(f"no budget for {feature_key}")
-        uow.commit()
+        budgets.remove_budget(uow, session.tenant_id, feature_key)  # NotFound rolls the record back too
     return _saved("budget-removed")
 
 

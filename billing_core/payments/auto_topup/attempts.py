@@ -329,9 +329,17 @@ class Attempt:
     finished_at: datetime | None
 
 
-def list_attempts(uow: UnitOfWork, tenant_id: str | None, *, status: str | None = None,
-                  limit: int = 100) -> list[Attempt]:
-    """Newest first; one tenant's, or every tenant's for operators (tenant_id None)."""
+def list_attempts(uow: UnitOfWork, tenant_id: str, *, status: str | None = None, limit: int = 100) -> list[Attempt]:
+    """One tenant's attempts, newest first."""
+    return _attempts(uow, tenant_id, status, limit)
+
+
+def list_every_tenants_attempts(uow: UnitOfWork, *, status: str | None = None, limit: int = 100) -> list[Attempt]:
+    """Every tenant's attempts, newest first: the operators' explicit cross-tenant list."""
+    return _attempts(uow, None, status, limit)
+
+
+def _attempts(uow: UnitOfWork, tenant_id: str | None, status: str | None, limit: int) -> list[Attempt]:
     rows = uow.connection.execute(text("""
         SELECT * FROM auto_topup_attempts
         WHERE (CAST(:t AS text) IS NULL OR tenant_id = :t) AND (CAST(:status AS text) IS NULL OR status = :status)
