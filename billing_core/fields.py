@@ -129,6 +129,7 @@ def bounded_text(max_length: int) -> Any:
 CatalogKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/+-]+$")]
 FeatureKey = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/-]+$")]
 IdempotencyKey = bounded_text(255)
+ExternalReference = bounded_text(255)
 TenantId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 

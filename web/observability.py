@@ -64,7 +64,7 @@ class PendingBacklog:
         with runtime().engine.connect() as connection:
             pending, oldest = operators.pending_totals(connection)
         count.add_metric([], pending)
-        age.add_metric([], oldest)
+        age.add_metric([], float(oldest))  # seconds, not money: Prometheus takes floats
         yield count
         yield age
 

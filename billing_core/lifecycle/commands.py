@@ -8,6 +8,7 @@ from pydantic import (
 )
 
 from billing_core.fields import (
+    ExternalReference,
     FeatureKey,
     IdempotencyKey,
     NonNegativeAmount,
@@ -15,7 +16,6 @@ from billing_core.fields import (
     Strict,
     TenantId,
     TtlSeconds,
-    bounded_text,
 )
 from billing_core.usage.commands import MAX_ITEMS, UsageItem
 
@@ -34,7 +34,7 @@ class ReservationRequest(Strict):
     quoteId: uuid.UUID | None = None
     ttlSeconds: TtlSeconds = 900
     idempotencyKey: IdempotencyKey
-    externalReferenceId: bounded_text(255) | None = None
+    externalReferenceId: ExternalReference | None = None
     tenantId: TenantId | None = None
 
 

@@ -3,6 +3,7 @@ pending events in groups, each group in one transaction (group commit, the defau
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -145,7 +146,7 @@ _REFUSALS = (PriceNotFound, InsufficientBalance, WalletBlocked, BudgetExceeded, 
              ReservationExpired, ReservationClosed)
 
 
-def _settle_group(uow: UnitOfWork, book: WalletBook, events: list[Any]) -> list[SettleOutcome]:
+def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> list[SettleOutcome]:
     """Price and settle claimed pending events against the locked wallet, in the order given."""
     tenant_id = book.tenant_id
     items: dict[uuid.UUID, list[Any]] = {e.id: [] for e in events}

@@ -12,12 +12,12 @@ from pydantic import (
 
 from billing_core.fields import (
     CatalogKey,
+    ExternalReference,
     FeatureKey,
     IdempotencyKey,
     Quantity,
     Strict,
     TenantId,
-    bounded_text,
     shallow_metadata,
     small_metadata,
     storable,
@@ -41,7 +41,7 @@ class UsageItem(Strict):
 class ChargeRequest(Strict):
     featureKey: FeatureKey
     items: Annotated[list[UsageItem], Field(min_length=1, max_length=MAX_EVENT_ITEMS)]
-    externalReferenceId: bounded_text(255) | None = None
+    externalReferenceId: ExternalReference | None = None
     idempotencyKey: IdempotencyKey | None = None
     metadata: Annotated[dict[str, Any], BeforeValidator(shallow_metadata), AfterValidator(storable),
                         AfterValidator(small_metadata)] = Field(default_factory=dict)

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 
 from billing_core import idempotency, money
-from billing_core.catalog import CURRENCY, PricedItem, TierPositions, clock_and_catalog, price_items
+from billing_core.catalog import CURRENCY, PricedItem, TenantPrices, TierPositions, clock_and_catalog, price_items
 from billing_core.db import UnitOfWork, cached_text, unnest_columns
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.idempotency import idempotency_records
@@ -134,6 +134,7 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
     estimate = TierPositions(uow, tenant_id, locked=False)
     for candidate in first_by_key.values():
         command = candidate.command
+        prices: TenantPrices | QuotedPrices
         try:
             candidate.quote_id = command.quoteId
             if command.reservationId is not None:
@@ -234,7 +235,7 @@ def _claim_and_insert(uow: UnitOfWork, tenant_id: str, fresh: list[_Candidate],
     rows, event_params = unnest_columns(usage_events, {
         name: [getattr(e, name) for e in written] for name in _EVENT_COLUMNS}, alias="event")
     priced = [(c.event_id, position, p) for c in fresh for position, p in enumerate(c.priced)]
-    item_rows = {
+    item_rows: dict[str, list[Any]] = {
         "id": [uuid.uuid4() for _ in priced], "tenant_id": [tenant_id] * len(priced),
         "usage_event_id": [event_id for event_id, _, _ in priced], "position": [position for _, position, _ in priced],
         "category": [p.item.category for _, _, p in priced], "provider": [p.item.provider for _, _, p in priced],
