@@ -22,7 +22,7 @@ def test_concurrent_sweeps_and_deliveries_never_deliver_one_notification_twice(e
         with engine.begin() as connection:
             connection.execute(text("UPDATE notifications SET enqueued_at = now() - interval '10 minutes' "
                                     "WHERE id = ANY(:ids)"), {"ids": ids})
-        settings = outbox.NotificationSettings(retry_base_ms=1000)
+        settings = outbox.NotificationSettings(retry_base_ms=1000, allow_private_addresses=True)  # local receivers
         barrier = threading.Barrier(4)
         swept: list[list[uuid.UUID]] = []
 
@@ -62,7 +62,8 @@ def test_an_outdated_message_is_dropped_and_retries_give_up_at_the_horizon(engin
     with WebhookReceiver(then=503) as receiver:
         webhook_tenant(engine, tenant, receiver.url)
         notification_id = enqueue_one(engine, tenant)
-        settings = outbox.NotificationSettings(retry_base_ms=60_000, retry_horizon_ms=3_600_000)
+        settings = outbox.NotificationSettings(retry_base_ms=60_000, retry_horizon_ms=3_600_000,
+                                               allow_private_addresses=True)  # local receivers
         new_uow = lambda: UnitOfWork(engine)  # noqa: E731
         first = outbox.deliver(new_uow, notification_id, 0, settings)
         assert first.status == "pending" and first.retry_in_ms is not None and 30_000 <= first.retry_in_ms <= 60_000
@@ -138,7 +139,7 @@ def test_network_errors_are_retried_and_a_dead_workers_attempt_is_recorded_as_ab
         closed.stop()  # nothing listens there any more: connection refused
         webhook_tenant(engine, tenant, closed_url)
         notification_id = enqueue_one(engine, tenant)
-        settings = outbox.NotificationSettings(retry_base_ms=1000)
+        settings = outbox.NotificationSettings(retry_base_ms=1000, allow_private_addresses=True)  # local receivers
         new_uow = lambda: UnitOfWork(engine)  # noqa: E731
         refused = outbox.deliver(new_uow, notification_id, 0, settings)
         assert refused.status == "pending" and refused.retry_in_ms is not None

@@ -109,8 +109,7 @@ def test_database(server_url: str, name: str) -> Iterator[str]:
         config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
         command.upgrade(config, "head")
         with UnitOfWork(engine_for(url)) as uow:
-            catalog.load_default_catalog(uow)
-            uow.commit()
+            catalog.load_default_catalog(uow)  # commits
         yield url
     finally:
         dispose_engines()

@@ -40,7 +40,6 @@ def test_the_guard_is_on_by_default_and_fails_closed_on_lookup_errors(monkeypatc
 def test_the_host_is_resolved_once_and_the_checked_address_is_the_one_connected(monkeypatch):
     from billing_core.notifications import outbox
 
-    monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "true")  # the receiver is local
     real_lookup, lookups = socket.getaddrinfo, []
 
     def rebinding(host, port, *args, **kwargs):
@@ -57,7 +56,8 @@ def test_the_host_is_resolved_once_and_the_checked_address_is_the_one_connected(
         port = int(receiver.url.split(":")[2].split("/")[0])
         monkeypatch.setattr(socket, "getaddrinfo", rebinding)
         result = outbox.post_webhook(f"http://rebind.example.test:{port}/hooks/lad", b"{}",
-                                            {"Content-Type": "application/json"}, 5)
+                                            {"Content-Type": "application/json"}, 5,
+                                            allow_private_addresses=True)  # the receiver is local
         monkeypatch.setattr(socket, "getaddrinfo", real_lookup)
         got = receiver.received()
     assert lookups == ["rebind.example.test"]
@@ -70,7 +70,6 @@ def test_a_failure_record_keeps_the_status_and_at_most_200_bytes_never_headers(m
 
     from billing_core.notifications import outbox
 
-    monkeypatch.setenv("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", "true")
 
     class Loud(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
@@ -89,7 +88,8 @@ def test_a_failure_record_keeps_the_status_and_at_most_200_bytes_never_headers(m
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        result = outbox.post_webhook(f"http://127.0.0.1:{server.server_address[1]}/h", b"{}", {}, 5)
+        result = outbox.post_webhook(f"http://127.0.0.1:{server.server_address[1]}/h", b"{}", {}, 5,
+                                     allow_private_addresses=True)  # the receiver is local
     finally:
         server.shutdown()
         server.server_close()
