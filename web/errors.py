@@ -13,6 +13,7 @@ from billing_core.errors import BillingError, ValidationFailed
 
 log = logs.get(__name__)
 
+# The one map from an error code to its HTTP status: for the API's answers and the pages' alike.
 STATUS_BY_CODE = {
     "validation_error": 400,
     "unauthorized": 401,
@@ -49,10 +50,10 @@ CODE_BY_HTTP_STATUS = {400: "validation_error", 401: "unauthorized", 403: "forbi
 class ApiError(Exception):
     """An HTTP-level refusal (auth, capability) that is not a domain error."""
 
-    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None, status: int | None = None):
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None):
         super().__init__(message)
         self.code, self.message, self.details = code, message, details or {}
-        self.status = status or STATUS_BY_CODE[code]
+        self.status = STATUS_BY_CODE[code]
 
 
 def status_for(code: str, details: dict[str, Any]) -> int:

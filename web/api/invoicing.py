@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 from billing_core import logs, money
 from billing_core.catalog.positions import month_of
-from billing_core.errors import BillingError, NotFound, ValidationFailed
+from billing_core.errors import NotFound, ValidationFailed
 from billing_core.fields import TenantId
 from billing_core.invoicing import invoices
 from billing_core.invoicing import margins as margin_report
@@ -21,7 +21,6 @@ from web import representations as show
 from web import schemas
 from web.api.routing import billing, documented, ok
 from web.auth import ADMIN, VIEW, authenticate, tenant_for
-from web.errors import ApiError
 from web.limits import rate_limited
 from web.parsing import parse_query, path_uuid, time_bound
 from web.runtime import read_unit_of_work, runtime, unit_of_work
@@ -29,8 +28,6 @@ from web.schemas import DecimalString, Query, TenantQuery, Timestamp, Uuid
 
 log = logs.get(__name__)
 
-# until web/errors.py maps these codes, the handlers give the status themselves
-STATUS = {"period_not_closed": 409, "period_not_started": 409}
 MAX_IDS_IN_ROLLUP = 1000
 
 PeriodText = Annotated[str, Field(max_length=7, description="a calendar month in UTC, YYYY-MM",
@@ -209,10 +206,6 @@ def invoice_json(inv: Invoice) -> dict[str, Any]:
 
 # --- handlers -------------------------------------------------------------------------------------
 
-def _refusal(exc: BillingError) -> ApiError:
-    return ApiError(exc.code, exc.message, exc.details, status=STATUS.get(exc.code, 400))
-
-
 def _period(value: str | None, default: Period | None = None) -> Period:
     if value is None and default is not None:
         return default
@@ -248,10 +241,7 @@ def get_invoice_preview() -> Response:
         period = _period(query.period, Period.containing(uow.now()))
         invoices.end_what_is_due_in_open_month(uow, tenant_id, period)
     with unit_of_work() as uow:  # the preview's SQL uses temporary tables, which a replica cannot have
-        try:
-            draft = invoices.preview(uow, tenant_id, period)
-        except invoices.PeriodNotStarted as exc:
-            raise _refusal(exc) from None
+        draft = invoices.preview(uow, tenant_id, period)  # 409 period_not_started for a future month
     return ok(invoice=invoice_json(draft))
 
 
@@ -268,10 +258,7 @@ def post_invoice_rollup() -> Response:
         raise ValidationFailed("period", "is required: the month to invoice, as YYYY-MM")
     period = _period(query.period)
     with unit_of_work() as uow:
-        try:
-            result = invoices.rollup(uow, period, tenant_id=query.tenantId)
-        except invoices.PeriodNotClosed as exc:
-            raise _refusal(exc) from None
+        result = invoices.rollup(uow, period, tenant_id=query.tenantId)  # 409 period_not_closed
     announce_finalized(period, result.created)
     log.info("invoice rollup", period=period.label, invoices=len(result.created), lines=result.lines_created,
              duration_ms=result.milliseconds)
@@ -379,10 +366,7 @@ def get_invoice_margins() -> Response:
     tenant_id = tenant_for(principal, query.tenantId)
     with unit_of_work() as uow:
         period = invoices.Period.parse(query.period) if query.period else invoices.Period.containing(uow.now())
-        try:
-            draft = invoices.preview(uow, tenant_id, period)
-        except invoices.PeriodNotStarted as exc:
-            raise ApiError(exc.code, exc.message, exc.details, status=409) from None
+        draft = invoices.preview(uow, tenant_id, period)  # 409 period_not_started for a future month
         found = {m.key: m for m in margin_report.invoice_line_margins(
             uow.connection, tenant_id, draft.period_start, draft.period_end)}
         uow.rollback()

@@ -277,7 +277,7 @@ def post_stripe_webhook() -> Response:
         event = exactjson.loads(text)
     except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
         raise ApiError("invalid_signature", f"the Stripe signature does not verify: {exc}",
-                       {"field": "Stripe-Signature"}, status=400) from None
+                       {"field": "Stripe-Signature"}) from None
     except (ValueError, ArithmeticError, RecursionError):  # signed, but not JSON any Decimal can hold
         raise ApiError("validation_error", "not a JSON Stripe event", {"field": "body"}) from None
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not event["id"]:
