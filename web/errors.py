@@ -1,11 +1,11 @@
 """One error envelope for domain errors, validation errors and HTTP errors."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy.exc
 from flask import Flask, Response, jsonify
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from billing_core import logs
@@ -47,6 +47,24 @@ CODE_BY_HTTP_STATUS = {400: "validation_error", 401: "unauthorized", 403: "forbi
                        503: "unavailable"}
 
 
+def _keys_may_be_added(schema: dict[str, Any]) -> None:
+    schema.pop("additionalProperties", None)  # refused when written, never promised to clients
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_keys_may_be_added)
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorResponse(BaseModel):
+    # every error answer of the API (documented for each route by web.api.routing.documented)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_keys_may_be_added)
+    success: Literal[False]
+    error: ErrorDetail
+
+
 class ApiError(Exception):
     """An HTTP-level refusal (auth, capability) that is not a domain error."""
 
@@ -66,7 +84,8 @@ def status_for(code: str, details: dict[str, Any]) -> int:
 def error_response(code: str, message: str, details: dict[str, Any] | None = None,
                    status: int | None = None) -> Response:
     details = details or {}
-    response = jsonify({"success": False, "error": {"code": code, "message": message, "details": details}})
+    body = ErrorResponse(success=False, error=ErrorDetail(code=code, message=message, details=details))
+    response = jsonify(body.model_dump())
     response.status_code = status or status_for(code, details)
     if response.status_code == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="lad-billing"'
