@@ -47,12 +47,14 @@ CODE_BY_HTTP_STATUS = {400: "validation_error", 401: "unauthorized", 403: "forbi
                        503: "unavailable"}
 
 
-def _keys_may_be_added(schema: dict[str, Any]) -> None:
-    schema.pop("additionalProperties", None)  # refused when written, never promised to clients
+def keys_may_be_added(schema: dict[str, Any]) -> None:
+    """The JSON schema of a response model: the service refuses to write a key its model does not name
+    (extra="forbid"), but the contract does not promise clients that no key is ever added."""
+    schema.pop("additionalProperties", None)
 
 
 class ErrorDetail(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_keys_may_be_added)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=keys_may_be_added)
     code: str
     message: str
     details: dict[str, Any]
@@ -60,7 +62,7 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     # every error answer of the API (documented for each route by web.api.routing.documented)
-    model_config = ConfigDict(extra="forbid", json_schema_extra=_keys_may_be_added)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=keys_may_be_added)
     success: Literal[False]
     error: ErrorDetail
 

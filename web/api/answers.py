@@ -20,6 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 
 from billing_core import money
 from billing_core.fields import TenantId
+from web.errors import keys_may_be_added
 
 DECIMAL_TEXT = re.compile(r"^-?\d+(\.\d+)?$")
 
@@ -69,16 +70,10 @@ Uuid = Annotated[str, BeforeValidator(_id_text), WithJsonSchema({"type": "string
 TimeBound = Annotated[str, Field(max_length=64, description="ISO 8601 date or date-time (UTC when no offset)")]
 
 
-def _keys_may_be_added(schema: dict[str, Any]) -> None:
-    # the service refuses to write a key its model does not name (extra="forbid"), but the contract
-    # does not promise clients that no key is ever added: the document stays open
-    schema.pop("additionalProperties", None)
-
-
 class Answer(BaseModel):
     """A response body or a part of one; a key no model names is a mistake, not an addition."""
     model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True,
-                              json_schema_extra=_keys_may_be_added)
+                              json_schema_extra=keys_may_be_added)
 
 
 class Query(BaseModel):
