@@ -1,11 +1,11 @@
 """One error envelope for domain errors, validation errors and HTTP errors."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy.exc
 from flask import Flask, Response, jsonify
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from werkzeug.exceptions import HTTPException
 
 from billing_core import logs
@@ -13,6 +13,7 @@ from billing_core.errors import BillingError, ValidationFailed
 
 log = logs.get(__name__)
 
+# The one map from an error code to its HTTP status: for the API's answers and the pages' alike.
 STATUS_BY_CODE = {
     "validation_error": 400,
     "unauthorized": 401,
@@ -46,13 +47,33 @@ CODE_BY_HTTP_STATUS = {400: "validation_error", 401: "unauthorized", 403: "forbi
                        503: "unavailable"}
 
 
+def keys_may_be_added(schema: dict[str, Any]) -> None:
+    """The JSON schema of a response model: the service refuses to write a key its model does not name
+    (extra="forbid"), but the contract does not promise clients that no key is ever added."""
+    schema.pop("additionalProperties", None)
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=keys_may_be_added)
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorResponse(BaseModel):
+    # every error answer of the API (documented for each route by web.api.routing.documented)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=keys_may_be_added)
+    success: Literal[False]
+    error: ErrorDetail
+
+
 class ApiError(Exception):
     """An HTTP-level refusal (auth, capability) that is not a domain error."""
 
-    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None, status: int | None = None):
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None):
         super().__init__(message)
         self.code, self.message, self.details = code, message, details or {}
-        self.status = status or STATUS_BY_CODE[code]
+        self.status = STATUS_BY_CODE[code]
 
 
 def status_for(code: str, details: dict[str, Any]) -> int:
@@ -65,7 +86,8 @@ def status_for(code: str, details: dict[str, Any]) -> int:
 def error_response(code: str, message: str, details: dict[str, Any] | None = None,
                    status: int | None = None) -> Response:
     details = details or {}
-    response = jsonify({"success": False, "error": {"code": code, "message": message, "details": details}})
+    body = ErrorResponse(success=False, error=ErrorDetail(code=code, message=message, details=details))
+    response = jsonify(body.model_dump())
     response.status_code = status or status_for(code, details)
     if response.status_code == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="lad-billing"'

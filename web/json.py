@@ -1,5 +1,5 @@
 """Flask's JSON through billing_core.exactjson: request numbers arrive as Decimal, never float.
-Amounts are written as strings by web.representations; only opaque client data (usage metadata)
+Amounts are written as strings by the response models (web.api.answers); only opaque client data (usage metadata)
 carries Decimal numbers, which are written back with the digits they came with."""
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 FUZZ_TENANT = "schemathesis-tenant"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def openapi_schema(live):
     return schemathesis.openapi.from_url(f"{live.api.base_url}/openapi.json")
 

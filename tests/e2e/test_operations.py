@@ -18,15 +18,17 @@ from tests.support.polling import eventually
 def test_the_schedule_is_utc_crontab_entries_that_expire(live):  # live: the queue names are set
     from celery.schedules import crontab
 
-    import tasks.config
+    from billing_core.bootstrap import settings
+    from tasks.config import celery_config
 
-    assert tasks.config.timezone == "UTC" and tasks.config.enable_utc
-    for name, entry in tasks.config.beat_schedule.items():
+    config = celery_config(settings())
+    assert config["timezone"] == "UTC" and config["enable_utc"]
+    for name, entry in config["beat_schedule"].items():
         assert entry["options"]["expires"] > 0, name
         if name != "sweep-pending-charges":  # sub-minute in the test stack only
             assert isinstance(entry["schedule"], crontab), name
     assert {"expire-credits", "reconcile-ledgers", "sweep-pending-charges", "sweep-stripe-events"} <= set(
-        tasks.config.beat_schedule)
+        config["beat_schedule"])
 
 
 def test_a_job_runs_on_demand_from_the_cli(live):

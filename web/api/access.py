@@ -5,18 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from flask import Response, request, url_for
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from billing_core.access import sessions
 from billing_core.fields import Strict, TenantId
-from web import representations as show
-from web.api.routing import billing, documented, ok
+from web.api.answers import Answer, TenantQuery, Timestamp, Uuid, ok
+from web.api.routing import billing, documented
 from web.auth import ADMIN, MANAGE, authenticate, managed_tenant
 from web.limits import rate_limited
 from web.pages.common import public_url
 from web.parsing import json_body, parse, parse_query, path_uuid
 from web.runtime import unit_of_work
-from web.schemas import TenantQuery, Timestamp, Uuid
 
 TtlMinutes = Annotated[int, Field(ge=1, le=sessions.MAX_TTL_MINUTES, strict=True,
                                   description=f"default {sessions.DEFAULT_TTL_MINUTES}")]
@@ -31,24 +30,24 @@ class ConsoleSessionRequest(Strict):
     ttlMinutes: TtlMinutes = sessions.DEFAULT_TTL_MINUTES
 
 
-class SessionOut(BaseModel):
+class SessionOut(Answer):
     id: Uuid = Field(description="for DELETE /portal-sessions/<id> or /console-sessions/<id>")
     url: str = Field(description="opens the pages in a browser with no other credential, once: its first opening "
                                  "exchanges it for a session of its own; keep it secret")
     expiresAt: Timestamp
 
 
-class PortalSessionResponse(BaseModel):
+class PortalSessionResponse(Answer):
     success: Literal[True]
     portalSession: SessionOut
 
 
-class ConsoleSessionResponse(BaseModel):
+class ConsoleSessionResponse(Answer):
     success: Literal[True]
     consoleSession: SessionOut
 
 
-class RevokedResponse(BaseModel):
+class RevokedResponse(Answer):
     success: Literal[True]
     revoked: Uuid
 
@@ -57,10 +56,9 @@ def _optional_body() -> dict:
     return json_body() if request.get_data(cache=True).strip() else {}
 
 
-def _session_out(new: sessions.NewSession, endpoint: str) -> dict[str, str | None]:
+def _session_out(new: sessions.NewSession, endpoint: str) -> SessionOut:
     # the service's own address (LAD_PUBLIC_URL), never the Host header it was asked with
-    return {"id": str(new.id), "url": public_url() + url_for(endpoint, token=new.token),
-            "expiresAt": show.timestamp(new.expires_at)}
+    return SessionOut(id=new.id, url=public_url() + url_for(endpoint, token=new.token), expiresAt=new.expires_at)
 
 
 @billing.post("/portal-sessions")
@@ -74,7 +72,7 @@ def post_portal_session() -> Response:
     with unit_of_work() as uow:
         new = sessions.create_portal_session(uow, tenant_id, ttl_minutes=command.ttlMinutes,
                                              created_by=principal.subject)
-    return ok(portalSession=_session_out(new, "portal.open"))
+    return ok(PortalSessionResponse, portalSession=_session_out(new, "portal.open"))
 
 
 @billing.delete("/portal-sessions/<session_id>")
@@ -86,7 +84,7 @@ def delete_portal_session(session_id: str) -> Response:
     wanted = path_uuid(session_id, "portal session")
     with unit_of_work() as uow:
         sessions.revoke_portal_session(uow, tenant_id, wanted)
-    return ok(revoked=str(wanted))
+    return ok(RevokedResponse, revoked=wanted)
 
 
 @billing.post("/console-sessions")
@@ -98,7 +96,7 @@ def post_console_session() -> Response:
     command = parse(ConsoleSessionRequest, _optional_body())
     with unit_of_work() as uow:
         new = sessions.create_console_session(uow, ttl_minutes=command.ttlMinutes, created_by=principal.subject)
-    return ok(consoleSession=_session_out(new, "console.open"))
+    return ok(ConsoleSessionResponse, consoleSession=_session_out(new, "console.open"))
 
 
 @billing.delete("/console-sessions/<session_id>")
@@ -109,4 +107,4 @@ def delete_console_session(session_id: str) -> Response:
     wanted = path_uuid(session_id, "console session")
     with unit_of_work() as uow:
         sessions.revoke_console_session(uow, wanted)
-    return ok(revoked=str(wanted))
+    return ok(RevokedResponse, revoked=wanted)

@@ -5,31 +5,26 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from flask import Response, make_response
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy.engine import Connection
 
 from billing_core import logs, money
-from billing_core.errors import BillingError, NotFound, ValidationFailed
+from billing_core.errors import NotFound, ValidationFailed
 from billing_core.fields import TenantId
 from billing_core.invoicing import invoices
 from billing_core.invoicing import margins as margin_report
 from billing_core.invoicing.invoices import Invoice, InvoiceLine, Period
 from billing_core.invoicing.rendering import invoice_csv, invoice_pdf
 from tasks.invoicing import announce_finalized
-from web import representations as show
-from web import schemas
-from web.api.routing import billing, documented, ok
+from web.api.answers import Answer, DecimalString, Query, TenantQuery, TimeBound, Timestamp, Uuid, ok
+from web.api.routing import billing, documented
 from web.auth import ADMIN, VIEW, authenticate, tenant_for
-from web.errors import ApiError
 from web.limits import rate_limited
 from web.parsing import parse_query, path_uuid, time_bound
 from web.runtime import read_unit_of_work, runtime, unit_of_work
-from web.schemas import DecimalString, Query, TenantQuery, Timestamp, Uuid
 
 log = logs.get(__name__)
 
-# until web/errors.py maps these codes, the handlers give the status themselves
-STATUS = {"period_not_closed": 409, "period_not_started": 409}
 MAX_IDS_IN_ROLLUP = 1000
 
 PeriodText = Annotated[str, Field(max_length=7, description="a calendar month in UTC, YYYY-MM",
@@ -49,9 +44,21 @@ class PeriodQuery(Query):
     tenantId: TenantId | None = None
 
 
-# --- response models (OpenAPI) --------------------------------------------------------------------
+class MarginsQuery(Query):
+    from_: Annotated[TimeBound | None, Field(alias="from")] = None  # default: the start of this UTC month
+    to: TimeBound | None = None  # default: now
+    groupBy: Literal["tenant", "featureKey", "category", "provider", "model"] = "tenant"
+    tenantId: TenantId | None = None
 
-class InvoiceLineOut(BaseModel):
+
+class InvoiceMarginsQuery(Query):
+    period: Annotated[str, Field(max_length=7, description="YYYY-MM; default: the current month")] | None = None
+    tenantId: TenantId | None = None
+
+
+# --- response models ------------------------------------------------------------------------------
+
+class InvoiceLineOut(Answer):
     lineNumber: int
     featureKey: str
     category: str
@@ -68,7 +75,7 @@ class InvoiceLineOut(BaseModel):
     description: str | None
 
 
-class CreditLineOut(BaseModel):
+class CreditLineOut(Answer):
     lineNumber: int
     type: Literal["topup", "refund", "adjustment", "expiry"]
     description: str
@@ -78,14 +85,14 @@ class CreditLineOut(BaseModel):
     amount: DecimalString
 
 
-class CreditsOut(BaseModel):
+class CreditsOut(Answer):
     topups: DecimalString
     refunds: DecimalString
     adjustments: DecimalString
     expiries: DecimalString
 
 
-class ReconciliationOut(BaseModel):
+class ReconciliationOut(Answer):
     """openingBalance + credits - usage = closingBalance, exactly, against the ledger."""
     openingBalance: DecimalString
     credits: DecimalString
@@ -95,13 +102,13 @@ class ReconciliationOut(BaseModel):
     problem: str | None = Field(description="why a draft does not reconcile (it would not be finalized)")
 
 
-class LedgerRangeOut(BaseModel):
+class LedgerRangeOut(Answer):
     firstSequence: int | None
     lastSequence: int | None
     entries: int
 
 
-class InvoiceSummaryOut(BaseModel):
+class InvoiceSummaryOut(Answer):
     id: Uuid | None
     tenantId: str
     period: str
@@ -128,18 +135,18 @@ class InvoiceOut(InvoiceSummaryOut):
     creditLines: list[CreditLineOut]
 
 
-class InvoiceResponse(BaseModel):
+class InvoiceResponse(Answer):
     success: Literal[True]
     invoice: InvoiceOut
 
 
-class InvoicesResponse(BaseModel):
+class InvoicesResponse(Answer):
     success: Literal[True]
     invoices: list[InvoiceSummaryOut]
     nextCursor: str | None
 
 
-class RefusedOut(BaseModel):
+class RefusedOut(Answer):
     tenantId: str
     problem: Literal["broken_chain", "usage_differs_from_debits", "unknown_entries", "gap_after_previous_invoice"]
     message: str
@@ -151,7 +158,7 @@ class RefusedOut(BaseModel):
     previousClosingBalance: DecimalString | None
 
 
-class RollupOut(BaseModel):
+class RollupOut(Answer):
     period: str
     tenantId: str | None
     invoicesCreated: int
@@ -161,56 +168,120 @@ class RollupOut(BaseModel):
     refused: list[RefusedOut] = Field(description="tenants left without an invoice: their ledger does not reconcile")
 
 
-class RollupResponse(BaseModel):
+class RollupResponse(Answer):
     success: Literal[True]
     rollup: RollupOut
 
 
+class MarginGroup(Answer):
+    key: str
+    revenue: DecimalString
+    cost: DecimalString
+    margin: DecimalString
+    marginPercent: DecimalString | None
+    events: int
+    uncostedRevenue: DecimalString
+    uncostedItems: int
+
+
+class Uncosted(Answer):
+    revenue: DecimalString
+    items: int
+
+
+class Margins(Answer):
+    """Over charged usage less refunds: revenue, cost and margin of the costed items; items with no
+    provider cost in force are counted apart (`uncosted`), never as a zero cost."""
+    revenue: DecimalString
+    cost: DecimalString
+    margin: DecimalString
+    marginPercent: DecimalString | None
+    groups: list[MarginGroup]
+    uncosted: Uncosted
+    groupBy: str
+    from_: Annotated[Timestamp, Field(alias="from")]
+    to: Timestamp
+
+
+class MarginsResponse(Answer):
+    success: Literal[True]
+    margins: Margins
+
+
+class InvoiceLineMargin(Answer):
+    lineNumber: int
+    featureKey: str | None
+    category: str | None
+    provider: str | None
+    model: str | None
+    unit: str | None
+    unitPrice: DecimalString | None
+    quantity: DecimalString | None
+    exactAmount: DecimalString
+    priorPeriod: bool
+    revenue: DecimalString  # of the costed parts of the line
+    cost: DecimalString
+    margin: DecimalString
+    marginPercent: DecimalString | None
+    uncostedRevenue: DecimalString
+    uncostedItems: int
+
+
+class InvoiceMargins(Answer):
+    """Operators only: a month's invoice usage lines with their provider cost and margin."""
+    tenantId: str
+    period: str
+    lines: list[InvoiceLineMargin]
+
+
+class InvoiceMarginsResponse(Answer):
+    success: Literal[True]
+    invoiceMargins: InvoiceMargins
+
+
 # --- representations ------------------------------------------------------------------------------
 
-def usage_line(line: InvoiceLine) -> dict[str, Any]:
-    return {"lineNumber": line.line_no, "featureKey": line.feature_key, "category": line.category,
-            "provider": line.provider, "model": line.model, "unit": line.unit, "quantity": show.amount(line.quantity),
-            "unitPrice": show.amount(line.unit_price), "amount": show.amount(line.amount),
-            "exactAmount": show.amount(line.exact_amount), "roundingDifference": show.amount(line.rounding_difference),
-            "priorPeriod": line.prior_period, "items": line.item_count, "description": line.description}
+def usage_line(line: InvoiceLine) -> InvoiceLineOut:
+    return InvoiceLineOut(
+        lineNumber=line.line_no, featureKey=line.feature_key, category=line.category, provider=line.provider,
+        model=line.model, unit=line.unit, quantity=line.quantity, unitPrice=line.unit_price, amount=line.amount,
+        exactAmount=line.exact_amount, roundingDifference=line.rounding_difference, priorPeriod=line.prior_period,
+        items=line.item_count, description=line.description)
 
 
-def credit_line(line: InvoiceLine) -> dict[str, Any]:
-    return {"lineNumber": line.line_no, "type": line.line_type, "description": line.description,
-            "creditKind": line.credit_kind, "featureKey": line.feature_key, "entries": line.item_count,
-            "amount": show.amount(line.amount)}
+def credit_line(line: InvoiceLine) -> CreditLineOut:
+    return CreditLineOut(lineNumber=line.line_no, type=line.line_type, description=line.description,
+                         creditKind=line.credit_kind, featureKey=line.feature_key, entries=line.item_count,
+                         amount=line.amount)
 
 
-def invoice_summary(inv: Invoice) -> dict[str, Any]:
+def _summary_fields(inv: Invoice) -> dict[str, Any]:
     return {
-        "id": str(inv.id) if inv.id else None, "tenantId": inv.tenant_id, "period": inv.period_label,
-        "status": inv.status, "currency": inv.currency, "minorUnit": inv.minor_unit,
-        "periodStart": show.timestamp(inv.period_start), "periodEnd": show.timestamp(inv.period_end),
-        "openingBalance": show.amount(inv.opening_balance), "closingBalance": show.amount(inv.closing_balance),
-        "totalUsage": show.amount(inv.total_usage), "totalUsageExact": show.amount(inv.usage_exact),
-        "roundingDifference": show.amount(inv.rounding_difference), "totalCredits": show.amount(inv.total_credits),
-        "credits": {"topups": show.amount(inv.topups), "refunds": show.amount(inv.refunds),
-                    "adjustments": show.amount(inv.adjustments), "expiries": show.amount(inv.expiries)},
-        "reconciliation": {"openingBalance": show.amount(inv.opening_balance),
-                           "credits": show.amount(inv.total_credits), "usage": show.amount(inv.usage_exact),
-                           "closingBalance": show.amount(inv.closing_balance), "balanced": inv.reconciles,
-                           "problem": inv.problem},
-        "ledger": {"firstSequence": inv.first_seq, "lastSequence": inv.last_seq, "entries": inv.entry_count},
-        "createdAt": show.timestamp(inv.created_at), "finalizedAt": show.timestamp(inv.finalized_at),
+        "id": inv.id, "tenantId": inv.tenant_id, "period": inv.period_label, "status": inv.status,
+        "currency": inv.currency, "minorUnit": inv.minor_unit, "periodStart": inv.period_start,
+        "periodEnd": inv.period_end, "openingBalance": inv.opening_balance, "closingBalance": inv.closing_balance,
+        "totalUsage": inv.total_usage, "totalUsageExact": inv.usage_exact,
+        "roundingDifference": inv.rounding_difference, "totalCredits": inv.total_credits,
+        "credits": CreditsOut(topups=inv.topups, refunds=inv.refunds, adjustments=inv.adjustments,
+                              expiries=inv.expiries),
+        "reconciliation": ReconciliationOut(openingBalance=inv.opening_balance, credits=inv.total_credits,
+                                            usage=inv.usage_exact, closingBalance=inv.closing_balance,
+                                            balanced=inv.reconciles, problem=inv.problem),
+        "ledger": LedgerRangeOut(firstSequence=inv.first_seq, lastSequence=inv.last_seq, entries=inv.entry_count),
+        "createdAt": inv.created_at, "finalizedAt": inv.finalized_at,
     }
 
 
-def invoice_json(inv: Invoice) -> dict[str, Any]:
-    return {**invoice_summary(inv), "lines": [usage_line(line) for line in inv.usage_lines],
-            "creditLines": [credit_line(line) for line in inv.credit_lines]}
+def invoice_summary(inv: Invoice) -> InvoiceSummaryOut:
+    return InvoiceSummaryOut(**_summary_fields(inv))
+
+
+def invoice_out(inv: Invoice) -> InvoiceOut:
+    return InvoiceOut(**_summary_fields(inv), lines=[usage_line(line) for line in inv.usage_lines],
+                      creditLines=[credit_line(line) for line in inv.credit_lines])
 
 
 # --- handlers -------------------------------------------------------------------------------------
-
-def _refusal(exc: BillingError) -> ApiError:
-    return ApiError(exc.code, exc.message, exc.details, status=STATUS.get(exc.code, 400))
-
 
 def _period(value: str | None, default: Period | None = None) -> Period:
     if value is None and default is not None:
@@ -231,7 +302,7 @@ def get_invoices() -> Response:
     with read_unit_of_work() as uow:
         found, next_cursor = invoices.list_invoices(uow, tenant_id, limit=query.limit, cursor=query.cursor,
                                                     period_from=period_from, period_to=period_to)
-    return ok(invoices=[invoice_summary(i) for i in found], nextCursor=next_cursor)
+    return ok(InvoicesResponse, invoices=[invoice_summary(i) for i in found], nextCursor=next_cursor)
 
 
 @billing.get("/invoices/preview")
@@ -247,11 +318,8 @@ def get_invoice_preview() -> Response:
         period = _period(query.period, Period.containing(uow.now()))
         invoices.end_what_is_due_in_open_month(uow, tenant_id, period)
     with unit_of_work() as uow:  # the preview's SQL uses temporary tables, which a replica cannot have
-        try:
-            draft = invoices.preview(uow, tenant_id, period)
-        except invoices.PeriodNotStarted as exc:
-            raise _refusal(exc) from None
-    return ok(invoice=invoice_json(draft))
+        draft = invoices.preview(uow, tenant_id, period)  # 409 period_not_started for a future month
+    return ok(InvoiceResponse, invoice=invoice_out(draft))
 
 
 @billing.post("/invoices/rollup")
@@ -267,17 +335,14 @@ def post_invoice_rollup() -> Response:
         raise ValidationFailed("period", "is required: the month to invoice, as YYYY-MM")
     period = _period(query.period)
     with unit_of_work() as uow:
-        try:
-            result = invoices.rollup(uow, period, tenant_id=query.tenantId)
-        except invoices.PeriodNotClosed as exc:
-            raise _refusal(exc) from None
+        result = invoices.rollup(uow, period, tenant_id=query.tenantId)  # 409 period_not_closed
     announce_finalized(period, result.created)
     log.info("invoice rollup", period=period.label, invoices=len(result.created), lines=result.lines_created,
              duration_ms=result.milliseconds)
-    return ok(rollup={"period": period.label, "tenantId": query.tenantId, "invoicesCreated": len(result.created),
-                      "linesCreated": result.lines_created,
-                      "invoiceIds": [str(i) for i in result.invoice_ids[:MAX_IDS_IN_ROLLUP]],
-                      "milliseconds": result.milliseconds, "refused": result.refused})
+    return ok(RollupResponse, rollup=RollupOut(
+        period=period.label, tenantId=query.tenantId, invoicesCreated=len(result.created),
+        linesCreated=result.lines_created, invoiceIds=result.invoice_ids[:MAX_IDS_IN_ROLLUP],
+        milliseconds=result.milliseconds, refused=result.refused))
 
 
 def _stored(invoice_id: str) -> Invoice:
@@ -325,72 +390,62 @@ def get_invoice_pdf(invoice_id: str) -> Response:
 @rate_limited(VIEW)
 def get_invoice(invoice_id: str) -> Response:
     """One invoice with its usage and credit lines; another tenant's is not found."""
-    return ok(invoice=invoice_json(_stored(invoice_id)))
+    return ok(InvoiceResponse, invoice=invoice_out(_stored(invoice_id)))
 
 
 @billing.get("/margins")
-@documented({200: schemas.MarginsResponse}, 403, query=schemas.MarginsQuery)
+@documented({200: MarginsResponse}, 403, query=MarginsQuery)
 @rate_limited(ADMIN)
 def get_margins() -> Response:
     """Revenue, provider cost and margin of charged usage less refunds, by event time in [from, to)
     (default: this UTC month so far); every tenant, or the one named by tenantId."""
     authenticate(ADMIN)
-    query = parse_query(schemas.MarginsQuery)
+    query = parse_query(MarginsQuery)
     # a report over many events: the replica's (READ_DATABASE_URL) when there is one
     with runtime().read_engine.connect() as connection:
-        body = margins_report(connection, query)
+        report = margins_report(connection, query)
         connection.rollback()
-    return ok(margins=body)
+    return ok(MarginsResponse, margins=report)
 
 
-def margins_report(connection: Connection, query: schemas.MarginsQuery) -> dict[str, Any]:
+def margins_report(connection: Connection, query: MarginsQuery) -> Margins:
     """The margins as GET /margins answers them; the console's margins page shows the same."""
     found, start, end = margin_report.margins_report(
         connection, start=time_bound(query.from_, "from", end=False), end=time_bound(query.to, "to", end=True),
         group_by=query.groupBy, tenant_id=query.tenantId)
-    text = money.format_decimal
-
-    def pct(value):  # noqa: ANN001, ANN202
-        return None if value is None else text(value)
-    return {
-        "revenue": text(found.revenue), "cost": text(found.cost),
-        "margin": text(money.subtract(found.revenue, found.cost)),
-        "marginPercent": pct(margin_report.margin_percent(found.revenue, found.cost)),
-        "groups": [{"key": g.key, "revenue": text(g.revenue), "cost": text(g.cost), "margin": text(g.margin),
-                    "marginPercent": pct(g.margin_percent), "events": g.events,
-                    "uncostedRevenue": text(g.uncosted_revenue), "uncostedItems": g.uncosted_items}
-                   for g in found.groups],
-        "uncosted": {"revenue": text(found.uncosted_revenue), "items": found.uncosted_items},
-        "groupBy": query.groupBy, "from": show.timestamp(start), "to": show.timestamp(end)}
+    return Margins(
+        revenue=found.revenue, cost=found.cost, margin=money.subtract(found.revenue, found.cost),
+        marginPercent=margin_report.margin_percent(found.revenue, found.cost),
+        groups=[MarginGroup(key=g.key, revenue=g.revenue, cost=g.cost, margin=g.margin,
+                            marginPercent=g.margin_percent, events=g.events, uncostedRevenue=g.uncosted_revenue,
+                            uncostedItems=g.uncosted_items) for g in found.groups],
+        uncosted=Uncosted(revenue=found.uncosted_revenue, items=found.uncosted_items),
+        groupBy=query.groupBy, from_=start, to=end)
 
 
 @billing.get("/invoices/margins")
-@documented({200: schemas.InvoiceMarginsResponse}, 403, 409, query=schemas.InvoiceMarginsQuery)
+@documented({200: InvoiceMarginsResponse}, 403, 409, query=InvoiceMarginsQuery)
 @rate_limited(ADMIN)
 def get_invoice_margins() -> Response:
     """Operators' view of a month's invoice data (default: the current month): each usage line, as the
     invoice and its preview group them, with its provider cost and margin. The tenant's invoice never
     shows costs. Uncosted parts are counted apart, never as a zero cost."""
     principal = authenticate(ADMIN)
-    query = parse_query(schemas.InvoiceMarginsQuery)
+    query = parse_query(InvoiceMarginsQuery)
     tenant_id = tenant_for(principal, query.tenantId)
     with unit_of_work() as uow:
-        try:
-            found = margin_report.invoice_margins(
-                uow, tenant_id, invoices.Period.parse(query.period) if query.period else None)
-        except invoices.PeriodNotStarted as exc:
-            raise ApiError(exc.code, exc.message, exc.details, status=409) from None
-    text = money.format_decimal
+        # a month not started yet is the domain's period_not_started (409)
+        found = margin_report.invoice_margins(
+            uow, tenant_id, invoices.Period.parse(query.period) if query.period else None)
     lines = []
     for line, m in ((found_line.line, found_line.margin) for found_line in found.lines):
-        percent = margin_report.margin_percent(m.revenue, m.cost) if m else None
-        lines.append({"lineNumber": line.line_no, "featureKey": line.feature_key, "category": line.category,
-                      "provider": line.provider, "model": line.model, "unit": line.unit,
-                      "unitPrice": show.amount(line.unit_price), "quantity": show.amount(line.quantity),
-                      "exactAmount": show.amount(line.exact_amount), "priorPeriod": line.prior_period,
-                      "revenue": text(m.revenue) if m else "0", "cost": text(m.cost) if m else "0",
-                      "margin": text(m.margin) if m else "0",
-                      "marginPercent": None if percent is None else text(percent),
-                      "uncostedRevenue": text(m.uncosted_revenue) if m else text(line.exact_amount),
-                      "uncostedItems": m.uncosted_items if m else line.item_count})
-    return ok(invoiceMargins={"tenantId": tenant_id, "period": found.period.label, "lines": lines})
+        lines.append(InvoiceLineMargin(
+            lineNumber=line.line_no, featureKey=line.feature_key, category=line.category, provider=line.provider,
+            model=line.model, unit=line.unit, unitPrice=line.unit_price, quantity=line.quantity,
+            exactAmount=line.exact_amount, priorPeriod=line.prior_period,
+            revenue=m.revenue if m else "0", cost=m.cost if m else "0", margin=m.margin if m else "0",
+            marginPercent=margin_report.margin_percent(m.revenue, m.cost) if m else None,
+            uncostedRevenue=m.uncosted_revenue if m else line.exact_amount,
+            uncostedItems=m.uncosted_items if m else line.item_count))
+    return ok(InvoiceMarginsResponse, invoiceMargins=InvoiceMargins(tenantId=tenant_id, period=found.period.label,
+                                                                    lines=lines))

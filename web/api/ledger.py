@@ -1,61 +1,192 @@
+"""The wallet and its ledger under /api/billing: balances and grants, top-ups, refunds, adjustments,
+wallet settings, the ledger's entries and its verification, and recurring allocations."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from flask import Response
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
 from billing_core.errors import NotFound, ValidationFailed
+from billing_core.fields import TenantId
 from billing_core.ledger import allocations, credits, expiry, verification
 from billing_core.ledger.allocations import AllocationName, AllocationRequest
 from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, TopUpRequest, WalletSettingsRequest
+from billing_core.ledger.model import Grant, LedgerEntry, Wallet
 from billing_core.ledger.wallets import change_settings
-from web import representations as show
-from web import schemas
-from web.api.routing import billing, documented, ok
+from web.api.answers import Answer, DecimalString, Query, TenantQuery, TimeBound, Timestamp, Uuid, ok
+from web.api.routing import billing, documented
 from web.auth import ADMIN, VIEW, authenticate, tenant_for
 from web.limits import rate_limited
 from web.parsing import json_body, parse, parse_query, time_bound, with_idempotency_header
-from web.representations import amount, timestamp
 from web.runtime import read_unit_of_work, unit_of_work
 
+EntryType = Literal["topup", "debit", "refund", "adjustment", "expiry", "hold", "hold_release"]
 
-class AllocationOut(BaseModel):
+
+class TransactionsQuery(Query):
+    from_: Annotated[TimeBound | None, Field(alias="from")] = None
+    to: TimeBound | None = None
+    type: EntryType | None = None
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    cursor: Annotated[str, Field(max_length=200)] | None = None
+    tenantId: TenantId | None = None
+
+
+# --- response models and representations ----------------------------------------------------------
+
+class WalletOut(Answer):
+    id: Uuid
+    tenantId: str
+    currentBalance: DecimalString
+    reservedBalance: DecimalString
+    availableBalance: DecimalString
+    overdraftLimit: DecimalString
+    currency: str
+    status: Literal["active", "blocked"]
+    flagged: bool
+    flagReason: str | None
+
+
+class GrantOut(Answer):
+    """A credit grant; `debt` is what an overdraft or clawback took beyond the credits (negative)."""
+    id: Uuid
+    kind: Literal["paid", "promotional", "debt"]
+    amount: DecimalString
+    remaining: DecimalString
+    priority: int
+    expiresAt: Timestamp | None
+    source: str
+    createdAt: Timestamp
+
+
+class WalletWithGrants(WalletOut):
+    grants: list[GrantOut]
+
+
+class WalletResponse(Answer):
+    success: Literal[True]
+    wallet: WalletWithGrants
+
+
+class WalletSettingsResponse(Answer):
+    success: Literal[True]
+    wallet: WalletOut
+
+
+class TransactionOut(Answer):
+    id: Uuid
+    type: EntryType
+    amount: DecimalString
+    balanceBefore: DecimalString
+    balanceAfter: DecimalString
+    reservedChange: DecimalString
+    description: str | None
+    usageEventId: Uuid | None
+    reservationId: Uuid | None
+    grantId: Uuid | None
+    relatedTransactionId: Uuid | None
+    createdAt: Timestamp
+
+
+class CreditResponse(Answer):
+    """A top-up or positive adjustment also returns the grant it created."""
+    success: Literal[True]
+    transaction: TransactionOut
+    grant: GrantOut | None = None
+
+
+class TransactionsResponse(Answer):
+    success: Literal[True]
+    transactions: list[TransactionOut]
+    nextCursor: str | None
+
+
+class VerifyResponse(Answer):
+    success: Literal[True]
+    ok: bool
+    walletsChecked: int
+    mismatches: list[dict[str, Any]]
+
+
+class AllocationOut(Answer):
     tenantId: str
     name: str
-    amount: schemas.DecimalString
+    amount: DecimalString
     kind: Literal["promotional", "paid"]
     period: Literal["month"]
     expiresAtPeriodEnd: bool
-    lastPeriodGranted: schemas.Timestamp | None
-    createdAt: schemas.Timestamp
-    updatedAt: schemas.Timestamp
+    lastPeriodGranted: Timestamp | None
+    createdAt: Timestamp
+    updatedAt: Timestamp
 
 
-class AllocationResponse(BaseModel):
+class AllocationResponse(Answer):
     success: Literal[True]
     allocation: AllocationOut
 
 
-class AllocationsResponse(BaseModel):
+class AllocationsResponse(Answer):
     success: Literal[True]
     allocations: list[AllocationOut]
 
 
+def _wallet_fields(w: Wallet) -> dict[str, Any]:
+    return {"id": w.id, "tenantId": w.tenant_id, "currentBalance": w.current_balance,
+            "reservedBalance": w.reserved_balance, "availableBalance": w.available_balance,
+            "overdraftLimit": w.overdraft_limit, "currency": w.currency, "status": w.status,
+            "flagged": w.flagged_at is not None, "flagReason": w.flag_reason}
+
+
+def wallet_out(w: Wallet) -> WalletOut:
+    return WalletOut(**_wallet_fields(w))
+
+
+def wallet_with_grants(w: Wallet, grants: list[Grant]) -> WalletWithGrants:
+    return WalletWithGrants(**_wallet_fields(w), grants=[grant_out(g) for g in grants])
+
+
+def grant_out(g: Grant) -> GrantOut:
+    return GrantOut(id=g.id, kind=g.kind, amount=g.amount, remaining=g.remaining, priority=g.priority,
+                    expiresAt=g.expires_at, source=g.source, createdAt=g.created_at)
+
+
+def transaction_out(e: LedgerEntry) -> TransactionOut:
+    return TransactionOut(
+        id=e.id, type=e.entry_type, amount=e.amount, balanceBefore=e.balance_before, balanceAfter=e.balance_after,
+        reservedChange=e.reserved_change, description=e.description, usageEventId=e.usage_event_id,
+        reservationId=e.reservation_id, grantId=e.grant_id, relatedTransactionId=e.related_entry_id,
+        createdAt=e.created_at)
+
+
+def verification_fields(v: verification.Verification) -> dict[str, Any]:
+    return {"ok": v.ok, "walletsChecked": v.wallets_checked, "mismatches": v.mismatches}
+
+
+def allocation_out(view: allocations.AllocationView) -> AllocationOut:
+    a = view.allocation
+    return AllocationOut(tenantId=a.tenant_id, name=a.name, amount=a.amount, kind=a.kind, period=a.period,
+                         expiresAtPeriodEnd=a.expires_at_period_end, lastPeriodGranted=view.last_period_granted,
+                         createdAt=a.created_at, updatedAt=a.updated_at)
+
+
+# --- routes ---------------------------------------------------------------------------------------
+
+
 @billing.get("/wallet")
-@documented({200: schemas.WalletResponse}, 403, query=schemas.TenantQuery)
+@documented({200: WalletResponse}, 403, query=TenantQuery)
 @rate_limited(VIEW)
 def get_wallet_balance() -> Response:
     """Balances and the credit grants behind them (grants and holds past their expiry end first)."""
     principal = authenticate()
-    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    tenant_id = tenant_for(principal, parse_query(TenantQuery).tenantId)
     with unit_of_work() as uow:
         wallet, grants = expiry.end_due_and_read_wallet(uow, tenant_id)
-    return ok(wallet=show.wallet(wallet, grants))
+    return ok(WalletResponse, wallet=wallet_with_grants(wallet, grants))
 
 
 @billing.post("/topup")
-@documented({200: schemas.CreditResponse}, 403, 409, 413, json=TopUpRequest)
+@documented({200: CreditResponse}, 403, 409, 413, json=TopUpRequest)
 @rate_limited(ADMIN)
 def post_topup() -> Response:
     """Add a credit grant: paid or promotional, optionally expiring, with a draw priority."""
@@ -69,37 +200,37 @@ def post_topup() -> Response:
 
 def credit_answer(result: credits.CreditResult) -> Response:
     """A top-up, refund or adjustment: its ledger entry, and the grant it created if any."""
-    return ok(transaction=show.transaction(result.entry), grant=show.grant(result.grant) if result.grant else None,
-              replayed=result.replayed)
+    return ok(CreditResponse, transaction=transaction_out(result.entry),
+              grant=grant_out(result.grant) if result.grant else None, replayed=result.replayed)
 
 
 @billing.get("/transactions")
-@documented({200: schemas.TransactionsResponse}, 403, query=schemas.TransactionsQuery)
+@documented({200: TransactionsResponse}, 403, query=TransactionsQuery)
 @rate_limited(VIEW)
 def get_transactions() -> Response:
     principal = authenticate(VIEW)
-    query = parse_query(schemas.TransactionsQuery)
+    query = parse_query(TransactionsQuery)
     tenant_id = tenant_for(principal, query.tenantId)
     with read_unit_of_work() as uow:
         entries, next_cursor = verification.list_entries(
             uow, tenant_id, start=time_bound(query.from_, "from", end=False),
             end=time_bound(query.to, "to", end=True), entry_type=query.type, limit=query.limit, cursor=query.cursor,
         )
-    return ok(transactions=[show.transaction(e) for e in entries], nextCursor=next_cursor)
+    return ok(TransactionsResponse, transactions=[transaction_out(e) for e in entries], nextCursor=next_cursor)
 
 
 @billing.get("/ledger/verify")
-@documented({200: schemas.VerifyResponse}, 403, query=schemas.TenantQuery)
+@documented({200: VerifyResponse}, 403, query=TenantQuery)
 @rate_limited(ADMIN)
 def get_ledger_verification() -> Response:
     authenticate(ADMIN)
     with unit_of_work() as uow:
-        result = verification.verify(uow, parse_query(schemas.TenantQuery).tenantId)
-    return ok(**show.verification(result))
+        result = verification.verify(uow, parse_query(TenantQuery).tenantId)
+    return ok(VerifyResponse, **verification_fields(result))
 
 
 @billing.post("/refunds")
-@documented({200: schemas.CreditResponse}, 403, 404, 409, 422, json=RefundRequest)
+@documented({200: CreditResponse}, 403, 404, 409, 422, json=RefundRequest)
 @rate_limited(ADMIN)
 def post_refund() -> Response:
     """Credit back all or part of a debit (never more than it took, over all its refunds)."""
@@ -112,7 +243,7 @@ def post_refund() -> Response:
 
 
 @billing.post("/adjustments")
-@documented({200: schemas.CreditResponse}, 402, 403, 409, json=AdjustmentRequest)
+@documented({200: CreditResponse}, 402, 403, 409, json=AdjustmentRequest)
 @rate_limited(ADMIN)
 def post_adjustment() -> Response:
     """A signed manual correction with a mandatory reason."""
@@ -125,7 +256,7 @@ def post_adjustment() -> Response:
 
 
 @billing.patch("/wallet")
-@documented({200: schemas.WalletSettingsResponse}, 403, json=WalletSettingsRequest)
+@documented({200: WalletSettingsResponse}, 403, json=WalletSettingsRequest)
 @rate_limited(ADMIN)
 def patch_wallet() -> Response:
     """Block or unblock the wallet, set its overdraft limit, clear a clawback flag. Blocked wallets
@@ -136,14 +267,7 @@ def patch_wallet() -> Response:
     with unit_of_work() as uow:
         wallet = change_settings(uow, tenant_id, status=command.status, overdraft_limit=command.overdraftLimit,
                                  clear_flag=bool(command.clearFlag))
-    return ok(wallet=show.wallet(wallet))
-
-
-def show_allocation(view: allocations.AllocationView) -> dict[str, Any]:
-    a = view.allocation
-    return {"tenantId": a.tenant_id, "name": a.name, "amount": amount(a.amount), "kind": a.kind, "period": a.period,
-            "expiresAtPeriodEnd": a.expires_at_period_end, "lastPeriodGranted": timestamp(view.last_period_granted),
-            "createdAt": timestamp(a.created_at), "updatedAt": timestamp(a.updated_at)}
+    return ok(WalletSettingsResponse, wallet=wallet_out(wallet))
 
 
 def _name(value: str) -> str:
@@ -167,42 +291,42 @@ def put_allocation(name: str) -> Response:
     with unit_of_work() as uow:
         allocations.put_allocation(uow, tenant_id, name, command)
         view = allocations.list_allocations(uow, tenant_id, name)[0]
-    return ok(allocation=show_allocation(view))
+    return ok(AllocationResponse, allocation=allocation_out(view))
 
 
 @billing.get("/allocations")
-@documented({200: AllocationsResponse}, 403, query=schemas.TenantQuery)
+@documented({200: AllocationsResponse}, 403, query=TenantQuery)
 @rate_limited(ADMIN)
 def get_allocations() -> Response:
     principal = authenticate(ADMIN)
-    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    tenant_id = tenant_for(principal, parse_query(TenantQuery).tenantId)
     with unit_of_work() as uow:
         found = allocations.list_allocations(uow, tenant_id)
-    return ok(allocations=[show_allocation(v) for v in found])
+    return ok(AllocationsResponse, allocations=[allocation_out(v) for v in found])
 
 
 @billing.get("/allocations/<name>")
-@documented({200: AllocationResponse}, 403, 404, query=schemas.TenantQuery)
+@documented({200: AllocationResponse}, 403, 404, query=TenantQuery)
 @rate_limited(ADMIN)
 def get_allocation(name: str) -> Response:
     principal = authenticate(ADMIN)
-    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    tenant_id = tenant_for(principal, parse_query(TenantQuery).tenantId)
     with unit_of_work() as uow:
         found = allocations.list_allocations(uow, tenant_id, _name(name))
     if not found:
         raise NotFound(f"no allocation {name}")
-    return ok(allocation=show_allocation(found[0]))
+    return ok(AllocationResponse, allocation=allocation_out(found[0]))
 
 
 @billing.delete("/allocations/<name>")
-@documented({200: AllocationsResponse}, 403, 404, query=schemas.TenantQuery)
+@documented({200: AllocationsResponse}, 403, 404, query=TenantQuery)
 @rate_limited(ADMIN)
 def delete_allocation(name: str) -> Response:
     """Stop an allocation from next month on; what it granted stays until it expires."""
     principal = authenticate(ADMIN)
-    tenant_id = tenant_for(principal, parse_query(schemas.TenantQuery).tenantId)
+    tenant_id = tenant_for(principal, parse_query(TenantQuery).tenantId)
     with unit_of_work() as uow:
         if not allocations.delete_allocation(uow, tenant_id, _name(name)):
             raise NotFound(f"no allocation {name}")
         remaining = allocations.list_allocations(uow, tenant_id)
-    return ok(allocations=[show_allocation(v) for v in remaining])
+    return ok(AllocationsResponse, allocations=[allocation_out(v) for v in remaining])

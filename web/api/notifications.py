@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from flask import Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from billing_core import logs
 from billing_core.errors import NotFound
@@ -14,23 +14,22 @@ from billing_core.fields import TenantId
 from billing_core.notifications import alerts, outbox
 from billing_core.notifications.alerts import AlertSettingsRequest
 from tasks.notifications import check_balance_alerts
-from web import schemas
-from web.api.routing import BROKER_ERRORS, billing, documented, ok
+from web.api.answers import Answer, DecimalString, Query, TenantQuery, Timestamp, Uuid, ok
+from web.api.routing import BROKER_ERRORS, billing, documented
 from web.auth import ADMIN, MANAGE, authenticate, managed_tenant
 from web.limits import rate_limited
 from web.parsing import json_body, parse, parse_query, path_uuid
-from web.representations import amount, timestamp
 from web.runtime import unit_of_work
 
 log = logs.get(__name__)
 
-# --- query and response models (OpenAPI) ----------------------------------------------------------
+# --- query and response models --------------------------------------------------------------------
 
 EventType = Literal["balance.low", "balance.depleted", "invoice.finalized", "budget.exceeded",
                     "reconciliation.mismatch", "auto_topup.failed", "auto_topup.capped"]
 
 
-class NotificationsQuery(schemas.Query):
+class NotificationsQuery(Query):
     status: Literal["pending", "delivered", "failed"] | None = None
     type: EventType | None = None
     channel: Literal["webhook", "email"] | None = None
@@ -41,34 +40,34 @@ class NotificationsQuery(schemas.Query):
     tenantId: TenantId | None = None
 
 
-class AlertStateOut(BaseModel):
-    threshold: schemas.DecimalString
+class AlertStateOut(Answer):
+    threshold: DecimalString
     eventType: Literal["balance.low", "balance.depleted"]
     armed: bool
     firedCount: int
-    lastFiredAt: schemas.Timestamp | None
-    lastRearmedAt: schemas.Timestamp | None
+    lastFiredAt: Timestamp | None
+    lastRearmedAt: Timestamp | None
 
 
-class AlertSettingsOut(BaseModel):
+class AlertSettingsOut(Answer):
     tenantId: str
-    thresholds: list[schemas.DecimalString]
+    thresholds: list[DecimalString]
     webhookUrl: str | None
     webhookSecret: str
     email: str | None
     states: list[AlertStateOut]
-    createdAt: schemas.Timestamp
-    updatedAt: schemas.Timestamp
+    createdAt: Timestamp
+    updatedAt: Timestamp
 
 
-class AlertSettingsResponse(BaseModel):
+class AlertSettingsResponse(Answer):
     success: Literal[True]
     alerts: AlertSettingsOut
 
 
-class AttemptOut(BaseModel):
+class AttemptOut(Answer):
     attempt: int
-    startedAt: schemas.Timestamp
+    startedAt: Timestamp
     durationMs: int | None
     outcome: Literal["delivered", "retry", "failed", "abandoned"]
     httpStatus: int | None
@@ -76,30 +75,30 @@ class AttemptOut(BaseModel):
     error: str | None
 
 
-class NotificationOut(BaseModel):
-    id: schemas.Uuid
+class NotificationOut(Answer):
+    id: Uuid
     tenantId: str | None
     type: EventType
     channel: Literal["webhook", "email"]
     destination: str
     status: Literal["pending", "delivered", "failed"]
     attemptCount: int
-    nextAttemptAt: schemas.Timestamp | None
+    nextAttemptAt: Timestamp | None
     lastError: str | None
-    createdAt: schemas.Timestamp
-    deliveredAt: schemas.Timestamp | None
-    failedAt: schemas.Timestamp | None
+    createdAt: Timestamp
+    deliveredAt: Timestamp | None
+    failedAt: Timestamp | None
     payload: dict[str, Any]
     attempts: list[AttemptOut]
 
 
-class NotificationsResponse(BaseModel):
+class NotificationsResponse(Answer):
     success: Literal[True]
     notifications: list[NotificationOut]
     nextCursor: str | None
 
 
-class NotificationResponse(BaseModel):
+class NotificationResponse(Answer):
     success: Literal[True]
     notification: NotificationOut
 
@@ -107,28 +106,25 @@ class NotificationResponse(BaseModel):
 # --- representations ------------------------------------------------------------------------------
 
 
-def show_settings(s: alerts.AlertSettings) -> dict[str, Any]:
-    return {
-        "tenantId": s.tenant_id, "thresholds": [amount(t) for t in s.thresholds], "webhookUrl": s.webhook_url,
-        "webhookSecret": s.webhook_secret, "email": s.email,
-        "states": [{"threshold": amount(st.threshold), "eventType": st.event_type, "armed": st.armed,
-                    "firedCount": st.fired_count, "lastFiredAt": timestamp(st.last_fired_at),
-                    "lastRearmedAt": timestamp(st.last_rearmed_at)} for st in s.states],
-        "createdAt": timestamp(s.created_at), "updatedAt": timestamp(s.updated_at),
-    }
+def alert_settings_out(s: alerts.AlertSettings) -> AlertSettingsOut:
+    return AlertSettingsOut(
+        tenantId=s.tenant_id, thresholds=s.thresholds, webhookUrl=s.webhook_url, webhookSecret=s.webhook_secret,
+        email=s.email,
+        states=[AlertStateOut(threshold=st.threshold, eventType=st.event_type, armed=st.armed,
+                              firedCount=st.fired_count, lastFiredAt=st.last_fired_at,
+                              lastRearmedAt=st.last_rearmed_at) for st in s.states],
+        createdAt=s.created_at, updatedAt=s.updated_at)
 
 
-def show_notification(n: outbox.Notification) -> dict[str, Any]:
-    return {
-        "id": str(n.id), "tenantId": n.tenant_id, "type": n.event_type, "channel": n.channel,
-        "destination": n.destination, "status": n.status, "attemptCount": n.attempts,
-        "nextAttemptAt": timestamp(n.next_attempt_at) if n.status == outbox.PENDING else None,
-        "lastError": n.last_error, "createdAt": timestamp(n.created_at), "deliveredAt": timestamp(n.delivered_at),
-        "failedAt": timestamp(n.failed_at), "payload": n.payload,
-        "attempts": [{"attempt": a.attempt, "startedAt": timestamp(a.started_at), "durationMs": a.duration_ms,
-                      "outcome": a.outcome, "httpStatus": a.http_status, "smtpResult": a.smtp_result,
-                      "error": a.error} for a in n.attempt_log],
-    }
+def notification_out(n: outbox.Notification) -> NotificationOut:
+    return NotificationOut(
+        id=n.id, tenantId=n.tenant_id, type=n.event_type, channel=n.channel, destination=n.destination,
+        status=n.status, attemptCount=n.attempts,
+        nextAttemptAt=n.next_attempt_at if n.status == outbox.PENDING else None, lastError=n.last_error,
+        createdAt=n.created_at, deliveredAt=n.delivered_at, failedAt=n.failed_at, payload=n.payload,
+        attempts=[AttemptOut(attempt=a.attempt, startedAt=a.started_at, durationMs=a.duration_ms, outcome=a.outcome,
+                             httpStatus=a.http_status, smtpResult=a.smtp_result, error=a.error)
+                  for a in n.attempt_log])
 
 
 # --- routes ---------------------------------------------------------------------------------------
@@ -147,7 +143,7 @@ def put_alertsettings() -> Response:
     with unit_of_work() as uow:
         found = alerts.put_settings(uow, tenant_id, command)
     _check_soon(tenant_id)
-    return ok(alerts=show_settings(found))
+    return ok(AlertSettingsResponse, alerts=alert_settings_out(found))
 
 
 def _check_soon(tenant_id: str) -> None:
@@ -159,17 +155,17 @@ def _check_soon(tenant_id: str) -> None:
 
 
 @billing.get("/settings/alerts")
-@documented({200: AlertSettingsResponse}, 403, 404, query=schemas.TenantQuery)
+@documented({200: AlertSettingsResponse}, 403, 404, query=TenantQuery)
 @rate_limited(MANAGE)
 def get_alertsettings() -> Response:
     """The tenant's alert settings (with the webhook secret: its billing.manage holders and the
     platform operator only) and each threshold's state."""
-    _, tenant_id = managed_tenant(parse_query(schemas.TenantQuery).tenantId)
+    _, tenant_id = managed_tenant(parse_query(TenantQuery).tenantId)
     with unit_of_work() as uow:
         found = alerts.get_settings(uow, tenant_id)
     if found is None:
         raise NotFound("no alert settings for this tenant")
-    return ok(alerts=show_settings(found))
+    return ok(AlertSettingsResponse, alerts=alert_settings_out(found))
 
 
 @billing.get("/notifications")
@@ -188,17 +184,17 @@ def get_notifications() -> Response:
         found, next_cursor = outbox.list_notifications(
             uow, tenant_id, status=query.status, event_type=query.type, channel=query.channel, limit=query.limit,
             cursor=query.cursor)
-    return ok(notifications=[show_notification(n) for n in found], nextCursor=next_cursor)
+    return ok(NotificationsResponse, notifications=[notification_out(n) for n in found], nextCursor=next_cursor)
 
 
 @billing.get("/notifications/<notification_id>")
-@documented({200: NotificationResponse}, 403, 404, query=schemas.TenantQuery)
+@documented({200: NotificationResponse}, 403, 404, query=TenantQuery)
 @rate_limited(MANAGE)
 def get_notification(notification_id: str) -> Response:
-    _, tenant_id = managed_tenant(parse_query(schemas.TenantQuery).tenantId)
+    _, tenant_id = managed_tenant(parse_query(TenantQuery).tenantId)
     wanted = path_uuid(notification_id, "notification")
     with unit_of_work() as uow:
         found, _ = outbox.list_notifications(uow, tenant_id, ids=[wanted], limit=1)
     if not found:
         raise NotFound(f"notification {notification_id} not found")
-    return ok(notification=show_notification(found[0]))
+    return ok(NotificationResponse, notification=notification_out(found[0]))

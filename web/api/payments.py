@@ -8,8 +8,8 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import stripe
-from flask import Response, current_app, jsonify, request
-from pydantic import BaseModel, Field
+from flask import Response, current_app, request
+from pydantic import Field
 from spectree import Response as Documented
 from sqlalchemy.exc import OperationalError
 
@@ -21,40 +21,39 @@ from billing_core.payments.auto_topup import attempts, customers, rules
 from billing_core.payments.auto_topup.payment import StripeGateway
 from billing_core.payments.auto_topup.rules import AutoTopupRequest
 from tasks.payments import check_auto_topup, process_stripe_event
-from web import schemas
-from web.api.routing import BROKER_ERRORS, billing, documented, ok
+from web.api.answers import Answer, DecimalString, Query, TenantQuery, Timestamp, Uuid, ok
+from web.api.routing import BROKER_ERRORS, billing, documented
 from web.auth import ADMIN, MANAGE, authenticate, managed_tenant, tenant_for
-from web.errors import ApiError
+from web.errors import ApiError, ErrorResponse
 from web.limits import rate_limited
 from web.openapi import spec
 from web.parsing import json_body, parse, parse_query
-from web.representations import amount, timestamp
 from web.runtime import settings, unit_of_work
 
 log = logs.get(__name__)
 
-# --- response models (OpenAPI) --------------------------------------------------------------------
+# --- response models ------------------------------------------------------------------------------
 
 
-class AutoTopupOut(BaseModel):
+class AutoTopupOut(Answer):
     tenantId: str
     enabled: bool
     status: Literal["active", "disabled"]
     disabledReason: str | None
-    disabledAt: schemas.Timestamp | None
-    threshold: schemas.DecimalString
-    rechargeTo: schemas.DecimalString | None
-    amount: schemas.DecimalString | None
+    disabledAt: Timestamp | None
+    threshold: DecimalString
+    rechargeTo: DecimalString | None
+    amount: DecimalString | None
     stripeCustomerId: str
     stripePaymentMethodId: str
-    maxPerMonth: schemas.DecimalString | None
+    maxPerMonth: DecimalString | None
     cooldownSeconds: int
-    spentThisMonth: schemas.DecimalString
-    createdAt: schemas.Timestamp
-    updatedAt: schemas.Timestamp
+    spentThisMonth: DecimalString
+    createdAt: Timestamp
+    updatedAt: Timestamp
 
 
-class AutoTopupResponse(BaseModel):
+class AutoTopupResponse(Answer):
     success: Literal[True]
     autoTopup: AutoTopupOut
 
@@ -63,41 +62,46 @@ class PaymentMethodSetupRequest(Strict):
     tenantId: TenantId | None = Field(None, description="billing.admin only: the tenant to act for")
 
 
-class SetupIntentOut(BaseModel):
+class SetupIntentOut(Answer):
     id: str = Field(description="the SetupIntent (seti_…)")
     clientSecret: str = Field(description="for Stripe.js (stripe.confirmCardSetup) in the tenant's browser; "
                                           "its payment_method, once confirmed, is the stripePaymentMethodId")
 
 
-class PaymentMethodSetupResponse(BaseModel):
+class PaymentMethodSetupResponse(Answer):
     success: Literal[True]
     stripeCustomerId: str = Field(description="the tenant's own Stripe customer, created by LAD "
                                               "(metadata.tenantId) on first use")
     setupIntent: SetupIntentOut
 
 
-class AttemptOut(BaseModel):
-    id: schemas.Uuid
+class AttemptOut(Answer):
+    id: Uuid
     tenantId: str
     status: Literal["pending", "succeeded", "failed", "capped"]
-    amount: schemas.DecimalString
-    availableBefore: schemas.DecimalString
-    threshold: schemas.DecimalString
+    amount: DecimalString
+    availableBefore: DecimalString
+    threshold: DecimalString
     paymentIntentId: str | None
     failureCode: str | None
     failureMessage: str | None
     stripeRequests: int
-    grantId: schemas.Uuid | None
-    createdAt: schemas.Timestamp
-    finishedAt: schemas.Timestamp | None
+    grantId: Uuid | None
+    createdAt: Timestamp
+    finishedAt: Timestamp | None
 
 
-class AttemptsResponse(BaseModel):
+class AttemptsResponse(Answer):
     success: Literal[True]
     autoTopups: list[AttemptOut]
 
 
-class AttemptsQuery(schemas.Query):
+class WebhookResponse(Answer):
+    received: Literal[True]
+    duplicate: bool
+
+
+class AttemptsQuery(Query):
     status: Literal["pending", "succeeded", "failed", "capped"] | None = None
     limit: Annotated[int, Field(ge=1, le=500)] = 100
     tenantId: TenantId | None = None  # absent: the token's own tenant
@@ -108,23 +112,21 @@ class AttemptsQuery(schemas.Query):
 # --- representations ------------------------------------------------------------------------------
 
 
-def show_rule(rule: rules.AutoTopupRule, spent: Any) -> dict[str, Any]:
-    return {"tenantId": rule.tenant_id, "enabled": rule.enabled, "status": rule.status,
-            "disabledReason": rule.disabled_reason, "disabledAt": timestamp(rule.disabled_at),
-            "threshold": amount(rule.threshold), "rechargeTo": amount(rule.recharge_to), "amount": amount(rule.amount),
-            "stripeCustomerId": rule.stripe_customer_id, "stripePaymentMethodId": rule.stripe_payment_method_id,
-            "maxPerMonth": amount(rule.max_per_month), "cooldownSeconds": rule.cooldown_seconds,
-            "spentThisMonth": amount(spent), "createdAt": timestamp(rule.created_at),
-            "updatedAt": timestamp(rule.updated_at)}
+def auto_topup_out(rule: rules.AutoTopupRule, spent: Decimal) -> AutoTopupOut:
+    return AutoTopupOut(
+        tenantId=rule.tenant_id, enabled=rule.enabled, status=rule.status, disabledReason=rule.disabled_reason,
+        disabledAt=rule.disabled_at, threshold=rule.threshold, rechargeTo=rule.recharge_to, amount=rule.amount,
+        stripeCustomerId=rule.stripe_customer_id, stripePaymentMethodId=rule.stripe_payment_method_id,
+        maxPerMonth=rule.max_per_month, cooldownSeconds=rule.cooldown_seconds, spentThisMonth=spent,
+        createdAt=rule.created_at, updatedAt=rule.updated_at)
 
 
-def show_attempt(a: attempts.Attempt) -> dict[str, Any]:
-    return {"id": str(a.id), "tenantId": a.tenant_id, "status": a.status, "amount": amount(a.amount),
-            "availableBefore": amount(a.available_before), "threshold": amount(a.threshold),
-            "paymentIntentId": a.payment_intent_id, "failureCode": a.failure_code,
-            "failureMessage": a.failure_message, "stripeRequests": a.stripe_requests,
-            "grantId": str(a.grant_id) if a.grant_id else None, "createdAt": timestamp(a.created_at),
-            "finishedAt": timestamp(a.finished_at)}
+def attempt_out(a: attempts.Attempt) -> AttemptOut:
+    return AttemptOut(
+        id=a.id, tenantId=a.tenant_id, status=a.status, amount=a.amount, availableBefore=a.available_before,
+        threshold=a.threshold, paymentIntentId=a.payment_intent_id, failureCode=a.failure_code,
+        failureMessage=a.failure_message, stripeRequests=a.stripe_requests, grantId=a.grant_id,
+        createdAt=a.created_at, finishedAt=a.finished_at)
 
 
 # --- auto top-up ----------------------------------------------------------------------------------
@@ -148,8 +150,8 @@ def post_payment_method() -> Response:
     _configured()
     with unit_of_work() as uow, stripe_answering():
         setup = customers.start_card_setup(uow, stripe_gateway().customers, tenant_id)
-    return ok(stripeCustomerId=setup.customer_id,
-              setupIntent={"id": setup.setup_intent_id, "clientSecret": setup.client_secret})
+    return ok(PaymentMethodSetupResponse, stripeCustomerId=setup.customer_id,
+              setupIntent=SetupIntentOut(id=setup.setup_intent_id, clientSecret=setup.client_secret))
 
 
 @billing.put("/settings/auto-topup")
@@ -169,21 +171,21 @@ def put_auto_topup() -> Response:
         rule = rules.put_rule(uow, tenant_id, command, stripe_gateway().customers)
         spent = rules.spent_this_month(uow, tenant_id)
     check_soon(tenant_id)
-    return ok(autoTopup=show_rule(rule, spent))
+    return ok(AutoTopupResponse, autoTopup=auto_topup_out(rule, spent))
 
 
 @billing.get("/settings/auto-topup")
-@documented({200: AutoTopupResponse}, 403, 404, 503, query=schemas.TenantQuery)
+@documented({200: AutoTopupResponse}, 403, 404, 503, query=TenantQuery)
 @rate_limited(MANAGE)
 def get_auto_topup() -> Response:
-    _, tenant_id = managed_tenant(parse_query(schemas.TenantQuery).tenantId)
+    _, tenant_id = managed_tenant(parse_query(TenantQuery).tenantId)
     _configured()
     with unit_of_work() as uow:
         rule = rules.get_rule(uow, tenant_id)
         spent = rules.spent_this_month(uow, tenant_id)
     if rule is None:
         raise NotFound("no auto top-up for this tenant")
-    return ok(autoTopup=show_rule(rule, spent))
+    return ok(AutoTopupResponse, autoTopup=auto_topup_out(rule, spent))
 
 
 @billing.get("/auto-topups")
@@ -200,11 +202,11 @@ def get_auto_topups() -> Response:
             raise ValidationFailed("allTenants", "give tenantId or allTenants=true, not both")
         with unit_of_work() as uow:
             found = attempts.list_every_tenants_attempts(uow, status=query.status, limit=query.limit)
-        return ok(autoTopups=[show_attempt(a) for a in found])
+        return ok(AttemptsResponse, autoTopups=[attempt_out(a) for a in found])
     _, tenant_id = managed_tenant(query.tenantId)
     with unit_of_work() as uow:
         found = attempts.list_attempts(uow, tenant_id, status=query.status, limit=query.limit)
-    return ok(autoTopups=[show_attempt(a) for a in found])
+    return ok(AttemptsResponse, autoTopups=[attempt_out(a) for a in found])
 
 
 def stripe_gateway() -> StripeGateway:
@@ -242,7 +244,7 @@ def check_soon(tenant_id: str) -> None:
         log.exception("auto top-up check after saving the rule failed; the minute scan will", tenant_id=tenant_id)
 
 
-# --- recurring allocations ------------------------------------------------------------------------
+# --- Stripe webhooks -----------------------------------------------------------------------------
 
 
 SIGNATURE_TOLERANCE_SECONDS = 300  # Stripe's default: an older signed payload is a replay
@@ -270,8 +272,7 @@ def _unstorable_number(event: Any) -> str | None:
 
 
 @billing.post("/webhooks/stripe")
-@spec.validate(resp=Documented(HTTP_200=schemas.WebhookResponse, HTTP_400=schemas.ErrorResponse,
-                               HTTP_503=schemas.ErrorResponse),
+@spec.validate(resp=Documented(HTTP_200=WebhookResponse, HTTP_400=ErrorResponse, HTTP_503=ErrorResponse),
                skip_validation=True, tags=["stripe"], security={})
 def post_stripe_webhook() -> Response:
     """Stripe events: paid checkouts and payment intents credit a paid grant, refunds and disputes
@@ -287,7 +288,7 @@ def post_stripe_webhook() -> Response:
         event = exactjson.loads(text)
     except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
         raise ApiError("invalid_signature", f"the Stripe signature does not verify: {exc}",
-                       {"field": "Stripe-Signature"}, status=400) from None
+                       {"field": "Stripe-Signature"}) from None
     except (ValueError, ArithmeticError, RecursionError):  # signed, but not JSON any Decimal can hold
         raise ApiError("validation_error", "not a JSON Stripe event", {"field": "body"}) from None
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not event["id"]:
@@ -303,4 +304,4 @@ def post_stripe_webhook() -> Response:
             process_stripe_event.apply_async(args=[event["id"]], retry=False)
         except BROKER_ERRORS as exc:  # stored: the Stripe sweep processes it once the broker is back
             log.warning("broker unavailable, Stripe event left for the sweep", stripe_event_id=event["id"], error=str(exc))
-    return jsonify({"received": True, "duplicate": not new})
+    return ok(WebhookResponse, received=True, duplicate=not new)

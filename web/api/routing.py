@@ -4,10 +4,10 @@ from typing import Any
 
 import kombu.exceptions
 import redis
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint
 from spectree import Response as Documented
 
-from web import schemas
+from web.errors import ErrorResponse
 from web.openapi import spec
 
 billing = Blueprint("billing", __name__, url_prefix="/api/billing")
@@ -17,16 +17,11 @@ BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
 
 
 def documented(ok: dict[int, type], *errors: int, **kwargs: Any):
-    """OpenAPI for a route; requests are validated by the handler itself (see web.parsing)."""
+    """OpenAPI for a route: the response models are the ones the handler answers through (web.api.answers.ok);
+    requests are validated by the handler itself (see web.parsing)."""
     responses = {f"HTTP_{status}": model for status, model in ok.items()}
     for status in (400, 401, 429, *errors):
-        responses[f"HTTP_{status}"] = schemas.ErrorResponse
+        responses[f"HTTP_{status}"] = ErrorResponse
     return spec.validate(resp=Documented(**responses), skip_validation=True, tags=["billing"], **kwargs)
 
 
-def ok(status: int = 200, replayed: bool = False, **body: Any) -> Response:
-    response = jsonify({"success": True, **body})
-    response.status_code = status
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response

@@ -21,10 +21,13 @@ from billing_core.lifecycle import budgets, holds
 from billing_core.payments.auto_topup import attempts as auto_topups
 from billing_core.reports import operators
 from billing_core.usage import history
-from web import representations as show
-from web import schemas
-from web.api.invoicing import margins_report
-from web.api.payments import show_attempt
+from web.api.answers import amount, as_json, timestamp
+from web.api.catalog import cost_out, price_out
+from web.api.invoicing import MarginsQuery, margins_report
+from web.api.ledger import transaction_out, verification_fields, wallet_out, wallet_with_grants
+from web.api.lifecycle import budget_out, reservation_out
+from web.api.payments import attempt_out
+from web.api.usage import usage_event_out
 from web.auth import TENANT_ID
 from web.errors import status_for
 from web.pages.common import close_session, current_session, install, open_link, public_redirect
@@ -52,7 +55,7 @@ def tenants() -> str:
     with unit_of_work() as uow:
         found = operators.tenants(uow, search, flagged=flagged, blocked=blocked)
     return render_template("console/tenants.html", search=search or "", flagged=flagged, blocked=blocked,
-                           tenants=[{**show.wallet(w), "updatedAt": show.timestamp(w.updated_at)} for w in found])
+                           tenants=[{**as_json(wallet_out(w)), "updatedAt": timestamp(w.updated_at)} for w in found])
 
 
 def _known_tenant(uow: Any, tenant_id: str) -> str:
@@ -85,11 +88,12 @@ def _tenant_page(tenant_id: str, error: BillingError | None = None, status: int 
         books = verification.verify(uow, tenant_id)
         topups = auto_topups.list_attempts(uow, tenant_id, limit=20)
     body = render_template(
-        "console/tenant.html", tenant_id=tenant_id, wallet=show.wallet(wallet, grants),
-        entries=_chain([show.transaction(e) for e in entries]), events=[show.usage_event(e) for e in events],
-        holds=[show.reservation(r) for r in active_holds], budgets=[show.budget(b) for b in budget_list],
-        actions=[{**a, "created_at": show.timestamp(a["created_at"])} for a in recorded],
-        verification=show.verification(books), auto_topups=[show_attempt(a) for a in topups],
+        "console/tenant.html", tenant_id=tenant_id, wallet=as_json(wallet_with_grants(wallet, grants)),
+        entries=_chain([as_json(transaction_out(e)) for e in entries]),
+        events=[as_json(usage_event_out(e)) for e in events], holds=[as_json(reservation_out(r)) for r in active_holds],
+        budgets=[as_json(budget_out(b)) for b in budget_list],
+        actions=[{**a, "created_at": timestamp(a["created_at"])} for a in recorded],
+        verification=verification_fields(books), auto_topups=[as_json(attempt_out(a)) for a in topups],
         error=error, notice=DONE.get(request.args.get("done", "")),
         new_key=str(uuid.uuid4()))
     return make_response(body, status)
@@ -174,8 +178,8 @@ def catalog() -> str:
     with unit_of_work() as uow:
         rows = operators.price_rows(uow)
         cost_rows = costs.list_costs(uow)  # as GET /costs lists them: every item's history, by start
-    return render_template("console/catalog.html", prices=[show.price(p) for p in rows],
-                           costs=[show.provider_cost(c) for c in cost_rows])
+    return render_template("console/catalog.html", prices=[as_json(price_out(p)) for p in rows],
+                           costs=[as_json(cost_out(c)) for c in cost_rows])
 
 
 @console.get("/margins")
@@ -185,9 +189,9 @@ def margins() -> Response:
     chosen = {name: value for name, value in request.args.items() if value and name in MARGIN_FIELDS}
     report, error = None, None
     try:
-        query = parse(schemas.MarginsQuery, chosen)
+        query = parse(MarginsQuery, chosen)
         with runtime().read_engine.connect() as connection:
-            report = margins_report(connection, query)
+            report = as_json(margins_report(connection, query))
             connection.rollback()
     except BillingError as exc:
         error = exc
@@ -207,6 +211,6 @@ def operations() -> str:
         failed = operators.failed_notifications(uow)
     return render_template(
         "console/operations.html", backlog=backlog,
-        runs=[{**r, "slot": show.timestamp(r["slot"]), "oldest_pending_seconds": show.amount(r["oldest_pending_seconds"])}
+        runs=[{**r, "slot": timestamp(r["slot"]), "oldest_pending_seconds": amount(r["oldest_pending_seconds"])}
               for r in runs],
-        failed=[{**n, "failed_at": show.timestamp(n["failed_at"])} for n in failed])
+        failed=[{**n, "failed_at": timestamp(n["failed_at"])} for n in failed])

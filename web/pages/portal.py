@@ -1,6 +1,6 @@
 """The tenant's billing portal under /portal: overview, usage, one call, invoices and settings. Views are
 as thin as API handlers: the session gives the tenant, billing_core does the work, the API's own
-representations give every number exactly as the API shows it."""
+response models give every number exactly as the API shows it."""
 from __future__ import annotations
 
 import re
@@ -23,13 +23,16 @@ from billing_core.payments.auto_topup import rules as auto_topup_rules
 from billing_core.payments.auto_topup.rules import AutoTopupRequest
 from billing_core.reports import spend
 from billing_core.usage import events, history
-from web import representations as show
-from web.api.invoicing import invoice_file, invoice_json, invoice_summary
+from web.api.answers import amount, as_json, timestamp
+from web.api.invoicing import invoice_file, invoice_out, invoice_summary
+from web.api.ledger import wallet_with_grants
+from web.api.lifecycle import budget_out, reservation_out
 from web.api.notifications import _check_soon as check_alerts_soon
-from web.api.notifications import show_settings
+from web.api.notifications import alert_settings_out
+from web.api.payments import auto_topup_out, stripe_answering, stripe_gateway
 from web.api.payments import check_soon as check_auto_topup_soon
 from web.api.payments import configured as auto_topup_configured
-from web.api.payments import show_rule, stripe_answering, stripe_gateway
+from web.api.usage import summary_out, usage_event_detail, usage_event_out
 from web.errors import ApiError, status_for
 from web.pages.common import close_session, current_session, install, open_link, public_redirect
 from web.parsing import parse, path_uuid
@@ -61,10 +64,11 @@ def overview() -> str:
         alert_settings = alerts.get_settings(uow, tenant_id)
         recent, _ = history.list_usage_events(uow, tenant_id, history.UsageFilter(), limit=10)
     low = [state for state in (alert_settings.states if alert_settings else []) if not state.armed]
-    return render_template("portal/overview.html", wallet=show.wallet(wallet, grants),
-                           holds=[show.reservation(r) for r in active_holds], recent=[show.usage_event(e) for e in recent],
-                           low_alerts=[{"threshold": show.amount(s.threshold), "eventType": s.event_type,
-                                        "since": show.timestamp(s.last_fired_at)} for s in low],
+    return render_template("portal/overview.html", wallet=as_json(wallet_with_grants(wallet, grants)),
+                           holds=[as_json(reservation_out(r)) for r in active_holds],
+                           recent=[as_json(usage_event_out(e)) for e in recent],
+                           low_alerts=[{"threshold": amount(s.threshold), "eventType": s.event_type,
+                                        "since": timestamp(s.last_fired_at)} for s in low],
                            depleted=wallet.available_balance <= 0)
 
 
@@ -94,13 +98,14 @@ def usage_page() -> str:
         calls = spend.top_calls(uow, tenant_id, start, end)
         summary = history.summarize_usage(uow, tenant_id, history.UsageFilter(start=start, end=end))
     rows = [{"day": day.isoformat(),
-             "costs": [show.amount(daily.cost[(day, group)]) if (day, group) in daily.cost else "0"
+             "costs": [amount(daily.cost[(day, group)]) if (day, group) in daily.cost else "0"
                        for group in daily.groups]} for day in daily.days]
     label = f"{chosen['days']} days" if "days" in chosen else f"{chosen['from']} to {chosen['to']}"
     return render_template("portal/usage.html", chosen=chosen, label=label, by=by, ranges=RANGES,
-                           groups=daily.groups, rows=rows, totals=[show.amount(daily.total(g)) for g in daily.groups],
+                           groups=daily.groups, rows=rows, totals=[amount(daily.total(g)) for g in daily.groups],
                            first_day=daily.days[0].isoformat(), last_day=daily.days[-1].isoformat(),
-                           calls=[show.usage_event(e) for e in calls], summary=show.summary(summary))
+                           calls=[as_json(usage_event_out(e)) for e in calls],
+                           summary=as_json(summary_out(summary)))
 
 
 @portal.get("/usage/<usage_event_id>")
@@ -108,7 +113,7 @@ def call(usage_event_id: str) -> str:
     tenant_id = current_session().tenant_id
     with unit_of_work() as uow:
         outcome = events.load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
-    detail = show.usage_event_detail(outcome)
+    detail = as_json(usage_event_detail(outcome))
     # every field the item representation has, in its order: breakdowns added later appear as they come
     columns: list[str] = []
     for item in detail["items"]:
@@ -125,8 +130,8 @@ def invoices_page() -> str:
     with unit_of_work() as uow:
         found, _ = invoices.list_invoices(uow, tenant_id, limit=24)
         draft = invoices.preview(uow, tenant_id, open_month)
-    return render_template("portal/invoices.html", invoices=[invoice_summary(i) for i in found],
-                           draft=invoice_json(draft))
+    return render_template("portal/invoices.html", invoices=[as_json(invoice_summary(i)) for i in found],
+                           draft=as_json(invoice_out(draft)))
 
 
 def _invoice_download(invoice_id: str, extension: str) -> Response:
@@ -164,11 +169,11 @@ def _settings_page(error: BillingError | ApiError | None = None, status: int = 2
         rule = auto_topup_rules.get_rule(uow, tenant_id)
         spent = auto_topup_rules.spent_this_month(uow, tenant_id)
     cards, cards_unavailable = _cards(tenant_id)
-    settings = show_settings(found) if found else None
+    settings = as_json(alert_settings_out(found)) if found else None
     if settings:
         settings.pop("webhookSecret")  # shown to the API's admins only
-    body = render_template("portal/settings.html", alerts=settings, budgets=[show.budget(b) for b in budget_list],
-                           auto_topup=show_rule(rule, spent) if rule else None,
+    body = render_template("portal/settings.html", alerts=settings, budgets=[as_json(budget_out(b)) for b in budget_list],
+                           auto_topup=as_json(auto_topup_out(rule, spent)) if rule else None,
                            auto_topup_available=auto_topup_configured(), unavailable=UNAVAILABLE,
                            auto_topup_form=auto_topup_form, cards=cards, cards_unavailable=cards_unavailable,
                            card_setup=card_setup, error=error, notice=NOTICES.get(request.args.get("saved", "")))
