@@ -214,6 +214,8 @@ def stripe_gateway() -> StripeGateway:
     found = current_app.extensions.get("lad_stripe")
     if found is None:
         configured_for = settings()
+        if not configured_for.stripe_secret_key:  # callers ask configured() first
+            raise ApiError("unavailable", "auto top-up is not configured (STRIPE_SECRET_KEY)")
         found = current_app.extensions["lad_stripe"] = StripeGateway(configured_for.stripe_secret_key,
                                                                       configured_for.stripe_api_base)
     return found

@@ -16,7 +16,7 @@ billing = Blueprint("billing", __name__, url_prefix="/api/billing")
 BROKER_ERRORS = (kombu.exceptions.OperationalError, redis.RedisError, OSError)
 
 
-def documented(ok: dict[int, type], *errors: int, **kwargs: Any):
+def documented(ok: dict[int, type | None], *errors: int, **kwargs: Any):  # None: not JSON (a file)
     """OpenAPI for a route: the response models are the ones the handler answers through (web.api.answers.ok);
     requests are validated by the handler itself (see web.parsing)."""
     responses = {f"HTTP_{status}": model for status, model in ok.items()}

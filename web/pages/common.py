@@ -4,7 +4,7 @@ the public address, and the unit of work."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from flask import Blueprint, Response, current_app, g, make_response, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
@@ -31,7 +31,8 @@ def public_url() -> str:
 
 
 def public_redirect(endpoint: str, **values: Any) -> Response:
-    return redirect(public_url() + url_for(endpoint, **values), code=303)
+    # flask's redirect makes the app's response class; werkzeug's signature says its base class
+    return cast(Response, redirect(public_url() + url_for(endpoint, **values), code=303))
 
 
 def development() -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, make_response, render_template, request
 
 from billing_core.access import actions, sessions
+from billing_core.access.sessions import PageSession
 from billing_core.errors import BillingError
 from billing_core.invoicing import invoices
 from billing_core.invoicing.invoices import Period
@@ -34,7 +35,7 @@ from web.api.payments import check_soon as check_auto_topup_soon
 from web.api.payments import configured as auto_topup_configured
 from web.api.usage import summary_out, usage_event_detail, usage_event_out
 from web.errors import ApiError, status_for
-from web.pages.common import close_session, current_session, install, open_link, public_redirect
+from web.pages.common import PageRefused, close_session, current_session, install, open_link, public_redirect
 from web.parsing import parse, path_uuid
 from web.runtime import unit_of_work
 
@@ -55,9 +56,16 @@ def sign_out() -> Response:
     return close_session(sessions.PORTAL)
 
 
+def tenant_of(session: PageSession) -> str:
+    """A portal session's tenant (only console sessions have none, and the portal's guard admits none)."""
+    if session.tenant_id is None:
+        raise PageRefused(403, "Not a portal session", "Open the portal from its own link.")
+    return session.tenant_id
+
+
 @portal.get("/")
 def overview() -> str:
-    tenant_id = current_session().tenant_id
+    tenant_id = tenant_of(current_session())
     with unit_of_work() as uow:
         wallet, grants = expiry.end_due_and_read_wallet(uow, tenant_id)
         active_holds, _ = holds.list_holds(uow, tenant_id, status="active", limit=50, cursor=None)
@@ -75,6 +83,8 @@ def overview() -> str:
 def _usage_range(now: datetime) -> tuple[datetime, datetime, dict[str, str]]:
     """The chosen range: whole UTC days from `from` to `to` (dates, at most a year), else the last
     `days` (7, 30 or 90; default 30) up to today; and the query that names it."""
+    first: date | None
+    last: date | None
     try:
         first, last = date.fromisoformat(request.args["from"]), date.fromisoformat(request.args["to"])
     except (KeyError, ValueError):
@@ -90,8 +100,9 @@ def _usage_range(now: datetime) -> tuple[datetime, datetime, dict[str, str]]:
 
 @portal.get("/usage")
 def usage_page() -> str:
-    tenant_id = current_session().tenant_id
-    by = request.args.get("by") if request.args.get("by") in spend.GROUPINGS else "feature"
+    tenant_id = tenant_of(current_session())
+    asked = request.args.get("by")
+    by = asked if asked in spend.GROUPINGS else "feature"
     with unit_of_work() as uow:
         start, end, chosen = _usage_range(uow.now())
         daily = spend.daily_spend(uow, tenant_id, start, end, by)
@@ -110,7 +121,7 @@ def usage_page() -> str:
 
 @portal.get("/usage/<usage_event_id>")
 def call(usage_event_id: str) -> str:
-    tenant_id = current_session().tenant_id
+    tenant_id = tenant_of(current_session())
     with unit_of_work() as uow:
         outcome = events.load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
     detail = as_json(usage_event_detail(outcome))
@@ -123,7 +134,7 @@ def call(usage_event_id: str) -> str:
 
 @portal.get("/invoices")
 def invoices_page() -> str:
-    tenant_id = current_session().tenant_id
+    tenant_id = tenant_of(current_session())
     with unit_of_work() as uow:
         open_month = Period.containing(uow.now())
         invoices.end_what_is_due_in_open_month(uow, tenant_id, open_month)
@@ -135,7 +146,7 @@ def invoices_page() -> str:
 
 
 def _invoice_download(invoice_id: str, extension: str) -> Response:
-    tenant_id = current_session().tenant_id
+    tenant_id = tenant_of(current_session())
     with unit_of_work() as uow:
         invoice = invoices.get_invoice(uow, tenant_id, path_uuid(invoice_id, "invoice"))
     return invoice_file(invoice, extension)
@@ -162,7 +173,7 @@ NOTICES = {"alerts": "Saved: alerts.", "budgets": "Saved: budgets.", "budget-rem
 def _settings_page(error: BillingError | ApiError | None = None, status: int = 200,
                    auto_topup_form: dict[str, str] | None = None,
                    card_setup: customers.CardSetup | None = None) -> Response:
-    tenant_id = current_session().tenant_id
+    tenant_id = tenant_of(current_session())
     with unit_of_work() as uow:
         found = alerts.get_settings(uow, tenant_id)
         budget_list = budgets.list_budgets(uow, tenant_id)
@@ -211,9 +222,9 @@ def put_alerts() -> Response:
     except BillingError as exc:
         return _settings_page(exc, 400)
     with unit_of_work() as uow:
-        actions.record(uow, session, session.tenant_id, "alerts.put", command.model_dump(mode="json"))
-        alerts.put_settings(uow, session.tenant_id, command)  # commits the record with the change
-    check_alerts_soon(session.tenant_id)
+        actions.record(uow, session, tenant_of(session), "alerts.put", command.model_dump(mode="json"))
+        alerts.put_settings(uow, tenant_of(session), command)  # commits the record with the change
+    check_alerts_soon(tenant_of(session))
     return _saved("alerts")
 
 
@@ -228,10 +239,10 @@ def put_budget() -> Response:
     except BillingError as exc:
         return _settings_page(exc, 400)
     with unit_of_work() as uow:
-        actions.record(uow, session, session.tenant_id, "budget.put",
+        actions.record(uow, session, tenant_of(session), "budget.put",
                        {"featureKey": feature_key, **command.model_dump(mode="json", exclude={"tenantId"})})
         # the API's use case: takes the wallet lock, commits the record with the change
-        budgets.set_budget(uow, session.tenant_id, feature_key, spend_limit=command.limit, period=command.period,
+        budgets.set_budget(uow, tenant_of(session), feature_key, spend_limit=command.limit, period=command.period,
                            action=command.action)
     return _saved("budgets")
 
@@ -242,8 +253,8 @@ def delete_budget() -> Response:
     session = current_session()
     feature_key = request.form.get("featureKey", "")
     with unit_of_work() as uow:
-        actions.record(uow, session, session.tenant_id, "budget.delete", {"featureKey": feature_key})
-        budgets.remove_budget(uow, session.tenant_id, feature_key)  # NotFound rolls the record back too
+        actions.record(uow, session, tenant_of(session), "budget.delete", {"featureKey": feature_key})
+        budgets.remove_budget(uow, tenant_of(session), feature_key)  # NotFound rolls the record back too
     return _saved("budget-removed")
 
 
@@ -255,8 +266,8 @@ def add_payment_method() -> Response:
     if not auto_topup_configured():
         return _settings_page(ApiError("unavailable", UNAVAILABLE), 503)
     with unit_of_work() as uow, stripe_answering():
-        actions.record(uow, session, session.tenant_id, "payment_method.setup", {})
-        setup = customers.start_card_setup(uow, stripe_gateway().customers, session.tenant_id)  # commits both
+        actions.record(uow, session, tenant_of(session), "payment_method.setup", {})
+        setup = customers.start_card_setup(uow, stripe_gateway().customers, tenant_of(session))  # commits both
     return _settings_page(card_setup=setup)
 
 
@@ -277,13 +288,13 @@ def put_auto_topup() -> Response:
     try:
         command = parse(AutoTopupRequest, body)
         with unit_of_work() as uow, stripe_answering():
-            actions.record(uow, session, session.tenant_id, "auto_topup.put", command.model_dump(mode="json"))
+            actions.record(uow, session, tenant_of(session), "auto_topup.put", command.model_dump(mode="json"))
             # validates and checks the card with Stripe; commits the record with the rule
-            auto_topup_rules.put_rule(uow, session.tenant_id, command, stripe_gateway().customers)
+            auto_topup_rules.put_rule(uow, tenant_of(session), command, stripe_gateway().customers)
     except (BillingError, ApiError) as exc:  # shown with what was typed, to correct
         status = exc.status if isinstance(exc, ApiError) else status_for(exc.code, exc.details)
         return _settings_page(exc, status, auto_topup_form=form.to_dict())
-    check_auto_topup_soon(session.tenant_id)
+    check_auto_topup_soon(tenant_of(session))
     return _saved("auto-topup")
 
 
