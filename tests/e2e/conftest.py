@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.clock import TestClock
-from tests.support.helpers import Api
 from tests.support.stack import TestStack, whole_stack
+from tests.support.stack_fixtures import api, engine, stripe_client  # noqa: F401 - shared fixtures
 
 
 @pytest.fixture(scope="package")
@@ -18,28 +18,10 @@ def live(smtp_inbox) -> Iterator[TestStack]:
         yield stack
 
 
-@pytest.fixture(scope="package")
-def api(live: TestStack) -> Api:
-    return live.api
-
-
-@pytest.fixture(scope="package")
-def stripe_client(live: TestStack):
-    """Stripe (the stack's localstripe) through the official library."""
-    from tests.support.auto_topup import stripe_client
-
-    return stripe_client(live.env["STRIPE_API_BASE"])
 
 
 @pytest.fixture
-def engine(live: TestStack):
-    from billing_core.db import engine_for
-
-    return engine_for(live.env["DATABASE_URL"])
-
-
-@pytest.fixture
-def clock(engine) -> Iterator[TestClock]:
+def clock(engine) -> Iterator[TestClock]:  # noqa: F811 - the shared fixture, by name
     """The stack's clock (every process reads the database's), moved by the test; back to the real time
     afterwards."""
     moved = TestClock(engine)
