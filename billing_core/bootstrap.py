@@ -9,12 +9,14 @@ import functools
 import threading
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import redis
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import Engine
+
+from billing_core.db import UnitOfWork, engine_for, read_engine
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/lad_billing"
 
@@ -129,21 +131,17 @@ class Runtime:
 
     @property
     def engine(self) -> Engine:
-        from billing_core.db import engine_for
         return engine_for(self.settings.database_url)
 
     @property
     def read_engine(self) -> Engine:
-        from billing_core.db import read_engine
         return read_engine(self.settings)
 
     def unit_of_work(self) -> UnitOfWork:
-        from billing_core.db import UnitOfWork
         return UnitOfWork(self.engine)
 
     def read_unit_of_work(self) -> UnitOfWork:
         """For the heavy reads only: served by the replica when there is one."""
-        from billing_core.db import UnitOfWork
         return UnitOfWork(self.read_engine)
 
     @property
@@ -166,9 +164,6 @@ def runtime() -> Runtime:
     """This process's runtime (the web app builds its own from its config; see web.runtime)."""
     return Runtime(settings())
 
-
-if TYPE_CHECKING:  # billing_core.db imports this module
-    from billing_core.db import UnitOfWork  # noqa: F401
 
 
 def unit_of_work() -> UnitOfWork:

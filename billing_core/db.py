@@ -6,7 +6,7 @@ import threading
 import time
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -32,7 +32,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from billing_core import exactjson
-from billing_core.bootstrap import Settings
+
+if TYPE_CHECKING:  # the wiring point builds engines from here; only its type is needed
+    from billing_core.bootstrap import Settings
 
 # UTC timestamps everywhere; a stuck lock or statement fails the unit of work instead of
 # holding a wallet row forever (a failed charge stays pending and is retried).
