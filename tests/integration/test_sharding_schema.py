@@ -24,6 +24,9 @@ OPERATOR_TABLES = {
     "stripe_events": "Stripe events as received; the tenant is known once the event is processed",
     "reconciliation_runs": "operator job runs over every tenant",
     "invoice_runs": "operator job runs over every tenant",
+    "issuers": "who issues documents (the platform): a small reference table",
+    "document_series": "one gapless number counter per issuer, locked by every issue: a reference table",
+    "document_numbers": "every number an issuer issued, unique per issuer (to any tenant): kept on the coordinator",
 }
 # Tenant traffic that is not shardable yet, and why; this list may only shrink.
 NOT_YET_SHARDABLE = {
