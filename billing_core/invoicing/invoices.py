@@ -51,7 +51,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -658,6 +658,9 @@ def preview(uow: UnitOfWork, tenant_id: str, period: Period) -> Invoice:
             f"SELECT {', '.join(_LINE_COLUMNS)} FROM invoice_draft_lines ORDER BY line_no")).all()
         draft = Invoice(id=None, status=DRAFT, created_at=now, finalized_at=None,
                         lines=tuple(InvoiceLine(**r._mapping) for r in lines), **header._mapping)
+    # a draft shows who it would be from and to, as of now; it has no number (only issuing gives one)
+    issuer = parties.get_issuer(uow)
+    draft = replace(draft, issuer_id=issuer.id, issuer=issuer.block(), customer=parties.customer_block(uow, tenant_id))
     uow.rollback()
     return draft
 

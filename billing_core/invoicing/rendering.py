@@ -217,7 +217,7 @@ def invoice_pdf(invoice: Invoice) -> bytes:
     pdf.set_font("Helvetica", size=8)
     usage = sorted(invoice.usage_lines, key=lambda line: (line.feature_key or "", line.category or "", line.line_no))
     if usage:
-        with pdf.table(col_widths=(10, 34, 18, 22, 30, 22, 28, 24, 30, 22, 22), line_height=4.5,
+        with pdf.table(col_widths=(10, 30, 28, 18, 30, 20, 28, 24, 30, 22, 22), line_height=4.5,
                        text_align=("RIGHT", "LEFT", "LEFT", "LEFT", "LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT",
                                    "RIGHT", "RIGHT")) as table:
             table.row(("#", "Feature", "Category", "Provider", "Model", "Unit", "Quantity", "Unit price",
