@@ -54,15 +54,16 @@ def test_issuer_customer_tax_and_receipts_of_paid_grants(api, tenant, tokens, ma
     assert answer.status_code == 200, answer.text
     assert answer.json()["tax"] == {"mode": "rate", "rate": "0.077", "label": "MWST 7.7%", "wording": None}
 
+    grants = {}
     for kind, amount in (("paid", "33.33"), ("promotional", "5")):
         response = api.post("/api/billing/topup", admin, json={"amount": amount, "kind": kind,
                                                                "idempotencyKey": str(uuid.uuid4())})
         assert response.status_code == 200, response.text
-        paid_grant = response.json()["grant"]["id"] if kind == "paid" else paid_grant
+        grants[kind] = response.json()["grant"]["id"]
     [receipt] = _receipts(api, tokens["view"])
     assert {k: receipt[k] for k in ("type", "net", "tax", "gross", "taxLabel", "grantId", "status")} == {
         "type": "receipt", "net": "30.95", "tax": "2.38", "gross": "33.33", "taxLabel": "MWST 7.7%",
-        "grantId": paid_grant, "status": "finalized"}
+        "grantId": grants["paid"], "status": "finalized"}
     assert receipt["number"].startswith("LAD-") and receipt["number"][4:].isdigit()
     assert receipt["issuer"]["legalName"] == "LAD Voice Platform GmbH" and receipt["customer"] == customer
     assert api.get(f"/api/billing/invoices/{receipt['id']}", tokens["view"]).json()["invoice"] == receipt

@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 
 from billing_core.invoicing.rendering import invoice_csv, invoice_pdf, receipt_csv, receipt_pdf
-from tests.support.documents_sample import statement
 from tests.support.documents_sample import receipt as sample_receipt
+from tests.support.documents_sample import statement
 
 
 def pages(pdf: bytes) -> list[str]:
