@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -19,7 +20,8 @@ from billing_core.documents import parties, receipts
 from billing_core.documents.commands import BillingDetailsRequest, IssuerRequest, TaxTreatmentRequest
 from billing_core.ledger import credits
 from billing_core.ledger.commands import TopUpRequest
-from tests.support.documents import top_ups_in_threads
+from tests.support.documents import issue_in_threads
+from tests.support.invoices import History, months
 
 
 def _tenant() -> str:
@@ -109,16 +111,22 @@ def test_a_paid_top_up_issues_a_receipt_with_its_tax_and_promotions_none(engine)
     assert_gapless(engine)
 
 
-def test_fifty_concurrent_issues_from_two_processes_form_one_gapless_series(engine, database_url):
-    tenants = [_tenant() for _ in range(50)]
+def test_fifty_concurrent_finalizations_and_receipts_from_two_processes_form_one_gapless_series(engine, database_url):
+    previous, _ = months()
+    invoiced = [_tenant() for _ in range(10)]
+    for tenant in invoiced:  # money moving in the closed month: each has an invoice to finalize
+        History(engine, tenant).top_up(previous.start + timedelta(days=3), "4", kind="promotional")
+    buying = [_tenant() for _ in range(40)]
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        halves = list(pool.map(top_ups_in_threads, [database_url] * 2, [tenants[:25], tenants[25:]], ["1.5"] * 2))
+        halves = list(pool.map(issue_in_threads, [database_url] * 2, [buying[:20], buying[20:]],
+                               [invoiced[:5], invoiced[5:]], [previous.label] * 2))
     issued = [number for half in halves for number in half]
-    assert len(set(issued)) == 50
+    assert len(issued) == 50 and len(set(issued)) == 50
     numbers = assert_gapless(engine)
-    assert set(issued) <= {number for _, number, *_ in numbers}
     assert sorted(int(number.rsplit("-", 1)[-1]) for number in issued) == \
         list(range(numbers[-1][0] - 49, numbers[-1][0] + 1))  # consecutive, nothing in between
+    kinds = {number: kind for _, number, kind, _ in numbers}
+    assert sorted(kinds[number] for number in issued) == ["invoice"] * 10 + ["receipt"] * 40
 
 
 def test_a_worker_killed_mid_issue_leaves_no_gap_and_its_retry_issues_once(engine, database_url):

@@ -31,6 +31,26 @@ def top_ups_in_threads(database_url: str, tenants: list[str], amount: str) -> li
         return list(pool.map(one, tenants))
 
 
+def issue_in_threads(database_url: str, top_up_tenants: list[str], rollup_tenants: list[str],
+                     period: str) -> list[str]:
+    """Paid top-ups (receipts) and one-tenant rollups of `period` (invoices), all at once on threads of
+    this process; the numbers of what they issued."""
+    from billing_core.db import UnitOfWork, engine_for
+    from billing_core.invoicing import invoices
+
+    engine = engine_for(database_url)
+
+    def finalize(tenant: str) -> str:
+        with UnitOfWork(engine) as uow:
+            [(invoice_id, _)] = invoices.rollup(uow, invoices.Period.parse(period), tenant_id=tenant).created
+        with UnitOfWork(engine) as uow:
+            return invoices.get_invoice(uow, tenant, invoice_id).number or ""
+
+    with ThreadPoolExecutor(8) as pool:
+        finalized = pool.map(finalize, rollup_tenants)
+        return top_ups_in_threads(database_url, top_up_tenants, "1.5") + list(finalized)
+
+
 def issue_and_hang(database_url: str, tenant: str, key: str) -> None:
     """A worker that issues a receipt and then hangs before its commit, to be killed there
     (python -m tests.support.documents URL TENANT KEY): prints "issued" once the number is taken."""
