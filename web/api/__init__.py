@@ -4,6 +4,7 @@ from web.api import (  # noqa: F401
     access,
     catalog,
     documents,
+    exports,
     invoicing,
     ledger,
     lifecycle,
