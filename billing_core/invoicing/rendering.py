@@ -86,6 +86,8 @@ def invoice_csv(invoice: Invoice) -> str:
     rows = [{**common, **_csv_line(invoice, line)} for line in invoice.lines]
     rows += [{**common, "lineType": row_type, "description": label, "amount": amount}
              for row_type, label, amount in totals(invoice)]
+    rows += [{**common, "lineType": "feature_usage", "featureKey": feature, "description": "Usage by feature",
+              "amount": rounded(amount, invoice.minor_unit)} for feature, amount in usage_by_feature(invoice)]
     for row in rows:
         writer.writerow({column: _cell(column, value) for column, value in row.items()})
     return out.getvalue()

@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from billing_core.invoicing.rendering import invoice_csv, invoice_pdf, receipt_csv, receipt_pdf
+from billing_core.invoicing.rendering import invoice_csv, invoice_pdf, receipt_csv, receipt_pdf, usage_by_feature
 from tests.support.documents_sample import receipt as sample_receipt
 from tests.support.documents_sample import statement
 
@@ -50,6 +50,9 @@ def test_the_same_numbers_in_csv_and_pdf():
     assert "LAD-2026-000123" in csv_text
     for line in document.usage_lines:
         assert f"{line.amount:.2f}" in csv_text and f"{line.amount:.2f}" in pdf_text
+    for feature, amount in usage_by_feature(document):  # page 1's summary, in the CSV as well
+        assert f"feature_usage,{feature},,,,,,Usage by feature,,,,,,{amount:.2f}," in csv_text
+        assert f"-{amount:.2f} USD" in pdf_text
 
 
 def test_a_receipt_shows_net_tax_and_gross_or_the_reverse_charge_wording():

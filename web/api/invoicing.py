@@ -16,7 +16,7 @@ from billing_core.fields import TenantId
 from billing_core.invoicing import invoices
 from billing_core.invoicing import margins as margin_report
 from billing_core.invoicing.invoices import Invoice, InvoiceLine, Period
-from billing_core.invoicing.rendering import invoice_csv, invoice_pdf, receipt_csv, receipt_pdf
+from billing_core.invoicing.rendering import invoice_csv, invoice_pdf, receipt_csv, receipt_pdf, usage_by_feature
 from tasks.invoicing import announce_finalized
 from web.api.answers import Answer, DecimalString, Query, TenantQuery, TimeBound, Timestamp, Uuid, ok
 from web.api.routing import billing, documented
@@ -146,7 +146,13 @@ class InvoiceSummaryOut(Answer):
     finalizedAt: Timestamp | None
 
 
+class FeatureUsageOut(Answer):
+    featureKey: str
+    amount: DecimalString = Field(description="the sum of the feature's rounded usage lines")
+
+
 class InvoiceOut(InvoiceSummaryOut):
+    usageByFeature: list[FeatureUsageOut] = Field(description="the summary of page 1 of the PDF")
     lines: list[InvoiceLineOut]
     creditLines: list[CreditLineOut]
 
@@ -326,6 +332,8 @@ def invoice_summary(inv: Invoice) -> InvoiceSummaryOut:
 
 def invoice_out(inv: Invoice) -> InvoiceOut:
     return InvoiceOut(**_summary_fields(inv), lines=[usage_line(line) for line in inv.usage_lines],
+                      usageByFeature=[FeatureUsageOut(featureKey=feature, amount=amount)
+                                      for feature, amount in usage_by_feature(inv)],
                       creditLines=[credit_line(line) for line in inv.credit_lines])
 
 
