@@ -18,6 +18,7 @@ from sqlalchemy import text
 from billing_core.db import UnitOfWork
 from billing_core.documents import parties, receipts
 from billing_core.documents.commands import BillingDetailsRequest, IssuerRequest, TaxTreatmentRequest
+from billing_core.invoicing import invoices
 from billing_core.ledger import credits
 from billing_core.ledger.commands import TopUpRequest
 from tests.support.documents import issue_in_threads
@@ -150,3 +151,30 @@ def test_a_worker_killed_mid_issue_leaves_no_gap_and_its_retry_issues_once(engin
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM receipts WHERE tenant_id = :t"),
                                   {"t": tenant}).scalar_one() == 1
+
+
+def test_a_rollup_that_dies_before_its_commit_gives_its_numbers_back(engine):
+    previous, _ = months()
+    tenants = [_tenant() for _ in range(3)]
+    for tenant in tenants:
+        History(engine, tenant).top_up(previous.start + timedelta(days=2), "3", kind="promotional")
+    before = len(_series(engine))
+
+    class Died(Exception):
+        pass
+
+    def dies() -> None:
+        raise Died
+
+    with UnitOfWork(engine) as uow, pytest.raises(Died):
+        uow.commit = dies  # the worker is lost after numbering and writing, before the commit
+        invoices.rollup(uow, previous, tenant_id=tenants[0])
+    assert len(assert_gapless(engine)) == before
+    # the retried task, and the other tenants' rollups, number on from where the series stood
+    for tenant in tenants:
+        with UnitOfWork(engine) as uow:
+            assert len(invoices.rollup(uow, previous, tenant_id=tenant).created) == 1
+    with UnitOfWork(engine) as uow:  # run again: nothing more is issued
+        assert invoices.rollup(uow, previous, tenant_id=tenants[0]).created == []
+    numbers = assert_gapless(engine)
+    assert [kind for _, _, kind, _ in numbers[before:]] == ["invoice"] * 3
