@@ -9,6 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from billing_core import exactjson
 from tests.support.polling import eventually
 from tests.support.stripe_events import checkout_completed, event_row, post_raw, send, sign
@@ -78,6 +80,17 @@ def test_issuer_customer_tax_and_receipts_of_paid_grants(api, tenant, tokens, ma
     as_csv = api.get(f"/api/billing/invoices/{receipt['id']}.csv", tokens["view"]).text
     assert receipt["number"] in as_csv and "30.95" in as_csv
     assert api.get("/api/billing/invoices?type=credit_note", tokens["view"]).json()["invoices"] == []
+
+    # the portal lists the receipt and serves its PDF
+    link = api.post("/api/billing/portal-sessions", manage, json={})
+    assert link.status_code == 200, link.text
+    session = requests.Session()
+    assert session.get(link.json()["portalSession"]["url"], timeout=30).status_code == 200
+    base = link.json()["portalSession"]["url"].split("/open")[0]
+    page = session.get(f"{base}/invoices", timeout=30)
+    assert page.status_code == 200 and receipt["number"] in page.text and "33.33" in page.text
+    download = session.get(f"{base}/invoices/{receipt['id']}.pdf", timeout=30)
+    assert download.status_code == 200 and receipt["number"] in _pdf_text(download.content)
 
 
 def test_a_stripe_payment_issues_one_receipt_and_its_replay_none(api, engine, tenant, tokens):

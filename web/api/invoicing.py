@@ -419,7 +419,8 @@ def post_invoice_rollup() -> Response:
         milliseconds=result.milliseconds, refused=result.refused))
 
 
-def _document(uow: Any, tenant_id: str, wanted: Any) -> Invoice | Receipt:
+def stored_document(uow: Any, tenant_id: str, wanted: Any) -> Invoice | Receipt:
+    """The tenant's invoice or receipt with this id (the API's and the portal's); NotFound otherwise."""
     try:
         return invoices.get_invoice(uow, tenant_id, wanted)
     except NotFound:
@@ -434,11 +435,11 @@ def _stored(invoice_id: str) -> Invoice | Receipt:
     wanted = path_uuid(invoice_id, "invoice")
     try:
         with read_unit_of_work() as uow:
-            return _document(uow, tenant_id, wanted)
+            return stored_document(uow, tenant_id, wanted)
     except NotFound:
         # an invoice finalized a moment ago may not have reached the replica yet: the primary decides
         with unit_of_work() as uow:
-            return _document(uow, tenant_id, wanted)
+            return stored_document(uow, tenant_id, wanted)
 
 
 def invoice_file(inv: Invoice | Receipt, extension: str) -> Response:
