@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test bench token job migrate lint clean console vendor chromium
+.PHONY: install run test bench token job migrate lint clean console vendor chromium poppler
 
 # requirements.txt is the service (the production image installs only it); requirements-dev.txt adds
 # the local stack's embedded servers, the tests, the bench and the linters
@@ -25,19 +25,19 @@ install: $(STAMP) $(CLIENT_STAMP)
 run: install
 	WEBHOOK_ALLOW_PRIVATE_ADDRESSES=$${WEBHOOK_ALLOW_PRIVATE_ADDRESSES:-true} $(PY) -m devstack.run
 
-test: lint node-toolchain chromium
+test: lint node-toolchain chromium poppler
 	$(PY) -m pytest
 
 # one level at a time (`make test` runs them all); locally, -m "not browser and not node" skips the
 # Chromium and TypeScript suites: `make test-e2e PYTEST_ARGS='-m "not browser and not node"'`
 .PHONY: test-unit test-integration test-e2e test-faults
-test-unit: install node-toolchain
+test-unit: install node-toolchain poppler
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: install
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-test-e2e: install node-toolchain chromium
+test-e2e: install node-toolchain chromium poppler
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 test-faults: install
@@ -88,6 +88,10 @@ vendor:
 # Debian's chromium for the browser tests (its own download does not work here); CI is root
 chromium:
 	@test -x /usr/bin/chromium || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+# poppler-utils (pdftotext, pdftoppm) for the document tests, which read the PDFs; CI is root on Debian
+poppler:
+	@command -v pdftotext >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q poppler-utils; }
 
 # a console link for the local stack started by `make run` (reads .data/stack.env)
 console: install

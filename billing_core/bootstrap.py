@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     auto_topup_retry_base_seconds: int = 5
     auto_topup_max_tries: int = 8
 
+    # --- exports -------------------------------------------------------------------------------------
+    # where Parquet exports go: a directory (relative to the working directory) or any fsspec URL
+    export_url: str = ".data/exports"
+
     # --- notifications (seconds, decimals allowed) -------------------------------------------------------
     notification_retry_base_seconds: Decimal = Field(Decimal(30), ge=0)
     notification_retry_max_delay_seconds: Decimal = Field(Decimal(3600), ge=0)

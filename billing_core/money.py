@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from decimal import ROUND_CEILING, Context, Decimal, Inexact, InvalidOperation, Overflow
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Context, Decimal, Inexact, InvalidOperation, Overflow
 
 # Wide enough for any product of a bounded quantity and a bounded price; Inexact is trapped,
 # so a result that would need rounding raises instead of silently losing a digit.
@@ -103,3 +103,17 @@ def round_up(value: Decimal, step: Decimal) -> Decimal:
     """The smallest multiple of `step` (a power of ten, e.g. 0.01) at or above `value`: what must be
     paid in whole cents to cover `value`. The one place an amount is rounded, always upwards."""
     return Context(prec=80, rounding=ROUND_CEILING, traps=[InvalidOperation, Overflow]).quantize(value, step)
+
+
+def round_half_even(value: Decimal, places: int) -> Decimal:
+    """`value` rounded half to even to `places` decimal places (a document's minor unit)."""
+    return Context(prec=80, rounding=ROUND_HALF_EVEN, traps=[InvalidOperation, Overflow]).quantize(
+        value, Decimal(1).scaleb(-places))
+
+
+def split_gross(gross: Decimal, rate: Decimal, places: int) -> tuple[Decimal, Decimal]:
+    """(net, tax) of an amount paid that includes tax at `rate` (a fraction): net is gross / (1 + rate)
+    rounded half to even to the minor unit, tax is what is left, so net + tax = gross exactly."""
+    exact_net = Context(prec=80, rounding=ROUND_HALF_EVEN).divide(gross, _EXACT.add(Decimal(1), rate))
+    net = round_half_even(exact_net, places)
+    return net, subtract(gross, net)

@@ -86,6 +86,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # recurring allocations, once per (tenant, allocation, month) behind a unique key
         "grant-allocations": {"task": "billing.grant_allocations", "schedule": crontab(minute="5", hour="0", day_of_month="1"),
                               "options": {"expires": 23 * 3600}},
+        # yesterday's ledger, usage, grants and documents as Parquet under EXPORT_URL (a re-run replaces them)
+        "export-yesterday": {"task": "billing.export_yesterday", "schedule": crontab(minute="40", hour="0"),
+                             "options": {"expires": 23 * 3600}},
         # every wallet's ledger chain, balance, grants and holds, and the pending backlog
         "reconcile-ledgers": {"task": "billing.reconcile_ledgers", "schedule": crontab(minute="7"),
                               "options": {"expires": 3000}},

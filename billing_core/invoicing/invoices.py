@@ -51,7 +51,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -61,6 +61,7 @@ from sqlalchemy import text
 from billing_core import logs, money
 from billing_core.cursors import decode_cursor, encode_cursor
 from billing_core.db import UnitOfWork
+from billing_core.documents import numbering, parties
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.ledger import expiry
 
@@ -195,6 +196,12 @@ class Invoice:
     finalized_at: datetime | None
     lines: tuple[InvoiceLine, ...] = field(default=())
     problem: str | None = None  # a draft that does not reconcile says why (see PROBLEMS)
+    # given when the invoice is issued (None on drafts, and on invoices from before numbering)
+    number: str | None = None
+    issued_at: datetime | None = None
+    issuer_id: str | None = None
+    issuer: dict[str, Any] | None = None
+    customer: dict[str, Any] | None = None
 
     @property
     def period_label(self) -> str:
@@ -217,7 +224,9 @@ class Invoice:
 _HEADER_COLUMNS = [f.name for f in fields(Invoice) if f.name not in ("lines", "problem")]
 _LINE_COLUMNS = [f.name for f in fields(InvoiceLine)]
 # the columns the draft computes (the rest are given when an invoice is written)
-_DRAFT_COLUMNS = [c for c in _HEADER_COLUMNS if c not in ("id", "status", "created_at", "finalized_at")]
+_ISSUE_COLUMNS = ("number", "issued_at", "issuer_id", "issuer", "customer")
+_DRAFT_COLUMNS = [c for c in _HEADER_COLUMNS
+                  if c not in ("id", "status", "created_at", "finalized_at", *_ISSUE_COLUMNS)]
 
 
 @dataclass(frozen=True)
@@ -456,15 +465,27 @@ LEFT JOIN invoices p ON p.tenant_id = w.tenant_id AND p.period = CAST(:previous 
 ) AS h
 """
 
+# Each invoice written takes the next number of the issuer's series (locked by numbering.take before):
+# :first_number + its rank among the invoices written, in tenant order. The advisory lock of the period
+# serialises runs, so an invoice already there is skipped by NOT EXISTS, and a conflict would be an error
+# (rolling back the numbers with it) rather than a silent gap.
 _WRITE = """
 WITH created AS (
-    INSERT INTO invoices (id, status, created_at, finalized_at, {columns})
-    SELECT gen_random_uuid(), 'finalized', now(), now(), {columns}
-    FROM invoice_draft_headers
-    WHERE problem IS NULL
-    ORDER BY tenant_id
-    ON CONFLICT (tenant_id, period) DO NOTHING
-    RETURNING id, tenant_id
+    INSERT INTO invoices (id, status, created_at, finalized_at, number, issued_at, issuer_id, issuer, customer,
+                          {columns})
+    SELECT gen_random_uuid(), 'finalized', now(), now(),
+           :prefix || lpad(h.number_value::text, greatest(:digits, length(h.number_value::text)), '0'),
+           now(), :issuer_id, CAST(:issuer AS jsonb),
+           (SELECT jsonb_build_object('legalName', d.legal_name, 'address', d.address, 'taxId', d.tax_id)
+            FROM billing_details d WHERE d.tenant_id = h.tenant_id),
+           {columns_h}
+    FROM (SELECT d.*, :first_number + row_number() OVER (ORDER BY d.tenant_id) - 1 AS number_value
+          FROM invoice_draft_headers d
+          WHERE d.problem IS NULL
+            AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = d.tenant_id AND i.period = d.period)
+         ) h
+    ORDER BY h.tenant_id
+    RETURNING id, tenant_id, number
 ), written AS (
     INSERT INTO invoice_lines (invoice_id, {line_columns})
     SELECT c.id, {line_columns_l}
@@ -472,7 +493,7 @@ WITH created AS (
     ORDER BY c.id, l.line_no
     RETURNING 1
 )
-SELECT c.id, c.tenant_id, (SELECT count(*) FROM written) AS lines FROM created c
+SELECT c.id, c.tenant_id, c.number, (SELECT count(*) FROM written) AS lines FROM created c
 """
 
 _LINE_INSERT_COLUMNS = [c for c in _LINE_COLUMNS]
@@ -582,9 +603,22 @@ def rollup(uow: UnitOfWork, period: Period, *, tenant_id: str | None = None,
                   tenants_refused=len(refused), refused=refused[:20])
     columns = ", ".join(_DRAFT_COLUMNS)
     line_columns = ", ".join(c for c in _LINE_INSERT_COLUMNS)
+    to_write = connection.execute(text("""
+        SELECT count(*) FROM invoice_draft_headers h WHERE h.problem IS NULL
+          AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = h.tenant_id AND i.period = h.period)
+    """)).scalar_one()
+    issuer = parties.get_issuer(uow)
+    series = numbering.take(uow, issuer.id, to_write)  # the series stays locked until the commit
     rows = connection.execute(text(_WRITE.format(
-        columns=columns, line_columns=f"tenant_id, {line_columns}",
-        line_columns_l=", ".join(f"l.{c}" for c in ["tenant_id", *_LINE_INSERT_COLUMNS])))).all()
+        columns=columns, columns_h=", ".join(f"h.{c}" for c in _DRAFT_COLUMNS),
+        line_columns=f"tenant_id, {line_columns}",
+        line_columns_l=", ".join(f"l.{c}" for c in ["tenant_id", *_LINE_INSERT_COLUMNS]))),
+        {"prefix": series.prefix, "first_number": series.first, "digits": numbering.DIGITS,
+         "issuer_id": issuer.id, "issuer": json.dumps(issuer.block())}).all()
+    if len(rows) != to_write:  # cannot happen under the period's lock; never leave a gap if it does
+        raise RuntimeError(f"invoice rollup wrote {len(rows)} invoices, numbered {to_write}")
+    numbering.record(uow, series, [(int(r.number[len(series.prefix):]), r.tenant_id, "invoice", r.id)
+                                   for r in rows], uow.now())
     created = [(r.id, r.tenant_id) for r in rows]
     lines = int(rows[0].lines) if rows else 0
     connection.execute(text("""
@@ -624,6 +658,9 @@ def preview(uow: UnitOfWork, tenant_id: str, period: Period) -> Invoice:
             f"SELECT {', '.join(_LINE_COLUMNS)} FROM invoice_draft_lines ORDER BY line_no")).all()
         draft = Invoice(id=None, status=DRAFT, created_at=now, finalized_at=None,
                         lines=tuple(InvoiceLine(**r._mapping) for r in lines), **header._mapping)
+    # a draft shows who it would be from and to, as of now; it has no number (only issuing gives one)
+    issuer = parties.get_issuer(uow)
+    draft = replace(draft, issuer_id=issuer.id, issuer=issuer.block(), customer=parties.customer_block(uow, tenant_id))
     uow.rollback()
     return draft
 

@@ -12,16 +12,19 @@ from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
 from billing_core import money
+from billing_core.documents.receipts import Receipt
 from billing_core.invoicing.invoices import Invoice, InvoiceLine
 
-CSV_COLUMNS = ["invoiceId", "tenantId", "period", "status", "currency", "lineNumber", "lineType", "featureKey",
+CSV_COLUMNS = ["invoiceId", "number", "issuedAt", "tenantId", "period", "status", "currency", "lineNumber",
+               "lineType", "featureKey",
                "category", "provider", "model", "unit", "priorPeriod", "description", "creditKind", "count",
                "quantity", "unitPrice", "exactAmount", "amount", "roundingDifference"]
 
 
 # text a spreadsheet would run as a formula begins with one of these; numbers are written as numbers
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-TEXT_COLUMNS = frozenset({"invoiceId", "tenantId", "period", "status", "currency", "lineType", "featureKey",
+TEXT_COLUMNS = frozenset({"invoiceId", "number", "issuedAt", "receiptId", "grantId", "source", "taxLabel",
+                          "taxMode", "taxWording", "tenantId", "period", "status", "currency", "lineType", "featureKey",
                           "category", "provider", "model", "unit", "description", "creditKind"})
 
 
@@ -77,11 +80,14 @@ def invoice_csv(invoice: Invoice) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
-    common = {"invoiceId": str(invoice.id) if invoice.id else "", "tenantId": invoice.tenant_id,
+    common = {"invoiceId": str(invoice.id) if invoice.id else "", "number": invoice.number or "",
+              "issuedAt": _when(invoice.issued_at), "tenantId": invoice.tenant_id,
               "period": invoice.period_label, "status": invoice.status, "currency": invoice.currency}
     rows = [{**common, **_csv_line(invoice, line)} for line in invoice.lines]
     rows += [{**common, "lineType": row_type, "description": label, "amount": amount}
              for row_type, label, amount in totals(invoice)]
+    rows += [{**common, "lineType": "feature_usage", "featureKey": feature, "description": "Usage by feature",
+              "amount": rounded(amount, invoice.minor_unit)} for feature, amount in usage_by_feature(invoice)]
     for row in rows:
         writer.writerow({column: _cell(column, value) for column, value in row.items()})
     return out.getvalue()
@@ -92,50 +98,132 @@ def _latin1(value: str) -> str:
     return value.encode("latin-1", "replace").decode("latin-1")
 
 
-class _InvoicePdf(FPDF):
-    def __init__(self, invoice: Invoice):
-        super().__init__(orientation="L", unit="mm", format="A4")
-        self.invoice = invoice
-        self.set_auto_page_break(auto=True, margin=15)
-        self.set_title(f"Invoice {invoice.tenant_id} {invoice.period_label}")
+# What the monthly document is, and how it relates to the receipts (see the README, "Documents")
+STATEMENT_NOTE = ("This monthly statement is not a tax invoice. Credits are prepaid: tax is charged when they are "
+                  "bought, on the numbered receipt of each purchase (the tax document); this statement shows how "
+                  "the credits were used.")
+RECEIPT_NOTE = ("Advance payment for prepaid usage credits. This receipt is the tax document for the purchase; "
+                "the monthly statements show how the credits are used and charge no further tax.")
+
+
+def _party_lines(block: dict | None) -> list[str]:
+    if not block:
+        return ["(no billing details set)"]
+    found = [block.get("legalName") or "", *(block.get("address") or "").splitlines()]
+    if block.get("taxId"):
+        found.append(f"Tax ID: {block['taxId']}")
+    if block.get("email"):
+        found.append(str(block["email"]))
+    return [line for line in found if line]
+
+
+class _DocumentPdf(FPDF):
+    """A document with a footer naming it and numbering its pages "2 / 3"."""
+
+    def __init__(self, name: str, orientation: str = "P"):
+        super().__init__(orientation=orientation, unit="mm", format="A4")
+        self.name = name
+        self.set_auto_page_break(auto=True, margin=16)
+        self.set_title(name)
         self.set_author("LAD Billing")
         self.set_creator("LAD Billing")
 
     def footer(self) -> None:
         self.set_y(-12)
         self.set_font("Helvetica", size=8)
-        self.cell(0, 6, _latin1(f"{self.invoice.tenant_id} {self.invoice.period_label} - page {self.page_no()}"),
-                  align="C")
+        self.cell(0, 6, _latin1(f"{self.name}    {self.page_no()} / {{nb}}"), align="C")
+
+    def parties(self, issuer: dict | None, customer: dict | None) -> None:
+        """The issuer (left) and the customer (right), side by side."""
+        top, half = self.get_y(), (self.w - self.l_margin - self.r_margin) / 2
+        for column, (title, block) in enumerate((("From", issuer), ("Bill to", customer))):
+            self.set_xy(self.l_margin + column * half, top)
+            self.set_font("Helvetica", "B", 9)
+            self.cell(half, 5, title, new_x=XPos.LEFT, new_y=YPos.NEXT)
+            self.set_font("Helvetica", size=9)
+            for line in _party_lines(block):
+                self.cell(half, 4.5, _latin1(line), new_x=XPos.LEFT, new_y=YPos.NEXT)
+            if column == 0:
+                bottom = self.get_y()
+        self.set_xy(self.l_margin, max(bottom, self.get_y()) + 3)
+
+    def facts(self, rows: list[tuple[str, str]]) -> None:
+        self.set_font("Helvetica", size=9)
+        for label, value in rows:
+            self.cell(32, 5, _latin1(label + ":"))
+            self.cell(0, 5, _latin1(value), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        self.ln(2)
+
+    def heading(self, title: str) -> None:
+        self.set_font("Helvetica", "B", 11)
+        self.cell(0, 7, _latin1(title), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+
+    def note(self, value: str) -> None:
+        self.set_font("Helvetica", size=8)
+        self.multi_cell(0, 4, _latin1(value), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+
+
+def _document_name(invoice: Invoice) -> str:
+    return f"Statement {invoice.number}" if invoice.number else f"Statement {invoice.tenant_id} {invoice.period_label}"
+
+
+def usage_by_feature(invoice: Invoice) -> list[tuple[str, Decimal]]:
+    """The rounded usage of each feature (sums of its lines), for the summary."""
+    by_feature: dict[str, Decimal] = {}
+    for line in invoice.usage_lines:
+        key = line.feature_key or "-"
+        by_feature[key] = money.add(by_feature.get(key, Decimal(0)), line.amount)
+    return sorted(by_feature.items())
 
 
 def invoice_pdf(invoice: Invoice) -> bytes:
-    pdf = _InvoicePdf(invoice)
+    """The monthly statement: page 1 holds the number, dates, parties and the whole summary (balances,
+    credits, usage by feature, totals); the lines follow, grouped by feature and category."""
+    pdf = _DocumentPdf(_document_name(invoice), orientation="L")
     pdf.add_page()
-    places = invoice.minor_unit
-    status = "DRAFT" if invoice.status == "draft" else "Finalized"
-
+    places, currency = invoice.minor_unit, invoice.currency
     pdf.set_font("Helvetica", "B", 18)
-    pdf.cell(0, 10, _latin1(f"Invoice {invoice.period_label}"), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    pdf.set_font("Helvetica", size=10)
-    for label, value in (("Tenant", invoice.tenant_id), ("Invoice", str(invoice.id) if invoice.id else "(draft)"),
-                         ("Status", status), ("Currency", invoice.currency),
-                         ("Period", f"{_when(invoice.period_start)} to {_when(invoice.period_end)} (exclusive)"),
-                         ("Finalized", _when(invoice.finalized_at) or "-")):
-        pdf.cell(30, 6, _latin1(label + ":"))
-        pdf.cell(0, 6, _latin1(value), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    pdf.ln(4)
+    title = "Monthly statement" + (" (DRAFT)" if invoice.status == "draft" else "")
+    pdf.cell(0, 10, _latin1(f"{title} {invoice.period_label}"), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.facts([("Number", invoice.number or "(none: drafts are not numbered)"),
+               ("Issued", _when(invoice.issued_at or invoice.finalized_at) or "-"),
+               ("Period", f"{_when(invoice.period_start)} to {_when(invoice.period_end)} (exclusive)"),
+               ("Tenant", invoice.tenant_id), ("Currency", currency)])
+    pdf.parties(invoice.issuer, invoice.customer)
 
-    pdf.set_font("Helvetica", "B", 12)
-    pdf.cell(0, 8, "Usage", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.heading("Summary")
+    summary: list[tuple[str, str, bool]] = [("Opening balance", exact(invoice.opening_balance), True),
+                                            ("Credits purchased (top-ups)", exact(invoice.topups), False)]
+    for label, value in (("Refunds", invoice.refunds), ("Corrections (adjustments)", invoice.adjustments),
+                         ("Expired credits", invoice.expiries)):
+        if value:
+            summary.append((label, exact(value), False))
+    summary.append(("Total credits", exact(invoice.total_credits), True))
+    summary += [(f"Usage: {feature}", "-" + rounded(amount, places), False)
+                for feature, amount in usage_by_feature(invoice)]
+    summary += [("Total usage", "-" + rounded(invoice.total_usage, places), True),
+                ("Rounding difference (usage)", exact(invoice.rounding_difference), False),
+                ("Usage as debited", "-" + exact(invoice.usage_exact), False),
+                ("Closing balance", exact(invoice.closing_balance), True)]
+    for label, amount, bold in summary:
+        pdf.set_font("Helvetica", "B" if bold else "", 9)
+        pdf.cell(80, 5, _latin1(label))
+        pdf.cell(45, 5, _latin1(f"{amount} {currency}"), align="R", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.ln(2)
+    pdf.note("Opening balance + total credits - usage as debited = closing balance, exactly, against the ledger. "
+             f"Each usage line is rounded once, half to even, to {places} decimal places; the rounding difference "
+             "is the sum of the lines' differences (total usage - usage as debited). " + STATEMENT_NOTE)
+
+    pdf.ln(3)
+    pdf.heading("Usage by feature and category")
     pdf.set_font("Helvetica", size=8)
-    usage = invoice.usage_lines
+    usage = sorted(invoice.usage_lines, key=lambda line: (line.feature_key or "", line.category or "", line.line_no))
     if usage:
-        headings = ("#", "Feature", "Category", "Provider", "Model", "Unit", "Quantity", "Unit price",
-                    "Exact amount", "Amount", "Rounding")
-        with pdf.table(col_widths=(8, 34, 18, 22, 28, 22, 28, 24, 30, 22, 22), line_height=5,
+        with pdf.table(col_widths=(10, 30, 28, 18, 30, 20, 28, 24, 30, 22, 22), line_height=4.5,
                        text_align=("RIGHT", "LEFT", "LEFT", "LEFT", "LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT",
                                    "RIGHT", "RIGHT")) as table:
-            table.row(headings)
+            table.row(("#", "Feature", "Category", "Provider", "Model", "Unit", "Quantity", "Unit price",
+                       "Exact amount", "Amount", "Rounding"))
             for line in usage:
                 feature = (line.feature_key or "") + (" (prior period)" if line.prior_period else "")
                 table.row([_latin1(v) for v in (
@@ -144,14 +232,12 @@ def invoice_pdf(invoice: Invoice) -> bytes:
                     rounded(line.amount, places), exact(line.rounding_difference))])
     else:
         pdf.cell(0, 6, "No usage in this period.", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    pdf.ln(4)
-
-    pdf.set_font("Helvetica", "B", 12)
-    pdf.cell(0, 8, "Credits", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.ln(3)
+    pdf.heading("Credits")
     pdf.set_font("Helvetica", size=8)
     credits = invoice.credit_lines
     if credits:
-        with pdf.table(col_widths=(8, 90, 30, 40), line_height=5, width=168, align="LEFT",
+        with pdf.table(col_widths=(10, 100, 30, 40), line_height=4.5, width=180, align="LEFT",
                        text_align=("RIGHT", "LEFT", "RIGHT", "RIGHT")) as table:
             table.row(("#", "Description", "Entries", "Amount"))
             for line in credits:
@@ -160,21 +246,53 @@ def invoice_pdf(invoice: Invoice) -> bytes:
     else:
         pdf.cell(0, 6, "No top-ups, refunds, adjustments or expiries in this period.",
                  new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    pdf.ln(4)
+    return bytes(pdf.output())
 
-    if pdf.get_y() > pdf.h - 95:  # the totals and their note stay together on one page
-        pdf.add_page()
-    pdf.set_font("Helvetica", "B", 12)
-    pdf.cell(0, 8, "Totals", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    for row_type, label, amount in totals(invoice):
-        bold = row_type in ("total_usage", "total_credits", "closing_balance")
-        pdf.set_font("Helvetica", "B" if bold else "", 10)
-        pdf.cell(60, 6, _latin1(label))
-        pdf.cell(50, 6, _latin1(f"{amount} {invoice.currency}"), align="R", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+
+RECEIPT_CSV_COLUMNS = ["receiptId", "number", "issuedAt", "tenantId", "currency", "grantId", "source", "description",
+                       "net", "taxLabel", "taxRate", "tax", "gross", "roundingDifference", "taxMode", "taxWording"]
+
+
+def receipt_csv(receipt: Receipt) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=RECEIPT_CSV_COLUMNS, lineterminator="\r\n")
+    writer.writeheader()
+    row = {"receiptId": str(receipt.id), "number": receipt.number, "issuedAt": _when(receipt.issued_at),
+           "tenantId": receipt.tenant_id, "currency": receipt.currency, "grantId": str(receipt.grant_id),
+           "source": receipt.source, "description": receipt.description or "",
+           "net": rounded(receipt.net, receipt.minor_unit), "taxLabel": receipt.tax_label or "",
+           "taxRate": exact(receipt.tax_rate), "tax": rounded(receipt.tax, receipt.minor_unit),
+           "gross": rounded(receipt.gross, receipt.minor_unit), "roundingDifference": exact(receipt.rounding_difference),
+           "taxMode": receipt.tax_mode, "taxWording": receipt.tax_wording or ""}
+    writer.writerow({column: _cell(column, value) for column, value in row.items()})
+    return out.getvalue()
+
+
+def receipt_pdf(receipt: Receipt) -> bytes:
+    pdf = _DocumentPdf(f"Receipt {receipt.number}")
+    pdf.add_page()
+    places, currency = receipt.minor_unit, receipt.currency
+    pdf.set_font("Helvetica", "B", 18)
+    pdf.cell(0, 10, "Receipt", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.facts([("Number", receipt.number), ("Issued", _when(receipt.issued_at)), ("Tenant", receipt.tenant_id),
+               ("Currency", currency)])
+    pdf.parties(receipt.issuer, receipt.customer)
+    pdf.heading("Credit purchase")
+    pdf.set_font("Helvetica", size=9)
+    tax_label = receipt.tax_label or ("Tax (reverse charge)" if receipt.tax_mode == "reverse_charge" else "Tax")
+    with pdf.table(col_widths=(110, 40), width=150, align="LEFT", line_height=6,
+                   text_align=("LEFT", "RIGHT")) as table:
+        table.row(("Description", f"Amount ({currency})"))
+        table.row((_latin1(receipt.description or "Prepaid usage credits"), rounded(receipt.net, places)))
+        table.row(("Net", rounded(receipt.net, places)))
+        table.row((_latin1(tax_label), rounded(receipt.tax, places)))
+        table.row(("Total paid (gross)", rounded(receipt.gross, places)))
     pdf.ln(2)
-    pdf.set_font("Helvetica", size=8)
-    pdf.multi_cell(0, 4, _latin1(
-        "Opening balance + total credits - usage as debited = closing balance, exactly, against the ledger. "
-        f"Each usage line is rounded once, half to even, to {places} decimal places; the rounding difference "
-        "is the sum of the lines' differences (total usage - usage as debited)."))
+    if receipt.tax_wording:
+        pdf.set_font("Helvetica", "B", 9)
+        pdf.multi_cell(0, 5, _latin1(receipt.tax_wording), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    if receipt.tax_mode == "rate":
+        pdf.note(f"Net = gross / (1 + {exact(receipt.tax_rate)}) rounded half to even to {places} decimal places; "
+                 f"tax = gross - net. Rounding difference (tax - net x rate): {exact(receipt.rounding_difference)}.")
+    pdf.note(RECEIPT_NOTE)
     return bytes(pdf.output())

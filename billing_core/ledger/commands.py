@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
+from billing_core.documents.commands import TaxTreatmentRequest
 from billing_core.fields import (
     Description,
     IdempotencyKey,
@@ -50,4 +51,5 @@ class WalletSettingsRequest(Strict):
     status: Literal["active", "blocked"] | None = None
     overdraftLimit: NonNegativeAmount | None = None
     clearFlag: bool | None = None
+    tax: TaxTreatmentRequest | None = None  # how the tenant's credit purchases are taxed (receipts)
     tenantId: TenantId | None = None

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from billing_core import idempotency, money
 from billing_core.db import UnitOfWork
+from billing_core.documents import receipts
 from billing_core.errors import InsufficientBalance, NotFound, RefundExceeded, ValidationFailed
 from billing_core.ledger import expiry
 from billing_core.ledger.book import WalletBook, draw_order
@@ -45,9 +46,13 @@ def _future(book: WalletBook, command: TopUpRequest | AdjustmentRequest) -> None
         raise ValidationFailed("expiresAt", "must be in the future")
 
 
-def _commit(uow: UnitOfWork, book: WalletBook, key: str) -> CreditResult:
-    """Write the book, remember the entry for replays, commit; answered as a replay would be."""
+def _commit(uow: UnitOfWork, book: WalletBook, key: str, purchase: Grant | None = None,
+            description: str | None = None) -> CreditResult:
+    """Write the book, remember the entry for replays, commit; answered as a replay would be. A
+    `purchase` (a paid top-up's grant) gets its receipt in the same transaction."""
     entry_id = book.flush()[-1]
+    if purchase is not None:
+        receipts.issue_for_grant(uow, purchase, description=description)
     idempotency.record_result(uow, book.tenant_id, key, ledger_entry_id=entry_id)
     entry = book.entries([entry_id])[0]
     grant = get_grant(uow, book.tenant_id, entry.grant_id)
@@ -64,10 +69,11 @@ def top_up(uow: UnitOfWork, tenant_id: str, command: TopUpRequest, *, created_by
         return replay
     book = WalletBook.open(uow, tenant_id)
     _future(book, command)
-    book.add_grant(command.amount, kind=command.kind, source="topup", priority=command.priority,
+    _, grant = book.add_grant(command.amount, kind=command.kind, source="topup", priority=command.priority,
                               expires_at=command.expiresAt, reference=key, description=command.description,
                               idempotency_key=key, created_by=created_by)
-    return _commit(uow, book, key)
+    # an operator's paid top-up records money received: it issues a receipt (promotional ones do not)
+    return _commit(uow, book, key, purchase=grant, description=command.description or "Credit purchase")
 
 
 def adjust(uow: UnitOfWork, tenant_id: str, command: AdjustmentRequest, *, created_by: str | None) -> CreditResult:

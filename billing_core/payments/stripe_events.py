@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import insert
 from billing_core import money
 from billing_core.catalog import CURRENCY
 from billing_core.db import UnitOfWork
+from billing_core.documents import receipts
 from billing_core.ledger.book import WalletBook
 from billing_core.ledger.model import EntryType, GrantKind
 from billing_core.ledger.tables import credit_grants, ledger_entries
@@ -168,6 +169,7 @@ def credit_payment(uow: UnitOfWork, tenant_id: str, payment: str, amount: Decima
                               reference=reference, description=f"Stripe payment {payment}",
                               idempotency_key=f"stripe:{reference}", created_by="stripe")
     book.flush()
+    receipts.issue_for_grant(uow, grant, description=f"Credit purchase, Stripe payment {payment}")
     return grant
 
 

@@ -313,6 +313,10 @@ def test_a_charge_crossing_the_threshold_recharges_to_the_target_once(api, token
     assert row.status == "ignored" and "credited already" in row.detail
     assert wallet(api, tokens["admin"])["currentBalance"] == "50"
     assert len(stripe_grants(api, tokens["admin"])) == 1
+    # the auto top-up's payment has its receipt (the operator's paid top-up of 12 has the other), once
+    receipts = api.get("/api/billing/invoices?type=receipt", tokens["admin"]).json()["invoices"]
+    assert sorted((r["source"], r["gross"], r["grantId"] if r["source"] == "stripe" else None) for r in receipts) == [
+        ("stripe", "43", grant["id"]), ("topup", "12", None)]
     assert scan_now() == 0 and len(attempts(api, tokens["admin"], tenant)) == 1
     assert_ledger_consistent(api, make_token, tenant)
     assert 'lad_auto_topup_attempts_total{outcome="succeeded"}' in api.get("/metrics").text

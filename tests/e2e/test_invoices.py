@@ -123,8 +123,9 @@ def assert_lines(invoice: dict[str, Any], expected: dict[tuple, dict]) -> None:
 
 
 def without_identity(invoice: dict[str, Any]) -> dict[str, Any]:
-    """An invoice without what only a stored one has (id, status, times)."""
-    return {k: v for k, v in invoice.items() if k not in ("id", "status", "createdAt", "finalizedAt")}
+    """An invoice without what only a stored one has (id, status, times, its number)."""
+    return {k: v for k, v in invoice.items()
+            if k not in ("id", "status", "createdAt", "finalizedAt", "number", "issuedAt")}
 
 
 def celery():

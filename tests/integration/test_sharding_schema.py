@@ -24,6 +24,10 @@ OPERATOR_TABLES = {
     "stripe_events": "Stripe events as received; the tenant is known once the event is processed",
     "reconciliation_runs": "operator job runs over every tenant",
     "invoice_runs": "operator job runs over every tenant",
+    "issuers": "who issues documents (the platform): a small reference table",
+    "document_series": "one gapless number counter per issuer, locked by every issue: a reference table",
+    "export_runs": "operator job runs over every tenant (or one, named but not a key)",
+    "document_numbers": "every number an issuer issued, unique per issuer (to any tenant): kept on the coordinator",
 }
 # Tenant traffic that is not shardable yet, and why; this list may only shrink.
 NOT_YET_SHARDABLE = {

@@ -177,7 +177,8 @@ class TestStack:
 # what in-process code of the tests reads from the environment (the tests deliver to their local
 # webhook receivers in-process too)
 IN_PROCESS_ENV = ("DATABASE_URL", "REDIS_URL", "BILLING_QUEUE", "STRIPE_API_BASE", "STRIPE_SECRET_KEY",
-                  "AUTO_TOPUP_RETRY_BASE_SECONDS", "PENDING_CHARGE_AGE_SECONDS", "WEBHOOK_ALLOW_PRIVATE_ADDRESSES")
+                  "AUTO_TOPUP_RETRY_BASE_SECONDS", "PENDING_CHARGE_AGE_SECONDS", "WEBHOOK_ALLOW_PRIVATE_ADDRESSES",
+                  "EXPORT_URL")
 
 
 @contextmanager
@@ -208,6 +209,7 @@ def whole_stack(name: str, smtp_url: str, *, beat: bool, own_servers: bool) -> I
         STRIPE_SECRET_KEY=STRIPE_API_KEY,
         STRIPE_API_BASE=f"http://127.0.0.1:{free_port()}",
         AUTO_TOPUP_RETRY_BASE_SECONDS="1",
+        EXPORT_URL=str(logs / "exports"),  # the run's own Parquet exports
     )
     port = free_port()
     stack.env["LAD_PUBLIC_URL"] = f"http://127.0.0.1:{port}"  # links and redirects name it, never a Host

@@ -9,12 +9,14 @@ from pydantic import Field
 from sqlalchemy.engine import Connection
 
 from billing_core import logs, money
+from billing_core.documents import receipts
+from billing_core.documents.receipts import Receipt
 from billing_core.errors import NotFound, ValidationFailed
 from billing_core.fields import TenantId
 from billing_core.invoicing import invoices
 from billing_core.invoicing import margins as margin_report
 from billing_core.invoicing.invoices import Invoice, InvoiceLine, Period
-from billing_core.invoicing.rendering import invoice_csv, invoice_pdf
+from billing_core.invoicing.rendering import invoice_csv, invoice_pdf, receipt_csv, receipt_pdf, usage_by_feature
 from tasks.invoicing import announce_finalized
 from web.api.answers import Answer, DecimalString, Query, TenantQuery, TimeBound, Timestamp, Uuid, ok
 from web.api.routing import billing, documented
@@ -32,6 +34,7 @@ PeriodText = Annotated[str, Field(max_length=7, description="a calendar month in
 
 
 class InvoicesQuery(Query):
+    type: Literal["invoice", "receipt", "credit_note"] = "invoice"
     limit: Annotated[int, Field(ge=1, le=invoices.LIST_LIMIT_MAX)] = 50
     cursor: Annotated[str, Field(max_length=200)] | None = None
     from_: Annotated[PeriodText | None, Field(alias="from", description="first month, YYYY-MM")] = None
@@ -108,8 +111,21 @@ class LedgerRangeOut(Answer):
     entries: int
 
 
+class DocumentPartyOut(Answer):
+    """The issuer or the customer as the document was issued with (later changes do not rewrite it)."""
+    legalName: str
+    address: str
+    taxId: str | None
+    email: str | None = None
+
+
 class InvoiceSummaryOut(Answer):
     id: Uuid | None
+    type: Literal["invoice"]
+    number: str | None = Field(description="the next number of the issuer's series; null on drafts")
+    issuedAt: Timestamp | None
+    issuer: DocumentPartyOut | None
+    customer: DocumentPartyOut | None = Field(description="the tenant's billing details when issued, if set")
     tenantId: str
     period: str
     status: Literal["draft", "finalized"]
@@ -130,19 +146,51 @@ class InvoiceSummaryOut(Answer):
     finalizedAt: Timestamp | None
 
 
+class FeatureUsageOut(Answer):
+    featureKey: str
+    amount: DecimalString = Field(description="the sum of the feature's rounded usage lines")
+
+
 class InvoiceOut(InvoiceSummaryOut):
+    usageByFeature: list[FeatureUsageOut] = Field(description="the summary of page 1 of the PDF")
     lines: list[InvoiceLineOut]
     creditLines: list[CreditLineOut]
 
 
+class ReceiptOut(Answer):
+    """The receipt of a credit purchase (a paid grant): the tax document of prepaid credits. The
+    amount paid is the gross; net + tax = gross exactly."""
+    id: Uuid
+    type: Literal["receipt"]
+    number: str
+    issuedAt: Timestamp
+    issuer: DocumentPartyOut
+    customer: DocumentPartyOut | None
+    tenantId: str
+    status: Literal["finalized"]
+    currency: str
+    minorUnit: int
+    grantId: Uuid
+    source: str = Field(description="topup (an operator's paid top-up) or stripe (a payment, an auto top-up)")
+    description: str | None
+    net: DecimalString
+    tax: DecimalString
+    gross: DecimalString = Field(description="what was paid, and the credits granted")
+    taxMode: Literal["rate", "reverse_charge", "exempt"]
+    taxRate: DecimalString | None
+    taxLabel: str | None
+    taxWording: str | None = Field(description="reverse charge or exemption wording; null when tax is charged")
+    roundingDifference: DecimalString = Field(description="tax - net x taxRate, from rounding net to the minor unit")
+
+
 class InvoiceResponse(Answer):
     success: Literal[True]
-    invoice: InvoiceOut
+    invoice: InvoiceOut | ReceiptOut
 
 
 class InvoicesResponse(Answer):
     success: Literal[True]
-    invoices: list[InvoiceSummaryOut]
+    invoices: list[InvoiceSummaryOut | ReceiptOut]
     nextCursor: str | None
 
 
@@ -255,9 +303,15 @@ def credit_line(line: InvoiceLine) -> CreditLineOut:
                          amount=line.amount)
 
 
+def _party(block: dict[str, Any] | None) -> DocumentPartyOut | None:
+    return None if block is None else DocumentPartyOut(**block)
+
+
 def _summary_fields(inv: Invoice) -> dict[str, Any]:
     return {
-        "id": inv.id, "tenantId": inv.tenant_id, "period": inv.period_label, "status": inv.status,
+        "id": inv.id, "type": "invoice", "number": inv.number, "issuedAt": inv.issued_at,
+        "issuer": _party(inv.issuer), "customer": _party(inv.customer),
+        "tenantId": inv.tenant_id, "period": inv.period_label, "status": inv.status,
         "currency": inv.currency, "minorUnit": inv.minor_unit, "periodStart": inv.period_start,
         "periodEnd": inv.period_end, "openingBalance": inv.opening_balance, "closingBalance": inv.closing_balance,
         "totalUsage": inv.total_usage, "totalUsageExact": inv.usage_exact,
@@ -278,7 +332,19 @@ def invoice_summary(inv: Invoice) -> InvoiceSummaryOut:
 
 def invoice_out(inv: Invoice) -> InvoiceOut:
     return InvoiceOut(**_summary_fields(inv), lines=[usage_line(line) for line in inv.usage_lines],
+                      usageByFeature=[FeatureUsageOut(featureKey=feature, amount=amount)
+                                      for feature, amount in usage_by_feature(inv)],
                       creditLines=[credit_line(line) for line in inv.credit_lines])
+
+
+def receipt_out(r: Receipt) -> ReceiptOut:
+    issuer = _party(r.issuer)
+    assert issuer is not None
+    return ReceiptOut(
+        id=r.id, type="receipt", number=r.number, issuedAt=r.issued_at, issuer=issuer, customer=_party(r.customer),
+        tenantId=r.tenant_id, status="finalized", currency=r.currency, minorUnit=r.minor_unit, grantId=r.grant_id,
+        source=r.source, description=r.description, net=r.net, tax=r.tax, gross=r.gross, taxMode=r.tax_mode,
+        taxRate=r.tax_rate, taxLabel=r.tax_label, taxWording=r.tax_wording, roundingDifference=r.rounding_difference)
 
 
 # --- handlers -------------------------------------------------------------------------------------
@@ -293,10 +359,18 @@ def _period(value: str | None, default: Period | None = None) -> Period:
 @documented({200: InvoicesResponse}, 403, query=InvoicesQuery)
 @rate_limited(VIEW)
 def get_invoices() -> Response:
-    """The tenant's finalized invoices, newest month first, without their lines."""
+    """The tenant's issued documents of one `type`: monthly invoices (the default; newest month first,
+    without their lines), receipts of credit purchases (newest first), or credit notes."""
     principal = authenticate(VIEW)
     query = parse_query(InvoicesQuery)
     tenant_id = tenant_for(principal, query.tenantId)
+    if query.type != "invoice":
+        if query.type == "credit_note":  # none are issued yet (corrections would issue them)
+            return ok(InvoicesResponse, invoices=[], nextCursor=None)
+        with read_unit_of_work() as uow:
+            found_receipts, next_cursor = receipts.list_receipts(uow, tenant_id, limit=query.limit,
+                                                                 cursor=query.cursor)
+        return ok(InvoicesResponse, invoices=[receipt_out(r) for r in found_receipts], nextCursor=next_cursor)
     period_from = Period.parse(query.from_, "from") if query.from_ else None
     period_to = Period.parse(query.to, "to") if query.to else None
     with read_unit_of_work() as uow:
@@ -345,27 +419,42 @@ def post_invoice_rollup() -> Response:
         milliseconds=result.milliseconds, refused=result.refused))
 
 
-def _stored(invoice_id: str) -> Invoice:
+def stored_document(uow: Any, tenant_id: str, wanted: Any) -> Invoice | Receipt:
+    """The tenant's invoice or receipt with this id (the API's and the portal's); NotFound otherwise."""
+    try:
+        return invoices.get_invoice(uow, tenant_id, wanted)
+    except NotFound:
+        return receipts.get_receipt(uow, tenant_id, wanted)
+
+
+def _stored(invoice_id: str) -> Invoice | Receipt:
+    """An issued document of the tenant's, whatever its type (invoices and receipts share /invoices)."""
     principal = authenticate(VIEW)
     query = parse_query(TenantQuery)
     tenant_id = tenant_for(principal, query.tenantId)
     wanted = path_uuid(invoice_id, "invoice")
     try:
         with read_unit_of_work() as uow:
-            return invoices.get_invoice(uow, tenant_id, wanted)
+            return stored_document(uow, tenant_id, wanted)
     except NotFound:
         # an invoice finalized a moment ago may not have reached the replica yet: the primary decides
         with unit_of_work() as uow:
-            return invoices.get_invoice(uow, tenant_id, wanted)
+            return stored_document(uow, tenant_id, wanted)
 
 
-def invoice_file(inv: Invoice, extension: str) -> Response:
-    """The invoice as a download: `pdf` or `csv` (the API's and the portal's)."""
-    body, mimetype = (invoice_pdf(inv), "application/pdf") if extension == "pdf" else (invoice_csv(inv), "text/csv")
+def invoice_file(inv: Invoice | Receipt, extension: str) -> Response:
+    """The document as a download: `pdf` or `csv` (the API's and the portal's)."""
+    if isinstance(inv, Receipt):
+        body, mimetype = ((receipt_pdf(inv), "application/pdf") if extension == "pdf"
+                          else (receipt_csv(inv), "text/csv"))
+        name = f"receipt-{inv.number}"
+    else:
+        body, mimetype = ((invoice_pdf(inv), "application/pdf") if extension == "pdf"
+                          else (invoice_csv(inv), "text/csv"))
+        name = f"invoice-{inv.number}" if inv.number else f"invoice-{inv.tenant_id}-{inv.period_label}"
     response = make_response(body)
     response.mimetype = mimetype
-    response.headers["Content-Disposition"] = (
-        f'attachment; filename="invoice-{inv.tenant_id}-{inv.period_label}.{extension}"')
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}.{extension}"'
     return response
 
 
@@ -389,8 +478,10 @@ def get_invoice_pdf(invoice_id: str) -> Response:
 @documented({200: InvoiceResponse}, 403, 404, query=TenantQuery)
 @rate_limited(VIEW)
 def get_invoice(invoice_id: str) -> Response:
-    """One invoice with its usage and credit lines; another tenant's is not found."""
-    return ok(InvoiceResponse, invoice=invoice_out(_stored(invoice_id)))
+    """One document: an invoice with its usage and credit lines, or a receipt; another tenant's is
+    not found."""
+    found = _stored(invoice_id)
+    return ok(InvoiceResponse, invoice=receipt_out(found) if isinstance(found, Receipt) else invoice_out(found))
 
 
 @billing.get("/margins")

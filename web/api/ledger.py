@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from flask import Response
 from pydantic import Field, TypeAdapter, ValidationError
 
+from billing_core.documents import parties
 from billing_core.errors import NotFound, ValidationFailed
 from billing_core.fields import TenantId
 from billing_core.ledger import allocations, credits, expiry, verification
@@ -69,9 +70,18 @@ class WalletResponse(Answer):
     wallet: WalletWithGrants
 
 
+class TaxOut(Answer):
+    """How the tenant's credit purchases are taxed on their receipts (none set: exempt)."""
+    mode: Literal["rate", "reverse_charge", "exempt"]
+    rate: DecimalString | None = Field(description="a fraction: 0.19 is 19%")
+    label: str | None
+    wording: str | None = Field(description="what a receipt says about tax it does not charge")
+
+
 class WalletSettingsResponse(Answer):
     success: Literal[True]
     wallet: WalletOut
+    tax: TaxOut
 
 
 class TransactionOut(Answer):
@@ -259,15 +269,20 @@ def post_adjustment() -> Response:
 @documented({200: WalletSettingsResponse}, 403, json=WalletSettingsRequest)
 @rate_limited(ADMIN)
 def patch_wallet() -> Response:
-    """Block or unblock the wallet, set its overdraft limit, clear a clawback flag. Blocked wallets
+    """Block or unblock the wallet, set its overdraft limit, clear a clawback flag, set the tenant's
+    tax treatment (`tax`: a rate with its label, reverse charge, or exempt). Blocked wallets
     refuse charges and reservations (403 wallet_blocked); top-ups still work."""
     principal = authenticate(ADMIN)
     command = parse(WalletSettingsRequest, json_body())
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
+        if command.tax is not None:
+            parties.set_tax_treatment(uow, tenant_id, command.tax)  # committed with the wallet's settings
+        tax = parties.tax_treatment(uow, tenant_id)
         wallet = change_settings(uow, tenant_id, status=command.status, overdraft_limit=command.overdraftLimit,
                                  clear_flag=bool(command.clearFlag))
-    return ok(WalletSettingsResponse, wallet=wallet_out(wallet))
+    return ok(WalletSettingsResponse, wallet=wallet_out(wallet), tax=TaxOut(
+        mode=tax.mode, rate=tax.rate, label=tax.label, wording=tax.wording))
 
 
 def _name(value: str) -> str:
