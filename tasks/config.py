@@ -22,6 +22,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Sentinels and follows it after a failover
         broker_url = _sentinel.kombu_url()
         broker_transport = "tasks.broker:SentinelTransport"
+        # Celery prefers a CELERY_BROKER_URL from the environment over broker_url (the Sentinel form that
+        # kombu cannot read): the read and write URLs are taken from the configuration first
+        broker_read_url = broker_write_url = broker_url
     broker_connection_retry_on_startup = True
     broker_connection_timeout = 3
     # A broker outage is waited out, however long: the default gives up after 100 attempts and the

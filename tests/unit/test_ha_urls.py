@@ -74,6 +74,8 @@ def test_celery_follows_the_sentinels():
     config = celery_config(Settings(redis_url="sentinel://h1:26379,h2:26379/0?master=billing"))
     assert config["broker_transport"] == "tasks.broker:SentinelTransport"
     assert config["broker_url"] == "sentinel://h1:26379/0;sentinel://h2:26379/0"
+    # Celery would take CELERY_BROKER_URL from the environment over broker_url
+    assert config["broker_read_url"] == config["broker_write_url"] == config["broker_url"]
     assert config["broker_transport_options"]["master_name"] == "billing"
     plain = celery_config(Settings(redis_url="redis://h:6379/0"))
     assert plain["broker_transport"] == "tasks.broker:Transport"
