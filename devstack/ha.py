@@ -132,7 +132,7 @@ class HaCluster:
         for host in self.hosts:
             self._start_etcd(host)
         for host in self.database_hosts:
-            self._start_patroni(host)
+            self.start_patroni(host)
         self._start_redis()
         self.wait_for_cluster()
         return self
@@ -231,7 +231,7 @@ class HaCluster:
             },
         }
 
-    def _start_patroni(self, host: Host) -> None:
+    def start_patroni(self, host: Host) -> None:
         config = host.folder / "patroni.json"  # JSON is YAML
         config.write_text(json.dumps(self._patroni_config(host), indent=2))
         run_as = _as_pg_user(host.folder)  # PostgreSQL (so Patroni, its parent) refuses to run as root
@@ -367,6 +367,17 @@ class HaCluster:
         assert pid is not None, f"no PostgreSQL running on {host.name}"
         os.kill(pid, signal.SIGKILL)
         return pid
+
+    def crash_database_host(self, host: Host) -> None:
+        """The host's Patroni and PostgreSQL die at once (SIGKILL), as when the machine goes down; its etcd
+        member stays (the quorum is not what this shows). `start_patroni(host)` brings the node back."""
+        patroni = host.processes.pop("patroni", None)
+        if patroni is not None:
+            patroni.kill()
+            patroni.wait()
+        pid = host.postmaster_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
 
     def kill_redis(self, name: str) -> None:
         process = self.redis.get(name)
