@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,8 +126,11 @@ class HaCluster:
 
     # --- start and stop ----------------------------------------------------------------------------------
 
-    def start(self) -> HaCluster:
+    def start(self, fresh: bool = False) -> HaCluster:
+        """`fresh`: a new cluster (the tests); otherwise the data of the last run is kept (`make ha`)."""
         self.clean_up()
+        if fresh:
+            shutil.rmtree(self.root, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
         self._network()
         for host in self.hosts:

@@ -30,7 +30,7 @@ RESULTS: dict[str, dict] = {}
 def ha(smtp_inbox) -> Iterator[tuple[HaCluster, TestStack]]:
     cluster = HaCluster(DATA / "servers", prefix="ladht", subnet=78)
     try:
-        cluster.start()
+        cluster.start(fresh=True)
         urls = {"DATABASE_URL": cluster.database_url(), "REDIS_URL": cluster.redis_url}
         with whole_stack("test-ha", smtp_inbox.url, beat=True, own_servers=False, servers=urls) as live:
             yield cluster, live
