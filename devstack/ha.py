@@ -473,7 +473,9 @@ def main() -> int:
         raise KeyboardInterrupt  # while the servers start; devstack.run takes over the signals afterwards
 
     signal.signal(signal.SIGTERM, interrupted)
-    cluster = HaCluster(data_dir / "servers")
+    # another prefix and subnet let a second cluster run beside this one (the test of `make ha` does)
+    cluster = HaCluster(data_dir / "servers", prefix=os.environ.get("LAD_HA_PREFIX", "ladha"),
+                        subnet=int(os.environ.get("LAD_HA_SUBNET", "77")))
     database = "lad_billing"
     try:
         print("starting PostgreSQL (Patroni, etcd) and Redis (Sentinel)...", flush=True)
