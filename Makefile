@@ -44,7 +44,7 @@ test-faults: install ha-tools
 	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
 
 # --- high availability (docs/high-availability.md) ---------------------------------------------------
-# Patroni from PyPI (requirements-ha.txt), etcd from Debian (`etcd-server`) and ip/iptables for the
+# Patroni from PyPI (requirements-ha.txt), etcd from Debian (`etcd-server`) and `ip` (iproute2) for the
 # hosts' network namespaces; CI is root on Debian. PostgreSQL and Redis are the embedded servers' binaries.
 HA_STAMP := $(VENV)/.installed-ha-$(shell cksum < requirements-ha.txt | cut -d' ' -f1)
 $(HA_STAMP): requirements-ha.txt $(STAMP)
@@ -52,7 +52,7 @@ $(HA_STAMP): requirements-ha.txt $(STAMP)
 	@rm -f $(VENV)/.installed-ha-* && touch $(HA_STAMP)
 
 ha-tools: install $(HA_STAMP)
-	@command -v etcd >/dev/null && command -v iptables >/dev/null && command -v ip >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server iptables iproute2; }
+	@command -v etcd >/dev/null && command -v ip >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server iproute2; }
 
 # the service against a PostgreSQL primary + synchronous standby (Patroni, 3 etcd members), each database
 # host in its own network namespace, and Redis with a replica and 3 Sentinels; writes .data/ha/stack.env
