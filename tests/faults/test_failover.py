@@ -115,7 +115,7 @@ def test_partitioned_primary_is_fenced_and_rejoins(scenario, tenant, make_token)
             # lost the leader lock; before that a commit would wait for the unreachable synchronous standby)
             probe = cluster.in_host(old, "SET statement_timeout = '3s'; "
                                          "CREATE TABLE IF NOT EXISTS fence_probe (x int); INSERT INTO fence_probe VALUES (1)")
-            report["old_primary_write"] = (probe.stderr.strip().splitlines() or ["refused"])[-1][:80]
+            report["old_primary_write"] = (probe.stderr.strip().splitlines() or ["refused"])[-1].split("FATAL:")[-1].strip()[:80]
             assert probe.returncode != 0, f"the partitioned old primary accepted a write: {probe.stdout}"
             time.sleep(2)
         finally:
