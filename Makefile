@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install run test bench token job migrate lint clean console vendor chromium poppler
+.PHONY: install run test bench token job migrate lint clean console vendor chromium poppler ha ha-tools
 
 # requirements.txt is the service (the production image installs only it); requirements-dev.txt adds
 # the local stack's embedded servers, the tests, the bench and the linters
@@ -25,7 +25,7 @@ install: $(STAMP) $(CLIENT_STAMP)
 run: install
 	WEBHOOK_ALLOW_PRIVATE_ADDRESSES=$${WEBHOOK_ALLOW_PRIVATE_ADDRESSES:-true} $(PY) -m devstack.run
 
-test: lint node-toolchain chromium poppler
+test: lint node-toolchain chromium poppler ha-tools
 	$(PY) -m pytest
 
 # one level at a time (`make test` runs them all); locally, -m "not browser and not node" skips the
@@ -40,8 +40,24 @@ test-integration: install
 test-e2e: install node-toolchain chromium poppler
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test-faults: install
+test-faults: install ha-tools
 	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
+
+# --- high availability (docs/high-availability.md) ---------------------------------------------------
+# Patroni from PyPI (requirements-ha.txt), etcd from Debian (`etcd-server`) and `ip` (iproute2) for the
+# hosts' network namespaces; CI is root on Debian. PostgreSQL and Redis are the embedded servers' binaries.
+HA_STAMP := $(VENV)/.installed-ha-$(shell cksum < requirements-ha.txt | cut -d' ' -f1)
+$(HA_STAMP): requirements-ha.txt $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-ha.txt
+	@rm -f $(VENV)/.installed-ha-* && touch $(HA_STAMP)
+
+ha-tools: install $(HA_STAMP)
+	@command -v etcd >/dev/null && command -v ip >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server iproute2; }
+
+# the service against a PostgreSQL primary + synchronous standby (Patroni, 3 etcd members), each database
+# host in its own network namespace, and Redis with a replica and 3 Sentinels; writes .data/ha/stack.env
+ha: ha-tools
+	WEBHOOK_ALLOW_PRIVATE_ADDRESSES=$${WEBHOOK_ALLOW_PRIVATE_ADDRESSES:-true} $(PY) -m devstack.ha
 
 # Node.js 18+ and npm for the TypeScript client's tests (clients/node); CI is root on Debian
 .PHONY: node-toolchain

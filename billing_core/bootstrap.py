@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import Engine
 
 from billing_core.db import UnitOfWork, engine_for, read_engine
+from billing_core.redis_clients import redis_from_url
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/lad_billing"
 
@@ -118,11 +119,29 @@ class Settings(BaseSettings):
 
 
 def normalize_database_url(url: str) -> str:
-    """Accept the common `postgres://` and `postgresql://` forms and pin the psycopg2 driver."""
+    """Accept the common `postgres://` and `postgresql://` forms and pin the psycopg2 driver. Several hosts
+    in libpq's form (`u@h1:p1,h2:p2/db?target_session_attrs=read-write`) become SQLAlchemy's
+    (`u@/db?host=h1:p1&host=h2:p2&...`), which it hands to libpq as they were: libpq tries the hosts in
+    order and keeps the first that `target_session_attrs` accepts (the primary, after a failover too)."""
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix):]
-    return url
+            url = "postgresql+psycopg2://" + url[len(prefix):]
+            break
+    return _hosts_in_query(url)
+
+
+def _hosts_in_query(url: str) -> str:
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = netloc.rpartition("@")
+    if "," not in hosts:
+        return url
+    path, _, query = tail.partition("?")
+    host_params = "&".join(f"host={host}" for host in hosts.split(",") if host)
+    return f"{scheme}://{userinfo}{at}{path or '/'}?{host_params}{'&' + query if query else ''}"
 
 
 @dataclass
@@ -152,8 +171,7 @@ class Runtime:
     def redis(self) -> redis.Redis:
         with self._lock:
             if self._redis is None:
-                self._redis = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=2,
-                                                   socket_timeout=2)
+                self._redis = redis_from_url(self.settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
             return self._redis
 
 

@@ -23,10 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON_BIN = Path(sys.executable).parent
 
 
-def _connect(url: str, database: str | None = None):
+def connect(url: str, database: str | None = None):
+    """A psycopg2 connection to the database `url` names (or `database` on its server); a URL naming several
+    hosts connects as libpq does (the first that target_session_attrs accepts)."""
+    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+
     u = make_url(url)
-    return psycopg2.connect(host=u.host, port=u.port, user=u.username, password=u.password,
-                            dbname=database or u.database)
+    args, kwargs = PGDialect_psycopg2().create_connect_args(u.set(database=database) if database else u)
+    return psycopg2.connect(*args, **kwargs)
+
 
 
 def database_url(url: str, database: str) -> str:
@@ -37,7 +42,7 @@ def create_database(url: str, database: str, *, exist_ok: bool) -> None:
     """Create `database` on the server of `url` unless it exists. A role that may not create it gets an
     error naming the database, not a stack trace."""
     try:
-        _connect(url, database).close()
+        connect(url, database).close()
         if not exist_ok:
             raise RuntimeError(f"database {database} already exists")
         return
@@ -46,7 +51,7 @@ def create_database(url: str, database: str, *, exist_ok: bool) -> None:
             raise
     u = make_url(url)
     try:
-        connection = _connect(url, "postgres")
+        connection = connect(url, "postgres")
         connection.autocommit = True
         with connection.cursor() as cursor:
             cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
@@ -63,7 +68,7 @@ class DatabaseMissing(RuntimeError):
 
 
 def drop_database(url: str, database: str) -> None:
-    connection = _connect(url, "postgres")
+    connection = connect(url, "postgres")
     connection.autocommit = True
     with connection.cursor() as cursor:
         cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))

@@ -26,14 +26,25 @@ class QoS(redis.QoS):
     restore_at_shutdown = False
 
 
-class Channel(redis.Channel):
-    QoS = QoS
-
+class _ClosedChannelFix:
     def _connparams(self, asynchronous: bool = False) -> dict:
-        if self.connection is None:
+        if self.connection is None:  # type: ignore[attr-defined]
             raise redis_errors.ConnectionError("this broker channel was closed when its connection was lost")
-        return super()._connparams(asynchronous=asynchronous)
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[misc]
+
+
+class Channel(_ClosedChannelFix, redis.Channel):
+    QoS = QoS
 
 
 class Transport(redis.Transport):
     Channel = Channel
+
+
+# Redis Sentinel (a `sentinel://` REDIS_URL / CELERY_BROKER_URL): kombu's sentinel channel, same two fixes
+class SentinelChannel(_ClosedChannelFix, redis.SentinelChannel):
+    QoS = QoS
+
+
+class SentinelTransport(redis.SentinelTransport):
+    Channel = SentinelChannel

@@ -8,13 +8,23 @@ from typing import Any
 from celery.schedules import crontab
 
 from billing_core.bootstrap import Settings
+from billing_core.redis_clients import is_sentinel_url, parse_sentinel_url
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery's configuration for these settings (lower-case names, as Celery documents them)."""
     broker_url = settings.broker_url
+    _sentinel = parse_sentinel_url(broker_url) if is_sentinel_url(broker_url) else None
     if broker_url.startswith(("redis://", "rediss://")):
         broker_transport = "tasks.broker:Transport"
+    elif _sentinel is not None:
+        # Redis Sentinel: kombu's sentinel transport (with the same fixes) finds the master through the
+        # Sentinels and follows it after a failover
+        broker_url = _sentinel.kombu_url()
+        broker_transport = "tasks.broker:SentinelTransport"
+        # Celery prefers a CELERY_BROKER_URL from the environment over broker_url (the Sentinel form that
+        # kombu cannot read): the read and write URLs are taken from the configuration first
+        broker_read_url = broker_write_url = broker_url
     broker_connection_retry_on_startup = True
     broker_connection_timeout = 3
     # A broker outage is waited out, however long: the default gives up after 100 attempts and the
@@ -26,13 +36,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # them would roll back finished work and leave it to the pending sweep. (Celery 6 changes the
     # default; we say what we want.)
     worker_cancel_long_running_tasks_on_connection_loss = False
-    broker_transport_options = {
+    broker_transport_options: dict[str, Any] = {
         # An unacknowledged message returns to the queue after this long; a duplicate delivery is
         # harmless (charging is idempotent per event), a lost one is caught by the pending sweep.
         "visibility_timeout": 300,
         "socket_connect_timeout": 3,
         "socket_timeout": 10,
     }
+    if _sentinel is not None:
+        broker_transport_options["master_name"] = _sentinel.master
+        broker_transport_options["sentinel_kwargs"] = {"socket_connect_timeout": 3, "socket_timeout": 3}
     # Outcomes live in PostgreSQL (the usage event); Celery's result store would be a second truth.
     task_ignore_result = True
     result_backend = None

@@ -37,6 +37,7 @@ from billing_core import logs
 from billing_core.access.sessions import PageSession
 from billing_core.bootstrap import Settings
 from billing_core.ledger import wallets
+from billing_core.redis_clients import redis_from_url
 from web.auth import ADMIN, CHARGE, MANAGE, VIEW, Principal, authenticate
 from web.errors import ApiError
 from web.runtime import runtime, settings
@@ -101,7 +102,7 @@ class Verdict:
 
 def init_limiter(app: Flask) -> None:
     settings: Settings = app.config["LAD_SETTINGS"]
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+    client = redis_from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
     app.extensions["lad_rate_limit_redis"] = client
     app.extensions["lad_rate_limits"] = client.register_script(SLIDING_WINDOWS)
     app.extensions["lad_rate_limit_prefix"] = f"{settings.queue}:ratelimit"

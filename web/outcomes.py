@@ -10,6 +10,7 @@ from collections.abc import Callable
 import redis
 
 from billing_core import logs
+from billing_core.redis_clients import redis_from_url
 
 log = logs.get(__name__)
 
@@ -56,7 +57,7 @@ class ChargeOutcomeListener:
     def _listen_forever(self) -> None:
         while True:
             try:
-                client = redis.Redis.from_url(self._redis_url, socket_connect_timeout=2, health_check_interval=15)
+                client = redis_from_url(self._redis_url, socket_connect_timeout=2, health_check_interval=15)
                 pubsub = client.pubsub()
                 pubsub.subscribe(self._channel)
                 for message in pubsub.listen():

@@ -20,11 +20,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg2
 from sqlalchemy.engine import make_url
 
 from devstack.servers import EmbeddedServers, _wait_for_port, free_port
-from devstack.stack import PYTHON_BIN, ROOT, Stack, create_database, database_url, drop_database
+from devstack.stack import PYTHON_BIN, ROOT, Stack, connect, create_database, database_url, drop_database
 from tests.support import clock
 from tests.support.helpers import Api
 
@@ -37,7 +36,7 @@ DATA = ROOT / ".data"
 
 def _install_clock(url: str) -> None:
     u = make_url(url)
-    connection = psycopg2.connect(host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.database)
+    connection = connect(url)  # the URL may name several hosts (tests/faults/test_failover.py)
     connection.autocommit = True
     try:
         clock.install(connection, u.database)
@@ -182,8 +181,10 @@ IN_PROCESS_ENV = ("DATABASE_URL", "REDIS_URL", "BILLING_QUEUE", "STRIPE_API_BASE
 
 
 @contextmanager
-def whole_stack(name: str, smtp_url: str, *, beat: bool, own_servers: bool) -> Iterator[TestStack]:
-    """The service under `.data/<name>/`; see the module's docstring."""
+def whole_stack(name: str, smtp_url: str, *, beat: bool, own_servers: bool,
+                servers: dict[str, str] | None = None) -> Iterator[TestStack]:
+    """The service under `.data/<name>/`; see the module's docstring. `servers` (DATABASE_URL and REDIS_URL)
+    names servers the caller started, e.g. the high-availability cluster of devstack.ha."""
     run_id = uuid.uuid4().hex[:10]
     data_dir = DATA / name
     logs = data_dir / "logs" / run_id
@@ -214,7 +215,8 @@ def whole_stack(name: str, smtp_url: str, *, beat: bool, own_servers: bool) -> I
     port = free_port()
     stack.env["LAD_PUBLIC_URL"] = f"http://127.0.0.1:{port}"  # links and redirects name it, never a Host
     test_stack = TestStack(stack, port, logs)
-    given = {"DATABASE_URL": None, "REDIS_URL": None} if own_servers else {}
+    given: dict[str, str | None] = {"DATABASE_URL": None, "REDIS_URL": None} if own_servers else {}
+    given.update(servers or {})
     try:
         test_stack.start_localstripe()
         with environment(**given):  # servers of its own: whatever DATABASE_URL / REDIS_URL say
