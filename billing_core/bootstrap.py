@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     pending_sweep_interval_seconds: int = 60
     charge_batch_size: int = Field(500, ge=1)
     quote_ttl_seconds: int = 900
+    # a charge's occurredAt may be this many days old at most (late usage; issue 20)
+    late_usage_max_days: int = Field(35, ge=1)
 
     # --- rate limits (`limits` notation) per tenant and per token, by capability ---------------------------
     # charge events, not requests: a POST /charges batch counts as its events (1,000 a second per tenant);

@@ -13,12 +13,12 @@ exactly, from the chain alone:
 
 Holds move no money (their amount is 0) and do not make an invoice. Usage lines come from the items of
 the usage events whose debit is in the month, grouped by feature, category, provider, model, unit and
-unit price; an event accepted before the month but charged in it (pending through an outage, say) is a
-separate prior-period line. An item priced by a model (graduated tiers, packages, a minimum, a tenant
-multiplier) bills the parts it recorded when it was charged, so each tier is its own line (see
-_ITEM_PARTS). Each line's amount is rounded once, half to even, to the currency's minor
-unit, and the difference is shown; the ledger-exact totals reconcile, the rounded ones differ from
-them by exactly the rounding difference shown.
+unit price; an event that occurred before the month but was charged in it (a late record's occurredAt,
+or pending through an outage) is a separate prior-period line: a finalized month is never reopened.
+An item priced by a model (graduated tiers, packages, a minimum, a tenant multiplier) bills the parts
+it recorded when it was charged, so each tier is its own line (see _ITEM_PARTS). Each line's amount
+is rounded once, half to even, to the currency's minor unit, and the difference is shown; the
+ledger-exact totals reconcile, the rounded ones differ from them by exactly the rounding difference shown.
 
 The rollup is set-based SQL over every tenant of a month at once (or one tenant), no loop over events:
 the month's ledger is aggregated once for the chain (its credits through a small index), the usage
@@ -307,12 +307,12 @@ GROUP BY 1, 2, 3, 4, 5, 6
 # aggregates beside the month's rather than a grouping key (an expression there would make the
 # planner expect a group per row, and sort instead of hashing in parallel).
 _USAGE_COLUMNS = """i.tenant_id, e.feature_key, i.category, i.provider, i.model, i.unit, i.unit_price,
-       {count} FILTER (WHERE e.created_at >= :start) AS items,
-       sum({signed}i.quantity) FILTER (WHERE e.created_at >= :start) AS quantity,
-       sum({signed}i.cost) FILTER (WHERE e.created_at >= :start) AS exact_amount,
-       {count} FILTER (WHERE e.created_at < :start) AS prior_items,
-       sum({signed}i.quantity) FILTER (WHERE e.created_at < :start) AS prior_quantity,
-       sum({signed}i.cost) FILTER (WHERE e.created_at < :start) AS prior_exact_amount"""
+       {count} FILTER (WHERE e.occurred_at >= :start) AS items,
+       sum({signed}i.quantity) FILTER (WHERE e.occurred_at >= :start) AS quantity,
+       sum({signed}i.cost) FILTER (WHERE e.occurred_at >= :start) AS exact_amount,
+       {count} FILTER (WHERE e.occurred_at < :start) AS prior_items,
+       sum({signed}i.quantity) FILTER (WHERE e.occurred_at < :start) AS prior_quantity,
+       sum({signed}i.cost) FILTER (WHERE e.occurred_at < :start) AS prior_exact_amount"""
 _DRAFT_USAGE = """
 CREATE TEMP TABLE invoice_draft_usage ON COMMIT DROP AS
 SELECT {columns}
@@ -389,7 +389,7 @@ WITH wallet AS (
 ), united AS (
     SELECT u.wallet_id, 'usage' AS line_type, u.feature_key, u.category, u.provider, u.model, u.unit,
            u.unit_price, u.prior_period, NULL AS credit_kind,
-           CASE WHEN u.prior_period THEN 'accepted before the period, charged in it' END AS description,
+           CASE WHEN u.prior_period THEN 'occurred before the period, charged in it' END AS description,
            u.items, u.quantity, u.exact_amount, round_half_even(u.exact_amount, w.minor_unit) AS amount,
            0 AS type_order, 0 AS direction
     FROM usage u JOIN wallet w ON w.wallet_id = u.wallet_id

@@ -128,7 +128,7 @@ def margins(connection: Connection, *, start: datetime, end: datetime, group_by:
 _INVOICE_LINES = """
 WITH parts AS (
     SELECT e.feature_key, i.category, i.provider, i.model, i.unit, i.unit_price, i.quantity,
-           i.cost AS revenue, i.provider_cost AS cost, i.unit_cost, e.created_at < :start AS prior_period
+           i.cost AS revenue, i.provider_cost AS cost, i.unit_cost, e.occurred_at < :start AS prior_period
     FROM usage_events e
     JOIN usage_event_items i ON i.tenant_id = e.tenant_id AND i.usage_event_id = e.id
     WHERE e.tenant_id = :tenant_id AND e.status = 'charged' AND e.charged_at >= :start AND e.charged_at < :end

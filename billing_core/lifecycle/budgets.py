@@ -179,10 +179,10 @@ def put_budget(uow: UnitOfWork, tenant_id: str, feature_key: str, *, spend_limit
                    WHERE d.tenant_id = :tenant_id AND d.entry_type = 'debit' AND d.usage_event_id IN (
                        SELECT id FROM usage_events WHERE tenant_id = :tenant_id AND feature_key = :feature_key
                          AND status = 'charged'
-                         AND created_at >= date_trunc(:period, now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')), 0))
+                         AND occurred_at >= date_trunc(:period, now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')), 0))
         FROM usage_events e
         WHERE e.tenant_id = :tenant_id AND e.feature_key = :feature_key AND e.status = 'charged'
-          AND e.created_at >= date_trunc(:period, now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+          AND e.occurred_at >= date_trunc(:period, now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
         ON CONFLICT (tenant_id, feature_key, period, period_start) DO UPDATE SET spent = excluded.spent
     """), {"tenant_id": tenant_id, "feature_key": feature_key, "period": period})
     return budget

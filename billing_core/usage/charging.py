@@ -103,7 +103,8 @@ class Settled:
 
 _PENDING_COLUMNS = (usage_events.c.id, usage_events.c.status, usage_events.c.created_at, usage_events.c.feature_key,
                     usage_events.c.external_reference_id, usage_events.c.idempotency_key, usage_events.c.user_id,
-                    usage_events.c.reservation_id, usage_events.c.quote_id, usage_events.c.request_id)
+                    usage_events.c.reservation_id, usage_events.c.quote_id, usage_events.c.request_id,
+                    usage_events.c.occurred_at)
 
 
 def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Settled]:
@@ -178,11 +179,13 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
             if event.quote_id is not None:  # priced at acceptance by a binding quote; it stays so
                 cost = money.total(i.cost for i in items[event.id])
                 priced = None
-                advances = [((i.category, i.provider, i.model, i.unit), event.created_at,
+                advances = [((i.category, i.provider, i.model, i.unit), event.occurred_at,
                              money.to_decimal(i.billed_quantity))
                             for i in items[event.id] if i.pricing_model == GRADUATED]
             else:
-                priced = price_items(uow, tenant_id, items[event.id], event.created_at, catalog, positions)
+                # priced at its occurrence (a late record's occurredAt): that moment's prices and tier
+                # position; it is still settled now, in wallet order
+                priced = price_items(uow, tenant_id, items[event.id], event.occurred_at, catalog, positions)
                 cost = money.total(p.cost for p in priced)
                 advances = [p.advance for p in priced if p.advance is not None]
             _charge(book, event, cost)
@@ -239,7 +242,8 @@ def _charge(book: WalletBook, event: Any, cost: Decimal) -> None:
         hold = book.holds[event.reservation_id]
         check_settleable(hold, event.created_at)
     releasing = book.held_by(hold) if hold is not None else Decimal(0)
-    book.budgets.check(event.feature_key, event.created_at, cost, releasing)
+    # budgets count usage in the period it occurred in
+    book.budgets.check(event.feature_key, event.occurred_at, cost, releasing)
     # the hold's own amount is released in the same entry, so it adds to what the charge may take
     if cost > money.add(book.spendable, releasing):
         details = {"required": money.format_decimal(cost), "available": money.format_decimal(book.available)}
@@ -254,7 +258,7 @@ def _charge(book: WalletBook, event: Any, cost: Decimal) -> None:
         book.settle_hold(hold, cost, event.id, **entry)
     else:
         book.debit(cost, usage_event_id=event.id, **entry)
-    book.budgets.spend(event.feature_key, event.created_at, cost)
+    book.budgets.spend(event.feature_key, event.occurred_at, cost)
 
 
 def _settle_events(uow: UnitOfWork, tenant_id: str, outcomes: list[SettleOutcome]) -> None:

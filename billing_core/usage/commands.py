@@ -18,6 +18,7 @@ from billing_core.fields import (
     Quantity,
     Strict,
     TenantId,
+    Timestamp,
     shallow_metadata,
     small_metadata,
     storable,
@@ -50,6 +51,8 @@ class ChargeRequest(Strict):
     # price the items at this binding quote's unit prices
     quoteId: uuid.UUID | None = None
     tenantId: TenantId | None = None
+    # when the usage happened, for a record that arrives late (ISO 8601; UTC when no offset)
+    occurredAt: Timestamp | None = None
 
 
 MAX_BATCH_EVENTS = 1000

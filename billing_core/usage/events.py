@@ -4,7 +4,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -64,6 +64,13 @@ class UsageEvent:
     reservation_id: uuid.UUID | None = None  # the hold this charge settles
     quote_id: uuid.UUID | None = None  # the binding quote that prices it
     request_id: str | None = None  # the HTTP request that accepted it
+    # when the usage happened (a late record's occurredAt, else its acceptance): the time it is priced,
+    # budgeted and invoiced at
+    occurred_at: datetime | None = None
+
+    @property
+    def occurred(self) -> datetime:
+        return self.occurred_at or self.created_at
 
 
 @dataclass(frozen=True)
@@ -97,16 +104,37 @@ class _Candidate:
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)
     priced: list[PricedItem] = field(default_factory=list)
     quote_id: uuid.UUID | None = None  # the binding quote that prices it: named, or its hold's
+    occurred_at: datetime | None = None  # when the usage happened: the time it is priced at
+
+
+LATE_USAGE_MAX_DAYS = 35
+# a record stamped by a clock a little ahead of the database's is not "in the future"
+OCCURRED_AT_SKEW = timedelta(minutes=5)
+
+
+def occurrence(command: ChargeRequest, accepted_at: datetime, max_days: int) -> datetime:
+    """When the charge's usage happened: its occurredAt (not beyond the clock skew ahead of the
+    acceptance, not older than `max_days`), else its acceptance. A ValidationFailed names occurredAt."""
+    at = command.occurredAt
+    if at is None:
+        return accepted_at
+    if at > accepted_at + OCCURRED_AT_SKEW:
+        raise ValidationFailed("occurredAt", "must not be in the future")
+    if at < accepted_at - timedelta(days=max_days):
+        raise ValidationFailed("occurredAt", f"must be within the last {max_days} days (LATE_USAGE_MAX_DAYS)")
+    return min(at, accepted_at)
 
 
 def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeRequest | BillingError], *,
-                   user_id: str | None, request_id: str | None = None) -> list[Acceptance]:
+                   user_id: str | None, request_id: str | None = None,
+                   late_usage_max_days: int = LATE_USAGE_MAX_DAYS) -> list[Acceptance]:
     """Record many charges as pending usage events in one transaction and commit, so each accepted
     one is durable before anyone is told. Each keeps its own idempotency key and outcome: a key used
     before with the same request is replayed, with another request it is an IdempotencyConflict, an
     item without a price is a PriceNotFound, and a refused charge writes nothing. A BillingError in
     `commands` (a request that failed validation) is passed through as that charge's outcome.
-    Enqueueing the charges is the caller's job, after this commit.
+    Enqueueing the charges is the caller's job, after this commit. A late record (occurredAt) is
+    priced at its occurrence: the catalog, override, multiplier and tier position of that moment.
     """
     results: list[Acceptance | None] = [None] * len(commands)
     first_by_key: dict[str, _Candidate] = {}
@@ -137,6 +165,7 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
         prices: TenantPrices | QuotedPrices
         try:
             candidate.quote_id = command.quoteId
+            candidate.occurred_at = occurrence(command, accepted_at, late_usage_max_days)
             if command.reservationId is not None:
                 hold = _check_hold(found_holds, command, accepted_at)
                 if candidate.quote_id is None and hold.quote_id is not None:
@@ -147,7 +176,8 @@ def accept_charges(uow: UnitOfWork, tenant_id: str, commands: Sequence[ChargeReq
                 prices = catalog
             elif candidate.quote_id == command.quoteId:
                 prices = binding_prices(found_quotes, command.quoteId, accepted_at, catalog)
-            candidate.priced = price_items(uow, tenant_id, command.items, accepted_at, prices, estimate, catalog)
+            candidate.priced = price_items(uow, tenant_id, command.items, candidate.occurred_at, prices, estimate,
+                                           catalog)
             fresh.append(candidate)
         except BillingError as refusal:
             unpriced[candidate.index] = refusal
@@ -207,6 +237,7 @@ def _events_as_written(tenant_id: str, fresh: list[_Candidate], accepted_at: dat
             rejection_code=None, rejection_reason=None, rejection_details=None, metadata=c.command.metadata,
             created_at=accepted_at, charged_at=None, enqueued_at=accepted_at, enqueue_count=1,
             reservation_id=c.command.reservationId, quote_id=c.quote_id, request_id=request_id,
+            occurred_at=c.occurred_at or accepted_at,
         )
         for c in fresh
     }
@@ -270,9 +301,10 @@ def _claim_and_insert(uow: UnitOfWork, tenant_id: str, fresh: list[_Candidate],
 
 
 def accept_charge(uow: UnitOfWork, tenant_id: str, command: ChargeRequest, *, user_id: str | None,
-                  request_id: str | None = None) -> ChargeOutcome:
+                  request_id: str | None = None, late_usage_max_days: int = LATE_USAGE_MAX_DAYS) -> ChargeOutcome:
     """Record one charge as a pending usage event (see accept_charges); its refusal is raised."""
-    acceptance = accept_charges(uow, tenant_id, [command], user_id=user_id, request_id=request_id)[0]
+    acceptance = accept_charges(uow, tenant_id, [command], user_id=user_id, request_id=request_id,
+                                late_usage_max_days=late_usage_max_days)[0]
     if acceptance.error is not None:
         raise acceptance.error
     assert acceptance.event is not None

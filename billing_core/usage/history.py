@@ -17,7 +17,7 @@ from billing_core.usage.tables import usage_events
 
 @dataclass(frozen=True)
 class UsageFilter:
-    start: datetime | None = None
+    start: datetime | None = None  # of the usage's occurrence (occurredAt)
     end: datetime | None = None  # exclusive
     feature_key: str | None = None
     status: str | None = None
@@ -34,9 +34,9 @@ class Summary:
 def _conditions(tenant_id: str, filters: UsageFilter) -> list:
     conditions = [usage_events.c.tenant_id == tenant_id]
     if filters.start is not None:
-        conditions.append(usage_events.c.created_at >= filters.start)
+        conditions.append(usage_events.c.occurred_at >= filters.start)
     if filters.end is not None:
-        conditions.append(usage_events.c.created_at < filters.end)
+        conditions.append(usage_events.c.occurred_at < filters.end)
     if filters.feature_key is not None:
         conditions.append(usage_events.c.feature_key == filters.feature_key)
     if filters.status is not None:

@@ -38,6 +38,7 @@ usage_events = Table(
     Column("reservation_id", Uuid),  # the hold this charge settles
     Column("quote_id", Uuid),  # the binding quote it is priced by
     Column("request_id", Text),  # the HTTP request that accepted it: one grep follows a charge
+    Column("occurred_at", DateTime(timezone=True), nullable=False),  # when it happened: prices, budgets, bills it
 )
 
 

@@ -73,7 +73,7 @@ class InvoiceLineOut(Answer):
     amount: DecimalString = Field(description="exactAmount rounded once, half to even, to the minor unit")
     exactAmount: DecimalString
     roundingDifference: DecimalString = Field(description="amount - exactAmount")
-    priorPeriod: bool = Field(description="events accepted before the period and charged in it")
+    priorPeriod: bool = Field(description="usage that occurred before the period (occurredAt) and was charged in it")
     items: int
     description: str | None
 

@@ -25,7 +25,7 @@ from web.auth import CHARGE, VIEW, authenticate, tenant_for
 from web.errors import ErrorDetail, error_response
 from web.limits import rate_limited
 from web.parsing import json_body, parse, parse_batch_event, parse_query, path_uuid, time_bound, with_idempotency_header
-from web.runtime import read_unit_of_work, request_charging, unit_of_work
+from web.runtime import read_unit_of_work, request_charging, settings, unit_of_work
 
 log = logs.get(__name__)
 
@@ -69,6 +69,7 @@ class UsageEventOut(Answer):
     currency: str
     externalReferenceId: str | None
     createdAt: Timestamp
+    occurredAt: Timestamp = Field(description="when the usage happened (the charge's occurredAt, else createdAt)")
     chargedAt: Timestamp | None
     rejection: Rejection | None = None  # only on a rejected event
 
@@ -167,7 +168,7 @@ def _event_fields(e: UsageEvent) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "id": e.id, "featureKey": e.feature_key, "status": e.status, "totalCost": e.total_cost,
         "currency": e.currency, "externalReferenceId": e.external_reference_id, "createdAt": e.created_at,
-        "chargedAt": e.charged_at,
+        "occurredAt": e.occurred, "chargedAt": e.charged_at,
     }
     if e.rejection_code:
         fields["rejection"] = rejection(e)
@@ -239,7 +240,8 @@ def post_charge() -> Response:
     tenant_id = tenant_for(principal, _one_tenant(command.tenantId, query.tenantId))
     wait = 0 if "respond-async" in request.headers.get("Prefer", "") else query.wait
     with unit_of_work() as uow:
-        outcome = events.accept_charge(uow, tenant_id, command, user_id=principal.subject, request_id=g.request_id)
+        outcome = events.accept_charge(uow, tenant_id, command, user_id=principal.subject, request_id=g.request_id,
+                                       late_usage_max_days=settings().late_usage_max_days)
     event = outcome.event
     _log_accepted(tenant_id, [outcome.event] if not outcome.replayed else [])
     if not outcome.replayed and not _request_charging(tenant_id, [(event.id, event.task_id)]):
@@ -272,7 +274,8 @@ def post_charges() -> Response:
     commands = [parse_batch_event(index, event, tenant_id) for index, event in enumerate(batch.events)]
     with unit_of_work() as uow:
         acceptances = events.accept_charges(uow, tenant_id, commands, user_id=principal.subject,
-                                           request_id=g.request_id)
+                                           request_id=g.request_id,
+                                           late_usage_max_days=settings().late_usage_max_days)
     _log_accepted(tenant_id, [a.event for a in acceptances if a.event is not None and not a.replayed])
     accepted = [(a.event.id, a.event.task_id) for a in acceptances if a.event is not None and not a.replayed]
     if accepted:
