@@ -35,6 +35,8 @@ export interface ChargeInput {
   metadata?: Record<string, unknown>;
   /** For a billing.admin token acting for a tenant (or the token's own tenant). */
   tenantId?: string;
+  /** When the usage happened, for a record sent late (ISO 8601 or a Date): priced and budgeted then. */
+  occurredAt?: string | Date;
 }
 
 export interface ChargeOptions {
@@ -158,6 +160,7 @@ function chargeBody(input: ChargeInput, idempotencyKey: string): Record<string, 
   return compact({
     featureKey: input.featureKey, items: input.items, idempotencyKey, externalReferenceId: input.externalReferenceId,
     reservationId: input.reservationId, quoteId: input.quoteId, metadata: input.metadata, tenantId: input.tenantId,
+    occurredAt: input.occurredAt instanceof Date ? input.occurredAt.toISOString() : input.occurredAt,
   });
 }
 

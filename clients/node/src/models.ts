@@ -48,7 +48,7 @@ export const RejectionSpec = model("Rejection", { code: text, message: nullable(
 export const UsageEventSpec = model("UsageEvent", {
   id: text, featureKey: text, status: oneOf("pending", "charged", "rejected"), totalCost: nullable(decimal),
   currency: text, externalReferenceId: nullable(text), createdAt: timestamp, chargedAt: nullable(timestamp),
-  rejection: optional(nullable(RejectionSpec)),
+  occurredAt: optional(timestamp), rejection: optional(nullable(RejectionSpec)),
 });
 export type UsageEvent = Infer<typeof UsageEventSpec>;
 

@@ -150,11 +150,15 @@ class ChargeEvent:
     reservation_id: str | None = None
     quote_id: str | None = None
     metadata: Mapping[str, Any] | None = None
+    # when the usage happened, for a record sent late (a datetime, or an ISO 8601 string)
+    occurred_at: Any = None
 
     def body(self, idempotency_key: str) -> dict[str, Any]:
+        occurred = self.occurred_at.isoformat() if hasattr(self.occurred_at, "isoformat") else self.occurred_at
         return compact(featureKey=self.feature_key, items=encode_items(self.items), idempotencyKey=idempotency_key,
                        externalReferenceId=self.external_reference_id, reservationId=self.reservation_id,
-                       quoteId=self.quote_id, metadata=plain(self.metadata) if self.metadata is not None else None)
+                       quoteId=self.quote_id, metadata=plain(self.metadata) if self.metadata is not None else None,
+                       occurredAt=occurred)
 
 
 # --- the operations -------------------------------------------------------------------------------

@@ -118,12 +118,13 @@ class BillingClient:
     def charge(self, feature_key: str, items: Items, *, idempotency_key: str | None = None,
                external_reference_id: str | None = None, reservation_id: str | None = None,
                quote_id: str | None = None, metadata: Mapping[str, Any] | None = None,
-               wait: bool | int = True) -> m.Charge:
+               wait: bool | int = True, occurred_at: Any = None) -> m.Charge:
         """Record and charge usage. `wait=True` waits for the outcome (the server's default, 10 s), an int
         waits that many seconds, False answers at once; a charge still pending has no `transaction`.
-        A refusal (InsufficientBalance, BudgetExceeded, …) is raised."""
+        A refusal (InsufficientBalance, BudgetExceeded, …) is raised. `occurred_at` (a datetime or ISO 8601
+        string): when the usage happened, for a record sent late; it is priced and budgeted then."""
         event = ChargeEvent(feature_key, list(items), idempotency_key, external_reference_id, reservation_id, quote_id,
-                            metadata)
+                            metadata, occurred_at)
         return self.send(self._ops.charge(event, wait))
 
     def charges(self, events: Iterable[ChargeEvent]) -> list[m.BatchResult]:

@@ -137,6 +137,7 @@ class UsageEvent(Model):
     created_at: datetime
     charged_at: datetime | None
     rejection: Rejection | None = None
+    occurred_at: datetime | None = None  # when the usage happened (createdAt unless sent late)
 
 
 @dataclass(frozen=True, kw_only=True)
