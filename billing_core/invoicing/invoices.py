@@ -289,10 +289,10 @@ _DRAFT_CREDITS = """
 CREATE TEMP TABLE invoice_draft_credits ON COMMIT DROP AS
 WITH {bounds}
 SELECT l.tenant_id, l.wallet_id, l.entry_type, l.grant_id,
-       CASE WHEN l.entry_type = 'refund' THEN l.usage_event_id END AS usage_event_id,
+       CASE WHEN l.entry_type IN ('refund', 'correction') THEN l.usage_event_id END AS usage_event_id,
        sign(l.amount) AS direction, count(*) AS entries, sum(l.amount) AS amount
 {month}
-  AND l.entry_type IN ('topup', 'refund', 'adjustment', 'expiry')
+  AND l.entry_type IN ('topup', 'refund', 'adjustment', 'expiry', 'correction')
 GROUP BY 1, 2, 3, 4, 5, 6
 """
 
@@ -379,11 +379,12 @@ WITH wallet AS (
     WHERE p.items > 0
 ), credit AS (
     SELECT c.wallet_id, c.entry_type AS line_type,
-           CASE WHEN c.entry_type = 'refund' THEN e.feature_key END AS feature_key,
-           CASE WHEN c.entry_type <> 'refund' THEN g.kind END AS credit_kind,
+           CASE WHEN c.entry_type IN ('refund', 'correction') THEN e.feature_key END AS feature_key,
+           CASE WHEN c.entry_type NOT IN ('refund', 'correction') THEN g.kind END AS credit_kind,
            c.direction, CAST(sum(c.entries) AS bigint) AS items, sum(c.amount) AS exact_amount
     FROM invoice_draft_credits c
-    LEFT JOIN credit_grants g ON g.tenant_id = c.tenant_id AND g.id = c.grant_id AND c.entry_type <> 'refund'
+    LEFT JOIN credit_grants g ON g.tenant_id = c.tenant_id AND g.id = c.grant_id
+        AND c.entry_type NOT IN ('refund', 'correction')
     LEFT JOIN usage_events e ON e.tenant_id = c.tenant_id AND e.id = c.usage_event_id
     GROUP BY 1, 2, 3, 4, 5
 ), united AS (
@@ -399,9 +400,11 @@ WITH wallet AS (
                WHEN 'topup' THEN coalesce(c.credit_kind, 'paid') || ' top-ups'
                WHEN 'refund' THEN 'refunds' || coalesce(' of ' || c.feature_key, '')
                WHEN 'adjustment' THEN CASE WHEN c.direction > 0 THEN 'credit adjustments' ELSE 'debit adjustments' END
+               WHEN 'correction' THEN CASE WHEN c.direction > 0 THEN 'usage corrected down' ELSE 'usage corrected up' END
+                   || coalesce(' (' || c.feature_key || ')', '')
                ELSE coalesce(c.credit_kind, 'paid') || ' credits expired' END,
            c.items, NULL, c.exact_amount, c.exact_amount,
-           array_position(ARRAY['topup', 'refund', 'adjustment', 'expiry'], c.line_type), c.direction
+           array_position(ARRAY['topup', 'refund', 'adjustment', 'expiry', 'correction'], c.line_type), c.direction
     FROM credit c
 )
 SELECT w.tenant_id, u.wallet_id,
@@ -422,10 +425,11 @@ WITH chain AS (
            CAST(sum(entries) AS bigint) AS entry_count,
            coalesce(sum(amount) FILTER (WHERE entry_type = 'topup'), 0) AS topups,
            coalesce(sum(amount) FILTER (WHERE entry_type = 'refund'), 0) AS refunds,
-           coalesce(sum(amount) FILTER (WHERE entry_type = 'adjustment'), 0) AS adjustments,
+           coalesce(sum(amount) FILTER (WHERE entry_type IN ('adjustment', 'correction')), 0) AS adjustments,
            coalesce(sum(amount) FILTER (WHERE entry_type = 'expiry'), 0) AS expiries,
            coalesce(sum(amount) FILTER (WHERE entry_type = 'debit'), 0) AS debits,
-           coalesce(sum(amount) FILTER (WHERE entry_type NOT IN ('topup', 'refund', 'adjustment', 'expiry', 'debit')),
+           coalesce(sum(amount) FILTER (WHERE entry_type NOT IN ('topup', 'refund', 'adjustment', 'expiry', 'debit',
+                                                                 'correction')),
                     0) AS unknown
     FROM invoice_draft_chain GROUP BY wallet_id
 ), totals AS (

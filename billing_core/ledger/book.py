@@ -244,13 +244,14 @@ class WalletBook:
         self._move(record, grant, self._repay_debt(record, amount))
         return record, grant
 
-    def restore(self, amount: Decimal, draws: list[tuple[uuid.UUID | None, Decimal]], **entry: Any) -> dict[str, Any]:
+    def restore(self, amount: Decimal, draws: list[tuple[uuid.UUID | None, Decimal]], *,
+                entry_type: str = EntryType.REFUND, **entry: Any) -> dict[str, Any]:
         """Credit `amount` back into the grants a debit drew from (`draws`: grant and what may still
         be returned to it, in the order drawn), last drawn first, after repaying any debt. What does
         not fit — drawn from the debt, or from a grant past its expiry, which is not revived — goes
         into a new grant that does not expire: promotional if it all came from promotional credits,
         else paid."""
-        record = self._entry(EntryType.REFUND, amount, **entry)
+        record = self._entry(entry_type, amount, **entry)
         left = self._repay_debt(record, amount)
         self.load_grants(g for g, _ in draws if g is not None)
         rest_kind = None

@@ -151,9 +151,12 @@ def _returnable(uow: UnitOfWork, tenant_id: str, original: LedgerEntry) -> list[
     refunded = uow.connection.execute(
         select(ledger_entries.c.amount).where(ledger_entries.c.tenant_id == tenant_id,
                                               ledger_entries.c.related_entry_id == original.id,
-                                              ledger_entries.c.entry_type == EntryType.REFUND)).scalars().all()
-    # what was refunded before is taken off the draws last drawn first, as restore() returns them
-    already = money.total(refunded)
+                                              ledger_entries.c.entry_type.in_([EntryType.REFUND,
+                                                                               EntryType.CORRECTION]))
+    ).scalars().all()
+    # what was refunded (or credited back by a correction) before is taken off the draws last drawn
+    # first, as restore() returns them; a correction that debited more returns nothing here
+    already = max(Decimal(0), money.total(refunded))
     left: dict[uuid.UUID | None, Decimal] = defaultdict(Decimal)
     for grant_id in reversed(list(drawn)):
         taken = min(already, drawn[grant_id])

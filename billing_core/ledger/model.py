@@ -38,6 +38,7 @@ class EntryType(StrEnum):
     EXPIRY = "expiry"
     HOLD = "hold"
     HOLD_RELEASE = "hold_release"
+    CORRECTION = "correction"  # a void or amend of one usage event (billing_core/corrections)
 
 
 class UsageEventStatus(StrEnum):

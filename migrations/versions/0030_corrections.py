@@ -27,9 +27,48 @@ BEGIN
 END $$;
 CREATE TRIGGER usage_events_occurred_default BEFORE INSERT ON usage_events
     FOR EACH ROW WHEN (NEW.occurred_at IS NULL) EXECUTE FUNCTION usage_events_occurred_default();
+
+-- a correction of one usage event moves money in one `correction` entry tied to the event and its debit
+ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_entry_type_check;
+ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_entry_type_check CHECK (entry_type IN
+    ('topup', 'debit', 'refund', 'adjustment', 'expiry', 'hold', 'hold_release', 'correction'));
+ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_correction_links
+    CHECK (entry_type <> 'correction' OR (usage_event_id IS NOT NULL AND related_entry_id IS NOT NULL));
+ALTER TABLE invoice_lines DROP CONSTRAINT invoice_lines_line_type_check;
+ALTER TABLE invoice_lines ADD CONSTRAINT invoice_lines_line_type_check
+    CHECK (line_type IN ('usage', 'topup', 'refund', 'adjustment', 'expiry', 'correction'));
+
+-- the correction chain of a usage event: never an edit of the event, its items or its debit
+CREATE TABLE usage_corrections (
+    id uuid NOT NULL,
+    tenant_id text NOT NULL,
+    usage_event_id uuid NOT NULL,      -- the usage event (tenant_id, usage_event_id)
+    action text NOT NULL CHECK (action IN ('void', 'amend')),
+    reason text NOT NULL,
+    idempotency_key text NOT NULL,
+    request_fingerprint text NOT NULL,
+    cost_before numeric NOT NULL,       -- the event's priced net cost before this correction
+    cost_after numeric NOT NULL,        -- after it (0 for a void)
+    difference numeric NOT NULL,        -- what the balance moved: positive credited back
+    items jsonb,                        -- an amend's items as re-priced at the event's occurredAt
+    ledger_entry_id uuid,              -- its correction entry; NULL when nothing moved
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, id),
+    UNIQUE (tenant_id, idempotency_key)
+);
+CREATE INDEX usage_corrections_event ON usage_corrections (tenant_id, usage_event_id, created_at);
 """
 
 DOWNGRADE = """
+DROP TABLE usage_corrections;
+ALTER TABLE invoice_lines DROP CONSTRAINT invoice_lines_line_type_check;
+ALTER TABLE invoice_lines ADD CONSTRAINT invoice_lines_line_type_check
+    CHECK (line_type IN ('usage', 'topup', 'refund', 'adjustment', 'expiry'));
+ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_correction_links;
+ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_entry_type_check;
+ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_entry_type_check CHECK (entry_type IN
+    ('topup', 'debit', 'refund', 'adjustment', 'expiry', 'hold', 'hold_release'));
 DROP TRIGGER usage_events_occurred_default ON usage_events;
 DROP FUNCTION usage_events_occurred_default();
 ALTER TABLE usage_events DROP COLUMN occurred_at;

@@ -76,12 +76,11 @@ def test_usage_of_last_month_prices_budgets_and_invoices_at_its_occurrence(engin
 
 
 def test_future_and_too_old_occurred_at_are_refused_naming_the_field(engine, clock):
+    from billing_core.catalog import set_price
     from billing_core.db import UnitOfWork
     from billing_core.errors import ValidationFailed
     from billing_core.usage import events
     from billing_core.usage.commands import ChargeRequest
-
-    from billing_core.catalog import set_price
 
     tenant, key = new_tenant(), _key()
     with UnitOfWork(engine) as uow:  # a price since long ago

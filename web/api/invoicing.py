@@ -80,7 +80,7 @@ class InvoiceLineOut(Answer):
 
 class CreditLineOut(Answer):
     lineNumber: int
-    type: Literal["topup", "refund", "adjustment", "expiry"]
+    type: Literal["topup", "refund", "adjustment", "expiry", "correction"]
     description: str
     creditKind: str | None
     featureKey: str | None

@@ -22,7 +22,7 @@ from web.limits import rate_limited
 from web.parsing import json_body, parse, parse_query, time_bound, with_idempotency_header
 from web.runtime import read_unit_of_work, unit_of_work
 
-EntryType = Literal["topup", "debit", "refund", "adjustment", "expiry", "hold", "hold_release"]
+EntryType = Literal["topup", "debit", "refund", "adjustment", "expiry", "hold", "hold_release", "correction"]
 
 
 class TransactionsQuery(Query):

@@ -1,0 +1,226 @@
+"""Void and amend one usage event.
+
+A correction never edits the event, its items or its debit: it is a row of usage_corrections (the
+chain GET /usage/<id> shows) and, when money moves, one `correction` ledger entry tied to the event
+(usage_event_id) and its debit (related_entry_id). Its `difference` is what the balance moved
+(positive: credited back).
+
+- The event's *priced* cost is its charged cost as corrected so far; its *net* cost is that less what
+  refunds gave back. A void credits the net cost back. An amend re-prices the given items at the
+  event's own occurredAt (that moment's catalog, override and multiplier) and moves the difference from
+  the priced cost: a lower price credits back (never more than the net cost, so refunds and corrections
+  together never return more than was charged), a higher one debits (drawn like a charge; what the
+  grants cannot cover goes onto the debt — the usage happened).
+- The budget spend of the period the event occurred in moves with the difference.
+- Graduated positions: the month's position moves by the billed-quantity difference (a void takes the
+  event's billed quantity out, an amend puts the new one in), and the amended items are priced at the
+  month's position with the event's own quantity taken out. Later events of the month are not re-rated
+  one by one here; the month as a whole is re-rated by a re-rate run (POST /rerates), which keeps "the
+  pieces equal the whole month priced at once" for the catalog in force.
+- Idempotent per (tenant, idempotencyKey): the same request again answers the first correction; another
+  request under the key is an IdempotencyConflict. Corrections of one event are serialized by the
+  wallet's lock.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, insert, select
+
+from billing_core import idempotency, money
+from billing_core.catalog import CATALOG, TierPositions, price_items
+from billing_core.catalog.models import GRADUATED
+from billing_core.corrections.commands import CorrectionRequest
+from billing_core.corrections.tables import usage_corrections
+from billing_core.db import UnitOfWork
+from billing_core.errors import NotFound, ValidationFailed
+from billing_core.ledger.book import WalletBook
+from billing_core.ledger.credits import _returnable
+from billing_core.ledger.model import EntryType, LedgerEntry, UsageEventStatus
+from billing_core.ledger.tables import ledger_entries
+from billing_core.ledger.wallets import debit_for_event
+from billing_core.usage.events import load_items, load_outcome
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class Correction:
+    id: uuid.UUID
+    usage_event_id: uuid.UUID
+    action: str
+    reason: str
+    cost_before: Decimal
+    cost_after: Decimal
+    difference: Decimal
+    items: list[dict[str, Any]] | None
+    ledger_entry_id: uuid.UUID | None
+    created_by: str | None
+    created_at: datetime
+    transaction: LedgerEntry | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Standing:
+    """What an event costs as corrected: charged, less corrections' credits plus their debits, less refunds."""
+    charged: Decimal
+    corrected: Decimal  # sum of correction entries (positive: credited back)
+    refunded: Decimal
+
+    @property
+    def priced(self) -> Decimal:
+        return money.subtract(self.charged, self.corrected)
+
+    @property
+    def net(self) -> Decimal:
+        return money.subtract(self.priced, self.refunded)
+
+
+def standing(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, charged: Decimal) -> Standing:
+    c = ledger_entries.c
+    sums = dict(uow.connection.execute(
+        select(c.entry_type, func.sum(c.amount))
+        .where(c.tenant_id == tenant_id, c.usage_event_id == usage_event_id,
+               c.entry_type.in_([EntryType.CORRECTION, EntryType.REFUND]))
+        .group_by(c.entry_type)).all())
+    return Standing(charged, sums.get(EntryType.CORRECTION) or ZERO, sums.get(EntryType.REFUND) or ZERO)
+
+
+def _fingerprint(command: CorrectionRequest) -> str:
+    return idempotency.fingerprint("correction", command.model_dump(mode="json", exclude={"idempotencyKey",
+                                                                                         "tenantId"}))
+
+
+def list_corrections(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID) -> list[Correction]:
+    rows = uow.connection.execute(
+        select(*[c for c in usage_corrections.c if c.name not in ("tenant_id", "idempotency_key",
+                                                                   "request_fingerprint")])
+        .where(usage_corrections.c.tenant_id == tenant_id, usage_corrections.c.usage_event_id == usage_event_id)
+        .order_by(usage_corrections.c.created_at, usage_corrections.c.id)).all()
+    return [Correction(**r._mapping) for r in rows]
+
+
+def _replay(uow: UnitOfWork, tenant_id: str, command: CorrectionRequest, usage_event_id: uuid.UUID) -> Correction | None:
+    row = uow.connection.execute(
+        select(usage_corrections).where(usage_corrections.c.tenant_id == tenant_id,
+                                        usage_corrections.c.idempotency_key == command.idempotencyKey)
+    ).one_or_none()
+    if row is None:
+        return None
+    if row.request_fingerprint != _fingerprint(command) or row.usage_event_id != usage_event_id:
+        raise idempotency.conflict(command.idempotencyKey)
+    found = {k: v for k, v in row._mapping.items() if k not in ("tenant_id", "idempotency_key", "request_fingerprint")}
+    entry = _entry(uow, tenant_id, row.ledger_entry_id)
+    return Correction(**found, transaction=entry, replayed=True)
+
+
+def _entry(uow: UnitOfWork, tenant_id: str, entry_id: uuid.UUID | None) -> LedgerEntry | None:
+    if entry_id is None:
+        return None
+    row = uow.connection.execute(select(ledger_entries).where(ledger_entries.c.tenant_id == tenant_id,
+                                                              ledger_entries.c.id == entry_id)).one()
+    return LedgerEntry(**row._mapping)
+
+
+def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, command: CorrectionRequest, *,
+                        created_by: str | None) -> Correction:
+    """Void or amend one charged usage event (see the module) and commit; the same request again
+    answers the first correction."""
+    replay = _replay(uow, tenant_id, command, usage_event_id)
+    if replay is not None:
+        uow.rollback()
+        return replay
+    book = WalletBook.open(uow, tenant_id)  # corrections, refunds and charges of the wallet, one at a time
+    replay = _replay(uow, tenant_id, command, usage_event_id)  # a concurrent twin committed first
+    if replay is not None:
+        uow.rollback()
+        return replay
+    event = load_outcome(uow, tenant_id, usage_event_id).event
+    if event.status != UsageEventStatus.CHARGED:
+        raise ValidationFailed("action", f"only a charged usage event can be corrected, not a {event.status} one")
+    debit = debit_for_event(uow, tenant_id, event.id)
+    if debit is None:
+        raise NotFound(f"usage event {usage_event_id} has no debit")
+    before = standing(uow, tenant_id, event.id, event.total_cost or ZERO)
+    occurred = event.occurred
+    old_items = load_items(uow, tenant_id, event.id)
+    positions = TierPositions(uow, tenant_id, locked=True)
+    old_billed = [((i.category, i.provider, i.model, i.unit), occurred, -Decimal(i.pricing["billedQuantity"]))
+                  for i in old_items if i.pricing and i.pricing.get("pricingModel") == GRADUATED]
+    voided = _voided(uow, tenant_id, event.id)
+    new_items: list[dict[str, Any]] | None = None
+    if command.action == "void":
+        cost_after = ZERO
+        moves = [] if voided else _current_billed(uow, tenant_id, event.id, old_billed, occurred)
+    else:
+        if voided:
+            raise ValidationFailed("action", "a voided usage event cannot be amended")
+        # the month without this event's own units (its last amend's, if amended)
+        current = _current_billed(uow, tenant_id, event.id, old_billed, occurred)
+        positions.advance(current)
+        catalog = CATALOG.for_tenant(uow, tenant_id)
+        priced = price_items(uow, tenant_id, command.items or [], occurred, catalog, positions)
+        cost_after = money.total(p.cost for p in priced)
+        moves = [p.advance for p in priced if p.advance is not None]
+        new_items = [{"category": p.item.category, "provider": p.item.provider, "model": p.item.model,
+                      "unit": p.item.unit, "quantity": money.format_decimal(p.item.quantity),
+                      "unitPrice": None if p.price.unit_price is None else money.format_decimal(p.price.unit_price),
+                      "cost": money.format_decimal(p.cost), "pricing": p.breakdown()} for p in priced]
+    if moves:
+        positions.advance(moves)
+    change = money.subtract(before.priced, cost_after)  # positive: the tenant paid too much
+    entry_fields = {"usage_event_id": event.id, "related_entry_id": debit.id, "reference": str(event.id),
+                    "description": f"{command.action}: {command.reason}", "idempotency_key": command.idempotencyKey,
+                    "created_by": created_by}
+    record = None
+    difference = ZERO
+    if change > 0:
+        difference = min(change, max(ZERO, before.net))  # never more back than the tenant still pays
+        if difference > 0:
+            record = book.restore(difference, _returnable(uow, tenant_id, debit), entry_type=EntryType.CORRECTION,
+                                  **entry_fields)
+    elif change < 0:
+        difference = change
+        record = book.debit(-change, entry_type=EntryType.CORRECTION, **entry_fields)
+    if difference != 0:
+        book.budgets.spend(event.feature_key, occurred, -difference)
+    book.flush()
+    positions.flush()
+    correction_id = uuid.uuid4()
+    row = uow.connection.execute(insert(usage_corrections).values(
+        id=correction_id, tenant_id=tenant_id, usage_event_id=event.id, action=command.action, reason=command.reason,
+        idempotency_key=command.idempotencyKey, request_fingerprint=_fingerprint(command),
+        cost_before=before.priced, cost_after=cost_after, difference=difference, items=new_items,
+        ledger_entry_id=record["id"] if record else None, created_by=created_by, created_at=func.now(),
+    ).returning(usage_corrections.c.created_at)).one()
+    transaction = _entry(uow, tenant_id, record["id"]) if record else None
+    uow.commit()
+    return Correction(correction_id, event.id, command.action, command.reason, before.priced, cost_after, difference,
+                      new_items, record["id"] if record else None, created_by, row.created_at, transaction)
+
+
+def _voided(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID) -> bool:
+    return uow.connection.execute(
+        select(func.count()).where(usage_corrections.c.tenant_id == tenant_id,
+                                   usage_corrections.c.usage_event_id == usage_event_id,
+                                   usage_corrections.c.action == "void")).scalar_one() > 0
+
+
+def _current_billed(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID,
+                    original: list[tuple[Any, datetime, Decimal]], occurred: datetime) -> list[tuple[Any, datetime, Decimal]]:
+    """The graduated units the event holds in its month now (negated, to take them out): its last
+    amend's, else its original items'."""
+    last = uow.connection.execute(
+        select(usage_corrections.c["items"]).where(usage_corrections.c.tenant_id == tenant_id,
+                                                usage_corrections.c.usage_event_id == usage_event_id,
+                                                usage_corrections.c.action == "amend")
+        .order_by(usage_corrections.c.created_at.desc(), usage_corrections.c.id.desc()).limit(1)).scalar_one_or_none()
+    if last is None:
+        return original
+    return [((i["category"], i["provider"], i["model"], i["unit"]), occurred, -Decimal(i["pricing"]["billedQuantity"]))
+            for i in last if i.get("pricing") and i["pricing"].get("pricingModel") == GRADUATED]

@@ -1,0 +1,151 @@
+"""Void and amend one usage event (issue 20): new entries tied to the event, never edits; balances,
+ledger verification, budget spend, tier positions and the next invoice agree after every step."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.support.corrections import (
+    TIERS,
+    D,
+    budget_spent,
+    charge,
+    fund,
+    invoice_lines,
+    new_tenant,
+    set_global_price,
+    tier_position,
+    to_next_month,
+)
+from tests.support.pricing import at_once, new_item
+
+
+def _key() -> tuple[str, str, str, str]:
+    item = new_item()
+    return (item["category"], item["provider"], item["model"], item["unit"])
+
+
+def _correct(engine, tenant, event_id, action, items=None, key=None, reason="wrong record"):  # noqa: ANN001, ANN202
+    from billing_core.corrections.commands import CorrectionRequest
+    from billing_core.corrections.events import correct_usage_event
+    from billing_core.db import UnitOfWork
+
+    with UnitOfWork(engine) as uow:
+        return correct_usage_event(uow, tenant, event_id, CorrectionRequest(
+            action=action, items=items, reason=reason, idempotencyKey=key or f"c-{uuid.uuid4()}"), created_by="test")
+
+
+def _balance(engine, tenant) -> D:  # noqa: ANN001
+    from billing_core.db import UnitOfWork
+    from billing_core.ledger.wallets import get_wallet
+
+    with UnitOfWork(engine) as uow:
+        return get_wallet(uow, tenant).current_balance
+
+
+def _verified(engine, tenant) -> None:  # noqa: ANN001
+    from billing_core.db import UnitOfWork
+    from billing_core.ledger.verification import verify
+
+    with UnitOfWork(engine) as uow:
+        result = verify(uow, tenant)
+    assert result.ok, result
+
+
+def test_void_and_amend_move_balance_budget_positions_and_the_invoice_together(engine, clock):
+    from billing_core.catalog.positions import month_of
+    from billing_core.db import UnitOfWork
+    from billing_core.invoicing import invoices
+    from billing_core.invoicing.invoices import Period
+    from billing_core.lifecycle.budgets import set_budget
+
+    tenant, key = new_tenant(), _key()
+    item = dict(zip(("category", "provider", "model", "unit"), key, strict=True))
+    set_global_price(engine, key, tiers=TIERS)
+    fund(engine, tenant, "1000")
+    with UnitOfWork(engine) as uow:
+        set_budget(uow, tenant, "calls", spend_limit=D("100000"), period="month", action="alert")
+    month = month_of(clock.now())
+    first = charge(engine, tenant, key, "800")
+    second = charge(engine, tenant, key, "400")
+    assert first.event.total_cost + second.event.total_cost == at_once(D(1200))
+
+    # amend the second down to 100 units: priced where the month stands without its own 400
+    key_amend = f"amend-{uuid.uuid4()}"
+    amended = _correct(engine, tenant, second.event.id, "amend", [{**item, "quantity": "100"}], key=key_amend)
+    assert amended.cost_after == at_once(D(900)) - at_once(D(800))
+    assert amended.difference == second.event.total_cost - amended.cost_after
+    again = _correct(engine, tenant, second.event.id, "amend", [{**item, "quantity": "100"}], key=key_amend)
+    assert again.replayed and again.id == amended.id  # the same correction twice posts once
+    assert _balance(engine, tenant) == D(1000) - at_once(D(900))
+    assert tier_position(engine, tenant, key, month) == D(900)
+    assert budget_spent(engine, tenant, "calls", month) == at_once(D(900))
+    _verified(engine, tenant)
+
+    # amend up again (debit), then void: everything the event still costs comes back, once
+    up = _correct(engine, tenant, second.event.id, "amend", [{**item, "quantity": "300"}])
+    assert up.difference == -(at_once(D(1100)) - at_once(D(900)))
+    assert _balance(engine, tenant) == D(1000) - at_once(D(1100))
+    void = _correct(engine, tenant, second.event.id, "void")
+    assert void.difference == at_once(D(1100)) - at_once(D(800))
+    assert _balance(engine, tenant) == D(1000) - at_once(D(800))
+    assert tier_position(engine, tenant, key, month) == D(800)
+    assert budget_spent(engine, tenant, "calls", month) == at_once(D(800))
+    assert _correct(engine, tenant, second.event.id, "void").difference == 0  # a void of a void: nothing left
+    _verified(engine, tenant)
+
+    # the invoice of the month reconciles with the corrections on it
+    to_next_month(clock)
+    with UnitOfWork(engine) as uow:
+        assert len(invoices.rollup(uow, Period.containing(month), tenant_id=tenant).created) == 1
+    lines = invoice_lines(engine, tenant, Period.containing(month).first_day)
+    corrections = sum((line.exact_amount for line in lines if line.line_type == "correction"), D(0))
+    assert corrections == amended.difference + up.difference + void.difference
+
+
+def test_a_void_of_a_partly_refunded_event_returns_only_what_is_left(engine):
+    from billing_core.db import UnitOfWork
+    from billing_core.errors import RefundExceeded
+    from billing_core.ledger import credits
+    from billing_core.ledger.commands import RefundRequest
+    from billing_core.ledger.wallets import debit_for_event
+
+    tenant, key = new_tenant(), _key()
+    set_global_price(engine, key, unit_price="1")
+    fund(engine, tenant, "100")
+    event = charge(engine, tenant, key, "10").event
+    with UnitOfWork(engine) as uow:
+        debit = debit_for_event(uow, tenant, event.id)
+    with UnitOfWork(engine) as uow:
+        credits.refund(uow, tenant, RefundRequest(transactionId=debit.id, amount="4", reason="goodwill",
+                                                  idempotencyKey=f"r-{uuid.uuid4()}"), created_by="test")
+    void = _correct(engine, tenant, event.id, "void")
+    assert void.difference == D(6)
+    assert _balance(engine, tenant) == D(100)
+    with UnitOfWork(engine) as uow, pytest.raises(RefundExceeded):  # nothing is left to refund
+        credits.refund(uow, tenant, RefundRequest(transactionId=debit.id, reason="more",
+                                                  idempotencyKey=f"r-{uuid.uuid4()}"), created_by="test")
+    _verified(engine, tenant)
+
+
+def test_an_amend_to_less_after_a_refund_never_returns_more_than_was_charged(engine):
+    from billing_core.db import UnitOfWork
+    from billing_core.ledger import credits
+    from billing_core.ledger.commands import RefundRequest
+    from billing_core.ledger.wallets import debit_for_event
+
+    tenant, key = new_tenant(), _key()
+    item = dict(zip(("category", "provider", "model", "unit"), key, strict=True))
+    set_global_price(engine, key, unit_price="1")
+    fund(engine, tenant, "100")
+    event = charge(engine, tenant, key, "10").event
+    with UnitOfWork(engine) as uow:
+        debit = debit_for_event(uow, tenant, event.id)
+    with UnitOfWork(engine) as uow:
+        credits.refund(uow, tenant, RefundRequest(transactionId=debit.id, amount="8", reason="goodwill",
+                                                  idempotencyKey=f"r-{uuid.uuid4()}"), created_by="test")
+    amended = _correct(engine, tenant, event.id, "amend", [{**item, "quantity": "5"}])
+    assert amended.difference == D(2)  # 5 less was priced, but only 2 of the 10 was still paid
+    assert _balance(engine, tenant) == D(100)
+    _verified(engine, tenant)
