@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from billing_core.fields import IdempotencyKey, Reason, Strict, TenantId
 from billing_core.usage.commands import MAX_EVENT_ITEMS, UsageItem
@@ -15,11 +15,3 @@ class CorrectionRequest(Strict):
     reason: Reason
     idempotencyKey: IdempotencyKey
     tenantId: TenantId | None = None
-
-    @model_validator(mode="after")
-    def _items_for_amend(self) -> CorrectionRequest:
-        if self.action == "amend" and not self.items:
-            raise ValueError("items: an amend names the event's corrected items")
-        if self.action == "void" and self.items:
-            raise ValueError("items: a void takes no items")
-        return self

@@ -131,6 +131,10 @@ def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UU
                         created_by: str | None) -> Correction:
     """Void or amend one charged usage event (see the module) and commit; the same request again
     answers the first correction."""
+    if command.action == "amend" and not command.items:
+        raise ValidationFailed("items", "an amend names the event's corrected items")
+    if command.action == "void" and command.items:
+        raise ValidationFailed("items", "a void takes no items")
     replay = _replay(uow, tenant_id, command, usage_event_id)
     if replay is not None:
         uow.rollback()

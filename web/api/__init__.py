@@ -3,6 +3,7 @@ their representations together); `routing` holds the blueprint they all join."""
 from web.api import (  # noqa: F401
     access,
     catalog,
+    corrections,
     documents,
     exports,
     invoicing,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from billing_core import logs, metrics, money
 from billing_core.catalog.items import line_breakdown
 from billing_core.catalog.models import UNIT
+from billing_core.corrections.events import Correction, list_corrections
 from billing_core.errors import ValidationFailed
 from billing_core.fields import FeatureKey, TenantId
 from billing_core.ledger.model import UsageEventStatus
@@ -19,6 +20,7 @@ from billing_core.usage.commands import MAX_BATCH_ITEMS, ChargeBatchRequest, Cha
 from billing_core.usage.events import Acceptance, ChargeOutcome, UsageEvent, UsageItemRecord
 from web.api.answers import Answer, DecimalString, Query, TenantQuery, TimeBound, Timestamp, Uuid, ok
 from web.api.catalog import PackagesLine, PricingModel, TierLine
+from web.api.corrections import CorrectionOut, correction_out
 from web.api.ledger import TransactionOut, transaction_out
 from web.api.routing import BROKER_ERRORS, billing, documented
 from web.auth import CHARGE, VIEW, authenticate, tenant_for
@@ -157,6 +159,9 @@ class UsageEventDetail(UsageEventOut):
     items: list[UsageItemOut]
     taskId: Uuid
     transactionId: Uuid | None
+    corrections: list[CorrectionOut] = Field(default_factory=list)
+    # the charged cost less what corrections credited back plus what they debited (refunds not included)
+    netCost: DecimalString | None = None
 
 
 class UsageEventResponse(Answer):
@@ -191,10 +196,14 @@ def usage_item_out(i: UsageItemRecord) -> UsageItemOut:
                         **line_breakdown(pricing.get("pricingModel", UNIT), billed, pricing.get("parts", [])))
 
 
-def usage_event_detail(outcome: ChargeOutcome) -> UsageEventDetail:
+def usage_event_detail(outcome: ChargeOutcome, chain: list[Correction] | None = None) -> UsageEventDetail:
+    net = outcome.event.total_cost
+    if net is not None and chain:
+        net = money.subtract(net, money.total(c.difference for c in chain))
     return UsageEventDetail(**_event_fields(outcome.event), metadata=outcome.event.metadata,
                             items=[usage_item_out(i) for i in outcome.items], taskId=outcome.event.task_id,
-                            transactionId=outcome.debit.id if outcome.debit else None)
+                            transactionId=outcome.debit.id if outcome.debit else None,
+                            corrections=[correction_out(c) for c in chain or []], netCost=net)
 
 
 def summary_out(s: history.Summary) -> UsageSummary:
@@ -381,6 +390,7 @@ def get_usage_event(usage_event_id: str) -> Response:
     tenant_id = tenant_for(principal, parse_query(TenantQuery).tenantId)
     with unit_of_work() as uow:
         outcome = events.load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
-    return ok(UsageEventResponse, usageEvent=usage_event_detail(outcome))
+        chain = list_corrections(uow, tenant_id, outcome.event.id)
+    return ok(UsageEventResponse, usageEvent=usage_event_detail(outcome, chain))
 
 

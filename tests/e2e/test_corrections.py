@@ -1,0 +1,65 @@
+"""Corrections over HTTP (issue 20): late usage's occurredAt, and a void and an amend of one event."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from tests.support.helpers import assert_ledger_consistent, stt_items, top_up, wallet
+
+
+def _charge(api, token, seconds, **extra):  # noqa: ANN001, ANN003, ANN202
+    return api.post("/api/billing/charge", token, json={"featureKey": "calls", "items": stt_items(seconds),
+                                                        "idempotencyKey": f"c-{uuid.uuid4()}", **extra})
+
+
+def _iso(delta: timedelta) -> str:
+    return (datetime.now(timezone.utc) + delta).isoformat()
+
+
+def test_occurred_at_is_shown_and_refused_in_the_future_or_too_old(api, tokens):
+    top_up(api, tokens["admin"], "10")
+    for refused in (_iso(timedelta(hours=1)), _iso(-timedelta(days=40))):
+        response = _charge(api, tokens["charge"], "100", occurredAt=refused)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "validation_error"
+        assert response.json()["error"]["details"]["field"] == "occurredAt"
+    occurred = _iso(-timedelta(days=2))
+    response = _charge(api, tokens["charge"], "100", occurredAt=occurred)
+    assert response.status_code == 200, response.text
+    event = response.json()["usageEvent"]
+    assert datetime.fromisoformat(event["occurredAt"].replace("Z", "+00:00")) == datetime.fromisoformat(occurred)
+    assert event["occurredAt"] != event["createdAt"]
+
+
+def test_a_void_and_an_amend_of_one_event_over_http(api, tokens, make_token, tenant):
+    top_up(api, tokens["admin"], "10")
+    response = _charge(api, tokens["charge"], "20000")  # 2
+    assert response.status_code == 200, response.text
+    event_id = response.json()["usageEvent"]["id"]
+    path = f"/api/billing/usage/{event_id}/corrections"
+    assert api.post(path, tokens["charge"], json={"action": "void", "reason": "x",
+                                                 "idempotencyKey": "v"}).status_code == 403
+    body = {"action": "amend", "items": stt_items("5000"), "reason": "the call was shorter",
+            "idempotencyKey": f"a-{uuid.uuid4()}"}
+    first = api.post(path, tokens["admin"], json=body)
+    assert first.status_code == 200, first.text
+    correction = first.json()["correction"]
+    assert (correction["action"], Decimal(correction["difference"])) == ("amend", Decimal("1.5"))
+    assert correction["transaction"]["type"] == "correction"
+    again = api.post(path, tokens["admin"], json=body)  # the same correction twice posts once
+    assert again.json()["correction"]["id"] == correction["id"]
+    assert Decimal(wallet(api, tokens["admin"])["currentBalance"]) == Decimal("9.5")
+    void = api.post(path, tokens["admin"], json={"action": "void", "reason": "test call",
+                                                "idempotencyKey": f"v-{uuid.uuid4()}"})
+    assert Decimal(void.json()["correction"]["difference"]) == Decimal("0.5")
+    detail = api.get(f"/api/billing/usage/{event_id}", tokens["view"]).json()["usageEvent"]
+    assert [c["action"] for c in detail["corrections"]] == ["amend", "void"]
+    assert Decimal(detail["netCost"]) == 0 and Decimal(detail["totalCost"]) == 2
+    assert Decimal(wallet(api, tokens["admin"])["currentBalance"]) == Decimal("10")
+    missing = api.post(f"/api/billing/usage/{uuid.uuid4()}/corrections", tokens["admin"],
+                       json={**body, "idempotencyKey": "m"})
+    assert missing.status_code == 404
+    no_items = api.post(path, tokens["admin"], json={"action": "amend", "reason": "r", "idempotencyKey": "n"})
+    assert no_items.status_code == 400 and no_items.json()["error"]["details"]["field"] == "items"
+    assert_ledger_consistent(api, make_token, tenant)
