@@ -37,6 +37,7 @@ from billing_core.catalog.models import GRADUATED
 from billing_core.corrections.commands import CorrectionRequest
 from billing_core.corrections.tables import usage_corrections
 from billing_core.db import UnitOfWork
+from billing_core.documents import credit_notes
 from billing_core.errors import NotFound, ValidationFailed
 from billing_core.ledger.book import WalletBook
 from billing_core.ledger.credits import _returnable
@@ -63,6 +64,7 @@ class Correction:
     created_at: datetime
     transaction: LedgerEntry | None = None
     replayed: bool = False
+    credit_note_id: uuid.UUID | None = None  # the note issued when the event's month was invoiced
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,14 @@ def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UU
     book.flush()
     positions.flush()
     correction_id = uuid.uuid4()
+    note = None
+    invoice = credit_notes.finalized_invoice(uow, tenant_id, debit.created_at) if record else None
+    if invoice is not None and record is not None:  # the month is invoiced: it stays so, a note corrects it
+        before_items = _held_items(uow, tenant_id, event.id, old_items)
+        note = credit_notes.issue(
+            uow, tenant_id, invoice, correction_id=correction_id, usage_event_id=event.id,
+            ledger_entry_id=record["id"], amount=difference, reason=f"{command.action}: {command.reason}",
+            lines=_note_lines(event.feature_key, before_items, new_items or []))
     row = uow.connection.execute(insert(usage_corrections).values(
         id=correction_id, tenant_id=tenant_id, usage_event_id=event.id, action=command.action, reason=command.reason,
         idempotency_key=command.idempotencyKey, request_fingerprint=_fingerprint(command),
@@ -205,7 +215,8 @@ def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UU
     transaction = _entry(uow, tenant_id, record["id"]) if record else None
     uow.commit()
     return Correction(correction_id, event.id, command.action, command.reason, before.priced, cost_after, difference,
-                      new_items, record["id"] if record else None, created_by, row.created_at, transaction)
+                      new_items, record["id"] if record else None, created_by, row.created_at, transaction,
+                      credit_note_id=note.id if note else None)
 
 
 def _voided(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID) -> bool:
@@ -228,3 +239,33 @@ def _current_billed(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID,
         return original
     return [((i["category"], i["provider"], i["model"], i["unit"]), occurred, -Decimal(i["pricing"]["billedQuantity"]))
             for i in last if i.get("pricing") and i["pricing"].get("pricingModel") == GRADUATED]
+
+
+def _held_items(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, original: list[Any]) -> list[dict[str, Any]]:
+    """The items the event stood at before this correction: its last amend's (this one excluded:
+    not written yet), else its original items."""
+    last = uow.connection.execute(
+        select(usage_corrections.c["items"]).where(usage_corrections.c.tenant_id == tenant_id,
+                                                   usage_corrections.c.usage_event_id == usage_event_id,
+                                                   usage_corrections.c.action == "amend")
+        .order_by(usage_corrections.c.created_at.desc(), usage_corrections.c.id.desc()).limit(1)).scalar_one_or_none()
+    if last is not None:
+        return list(last)
+    return [{"category": i.category, "provider": i.provider, "model": i.model, "unit": i.unit,
+             "quantity": money.format_decimal(i.quantity), "cost": money.format_decimal(i.cost or ZERO)}
+            for i in original]
+
+
+def _note_lines(feature_key: str, before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per catalog item: quantity and amount before and after the correction."""
+    lines: dict[tuple[str, str, str, str], dict[str, Decimal]] = {}
+    for side, items in (("Before", before), ("After", after)):
+        for i in items:
+            key = (i["category"], i["provider"], i["model"], i["unit"])
+            line = lines.setdefault(key, {"quantityBefore": ZERO, "amountBefore": ZERO,
+                                          "quantityAfter": ZERO, "amountAfter": ZERO})
+            line[f"quantity{side}"] = money.add(line[f"quantity{side}"], Decimal(i["quantity"]))
+            line[f"amount{side}"] = money.add(line[f"amount{side}"], Decimal(i["cost"]))
+    return [{"featureKey": feature_key, "category": k[0], "provider": k[1], "model": k[2], "unit": k[3],
+             **{name: money.format_decimal(value) for name, value in v.items()}}
+            for k, v in sorted(lines.items())]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Integer, Table, Text, Uuid
+from sqlalchemy import BigInteger, Column, Date, DateTime, ForeignKey, Integer, Table, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 
 from billing_core.db import Money, metadata
@@ -73,5 +73,29 @@ receipts = Table(
     Column("description", Text),
     Column("issuer", JSONB, nullable=False),
     Column("customer", JSONB),
+    Column("issued_at", DateTime(timezone=True), nullable=False),
+)
+
+# credit and debit notes: a correction of a finalized month (issue 20), numbered in the issuer's series
+credit_notes = Table(
+    "credit_notes", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("id", Uuid, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("number", Text, nullable=False),
+    Column("issuer_id", Text, ForeignKey("issuers.id"), nullable=False),
+    Column("issuer", JSONB, nullable=False),
+    Column("customer", JSONB),
+    Column("corrects_invoice_id", Uuid, nullable=False),
+    Column("corrects_invoice_number", Text),
+    Column("corrects_period", Date, nullable=False),
+    Column("usage_correction_id", Uuid, nullable=False),
+    Column("usage_event_id", Uuid),
+    Column("ledger_entry_id", Uuid, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("minor_unit", Integer, nullable=False),
+    Column("amount", Money, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("lines", JSONB, nullable=False),
     Column("issued_at", DateTime(timezone=True), nullable=False),
 )

@@ -381,12 +381,15 @@ WITH wallet AS (
     SELECT c.wallet_id, c.entry_type AS line_type,
            CASE WHEN c.entry_type IN ('refund', 'correction') THEN e.feature_key END AS feature_key,
            CASE WHEN c.entry_type NOT IN ('refund', 'correction') THEN g.kind END AS credit_kind,
-           c.direction, CAST(sum(c.entries) AS bigint) AS items, sum(c.amount) AS exact_amount
+           c.direction,
+           -- a correction of usage charged before the period (its month invoiced or not) is prior-period
+           coalesce(c.entry_type = 'correction' AND e.charged_at < CAST(:start AS timestamptz), false) AS prior_period,
+           CAST(sum(c.entries) AS bigint) AS items, sum(c.amount) AS exact_amount
     FROM invoice_draft_credits c
     LEFT JOIN credit_grants g ON g.tenant_id = c.tenant_id AND g.id = c.grant_id
         AND c.entry_type NOT IN ('refund', 'correction')
     LEFT JOIN usage_events e ON e.tenant_id = c.tenant_id AND e.id = c.usage_event_id
-    GROUP BY 1, 2, 3, 4, 5
+    GROUP BY 1, 2, 3, 4, 5, 6
 ), united AS (
     SELECT u.wallet_id, 'usage' AS line_type, u.feature_key, u.category, u.provider, u.model, u.unit,
            u.unit_price, u.prior_period, NULL AS credit_kind,
@@ -395,13 +398,14 @@ WITH wallet AS (
            0 AS type_order, 0 AS direction
     FROM usage u JOIN wallet w ON w.wallet_id = u.wallet_id
     UNION ALL
-    SELECT c.wallet_id, c.line_type, c.feature_key, NULL, NULL, NULL, NULL, NULL, false, c.credit_kind,
+    SELECT c.wallet_id, c.line_type, c.feature_key, NULL, NULL, NULL, NULL, NULL, c.prior_period, c.credit_kind,
            CASE c.line_type
                WHEN 'topup' THEN coalesce(c.credit_kind, 'paid') || ' top-ups'
                WHEN 'refund' THEN 'refunds' || coalesce(' of ' || c.feature_key, '')
                WHEN 'adjustment' THEN CASE WHEN c.direction > 0 THEN 'credit adjustments' ELSE 'debit adjustments' END
                WHEN 'correction' THEN CASE WHEN c.direction > 0 THEN 'usage corrected down' ELSE 'usage corrected up' END
                    || coalesce(' (' || c.feature_key || ')', '')
+                   || CASE WHEN c.prior_period THEN ', prior period' ELSE '' END
                ELSE coalesce(c.credit_kind, 'paid') || ' credits expired' END,
            c.items, NULL, c.exact_amount, c.exact_amount,
            array_position(ARRAY['topup', 'refund', 'adjustment', 'expiry', 'correction'], c.line_type), c.direction

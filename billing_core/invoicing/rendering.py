@@ -6,12 +6,13 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
 from billing_core import money
+from billing_core.documents.credit_notes import CreditNote
 from billing_core.documents.receipts import Receipt
 from billing_core.invoicing.invoices import Invoice, InvoiceLine
 
@@ -295,4 +296,71 @@ def receipt_pdf(receipt: Receipt) -> bytes:
         pdf.note(f"Net = gross / (1 + {exact(receipt.tax_rate)}) rounded half to even to {places} decimal places; "
                  f"tax = gross - net. Rounding difference (tax - net x rate): {exact(receipt.rounding_difference)}.")
     pdf.note(RECEIPT_NOTE)
+    return bytes(pdf.output())
+
+
+# --- credit and debit notes (issue 20) -----------------------------------------------------------------
+
+CREDIT_NOTE_CSV_COLUMNS = ["noteId", "number", "kind", "issuedAt", "tenantId", "currency", "correctsInvoiceId",
+                           "correctsInvoiceNumber", "period", "usageEventId", "featureKey", "category", "provider",
+                           "model", "unit", "quantityBefore", "amountBefore", "quantityAfter", "amountAfter",
+                           "amount", "description"]
+CREDIT_NOTE_TEXT = frozenset({"noteId", "kind", "correctsInvoiceId", "correctsInvoiceNumber", "usageEventId"})
+
+
+def credit_note_csv(note: CreditNote) -> str:
+    """One row per corrected line, then a total row carrying the note's amount (signed: positive credited)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CREDIT_NOTE_CSV_COLUMNS, lineterminator="\r\n")
+    writer.writeheader()
+    common = {"noteId": str(note.id), "number": note.number, "kind": note.kind, "issuedAt": _when(note.issued_at),
+              "tenantId": note.tenant_id, "currency": note.currency, "correctsInvoiceId": str(note.corrects_invoice_id),
+              "correctsInvoiceNumber": note.corrects_invoice_number or "", "period": note.period_label,
+              "usageEventId": str(note.usage_event_id or "")}
+    rows = [{**common, **{k: line.get(k, "") for k in ("featureKey", "category", "provider", "model", "unit",
+                                                       "quantityBefore", "amountBefore", "quantityAfter",
+                                                       "amountAfter")}, "description": "corrected line"}
+            for line in note.lines]
+    rows.append({**common, "amount": exact(note.amount), "description": note.reason})
+    for row in rows:
+        writer.writerow({c: _note_cell(c, str(row.get(c, ""))) for c in CREDIT_NOTE_CSV_COLUMNS})
+    return out.getvalue()
+
+
+def _note_cell(column: str, value: str) -> str:
+    if column in CREDIT_NOTE_TEXT:
+        return value if not value.startswith(FORMULA_STARTS) else "'" + value
+    return _cell(column, value)
+
+
+def credit_note_pdf(note: CreditNote) -> bytes:
+    title = "Credit note" if note.kind == "credit_note" else "Debit note"
+    pdf = _DocumentPdf(f"{title} {note.number}")
+    pdf.add_page()
+    places, currency = note.minor_unit, note.currency
+    pdf.set_font("Helvetica", "B", 18)
+    pdf.cell(0, 10, title, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.facts([("Number", note.number), ("Issued", _when(note.issued_at)), ("Tenant", note.tenant_id),
+               ("Corrects", f"{note.corrects_invoice_number or note.corrects_invoice_id} ({note.period_label})"),
+               ("Usage event", str(note.usage_event_id or "several (re-rate)")), ("Currency", currency)])
+    pdf.parties(note.issuer, note.customer)
+    pdf.heading("Corrected lines")
+    pdf.set_font("Helvetica", size=8)
+    with pdf.table(col_widths=(58, 22, 26, 22, 26), width=154, align="LEFT", line_height=5,
+                   text_align=("LEFT", "RIGHT", "RIGHT", "RIGHT", "RIGHT")) as table:
+        table.row(("Item", "Qty before", f"Amount ({currency})", "Qty after", f"Amount ({currency})"))
+        for line in note.lines:
+            item = "/".join(str(line.get(k, "")) for k in ("category", "provider", "model", "unit"))
+            table.row((_latin1(f"{line.get('featureKey', '')}: {item}"), str(line.get("quantityBefore", "")),
+                       str(line.get("amountBefore", "")), str(line.get("quantityAfter", "")),
+                       str(line.get("amountAfter", ""))))
+    pdf.ln(2)
+    pdf.set_font("Helvetica", "B", 10)
+    moved = "Credited to the balance" if note.amount > 0 else "Debited from the balance"
+    shown = abs(note.amount).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
+    pdf.cell(0, 6, _latin1(f"{moved}: {rounded(shown, places)} {currency} (exact {exact(abs(note.amount))})"),
+             new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.note(_latin1(f"Reason: {note.reason}"))
+    pdf.note("The corrected invoice is unchanged; this note corrects it. The correction's ledger entry appears "
+             "on the next monthly statement as a prior-period correction line.")
     return bytes(pdf.output())

@@ -88,6 +88,9 @@ def verify(uow: UnitOfWork, tenant_id: str | None = None) -> Verification:
             "balanceBefore": money.format_decimal(link.balance_before),
             "previousBalanceAfter": money.format_decimal(link.previous_after or Decimal(0)),
         })
+    from billing_core.documents import credit_notes  # documents sit above the ledger
+
+    mismatches += credit_notes.mismatches(uow, tenant_id)  # each note is what its entry moved
     return Verification(ok=not mismatches, wallets_checked=checked, mismatches=mismatches)
 
 

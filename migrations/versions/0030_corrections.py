@@ -58,9 +58,47 @@ CREATE TABLE usage_corrections (
     UNIQUE (tenant_id, idempotency_key)
 );
 CREATE INDEX usage_corrections_event ON usage_corrections (tenant_id, usage_event_id, created_at);
+
+-- a correction of a finalized month issues a credit (or debit) note in the issuer's series: the
+-- invoice stays as it was, the note names it and the lines it corrects
+ALTER TABLE document_numbers DROP CONSTRAINT document_numbers_document_type_check;
+ALTER TABLE document_numbers ADD CONSTRAINT document_numbers_document_type_check
+    CHECK (document_type IN ('invoice', 'receipt', 'credit_note', 'debit_note'));
+CREATE TABLE credit_notes (
+    tenant_id text NOT NULL,
+    id uuid NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('credit_note', 'debit_note')),
+    number text NOT NULL,
+    issuer_id text NOT NULL REFERENCES issuers (id),
+    issuer jsonb NOT NULL,
+    customer jsonb,
+    corrects_invoice_id uuid NOT NULL,
+    corrects_invoice_number text,
+    corrects_period date NOT NULL,
+    usage_correction_id uuid NOT NULL,  -- the correction (or re-rate) it documents
+    usage_event_id uuid,
+    ledger_entry_id uuid NOT NULL,
+    currency text NOT NULL,
+    minor_unit integer NOT NULL,
+    amount numeric NOT NULL,            -- signed as the correction's difference: positive credited back
+    reason text NOT NULL,
+    lines jsonb NOT NULL,
+    issued_at timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, id),
+    UNIQUE (tenant_id, usage_correction_id),
+    CHECK ((kind = 'credit_note') = (amount > 0))
+);
+CREATE INDEX credit_notes_issued ON credit_notes (tenant_id, issued_at DESC, id DESC);
+CREATE TRIGGER credit_notes_no_update_delete BEFORE UPDATE OR DELETE ON credit_notes
+    FOR EACH ROW EXECUTE FUNCTION invoices_immutable();
 """
 
 DOWNGRADE = """
+DROP TABLE credit_notes;
+DELETE FROM document_numbers WHERE document_type = 'debit_note';
+ALTER TABLE document_numbers DROP CONSTRAINT document_numbers_document_type_check;
+ALTER TABLE document_numbers ADD CONSTRAINT document_numbers_document_type_check
+    CHECK (document_type IN ('invoice', 'receipt', 'credit_note'));
 DROP TABLE usage_corrections;
 ALTER TABLE invoice_lines DROP CONSTRAINT invoice_lines_line_type_check;
 ALTER TABLE invoice_lines ADD CONSTRAINT invoice_lines_line_type_check

@@ -149,3 +149,54 @@ def test_an_amend_to_less_after_a_refund_never_returns_more_than_was_charged(eng
     assert amended.difference == D(2)  # 5 less was priced, but only 2 of the 10 was still paid
     assert _balance(engine, tenant) == D(100)
     _verified(engine, tenant)
+
+
+def test_a_correction_of_a_finalized_month_issues_a_numbered_note_and_a_prior_period_line(engine, clock, tmp_path):
+    from billing_core.db import UnitOfWork
+    from billing_core.documents import credit_notes
+    from billing_core.invoicing import invoices
+    from billing_core.invoicing.invoices import Period
+    from billing_core.invoicing.rendering import credit_note_csv, credit_note_pdf
+    from billing_core.ledger import reconciliation
+
+    tenant, key = new_tenant(), _key()
+    item = dict(zip(("category", "provider", "model", "unit"), key, strict=True))
+    set_global_price(engine, key, unit_price="0.25")
+    fund(engine, tenant, "100")
+    closed = Period.containing(clock.now())
+    event = charge(engine, tenant, key, "40").event  # 10
+    to_next_month(clock)
+    with UnitOfWork(engine) as uow:
+        invoice_id, _ = invoices.rollup(uow, closed, tenant_id=tenant).created[0]
+    amended = _correct(engine, tenant, event.id, "amend", [{**item, "quantity": "30"}], reason="call ended earlier")
+    assert amended.difference == D("2.5") and amended.credit_note_id is not None
+    with UnitOfWork(engine) as uow:
+        note = credit_notes.get_credit_note(uow, tenant, amended.credit_note_id)
+        invoice_number = invoices.get_invoice(uow, tenant, invoice_id).number
+    assert note.kind == "credit_note" and note.amount == D("2.5")
+    assert (note.corrects_invoice_id, note.corrects_invoice_number) == (invoice_id, invoice_number)
+    assert note.period_label == closed.label
+    assert note.number.startswith("LAD-") and note.number != invoice_number
+    assert [(line["quantityBefore"], line["amountBefore"], line["quantityAfter"], line["amountAfter"])
+            for line in note.lines] == [("40", "10", "30", "7.5")]
+    # a void of what is left: a second note, numbered after the first
+    void = _correct(engine, tenant, event.id, "void", reason="test call")
+    with UnitOfWork(engine) as uow:
+        second = credit_notes.get_credit_note(uow, tenant, void.credit_note_id)
+        listed, _ = credit_notes.list_credit_notes(uow, tenant, limit=10)
+    assert second.amount == D("7.5") and second.number > note.number
+    assert [n.id for n in listed] == [second.id, note.id]
+    assert "call ended earlier" in credit_note_csv(note)
+    pdf = credit_note_pdf(note)
+    assert pdf.startswith(b"%PDF")
+    (tmp_path / "note.pdf").write_bytes(pdf)
+    with UnitOfWork(engine) as uow:
+        assert not [m for m in reconciliation.reconcile(uow).mismatches if m.get("tenantId") == tenant]
+    _verified(engine, tenant)
+    # the open month's invoice carries both corrections as prior-period correction lines
+    open_month = Period.containing(clock.now())
+    to_next_month(clock)
+    with UnitOfWork(engine) as uow:
+        assert len(invoices.rollup(uow, open_month, tenant_id=tenant).created) == 1
+    lines = [line for line in invoice_lines(engine, tenant, open_month.first_day) if line.line_type == "correction"]
+    assert [(line.prior_period, line.exact_amount) for line in lines] == [(True, D(10))]

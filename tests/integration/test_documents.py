@@ -45,7 +45,8 @@ def assert_gapless(engine) -> list[tuple[int, str, str, uuid.UUID]]:
         assert connection.execute(text(
             "SELECT next_number FROM document_series WHERE issuer_id = 'platform'")).scalar_one() == len(numbers) + 1
         stored = dict(connection.execute(text(
-            "SELECT id, number FROM receipts UNION ALL SELECT id, number FROM invoices WHERE number IS NOT NULL")).all())
+            "SELECT id, number FROM receipts UNION ALL SELECT id, number FROM credit_notes "
+            "UNION ALL SELECT id, number FROM invoices WHERE number IS NOT NULL")).all())
     assert {document_id: number for _, number, _, document_id in numbers} == stored
     return numbers
 

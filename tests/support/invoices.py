@@ -145,7 +145,8 @@ class History:
         with self.uow() as uow:
             event = events.accept_charge(uow, self.tenant, command, user_id="test").event
         with self.engine.begin() as connection:  # accepted then (usage events are not append-only)
-            connection.execute(text("UPDATE usage_events SET created_at = :at WHERE tenant_id = :t AND id = :id"),
+            connection.execute(text("UPDATE usage_events SET created_at = :at, occurred_at = :at "
+                                    "WHERE tenant_id = :t AND id = :id"),
                                {"at": accepted_at, "t": self.tenant, "id": event.id})
         return event.id
 

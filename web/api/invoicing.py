@@ -9,14 +9,23 @@ from pydantic import Field
 from sqlalchemy.engine import Connection
 
 from billing_core import logs, money
-from billing_core.documents import receipts
+from billing_core.documents import credit_notes, receipts
+from billing_core.documents.credit_notes import CreditNote
 from billing_core.documents.receipts import Receipt
 from billing_core.errors import NotFound, ValidationFailed
 from billing_core.fields import TenantId
 from billing_core.invoicing import invoices
 from billing_core.invoicing import margins as margin_report
 from billing_core.invoicing.invoices import Invoice, InvoiceLine, Period
-from billing_core.invoicing.rendering import invoice_csv, invoice_pdf, receipt_csv, receipt_pdf, usage_by_feature
+from billing_core.invoicing.rendering import (
+    credit_note_csv,
+    credit_note_pdf,
+    invoice_csv,
+    invoice_pdf,
+    receipt_csv,
+    receipt_pdf,
+    usage_by_feature,
+)
 from tasks.invoicing import announce_finalized
 from web.api.answers import Answer, DecimalString, Query, TenantQuery, TimeBound, Timestamp, Uuid, ok
 from web.api.routing import billing, documented
@@ -183,14 +192,50 @@ class ReceiptOut(Answer):
     roundingDifference: DecimalString = Field(description="tax - net x taxRate, from rounding net to the minor unit")
 
 
+class CreditNoteLineOut(Answer):
+    featureKey: str
+    category: str
+    provider: str
+    model: str
+    unit: str
+    quantityBefore: DecimalString
+    amountBefore: DecimalString
+    quantityAfter: DecimalString
+    amountAfter: DecimalString
+
+
+class CreditNoteOut(Answer):
+    """A credit note (a correction credited back) or debit note (debited) for a month already invoiced:
+    the invoice stays as it was; the note names it and each corrected line."""
+    id: Uuid
+    type: Literal["credit_note"]
+    kind: Literal["credit_note", "debit_note"]
+    number: str
+    issuedAt: Timestamp
+    issuer: DocumentPartyOut
+    customer: DocumentPartyOut | None
+    tenantId: str
+    status: Literal["finalized"]
+    currency: str
+    minorUnit: int
+    correctsInvoiceId: Uuid
+    correctsInvoiceNumber: str | None
+    period: str = Field(description="the month of the invoice it corrects, YYYY-MM")
+    usageEventId: Uuid | None = Field(description="the corrected event; null for a re-rate's note")
+    transactionId: Uuid = Field(description="the correction's ledger entry")
+    amount: DecimalString = Field(description="what the balance moved: positive credited back, negative debited")
+    reason: str
+    lines: list[CreditNoteLineOut]
+
+
 class InvoiceResponse(Answer):
     success: Literal[True]
-    invoice: InvoiceOut | ReceiptOut
+    invoice: InvoiceOut | ReceiptOut | CreditNoteOut
 
 
 class InvoicesResponse(Answer):
     success: Literal[True]
-    invoices: list[InvoiceSummaryOut | ReceiptOut]
+    invoices: list[InvoiceSummaryOut | ReceiptOut | CreditNoteOut]
     nextCursor: str | None
 
 
@@ -347,6 +392,17 @@ def receipt_out(r: Receipt) -> ReceiptOut:
         taxRate=r.tax_rate, taxLabel=r.tax_label, taxWording=r.tax_wording, roundingDifference=r.rounding_difference)
 
 
+def credit_note_out(n: CreditNote) -> CreditNoteOut:
+    issuer = _party(n.issuer)
+    assert issuer is not None
+    return CreditNoteOut(
+        id=n.id, type="credit_note", kind=n.kind, number=n.number, issuedAt=n.issued_at,
+        issuer=issuer, customer=_party(n.customer), tenantId=n.tenant_id, status="finalized", currency=n.currency,
+        minorUnit=n.minor_unit, correctsInvoiceId=n.corrects_invoice_id, correctsInvoiceNumber=n.corrects_invoice_number,
+        period=n.period_label, usageEventId=n.usage_event_id, transactionId=n.ledger_entry_id, amount=n.amount,
+        reason=n.reason, lines=[CreditNoteLineOut(**line) for line in n.lines])
+
+
 # --- handlers -------------------------------------------------------------------------------------
 
 def _period(value: str | None, default: Period | None = None) -> Period:
@@ -365,8 +421,11 @@ def get_invoices() -> Response:
     query = parse_query(InvoicesQuery)
     tenant_id = tenant_for(principal, query.tenantId)
     if query.type != "invoice":
-        if query.type == "credit_note":  # none are issued yet (corrections would issue them)
-            return ok(InvoicesResponse, invoices=[], nextCursor=None)
+        if query.type == "credit_note":  # credit and debit notes of corrections of invoiced months
+            with read_unit_of_work() as uow:
+                notes, next_cursor = credit_notes.list_credit_notes(uow, tenant_id, limit=query.limit,
+                                                                    cursor=query.cursor)
+            return ok(InvoicesResponse, invoices=[credit_note_out(n) for n in notes], nextCursor=next_cursor)
         with read_unit_of_work() as uow:
             found_receipts, next_cursor = receipts.list_receipts(uow, tenant_id, limit=query.limit,
                                                                  cursor=query.cursor)
@@ -419,15 +478,19 @@ def post_invoice_rollup() -> Response:
         milliseconds=result.milliseconds, refused=result.refused))
 
 
-def stored_document(uow: Any, tenant_id: str, wanted: Any) -> Invoice | Receipt:
-    """The tenant's invoice or receipt with this id (the API's and the portal's); NotFound otherwise."""
+def stored_document(uow: Any, tenant_id: str, wanted: Any) -> Invoice | Receipt | CreditNote:
+    """The tenant's invoice, receipt or credit note with this id (the API's and the portal's); NotFound otherwise."""
     try:
         return invoices.get_invoice(uow, tenant_id, wanted)
     except NotFound:
+        pass
+    try:
         return receipts.get_receipt(uow, tenant_id, wanted)
+    except NotFound:
+        return credit_notes.get_credit_note(uow, tenant_id, wanted)
 
 
-def _stored(invoice_id: str) -> Invoice | Receipt:
+def _stored(invoice_id: str) -> Invoice | Receipt | CreditNote:
     """An issued document of the tenant's, whatever its type (invoices and receipts share /invoices)."""
     principal = authenticate(VIEW)
     query = parse_query(TenantQuery)
@@ -442,9 +505,13 @@ def _stored(invoice_id: str) -> Invoice | Receipt:
             return stored_document(uow, tenant_id, wanted)
 
 
-def invoice_file(inv: Invoice | Receipt, extension: str) -> Response:
+def invoice_file(inv: Invoice | Receipt | CreditNote, extension: str) -> Response:
     """The document as a download: `pdf` or `csv` (the API's and the portal's)."""
-    if isinstance(inv, Receipt):
+    if isinstance(inv, CreditNote):
+        body, mimetype = ((credit_note_pdf(inv), "application/pdf") if extension == "pdf"
+                          else (credit_note_csv(inv), "text/csv"))
+        name = f"{inv.kind.replace('_', '-')}-{inv.number}"
+    elif isinstance(inv, Receipt):
         body, mimetype = ((receipt_pdf(inv), "application/pdf") if extension == "pdf"
                           else (receipt_csv(inv), "text/csv"))
         name = f"receipt-{inv.number}"
@@ -481,6 +548,8 @@ def get_invoice(invoice_id: str) -> Response:
     """One document: an invoice with its usage and credit lines, or a receipt; another tenant's is
     not found."""
     found = _stored(invoice_id)
+    if isinstance(found, CreditNote):
+        return ok(InvoiceResponse, invoice=credit_note_out(found))
     return ok(InvoiceResponse, invoice=receipt_out(found) if isinstance(found, Receipt) else invoice_out(found))
 
 

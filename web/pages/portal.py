@@ -11,7 +11,7 @@ from flask import Blueprint, Response, make_response, render_template, request
 
 from billing_core.access import actions, sessions
 from billing_core.access.sessions import PageSession
-from billing_core.documents import receipts
+from billing_core.documents import credit_notes, receipts
 from billing_core.errors import BillingError
 from billing_core.invoicing import invoices
 from billing_core.invoicing.invoices import Period
@@ -26,7 +26,14 @@ from billing_core.payments.auto_topup.rules import AutoTopupRequest
 from billing_core.reports import spend
 from billing_core.usage import events, history
 from web.api.answers import amount, as_json, timestamp
-from web.api.invoicing import invoice_file, invoice_out, invoice_summary, receipt_out, stored_document
+from web.api.invoicing import (
+    credit_note_out,
+    invoice_file,
+    invoice_out,
+    invoice_summary,
+    receipt_out,
+    stored_document,
+)
 from web.api.ledger import wallet_with_grants
 from web.api.lifecycle import budget_out, reservation_out
 from web.api.notifications import _check_soon as check_alerts_soon
@@ -142,9 +149,11 @@ def invoices_page() -> str:
     with unit_of_work() as uow:
         found, _ = invoices.list_invoices(uow, tenant_id, limit=24)
         found_receipts, _ = receipts.list_receipts(uow, tenant_id, limit=24)
+        notes, _ = credit_notes.list_credit_notes(uow, tenant_id, limit=24)
         draft = invoices.preview(uow, tenant_id, open_month)
     return render_template("portal/invoices.html", invoices=[as_json(invoice_summary(i)) for i in found],
                            receipts=[as_json(receipt_out(r)) for r in found_receipts],
+                           credit_notes=[as_json(credit_note_out(n)) for n in notes],
                            draft=as_json(invoice_out(draft)))
 
 
