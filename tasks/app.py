@@ -10,7 +10,7 @@ from billing_core.db import dispose_engines
 from tasks.config import celery_config
 
 celery_app = Celery("lad_billing", include=["tasks.usage", "tasks.ledger", "tasks.payments", "tasks.invoicing",
-                                          "tasks.notifications", "tasks.exports"])
+                                          "tasks.notifications", "tasks.exports", "tasks.corrections"])
 
 
 @celery_app.on_configure.connect

@@ -6,7 +6,7 @@ from pydantic import (
     Field,
 )
 
-from billing_core.fields import CatalogKey, Description, NonNegativeAmount, Quantity, Strict, TenantId, Timestamp
+from billing_core.fields import CatalogKey, Description, NonNegativeAmount, Quantity, Reason, Strict, TenantId, Timestamp
 
 
 class PriceTier(Strict):
@@ -32,6 +32,8 @@ class PriceRequest(Strict):
     effectiveFrom: Timestamp | None = None
     description: Description | None = None
     tenantId: TenantId | None = None  # absent: the global catalog
+    # a price from a past effectiveFrom is a catalog correction, and names why (see POST /rerates)
+    correctionReason: Reason | None = None
 
 
 class PriceAdjustmentRequest(Strict):

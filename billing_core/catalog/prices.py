@@ -7,7 +7,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -15,7 +15,13 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from billing_core.catalog.models import Terms, tiers_from_json, tiers_to_json
-from billing_core.catalog.tables import catalog_revision, price_adjustments, prices, provider_costs
+from billing_core.catalog.tables import (
+    catalog_corrections,
+    catalog_revision,
+    price_adjustments,
+    prices,
+    provider_costs,
+)
 from billing_core.db import UnitOfWork
 from billing_core.errors import PriceNotFound, ValidationFailed
 
@@ -53,6 +59,13 @@ class Price:
     multiplier: Decimal | None = None  # the tenant's multiplier, already applied to `terms`
     # a binding quote's graduated price starts where the month stood when it was quoted
     quoted_position: Decimal | None = None
+    revision: int = 0  # a catalog correction's rows rank above the rows they correct
+
+    @property
+    def rank(self) -> tuple[bool, int, datetime]:
+        """A tenant's own price over a global one; then a correction over what it corrects; then the
+        one that started last."""
+        return (self.tenant_id is not None, self.revision, self.effective_from)
 
     @property
     def key(self) -> CatalogKey:
@@ -70,7 +83,8 @@ class Price:
         return cls(id=r["id"], tenant_id=r["tenant_id"], category=r["category"], provider=r["provider"],
                    model=r["model"], unit=r["unit"], unit_price=r["unit_price"], currency=r["currency"],
                    description=r["description"], effective_from=r["effective_from"],
-                   effective_to=r["effective_to"], created_at=r["created_at"], terms=terms)
+                   effective_to=r["effective_to"], created_at=r["created_at"], terms=terms,
+                   revision=int(r.get("revision") or 0))
 
 
 @dataclass(frozen=True)
@@ -151,7 +165,7 @@ class TenantPrices:
         best = None
         for price in self._rows.get(key, ()):
             if price.effective_from <= at and (price.effective_to is None or price.effective_to > at):
-                if best is None or _rank(price) > _rank(best):
+                if best is None or price.rank > best.rank:
                     best = price
         if best is None or best.tenant_id is not None or not self.adjustments:
             return best
@@ -167,10 +181,6 @@ class TenantPrices:
 
     def keys(self) -> list[CatalogKey]:
         return sorted(self._rows)
-
-
-def _rank(price: Price) -> tuple[bool, datetime]:
-    return (price.tenant_id is not None, price.effective_from)
 
 
 class Catalog:
@@ -284,15 +294,26 @@ def load_default_catalog(uow: UnitOfWork) -> None:
     uow.commit()
 
 
+CLOCK_SKEW = timedelta(minutes=1)  # a start this little in the past is "now", not a correction
+
+
 def put_price(uow: UnitOfWork, *, tenant_id: str | None, key: CatalogKey, terms: Terms,
-              effective_from: datetime | None, description: str | None) -> Price:
+              effective_from: datetime | None, description: str | None, correction_reason: str | None = None,
+              created_by: str | None = None) -> Price:
     """A new price for `key` (a tenant's override, or global with no tenant) from `effective_from`
     (default now); the row in force until then is closed at that moment, never edited otherwise.
-    Charges are priced at their event's time, so a price cannot start in the past. The same price
-    again (with no start, or the same start) changes nothing. Commits."""
+    Charges are priced at their event's time, so a price starts in the past only as a catalog
+    correction (`correction_reason`): its row ranks above every row of the key in force from its start
+    (whatever they started), nothing already charged changes, and a re-rate (POST /rerates) posts the
+    differences. The same price again (with no start, or the same start) changes nothing. Commits."""
     category, provider, model, unit = key
     now = uow.now()
     start = effective_from or now
+    if correction_reason is not None:
+        if start >= now - CLOCK_SKEW:
+            raise ValidationFailed("effectiveFrom", "a correction starts in the past")
+        return _correct_price(uow, tenant_id=tenant_id, key=key, terms=terms, start=start, description=description,
+                              reason=correction_reason, created_by=created_by)
     same_key = [prices.c.category == category, prices.c.provider == provider, prices.c.model == model,
                 prices.c.unit == unit,
                 prices.c.tenant_id.is_(None) if tenant_id is None else prices.c.tenant_id == tenant_id]
@@ -304,8 +325,9 @@ def put_price(uow: UnitOfWork, *, tenant_id: str | None, key: CatalogKey, terms:
         if current.terms == terms and (effective_from is None or current.effective_from == start):
             uow.rollback()
             return current
-    if start < now:
-        raise ValidationFailed("effectiveFrom", "must not be in the past")
+    if start < now - CLOCK_SKEW:
+        raise ValidationFailed("effectiveFrom", "must not be in the past (a correction of past prices names "
+                                                "correctionReason)")
     for current in open_rows:
         if current.effective_from >= start:
             raise ValidationFailed("effectiveFrom", "must be after the start of the latest price of this item "
@@ -320,3 +342,27 @@ def put_price(uow: UnitOfWork, *, tenant_id: str | None, key: CatalogKey, terms:
                               effective_from=start, **_terms_columns(terms)).returning(*prices.c)).one()
     uow.commit()
     return Price.from_row(row)
+
+
+def _correct_price(uow: UnitOfWork, *, tenant_id: str | None, key: CatalogKey, terms: Terms, start: datetime,
+                   description: str | None, reason: str, created_by: str | None) -> Price:
+    """A catalog correction: a new open row from `start` (in the past) at a revision above every row
+    of the key, so it is the price in force from `start` on; the rows it corrects stay as they were
+    (an audit of what was charged), and the correction is recorded with its reason. Commits."""
+    category, provider, model, unit = key
+    same_key = [prices.c.category == category, prices.c.provider == provider, prices.c.model == model,
+                prices.c.unit == unit,
+                prices.c.tenant_id.is_(None) if tenant_id is None else prices.c.tenant_id == tenant_id]
+    rows = [Price.from_row(r) for r in uow.connection.execute(select(prices).where(*same_key).with_for_update())]
+    revision = max((r.revision for r in rows), default=0) + 1
+    row = uow.connection.execute(
+        insert(prices).values(id=uuid.uuid4(), tenant_id=tenant_id, category=category, provider=provider,
+                              model=model, unit=unit, currency=CURRENCY, revision=revision,
+                              description=description or (rows[0].description if rows else None),
+                              effective_from=start, **_terms_columns(terms)).returning(*prices.c)).one()
+    price = Price.from_row(row)
+    uow.connection.execute(insert(catalog_corrections).values(
+        id=uuid.uuid4(), tenant_id=tenant_id, price_id=price.id, category=category, provider=provider, model=model,
+        unit=unit, effective_from=start, reason=reason, created_by=created_by, created_at=func.now()))
+    uow.commit()
+    return price

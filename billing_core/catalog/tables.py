@@ -33,6 +33,24 @@ prices = Table(
     Column("package_price", Money),
     Column("minimum_quantity", Money),
     Column("tiers", JSONB(none_as_null=True)),
+    # a catalog correction's rows rank above the rows they correct, wherever both are in force (0030)
+    Column("revision", BigInteger, nullable=False, server_default="0"),
+)
+
+# prices entered with an effectiveFrom in the past: the only way to change what was in force, with why
+catalog_corrections = Table(
+    "catalog_corrections", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("tenant_id", Text),  # the override's tenant; NULL: the global catalog
+    Column("price_id", Uuid, nullable=False),
+    Column("category", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("unit", Text, nullable=False),
+    Column("effective_from", DateTime(timezone=True), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_by", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 

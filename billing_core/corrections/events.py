@@ -29,7 +29,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from billing_core import idempotency, money
 from billing_core.catalog import CATALOG, TierPositions, price_items
@@ -69,14 +69,16 @@ class Correction:
 
 @dataclass(frozen=True)
 class Standing:
-    """What an event costs as corrected: charged, less corrections' credits plus their debits, less refunds."""
+    """What an event costs as corrected: charged, less corrections' credits plus their debits (its own
+    and its share of re-rates), less refunds."""
     charged: Decimal
     corrected: Decimal  # sum of correction entries (positive: credited back)
     refunded: Decimal
+    rerated: Decimal = ZERO  # its differences in posted re-rates (positive: credited back)
 
     @property
     def priced(self) -> Decimal:
-        return money.subtract(self.charged, self.corrected)
+        return money.subtract(money.subtract(self.charged, self.corrected), self.rerated)
 
     @property
     def net(self) -> Decimal:
@@ -90,7 +92,11 @@ def standing(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, charged
         .where(c.tenant_id == tenant_id, c.usage_event_id == usage_event_id,
                c.entry_type.in_([EntryType.CORRECTION, EntryType.REFUND]))
         .group_by(c.entry_type)).all())
-    return Standing(charged, sums.get(EntryType.CORRECTION) or ZERO, sums.get(EntryType.REFUND) or ZERO)
+    rerated = uow.connection.execute(text("""
+        SELECT coalesce(sum(r.difference), 0) FROM rerate_events r
+        JOIN rerate_tenants d ON d.tenant_id = r.tenant_id AND d.run_id = r.run_id
+        WHERE r.tenant_id = :t AND r.usage_event_id = :e"""), {"t": tenant_id, "e": usage_event_id}).scalar_one()
+    return Standing(charged, sums.get(EntryType.CORRECTION) or ZERO, sums.get(EntryType.REFUND) or ZERO, rerated)
 
 
 def _fingerprint(command: CorrectionRequest) -> str:

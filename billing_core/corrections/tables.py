@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Table, Text, Uuid
+from sqlalchemy import Column, DateTime, Integer, Table, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
 
 from billing_core.db import Money, metadata
@@ -21,4 +21,46 @@ usage_corrections = Table(
     Column("ledger_entry_id", Uuid),
     Column("created_by", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# a re-rate of a period (operator): its tenants, each posted once, and the per-event differences
+rerate_runs = Table(
+    "rerate_runs", metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("idempotency_key", Text, nullable=False),
+    Column("request_fingerprint", Text, nullable=False),
+    Column("period_start", DateTime(timezone=True), nullable=False),
+    Column("period_end", DateTime(timezone=True), nullable=False),
+    Column("tenant_id", Text),
+    Column("category", Text),
+    Column("provider", Text),
+    Column("model", Text),
+    Column("unit", Text),
+    Column("status", Text, nullable=False),
+    Column("error", Text),
+    Column("requested_by", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+)
+
+rerate_tenants = Table(
+    "rerate_tenants", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("run_id", Uuid, primary_key=True),
+    Column("events", Integer, nullable=False),
+    Column("charged_total", Money, nullable=False),
+    Column("rerated_total", Money, nullable=False),
+    Column("difference", Money, nullable=False),
+    Column("ledger_entry_id", Uuid),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+rerate_events = Table(
+    "rerate_events", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("run_id", Uuid, primary_key=True),
+    Column("usage_event_id", Uuid, primary_key=True),
+    Column("charged", Money, nullable=False),
+    Column("rerated", Money, nullable=False),
+    Column("difference", Money, nullable=False),
 )

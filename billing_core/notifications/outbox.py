@@ -55,7 +55,7 @@ from billing_core.notifications import destinations as webhook_destinations
 from billing_core.notifications.tables import notification_attempts, notifications
 
 EVENT_TYPES = ("balance.low", "balance.depleted", "invoice.finalized", "budget.exceeded", "reconciliation.mismatch",
-               "auto_topup.failed", "auto_topup.capped")
+               "auto_topup.failed", "auto_topup.capped", "usage.corrected")
 WEBHOOK, EMAIL = "webhook", "email"
 CHANNELS = (WEBHOOK, EMAIL)
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -560,6 +560,7 @@ _SUBJECTS = {
     "reconciliation.mismatch": "Ledger reconciliation found a mismatch",
     "auto_topup.failed": "Auto top-up failed ({failureCode}); it is turned off",
     "auto_topup.capped": "Auto top-up reached this month's limit ({maxPerMonth})",
+    "usage.corrected": "Your usage was re-rated: {difference} {currency} (positive: credited back)",
 }
 
 _INTROS = {
@@ -575,6 +576,8 @@ _INTROS = {
                          "until an administrator turns it on again; no credits were added.",
     "auto_topup.capped": "Your LAD Billing wallet is at or below its auto top-up threshold, but another top-up "
                          "would pass the monthly limit you set. No payment was made.",
+    "usage.corrected": "A price of the catalog was corrected, and your usage in the period was re-rated at the "
+                       "corrected price. The difference is one correction entry in your ledger.",
 }
 
 

@@ -89,11 +89,92 @@ CREATE TABLE credit_notes (
     CHECK ((kind = 'credit_note') = (amount > 0))
 );
 CREATE INDEX credit_notes_issued ON credit_notes (tenant_id, issued_at DESC, id DESC);
+
+-- a catalog correction: a price row from a past start that ranks above the rows it corrects
+ALTER TABLE prices ADD COLUMN revision bigint NOT NULL DEFAULT 0;
+DROP INDEX prices_key_from;
+CREATE UNIQUE INDEX prices_key_from ON prices
+    (coalesce(tenant_id, ''), category, provider, model, unit, effective_from, revision);
+CREATE TABLE catalog_corrections (
+    id uuid PRIMARY KEY,
+    tenant_id text,                     -- the override's tenant; NULL: the global catalog
+    price_id uuid NOT NULL REFERENCES prices (id),
+    category text NOT NULL,
+    provider text NOT NULL,
+    model text NOT NULL,
+    unit text NOT NULL,
+    effective_from timestamptz NOT NULL,
+    reason text NOT NULL,
+    created_by text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- a re-rate of a period: one run (operator), per tenant one correction entry, per event its difference
+ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_correction_links;
+ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_correction_links
+    CHECK (entry_type <> 'correction' OR (usage_event_id IS NULL) = (related_entry_id IS NULL));
+CREATE TABLE rerate_runs (
+    id uuid PRIMARY KEY,
+    idempotency_key text NOT NULL UNIQUE,
+    request_fingerprint text NOT NULL,
+    period_start timestamptz NOT NULL,
+    period_end timestamptz NOT NULL,
+    tenant_id text,                     -- the filter: one tenant, or NULL for every tenant
+    category text,
+    provider text,
+    model text,
+    unit text,
+    status text NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    error text,
+    requested_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz
+);
+CREATE TABLE rerate_tenants (
+    tenant_id text NOT NULL,
+    run_id uuid NOT NULL,
+    events integer NOT NULL,
+    charged_total numeric NOT NULL,
+    rerated_total numeric NOT NULL,
+    difference numeric NOT NULL,        -- charged - re-rated: positive credited back
+    ledger_entry_id uuid,               -- NULL: nothing to post
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, run_id)     -- each tenant of a run is posted once
+);
+CREATE TABLE rerate_events (
+    tenant_id text NOT NULL,
+    run_id uuid NOT NULL,
+    usage_event_id uuid NOT NULL,
+    charged numeric NOT NULL,
+    rerated numeric NOT NULL,
+    difference numeric NOT NULL,
+    PRIMARY KEY (tenant_id, run_id, usage_event_id)
+);
+CREATE INDEX rerate_events_event ON rerate_events (tenant_id, usage_event_id);
+ALTER TABLE notifications DROP CONSTRAINT notifications_event_type_check;
+ALTER TABLE notifications ADD CONSTRAINT notifications_event_type_check CHECK (event_type IN
+    ('balance.low', 'balance.depleted', 'invoice.finalized', 'budget.exceeded', 'reconciliation.mismatch',
+     'auto_topup.failed', 'auto_topup.capped', 'usage.corrected'));
 CREATE TRIGGER credit_notes_no_update_delete BEFORE UPDATE OR DELETE ON credit_notes
     FOR EACH ROW EXECUTE FUNCTION invoices_immutable();
 """
 
 DOWNGRADE = """
+DELETE FROM notification_attempts WHERE notification_id IN
+    (SELECT id FROM notifications WHERE event_type = 'usage.corrected');
+DELETE FROM notifications WHERE event_type = 'usage.corrected';
+ALTER TABLE notifications DROP CONSTRAINT notifications_event_type_check;
+ALTER TABLE notifications ADD CONSTRAINT notifications_event_type_check CHECK (event_type IN
+    ('balance.low', 'balance.depleted', 'invoice.finalized', 'budget.exceeded', 'reconciliation.mismatch',
+     'auto_topup.failed', 'auto_topup.capped'));
+DROP TABLE rerate_events;
+DROP TABLE rerate_tenants;
+DROP TABLE rerate_runs;
+DROP TABLE catalog_corrections;
+DELETE FROM prices WHERE revision > 0;
+DROP INDEX prices_key_from;
+CREATE UNIQUE INDEX prices_key_from ON prices (coalesce(tenant_id, ''), category, provider, model, unit, effective_from);
+ALTER TABLE prices DROP COLUMN revision;
 DROP TABLE credit_notes;
 DELETE FROM document_numbers WHERE document_type = 'debit_note';
 ALTER TABLE document_numbers DROP CONSTRAINT document_numbers_document_type_check;

@@ -28,6 +28,8 @@ OPERATOR_TABLES = {
     "document_series": "one gapless number counter per issuer, locked by every issue: a reference table",
     "export_runs": "operator job runs over every tenant (or one, named but not a key)",
     "document_numbers": "every number an issuer issued, unique per issuer (to any tenant): kept on the coordinator",
+    "catalog_corrections": "prices entered with a past start, with their reason: beside the prices (a reference table)",
+    "rerate_runs": "operator job runs over every tenant (or one, named but not a key)",
 }
 # Tenant traffic that is not shardable yet, and why; this list may only shrink.
 NOT_YET_SHARDABLE = {

@@ -249,7 +249,7 @@ def get_pricing() -> Response:
 def put_pricing() -> Response:
     """A new price from effectiveFrom (default now): a tenant's override with tenantId, else global.
     The price in force until then is closed, never edited."""
-    authenticate(ADMIN)
+    principal = authenticate(ADMIN)
     command = parse(PriceRequest, json_body())
     terms = terms_from_request(
         command.pricingModel, unit_price=command.unitPrice, package_size=command.packageSize,
@@ -259,5 +259,6 @@ def put_pricing() -> Response:
         price = catalog.put_price(uow, tenant_id=command.tenantId,
                                   key=(command.category, command.provider, command.model, command.unit),
                                   terms=terms, effective_from=command.effectiveFrom,
-                                  description=command.description)
+                                  description=command.description, correction_reason=command.correctionReason,
+                                  created_by=principal.subject)
     return ok(PriceResponse, price=price_out(price))

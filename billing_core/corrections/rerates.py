@@ -1,0 +1,382 @@
+"""Re-rate a period after a catalog correction.
+
+A run covers the charged usage events whose occurredAt is in [start, end) — of every tenant, or one —
+and, with an item filter (category, provider, model, unit), the events with at least one matching item
+(the whole event is re-priced: its other items price as before unless their price was corrected too).
+Events priced by a binding quote keep the quote's prices and are left out; voided events cost nothing.
+
+Each event is re-priced with the catalog as it stands now (corrections included) at its own occurredAt,
+with its current items (its last amend's, else its original ones). Graduated items are re-priced from
+the start of their month, every charged event of the month in occurrence order, so the month's pieces
+add up to the month priced at once with the corrected catalog and items; events outside the range still
+count for the position but are not re-rated. An event's charged cost is what it costs now: its charge,
+less what corrections credited back plus what they debited, less earlier re-rates' differences (refunds
+are money given back, not a price, and do not count). So a second run over the same range and catalog
+finds no difference and posts nothing.
+
+Per tenant, one transaction under the wallet's lock: the per-event differences (rerate_events, which
+statements and notes read), one `correction` ledger entry for the tenant's total (a credit into a new
+paid grant, or a debit drawn like a charge), the budget spend of each event's period, a credit or debit
+note per invoiced month it touches, a `usage.corrected` notification, and the tenant's row of the run
+(rerate_tenants, unique per tenant and run). A tenant is therefore posted exactly once per run: a worker
+killed mid-way loses at most the transaction in flight, and the redelivered task (acks late) or a
+second POST with the same key resumes with the tenants not yet posted. Ledger rows are never edited.
+"""
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, insert, select, text, update
+
+from billing_core import idempotency, money
+from billing_core.catalog import CATALOG, TierPositions, price_items
+from billing_core.catalog.models import GRADUATED
+from billing_core.catalog.positions import month_of
+from billing_core.catalog.prices import CatalogKey
+from billing_core.corrections.tables import rerate_events, rerate_runs, rerate_tenants
+from billing_core.db import UnitOfWork
+from billing_core.documents import credit_notes
+from billing_core.errors import BillingError, NotFound, ValidationFailed
+from billing_core.ledger.book import WalletBook
+from billing_core.ledger.model import EntryType, GrantKind
+from billing_core.notifications import outbox
+
+ZERO = Decimal(0)
+RUNNING, COMPLETED, FAILED, DRY_RUN = "running", "completed", "failed", "dry_run"
+
+
+@dataclass(frozen=True)
+class RerateScope:
+    start: datetime
+    end: datetime
+    tenant_id: str | None = None
+    category: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    unit: str | None = None
+
+    def matches(self, key: CatalogKey) -> bool:
+        wanted = (self.category, self.provider, self.model, self.unit)
+        return all(w is None or w == k for w, k in zip(wanted, key, strict=True))
+
+    def check(self) -> None:
+        if self.end <= self.start:
+            raise ValidationFailed("to", "must be after from")
+
+
+@dataclass(frozen=True)
+class EventRerate:
+    usage_event_id: uuid.UUID
+    feature_key: str
+    occurred_at: datetime
+    charged_at: datetime
+    charged: Decimal
+    rerated: Decimal
+
+    @property
+    def difference(self) -> Decimal:
+        return money.subtract(self.charged, self.rerated)
+
+
+@dataclass
+class TenantRerate:
+    tenant_id: str
+    events: list[EventRerate] = field(default_factory=list)
+    ledger_entry_id: uuid.UUID | None = None
+
+    @property
+    def charged_total(self) -> Decimal:
+        return money.total(e.charged for e in self.events)
+
+    @property
+    def rerated_total(self) -> Decimal:
+        return money.total(e.rerated for e in self.events)
+
+    @property
+    def difference(self) -> Decimal:
+        return money.subtract(self.charged_total, self.rerated_total)
+
+    def totals(self) -> TenantTotals:
+        return TenantTotals(self.tenant_id, len(self.events), self.charged_total, self.rerated_total,
+                            self.difference, self.ledger_entry_id)
+
+
+@dataclass(frozen=True)
+class TenantTotals:
+    tenant_id: str
+    events: int
+    charged_total: Decimal
+    rerated_total: Decimal
+    difference: Decimal
+    ledger_entry_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class RerateRun:
+    id: uuid.UUID | None
+    status: str
+    scope: RerateScope
+    tenants: list[TenantTotals]
+    error: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    replayed: bool = False
+
+    @property
+    def difference(self) -> Decimal:
+        return money.total(t.difference for t in self.tenants)
+
+
+class _Running(TierPositions):
+    """Graduated positions as the walk through a month moves them (nothing read or written)."""
+
+    def __init__(self, uow: UnitOfWork, tenant_id: str, running: dict[Any, Decimal]):
+        super().__init__(uow, tenant_id, locked=False)
+        self.running = running
+
+    def load(self, wanted: Any) -> None:
+        return None
+
+    def position(self, key: CatalogKey, at: datetime) -> Decimal:
+        return self.running.get((key, month_of(at)), ZERO)
+
+
+@dataclass
+class _Item:
+    category: str
+    provider: str
+    model: str
+    unit: str
+    quantity: Decimal
+
+    @property
+    def key(self) -> CatalogKey:
+        return (self.category, self.provider, self.model, self.unit)
+
+
+def tenants_in_scope(uow: UnitOfWork, scope: RerateScope) -> list[str]:
+    """The tenants with charged usage that occurred in the range (an operator's cross-tenant scan)."""
+    if scope.tenant_id is not None:
+        return [scope.tenant_id]
+    return list(uow.connection.execute(text(
+        "SELECT DISTINCT tenant_id FROM usage_events WHERE status = 'charged' AND occurred_at >= :start "
+        "AND occurred_at < :end ORDER BY tenant_id"), {"start": scope.start, "end": scope.end}).scalars())
+
+
+def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRerate:
+    """What the tenant's events in scope cost now and would cost re-rated (nothing written)."""
+    first_month = month_of(scope.start)
+    last_month = month_of(scope.end - timedelta(microseconds=1))
+    months_end = (last_month + timedelta(days=32)).replace(day=1)
+    params = {"t": tenant_id, "start": first_month, "end": months_end}
+    events = uow.connection.execute(text("""
+        SELECT e.id, e.feature_key, e.occurred_at, e.charged_at, e.total_cost, e.quote_id
+        FROM usage_events e
+        WHERE e.tenant_id = :t AND e.status = 'charged' AND e.occurred_at >= :start AND e.occurred_at < :end
+        ORDER BY e.occurred_at, e.seq
+    """), params).all()
+    if not events:
+        return TenantRerate(tenant_id)
+    ids = [e.id for e in events]
+    items: dict[uuid.UUID, list[_Item]] = defaultdict(list)
+    billed: dict[uuid.UUID, list[tuple[CatalogKey, Decimal]]] = defaultdict(list)
+    for row in uow.connection.execute(text("""
+        SELECT usage_event_id, category, provider, model, unit, quantity, pricing
+        FROM usage_event_items WHERE tenant_id = :t AND usage_event_id = ANY(:ids) ORDER BY usage_event_id, position
+    """), {"t": tenant_id, "ids": ids}):
+        items[row.usage_event_id].append(_Item(row.category, row.provider, row.model, row.unit, row.quantity))
+        if row.pricing and row.pricing.get("pricingModel") == GRADUATED:
+            billed[row.usage_event_id].append(((row.category, row.provider, row.model, row.unit),
+                                               Decimal(row.pricing["billedQuantity"])))
+    voided: set[uuid.UUID] = set()
+    for row in uow.connection.execute(text("""
+        SELECT usage_event_id, action, items FROM usage_corrections
+        WHERE tenant_id = :t AND usage_event_id = ANY(:ids) ORDER BY created_at, id
+    """), {"t": tenant_id, "ids": ids}):
+        if row.action == "void":
+            voided.add(row.usage_event_id)
+        else:  # the last amend's items are the event's items
+            items[row.usage_event_id] = [_Item(i["category"], i["provider"], i["model"], i["unit"],
+                                               Decimal(i["quantity"])) for i in row.items]
+            billed[row.usage_event_id] = [
+                ((i["category"], i["provider"], i["model"], i["unit"]), Decimal(i["pricing"]["billedQuantity"]))
+                for i in row.items if i.get("pricing") and i["pricing"].get("pricingModel") == GRADUATED]
+    corrected: dict[uuid.UUID, Decimal] = dict(uow.connection.execute(text("""
+        SELECT usage_event_id, sum(amount) FROM ledger_entries
+        WHERE tenant_id = :t AND entry_type = 'correction' AND usage_event_id = ANY(:ids) GROUP BY usage_event_id
+    """), {"t": tenant_id, "ids": ids}).all())
+    rerated_before: dict[uuid.UUID, Decimal] = dict(uow.connection.execute(text("""
+        SELECT r.usage_event_id, sum(r.difference) FROM rerate_events r
+        JOIN rerate_tenants d ON d.tenant_id = r.tenant_id AND d.run_id = r.run_id
+        WHERE r.tenant_id = :t AND r.usage_event_id = ANY(:ids) GROUP BY r.usage_event_id
+    """), {"t": tenant_id, "ids": ids}).all())
+    catalog = CATALOG.for_tenant(uow, tenant_id)
+    running: dict[Any, Decimal] = {}
+    result = TenantRerate(tenant_id)
+    for event in events:
+        if event.id in voided:
+            continue
+        in_scope = (scope.start <= event.occurred_at < scope.end and event.quote_id is None
+                    and any(scope.matches(i.key) for i in items[event.id]))
+        if event.quote_id is not None:  # priced by its quote: it only moves the month's positions
+            advances = [(key, event.occurred_at, quantity) for key, quantity in billed[event.id]]
+            rerated = None
+        else:
+            priced = price_items(uow, tenant_id, items[event.id], event.occurred_at, catalog,
+                                 _Running(uow, tenant_id, running))
+            advances = [p.advance for p in priced if p.advance is not None]
+            rerated = money.total(p.cost for p in priced)
+        for key, at, quantity in advances:
+            running[(key, month_of(at))] = money.add(running.get((key, month_of(at)), ZERO), quantity)
+        if in_scope and rerated is not None:
+            charged = money.subtract(money.subtract(event.total_cost or ZERO, corrected.get(event.id) or ZERO),
+                                     rerated_before.get(event.id) or ZERO)
+            result.events.append(EventRerate(event.id, event.feature_key, event.occurred_at, event.charged_at,
+                                             charged, rerated))
+    return result
+
+
+def dry_run(uow: UnitOfWork, scope: RerateScope) -> RerateRun:
+    """Every tenant's differences, without writing anything."""
+    scope.check()
+    tenants = [rate_tenant(uow, tenant, scope) for tenant in tenants_in_scope(uow, scope)]
+    uow.rollback()
+    return RerateRun(None, DRY_RUN, scope, [t.totals() for t in tenants if t.events])
+
+
+def _fingerprint(scope: RerateScope) -> str:
+    return idempotency.fingerprint("rerate", {k: v.isoformat() if isinstance(v, datetime) else v
+                                              for k, v in scope.__dict__.items()})
+
+
+def start_run(uow: UnitOfWork, scope: RerateScope, idempotency_key: str, *, requested_by: str | None) -> RerateRun:
+    """Record a run (status running) and commit; the caller enqueues it. The same key again answers
+    that run (the caller enqueues it again while it is still running: a resume); another request
+    under the key is an IdempotencyConflict."""
+    scope.check()
+    run_id = uuid.uuid4()
+    row = uow.connection.execute(text("""
+        INSERT INTO rerate_runs (id, idempotency_key, request_fingerprint, period_start, period_end, tenant_id,
+                                 category, provider, model, unit, status, requested_by)
+        VALUES (:id, :key, :fingerprint, :start, :end, :tenant_id, :category, :provider, :model, :unit, 'running',
+                :requested_by)
+        ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
+    """), {"id": run_id, "key": idempotency_key, "fingerprint": _fingerprint(scope), "start": scope.start,
+           "end": scope.end, "tenant_id": scope.tenant_id, "category": scope.category, "provider": scope.provider,
+           "model": scope.model, "unit": scope.unit, "requested_by": requested_by}).first()
+    uow.commit()
+    existing = uow.connection.execute(select(rerate_runs).where(rerate_runs.c.idempotency_key == idempotency_key)).one()
+    if row is None and existing.request_fingerprint != _fingerprint(scope):
+        raise idempotency.conflict(idempotency_key)
+    return get_run(uow, existing.id, replayed=row is None)
+
+
+def _scope_of(row: Any) -> RerateScope:
+    return RerateScope(row.period_start, row.period_end, row.tenant_id, row.category, row.provider, row.model,
+                       row.unit)
+
+
+def get_run(uow: UnitOfWork, run_id: uuid.UUID, *, replayed: bool = False) -> RerateRun:
+    row = uow.connection.execute(select(rerate_runs).where(rerate_runs.c.id == run_id)).one_or_none()
+    if row is None:
+        raise NotFound(f"re-rate {run_id} not found")
+    # the tenants posted so far with events in scope (a cross-tenant read of an operator's run, by its id)
+    tenants = [TenantTotals(t.tenant_id, t.events, t.charged_total, t.rerated_total, t.difference, t.ledger_entry_id)
+               for t in uow.connection.execute(select(rerate_tenants).where(rerate_tenants.c.run_id == run_id,
+                                                                           rerate_tenants.c.events > 0)
+                                               .order_by(rerate_tenants.c.tenant_id))]
+    return RerateRun(row.id, row.status, _scope_of(row), tenants, row.error, row.created_at, row.finished_at, replayed)
+
+
+def apply_tenant(uow: UnitOfWork, run_id: uuid.UUID, scope: RerateScope, tenant_id: str) -> TenantRerate | None:
+    """Post one tenant's differences of a run, once (see the module), and commit; None when this
+    tenant of the run was posted before."""
+    book = WalletBook.open(uow, tenant_id)  # the tenant's charges, corrections and re-rates, one at a time
+    done = uow.connection.execute(select(rerate_tenants.c.run_id).where(
+        rerate_tenants.c.tenant_id == tenant_id, rerate_tenants.c.run_id == run_id)).first()
+    if done is not None:
+        uow.rollback()
+        return None
+    found = rate_tenant(uow, tenant_id, scope)
+    moved = [e for e in found.events if e.difference != 0]
+    if moved:
+        uow.connection.execute(insert(rerate_events), [
+            {"tenant_id": tenant_id, "run_id": run_id, "usage_event_id": e.usage_event_id, "charged": e.charged,
+             "rerated": e.rerated, "difference": e.difference} for e in moved])
+    difference = found.difference
+    record = None
+    entry: dict[str, Any] = {"reference": f"rerate:{run_id}", "idempotency_key": f"rerate:{run_id}",
+             "description": f"re-rate of {scope.start.isoformat()} to {scope.end.isoformat()}", "created_by": None}
+    if difference > 0:
+        record, _ = book.add_grant(difference, kind=GrantKind.PAID, source="rerate", entry_type=EntryType.CORRECTION,
+                                   **entry)
+    elif difference < 0:
+        record = book.debit(-difference, entry_type=EntryType.CORRECTION, **entry)
+    for e in moved:
+        book.budgets.spend(e.feature_key, e.occurred_at, -e.difference)
+    book.flush()
+    if record is not None:
+        found.ledger_entry_id = record["id"]
+        _notes(uow, tenant_id, run_id, record["id"], moved)
+        outbox.enqueue(uow, tenant_id, "usage.corrected", {
+            "rerateId": str(run_id), "from": scope.start.isoformat(), "to": scope.end.isoformat(),
+            "events": len(moved), "difference": money.format_decimal(difference),
+            "currency": "USD", "transactionId": str(record["id"])})
+    uow.connection.execute(insert(rerate_tenants).values(
+        tenant_id=tenant_id, run_id=run_id, events=len(found.events), charged_total=found.charged_total,
+        rerated_total=found.rerated_total, difference=difference, ledger_entry_id=found.ledger_entry_id,
+        created_at=func.now()))
+    uow.commit()
+    return found
+
+
+def _notes(uow: UnitOfWork, tenant_id: str, run_id: uuid.UUID, entry_id: uuid.UUID, moved: list[EventRerate]) -> None:
+    """A credit or debit note per invoiced month the run changed (by each event's charge month)."""
+    by_month: dict[datetime, list[EventRerate]] = defaultdict(list)
+    for e in moved:
+        by_month[month_of(e.charged_at)].append(e)
+    for month, found in sorted(by_month.items()):
+        invoice = credit_notes.finalized_invoice(uow, tenant_id, month)
+        amount = money.total(e.difference for e in found)
+        if invoice is None or amount == 0:
+            continue
+        by_feature: dict[str, list[EventRerate]] = defaultdict(list)
+        for e in found:
+            by_feature[e.feature_key].append(e)
+        lines = [{"featureKey": feature, "category": "*", "provider": "*", "model": "*", "unit": "events",
+                  "quantityBefore": str(len(events)), "amountBefore": money.format_decimal(money.total(
+                      e.charged for e in events)),
+                  "quantityAfter": str(len(events)), "amountAfter": money.format_decimal(money.total(
+                      e.rerated for e in events))} for feature, events in sorted(by_feature.items())]
+        credit_notes.issue(uow, tenant_id, invoice, correction_id=uuid.uuid5(run_id, str(invoice.id)),
+                           usage_event_id=None, ledger_entry_id=entry_id, amount=amount,
+                           reason=f"re-rate {run_id}", lines=lines)
+
+
+def run(uow_factory: Any, run_id: uuid.UUID) -> str:
+    """Post every tenant of a running run not posted yet, then mark it completed (or failed, with the
+    error, when a tenant cannot be re-rated: its transaction rolled back, nothing of it was posted)."""
+    with uow_factory() as uow:
+        row = uow.connection.execute(select(rerate_runs).where(rerate_runs.c.id == run_id)).one_or_none()
+        if row is None or row.status != RUNNING:
+            return row.status if row is not None else "missing"
+        scope = _scope_of(row)
+        tenants = tenants_in_scope(uow, scope)
+    status, error = COMPLETED, None
+    for tenant_id in tenants:
+        try:
+            with uow_factory() as uow:
+                apply_tenant(uow, run_id, scope, tenant_id)
+        except BillingError as exc:  # a price missing at an event's time, say: a person decides
+            status, error = FAILED, f"{tenant_id}: {exc.message}"
+            break
+    with uow_factory() as uow:
+        uow.connection.execute(update(rerate_runs).where(rerate_runs.c.id == run_id, rerate_runs.c.status == RUNNING)
+                               .values(status=status, error=error, finished_at=func.now()))
+        uow.commit()
+    return status
