@@ -63,3 +63,45 @@ def test_a_void_and_an_amend_of_one_event_over_http(api, tokens, make_token, ten
     no_items = api.post(path, tokens["admin"], json={"action": "amend", "reason": "r", "idempotencyKey": "n"})
     assert no_items.status_code == 400 and no_items.json()["error"]["details"]["field"] == "items"
     assert_ledger_consistent(api, make_token, tenant)
+
+
+def test_a_price_fixed_in_the_past_is_re_rated_by_a_worker_once(api, tokens, make_token, tenant, clock):
+    from tests.support.polling import eventually
+    from tests.support.pricing import new_item
+
+    admin = tokens["admin"]
+    item = new_item()
+    top_up(api, admin, "100")
+    wrong = api.request("PUT", "/api/billing/pricing", admin, json={**item, "unitPrice": "0.02"})
+    assert wrong.status_code == 200, wrong.text
+    start = wrong.json()["price"]["effectiveFrom"]
+    for _ in range(5):
+        response = api.post("/api/billing/charge", tokens["charge"], json={
+            "featureKey": "calls", "items": [{**item, "quantity": "100"}], "idempotencyKey": f"c-{uuid.uuid4()}"})
+        assert response.status_code == 200, response.text  # 2 each
+    clock.advance(3600)
+    fix = {**item, "unitPrice": "0.01", "effectiveFrom": start}
+    refused = api.request("PUT", "/api/billing/pricing", admin, json=fix)
+    assert refused.status_code == 400 and refused.json()["error"]["details"]["field"] == "effectiveFrom"
+    fixed = api.request("PUT", "/api/billing/pricing", admin, json={**fix, "correctionReason": "a digit too many"})
+    assert fixed.status_code == 200, fixed.text
+    scope = {"from": start, "to": _iso(timedelta(days=1)), "tenantId": tenant, "model": item["model"]}
+    dry = api.post("/api/billing/rerates", admin, json={**scope, "dryRun": True})
+    assert dry.status_code == 200, dry.text
+    assert dry.json()["rerate"]["status"] == "dry_run"
+    assert [(t["tenantId"], t["events"], Decimal(t["difference"])) for t in dry.json()["rerate"]["tenants"]] == \
+        [(tenant, 5, Decimal(5))]
+    body = {**scope, "dryRun": False, "idempotencyKey": f"rr-{uuid.uuid4()}"}
+    started = api.post("/api/billing/rerates", admin, json=body)
+    assert started.status_code == 202, started.text
+    assert started.json()["rerate"]["status"] == "running"
+    rerate_id = started.json()["rerate"]["id"]
+    done = eventually(lambda: api.get(f"/api/billing/rerates/{rerate_id}", admin).json()["rerate"],
+                      until=lambda r: r["status"] != "running", what="the re-rate")
+    assert done["status"] == "completed" and Decimal(done["difference"]) == 5
+    again = api.post("/api/billing/rerates", admin, json=body)  # the same key: that run, nothing more
+    assert again.json()["rerate"]["id"] == rerate_id
+    assert Decimal(wallet(api, admin)["currentBalance"]) == Decimal("95")
+    corrections = api.get("/api/billing/transactions?type=correction", admin).json()["transactions"]
+    assert [Decimal(t["amount"]) for t in corrections] == [Decimal(5)]
+    assert_ledger_consistent(api, make_token, tenant)
