@@ -13,10 +13,15 @@ chain GET /usage/<id> shows) and, when money moves, one `correction` ledger entr
   grants cannot cover goes onto the debt — the usage happened).
 - The budget spend of the period the event occurred in moves with the difference.
 - Graduated positions: the month's position moves by the billed-quantity difference (a void takes the
-  event's billed quantity out, an amend puts the new one in), and the amended items are priced at the
-  month's position with the event's own quantity taken out. Later events of the month are not re-rated
-  one by one here; the month as a whole is re-rated by a re-rate run (POST /rerates), which keeps "the
-  pieces equal the whole month priced at once" for the catalog in force.
+  event's billed quantity out, an amend puts the new one in; the amended items are first priced at the
+  month's position without the event's own units). Then, in the same transaction, the tenant's month is
+  re-rated as a re-rate run would (billing_core/corrections/rerates.py, recorded as a completed run
+  keyed `correction:<id>`): every charged event of the month priced again from the month's start, in
+  occurrence order, with its current items, and the differences posted as one more `correction` entry.
+  Why: a position that moves changes the price of every unit above it, so only re-pricing the month
+  from its start keeps "the pieces equal the whole month priced at once" (the property test checks it);
+  attributing the whole tier effect to the corrected event instead would make a void return more or
+  less than the event cost, which no reader expects.
 - Idempotent per (tenant, idempotencyKey): the same request again answers the first correction; another
   request under the key is an IdempotencyConflict. Corrections of one event are serialized by the
   wallet's lock.
@@ -34,6 +39,8 @@ from sqlalchemy import func, insert, select, text
 from billing_core import idempotency, money
 from billing_core.catalog import CATALOG, TierPositions, price_items
 from billing_core.catalog.models import GRADUATED
+from billing_core.catalog.positions import month_of
+from billing_core.corrections import rerates
 from billing_core.corrections.commands import CorrectionRequest
 from billing_core.corrections.tables import usage_corrections
 from billing_core.db import UnitOfWork
@@ -166,6 +173,7 @@ def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UU
                   for i in old_items if i.pricing and i.pricing.get("pricingModel") == GRADUATED]
     voided = _voided(uow, tenant_id, event.id)
     new_items: list[dict[str, Any]] | None = None
+    taken_out: list[Any] = []  # an amend's graduated units taken out of the month before re-pricing
     if command.action == "void":
         cost_after = ZERO
         moves = [] if voided else _current_billed(uow, tenant_id, event.id, old_billed, occurred)
@@ -173,8 +181,8 @@ def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UU
         if voided:
             raise ValidationFailed("action", "a voided usage event cannot be amended")
         # the month without this event's own units (its last amend's, if amended)
-        current = _current_billed(uow, tenant_id, event.id, old_billed, occurred)
-        positions.advance(current)
+        taken_out = _current_billed(uow, tenant_id, event.id, old_billed, occurred)
+        positions.advance(taken_out)
         catalog = CATALOG.for_tenant(uow, tenant_id)
         priced = price_items(uow, tenant_id, command.items or [], occurred, catalog, positions)
         cost_after = money.total(p.cost for p in priced)
@@ -219,6 +227,10 @@ def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UU
         ledger_entry_id=record["id"] if record else None, created_by=created_by, created_at=func.now(),
     ).returning(usage_corrections.c.created_at)).one()
     transaction = _entry(uow, tenant_id, record["id"]) if record else None
+    if moves or taken_out:
+        # graduated units moved: the month is priced again from its start, every event in occurrence
+        # order, so its pieces stay the whole month priced at once (see the module)
+        rerates.record_month_rerate(uow, book, tenant_id, month_of(occurred), correction_id)
     uow.commit()
     return Correction(correction_id, event.id, command.action, command.reason, before.priced, cost_after, difference,
                       new_items, record["id"] if record else None, created_by, row.created_at, transaction,

@@ -302,6 +302,14 @@ def apply_tenant(uow: UnitOfWork, run_id: uuid.UUID, scope: RerateScope, tenant_
     if done is not None:
         uow.rollback()
         return None
+    found = post_tenant(uow, book, run_id, scope, tenant_id)
+    uow.commit()
+    return found
+
+
+def post_tenant(uow: UnitOfWork, book: WalletBook, run_id: uuid.UUID, scope: RerateScope, tenant_id: str, *,
+                notify: bool = True) -> TenantRerate:
+    """Write one tenant's differences of a run in the caller's transaction, under its wallet lock (no commit)."""
     found = rate_tenant(uow, tenant_id, scope)
     moved = [e for e in found.events if e.difference != 0]
     if moved:
@@ -323,6 +331,7 @@ def apply_tenant(uow: UnitOfWork, run_id: uuid.UUID, scope: RerateScope, tenant_
     if record is not None:
         found.ledger_entry_id = record["id"]
         _notes(uow, tenant_id, run_id, record["id"], moved)
+    if record is not None and notify:
         outbox.enqueue(uow, tenant_id, "usage.corrected", {
             "rerateId": str(run_id), "from": scope.start.isoformat(), "to": scope.end.isoformat(),
             "events": len(moved), "difference": money.format_decimal(difference),
@@ -331,8 +340,21 @@ def apply_tenant(uow: UnitOfWork, run_id: uuid.UUID, scope: RerateScope, tenant_
         tenant_id=tenant_id, run_id=run_id, events=len(found.events), charged_total=found.charged_total,
         rerated_total=found.rerated_total, difference=difference, ledger_entry_id=found.ledger_entry_id,
         created_at=func.now()))
-    uow.commit()
     return found
+
+
+def record_month_rerate(uow: UnitOfWork, book: WalletBook, tenant_id: str, month: datetime,
+                        correction_id: uuid.UUID) -> TenantRerate:
+    """The re-rate of one tenant's month that a void or amend of a graduated item brings with it (same
+    transaction): recorded as a completed run keyed by the correction, so GET /rerates shows it too."""
+    end = (month + timedelta(days=32)).replace(day=1)
+    run_id = uuid.uuid5(correction_id, "month")
+    scope = RerateScope(month, end, tenant_id)
+    uow.connection.execute(insert(rerate_runs).values(
+        id=run_id, idempotency_key=f"correction:{correction_id}", request_fingerprint="correction",
+        period_start=month, period_end=end, tenant_id=tenant_id, status=COMPLETED, requested_by="correction",
+        created_at=func.now(), finished_at=func.now()))
+    return post_tenant(uow, book, run_id, scope, tenant_id, notify=False)
 
 
 def _notes(uow: UnitOfWork, tenant_id: str, run_id: uuid.UUID, entry_id: uuid.UUID, moved: list[EventRerate]) -> None:

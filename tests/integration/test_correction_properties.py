@@ -87,6 +87,17 @@ def test_net_charged_is_the_month_priced_from_scratch_after_corrections(engine, 
         else:
             quantities[event_id] = D(second)
 
+    kept = sum((q for e, q in quantities.items() if e not in voided), D(0))
+
+    def net_charged() -> D:
+        with engine.connect() as connection:
+            return -connection.execute(text(
+                "SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE tenant_id = :t "
+                "AND entry_type IN ('debit', 'correction')"), {"t": tenant}).scalar_one()
+
+    # voids and amends keep the month's pieces equal to the whole month priced at once
+    assert net_charged() == at_once(kept)
+
     # the catalog corrected from the start of the month, and the month re-rated
     with UnitOfWork(engine) as uow:
         put_price(uow, tenant_id=None, key=key, terms=terms(CORRECTED_TIERS), effective_from=month,
@@ -96,12 +107,7 @@ def test_net_charged_is_the_month_priced_from_scratch_after_corrections(engine, 
         run = rerates.start_run(uow, scope, f"rr-{uuid.uuid4()}", requested_by="prop")
     assert rerates.run(lambda: UnitOfWork(engine), run.id) == "completed"
 
-    kept = sum((q for e, q in quantities.items() if e not in voided), D(0))
-    with engine.connect() as connection:
-        net = -connection.execute(text(
-            "SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE tenant_id = :t "
-            "AND entry_type IN ('debit', 'correction')"), {"t": tenant}).scalar_one()
-    assert net == at_once(kept, CORRECTED_TIERS)
+    assert net_charged() == at_once(kept, CORRECTED_TIERS)
     assert tier_position(engine, tenant, key, month) == kept
     with UnitOfWork(engine) as uow:
         assert verify(uow, tenant).ok
