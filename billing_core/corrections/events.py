@@ -106,6 +106,14 @@ def standing(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, charged
     return Standing(charged, sums.get(EntryType.CORRECTION) or ZERO, sums.get(EntryType.REFUND) or ZERO, rerated)
 
 
+def net_cost(uow: UnitOfWork, tenant_id: str, event: Any) -> Decimal | None:
+    """What a charged event costs as corrected (its corrections and its share of re-rates; refunds not
+    included): the usage event's netCost. None for an event not charged."""
+    if event.status != UsageEventStatus.CHARGED or event.total_cost is None:
+        return None
+    return standing(uow, tenant_id, event.id, event.total_cost).priced
+
+
 def _fingerprint(command: CorrectionRequest) -> str:
     return idempotency.fingerprint("correction", command.model_dump(mode="json", exclude={"idempotencyKey",
                                                                                          "tenantId"}))

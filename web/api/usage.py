@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from billing_core import logs, metrics, money
 from billing_core.catalog.items import line_breakdown
 from billing_core.catalog.models import UNIT
-from billing_core.corrections.events import Correction, list_corrections
+from billing_core.corrections.events import Correction, list_corrections, net_cost
 from billing_core.errors import ValidationFailed
 from billing_core.fields import FeatureKey, TenantId
 from billing_core.ledger.model import UsageEventStatus
@@ -196,10 +196,9 @@ def usage_item_out(i: UsageItemRecord) -> UsageItemOut:
                         **line_breakdown(pricing.get("pricingModel", UNIT), billed, pricing.get("parts", [])))
 
 
-def usage_event_detail(outcome: ChargeOutcome, chain: list[Correction] | None = None) -> UsageEventDetail:
-    net = outcome.event.total_cost
-    if net is not None and chain:
-        net = money.subtract(net, money.total(c.difference for c in chain))
+def usage_event_detail(outcome: ChargeOutcome, chain: list[Correction] | None = None,
+                       net: Any = None) -> UsageEventDetail:
+    net = outcome.event.total_cost if net is None else net
     return UsageEventDetail(**_event_fields(outcome.event), metadata=outcome.event.metadata,
                             items=[usage_item_out(i) for i in outcome.items], taskId=outcome.event.task_id,
                             transactionId=outcome.debit.id if outcome.debit else None,
@@ -391,6 +390,7 @@ def get_usage_event(usage_event_id: str) -> Response:
     with unit_of_work() as uow:
         outcome = events.load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
         chain = list_corrections(uow, tenant_id, outcome.event.id)
-    return ok(UsageEventResponse, usageEvent=usage_event_detail(outcome, chain))
+        net = net_cost(uow, tenant_id, outcome.event)
+    return ok(UsageEventResponse, usageEvent=usage_event_detail(outcome, chain, net))
 
 
