@@ -1,9 +1,13 @@
 """Margins: revenue, provider cost and margin of charged usage, less refunds, from the same items
 that were charged — by tenant, feature, category, provider or model, over a period of event times.
 
-Revenue is what the items were charged, less what was refunded of their events. A refund is of an
+Revenue is what the items were charged, less what was refunded of their events, less what corrections
+credited back (voids, amends, the event's share of re-rates) plus what they debited. A refund is of an
 event (a debit), so it is taken off the event's items last item first, each down to zero at most:
-exact, and the same every time. Costs stay as charged (the platform paid its provider anyway).
+exact, and the same every time; a correction's credit is taken off the same way after the refunds, and a
+correction's debit is added to the event's last item. `corrections` says what corrections changed
+(positive: revenue taken off), so original = revenue + corrections. Costs stay as charged (the platform
+paid its provider anyway). Events are selected by when the usage occurred (occurredAt).
 Revenue, cost and margin are those of the costed items; an item with no provider cost in force at
 its event's time is uncosted and counted apart, never as a zero cost.
 """
@@ -34,6 +38,7 @@ class MarginGroup:
     events: int
     uncosted_revenue: Decimal
     uncosted_items: int
+    corrections: Decimal = ZERO  # what corrections took off revenue, costed and uncosted (both are net of it)
 
     @property
     def margin(self) -> Decimal:
@@ -68,6 +73,10 @@ class Margins:
         return money.total(g.uncosted_revenue for g in self.groups)
 
     @property
+    def corrections(self) -> Decimal:
+        return money.total(g.corrections for g in self.groups)
+
+    @property
     def uncosted_items(self) -> int:
         return sum(g.uncosted_items for g in self.groups)
 
@@ -78,21 +87,38 @@ WITH refunded AS (
     FROM ledger_entries r
     WHERE r.entry_type = 'refund' AND r.usage_event_id IS NOT NULL AND r.created_at >= :start {tenant_r}
     GROUP BY 1, 2
+), corrected AS (
+    SELECT tenant_id, usage_event_id, sum(amount) AS amount FROM (
+        SELECT c.tenant_id, c.usage_event_id, c.amount FROM ledger_entries c
+        WHERE c.entry_type = 'correction' AND c.usage_event_id IS NOT NULL AND c.created_at >= :start {tenant_c}
+        UNION ALL
+        SELECT r.tenant_id, r.usage_event_id, r.difference FROM rerate_events r
+        JOIN rerate_tenants d ON d.tenant_id = r.tenant_id AND d.run_id = r.run_id
+        WHERE true {tenant_rr}
+    ) AS both_kinds
+    GROUP BY 1, 2
 ), items AS (
     SELECT {key} AS key, e.id AS event_id, i.cost, i.provider_cost,
-           coalesce(f.amount, 0) AS refunded,
+           coalesce(f.amount, 0) AS refunded, coalesce(c.amount, 0) AS corrected,
+           row_number() OVER (PARTITION BY e.id ORDER BY i.position DESC) AS from_last,
            coalesce(sum(i.cost) OVER (PARTITION BY e.id ORDER BY i.position DESC
                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS later_cost
     FROM usage_events e
     JOIN usage_event_items i ON i.tenant_id = e.tenant_id AND i.usage_event_id = e.id
     LEFT JOIN refunded f ON f.tenant_id = e.tenant_id AND f.usage_event_id = e.id
-    WHERE e.status = 'charged' AND e.created_at >= :start AND e.created_at < :end {tenant_e}
-), revenue AS (
+    LEFT JOIN corrected c ON c.tenant_id = e.tenant_id AND c.usage_event_id = e.id
+    WHERE e.status = 'charged' AND e.occurred_at >= :start AND e.occurred_at < :end {tenant_e}
+), shares AS (
     SELECT key, event_id, provider_cost,
-           i.cost - least(i.cost, greatest(0, i.refunded - i.later_cost)) AS revenue
+           i.cost - least(i.cost, greatest(0, i.refunded - i.later_cost)) AS after_refunds,
+           i.cost - least(i.cost, greatest(0, i.refunded + greatest(i.corrected, 0) - i.later_cost))
+               + CASE WHEN i.from_last = 1 THEN greatest(-i.corrected, 0) ELSE 0 END AS revenue
     FROM items i
+), revenue AS (
+    SELECT key, event_id, provider_cost, revenue, after_refunds - revenue AS corrections FROM shares
 )
 SELECT key,
+       coalesce(sum(corrections), 0) AS corrections,
        coalesce(sum(revenue) FILTER (WHERE provider_cost IS NOT NULL), 0) AS revenue,
        coalesce(sum(provider_cost), 0) AS cost,
        count(DISTINCT event_id) AS events,
@@ -113,10 +139,12 @@ def margins(connection: Connection, *, start: datetime, end: datetime, group_by:
     rows = connection.execute(text(_QUERY.format(
         key=GROUPINGS[group_by],
         tenant_r="AND r.tenant_id = :tenant_id" if tenant else "",
+        tenant_c="AND c.tenant_id = :tenant_id" if tenant else "",
+        tenant_rr="AND r.tenant_id = :tenant_id" if tenant else "",
         tenant_e="AND e.tenant_id = :tenant_id" if tenant else "")),
         {"start": start, "end": end, "tenant_id": tenant_id}).all()
-    return Margins([MarginGroup(r.key, r.revenue, r.cost, r.events, r.uncosted_revenue, r.uncosted_items)
-                    for r in rows])
+    return Margins([MarginGroup(r.key, r.revenue, r.cost, r.events, r.uncosted_revenue, r.uncosted_items,
+                                r.corrections) for r in rows])
 
 
 # --- margin per invoice line (operators only) ---------------------------------------------------------
@@ -142,7 +170,7 @@ WITH parts AS (
                 ELSE least(CAST(p.part ->> 'quantity' AS numeric), greatest(0, i.quantity - coalesce(sum(
                          CAST(p.part ->> 'quantity' AS numeric)) OVER (PARTITION BY i.id ORDER BY p.n
                          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))) * i.unit_cost END,
-           i.unit_cost, e.created_at < :start
+           i.unit_cost, e.occurred_at < :start
     FROM usage_events e
     JOIN usage_event_items i ON i.tenant_id = e.tenant_id AND i.usage_event_id = e.id
     CROSS JOIN LATERAL jsonb_array_elements(i.pricing -> 'parts') WITH ORDINALITY AS p (part, n)

@@ -3,6 +3,7 @@ ledger verification, budget spend, tier positions and the next invoice agree aft
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
 
@@ -123,6 +124,12 @@ def test_a_void_of_a_partly_refunded_event_returns_only_what_is_left(engine):
     void = _correct(engine, tenant, event.id, "void")
     assert void.difference == D(6)
     assert _balance(engine, tenant) == D(100)
+    from billing_core.invoicing.margins import margins
+
+    with engine.connect() as connection:  # margins: original 10, refunded 4, corrected 6, net 0
+        found = margins(connection, start=event.occurred_at, end=event.occurred_at + timedelta(seconds=1),
+                        group_by="tenant", tenant_id=tenant)
+    assert (found.corrections, found.revenue + found.uncosted_revenue) == (D(6), D(0))
     with UnitOfWork(engine) as uow, pytest.raises(RefundExceeded):  # nothing is left to refund
         credits.refund(uow, tenant, RefundRequest(transactionId=debit.id, reason="more",
                                                   idempotencyKey=f"r-{uuid.uuid4()}"), created_by="test")

@@ -275,6 +275,8 @@ class MarginGroup(Answer):
     events: int
     uncostedRevenue: DecimalString
     uncostedItems: int
+    corrections: DecimalString = Field(description="what voids, amends and re-rates took off the revenue, costed "
+                                                   "and uncosted (both are net of it)")
 
 
 class Uncosted(Answer):
@@ -289,6 +291,7 @@ class Margins(Answer):
     cost: DecimalString
     margin: DecimalString
     marginPercent: DecimalString | None
+    corrections: DecimalString = Field(description="what corrections took off the revenue (revenue is net)")
     groups: list[MarginGroup]
     uncosted: Uncosted
     groupBy: str
@@ -578,7 +581,8 @@ def margins_report(connection: Connection, query: MarginsQuery) -> Margins:
         marginPercent=margin_report.margin_percent(found.revenue, found.cost),
         groups=[MarginGroup(key=g.key, revenue=g.revenue, cost=g.cost, margin=g.margin,
                             marginPercent=g.margin_percent, events=g.events, uncostedRevenue=g.uncosted_revenue,
-                            uncostedItems=g.uncosted_items) for g in found.groups],
+                            uncostedItems=g.uncosted_items, corrections=g.corrections) for g in found.groups],
+        corrections=found.corrections,
         uncosted=Uncosted(revenue=found.uncosted_revenue, items=found.uncosted_items),
         groupBy=query.groupBy, from_=start, to=end)
 
