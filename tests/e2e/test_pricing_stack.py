@@ -181,7 +181,8 @@ def test_costs_and_margins_by_every_grouping(api, tokens, tenant):
     assert (total["revenue"], total["cost"], total["margin"], total["marginPercent"]) == ("5.5", "4.5", "1", "18.18")
     assert total["uncosted"] == {"revenue": "1", "items": 1}
     assert total["groups"] == [{"key": tenant, "revenue": "5.5", "cost": "4.5", "margin": "1",
-                                "marginPercent": "18.18", "events": 3, "uncostedRevenue": "1", "uncostedItems": 1}]
+                                "marginPercent": "18.18", "events": 3, "uncostedRevenue": "1", "uncostedItems": 1,
+                                "corrections": "0"}]
     by_feature = {g["key"]: g for g in margins("featureKey")["groups"]}
     assert by_feature["agent"]["margin"] == "0" and by_feature["campaign"]["margin"] == "1"
     by_category = {g["key"]: g for g in margins("category")["groups"]}
