@@ -105,3 +105,70 @@ def test_a_price_fixed_in_the_past_is_re_rated_by_a_worker_once(api, tokens, mak
     corrections = api.get("/api/billing/transactions?type=correction", admin).json()["transactions"]
     assert [Decimal(t["amount"]) for t in corrections] == [Decimal(5)]
     assert_ledger_consistent(api, make_token, tenant)
+
+
+def _console(api, live, make_token):  # noqa: ANN001, ANN202
+    import requests
+
+    link = api.post("/api/billing/console-sessions", make_token("ops", "billing.admin"), json={"ttlMinutes": 30})
+    assert link.status_code == 200, link.text
+    session = requests.Session()
+    assert session.get(link.json()["consoleSession"]["url"], timeout=30).status_code == 200
+    return session, f"http://127.0.0.1:{live.port}"
+
+
+def _field(html: str, name: str) -> str:
+    import re
+
+    return re.search(rf'name="{name}" value="([^"]+)"', html).group(1)
+
+
+def test_the_console_dry_runs_then_applies_a_rerate_and_voids_an_event(api, live, tokens, make_token, tenant, clock):
+    from tests.support.polling import eventually
+    from tests.support.pricing import new_item
+
+    admin = tokens["admin"]
+    item = new_item()
+    top_up(api, admin, "100")
+    wrong = api.request("PUT", "/api/billing/pricing", admin, json={**item, "unitPrice": "0.03"})
+    start = wrong.json()["price"]["effectiveFrom"]
+    events = [api.post("/api/billing/charge", tokens["charge"], json={
+        "featureKey": "calls", "items": [{**item, "quantity": "100"}], "idempotencyKey": str(uuid.uuid4())}
+    ).json()["usageEvent"]["id"] for _ in range(3)]  # 3 each
+    clock.advance(3600)
+    assert api.request("PUT", "/api/billing/pricing", admin, json={
+        **item, "unitPrice": "0.01", "effectiveFrom": start, "correctionReason": "typo"}).status_code == 200
+    session, base = _console(api, live, make_token)
+    scope = {"from": start, "to": _iso(timedelta(days=1)), "tenantId": tenant, "model": item["model"]}
+    page = session.get(f"{base}/console/rerates", params={**scope, "dry": "1"})
+    assert page.status_code == 200, page.text
+    html = page.text
+    assert html.index('id="rerate-table"') < html.index("Apply: post these differences")  # the table first
+    assert tenant in html and ">6<" in html.replace('<span class="num">', ">").replace("</span>", "<")
+    form = {"csrf_token": _field(html, "csrf_token"), "idempotencyKey": _field(html, "idempotencyKey"), **scope}
+    applied = session.post(f"{base}/console/rerates", data=form)
+    assert applied.status_code == 200 and "Re-rate" in applied.text
+    rerate_url = applied.url
+    eventually(lambda: "completed" in session.get(rerate_url).text, what="the re-rate completed")
+    assert session.post(f"{base}/console/rerates", data=form).url == rerate_url  # a double submit: one run
+    assert Decimal(wallet(api, admin)["currentBalance"]) == Decimal("97")  # 100 - 9 + 6
+
+    event_page = session.get(f"{base}/console/tenants/{tenant}/usage/{events[0]}").text
+    voided = session.post(f"{base}/console/tenants/{tenant}/usage/{events[0]}/void", data={
+        "csrf_token": _field(event_page, "csrf_token"), "idempotencyKey": _field(event_page, "idempotencyKey"),
+        "reason": "test call"})
+    assert voided.status_code == 200 and "test call" in voided.text
+    detail = api.get(f"/api/billing/usage/{events[0]}", tokens["view"]).json()["usageEvent"]
+    assert Decimal(detail["netCost"]) == 0 and [c["action"] for c in detail["corrections"]] == ["void"]
+    assert Decimal(wallet(api, admin)["currentBalance"]) == Decimal("98")
+    assert_ledger_consistent(api, make_token, tenant)
+
+    # the tenant sees the correction on the call in its portal
+    import requests
+
+    link = api.post("/api/billing/portal-sessions", make_token(tenant, "billing.manage"), json={})
+    assert link.status_code == 200, link.text
+    portal = requests.Session()
+    assert portal.get(link.json()["portalSession"]["url"], timeout=30).status_code == 200
+    call = portal.get(f"{base}/portal/usage/{events[0]}", timeout=30)
+    assert call.status_code == 200 and 'id="corrections-table"' in call.text and "test call" in call.text

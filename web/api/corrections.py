@@ -103,7 +103,7 @@ def rerate_out(found: rerates.RerateRun, *, brief: bool = False) -> RerateOut:
         finishedAt=found.finished_at)
 
 
-def _scope(command: RerateRequest) -> rerates.RerateScope:
+def rerate_scope(command: RerateRequest) -> rerates.RerateScope:
     start, end = time_bound(command.from_, "from", end=False), time_bound(command.to, "to", end=False)
     assert start is not None and end is not None
     return rerates.RerateScope(start, end, command.tenantId, command.category, command.provider, command.model,
@@ -119,7 +119,7 @@ def post_rerate() -> Response:
     (follow GET /rerates/<id>). The same idempotencyKey again answers that run (and resumes it)."""
     principal = authenticate(ADMIN)
     command = parse(RerateRequest, with_idempotency_header(json_body()))
-    scope = _scope(command)
+    scope = rerate_scope(command)
     if command.dryRun:
         with unit_of_work() as uow:
             found = rerates.dry_run(uow, scope)

@@ -11,6 +11,9 @@ from flask import Blueprint, Response, make_response, render_template, request
 
 from billing_core.access import actions, sessions
 from billing_core.catalog import costs
+from billing_core.corrections import rerates
+from billing_core.corrections.commands import CorrectionRequest, RerateRequest
+from billing_core.corrections.events import correct_usage_event, list_corrections, net_cost
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.fields import Reason, Strict
 from billing_core.invoicing import margins as margin_groupings
@@ -21,17 +24,20 @@ from billing_core.lifecycle import budgets, holds
 from billing_core.payments.auto_topup import attempts as auto_topups
 from billing_core.reports import operators
 from billing_core.usage import history
+from billing_core.usage.events import load_outcome
+from tasks.corrections import rerate as rerate_task
 from web.api.answers import amount, as_json, timestamp
 from web.api.catalog import cost_out, price_out
+from web.api.corrections import rerate_out, rerate_scope
 from web.api.invoicing import MarginsQuery, margins_report
 from web.api.ledger import transaction_out, verification_fields, wallet_out, wallet_with_grants
 from web.api.lifecycle import budget_out, reservation_out
 from web.api.payments import attempt_out
-from web.api.usage import usage_event_out
+from web.api.usage import usage_event_detail, usage_event_out
 from web.auth import TENANT_ID
 from web.errors import status_for
 from web.pages.common import close_session, current_session, install, open_link, public_redirect
-from web.parsing import parse
+from web.parsing import parse, path_uuid
 from web.runtime import runtime, unit_of_work
 
 console = Blueprint("console", __name__, url_prefix="/console")
@@ -201,6 +207,85 @@ def margins() -> Response:
 
 
 MARGIN_FIELDS = ("from", "to", "groupBy", "tenantId")
+
+
+# --- corrections: re-rates, and one event's correction chain --------------------------------------------
+
+RERATE_FIELDS = ("from", "to", "tenantId", "category", "provider", "model", "unit")
+
+
+@console.get("/rerates")
+def rerates_page() -> Response:
+    """The re-rate form; with `dry=1`, the dry run's table (nothing written) and the apply button below it."""
+    chosen = {name: value for name, value in request.args.items() if value and name in RERATE_FIELDS}
+    dry, error = None, None
+    if request.args.get("dry") == "1":
+        try:
+            command = parse(RerateRequest, {**chosen, "dryRun": True})
+            with unit_of_work() as uow:
+                dry = as_json(rerate_out(rerates.dry_run(uow, rerate_scope(command))))
+        except BillingError as exc:
+            error = exc
+    body = render_template("console/rerates.html", chosen=chosen, dry=dry, error=error, fields=RERATE_FIELDS,
+                           new_key=str(uuid.uuid4()))
+    return make_response(body, 200 if error is None else status_for(error.code, error.details))
+
+
+@console.post("/rerates")
+def rerate_apply() -> Response:
+    """Start the run the dry run showed (its key minted with the form: a double submit answers the same run)."""
+    session = current_session()
+    chosen = _form(*RERATE_FIELDS, "idempotencyKey")
+    try:
+        command = parse(RerateRequest, {**chosen, "dryRun": False})
+        with unit_of_work() as uow:
+            started = rerates.start_run(uow, rerate_scope(command), command.idempotencyKey or str(uuid.uuid4()),
+                                        requested_by=f"console:{session.created_by or session.id}")
+        if started.status == rerates.RUNNING:
+            rerate_task.apply_async(args=[str(started.id)], retry=False)
+    except BillingError as exc:
+        body = render_template("console/rerates.html", chosen=chosen, dry=None, error=exc, fields=RERATE_FIELDS,
+                               new_key=str(uuid.uuid4()))
+        return make_response(body, status_for(exc.code, exc.details))
+    return public_redirect("console.rerate_progress", rerate_id=str(started.id))
+
+
+@console.get("/rerates/<rerate_id>")
+def rerate_progress(rerate_id: str) -> str:
+    with unit_of_work() as uow:
+        found = rerates.get_run(uow, path_uuid(rerate_id, "re-rate"))
+    return render_template("console/rerate.html", run=as_json(rerate_out(found)))
+
+
+@console.get("/tenants/<tenant_id>/usage/<usage_event_id>")
+def usage_event_page(tenant_id: str, usage_event_id: str, error: BillingError | None = None) -> Response:
+    """One event as charged, with its correction chain and net cost, and the void form."""
+    with unit_of_work() as uow:
+        _known_tenant(uow, tenant_id)
+        outcome = load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
+        chain = list_corrections(uow, tenant_id, outcome.event.id)
+        net = net_cost(uow, tenant_id, outcome.event)
+    body = render_template("console/usage_event.html", tenant_id=tenant_id,
+                           event=as_json(usage_event_detail(outcome, chain, net)), error=error,
+                           new_key=str(uuid.uuid4()))
+    return make_response(body, 200 if error is None else status_for(error.code, error.details))
+
+
+@console.post("/tenants/<tenant_id>/usage/<usage_event_id>/void")
+def usage_event_void(tenant_id: str, usage_event_id: str) -> Response:
+    session = current_session()
+    try:
+        with unit_of_work() as uow:
+            _known_tenant(uow, tenant_id)
+            command = parse(CorrectionRequest, {"action": "void", **_form("reason", "idempotencyKey")})
+            actions.record(uow, session, tenant_id, "void", command.model_dump(mode="json"))
+            correct_usage_event(uow, tenant_id, path_uuid(usage_event_id, "usage event"), command,
+                                created_by=f"console:{session.created_by or session.id}")
+    except BillingError as exc:
+        if isinstance(exc, NotFound) and exc.message.startswith("tenant "):
+            raise
+        return usage_event_page(tenant_id, usage_event_id, exc)
+    return public_redirect("console.usage_event_page", tenant_id=tenant_id, usage_event_id=usage_event_id)
 
 
 @console.get("/operations")

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, make_response, render_template, request
 
 from billing_core.access import actions, sessions
 from billing_core.access.sessions import PageSession
+from billing_core.corrections.events import list_corrections, net_cost
 from billing_core.documents import credit_notes, receipts
 from billing_core.errors import BillingError
 from billing_core.invoicing import invoices
@@ -132,7 +133,9 @@ def call(usage_event_id: str) -> str:
     tenant_id = tenant_of(current_session())
     with unit_of_work() as uow:
         outcome = events.load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
-    detail = as_json(usage_event_detail(outcome))
+        chain = list_corrections(uow, tenant_id, outcome.event.id)
+        net = net_cost(uow, tenant_id, outcome.event)
+    detail = as_json(usage_event_detail(outcome, chain, net))
     # every field the item representation has, in its order: breakdowns added later appear as they come
     columns: list[str] = []
     for item in detail["items"]:
