@@ -7,8 +7,8 @@ chain GET /usage/<id> shows) and, when money moves, one `correction` ledger entr
 
 - The event's *priced* cost is its charged cost as corrected so far; its *net* cost is that less what
   refunds gave back. A void credits the net cost back. An amend re-prices the given items at the
-  event's own occurredAt (that moment's catalog, override and multiplier) and moves the difference from
-  the priced cost: a lower price credits back (never more than the net cost, so refunds and corrections
+  event's own occurredAt (that moment's catalog, override and multiplier; or the binding quote that
+  priced the event) and moves the difference from the priced cost: a lower price credits back (never more than the net cost, so refunds and corrections
   together never return more than was charged), a higher one debits (drawn like a charge; what the
   grants cannot cover goes onto the debt — the usage happened).
 - The budget spend of the period the event occurred in moves with the difference.
@@ -51,6 +51,7 @@ from billing_core.ledger.credits import _returnable
 from billing_core.ledger.model import EntryType, LedgerEntry, UsageEventStatus
 from billing_core.ledger.tables import ledger_entries
 from billing_core.ledger.wallets import debit_for_event
+from billing_core.lifecycle.quotes import QuotedPrices, load_quotes
 from billing_core.usage.events import load_items, load_outcome
 
 ZERO = Decimal(0)
@@ -192,7 +193,12 @@ def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UU
         taken_out = _current_billed(uow, tenant_id, event.id, old_billed, occurred)
         positions.advance(taken_out)
         catalog = CATALOG.for_tenant(uow, tenant_id)
-        priced = price_items(uow, tenant_id, command.items or [], occurred, catalog, positions)
+        prices: Any = catalog
+        if event.quote_id is not None:  # an event priced by a binding quote is amended at the quote's prices
+            found_quotes = load_quotes(uow, tenant_id, [event.quote_id])
+            if event.quote_id in found_quotes:
+                prices = QuotedPrices(found_quotes[event.quote_id], catalog)
+        priced = price_items(uow, tenant_id, command.items or [], occurred, prices, positions, catalog)
         cost_after = money.total(p.cost for p in priced)
         moves = [p.advance for p in priced if p.advance is not None]
         new_items = [{"category": p.item.category, "provider": p.item.provider, "model": p.item.model,

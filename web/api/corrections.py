@@ -1,7 +1,7 @@
 """Corrections (issue 20): POST /usage/<id>/corrections and re-rates of a period (billing.admin)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from flask import Response
 from pydantic import Field
@@ -94,13 +94,16 @@ class RerateResponse(Answer):
 def rerate_out(found: rerates.RerateRun, *, brief: bool = False) -> RerateOut:
     if brief:
         return RerateOut(id=found.id, status=found.status)
-    return RerateOut(
-        id=found.id, status=found.status, difference=found.difference,
-        tenants=[RerateTenantOut(tenantId=t.tenant_id, events=t.events, chargedTotal=t.charged_total,
-                                 reratedTotal=t.rerated_total, difference=t.difference,
-                                 transactionId=t.ledger_entry_id) for t in found.tenants],
-        from_=found.scope.start, to=found.scope.end, error=found.error, createdAt=found.created_at,
-        finishedAt=found.finished_at)
+    fields: dict[str, Any] = {
+        "status": found.status, "difference": found.difference,
+        "tenants": [RerateTenantOut(tenantId=t.tenant_id, events=t.events, chargedTotal=t.charged_total,
+                                    reratedTotal=t.rerated_total, difference=t.difference,
+                                    **({"transactionId": t.ledger_entry_id} if found.id else {}))
+                    for t in found.tenants],
+        "from_": found.scope.start, "to": found.scope.end}
+    if found.id is not None:  # a run, not a dry run
+        fields.update(id=found.id, error=found.error, createdAt=found.created_at, finishedAt=found.finished_at)
+    return RerateOut(**fields)
 
 
 def rerate_scope(command: RerateRequest) -> rerates.RerateScope:
