@@ -8,9 +8,10 @@ chain GET /usage/<id> shows) and, when money moves, one `correction` ledger entr
 - The event's *priced* cost is its charged cost as corrected so far; its *net* cost is that less what
   refunds gave back. A void credits the net cost back. An amend re-prices the given items at the
   event's own occurredAt (that moment's catalog, override and multiplier; or the binding quote that
-  priced the event) and moves the difference from the priced cost: a lower price credits back (never more than the net cost, so refunds and corrections
-  together never return more than was charged), a higher one debits (drawn like a charge; what the
-  grants cannot cover goes onto the debt — the usage happened).
+  priced the event) and moves the difference from the priced cost: a lower price credits back (never
+  more than the net cost, so refunds and corrections together never return more than was charged), a
+  higher one debits (drawn like a charge; what the grants cannot cover goes onto the debt — the usage
+  happened).
 - The budget spend of the period the event occurred in moves with the difference.
 - Graduated positions: the month's position moves by the billed-quantity difference (a void takes the
   event's billed quantity out, an amend puts the new one in; the amended items are first priced at the
