@@ -161,11 +161,11 @@ class _Item:
 
 def tenants_in_scope(uow: UnitOfWork, scope: RerateScope) -> list[str]:
     """The tenants with charged usage that occurred in the range (an operator's cross-tenant scan)."""
-    if scope.tenant_id is not None:
-        return [scope.tenant_id]
+    one = "AND tenant_id = :tenant_id" if scope.tenant_id is not None else ""
     return list(uow.connection.execute(text(
         "SELECT DISTINCT tenant_id FROM usage_events WHERE status = 'charged' AND occurred_at >= :start "
-        "AND occurred_at < :end ORDER BY tenant_id"), {"start": scope.start, "end": scope.end}).scalars())
+        f"AND occurred_at < :end {one} ORDER BY tenant_id"),
+        {"start": scope.start, "end": scope.end, "tenant_id": scope.tenant_id}).scalars())
 
 
 def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRerate:
