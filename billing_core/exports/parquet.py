@@ -48,7 +48,8 @@ QUERIES = {
     "usage_events": """
         SELECT e.id, e.seq, e.tenant_id, e.task_id, e.feature_key, e.external_reference_id, e.idempotency_key,
                e.user_id, e.status, e.total_cost, e.currency, e.rejection_code, e.rejection_reason,
-               e.metadata::text AS metadata, e.reservation_id, e.quote_id, e.created_at, e.charged_at
+               e.metadata::text AS metadata, e.reservation_id, e.quote_id, e.created_at, e.charged_at,
+               e.occurred_at
         FROM usage_events e WHERE {day_e} {tenant_e} ORDER BY e.tenant_id, e.seq""",
     "usage_items": """
         SELECT i.id, i.tenant_id, i.usage_event_id, i.position, i.category, i.provider, i.model, i.unit,
@@ -71,9 +72,16 @@ QUERIES = {
             SELECT v.id, v.tenant_id, 'invoice', v.number, v.issued_at, v.currency, v.period, NULL, NULL, NULL,
                    NULL, NULL, v.opening_balance, v.total_credits, v.total_usage, v.closing_balance
             FROM invoices v WHERE {day_v} {tenant_v}
+            UNION ALL
+            -- a credit or debit note: its signed amount (positive credited back) in gross, the month it
+            -- corrects in period
+            SELECT n.id, n.tenant_id, n.kind, n.number, n.issued_at, n.currency, n.corrects_period, NULL, NULL,
+                   n.amount, NULL, NULL, NULL, NULL, NULL, NULL
+            FROM credit_notes n WHERE {day_n} {tenant_n}
         ) d ORDER BY d.tenant_id, d.issued_at, d.number""",
 }
-_DAY_COLUMNS = {"l": "created_at", "e": "created_at", "g": "created_at", "r": "issued_at", "v": "issued_at"}
+_DAY_COLUMNS = {"l": "created_at", "e": "created_at", "g": "created_at", "r": "issued_at", "v": "issued_at",
+                "n": "issued_at"}
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,7 @@ class ExportedFile:
 def _query(table: str, tenant_id: str | None) -> str:
     fill = {f"day_{alias}": _DAY.format(alias=alias, column=column) for alias, column in _DAY_COLUMNS.items()}
     fill.update({f"tenant_{alias}": "" if tenant_id is None else f"AND {alias}.tenant_id = :tenant_id"
-                 for alias in ("l", "e", "i", "g", "r", "v")})
+                 for alias in ("l", "e", "i", "g", "r", "v", "n")})
     return QUERIES[table].format(**fill)
 
 

@@ -196,6 +196,12 @@ def test_a_correction_of_a_finalized_month_issues_a_numbered_note_and_a_prior_pe
     assert "call ended earlier" in credit_note_csv(note)
     pdf = credit_note_pdf(note)
     assert pdf.startswith(b"%PDF")
+    from billing_core.exports.parquet import table_for
+
+    with UnitOfWork(engine) as uow:  # the finance export carries the notes with the documents
+        exported = table_for(uow, "documents", note.issued_at.date(), tenant).to_pylist()
+    assert {(d["number"], d["document_type"], d["gross"]) for d in exported} >= {
+        (note.number, "credit_note", D("2.5")), (second.number, "credit_note", D("7.5"))}
     (tmp_path / "note.pdf").write_bytes(pdf)
     with UnitOfWork(engine) as uow:
         assert not [m for m in reconciliation.reconcile(uow).mismatches if m.get("tenantId") == tenant]
