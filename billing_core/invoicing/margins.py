@@ -240,6 +240,9 @@ class InvoiceMargins:
     tenant_id: str
     period: Period
     lines: list[InvoiceLineMargin]
+    # the month's correction lines (voids, amends, re-rates; positive credited back): the usage lines
+    # stay as charged, so net revenue = their revenue - corrections
+    corrections: Decimal = ZERO
 
 
 def invoice_margins(uow: UnitOfWork, tenant_id: str, period: Period | None = None) -> InvoiceMargins:
@@ -250,8 +253,9 @@ def invoice_margins(uow: UnitOfWork, tenant_id: str, period: Period | None = Non
     draft = preview(uow, tenant_id, period)
     found = {m.key: m for m in invoice_line_margins(uow.connection, tenant_id, draft.period_start, draft.period_end)}
     uow.rollback()
+    corrections = money.total(line.exact_amount for line in draft.credit_lines if line.line_type == "correction")
     return InvoiceMargins(tenant_id, period, [InvoiceLineMargin(line, found.get(_line_key(line)))
-                                              for line in draft.usage_lines])
+                                              for line in draft.usage_lines], corrections)
 
 
 def _line_key(line: InvoiceLine) -> tuple:

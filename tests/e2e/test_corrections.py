@@ -57,6 +57,13 @@ def test_a_void_and_an_amend_of_one_event_over_http(api, tokens, make_token, ten
     assert [c["action"] for c in detail["corrections"]] == ["amend", "void"]
     assert Decimal(detail["netCost"]) == 0 and Decimal(detail["totalCost"]) == 2
     assert Decimal(wallet(api, tokens["admin"])["currentBalance"]) == Decimal("10")
+    # the margins see the corrected numbers: the usage line as charged, the corrections beside it
+    ops = make_token("ops", "billing.admin")
+    month = api.get(f"/api/billing/invoices/margins?tenantId={tenant}", ops).json()["invoiceMargins"]
+    assert Decimal(month["corrections"]) == 2 and Decimal(month["lines"][0]["exactAmount"]) == 2
+    margins = api.get(f"/api/billing/margins?tenantId={tenant}", ops).json()["margins"]
+    assert Decimal(margins["corrections"]) == 2
+    assert Decimal(margins["revenue"]) + Decimal(margins["uncosted"]["revenue"]) == 0
     missing = api.post(f"/api/billing/usage/{uuid.uuid4()}/corrections", tokens["admin"],
                        json={**body, "idempotencyKey": "m"})
     assert missing.status_code == 404

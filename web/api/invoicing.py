@@ -328,6 +328,8 @@ class InvoiceMargins(Answer):
     tenantId: str
     period: str
     lines: list[InvoiceLineMargin]
+    corrections: DecimalString = Field(description="the month's correction lines (voids, amends, re-rates; "
+                                                   "positive credited back): the lines stay as charged")
 
 
 class InvoiceMarginsResponse(Answer):
@@ -612,4 +614,4 @@ def get_invoice_margins() -> Response:
             uncostedRevenue=m.uncosted_revenue if m else line.exact_amount,
             uncostedItems=m.uncosted_items if m else line.item_count))
     return ok(InvoiceMarginsResponse, invoiceMargins=InvoiceMargins(tenantId=tenant_id, period=found.period.label,
-                                                                    lines=lines))
+                                                                    lines=lines, corrections=found.corrections))
