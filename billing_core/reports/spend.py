@@ -29,16 +29,16 @@ def daily_spend(uow: UnitOfWork, tenant_id: str, start: datetime, end: datetime,
     """Cost per UTC day in [start, end) by feature key or by item category."""
     if by == "feature":
         query = """
-            SELECT (e.created_at AT TIME ZONE 'UTC')::date AS day, e.feature_key AS grp, sum(e.total_cost) AS cost
+            SELECT (e.occurred_at AT TIME ZONE 'UTC')::date AS day, e.feature_key AS grp, sum(e.total_cost) AS cost
             FROM usage_events e
-            WHERE e.tenant_id = :t AND e.status = 'charged' AND e.created_at >= :start AND e.created_at < :end
+            WHERE e.tenant_id = :t AND e.status = 'charged' AND e.occurred_at >= :start AND e.occurred_at < :end
             GROUP BY 1, 2"""
     elif by == "category":
         query = """
-            SELECT (e.created_at AT TIME ZONE 'UTC')::date AS day, i.category AS grp, sum(i.cost) AS cost
+            SELECT (e.occurred_at AT TIME ZONE 'UTC')::date AS day, i.category AS grp, sum(i.cost) AS cost
             FROM usage_events e
             JOIN usage_event_items i ON i.tenant_id = e.tenant_id AND i.usage_event_id = e.id
-            WHERE e.tenant_id = :t AND e.status = 'charged' AND e.created_at >= :start AND e.created_at < :end
+            WHERE e.tenant_id = :t AND e.status = 'charged' AND e.occurred_at >= :start AND e.occurred_at < :end
             GROUP BY 1, 2"""
     else:
         raise ValueError(f"by must be one of {GROUPINGS}")
@@ -61,7 +61,7 @@ def top_calls(uow: UnitOfWork, tenant_id: str, start: datetime, end: datetime, l
     """The most expensive charged events in [start, end), dearest first."""
     rows = uow.connection.execute(text("""
         SELECT * FROM usage_events
-        WHERE tenant_id = :t AND status = 'charged' AND created_at >= :start AND created_at < :end
+        WHERE tenant_id = :t AND status = 'charged' AND occurred_at >= :start AND occurred_at < :end
         ORDER BY total_cost DESC, created_at DESC LIMIT :limit"""),
         {"t": tenant_id, "start": start, "end": end, "limit": limit}).all()
     return [event_from_row(r) for r in rows]
