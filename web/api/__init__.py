@@ -1,6 +1,6 @@
 """The billing API under /api/billing, one module per domain (routes, request and response models and
 their representations together); `routing` holds the blueprint they all join."""
-from web.api import access, catalog, invoicing, ledger, lifecycle, notifications, payments, usage  # noqa: F401
+from web.api import access, calls, catalog, invoicing, ledger, lifecycle, notifications, payments, usage  # noqa: F401
 from web.api.routing import billing
 
 __all__ = ["billing"]

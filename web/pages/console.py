@@ -10,6 +10,7 @@ from typing import Any, Literal
 from flask import Blueprint, Response, make_response, render_template, request
 
 from billing_core.access import actions, sessions
+from billing_core.calls import admission, plans
 from billing_core.catalog import costs
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.fields import Reason, Strict
@@ -24,7 +25,7 @@ from billing_core.usage import history
 from web.api.answers import amount, as_json, timestamp
 from web.api.catalog import cost_out, price_out
 from web.api.invoicing import MarginsQuery, margins_report
-from web.api.ledger import transaction_out, verification_fields, wallet_out, wallet_with_grants
+from web.api.ledger import call_plan_out, transaction_out, verification_fields, wallet_out, wallet_with_grants
 from web.api.lifecycle import budget_out, reservation_out
 from web.api.payments import attempt_out
 from web.api.usage import usage_event_out
@@ -80,6 +81,8 @@ def _tenant_page(tenant_id: str, error: BillingError | None = None, status: int 
     with unit_of_work() as uow:
         _known_tenant(uow, tenant_id)
         wallet, grants = expiry.end_due_and_read_wallet(uow, tenant_id)
+        calls = admission.read_concurrency(uow.connection, tenant_id)
+        plan = plans.load_plan(uow.connection, tenant_id)
         entries, _ = verification.list_entries(uow, tenant_id, limit=50)
         events, _ = history.list_usage_events(uow, tenant_id, history.UsageFilter(), limit=20)
         active_holds, _ = holds.list_holds(uow, tenant_id, status="active", limit=50, cursor=None)
@@ -88,8 +91,8 @@ def _tenant_page(tenant_id: str, error: BillingError | None = None, status: int 
         books = verification.verify(uow, tenant_id)
         topups = auto_topups.list_attempts(uow, tenant_id, limit=20)
     body = render_template(
-        "console/tenant.html", tenant_id=tenant_id, wallet=as_json(wallet_with_grants(wallet, grants)),
-        entries=_chain([as_json(transaction_out(e)) for e in entries]),
+        "console/tenant.html", tenant_id=tenant_id, wallet=as_json(wallet_with_grants(wallet, grants, calls)),
+        plan=as_json(call_plan_out(plan)), entries=_chain([as_json(transaction_out(e)) for e in entries]),
         events=[as_json(usage_event_out(e)) for e in events], holds=[as_json(reservation_out(r)) for r in active_holds],
         budgets=[as_json(budget_out(b)) for b in budget_list],
         actions=[{**a, "created_at": timestamp(a["created_at"])} for a in recorded],

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, make_response, render_template, request
 
 from billing_core.access import actions, sessions
 from billing_core.access.sessions import PageSession
+from billing_core.calls import admission
 from billing_core.errors import BillingError
 from billing_core.invoicing import invoices
 from billing_core.invoicing.invoices import Period
@@ -68,11 +69,12 @@ def overview() -> str:
     tenant_id = tenant_of(current_session())
     with unit_of_work() as uow:
         wallet, grants = expiry.end_due_and_read_wallet(uow, tenant_id)
+        calls = admission.read_concurrency(uow.connection, tenant_id)
         active_holds, _ = holds.list_holds(uow, tenant_id, status="active", limit=50, cursor=None)
         alert_settings = alerts.get_settings(uow, tenant_id)
         recent, _ = history.list_usage_events(uow, tenant_id, history.UsageFilter(), limit=10)
     low = [state for state in (alert_settings.states if alert_settings else []) if not state.armed]
-    return render_template("portal/overview.html", wallet=as_json(wallet_with_grants(wallet, grants)),
+    return render_template("portal/overview.html", wallet=as_json(wallet_with_grants(wallet, grants, calls)),
                            holds=[as_json(reservation_out(r)) for r in active_holds],
                            recent=[as_json(usage_event_out(e)) for e in recent],
                            low_alerts=[{"threshold": amount(s.threshold), "eventType": s.event_type,
