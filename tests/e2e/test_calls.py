@@ -3,10 +3,12 @@ burst slots at a multiplier, admitted calls that always settle (debt, freeze, re
 statement of one call."""
 from __future__ import annotations
 
+import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
+import requests
 from sqlalchemy import text
 
 from tests.support.helpers import assert_ledger_consistent, stt_items, top_up, wallet
@@ -231,3 +233,67 @@ def test_a_calls_statement_equals_its_ledger_entries_and_shows_cost_to_the_opera
     assert api.get(f"/api/billing/calls/{ref}", stranger).status_code == 404
     assert api.get("/api/billing/calls/no-such-call", tokens["view"]).status_code == 404
     assert api.get(f"/api/billing/calls/{ref}", tokens["any"]).status_code == 403
+
+
+# --- pages and /metrics -------------------------------------------------------------------------------
+
+def _opened(link):
+    session = requests.Session()
+    assert session.get(link, timeout=30).status_code == 200
+    return session
+
+
+def _csrf(html):
+    return re.search(r'name="csrf_token" value="([0-9a-f]+)"', html).group(1)
+
+
+def test_the_console_sets_the_plan_shows_the_slots_and_a_call_and_metrics_count_them(
+        api, live, tokens, tenant, engine, make_token):
+    top_up(api, tokens["admin"], "10")
+    link = api.post("/api/billing/console-sessions", make_token("ops", "billing.admin"),
+                    json={"ttlMinutes": 30}).json()["consoleSession"]
+    session, base = _opened(link["url"]), f"http://127.0.0.1:{live.port}"
+    page = session.get(f"{base}/console/tenants/{tenant}").text
+    assert 'data-testid="call-limit">unlimited' in page
+    form = {"csrf_token": _csrf(page), "maxConcurrentCalls": "1", "burstLimit": "", "burstMultiplier": "1",
+            "callGraceLimit": "", "settlementPolicy": "grace"}
+    assert session.post(f"{base}/console/tenants/{tenant}/call-plan", data=form).status_code == 400  # no reason
+    done = session.post(f"{base}/console/tenants/{tenant}/call-plan", data={**form, "reason": "plan: starter"})
+    assert done.status_code == 200 and "Done: call plan" in done.text
+    assert wallet(api, tokens["any"])["calls"]["limit"] == 1
+    with engine.connect() as connection:
+        recorded = connection.execute(text("SELECT request->>'reason', request->>'maxConcurrentCalls' FROM page_actions "
+                                           "WHERE tenant_id = :t AND action = 'call_plan'"), {"t": tenant}).all()
+    assert [tuple(r) for r in recorded] == [("plan: starter", "1")]
+
+    hold = reserve(api, tokens["charge"], "0.5", externalReferenceId="console-call").json()["reservation"]
+    assert reserve(api, tokens["charge"]).status_code == 429
+    page = session.get(f"{base}/console/tenants/{tenant}").text
+    assert 'data-testid="active-calls">1<' in page and "at the limit" in page
+    listed = session.get(f"{base}/console/").text
+    assert tenant in listed.split('id="call-slots-table"')[1]
+    exported = api.get("/metrics").text
+    assert f'lad_active_calls{{tenant="{tenant}"}} 1.0' in exported
+    assert re.search(r"^lad_tenants_at_call_limit [1-9]", exported, re.M)
+
+    assert settle(api, tokens["charge"], hold["id"], "3000").status_code == 200
+    statement = session.get(f"{base}/console/tenants/{tenant}/calls?ref=console-call")
+    assert statement.status_code == 200
+    assert 'data-testid="call-total"><span class="num">0.3</span>' in statement.text
+    assert 'data-testid="call-margin"' in statement.text
+    assert session.get(f"{base}/console/tenants/{tenant}/calls/no-such-call").status_code == 404
+
+
+def test_the_portal_shows_a_call_without_cost_or_margin(api, tokens, tenant):
+    top_up(api, tokens["admin"], "10")
+    hold = reserve(api, tokens["charge"], "0.5", externalReferenceId="portal/call-1").json()["reservation"]
+    assert settle(api, tokens["charge"], hold["id"], "2000").status_code == 200
+    link = api.post("/api/billing/portal-sessions", tokens["admin"], json={}).json()["portalSession"]
+    session = _opened(link["url"])
+    base = link["url"].split("/portal/")[0]
+    page = session.get(f"{base}/portal/calls/portal/call-1")
+    assert page.status_code == 200, page.text
+    assert 'data-testid="call-total"><span class="num">0.2</span>' in page.text
+    assert 'data-testid="call-ledger-total"><span class="num">-0.2</span>' in page.text
+    assert "call-margin" not in page.text and "Provider cost" not in page.text
+    assert session.get(f"{base}/portal/calls/another-tenants-call").status_code == 404

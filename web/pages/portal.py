@@ -11,7 +11,7 @@ from flask import Blueprint, Response, make_response, render_template, request
 
 from billing_core.access import actions, sessions
 from billing_core.access.sessions import PageSession
-from billing_core.calls import admission
+from billing_core.calls import admission, statement
 from billing_core.errors import BillingError
 from billing_core.invoicing import invoices
 from billing_core.invoicing.invoices import Period
@@ -25,6 +25,7 @@ from billing_core.payments.auto_topup import rules as auto_topup_rules
 from billing_core.payments.auto_topup.rules import AutoTopupRequest
 from billing_core.reports import spend
 from billing_core.usage import events, history
+from web.api import calls as calls_api
 from web.api.answers import amount, as_json, timestamp
 from web.api.invoicing import invoice_file, invoice_out, invoice_summary
 from web.api.ledger import wallet_with_grants
@@ -132,6 +133,15 @@ def call(usage_event_id: str) -> str:
     for item in detail["items"]:
         columns += [key for key in item if key not in columns]
     return render_template("portal/call.html", event=detail, columns=columns)
+
+
+@portal.get("/calls/<path:external_reference_id>")
+def call_statement(external_reference_id: str) -> str:
+    """One call's statement, as GET /calls/<externalReferenceId> gives the tenant (no provider cost)."""
+    tenant_id = tenant_of(current_session())
+    with unit_of_work() as uow:
+        found = statement.call_statement(uow.connection, tenant_id, calls_api.reference(external_reference_id))
+    return render_template("portal/call_statement.html", call=as_json(calls_api.call_out(found, operator=False)))
 
 
 @portal.get("/invoices")
