@@ -47,6 +47,13 @@ def sum_of_entries(engine, tenant):
                                   {"t": tenant}).scalar_one()
 
 
+def books_balance(api, engine, tenant, admin):
+    """/ledger/verify is clean and the sum of the tenant's entries is its balance."""
+    verified = api.get(f"/api/billing/ledger/verify?tenantId={tenant}", admin).json()
+    assert verified["ok"], verified
+    assert sum_of_entries(engine, tenant) == Decimal(wallet(api, admin)["currentBalance"])
+
+
 def test_a_hundred_simultaneous_holds_against_a_limit_of_ten_admit_exactly_ten(api, tokens, tenant, make_token,
                                                                              clock):
     top_up(api, tokens["admin"], "100")
@@ -120,6 +127,7 @@ def test_an_admitted_call_settles_in_full_into_debt_and_the_wallet_freezes_until
     assert w["currentBalance"] == "-1" and w["inDebt"] is True
     assert [g["kind"] for g in w["grants"]] == ["debt"]
     assert sum_of_entries(engine, tenant) == Decimal("-1")
+    books_balance(api, engine, tenant, tokens["admin"])
     frozen = reserve(api, tokens["charge"], "0.1")
     assert frozen.status_code == 402
     assert frozen.json()["error"]["code"] == "insufficient_balance"
@@ -129,6 +137,7 @@ def test_an_admitted_call_settles_in_full_into_debt_and_the_wallet_freezes_until
     # the running second call still settles, deeper into debt
     assert settle(api, tokens["charge"], second["id"], "5000").status_code == 200
     assert wallet(api, tokens["any"])["currentBalance"] == "-1.5"
+    books_balance(api, engine, tenant, tokens["admin"])
     # plain charges (no hold) are judged as before
     plain = api.post("/api/billing/charge", tokens["charge"], json={"featureKey": "f", "items": stt_items("10")})
     assert plain.status_code == 402 and plain.json()["error"]["code"] == "insufficient_balance"
@@ -137,15 +146,14 @@ def test_an_admitted_call_settles_in_full_into_debt_and_the_wallet_freezes_until
     w = wallet(api, tokens["any"])
     assert w["currentBalance"] == "0.5" and w["inDebt"] is False
     assert [(g["kind"], g["remaining"]) for g in w["grants"]] == [("paid", "0.5")]
+    books_balance(api, engine, tenant, tokens["admin"])
     assert reserve(api, tokens["charge"], "0.1").status_code == 200
     with engine.connect() as connection:
         kinds = connection.execute(text(
             "SELECT event_type FROM notifications WHERE tenant_id = :t AND event_type LIKE 'wallet.%' "
             "ORDER BY created_at"), {"t": tenant}).scalars().all()
     assert kinds == ["wallet.in_debt", "wallet.debt_repaid"]
-    verified = api.get(f"/api/billing/ledger/verify?tenantId={tenant}", tokens["admin"]).json()
-    assert verified["ok"], verified
-    assert sum_of_entries(engine, tenant) == Decimal(w["currentBalance"])
+    books_balance(api, engine, tenant, tokens["admin"])
 
 
 def test_a_settlement_past_the_grace_limit_is_refused(api, tokens):
@@ -297,3 +305,21 @@ def test_the_portal_shows_a_call_without_cost_or_margin(api, tokens, tenant):
     assert 'data-testid="call-ledger-total"><span class="num">-0.2</span>' in page.text
     assert "call-margin" not in page.text and "Provider cost" not in page.text
     assert session.get(f"{base}/portal/calls/another-tenants-call").status_code == 404
+
+
+def test_an_auto_top_up_the_settlement_triggers_repays_the_debt_and_unfreezes(api, tokens, tenant, stripe_client):
+    from tests.support.auto_topup import own_card, put_rule, wait_finished
+
+    card = own_card(api, tokens["admin"], stripe_client)
+    top_up(api, tokens["admin"], "20")
+    assert put_rule(api, tokens["admin"], card).status_code == 200  # below 10: recharge to 50
+    hold = reserve(api, tokens["charge"], "1", externalReferenceId="long-call").json()["reservation"]
+    assert settle(api, tokens["charge"], hold["id"], "300000").status_code == 200  # 30: 10 into debt
+    [attempt] = wait_finished(api, tokens["admin"], tenant)
+    assert attempt["status"] == "succeeded", attempt
+    w = wallet(api, tokens["any"])
+    assert w["inDebt"] is False and w["currentBalance"] == "50"
+    assert [g["kind"] for g in w["grants"]] == ["paid"]
+    assert reserve(api, tokens["charge"], "1").status_code == 200
+    verified = api.get(f"/api/billing/ledger/verify?tenantId={tenant}", tokens["admin"]).json()
+    assert verified["ok"], verified
