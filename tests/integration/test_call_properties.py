@@ -3,7 +3,8 @@
 A hypothesis state machine drives one fresh tenant per run, with a call plan (base limit, burst limit
 and multiplier, a grace limit), through random sequences of holds, extensions, settlements (below,
 at and far above the hold and the balance), releases, expiries (the clock moved past a hold's TTL,
-then the expiry job) and top-ups, each in its own unit of work as the web layer and the worker do.
+then the expiry job) and top-ups, each in its own unit of work as the web layer and the worker do, and bursts of hold
+requests sent at once from threads (each in its own transaction, as simultaneous HTTP requests are).
 Refusals (BillingError) are expected outcomes; any other exception fails the run.
 
 After every step: active holds never exceed the burst limit; the balance never passes
@@ -18,6 +19,7 @@ from __future__ import annotations
 import itertools
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -59,12 +61,15 @@ class CallMachine(RuleBasedStateMachine):
     def key(self, what: str) -> str:
         return f"{what}-{next(self.serial)}"
 
-    def attempt(self, operation: Any) -> tuple[Any, BillingError | None]:
+    def attempt(self, operation: Any, *, quiet: bool = False) -> tuple[Any, BillingError | None]:
+        """Run `operation(uow)` in its own unit of work: (result, None), or (None, the refusal).
+        `quiet` in threads, where hypothesis takes no notes."""
         try:
             with UnitOfWork(self.engine) as uow:
                 return operation(uow), None
         except BillingError as refusal:
-            note(f"refused: {refusal.code} {refusal.details}")
+            if not quiet:
+                note(f"refused: {refusal.code} {refusal.details}")
             return None, refusal
 
     def read(self, sql: str) -> Any:
@@ -101,6 +106,23 @@ class CallMachine(RuleBasedStateMachine):
             assert result.concurrency.active <= BURST
         elif refused.code == "concurrency_limit":
             assert refused.details == {"limit": BURST, "active": BURST}
+
+    @rule(count=st.integers(2, 8), amount=amounts)
+    def simultaneous_holds(self, count: int, amount: str) -> None:
+        """`count` hold requests at once, each in its own transaction and thread: together they take at
+        most the free slots (exactly those, when the wallet can pay and is not in debt)."""
+        free, in_debt = BURST - self.active(), self.balance() < 0
+        commands = [ReservationRequest(featureKey="voice", amount=amount, ttlSeconds=600, idempotencyKey=self.key("s"))
+                    for _ in range(count)]
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            answers = list(pool.map(lambda c: self.attempt(
+                lambda uow: holds.reserve(uow, self.tenant, c, created_by="prop"), quiet=True), commands))
+        note(f"simultaneous: {[r.code if r else 'ok' for _, r in answers]}")
+        admitted = [result.hold for result, refused in answers if refused is None]
+        self.opened += [h.id for h in admitted]
+        assert len(admitted) <= free and not (in_debt and admitted), (free, len(admitted))
+        if not in_debt and all(r is None or r.code == "concurrency_limit" for _, r in answers):
+            assert len(admitted) == min(free, count), (free, count, [r for _, r in answers])
 
     @precondition(lambda self: self.opened)
     @rule(index=st.integers(0, 50), amount=amounts)
