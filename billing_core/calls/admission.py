@@ -88,8 +88,7 @@ def admit(book: WalletBook, feature_key: str) -> Admission:
     refuse_if_in_debt(book.in_debt, book.balance, book.wallet.id)
     connection = book.uow.connection
     plan = load_plan(connection, book.tenant_id)
-    active = count_active(connection, book.tenant_id) if plan.max_concurrent_calls is not None or \
-        plan.feature_limits else 0
+    active = count_active(connection, book.tenant_id)  # one count on the active-holds index
     ceiling = plan.ceiling
     if ceiling is not None and active >= ceiling:
         raise ConcurrencyLimit("every call slot is taken", {"limit": ceiling, "active": active})
