@@ -185,7 +185,9 @@ def _optional_body() -> dict:
 @documented({200: ReservationResponse}, 402, 403, 404, 409, 410, 413, 422, 429, json=ReservationRequest)
 @rate_limited(CHARGE, depleted_limit=True)
 def post_reservation() -> Response:
-    """Hold credits before work starts; availableBalance drops at once. 402 when the hold does not fit."""
+    """Hold credits before work starts (a call slot); availableBalance drops at once. 402 when the hold
+    does not fit or the wallet is in debt (reason in_debt); 429 concurrency_limit when every call slot of
+    the tenant's plan is taken. The answer carries the call slots (`concurrency`)."""
     principal = authenticate(CHARGE)
     command = parse(ReservationRequest, with_idempotency_header(json_body()))
     tenant_id = tenant_for(principal, command.tenantId)
