@@ -66,3 +66,8 @@ class QuoteExpired(BillingError):
 
 class RefundExceeded(BillingError):
     code = "refund_exceeded"
+
+
+class ConcurrencyLimit(BillingError):
+    """Every call slot of the tenant's plan (or of the feature) is taken: the call is refused at start."""
+    code = "concurrency_limit"

@@ -38,6 +38,7 @@ STATUS_BY_CODE = {
     "uri_too_long": 414,
     "headers_too_large": 431,
     "rate_limited": 429,
+    "concurrency_limit": 429,
     "internal_error": 500,
     "unavailable": 503,
 }

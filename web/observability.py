@@ -69,6 +69,27 @@ class PendingBacklog:
         yield age
 
 
+class CallSlots:
+    """Active calls of each tenant whose plan limits them, and how many tenants are at their limit,
+    read from PostgreSQL at scrape time (label per limited tenant only: tenants without a plan add none)."""
+
+    def collect(self):  # noqa: ANN201 - a prometheus collector
+        active = GaugeMetricFamily("lad_active_calls", "Active calls (holds) of tenants with a concurrency limit",
+                                   labels=["tenant"])
+        limit = GaugeMetricFamily("lad_call_limit", "Concurrency limit (burst slots included) of limited tenants",
+                                  labels=["tenant"])
+        at_limit = GaugeMetricFamily("lad_tenants_at_call_limit", "Tenants whose every call slot is taken")
+        with runtime().engine.connect() as connection:
+            slots = operators.call_slots(connection)
+        for s in slots:
+            active.add_metric([s.tenant_id], s.active)
+            limit.add_metric([s.tenant_id], s.ceiling)
+        at_limit.add_metric([], sum(s.active >= s.ceiling for s in slots))
+        yield active
+        yield limit
+        yield at_limit
+
+
 class _ThisProcess:
     def collect(self):  # noqa: ANN201 - a prometheus collector
         yield from REGISTRY.collect()
@@ -99,4 +120,5 @@ def get_metrics() -> Response:
     else:
         registry.register(_ThisProcess())
     registry.register(PendingBacklog())
+    registry.register(CallSlots())
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -201,6 +201,10 @@ def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UU
                 prices = QuotedPrices(found_quotes[event.quote_id], catalog)
         priced = price_items(uow, tenant_id, command.items or [], occurred, prices, positions, catalog)
         cost_after = money.total(p.cost for p in priced)
+        burst = next((Decimal(i.pricing["burstMultiplier"]) for i in old_items
+                      if i.pricing and i.pricing.get("burstMultiplier")), None)
+        if burst is not None:  # a burst call stays priced at its multiple (calls)
+            cost_after = money.multiply(cost_after, burst)
         moves = [p.advance for p in priced if p.advance is not None]
         new_items = [{"category": p.item.category, "provider": p.item.provider, "model": p.item.model,
                       "unit": p.item.unit, "quantity": money.format_decimal(p.item.quantity),

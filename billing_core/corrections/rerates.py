@@ -185,11 +185,14 @@ def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRe
     ids = [e.id for e in events]
     items: dict[uuid.UUID, list[_Item]] = defaultdict(list)
     billed: dict[uuid.UUID, list[tuple[CatalogKey, Decimal]]] = defaultdict(list)
+    bursts: dict[uuid.UUID, Decimal] = {}  # a burst call is priced at a multiple of its items (calls)
     for row in uow.connection.execute(text("""
         SELECT usage_event_id, category, provider, model, unit, quantity, pricing
         FROM usage_event_items WHERE tenant_id = :t AND usage_event_id = ANY(:ids) ORDER BY usage_event_id, position
     """), {"t": tenant_id, "ids": ids}):
         items[row.usage_event_id].append(_Item(row.category, row.provider, row.model, row.unit, row.quantity))
+        if row.pricing and row.pricing.get("burstMultiplier"):
+            bursts[row.usage_event_id] = Decimal(row.pricing["burstMultiplier"])
         if row.pricing and row.pricing.get("pricingModel") == GRADUATED:
             billed[row.usage_event_id].append(((row.category, row.provider, row.model, row.unit),
                                                Decimal(row.pricing["billedQuantity"])))
@@ -231,6 +234,8 @@ def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRe
                                  _Running(uow, tenant_id, running))
             advances = [p.advance for p in priced if p.advance is not None]
             rerated = money.total(p.cost for p in priced)
+            if event.id in bursts:
+                rerated = money.multiply(rerated, bursts[event.id])
         for key, at, quantity in advances:
             running[(key, month_of(at))] = money.add(running.get((key, month_of(at)), ZERO), quantity)
         if in_scope and rerated is not None:

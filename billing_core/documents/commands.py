@@ -12,7 +12,7 @@ LegalName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(s
 Address = Annotated[str, Field(min_length=1, max_length=1000), AfterValidator(storable)]
 TaxId = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(storable)]
 Label = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(storable)]
-Email = Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
+Email = Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$"), AfterValidator(storable)]
 # the digits of the number follow the prefix: a prefix ending in a digit would make them ambiguous
 NumberPrefix = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._/ -]*[A-Za-z._/ -]$",
                                     examples=["LAD-2026-"])]

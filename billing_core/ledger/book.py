@@ -45,11 +45,13 @@ from billing_core.ledger.model import (
     UsageEventStatus,
     Wallet,
     WalletStatus,
+    owes,
 )
 from billing_core.ledger.tables import credit_grants, grant_draws, ledger_entries, wallets
 from billing_core.ledger.wallets import ensure_wallet
 from billing_core.lifecycle.budgets import BudgetGuard
 from billing_core.lifecycle.tables import reservations
+from billing_core.notifications import outbox
 from billing_core.usage.tables import usage_events
 
 DEFAULT_PRIORITY = 50
@@ -77,6 +79,7 @@ class WalletBook:
         self.tenant_id = wallet.tenant_id
         self.balance, self.reserved = wallet.current_balance, wallet.reserved_balance
         self.flag_reason: str | None = None
+        self.settled_into_debt = False
         self.grants = {g.id: g for g in grants}
         self.holds = holds
         # due holds that a pending charge made before their expiry will settle: not expired under it
@@ -135,6 +138,10 @@ class WalletBook:
     def spendable(self) -> Decimal:
         """What a debit may take: the available balance plus the overdraft allowed."""
         return money.add(self.available, self.wallet.overdraft_limit)
+
+    @property
+    def in_debt(self) -> bool:
+        return owes(self.balance, self.wallet.overdraft_limit)
 
     @property
     def blocked(self) -> bool:
@@ -276,6 +283,11 @@ class WalletBook:
     def flag(self, reason: str) -> None:
         self.flag_reason = reason
 
+    def owe(self) -> None:
+        """A call settled in full past what the wallet could spend (the plan's grace): the wallet
+        records since when, until credits bring what it can spend back to zero or more."""
+        self.settled_into_debt = True
+
     # --- holds -------------------------------------------------------------------------------
 
     def hold(self, hold: Hold, **entry: Any) -> dict[str, Any]:
@@ -356,19 +368,37 @@ class WalletBook:
                 {k: getattr(self.holds[h], k) for k in ("id", "status", "amount", "settled_amount",
                                                         "usage_event_id", "expires_at", "closed_at")}
                 for h in changes.changed_holds - changes.new_holds])
+        self._announce_debt(owes(self.wallet.current_balance, self.wallet.overdraft_limit), self.in_debt)
         moved = (self.balance, self.reserved) != (self.wallet.current_balance, self.wallet.reserved_balance)
-        if moved or self.flag_reason:
+        owing: datetime | None = self.wallet.in_debt_since
+        if self.settled_into_debt and owing is None:
+            owing = self.now
+        elif owing is not None and not self.settled_into_debt and self.spendable >= 0:
+            owing = None  # repaid
+        if moved or self.flag_reason or owing != self.wallet.in_debt_since:
             values: dict[str, Any] = {"current_balance": self.balance, "reserved_balance": self.reserved,
-                                      "updated_at": func.now()}
+                                      "in_debt_since": owing, "updated_at": func.now()}
             if self.flag_reason:
                 values.update(flagged_at=func.coalesce(wallets.c.flagged_at, func.now()), flag_reason=self.flag_reason)
             connection.execute(wallets.update().where(wallets.c.tenant_id == self.tenant_id,
                                                       wallets.c.id == self.wallet.id).values(**values))
         self.budgets.flush()
         written = [e["id"] for e in changes.entries]
-        self.wallet = replace(self.wallet, current_balance=self.balance, reserved_balance=self.reserved)
+        self.wallet = replace(self.wallet, current_balance=self.balance, reserved_balance=self.reserved,
+                              in_debt_since=owing)
+        self.settled_into_debt = False
         self._changes = _Changes()
         return written
+
+    def _announce_debt(self, before: bool, after: bool) -> None:
+        """The wallet went into debt (`wallet.in_debt`: new calls are refused until it is repaid) or
+        out of it (`wallet.debt_repaid`): written with the movement that crossed, to the tenant's channels."""
+        if before == after:
+            return
+        event = "wallet.in_debt" if after else "wallet.debt_repaid"
+        outbox.enqueue(self.uow, self.tenant_id, event, {
+            "walletId": str(self.wallet.id), "balance": money.format_decimal(self.balance),
+            "debt": money.format_decimal(max(-self.balance, ZERO))})
 
     def entries(self, entry_ids: list[uuid.UUID]) -> list[LedgerEntry]:
         """Ledger entries as stored (with their sequence and time), in the order given."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
+from billing_core.calls.commands import CallPlanRequest
 from billing_core.documents.commands import TaxTreatmentRequest
 from billing_core.fields import (
     Description,
@@ -47,7 +48,8 @@ class AdjustmentRequest(Strict):
     tenantId: TenantId | None = None
 
 
-class WalletSettingsRequest(Strict):
+class WalletSettingsRequest(CallPlanRequest):
+    """Wallet settings and, for calls, the tenant's call plan (see CallPlanRequest)."""
     status: Literal["active", "blocked"] | None = None
     overdraftLimit: NonNegativeAmount | None = None
     clearFlag: bool | None = None

@@ -66,6 +66,7 @@ class Wallet:
     updated_at: datetime
     flagged_at: datetime | None = None
     flag_reason: str | None = None
+    in_debt_since: datetime | None = None  # a call (grace policy) settled past what it could spend
 
     @property
     def available_balance(self) -> Decimal:
@@ -75,6 +76,16 @@ class Wallet:
     def spendable(self) -> Decimal:
         """What a debit may take: the available balance plus the overdraft allowed."""
         return money.add(self.available_balance, self.overdraft_limit)
+
+    @property
+    def in_debt(self) -> bool:
+        return owes(self.current_balance, self.overdraft_limit)
+
+
+def owes(balance: Decimal, overdraft_limit: Decimal) -> bool:
+    """In debt: the balance is below zero beyond the overdraft the wallet is allowed (with none, below
+    zero). Such a wallet is frozen for new calls until credits repay it (calls/admission.py)."""
+    return money.add(balance, overdraft_limit) < 0
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,11 @@ class Hold:
     created_at: datetime
     updated_at: datetime
     closed_at: datetime | None
+    burst_multiplier: Decimal | None = None  # a burst call: its settlement is priced at this multiple
+
+    @property
+    def burst(self) -> bool:
+        return self.burst_multiplier is not None
 
 
 @dataclass(frozen=True)

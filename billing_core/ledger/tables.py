@@ -29,6 +29,7 @@ wallets = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("flagged_at", DateTime(timezone=True)),  # set by a clawback that took the balance below zero
     Column("flag_reason", Text),
+    Column("in_debt_since", DateTime(timezone=True)),  # a call settled past what the wallet could spend
 )
 
 

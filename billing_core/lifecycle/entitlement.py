@@ -1,12 +1,14 @@
 """Gating a feature on balance: may this tenant start work costing about this much? A read only."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import text
 
 from billing_core import money
+from billing_core.ledger.model import owes
 from billing_core.lifecycle.budgets import period_start
 
 
@@ -15,10 +17,11 @@ class Entitlement:
     allowed: bool
     available_balance: Decimal
     reason: str | None  # None, insufficient_balance, wallet_blocked or budget_exceeded
+    in_debt: bool = False  # frozen for new calls (a hold would be refused: 402 in_debt)
 
 
 _QUERY = text("""
-    SELECT now() AS now, w.status, w.current_balance, w.reserved_balance, w.overdraft_limit,
+    SELECT now() AS now, w.id AS wallet_id, w.status, w.current_balance, w.reserved_balance, w.overdraft_limit,
            coalesce((SELECT sum(r.amount) FROM reservations r WHERE r.tenant_id = w.tenant_id
                      AND r.status = 'active' AND r.expires_at <= now()), 0) AS due_holds,
            coalesce((SELECT sum(g.remaining) FROM credit_grants g WHERE g.tenant_id = w.tenant_id
@@ -34,7 +37,8 @@ _QUERY = text("""
 
 def check(connection, tenant_id: str, feature_key: str, estimated_cost: Decimal) -> Entitlement:  # noqa: ANN001
     """What a charge of `estimated_cost` for the feature would meet now, computed as the charging path
-    would see it (holds and credits past their expiry already ended), without writing anything."""
+    would see it (holds and credits past their expiry already ended), without writing anything.
+    `in_debt` says whether the wallet is frozen for new calls (the API answers that 402 in_debt)."""
     row = connection.execute(_QUERY, {"tenant_id": tenant_id, "feature_key": feature_key}).one()
     if row.status is None:  # no wallet yet: nothing to spend
         return Entitlement(estimated_cost <= 0, Decimal(0), None if estimated_cost <= 0 else "insufficient_balance")
@@ -42,6 +46,12 @@ def check(connection, tenant_id: str, feature_key: str, estimated_cost: Decimal)
     reserved = money.subtract(row.reserved_balance, row.due_holds)
     expiring = max(Decimal(0), money.subtract(row.due_credits, max(reserved, Decimal(0))))
     available = money.subtract(money.subtract(row.current_balance, reserved), expiring)
+    found = _judge(connection, tenant_id, feature_key, estimated_cost, row, available)
+    return replace(found, in_debt=owes(money.subtract(row.current_balance, expiring), row.overdraft_limit))
+
+
+def _judge(connection, tenant_id: str, feature_key: str, estimated_cost: Decimal, row: Any,  # noqa: ANN001
+           available: Decimal) -> Entitlement:
     if row.status != "active":
         return Entitlement(False, available, "wallet_blocked")
     if row.action == "reject":

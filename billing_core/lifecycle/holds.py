@@ -15,6 +15,7 @@ from decimal import Decimal
 from sqlalchemy import select
 
 from billing_core import idempotency, money
+from billing_core.calls.admission import Concurrency, admit
 from billing_core.catalog import clock_and_catalog, price_items
 from billing_core.cursors import newest_first, next_cursor
 from billing_core.db import UnitOfWork
@@ -39,6 +40,7 @@ from billing_core.usage.commands import fingerprint_body
 class HoldResult:
     hold: Hold
     replayed: bool = False
+    concurrency: Concurrency | None = None  # counted under the lock when the hold was admitted
 
 
 def load_holds(uow: UnitOfWork, tenant_id: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, Hold]:
@@ -61,9 +63,13 @@ def _replay(uow: UnitOfWork, tenant_id: str, record: idempotency.IdempotencyReco
     return HoldResult(get_hold(uow, tenant_id, record.resource_id), replayed=True)
 
 
-def _may_hold(book: WalletBook, feature_key: str, amount: Decimal) -> None:
+def _refuse_blocked(book: WalletBook) -> None:
     if book.blocked:
         raise WalletBlocked("the wallet is blocked; reservations are refused", {"walletId": str(book.wallet.id)})
+
+
+def _may_hold(book: WalletBook, feature_key: str, amount: Decimal) -> None:
+    _refuse_blocked(book)
     book.budgets.check(feature_key, book.now, amount)
     if amount > book.spendable:
         raise InsufficientBalance("insufficient balance for this reservation",
@@ -72,7 +78,9 @@ def _may_hold(book: WalletBook, feature_key: str, amount: Decimal) -> None:
 
 
 def reserve(uow: UnitOfWork, tenant_id: str, command: ReservationRequest, *, created_by: str | None) -> HoldResult:
-    """Hold `amount` (or what the items cost) for `ttlSeconds`, or refuse: 402 when it does not fit."""
+    """Hold `amount` (or what the items cost) for `ttlSeconds`, or refuse: 402 when it does not fit or
+    the wallet is in debt, 429 concurrency_limit when every call slot is taken. The slot is counted
+    under the wallet's lock, after what was due has ended, in the transaction that opens the hold."""
     if (command.amount is None) == (command.items is None):
         raise ValidationFailed("amount", "give either amount or items")
     if command.quoteId is not None and command.items is None:
@@ -90,20 +98,23 @@ def reserve(uow: UnitOfWork, tenant_id: str, command: ReservationRequest, *, cre
         amount = money.total(p.cost for p in price_items(uow, tenant_id, command.items, now, prices))
     assert amount is not None
     book = WalletBook.open(uow, tenant_id)
-    expiry.end_due(book)
+    if expiry.end_due(book):
+        book.flush()  # the slots those holds took are free for the count below
+    _refuse_blocked(book)
+    admission = admit(book, command.featureKey)
     _may_hold(book, command.featureKey, amount)
     hold = Hold(
         id=uuid.uuid4(), tenant_id=tenant_id, wallet_id=book.wallet.id, feature_key=command.featureKey,
         external_reference_id=command.externalReferenceId, quote_id=command.quoteId, status=HoldStatus.ACTIVE,
         amount=amount, settled_amount=None, usage_event_id=None,
         expires_at=book.now + timedelta(seconds=command.ttlSeconds), created_at=book.now, updated_at=book.now,
-        closed_at=None)
+        closed_at=None, burst_multiplier=admission.burst_multiplier)
     book.hold(hold, reference=command.externalReferenceId, description=f"hold for {command.featureKey}",
               idempotency_key=key, created_by=created_by)
     book.flush()
     idempotency.record_result(uow, tenant_id, key, resource_id=hold.id)
     uow.commit()
-    return HoldResult(hold)
+    return HoldResult(hold, concurrency=admission.concurrency)
 
 
 def _open_hold(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID) -> tuple[WalletBook, Hold]:

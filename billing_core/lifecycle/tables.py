@@ -40,6 +40,7 @@ reservations = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("closed_at", DateTime(timezone=True)),
+    Column("burst_multiplier", Money),  # set on a call admitted above its plan's base limit (calls/)
 )
 
 

@@ -55,7 +55,8 @@ from billing_core.notifications import destinations as webhook_destinations
 from billing_core.notifications.tables import notification_attempts, notifications
 
 EVENT_TYPES = ("balance.low", "balance.depleted", "invoice.finalized", "budget.exceeded", "reconciliation.mismatch",
-               "auto_topup.failed", "auto_topup.capped", "usage.corrected")
+               "auto_topup.failed", "auto_topup.capped", "wallet.in_debt", "wallet.debt_repaid",
+               "usage.corrected")
 WEBHOOK, EMAIL = "webhook", "email"
 CHANNELS = (WEBHOOK, EMAIL)
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -560,6 +561,8 @@ _SUBJECTS = {
     "reconciliation.mismatch": "Ledger reconciliation found a mismatch",
     "auto_topup.failed": "Auto top-up failed ({failureCode}); it is turned off",
     "auto_topup.capped": "Auto top-up reached this month's limit ({maxPerMonth})",
+    "wallet.in_debt": "Your wallet is in debt ({balance}): new calls are refused",
+    "wallet.debt_repaid": "Your wallet's debt is repaid: new calls are admitted again",
     "usage.corrected": "Your usage was re-rated: {difference} {currency} (positive: credited back)",
 }
 
@@ -576,6 +579,9 @@ _INTROS = {
                          "until an administrator turns it on again; no credits were added.",
     "auto_topup.capped": "Your LAD Billing wallet is at or below its auto top-up threshold, but another top-up "
                          "would pass the monthly limit you set. No payment was made.",
+    "wallet.in_debt": "A call settled for more than your LAD Billing wallet held: it was charged in full and the "
+                      "balance is below zero. New calls are refused until a top-up repays the debt.",
+    "wallet.debt_repaid": "A credit repaid your LAD Billing wallet's debt: new calls are admitted again.",
     "usage.corrected": "A price of the catalog was corrected, and your usage in the period was re-rated at the "
                        "corrected price. The difference is one correction entry in your ledger.",
 }

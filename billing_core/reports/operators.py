@@ -63,6 +63,24 @@ def pending_totals(connection: Connection) -> tuple[int, Decimal]:
     return count, oldest
 
 
+@dataclass(frozen=True)
+class CallSlots:
+    tenant_id: str
+    active: int
+    ceiling: int  # the plan's limit, burst slots included
+
+
+def call_slots(connection: Connection) -> list[CallSlots]:
+    """Active calls (live holds) of every tenant whose plan limits them, with that limit: a deliberately
+    cross-tenant read over the small call_plans table and the active-holds index (/metrics, the console)."""
+    rows = connection.execute(text("""
+        SELECT p.tenant_id, greatest(p.max_concurrent_calls, coalesce(p.burst_limit, 0)) AS ceiling,
+               (SELECT count(*) FROM reservations r WHERE r.tenant_id = p.tenant_id AND r.status = 'active'
+                AND r.expires_at > now()) AS active
+        FROM call_plans p WHERE p.max_concurrent_calls IS NOT NULL ORDER BY p.tenant_id""")).all()
+    return [CallSlots(r.tenant_id, r.active, r.ceiling) for r in rows]
+
+
 def tenant_exists(uow: UnitOfWork, tenant_id: str) -> bool:
     """Whether the tenant has a wallet; asking never creates one."""
     return uow.connection.execute(

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 
 from billing_core import money
+from billing_core.calls.plans import CallPlan, load_plan
 from billing_core.catalog import CATALOG, TierPositions, price_items
 from billing_core.catalog.models import GRADUATED
 from billing_core.db import UnitOfWork, unnest_arrays
@@ -169,6 +170,8 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
     expiry.end_due(book, keep=settling)
 
     catalog = CATALOG.for_tenant(uow, tenant_id)
+    plan = load_plan(uow.connection, tenant_id)
+    bursts: dict[uuid.UUID, Decimal] = {}  # burst calls' events: their items are priced at the multiplier
     # graduated tiers: where each month stands, read under the wallet lock (the book holds it) and
     # advanced event by event, only for the events charged; written with the debits
     positions = TierPositions(uow, tenant_id, locked=True)
@@ -188,7 +191,10 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
                 priced = price_items(uow, tenant_id, items[event.id], event.occurred_at, catalog, positions)
                 cost = money.total(p.cost for p in priced)
                 advances = [p.advance for p in priced if p.advance is not None]
-            _charge(book, event, cost)
+            hold = book.holds.get(event.reservation_id) if event.reservation_id is not None else None
+            if hold is not None and hold.burst_multiplier is not None:
+                cost = money.multiply(cost, hold.burst_multiplier)  # = the sum of the items' multiplied costs
+            _charge(book, event, cost, plan)
         except _REFUSALS as refusal:
             outcomes.append(SettleOutcome(event.id, UsageEventStatus.REJECTED, code=refusal.code,
                                           reason=refusal.message, details=refusal.details))
@@ -201,6 +207,8 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
         if advances:
             positions.advance(advances)
         outcomes.append(SettleOutcome(event.id, UsageEventStatus.CHARGED, total_cost=cost))
+        if hold is not None and hold.burst_multiplier is not None:
+            bursts[event.id] = hold.burst_multiplier
         # items were priced at acceptance, which is the event's time; rewrite only what differs (a
         # graduated item's place in the month, mostly)
         # (the breakdown follows from the price row, its multiplier, the quantity and the tier start)
@@ -227,14 +235,25 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
             f"UPDATE usage_event_items AS i SET {assignments} FROM {source} "
             "WHERE i.tenant_id = :tenant_id AND i.usage_event_id = rows.usage_event_id AND i.position = rows.position"
         ), {**params, "tenant_id": tenant_id})
+    for event_id, multiplier in bursts.items():  # after repricing: the multiple of the items' final prices
+        uow.connection.execute(text(
+            "UPDATE usage_event_items SET cost = cost * :m, unit_price = unit_price * :m, "
+            "pricing = coalesce(pricing, '{}'::jsonb) || jsonb_build_object('burstMultiplier', CAST(:shown AS text)) "
+            "WHERE tenant_id = :tenant_id AND usage_event_id = :event_id"),
+            {"m": multiplier, "shown": money.format_decimal(multiplier), "tenant_id": tenant_id, "event_id": event_id})
     return outcomes
 
 
 _REPRICED = ("usage_event_id", "position", "price_id", "unit_price", "cost", "pricing", "unit_cost", "provider_cost")
 
 
-def _charge(book: WalletBook, event: Any, cost: Decimal) -> None:
-    """Debit one event's cost, settling its hold if it names one, or raise why it is refused."""
+def _charge(book: WalletBook, event: Any, cost: Decimal, plan: CallPlan) -> None:
+    """Debit one event's cost, settling its hold if it names one, or raise why it is refused.
+
+    Under the plan's `grace` policy a hold's settlement (an admitted call) is charged in full — past
+    the hold, the balance and a `reject` budget — into debt down to the plan's callGraceLimit (no
+    limit when unset): the call happened. Under `strict`, and for charges without a hold, what does
+    not fit is refused."""
     if book.blocked:
         raise WalletBlocked("the wallet is blocked; charges are refused", {"walletId": str(book.wallet.id)})
     hold = None
@@ -242,18 +261,26 @@ def _charge(book: WalletBook, event: Any, cost: Decimal) -> None:
         hold = book.holds[event.reservation_id]
         check_settleable(hold, event.created_at)
     releasing = book.held_by(hold) if hold is not None else Decimal(0)
-    # budgets count usage in the period it occurred in
-    book.budgets.check(event.feature_key, event.occurred_at, cost, releasing)
+    in_full = hold is not None and plan.settles_in_full
+    if not in_full:  # budgets count usage in the period it occurred in
+        book.budgets.check(event.feature_key, event.occurred_at, cost, releasing)
     # the hold's own amount is released in the same entry, so it adds to what the charge may take
-    if cost > money.add(book.spendable, releasing):
+    may_take = money.add(book.spendable, releasing)
+    if in_full and plan.call_grace_limit is not None:
+        may_take = money.add(may_take, plan.call_grace_limit)
+    if (not in_full or plan.call_grace_limit is not None) and cost > may_take:
         details = {"required": money.format_decimal(cost), "available": money.format_decimal(book.available)}
         if hold is not None:
             raise ReservationExceeded(
                 "the cost exceeds the hold and the available balance cannot cover the rest",
-                {**details, "reservationId": str(hold.id), "held": money.format_decimal(hold.amount)})
+                {**details, "reservationId": str(hold.id), "held": money.format_decimal(hold.amount),
+                 **({"callGraceLimit": money.format_decimal(plan.call_grace_limit)}
+                    if in_full and plan.call_grace_limit is not None else {})})
         raise InsufficientBalance("insufficient balance for this charge", details)
     entry = {"reference": event.external_reference_id, "description": f"{event.feature_key} usage",
              "idempotency_key": event.idempotency_key, "created_by": event.user_id}
+    if in_full and cost > money.add(book.spendable, releasing):
+        book.owe()
     if hold is not None:
         book.settle_hold(hold, cost, event.id, **entry)
     else:

@@ -2,13 +2,13 @@
 re-rate runs with their per-event differences, and credit/debit notes.
 
 Revision ID: 0030
-Revises: 0018
+Revises: 0019
 Create Date: 2027-01-20
 """
 from alembic import op
 
 revision = "0030"
-down_revision = "0018"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 
@@ -154,7 +154,7 @@ CREATE INDEX rerate_events_event ON rerate_events (tenant_id, usage_event_id);
 ALTER TABLE notifications DROP CONSTRAINT notifications_event_type_check;
 ALTER TABLE notifications ADD CONSTRAINT notifications_event_type_check CHECK (event_type IN
     ('balance.low', 'balance.depleted', 'invoice.finalized', 'budget.exceeded', 'reconciliation.mismatch',
-     'auto_topup.failed', 'auto_topup.capped', 'usage.corrected'));
+     'auto_topup.failed', 'auto_topup.capped', 'wallet.in_debt', 'wallet.debt_repaid', 'usage.corrected'));
 CREATE TRIGGER credit_notes_no_update_delete BEFORE UPDATE OR DELETE ON credit_notes
     FOR EACH ROW EXECUTE FUNCTION invoices_immutable();
 """
@@ -166,7 +166,7 @@ DELETE FROM notifications WHERE event_type = 'usage.corrected';
 ALTER TABLE notifications DROP CONSTRAINT notifications_event_type_check;
 ALTER TABLE notifications ADD CONSTRAINT notifications_event_type_check CHECK (event_type IN
     ('balance.low', 'balance.depleted', 'invoice.finalized', 'budget.exceeded', 'reconciliation.mismatch',
-     'auto_topup.failed', 'auto_topup.capped'));
+     'auto_topup.failed', 'auto_topup.capped', 'wallet.in_debt', 'wallet.debt_repaid'));
 DROP TABLE rerate_events;
 DROP TABLE rerate_tenants;
 DROP TABLE rerate_runs;

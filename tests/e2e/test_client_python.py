@@ -16,6 +16,7 @@ from lad_billing import (
     AsyncBillingClient,
     BillingClient,
     ChargeEvent,
+    ConcurrencyLimit,
     InsufficientBalance,
     Item,
     NotFound,
@@ -167,7 +168,9 @@ def test_call_extends_then_settles_above_the_first_hold(billing, admin):
     assert billing.wallet().current_balance == Decimal("1.2")
 
 
-def test_call_releases_the_hold_when_the_block_raises_or_does_not_settle(billing, admin):
+def test_call_releases_the_hold_when_the_block_raises_or_does_not_settle(billing, admin, live):
+    strict = live.api.request("PATCH", "/api/billing/wallet", admin._token, json={"settlementPolicy": "strict"})
+    assert strict.status_code == 200  # a settlement past the balance is refused, as before calls settled in full
     admin.top_up("5")
     with pytest.raises(RuntimeError, match="the call failed"):
         with billing.call("voice-agent", hold="2") as failed:
@@ -351,3 +354,28 @@ def test_an_admin_client_acts_for_a_tenant(live, tenant, make_token):
         wallet = ops.wallet()
         assert (wallet.tenant_id, wallet.current_balance) == (tenant, Decimal(3))
         assert [t.type for t in ops.transactions().transactions] == ["topup"]
+
+
+def test_calls_get_is_one_calls_statement_and_a_call_past_the_limit_is_concurrency_limit(billing, admin, live):
+    admin.top_up("5")
+    assert live.api.request("PATCH", "/api/billing/wallet", admin._token,
+                            json={"maxConcurrentCalls": 1}).status_code == 200
+    held = billing.reserve("voice-agent", amount="1", external_reference_id="py-call/1")
+    with pytest.raises(ConcurrencyLimit) as refused:
+        billing.reserve("voice-agent", amount="1")
+    assert (refused.value.status, refused.value.details) == (429, {"limit": 1, "active": 1})
+    billing.charge("voice-agent", stt("5000"), reservation_id=held.id)
+    call = billing.calls.get("py-call/1")
+    assert (call.external_reference_id, call.total_cost, call.ledger_total) == ("py-call/1", Decimal("0.5"),
+                                                                                 Decimal("-0.5"))
+    assert [(h.status, h.burst) for h in call.holds] == [("settled", False)]
+    assert [c.category for c in call.components] == ["stt"] and call.provider_cost is None
+    assert "providerCost" in admin.calls.get("py-call/1").raw  # the operator's view
+    with pytest.raises(NotFound):
+        billing.calls.get("no-such-call")
+
+    async def from_async() -> lad_billing.CallStatement:
+        async with AsyncBillingClient(live.api.base_url, token=admin._token) as client:
+            return await client.calls.get("py-call/1")
+
+    assert asyncio.run(from_async()).total_cost == Decimal("0.5")

@@ -3,7 +3,8 @@ tenant's wallet reserve, extend, settle (for less or more than they hold) and re
 each other on the same hold and replay requests with the same idempotency key, while credit grants
 expire and a feature's daily budget runs out. Afterwards the books must still balance.
 
-The wallet stays funded: the 402s come from the budget, from requests that are too big on purpose and
+The tenant's settlement policy is `strict` (a settlement past the hold and the balance is refused,
+not taken into debt). The wallet stays funded: the 402s come from the budget, from requests that are too big on purpose and
 from settlements that cost more than the hold and the balance can cover, so the depleted-tenant rate
 limit (available balance <= 0) is not reached. A 429 is still counted as a refusal, not a failure.
 """
@@ -388,6 +389,8 @@ def test_two_hundred_threads_on_one_wallet_keep_the_books(live, tenant, tokens, 
     admin = Client(live.api.base_url, tokens["admin"], run)
     reader = Client(live.api.base_url, tokens["charge"], run)
 
+    # settlements past the hold and the balance are refused, as before calls settled in full (issue 19)
+    assert admin.call("plan", "PATCH", "/wallet", json={"settlementPolicy": "strict"}).status == 200
     # funding: a paid grant that never expires and promotional ones that expire during the run
     assert admin.call("topup", "POST", "/topup", json={
         "amount": amount(PAID), "idempotencyKey": f"paid-{uuid.uuid4()}"}).status == 200

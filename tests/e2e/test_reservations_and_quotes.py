@@ -104,6 +104,9 @@ def test_a_charge_settles_its_hold_once_debiting_the_cost_and_releasing_the_rest
 
 
 def test_a_cost_above_the_hold_takes_the_rest_from_the_available_balance_or_is_refused(api, tokens):
+    """Under the `strict` settlement policy (the default, `grace`, charges it in full: test_calls.py)."""
+    assert api.request("PATCH", "/api/billing/wallet", tokens["admin"],
+                       json={"settlementPolicy": "strict"}).status_code == 200
     top_up(api, tokens["admin"], "5")
     hold = reserve(api, tokens["charge"], "2").json()["reservation"]
     response = settle(api, tokens["charge"], hold["id"], "30000")  # 3: 2 held + 1 available

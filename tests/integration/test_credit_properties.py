@@ -55,6 +55,8 @@ from hypothesis.stateful import (
 from sqlalchemy import text
 
 from billing_core import money
+from billing_core.calls import plans
+from billing_core.calls.commands import CallPlanRequest
 from billing_core.db import UnitOfWork
 from billing_core.errors import BillingError
 from billing_core.ledger import credits, expiry, verification, wallets
@@ -121,6 +123,10 @@ class CreditMachine(RuleBasedStateMachine):
         self.hold_numbers: dict[uuid.UUID, int] = {}  # the order holds and grants were made in
         self.grant_numbers: dict[uuid.UUID, int] = {}
         note(f"tenant {self.tenant}")
+        # settlements past the hold and the balance are refused (the `strict` policy): this machine
+        # checks spendable >= 0; calls settled into debt (`grace`) are test_call_properties.py's
+        with UnitOfWork(self.engine) as uow:
+            plans.set_plan(uow, self.tenant, CallPlanRequest(settlementPolicy="strict"))
 
     # --- plumbing ------------------------------------------------------------------------------
 

@@ -7,6 +7,10 @@ from typing import Annotated, Any, Literal
 from flask import Response
 from pydantic import Field, TypeAdapter, ValidationError
 
+from billing_core.calls import admission, plans
+from billing_core.calls.admission import Concurrency
+from billing_core.calls.commands import PLAN_FIELDS
+from billing_core.calls.plans import CallPlan
 from billing_core.documents import parties
 from billing_core.errors import NotFound, ValidationFailed
 from billing_core.fields import TenantId
@@ -16,6 +20,7 @@ from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, TopUp
 from billing_core.ledger.model import Grant, LedgerEntry, Wallet
 from billing_core.ledger.wallets import change_settings
 from web.api.answers import Answer, DecimalString, Query, TenantQuery, TimeBound, Timestamp, Uuid, ok
+from web.api.concurrency import ConcurrencyOut, concurrency_out
 from web.api.routing import billing, documented
 from web.auth import ADMIN, VIEW, authenticate, tenant_for
 from web.limits import rate_limited
@@ -35,6 +40,15 @@ class TransactionsQuery(Query):
 
 
 # --- response models and representations ----------------------------------------------------------
+
+class CallPlanOut(Answer):
+    maxConcurrentCalls: int | None
+    burstLimit: int | None
+    burstMultiplier: DecimalString
+    callGraceLimit: DecimalString | None
+    settlementPolicy: Literal["grace", "strict"]
+    featureLimits: dict[str, int]
+
 
 class WalletOut(Answer):
     id: Uuid
@@ -63,6 +77,8 @@ class GrantOut(Answer):
 
 class WalletWithGrants(WalletOut):
     grants: list[GrantOut]
+    calls: ConcurrencyOut
+    inDebt: bool
 
 
 class WalletResponse(Answer):
@@ -78,9 +94,15 @@ class TaxOut(Answer):
     wording: str | None = Field(description="what a receipt says about tax it does not charge")
 
 
+class WalletWithPlan(WalletOut):
+    calls: ConcurrencyOut
+    callPlan: CallPlanOut
+    inDebt: bool
+
+
 class WalletSettingsResponse(Answer):
     success: Literal[True]
-    wallet: WalletOut
+    wallet: WalletWithPlan
     tax: TaxOut
 
 
@@ -152,8 +174,15 @@ def wallet_out(w: Wallet) -> WalletOut:
     return WalletOut(**_wallet_fields(w))
 
 
-def wallet_with_grants(w: Wallet, grants: list[Grant]) -> WalletWithGrants:
-    return WalletWithGrants(**_wallet_fields(w), grants=[grant_out(g) for g in grants])
+def call_plan_out(p: CallPlan) -> CallPlanOut:
+    return CallPlanOut(maxConcurrentCalls=p.max_concurrent_calls, burstLimit=p.burst_limit,
+                       burstMultiplier=p.burst_multiplier, callGraceLimit=p.call_grace_limit,
+                       settlementPolicy=p.settlement_policy, featureLimits=p.feature_limits)
+
+
+def wallet_with_grants(w: Wallet, grants: list[Grant], calls: Concurrency) -> WalletWithGrants:
+    return WalletWithGrants(**_wallet_fields(w), grants=[grant_out(g) for g in grants], calls=concurrency_out(calls),
+                            inDebt=w.in_debt)
 
 
 def grant_out(g: Grant) -> GrantOut:
@@ -192,7 +221,8 @@ def get_wallet_balance() -> Response:
     tenant_id = tenant_for(principal, parse_query(TenantQuery).tenantId)
     with unit_of_work() as uow:
         wallet, grants = expiry.end_due_and_read_wallet(uow, tenant_id)
-    return ok(WalletResponse, wallet=wallet_with_grants(wallet, grants))
+        calls = admission.read_concurrency(uow.connection, tenant_id)
+    return ok(WalletResponse, wallet=wallet_with_grants(wallet, grants, calls))
 
 
 @billing.post("/topup")
@@ -270,19 +300,27 @@ def post_adjustment() -> Response:
 @rate_limited(ADMIN)
 def patch_wallet() -> Response:
     """Block or unblock the wallet, set its overdraft limit, clear a clawback flag, set the tenant's
-    tax treatment (`tax`: a rate with its label, reverse charge, or exempt). Blocked wallets
-    refuse charges and reservations (403 wallet_blocked); top-ups still work."""
+    tax treatment (`tax`: a rate with its label, reverse charge, or exempt) and its call plan (concurrency
+    limits, burst, grace, settlement policy). Blocked wallets refuse charges and reservations
+    (403 wallet_blocked); top-ups still work."""
     principal = authenticate(ADMIN)
     command = parse(WalletSettingsRequest, json_body())
     tenant_id = tenant_for(principal, command.tenantId)
+    if command.model_fields_set & PLAN_FIELDS:
+        with unit_of_work() as uow:  # checked before the wallet's settings change: refused, it changes nothing
+            plans.set_plan(uow, tenant_id, command)
     with unit_of_work() as uow:
         if command.tax is not None:
             parties.set_tax_treatment(uow, tenant_id, command.tax)  # committed with the wallet's settings
         tax = parties.tax_treatment(uow, tenant_id)
         wallet = change_settings(uow, tenant_id, status=command.status, overdraft_limit=command.overdraftLimit,
                                  clear_flag=bool(command.clearFlag))
-    return ok(WalletSettingsResponse, wallet=wallet_out(wallet), tax=TaxOut(
-        mode=tax.mode, rate=tax.rate, label=tax.label, wording=tax.wording))
+    with unit_of_work() as uow:
+        plan = plans.load_plan(uow.connection, tenant_id)
+        calls = admission.read_concurrency(uow.connection, tenant_id)
+    return ok(WalletSettingsResponse, wallet=WalletWithPlan(
+        **_wallet_fields(wallet), calls=concurrency_out(calls), callPlan=call_plan_out(plan),
+        inDebt=wallet.in_debt), tax=TaxOut(mode=tax.mode, rate=tax.rate, label=tax.label, wording=tax.wording))
 
 
 def _name(value: str) -> str:

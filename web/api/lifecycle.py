@@ -8,9 +8,11 @@ from flask import Response, request
 from pydantic import Field
 
 from billing_core import catalog, money
+from billing_core.calls import admission
 from billing_core.catalog import PricedItem
 from billing_core.catalog.items import estimate_cost, line_breakdown
-from billing_core.errors import ValidationFailed
+from billing_core.db import UnitOfWork
+from billing_core.errors import InsufficientBalance, ValidationFailed
 from billing_core.fields import CatalogKey, FeatureKey, TenantId
 from billing_core.ledger.model import Hold
 from billing_core.lifecycle import budgets, entitlement, holds, quotes
@@ -24,6 +26,7 @@ from billing_core.lifecycle.commands import (
 from billing_core.usage.commands import UsageItem
 from web.api.answers import Answer, DecimalString, Query, TenantQuery, Timestamp, Uuid, ok
 from web.api.catalog import PackagesLine, PricingModel, TierLine
+from web.api.concurrency import ConcurrencyOut, concurrency_out
 from web.api.routing import billing, documented
 from web.auth import CHARGE, MANAGE, VIEW, authenticate, managed_tenant, tenant_for
 from web.limits import rate_limited
@@ -66,11 +69,13 @@ class ReservationOut(Answer):
     expiresAt: Timestamp
     createdAt: Timestamp
     closedAt: Timestamp | None
+    burst: bool = False  # admitted above the plan's base limit: settled at its burst multiplier
 
 
 class ReservationResponse(Answer):
     success: Literal[True]
     reservation: ReservationOut
+    concurrency: ConcurrencyOut  # the tenant's call slots, counting this hold when it was admitted
 
 
 class ReservationsResponse(Answer):
@@ -103,12 +108,13 @@ class BudgetsResponse(Answer):
 class EntitlementOut(Answer):
     allowed: bool
     availableBalance: DecimalString
-    reason: Literal["insufficient_balance", "wallet_blocked", "budget_exceeded"] | None
+    reason: Literal["insufficient_balance", "wallet_blocked", "budget_exceeded", "concurrency_limit"] | None
 
 
 class EntitlementResponse(Answer):
     success: Literal[True]
     entitlement: EntitlementOut
+    concurrency: ConcurrencyOut
 
 
 class QuoteLine(Answer):
@@ -143,7 +149,14 @@ def reservation_out(r: Hold) -> ReservationOut:
     return ReservationOut(id=r.id, status=r.status, amount=r.amount, settledAmount=r.settled_amount,
                           featureKey=r.feature_key, externalReferenceId=r.external_reference_id, quoteId=r.quote_id,
                           usageEventId=r.usage_event_id, expiresAt=r.expires_at, createdAt=r.created_at,
-                          closedAt=r.closed_at)
+                          closedAt=r.closed_at, burst=r.burst)
+
+
+def hold_answer(uow: UnitOfWork, tenant_id: str, result: holds.HoldResult) -> Response:
+    """A hold's answer: the hold and the tenant's call slots (as admitted, or as they stand now)."""
+    slots = result.concurrency or admission.read_concurrency(uow.connection, tenant_id)
+    return ok(ReservationResponse, reservation=reservation_out(result.hold), concurrency=concurrency_out(slots),
+              replayed=result.replayed)
 
 
 def budget_out(b: budgets.BudgetStatus) -> BudgetOut:
@@ -169,16 +182,18 @@ def _optional_body() -> dict:
 
 
 @billing.post("/reservations")
-@documented({200: ReservationResponse}, 402, 403, 404, 409, 410, 413, 422, json=ReservationRequest)
+@documented({200: ReservationResponse}, 402, 403, 404, 409, 410, 413, 422, 429, json=ReservationRequest)
 @rate_limited(CHARGE, depleted_limit=True)
 def post_reservation() -> Response:
-    """Hold credits before work starts; availableBalance drops at once. 402 when the hold does not fit."""
+    """Hold credits before work starts (a call slot); availableBalance drops at once. 402 when the hold
+    does not fit or the wallet is in debt (reason in_debt); 429 concurrency_limit when every call slot of
+    the tenant's plan is taken. The answer carries the call slots (`concurrency`)."""
     principal = authenticate(CHARGE)
     command = parse(ReservationRequest, with_idempotency_header(json_body()))
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
         result = holds.reserve(uow, tenant_id, command, created_by=principal.subject)
-    return ok(ReservationResponse, reservation=reservation_out(result.hold), replayed=result.replayed)
+        return hold_answer(uow, tenant_id, result)
 
 
 @billing.post("/reservations/<reservation_id>/extend")
@@ -191,8 +206,8 @@ def post_reservation_extend(reservation_id: str) -> Response:
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
         result = holds.extend(uow, tenant_id, path_uuid(reservation_id, "reservation"), command,
-                                     created_by=principal.subject)
-    return ok(ReservationResponse, reservation=reservation_out(result.hold), replayed=result.replayed)
+                              created_by=principal.subject)
+        return hold_answer(uow, tenant_id, result)
 
 
 @billing.post("/reservations/<reservation_id>/release")
@@ -205,8 +220,8 @@ def post_reservation_release(reservation_id: str) -> Response:
     tenant_id = tenant_for(principal, command.tenantId)
     with unit_of_work() as uow:
         result = holds.release(uow, tenant_id, path_uuid(reservation_id, "reservation"), command,
-                                      created_by=principal.subject)
-    return ok(ReservationResponse, reservation=reservation_out(result.hold), replayed=result.replayed)
+                               created_by=principal.subject)
+        return hold_answer(uow, tenant_id, result)
 
 
 def _view_or_charge():  # noqa: ANN202
@@ -224,7 +239,7 @@ def get_reservation(reservation_id: str) -> Response:
     tenant_id = tenant_for(principal, parse_query(TenantQuery).tenantId)
     with unit_of_work() as uow:
         found = holds.get_hold(uow, tenant_id, path_uuid(reservation_id, "reservation"))
-    return ok(ReservationResponse, reservation=reservation_out(found))
+        return hold_answer(uow, tenant_id, holds.HoldResult(found))
 
 
 @billing.get("/reservations")
@@ -284,7 +299,7 @@ def get_budgets() -> Response:
 
 
 @billing.get("/entitlement")
-@documented({200: EntitlementResponse}, 403, 422, query=EntitlementQuery)
+@documented({200: EntitlementResponse}, 402, 403, 422, query=EntitlementQuery)
 @rate_limited(VIEW)  # a read: it must not spend the tenant's charge bucket
 def get_entitlement() -> Response:
     """May the feature start work of about `estimatedCost`? A read: nothing is held or written."""
@@ -305,8 +320,16 @@ def get_entitlement() -> Response:
             estimated = money.add(estimated, estimate_cost(uow, tenant_id, [usage_item]))
     with unit_of_work() as uow:  # a read: the unit of work rolls back
         found = entitlement.check(uow.connection, tenant_id, query.featureKey, estimated)
+        if found.in_debt:  # frozen for new calls, as a new hold is
+            raise InsufficientBalance("the wallet is in debt; new calls are refused until it is repaid",
+                                      {"reason": "in_debt", "availableBalance": money.format_decimal(
+                                          found.available_balance)})
+        slots = admission.read_concurrency(uow.connection, tenant_id)
+        full = admission.at_limit(uow.connection, tenant_id, query.featureKey)
+    reason = found.reason or ("concurrency_limit" if full else None)
     return ok(EntitlementResponse, entitlement=EntitlementOut(
-        allowed=found.allowed, availableBalance=found.available_balance, reason=found.reason))
+        allowed=found.allowed and not full, availableBalance=found.available_balance, reason=reason),
+        concurrency=concurrency_out(slots))
 
 
 # --- binding quotes -----------------------------------------------------------------------------

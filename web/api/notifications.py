@@ -26,7 +26,8 @@ log = logs.get(__name__)
 # --- query and response models --------------------------------------------------------------------
 
 EventType = Literal["balance.low", "balance.depleted", "invoice.finalized", "budget.exceeded",
-                    "reconciliation.mismatch", "auto_topup.failed", "auto_topup.capped", "usage.corrected"]
+                    "reconciliation.mismatch", "auto_topup.failed", "auto_topup.capped", "wallet.in_debt",
+                    "wallet.debt_repaid", "usage.corrected"]
 
 
 class NotificationsQuery(Query):

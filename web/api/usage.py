@@ -152,6 +152,7 @@ class UsageItemOut(Answer):
     billedQuantity: DecimalString | None = None
     tiers: list[TierLine] | None = None
     packages: PackagesLine | None = None
+    burstMultiplier: DecimalString | None = None  # a burst call's settlement: unit price and cost multiplied
 
 
 class UsageEventDetail(UsageEventOut):
@@ -193,7 +194,9 @@ def usage_item_out(i: UsageItemRecord) -> UsageItemOut:
     billed = money.to_decimal(pricing["billedQuantity"]) if "billedQuantity" in pricing else i.quantity
     return UsageItemOut(category=i.category, provider=i.provider, model=i.model, unit=i.unit, quantity=i.quantity,
                         unitPrice=i.unit_price, totalCost=i.cost,
-                        **line_breakdown(pricing.get("pricingModel", UNIT), billed, pricing.get("parts", [])))
+                        **line_breakdown(pricing.get("pricingModel", UNIT), billed, pricing.get("parts", [])),
+                        **({"burstMultiplier": money.to_decimal(pricing["burstMultiplier"])}
+                           if "burstMultiplier" in pricing else {}))
 
 
 def usage_event_detail(outcome: ChargeOutcome, chain: list[Correction] | None = None,

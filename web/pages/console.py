@@ -10,6 +10,8 @@ from typing import Any, Literal
 from flask import Blueprint, Response, make_response, render_template, request
 
 from billing_core.access import actions, sessions
+from billing_core.calls import admission, plans, statement
+from billing_core.calls.commands import CallPlanRequest
 from billing_core.catalog import costs
 from billing_core.corrections import rerates
 from billing_core.corrections.commands import CorrectionRequest, RerateRequest
@@ -26,11 +28,12 @@ from billing_core.reports import operators
 from billing_core.usage import history
 from billing_core.usage.events import load_outcome
 from tasks.corrections import rerate as rerate_task
+from web.api import calls as calls_api
 from web.api.answers import amount, as_json, timestamp
 from web.api.catalog import cost_out, price_out
 from web.api.corrections import rerate_out, rerate_scope
 from web.api.invoicing import MarginsQuery, margins_report
-from web.api.ledger import transaction_out, verification_fields, wallet_out, wallet_with_grants
+from web.api.ledger import call_plan_out, transaction_out, verification_fields, wallet_out, wallet_with_grants
 from web.api.lifecycle import budget_out, reservation_out
 from web.api.payments import attempt_out
 from web.api.usage import usage_event_detail, usage_event_out
@@ -60,7 +63,9 @@ def tenants() -> str:
     flagged, blocked = request.args.get("flagged") == "1", request.args.get("blocked") == "1"
     with unit_of_work() as uow:
         found = operators.tenants(uow, search, flagged=flagged, blocked=blocked)
+        slots = operators.call_slots(uow.connection)
     return render_template("console/tenants.html", search=search or "", flagged=flagged, blocked=blocked,
+                           call_slots=slots, at_limit=sum(s.active >= s.ceiling for s in slots),
                            tenants=[{**as_json(wallet_out(w)), "updatedAt": timestamp(w.updated_at)} for w in found])
 
 
@@ -79,13 +84,16 @@ def _chain(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # what a tenant's page may say was done: an action's name in the address, never text from it
-DONE = {"topup": "top-up", "adjustment": "adjustment", "refund": "refund", "block": "block", "unblock": "unblock"}
+DONE = {"topup": "top-up", "adjustment": "adjustment", "refund": "refund", "block": "block", "unblock": "unblock",
+        "call_plan": "call plan"}
 
 
 def _tenant_page(tenant_id: str, error: BillingError | None = None, status: int = 200) -> Response:
     with unit_of_work() as uow:
         _known_tenant(uow, tenant_id)
         wallet, grants = expiry.end_due_and_read_wallet(uow, tenant_id)
+        calls = admission.read_concurrency(uow.connection, tenant_id)
+        plan = plans.load_plan(uow.connection, tenant_id)
         entries, _ = verification.list_entries(uow, tenant_id, limit=50)
         events, _ = history.list_usage_events(uow, tenant_id, history.UsageFilter(), limit=20)
         active_holds, _ = holds.list_holds(uow, tenant_id, status="active", limit=50, cursor=None)
@@ -94,8 +102,8 @@ def _tenant_page(tenant_id: str, error: BillingError | None = None, status: int 
         books = verification.verify(uow, tenant_id)
         topups = auto_topups.list_attempts(uow, tenant_id, limit=20)
     body = render_template(
-        "console/tenant.html", tenant_id=tenant_id, wallet=as_json(wallet_with_grants(wallet, grants)),
-        entries=_chain([as_json(transaction_out(e)) for e in entries]),
+        "console/tenant.html", tenant_id=tenant_id, wallet=as_json(wallet_with_grants(wallet, grants, calls)),
+        plan=as_json(call_plan_out(plan)), entries=_chain([as_json(transaction_out(e)) for e in entries]),
         events=[as_json(usage_event_out(e)) for e in events], holds=[as_json(reservation_out(r)) for r in active_holds],
         budgets=[as_json(budget_out(b)) for b in budget_list],
         actions=[{**a, "created_at": timestamp(a["created_at"])} for a in recorded],
@@ -177,6 +185,48 @@ def wallet_status(tenant_id: str) -> Response:
         return command.model_dump(mode="json"), lambda: change_settings(
             uow, tenant_id, status=command.status, overdraft_limit=None, clear_flag=False)
     return _act(tenant_id, "block" if request.form.get("status") == "blocked" else "unblock", run)
+
+
+class CallPlanChange(CallPlanRequest):
+    """The call plan from the console: every field of the form is sent (an empty one clears it), always
+    with the reason, which is recorded with the change."""
+    reason: Reason
+
+
+def _call_plan_form() -> dict[str, Any]:
+    """The form's fields as PATCH /wallet's: counts are integers, an empty field is null (no limit)."""
+    fields: dict[str, Any] = {"reason": request.form.get("reason", ""),
+                              "settlementPolicy": request.form.get("settlementPolicy") or "grace"}
+    for name in ("maxConcurrentCalls", "burstLimit"):
+        given = (request.form.get(name) or "").strip()
+        if given and not given.isdigit():
+            raise ValidationFailed(name, "must be a whole number, or empty for no limit")
+        fields[name] = int(given) if given else None
+    for name in ("burstMultiplier", "callGraceLimit"):
+        fields[name] = (request.form.get(name) or "").strip() or None
+    return fields
+
+
+@console.post("/tenants/<tenant_id>/call-plan")
+def call_plan(tenant_id: str) -> Response:
+    """Set the tenant's call plan (as PATCH /wallet does), recorded as a page action with its reason."""
+    def run(uow: Any, session: sessions.PageSession) -> Any:
+        command = parse(CallPlanChange, _call_plan_form())
+        return command.model_dump(mode="json"), lambda: plans.set_plan(uow, tenant_id, command)
+    return _act(tenant_id, "call_plan", run)
+
+
+@console.get("/tenants/<tenant_id>/calls", defaults={"external_reference_id": None})
+@console.get("/tenants/<tenant_id>/calls/<path:external_reference_id>")
+def call_statement(tenant_id: str, external_reference_id: str | None) -> str:
+    """One call's statement as GET /calls/<externalReferenceId> gives the operator (with provider cost
+    and margin); the tenant page's look-up form sends the reference as `ref`."""
+    reference = calls_api.reference(external_reference_id or (request.args.get("ref") or "").strip())
+    with unit_of_work() as uow:
+        _known_tenant(uow, tenant_id)
+        found = statement.call_statement(uow.connection, tenant_id, reference)
+    return render_template("console/call_statement.html", tenant_id=tenant_id,
+                           call=as_json(calls_api.call_out(found, operator=True)))
 
 
 @console.get("/catalog")

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, make_response, render_template, request
 
 from billing_core.access import actions, sessions
 from billing_core.access.sessions import PageSession
+from billing_core.calls import admission, statement
 from billing_core.corrections.events import list_corrections, net_cost
 from billing_core.documents import credit_notes, receipts
 from billing_core.errors import BillingError
@@ -26,6 +27,7 @@ from billing_core.payments.auto_topup import rules as auto_topup_rules
 from billing_core.payments.auto_topup.rules import AutoTopupRequest
 from billing_core.reports import spend
 from billing_core.usage import events, history
+from web.api import calls as calls_api
 from web.api.answers import amount, as_json, timestamp
 from web.api.invoicing import (
     credit_note_out,
@@ -77,11 +79,12 @@ def overview() -> str:
     tenant_id = tenant_of(current_session())
     with unit_of_work() as uow:
         wallet, grants = expiry.end_due_and_read_wallet(uow, tenant_id)
+        calls = admission.read_concurrency(uow.connection, tenant_id)
         active_holds, _ = holds.list_holds(uow, tenant_id, status="active", limit=50, cursor=None)
         alert_settings = alerts.get_settings(uow, tenant_id)
         recent, _ = history.list_usage_events(uow, tenant_id, history.UsageFilter(), limit=10)
     low = [state for state in (alert_settings.states if alert_settings else []) if not state.armed]
-    return render_template("portal/overview.html", wallet=as_json(wallet_with_grants(wallet, grants)),
+    return render_template("portal/overview.html", wallet=as_json(wallet_with_grants(wallet, grants, calls)),
                            holds=[as_json(reservation_out(r)) for r in active_holds],
                            recent=[as_json(usage_event_out(e)) for e in recent],
                            low_alerts=[{"threshold": amount(s.threshold), "eventType": s.event_type,
@@ -141,6 +144,15 @@ def call(usage_event_id: str) -> str:
     for item in detail["items"]:
         columns += [key for key in item if key not in columns]
     return render_template("portal/call.html", event=detail, columns=columns)
+
+
+@portal.get("/calls/<path:external_reference_id>")
+def call_statement(external_reference_id: str) -> str:
+    """One call's statement, as GET /calls/<externalReferenceId> gives the tenant (no provider cost)."""
+    tenant_id = tenant_of(current_session())
+    with unit_of_work() as uow:
+        found = statement.call_statement(uow.connection, tenant_id, calls_api.reference(external_reference_id))
+    return render_template("portal/call_statement.html", call=as_json(calls_api.call_out(found, operator=False)))
 
 
 @portal.get("/invoices")

@@ -1,9 +1,9 @@
 /** `BillingClient`: the LAD Billing client, and `call()`, the hold → extend → settle lifecycle of a call. */
 import { randomUUID } from "node:crypto";
 
-import { BillingError, errorFor, NetworkError, ReservationClosed, ReservationExpired } from "./errors.js";
+import { BillingError, ConcurrencyLimit, errorFor, NetworkError, ReservationClosed, ReservationExpired } from "./errors.js";
 import type {
-  BatchResult, Charge, Credit, Entitlement, Invoice, InvoicePage, Price, Quote, Reservation, ReservationPage, Task,
+  BatchResult, CallStatement, Charge, Credit, Entitlement, Invoice, InvoicePage, Price, Quote, Reservation, ReservationPage, Task,
   TransactionPage, UsageEventDetail, UsagePage, Wallet,
 } from "./models.js";
 import * as m from "./models.js";
@@ -146,6 +146,7 @@ const R = {
   reservations: read("GET", "/reservations", 200, [], m.ReservationPageSpec),
   usage: read("GET", "/usage", 200, ["usage"], m.UsagePageSpec),
   usageEvent: read("GET", "/usage/{usage_event_id}", 200, ["usageEvent"], m.UsageEventDetailSpec),
+  call: read("GET", "/calls/{external_reference_id}", 200, ["call"], m.CallStatementSpec),
   transactions: read("GET", "/transactions", 200, [], m.TransactionPageSpec),
   invoices: read("GET", "/invoices", 200, [], m.InvoicePageSpec),
   invoice: read("GET", "/invoices/{invoice_id}", 200, ["invoice"], m.InvoiceSpec),
@@ -227,7 +228,8 @@ export class BillingClient {
           requestId: response.headers.get("x-request-id"), idempotencyKey: request.idempotencyKey ?? null,
           retryAfter: retryAfterSeconds(response.headers.get("retry-after")),
         });
-        if (!retryableStatus(response.status)) throw error;
+        // a call refused for want of a slot is the caller's to decide, not to retry
+        if (!retryableStatus(response.status) || error instanceof ConcurrencyLimit) throw error;
       } catch (thrown) {
         if (thrown instanceof BillingError) throw thrown;
         // fetch rejects with a TypeError on network failures, and with a TimeoutError on our own timeout
@@ -352,6 +354,13 @@ export class BillingClient {
     Promise<ReservationPage> {
     return at(await this.send({ method: "GET", path: "/reservations", query }), R.reservations);
   }
+
+  /** Calls by their external reference: `await client.calls.get("call-1")` is one call's statement (its
+   * holds, extensions, charges, items by component and ledger entries); NotFound for another tenant's. */
+  readonly calls = {
+    get: async (externalReferenceId: string): Promise<CallStatement> =>
+      at(await this.send({ method: "GET", path: `/calls/${encodeURIComponent(externalReferenceId)}` }), R.call),
+  };
 
   /**
    * One call's hold: holds `hold` (or what `items` cost), runs `fn(call)` — inside, `call.extend(...)`

@@ -54,6 +54,8 @@ export class RefundExceeded extends BillingError { static readonly code = "refun
 export class PayloadTooLarge extends BillingError { static readonly code = "payload_too_large"; }
 export class InvalidSignature extends BillingError { static readonly code = "invalid_signature"; }
 export class RateLimited extends BillingError { static readonly code = "rate_limited"; }
+/** Every call slot of the tenant's plan is taken (429): `details.limit`, `details.active`. Not retried. */
+export class ConcurrencyLimit extends BillingError { static readonly code = "concurrency_limit"; }
 export class InternalError extends BillingError { static readonly code = "internal_error"; }
 export class Unavailable extends BillingError { static readonly code = "unavailable"; }
 
@@ -64,7 +66,7 @@ const CLASSES: ReadonlyMap<string, ErrorClass> = new Map(
     ValidationError, Unauthorized, Forbidden, NotFound, PriceNotFound, InsufficientBalance, ReservationExceeded,
     BudgetExceeded, WalletBlocked, IdempotencyConflict, ReservationClosed, PeriodNotClosed, PeriodNotStarted,
     ReservationExpired, QuoteExpired, RefundExceeded, PayloadTooLarge, InvalidSignature, RateLimited, InternalError,
-    Unavailable,
+    Unavailable, ConcurrencyLimit,
   ].map((cls) => [cls.code, cls as ErrorClass]),
 );
 

@@ -5,7 +5,7 @@ export {
 } from "./client.js";
 export * from "./errors.js";
 export type {
-  BatchResult, Charge, Credit, Entitlement, ErrorInfo, Grant, Invoice, InvoicePage, Price, Quote, Reservation,
+  BatchResult, CallStatement, Charge, Credit, Entitlement, ErrorInfo, Grant, Invoice, InvoicePage, Price, Quote, Reservation,
   ReservationPage, Task, Transaction, TransactionPage, UsageEvent, UsageEventDetail, UsagePage, Wallet,
 } from "./models.js";
 export type { DecimalString, Spec } from "./spec.js";

@@ -84,6 +84,8 @@ export const ReservationSpec = model("Reservation", {
   id: text, status: oneOf("active", "settled", "released", "expired"), amount: decimal,
   settledAmount: nullable(decimal), featureKey: text, externalReferenceId: nullable(text), quoteId: nullable(text),
   usageEventId: nullable(text), expiresAt: timestamp, createdAt: timestamp, closedAt: nullable(timestamp),
+  // admitted above the plan's base limit: settled at its burst multiplier
+  burst: optional(boolean),
 });
 export type Reservation = Infer<typeof ReservationSpec>;
 
@@ -118,6 +120,36 @@ export const UsageEventDetailSpec = model("UsageEventDetail", {
   transactionId: nullable(text),
 });
 export type UsageEventDetail = Infer<typeof UsageEventDetailSpec>;
+
+/** One call (GET /calls/<externalReferenceId>): `ledgerTotal` is the sum of `entries` (a debit is negative);
+ * `providerCost` and `margin` only for billing.admin. */
+export const CallStatementSpec = model("CallStatement", {
+  externalReferenceId: text,
+  holds: list(model("CallHold", {
+    id: text, status: oneOf("active", "settled", "released", "expired"), amount: decimal,
+    settledAmount: nullable(decimal), burst: boolean, featureKey: text, createdAt: timestamp,
+    closedAt: nullable(timestamp),
+  })),
+  events: list(model("CallEvent", {
+    id: text, status: oneOf("pending", "charged", "rejected"), totalCost: nullable(decimal), featureKey: text,
+    reservationId: nullable(text), createdAt: timestamp,
+  })),
+  components: list(model("CallComponent", {
+    category: text, quantity: decimal, billedQuantity: decimal, cost: decimal, burst: boolean,
+    providerCost: optional(nullable(decimal)),
+  })),
+  items: list(model("CallItem", {
+    usageEventId: text, category: text, provider: text, model: text, unit: text, quantity: decimal,
+    billedQuantity: decimal, unitPrice: nullable(decimal), cost: decimal, burst: boolean,
+    burstMultiplier: nullable(decimal), providerCost: optional(nullable(decimal)),
+  })),
+  entries: list(TransactionSpec),
+  totalCost: decimal,
+  ledgerTotal: decimal,
+  providerCost: optional(nullable(decimal)),
+  margin: optional(nullable(decimal)),
+});
+export type CallStatement = Infer<typeof CallStatementSpec>;
 
 export const TransactionPageSpec = model("TransactionPage", {
   transactions: list(TransactionSpec), nextCursor: nullable(text),

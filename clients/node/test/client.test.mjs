@@ -5,10 +5,11 @@ import { randomUUID } from "node:crypto";
 import { test } from "node:test";
 
 import {
-  BillingClient, BillingError, Forbidden, InsufficientBalance, NotFound, ReservationExceeded, ValidationError, VERSION,
+  BillingClient, BillingError, ConcurrencyLimit, Forbidden, InsufficientBalance, NotFound, ReservationExceeded,
+  ValidationError, VERSION,
 } from "@lad/billing-client";
 
-import { baseUrl, makeToken, newTenant, settled, stt } from "./support.mjs";
+import { baseUrl, makeToken, newTenant, patchWallet, settled, stt } from "./support.mjs";
 
 function clients(tenant = newTenant()) {
   return {
@@ -147,7 +148,8 @@ test("call() extends, then settles above the first hold", async () => {
 });
 
 test("call() releases the hold when the callback throws or does not settle", async () => {
-  const { billing, admin } = clients();
+  const { tenant, billing, admin } = clients();
+  await patchWallet(tenant, { settlementPolicy: "strict" }); // a settlement past the balance is refused
   await admin.topUp({ amount: "5" });
   let failed, unused, refused;
   await assert.rejects(billing.call("voice-agent", { hold: "2" }, async (call) => {
@@ -164,4 +166,22 @@ test("call() releases the hold when the callback throws or does not settle", asy
   assert.equal((await billing.reservation(refused)).status, "released");
   const wallet = await billing.wallet();
   assert.deepEqual([wallet.currentBalance, wallet.reservedBalance], ["5", "0"]);
+});
+
+test("calls.get(ref) is one call's statement; a call past the limit is ConcurrencyLimit, not retried", async () => {
+  const { tenant, billing, admin } = clients();
+  await admin.topUp({ amount: "5" });
+  await patchWallet(tenant, { maxConcurrentCalls: 1 });
+  const held = await billing.reserve({ featureKey: "voice-agent", amount: "1", externalReferenceId: "node-call/1" });
+  const refused = await billing.reserve({ featureKey: "voice-agent", amount: "1" }).catch((e) => e);
+  assert.ok(refused instanceof ConcurrencyLimit, String(refused));
+  assert.deepEqual([refused.status, refused.details.limit, refused.details.active], [429, 1, 1]);
+  await billing.charge({ featureKey: "voice-agent", items: stt(5000), reservationId: held.id });
+  const call = await billing.calls.get("node-call/1");
+  assert.equal(call.externalReferenceId, "node-call/1");
+  assert.deepEqual([call.totalCost, call.ledgerTotal], ["0.5", "-0.5"]);
+  assert.deepEqual(call.holds.map((h) => [h.status, h.burst]), [["settled", false]]);
+  assert.equal(call.components[0].category, "stt");
+  assert.equal(call.providerCost, undefined);
+  await assert.rejects(billing.calls.get("no-such-call"), NotFound);
 });

@@ -15,6 +15,16 @@ export function makeToken(tenantId, ...capabilities) {
   return `${unsigned}.${createHmac("sha256", secret).update(unsigned).digest("base64url")}`;
 }
 
+/** PATCH /wallet as the tenant's operator: e.g. its call plan. */
+export async function patchWallet(tenantId, body) {
+  const response = await fetch(`${baseUrl}/api/billing/wallet`, {
+    method: "PATCH", body: JSON.stringify(body),
+    headers: { Authorization: `Bearer ${makeToken(tenantId, "billing.admin")}`, "Content-Type": "application/json" },
+  });
+  if (!response.ok) throw new Error(`PATCH /wallet: ${response.status} ${await response.text()}`);
+  return (await response.json()).wallet;
+}
+
 export const newTenant = () => `node-${randomUUID().slice(0, 12)}`;
 
 export const stt = (seconds) => [{ category: "stt", provider: "openai", model: "whisper-1", unit: "second", quantity: seconds }];

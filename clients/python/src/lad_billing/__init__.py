@@ -7,6 +7,7 @@ from .client import BillingClient, Call
 from .errors import (
     BillingError,
     BudgetExceeded,
+    ConcurrencyLimit,
     Forbidden,
     IdempotencyConflict,
     InsufficientBalance,
@@ -31,6 +32,7 @@ from .errors import (
 )
 from .models import (
     BatchResult,
+    CallStatement,
     Charge,
     Credit,
     Entitlement,
@@ -55,9 +57,9 @@ __all__ = [
     "UsageBatcher",
     "BillingError", "BudgetExceeded", "Forbidden", "IdempotencyConflict", "InsufficientBalance", "InternalError",
     "InvalidSignature", "NetworkError", "NotFound", "PayloadTooLarge", "PeriodNotClosed", "PeriodNotStarted",
-    "PriceNotFound", "QuoteExpired", "RateLimited", "RefundExceeded", "ReservationClosed", "ReservationExceeded",
-    "ReservationExpired", "Unauthorized", "Unavailable", "ValidationError", "WalletBlocked",
+    "ConcurrencyLimit", "PriceNotFound", "QuoteExpired", "RateLimited", "RefundExceeded", "ReservationClosed",
+    "ReservationExceeded", "ReservationExpired", "Unauthorized", "Unavailable", "ValidationError", "WalletBlocked",
     "BatchResult", "Charge", "Credit", "Entitlement", "Grant", "Invoice", "InvoicePage", "Price", "Quote",
-    "Reservation", "ReservationPage", "Task", "Transaction", "TransactionPage", "UsageEvent", "UsageEventDetail",
-    "UsagePage", "Wallet",
+    "CallStatement", "Reservation", "ReservationPage", "Task", "Transaction", "TransactionPage", "UsageEvent",
+    "UsageEventDetail", "UsagePage", "Wallet",
 ]

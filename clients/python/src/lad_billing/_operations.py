@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 from . import models as m
 
@@ -57,6 +58,7 @@ RELEASE = read("POST", "/reservations/{reservation_id}/release", 200, ("reservat
 RESERVATION = read("GET", "/reservations/{reservation_id}", 200, ("reservation",), m.Reservation)
 RESERVATIONS = read("GET", "/reservations", 200, (), m.ReservationPage)
 USAGE = read("GET", "/usage", 200, ("usage",), m.UsagePage)
+CALL = read("GET", "/calls/{external_reference_id}", 200, ("call",), m.CallStatement)
 USAGE_EVENT = read("GET", "/usage/{usage_event_id}", 200, ("usageEvent",), m.UsageEventDetail)
 TRANSACTIONS = read("GET", "/transactions", 200, (), m.TransactionPage)
 INVOICES = read("GET", "/invoices", 200, (), m.InvoicePage)
@@ -266,6 +268,9 @@ class Operations:
     def release(self, reservation_id: str, idempotency_key: str | None) -> Operation:
         return self._op("POST", f"/reservations/{reservation_id}/release", RELEASE, body={},
                         idempotency_key=idempotency_key, kind="release")
+
+    def call_statement(self, external_reference_id: str) -> Operation:
+        return self._op("GET", f"/calls/{quote(external_reference_id, safe='')}", CALL)
 
     def reservation(self, reservation_id: str) -> Operation:
         return self._op("GET", f"/reservations/{reservation_id}", RESERVATION)

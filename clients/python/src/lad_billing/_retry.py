@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from ._operations import Operation
-from .errors import BillingError, NetworkError, error_for
+from .errors import BillingError, ConcurrencyLimit, NetworkError, error_for
 
 # no answer, or an answer that says "later": 408, 429 and 5xx; every other 4xx is final
 RETRYABLE_STATUS = frozenset({408, 429})
@@ -70,8 +70,8 @@ class Attempts:
         error = error_for(response.status_code, body, request_id=response.headers.get("x-request-id"),
                           idempotency_key=self.op.idempotency_key,
                           retry_after=retry_after_seconds(response.headers.get("retry-after")))
-        if not retryable_status(response.status_code):
-            raise error
+        if not retryable_status(response.status_code) or isinstance(error, ConcurrencyLimit):
+            raise error  # a call refused for want of a slot is the caller's to decide, not to retry
         return False, error
 
     def network_error(self, exc: httpx.TransportError) -> BillingError:

@@ -119,6 +119,11 @@ class AsyncBillingClient:
     async def reservation(self, reservation_id: str) -> m.Reservation:
         return await self.send(self._ops.reservation(reservation_id))
 
+    @property
+    def calls(self) -> AsyncCalls:
+        """Calls by their external reference: `await client.calls.get("call-1")`."""
+        return AsyncCalls(self)
+
     async def reservations(self, *, status: str | None = None, limit: int | None = None,
                            cursor: str | None = None) -> m.ReservationPage:
         return await self.send(self._ops.reservations(status, limit, cursor))
@@ -149,6 +154,15 @@ class AsyncBillingClient:
 
     async def invoice(self, invoice_id: str) -> m.Invoice:
         return await self.send(self._ops.invoice(invoice_id))
+
+
+class AsyncCalls:
+    def __init__(self, client: AsyncBillingClient):
+        self._client = client
+
+    async def get(self, external_reference_id: str) -> m.CallStatement:
+        """The call's statement (see BillingClient.calls)."""
+        return await self._client.send(self._client._ops.call_statement(external_reference_id))
 
 
 class AsyncCall:

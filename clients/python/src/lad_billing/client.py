@@ -158,6 +158,11 @@ class BillingClient:
                      cursor: str | None = None) -> m.ReservationPage:
         return self.send(self._ops.reservations(status, limit, cursor))
 
+    @property
+    def calls(self) -> Calls:
+        """Calls by their external reference: `client.calls.get("call-1")` is one call's statement."""
+        return Calls(self)
+
     def call(self, feature_key: str, *, hold: Amount | None = None, items: Items | None = None,
              quote_id: str | None = None, ttl_seconds: int | None = None, external_reference_id: str | None = None,
              metadata: Mapping[str, Any] | None = None, idempotency_key: str | None = None) -> Call:
@@ -191,6 +196,16 @@ class BillingClient:
 
 # codes after which a hold is already closed: nothing is left to give back
 CLOSED = (ReservationClosed, ReservationExpired)
+
+
+class Calls:
+    def __init__(self, client: BillingClient):
+        self._client = client
+
+    def get(self, external_reference_id: str) -> m.CallStatement:
+        """The call's holds, extensions, charges, items by component and ledger entries (billing.view);
+        NotFound for an unknown reference or another tenant's."""
+        return self._client.send(self._client._ops.call_statement(external_reference_id))
 
 
 class CallState:

@@ -115,6 +115,12 @@ class RateLimited(BillingError):
     code = "rate_limited"
 
 
+class ConcurrencyLimit(BillingError):
+    """Every call slot of the tenant's plan is taken (429): `details["limit"]`, `details["active"]`. Not
+    retried: a slot frees only when a running call ends."""
+    code = "concurrency_limit"
+
+
 class InternalError(BillingError):
     code = "internal_error"
 
@@ -128,7 +134,7 @@ ERROR_CLASSES: dict[str, type[BillingError]] = {
         ValidationError, Unauthorized, Forbidden, NotFound, PriceNotFound, InsufficientBalance,
         ReservationExceeded, BudgetExceeded, WalletBlocked, IdempotencyConflict, ReservationClosed,
         PeriodNotClosed, PeriodNotStarted, ReservationExpired, QuoteExpired, RefundExceeded, PayloadTooLarge,
-        InvalidSignature, RateLimited, InternalError, Unavailable,
+        InvalidSignature, RateLimited, ConcurrencyLimit, InternalError, Unavailable,
     )
 }
 

@@ -198,12 +198,78 @@ class Reservation(Model):
     expires_at: datetime
     created_at: datetime
     closed_at: datetime | None
+    burst: bool = False  # admitted above the plan's base limit: settled at its burst multiplier
 
 
 @dataclass(frozen=True, kw_only=True)
 class ReservationPage(Model):
     reservations: list[Reservation]
     next_cursor: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallHold(Model):
+    id: str
+    status: Literal["active", "settled", "released", "expired"]
+    amount: Decimal
+    settled_amount: Decimal | None
+    burst: bool
+    feature_key: str
+    created_at: datetime
+    closed_at: datetime | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallEvent(Model):
+    id: str
+    status: Literal["pending", "charged", "rejected"]
+    total_cost: Decimal | None
+    feature_key: str
+    reservation_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallComponent(Model):
+    """One category's items of the call's charged events; `provider_cost` for billing.admin only."""
+    category: str
+    quantity: Decimal
+    billed_quantity: Decimal
+    cost: Decimal
+    burst: bool
+    provider_cost: Decimal | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallItem(Model):
+    usage_event_id: str
+    category: str
+    provider: str
+    model: str
+    unit: str
+    quantity: Decimal
+    billed_quantity: Decimal
+    unit_price: Decimal | None
+    cost: Decimal
+    burst: bool
+    burst_multiplier: Decimal | None
+    provider_cost: Decimal | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallStatement(Model):
+    """One call (GET /calls/<externalReferenceId>): `ledger_total` is the sum of `entries` (a debit is
+    negative); `provider_cost` and `margin` for billing.admin only."""
+    external_reference_id: str
+    holds: list[CallHold]
+    events: list[CallEvent]
+    components: list[CallComponent]
+    items: list[CallItem]
+    entries: list[Transaction]
+    total_cost: Decimal
+    ledger_total: Decimal
+    provider_cost: Decimal | None = None
+    margin: Decimal | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
