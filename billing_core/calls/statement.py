@@ -18,6 +18,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.engine import Connection
 
 from billing_core import money
+from billing_core.corrections.events import standing_on
 from billing_core.errors import NotFound
 from billing_core.ledger.model import EntryType, Hold, LedgerEntry, UsageEventStatus
 from billing_core.ledger.tables import ledger_entries
@@ -72,6 +73,13 @@ class CallStatement:
     total_cost: Decimal  # what the call's charged events cost
     ledger_total: Decimal  # the sum of the call's ledger entries
     provider_cost: Decimal | None  # for the operator; None when an item is uncosted
+    # what voids, amends and re-rates credited back (positive) or debited: the charges as corrected are
+    # total_cost - corrections (a re-rate's share is posted in its tenant's one entry, not among these)
+    corrections: Decimal = Decimal(0)
+
+    @property
+    def net_cost(self) -> Decimal:
+        return money.subtract(self.total_cost, self.corrections)
 
     @property
     def margin(self) -> Decimal | None:
@@ -102,12 +110,16 @@ def call_statement(connection: Connection, tenant_id: str, external_reference_id
     items = _items(connection, tenant_id, charged)
     entries = _entries(connection, tenant_id, hold_ids, [ev.id for ev in events])
     costed = [i.provider_cost for i in items]
+    corrected = money.total(money.subtract(ev.total_cost or Decimal(0), standing_on(
+        connection, tenant_id, ev.id, ev.total_cost or Decimal(0)).priced)
+        for ev in events if ev.status == UsageEventStatus.CHARGED)
     return CallStatement(
         external_reference_id=external_reference_id, holds=holds, events=events, items=items,
         components=_components(items), entries=entries,
         total_cost=money.total(ev.total_cost or Decimal(0) for ev in events if ev.status == UsageEventStatus.CHARGED),
         ledger_total=money.total(en.amount for en in entries),
-        provider_cost=None if any(c is None for c in costed) else money.total(c for c in costed if c is not None))
+        provider_cost=None if any(c is None for c in costed) else money.total(c for c in costed if c is not None),
+        corrections=corrected)
 
 
 def _items(connection: Connection, tenant_id: str, event_ids: list[uuid.UUID]) -> list[CallItem]:

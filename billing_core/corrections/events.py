@@ -36,6 +36,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
+from sqlalchemy.engine import Connection
 
 from billing_core import idempotency, money
 from billing_core.catalog import CATALOG, TierPositions, price_items
@@ -95,13 +96,18 @@ class Standing:
 
 
 def standing(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, charged: Decimal) -> Standing:
+    return standing_on(uow.connection, tenant_id, usage_event_id, charged)
+
+
+def standing_on(connection: Connection, tenant_id: str, usage_event_id: uuid.UUID, charged: Decimal) -> Standing:
+    """An event's standing read on `connection` (a report's, which may be the replica's)."""
     c = ledger_entries.c
-    sums = dict(uow.connection.execute(
+    sums = dict(connection.execute(
         select(c.entry_type, func.sum(c.amount))
         .where(c.tenant_id == tenant_id, c.usage_event_id == usage_event_id,
                c.entry_type.in_([EntryType.CORRECTION, EntryType.REFUND]))
         .group_by(c.entry_type)).all())
-    rerated = uow.connection.execute(text("""
+    rerated = connection.execute(text("""
         SELECT coalesce(sum(r.difference), 0) FROM rerate_events r
         JOIN rerate_tenants d ON d.tenant_id = r.tenant_id AND d.run_id = r.run_id
         WHERE r.tenant_id = :t AND r.usage_event_id = :e"""), {"t": tenant_id, "e": usage_event_id}).scalar_one()

@@ -179,3 +179,17 @@ def test_the_console_dry_runs_then_applies_a_rerate_and_voids_an_event(api, live
     assert portal.get(link.json()["portalSession"]["url"], timeout=30).status_code == 200
     call = portal.get(f"{base}/portal/usage/{events[0]}", timeout=30)
     assert call.status_code == 200 and 'id="corrections-table"' in call.text and "test call" in call.text
+
+
+def test_a_call_statement_shows_original_correction_and_net(api, tokens, make_token, tenant):
+    top_up(api, tokens["admin"], "10")
+    reference = f"call-{uuid.uuid4().hex[:8]}"
+    ids = [_charge(api, tokens["charge"], "10000", externalReferenceId=reference).json()["usageEvent"]["id"]
+           for _ in range(2)]  # 1 each
+    voided = api.post(f"/api/billing/usage/{ids[1]}/corrections", tokens["admin"], json={
+        "action": "void", "reason": "dropped at once", "idempotencyKey": f"v-{uuid.uuid4()}"})
+    assert voided.status_code == 200, voided.text
+    call = api.get(f"/api/billing/calls/{reference}", tokens["view"]).json()["call"]
+    assert (Decimal(call["totalCost"]), Decimal(call["corrections"]), Decimal(call["netCost"])) == (2, 1, 1)
+    assert Decimal(call["ledgerTotal"]) == -1  # the debits and the void's correction entry
+    assert "correction" in [e["type"] for e in call["entries"]]

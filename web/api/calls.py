@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from flask import Response
+from pydantic import Field
 
 from billing_core.calls.statement import CallItem, CallStatement, Component, call_statement
 from billing_core.errors import ValidationFailed
@@ -78,6 +79,9 @@ class CallOut(Answer):
     entries: list[TransactionOut]
     totalCost: DecimalString
     ledgerTotal: DecimalString
+    corrections: DecimalString = Field("0", description="what voids, amends and re-rates of the call's charges "
+                                                        "credited back (positive) or debited")
+    netCost: DecimalString | None = Field(None, description="totalCost - corrections: the charges as corrected")
     providerCost: DecimalString | None = None
     margin: DecimalString | None = None
 
@@ -113,7 +117,7 @@ def call_out(s: CallStatement, *, operator: bool) -> CallOut:
         components=[_component(c, operator) for c in s.components],
         items=[_item(i, operator) for i in s.items],
         entries=[transaction_out(e) for e in s.entries],
-        totalCost=s.total_cost, ledgerTotal=s.ledger_total, **extra)
+        totalCost=s.total_cost, ledgerTotal=s.ledger_total, corrections=s.corrections, netCost=s.net_cost, **extra)
 
 
 def reference(value: str) -> str:
