@@ -9,7 +9,7 @@ from flask import Response
 
 from billing_core.documents import parties
 from billing_core.documents.commands import BillingDetailsRequest, IssuerRequest
-from web.api.answers import Answer, Query, ok
+from web.api.answers import Answer, TenantQuery, ok
 from web.api.routing import billing, documented
 from web.auth import ADMIN, MANAGE, authenticate, managed_tenant
 from web.limits import rate_limited
@@ -42,8 +42,8 @@ class BillingDetailsResponse(Answer):
     billingDetails: PartyOut | None
 
 
-class BillingDetailsQuery(Query):
-    tenantId: str | None = None
+class BillingDetailsQuery(TenantQuery):
+    """A tenant's billing details: the token's own, or (billing.admin, an agency) the one named."""
 
 
 def issuer_out(issuer: parties.Issuer) -> IssuerOut:
