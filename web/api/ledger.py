@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from flask import Response
 from pydantic import Field, TypeAdapter, ValidationError
 
+from billing_core.agencies import tree
 from billing_core.calls import admission, plans
 from billing_core.calls.admission import Concurrency
 from billing_core.calls.commands import PLAN_FIELDS
@@ -299,7 +300,8 @@ def post_adjustment() -> Response:
 @documented({200: WalletSettingsResponse}, 403, json=WalletSettingsRequest)
 @rate_limited(ADMIN)
 def patch_wallet() -> Response:
-    """Block or unblock the wallet, set its overdraft limit, clear a clawback flag, set the tenant's
+    """Block or unblock the wallet, set its overdraft limit, clear a clawback flag, make the tenant an
+    agency (`reseller`: it may create sub-accounts and resell to them), set the tenant's
     tax treatment (`tax`: a rate with its label, reverse charge, or exempt) and its call plan (concurrency
     limits, burst, grace, settlement policy). Blocked wallets refuse charges and reservations
     (403 wallet_blocked); top-ups still work."""
@@ -312,6 +314,8 @@ def patch_wallet() -> Response:
     with unit_of_work() as uow:
         if command.tax is not None:
             parties.set_tax_treatment(uow, tenant_id, command.tax)  # committed with the wallet's settings
+        if command.reseller is not None:
+            tree.mark_reseller(uow, tenant_id, command.reseller)  # committed with the wallet's settings
         tax = parties.tax_treatment(uow, tenant_id)
         wallet = change_settings(uow, tenant_id, status=command.status, overdraft_limit=command.overdraftLimit,
                                  clear_flag=bool(command.clearFlag))

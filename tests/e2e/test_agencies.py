@@ -1,0 +1,173 @@
+"""Agencies and sub-accounts (issue 21) on the real stack: one charge of a sub-account moves the
+sub-account's wallet at the resale price and the agency's at its own price in one transaction,
+exactly once; refusals move neither; agency funding and its spend cap; isolation between levels;
+the agency's margins per sub-account; many sub-accounts charging at once through the workers."""
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+from sqlalchemy import text
+
+from tests.support.helpers import assert_ledger_consistent, stt_items, top_up, wallet
+
+B = "/api/billing"
+
+
+def make_agency(api, make_token, agency):
+    admin = make_token(agency, "billing.admin")
+    response = api.request("PATCH", f"{B}/wallet", admin, json={"reseller": True})
+    assert response.status_code == 200, response.text
+    return admin, make_token(agency, "billing.manage")
+
+
+def create(api, manage, name, funding="prepaid", **extra):
+    response = api.post(f"{B}/sub-accounts", manage, json={"name": name, "funding": funding, **extra})
+    assert response.status_code == 201, response.text
+    return response.json()["subAccount"]["tenantId"]
+
+
+def charge(api, token, seconds="10000", key=None):
+    return api.post(f"{B}/charge", token, json={"featureKey": "voice", "items": stt_items(seconds),
+                                                "idempotencyKey": key or f"c-{uuid.uuid4()}"})
+
+
+def balance(api, make_token, tenant):
+    return Decimal(wallet(api, make_token(tenant, "billing.view"))["currentBalance"])
+
+
+def entries(engine, tenant):
+    with engine.connect() as connection:
+        return connection.execute(text(
+            "SELECT coalesce(usage_event_id, sub_account_event_id), amount FROM ledger_entries "
+            "WHERE tenant_id = :t AND entry_type = 'debit'"), {"t": tenant}).all()
+
+
+def test_a_prepaid_sub_account_charge_moves_both_wallets_once(api, tenant, make_token, engine):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "10")
+    sub = create(api, manage, "acme")
+    assert sub == f"{tenant}:acme"
+    price = api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "1.5", "category": "stt"})
+    assert price.status_code == 200, price.text
+    topped = api.post(f"{B}/sub-accounts/{sub}/topups", manage, json={"amount": "5", "idempotencyKey": "t1"})
+    assert topped.status_code == 200, topped.text
+
+    sub_token = make_token(sub, "billing.charge", "billing.view")
+    first = charge(api, sub_token, key="once")
+    assert first.status_code == 200, first.text
+    assert first.json()["usageEvent"]["totalCost"] == "1.5"  # the resale price: 1 × 1.5
+    again = charge(api, sub_token, key="once")
+    assert again.json()["usageEvent"]["id"] == first.json()["usageEvent"]["id"]
+
+    assert balance(api, make_token, sub) == Decimal("3.5")
+    assert balance(api, make_token, tenant) == Decimal("9")  # the agency's price: 1
+    event_id = first.json()["usageEvent"]["id"]
+    assert [(str(e), a) for e, a in entries(engine, sub)] == [(event_id, Decimal("-1.5"))]
+    assert [(str(e), a) for e, a in entries(engine, tenant)] == [(event_id, Decimal("-1"))]
+    assert_ledger_consistent(api, make_token, sub)
+    assert_ledger_consistent(api, make_token, tenant)
+
+    # nobody sees the level above: no agency price and no provider cost in the sub-account's view
+    shown = api.get(f"{B}/usage/{event_id}", sub_token).text
+    assert '"1"' not in shown.replace('"1.5"', "") and "providerCost\": \"" not in shown
+
+    margins = api.get(f"{B}/margins?groupBy=subAccount", manage)
+    assert margins.status_code == 200, margins.text
+    body = margins.json()["margins"]
+    assert (body["revenue"], body["cost"], body["margin"]) == ("1.5", "1", "0.5")
+    assert [g["key"] for g in body["groups"]] == [sub]
+
+
+def test_an_empty_agency_wallet_refuses_and_neither_wallet_moves(api, tenant, make_token, engine):
+    _, manage = make_agency(api, make_token, tenant)
+    sub = create(api, manage, "broke")
+    assert api.post(f"{B}/sub-accounts/{sub}/topups", manage,
+                    json={"amount": "5", "idempotencyKey": "t1"}).status_code == 200
+    refused = charge(api, make_token(sub, "billing.charge"))
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["error"]["code"] == "insufficient_balance"
+    assert refused.json()["error"]["details"]["wallet"] == "agency"
+    assert balance(api, make_token, sub) == Decimal("5")
+    assert entries(engine, sub) == [] and entries(engine, tenant) == []
+
+
+def test_a_short_sub_account_wallet_is_named(api, tenant, make_token):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "10")
+    sub = create(api, manage, "short")
+    refused = charge(api, make_token(sub, "billing.charge"))
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["error"]["details"]["wallet"] == "sub_account"
+    assert balance(api, make_token, tenant) == Decimal("10")
+
+
+def test_agency_funding_debits_only_the_agency_and_honours_the_spend_cap(api, tenant, make_token, engine):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "10")
+    sub = create(api, manage, "funded", funding="agency", spendCap="2.5")
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "2"})
+    token = make_token(sub, "billing.charge")
+    first = charge(api, token)
+    assert first.status_code == 200, first.text
+    assert first.json()["usageEvent"]["totalCost"] == "2"
+    refused = charge(api, token)
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["error"]["code"] == "budget_exceeded"
+    assert refused.json()["error"]["details"]["spendCap"] == "2.5"
+    assert [a for _, a in entries(engine, sub)] == [Decimal(0)]  # the event's one debit, at nothing
+    assert balance(api, make_token, tenant) == Decimal("9")
+
+
+def test_isolation_between_levels(api, tenant, make_token):
+    _, manage = make_agency(api, make_token, tenant)
+    a, b = create(api, manage, "a"), create(api, manage, "b")
+    other = f"o-{uuid.uuid4().hex[:10]}"
+    _, other_manage = make_agency(api, make_token, other)
+    theirs = create(api, other_manage, "x")
+    view_a = make_token(a, "billing.manage")
+    # a sub-account cannot read its agency or a sibling
+    for named in (tenant, b):
+        assert api.get(f"{B}/wallet?tenantId={named}", view_a).status_code == 404
+    # an agency reads its own sub-accounts, and nothing else
+    assert api.get(f"{B}/wallet?tenantId={a}", manage).status_code == 200
+    assert api.get(f"{B}/wallet?tenantId={theirs}", manage).status_code == 404
+    assert api.get(f"{B}/sub-accounts/{theirs}", manage).status_code == 404
+    assert api.get(f"{B}/wallet?tenantId=t-{uuid.uuid4().hex[:8]}", manage).status_code == 404
+    assert api.get(f"{B}/sub-accounts", view_a).status_code == 404  # a sub-account has no tree
+    # no claiming a tenant with history; no id outside the namespace
+    assert api.post(f"{B}/sub-accounts", manage, json={"name": "a", "funding": "prepaid"}).status_code == 409
+    bad = api.post(f"{B}/sub-accounts", manage, json={"name": f"{other}:x", "funding": "prepaid"})
+    assert bad.status_code == 400, bad.text
+    listed = api.get(f"{B}/sub-accounts", manage).json()["subAccounts"]
+    assert [s["tenantId"] for s in listed] == sorted([a, b])
+
+
+def test_twenty_sub_accounts_charging_at_once_with_the_agency(api, tenant, make_token):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "1000")
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "1.3"})
+    subs = [create(api, manage, f"s{i}") for i in range(20)]
+    for sub in subs:
+        assert api.post(f"{B}/sub-accounts/{sub}/topups", manage,
+                        json={"amount": "100", "idempotencyKey": "t"}).status_code == 200
+    jobs = [(sub, i) for sub in subs for i in range(5)] + [(tenant, i) for i in range(20)]
+    tokens = {t: make_token(t, "billing.charge") for t in [*subs, tenant]}
+
+    def run(job):
+        who, i = job
+        return charge(api, tokens[who], "1234", key=f"k{i}")
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(run, jobs))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200][:3]
+    one = Decimal("0.1234")
+    for sub in subs:
+        assert balance(api, make_token, sub) == Decimal(100) - 5 * one * Decimal("1.3")
+        assert_ledger_consistent(api, make_token, sub)
+    assert balance(api, make_token, tenant) == Decimal(1000) - 20 * 5 * one - 20 * one
+    assert_ledger_consistent(api, make_token, tenant)
+    body = api.get(f"{B}/margins?groupBy=subAccount", manage).json()["margins"]
+    assert Decimal(body["revenue"]) == 100 * one * Decimal("1.3")
+    assert Decimal(body["margin"]) == Decimal(body["revenue"]) - Decimal(body["cost"]) == 100 * one * Decimal("0.3")
