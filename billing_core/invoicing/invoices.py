@@ -483,6 +483,7 @@ WITH created AS (
           FROM invoice_draft_headers d
           WHERE d.problem IS NULL
             AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = d.tenant_id AND i.period = d.period)
+            {scope}
          ) h
     ORDER BY h.tenant_id
     RETURNING id, tenant_id, number
@@ -603,24 +604,43 @@ def rollup(uow: UnitOfWork, period: Period, *, tenant_id: str | None = None,
                   tenants_refused=len(refused), refused=refused[:20])
     columns = ", ".join(_DRAFT_COLUMNS)
     line_columns = ", ".join(c for c in _LINE_INSERT_COLUMNS)
-    to_write = connection.execute(text("""
-        SELECT count(*) FROM invoice_draft_headers h WHERE h.problem IS NULL
-          AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = h.tenant_id AND i.period = h.period)
-    """)).scalar_one()
-    issuer = parties.get_issuer(uow)
-    series = numbering.take(uow, issuer.id, to_write)  # the series stays locked until the commit
-    rows = connection.execute(text(_WRITE.format(
-        columns=columns, columns_h=", ".join(f"h.{c}" for c in _DRAFT_COLUMNS),
-        line_columns=f"tenant_id, {line_columns}",
-        line_columns_l=", ".join(f"l.{c}" for c in ["tenant_id", *_LINE_INSERT_COLUMNS]))),
-        {"prefix": series.prefix, "first_number": series.first, "digits": numbering.DIGITS,
-         "issuer_id": issuer.id, "issuer": json.dumps(issuer.block())}).all()
-    if len(rows) != to_write:  # cannot happen under the period's lock; never leave a gap if it does
-        raise RuntimeError(f"invoice rollup wrote {len(rows)} invoices, numbered {to_write}")
-    numbering.record(uow, series, [(int(r.number[len(series.prefix):]), r.tenant_id, "invoice", r.id)
-                                   for r in rows], uow.now())
-    created = [(r.id, r.tenant_id) for r in rows]
-    lines = int(rows[0].lines) if rows else 0
+    created: list[tuple[uuid.UUID, str]] = []
+    lines = 0
+    # one series per issuer: the platform's invoices, then each agency's to its sub-accounts (white label)
+    agencies = connection.execute(text("""
+        SELECT DISTINCT s.tenant_id FROM invoice_draft_headers h
+        JOIN sub_accounts s ON s.tenant_id = left(h.tenant_id, length(h.tenant_id) - strpos(reverse(h.tenant_id), ':'))
+             AND s.sub_account_id = h.tenant_id
+        ORDER BY 1""")).scalars().all()
+    for agency in [None, *agencies]:
+        if agency is None:
+            scope = ("AND NOT EXISTS (SELECT 1 FROM sub_accounts s WHERE "
+                     "s.tenant_id = left({t}, length({t}) - strpos(reverse({t}), ':')) AND s.sub_account_id = {t})")
+            issuer = parties.get_issuer(uow)
+        else:
+            scope = "AND EXISTS (SELECT 1 FROM sub_accounts s WHERE s.tenant_id = :agency AND s.sub_account_id = {t})"
+            issuer = parties.agency_issuer(uow, agency)  # refreshed from the agency's details
+        to_write = connection.execute(text(f"""
+            SELECT count(*) FROM invoice_draft_headers h WHERE h.problem IS NULL
+              AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = h.tenant_id AND i.period = h.period)
+              {scope.format(t="h.tenant_id")}
+        """), {"agency": agency}).scalar_one()
+        if to_write == 0 and agency is not None:
+            continue
+        series = numbering.take(uow, issuer.id, to_write)  # the series stays locked until the commit
+        rows = connection.execute(text(_WRITE.format(
+            columns=columns, columns_h=", ".join(f"h.{c}" for c in _DRAFT_COLUMNS),
+            line_columns=f"tenant_id, {line_columns}",
+            line_columns_l=", ".join(f"l.{c}" for c in ["tenant_id", *_LINE_INSERT_COLUMNS]),
+            scope=scope.format(t="d.tenant_id"))),
+            {"prefix": series.prefix, "first_number": series.first, "digits": numbering.DIGITS,
+             "issuer_id": issuer.id, "issuer": json.dumps(issuer.block()), "agency": agency}).all()
+        if len(rows) != to_write:  # cannot happen under the period's lock; never leave a gap if it does
+            raise RuntimeError(f"invoice rollup wrote {len(rows)} invoices, numbered {to_write}")
+        numbering.record(uow, series, [(int(r.number[len(series.prefix):]), r.tenant_id, "invoice", r.id)
+                                       for r in rows], uow.now())
+        created += [(r.id, r.tenant_id) for r in rows]
+        lines += int(rows[0].lines) if rows else 0
     connection.execute(text("""
         INSERT INTO invoice_runs (id, period, tenant_id, task_id, invoices_created, lines_created, refused,
                                   started_at)
@@ -659,7 +679,7 @@ def preview(uow: UnitOfWork, tenant_id: str, period: Period) -> Invoice:
         draft = Invoice(id=None, status=DRAFT, created_at=now, finalized_at=None,
                         lines=tuple(InvoiceLine(**r._mapping) for r in lines), **header._mapping)
     # a draft shows who it would be from and to, as of now; it has no number (only issuing gives one)
-    issuer = parties.get_issuer(uow)
+    issuer = parties.issuer_for(uow, tenant_id)
     draft = replace(draft, issuer_id=issuer.id, issuer=issuer.block(), customer=parties.customer_block(uow, tenant_id))
     uow.rollback()
     return draft

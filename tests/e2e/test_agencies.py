@@ -4,13 +4,21 @@ exactly once; refusals move neither; agency funding and its spend cap; isolation
 the agency's margins per sub-account; many sub-accounts charging at once through the workers."""
 from __future__ import annotations
 
+import io
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from decimal import Decimal
 
+from pypdf import PdfReader
 from sqlalchemy import text
 
+from billing_core.db import UnitOfWork, engine_for
+from billing_core.ledger import credits
+from billing_core.ledger.commands import TopUpRequest
 from tests.support.helpers import assert_ledger_consistent, stt_items, top_up, wallet
+from tests.support.invoices import STT, History, ledger_dated, months
+from tests.support.invoices import items as invoice_items
 
 B = "/api/billing"
 
@@ -171,3 +179,35 @@ def test_twenty_sub_accounts_charging_at_once_with_the_agency(api, tenant, make_
     body = api.get(f"{B}/margins?groupBy=subAccount", manage).json()["margins"]
     assert Decimal(body["revenue"]) == 100 * one * Decimal("1.3")
     assert Decimal(body["margin"]) == Decimal(body["revenue"]) - Decimal(body["cost"]) == 100 * one * Decimal("0.3")
+
+
+def test_the_sub_account_invoice_is_issued_by_its_agency(api, live, tenant, make_token):
+    engine = engine_for(live.env["DATABASE_URL"])
+    _, manage = make_agency(api, make_token, tenant)
+    agency_details = {"legalName": "Acme Voice Agency Ltd", "address": "1 Agency Road, Leeds", "taxId": "GB123456789"}
+    assert api.request("PUT", f"{B}/settings/billing-details", manage, json=agency_details).status_code == 200
+    sub = create(api, manage, "client")
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "1.25"})
+    previous, _ = months()
+    day = previous.start + timedelta(days=2)
+    History(engine, tenant).top_up(day, "10")
+    client = History(engine, sub)
+    with ledger_dated(day + timedelta(hours=1)), UnitOfWork(engine) as uow:
+        credits.top_up(uow, sub, TopUpRequest(amount=Decimal(5), idempotencyKey="from-client"), created_by="test",
+                       receipt=False)
+    client.charge(day + timedelta(hours=2), "voice", invoice_items((STT, "10000")))
+
+    operator = make_token("operator", "billing.admin")
+    rollup = api.post(f"{B}/invoices/rollup?period={previous.label}&tenantId={sub}", operator)
+    assert rollup.status_code == 200, rollup.text
+    listed = api.get(f"{B}/invoices?tenantId={sub}", manage)
+    assert listed.status_code == 200, listed.text
+    [invoice] = listed.json()["invoices"]
+    assert invoice["issuer"]["legalName"] == "Acme Voice Agency Ltd"
+    assert invoice["issuer"]["taxId"] == "GB123456789"
+    assert invoice["number"].startswith(f"{tenant}-")
+    as_pdf = api.get(f"{B}/invoices/{invoice['id']}.pdf", make_token(sub, "billing.view"))
+    assert as_pdf.status_code == 200
+    pdf_text = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(as_pdf.content)).pages)
+    assert "Acme Voice Agency Ltd" in pdf_text and "LAD" not in pdf_text
+    assert "1.25" in pdf_text  # the resale price, 1 × 1.25
