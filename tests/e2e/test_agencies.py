@@ -81,6 +81,10 @@ def test_a_prepaid_sub_account_charge_moves_both_wallets_once(api, tenant, make_
     shown = api.get(f"{B}/usage/{event_id}", sub_token).text
     assert '"1"' not in shown.replace('"1.5"', "") and "providerCost\": \"" not in shown
 
+    as_agency = api.get(f"{B}/usage/{event_id}?tenantId={sub}", manage).json()["usageEvent"]
+    assert (as_agency["totalCost"], as_agency["agencyCost"]) == ("1.5", "1")
+    assert "agencyCost" not in api.get(f"{B}/usage/{event_id}", sub_token).json()["usageEvent"]
+
     margins = api.get(f"{B}/margins?groupBy=subAccount", manage)
     assert margins.status_code == 200, margins.text
     body = margins.json()["margins"]

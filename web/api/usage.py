@@ -9,6 +9,7 @@ from flask import Response, current_app, g, request
 from pydantic import BaseModel, Field
 
 from billing_core import logs, metrics, money
+from billing_core.agencies import statements, tree
 from billing_core.catalog.items import line_breakdown
 from billing_core.catalog.models import UNIT
 from billing_core.errors import ValidationFailed
@@ -157,6 +158,8 @@ class UsageEventDetail(UsageEventOut):
     items: list[UsageItemOut]
     taskId: Uuid
     transactionId: Uuid | None
+    agencyCost: DecimalString | None = Field(
+        None, description="only for an agency's token naming its sub-account's event: what LAD charged the agency")
 
 
 class UsageEventResponse(Answer):
@@ -193,10 +196,10 @@ def usage_item_out(i: UsageItemRecord) -> UsageItemOut:
                            if "burstMultiplier" in pricing else {}))
 
 
-def usage_event_detail(outcome: ChargeOutcome) -> UsageEventDetail:
+def usage_event_detail(outcome: ChargeOutcome, **extra: Any) -> UsageEventDetail:
     return UsageEventDetail(**_event_fields(outcome.event), metadata=outcome.event.metadata,
                             items=[usage_item_out(i) for i in outcome.items], taskId=outcome.event.task_id,
-                            transactionId=outcome.debit.id if outcome.debit else None)
+                            transactionId=outcome.debit.id if outcome.debit else None, **extra)
 
 
 def summary_out(s: history.Summary) -> UsageSummary:
@@ -381,6 +384,10 @@ def get_usage_event(usage_event_id: str) -> Response:
     tenant_id = tenant_for(principal, parse_query(TenantQuery).tenantId)
     with unit_of_work() as uow:
         outcome = events.load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
-    return ok(UsageEventResponse, usageEvent=usage_event_detail(outcome))
+        extra: dict[str, Any] = {}
+        if tenant_id != principal.tenant_id and tree.agency_of(tenant_id) == principal.tenant_id:
+            # the agency reading its sub-account's event sees its own cost beside the resale price
+            extra["agencyCost"] = statements.agency_cost(uow, principal.tenant_id, outcome.event.id)
+    return ok(UsageEventResponse, usageEvent=usage_event_detail(outcome, **extra))
 
 
