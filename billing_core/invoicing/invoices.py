@@ -358,6 +358,22 @@ JOIN {item_parts} i ON i.usage_event_id = e.id
 GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
 
+# 3c. an agency's debits for its sub-accounts' events (agency_charges, in the same transaction as the
+# sub-account's event was charged): at the agency's price, one line per sub-account, feature and price,
+# "category" sub_account and "provider" the sub-account's id, each event one unit at the price LAD charged
+_DRAFT_AGENCY_USAGE = """
+INSERT INTO invoice_draft_usage
+SELECT {columns}
+FROM usage_events e
+JOIN (SELECT a.tenant_id, a.usage_event_id, a.sub_account_id, 'sub_account' AS category,
+             a.sub_account_id AS provider, 'usage' AS model, 'event' AS unit, a.agency_amount AS unit_price,
+             1 AS quantity, a.agency_amount AS cost
+      FROM agency_charges a WHERE true {tenant_a}) i
+  ON e.tenant_id = i.sub_account_id AND e.id = i.usage_event_id
+WHERE e.status = 'charged' AND e.charged_at >= :start AND e.charged_at < :end
+GROUP BY 1, 2, 3, 4, 5, 6, 7
+"""
+
 # 4. the lines, numbered per invoice: usage first (the month's, then prior-period), then credits by type
 _DRAFT_LINES = """
 CREATE TEMP TABLE invoice_draft_lines ON COMMIT DROP AS
@@ -505,6 +521,7 @@ def _prepare(uow: UnitOfWork, period: Period, tenant_id: str | None) -> None:
     tenant = "" if tenant_id is None else "AND tenant_id = :tenant_id"
     tenant_l = "" if tenant_id is None else "AND l.tenant_id = :tenant_id"
     tenant_e = "" if tenant_id is None else "AND e.tenant_id = :tenant_id"
+    tenant_a = "" if tenant_id is None else "AND a.tenant_id = :tenant_id"
     bounds = _BOUNDS.format(tenant=tenant)
     month = _MONTH_OF_CHAIN.format(tenant_l=tenant_l)
     minor = _minor_unit_sql("w.currency")
@@ -523,6 +540,8 @@ def _prepare(uow: UnitOfWork, period: Period, tenant_id: str | None) -> None:
                              ("invoice_draft_usage", _DRAFT_USAGE_MOVED.format(bounds=bounds, tenant_l=tenant_l,
                                                                                columns=moved_columns,
                                                                                item_parts=_ITEM_PARTS)),
+                             ("invoice_draft_usage", _DRAFT_AGENCY_USAGE.format(columns=usage_columns,
+                                                                                tenant_a=tenant_a)),
                              ("invoice_draft_lines", _DRAFT_LINES.format(minor_unit=minor)),
                              ("invoice_draft_headers", _DRAFT_HEADERS.format(minor_unit=minor))):
         uow.connection.execute(text(statement), params)

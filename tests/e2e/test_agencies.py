@@ -215,3 +215,14 @@ def test_the_sub_account_invoice_is_issued_by_its_agency(api, live, tenant, make
     pdf_text = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(as_pdf.content)).pages)
     assert "Acme Voice Agency Ltd" in pdf_text and "LAD" not in pdf_text
     assert "1.25" in pdf_text  # the resale price, 1 × 1.25
+    assert invoice["totalUsage"] == "1.25"
+
+    # the agency's own statement from LAD lists the sub-account's usage at the agency's price, and reconciles
+    rollup = api.post(f"{B}/invoices/rollup?period={previous.label}&tenantId={tenant}", operator)
+    assert rollup.status_code == 200, rollup.text
+    assert rollup.json()["rollup"]["refused"] == []
+    [listed_mine] = api.get(f"{B}/invoices", manage).json()["invoices"]
+    mine = api.get(f"{B}/invoices/{listed_mine['id']}", manage).json()["invoice"]
+    assert mine["issuer"]["legalName"] != "Acme Voice Agency Ltd" and not mine["number"].startswith(f"{tenant}-")
+    assert [(line["category"], line["provider"], line["amount"]) for line in mine["lines"]] == [
+        ("sub_account", sub, "1")]
