@@ -12,16 +12,17 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from billing_core import money
 from billing_core.agencies.tables import agency_charges
 from billing_core.agencies.tree import PREPAID, SubAccount
 from billing_core.catalog import CATALOG, TierPositions, price_items
 from billing_core.catalog.positions import month_of
-from billing_core.db import UnitOfWork, insert_rows
+from billing_core.db import UnitOfWork, insert_rows, unnest_arrays
 from billing_core.errors import BudgetExceeded, InsufficientBalance, WalletBlocked
 from billing_core.ledger.book import WalletBook
+from billing_core.usage.tables import usage_event_items
 
 
 class AgencyLevel:
@@ -35,6 +36,8 @@ class AgencyLevel:
         self.catalog = CATALOG.for_tenant(uow, agency_id)
         self.positions = TierPositions(uow, agency_id, locked=True)
         self.rows: list[dict[str, Any]] = []
+        self.item_rows: list[dict[str, Any]] = []
+        self._item_costs: list[tuple[int, Decimal]] = []
         self._month_spend: dict[datetime, Decimal] = {}
 
     @property
@@ -42,8 +45,10 @@ class AgencyLevel:
         return self.sub_account.funding == PREPAID
 
     def price(self, items: list[Any], at: datetime) -> tuple[Decimal, list[Any]]:
-        """The agency's price of an event's items and the month advances it makes."""
+        """The agency's price of an event's items and the month advances it makes; the price of each
+        item is kept for record()."""
         priced = price_items(self.uow, self.book.tenant_id, items, at, self.catalog, self.positions)
+        self._item_costs = [(i.position, p.cost) for i, p in zip(items, priced, strict=True)]
         return money.total(p.cost for p in priced), [p.advance for p in priced if p.advance is not None]
 
     def check(self, at: datetime, resale: Decimal, agency_cost: Decimal) -> None:
@@ -72,6 +77,8 @@ class AgencyLevel:
                                 created_by=event.user_id)
         if advances:
             self.positions.advance(advances)
+        self.item_rows += [{"usage_event_id": event.id, "position": position, "agency_cost": cost}
+                           for position, cost in self._item_costs]
         month = month_of(event.created_at)
         self._month_spend[month] = money.add(self._spent(event.created_at), resale)
         self.rows.append({"tenant_id": self.book.tenant_id, "usage_event_id": event.id,
@@ -93,4 +100,10 @@ class AgencyLevel:
         self.book.flush()
         self.positions.flush()
         insert_rows(self.uow, agency_charges, self.rows)
-        self.rows = []
+        if self.item_rows:  # one UPDATE of the sub-account's items, joined to their agency prices as arrays
+            source, params = unnest_arrays(usage_event_items, self.item_rows)
+            self.uow.connection.execute(text(
+                f"UPDATE usage_event_items AS i SET agency_cost = rows.agency_cost FROM {source} "
+                "WHERE i.tenant_id = :tenant_id AND i.usage_event_id = rows.usage_event_id "
+                "AND i.position = rows.position"), {**params, "tenant_id": self.sub_account.tenant_id})
+        self.rows, self.item_rows = [], []

@@ -1,6 +1,7 @@
 """A sub-account's prices: its agency's prices (as LAD charges the agency, overrides and multipliers
 included) scaled by the agency's resale price book. The sub-account sees these and nothing of the
-level above: no agency price, no multiplier, no provider cost."""
+level above: no agency price, no multiplier (provider costs are recorded on its items, as on every
+tenant's, for the operator's margins only)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -56,7 +57,8 @@ class ResalePrices(TenantPrices):
         return replace(price, terms=terms, unit_price=terms.unit_price, multiplier=None)
 
     def cost_at(self, key: CatalogKey, at: datetime) -> ProviderCost | None:
-        return None  # provider costs are the operator's alone
+        # stored on the sub-account's items for the operator's margins; no tenant's answer carries them
+        return self.agency.cost_at(key, at)
 
     def keys(self) -> list[CatalogKey]:
         return self.agency.keys()

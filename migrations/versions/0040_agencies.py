@@ -60,6 +60,8 @@ CREATE TABLE agency_charges (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, usage_event_id)
 );
+-- a sub-account's item: what LAD charged its agency for it (cost is the resale price); operators only
+ALTER TABLE usage_event_items ADD COLUMN agency_cost numeric;
 -- an agency's debit names its sub-account's event (usage_event_id is keyed by the tenant's own events)
 ALTER TABLE ledger_entries ADD COLUMN sub_account_event_id uuid;
 CREATE UNIQUE INDEX ledger_one_agency_debit_per_event ON ledger_entries (tenant_id, sub_account_event_id)
@@ -82,6 +84,7 @@ ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_check1
     CHECK (entry_type <> 'debit' OR (amount <= 0 AND usage_event_id IS NOT NULL)) NOT VALID;
 DROP INDEX ledger_one_agency_debit_per_event;
 ALTER TABLE ledger_entries DROP COLUMN sub_account_event_id;
+ALTER TABLE usage_event_items DROP COLUMN agency_cost;
 DROP TABLE agency_charges;
 DROP TABLE resale_multipliers;
 DROP TABLE sub_accounts;

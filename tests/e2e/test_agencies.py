@@ -90,6 +90,9 @@ def test_a_prepaid_sub_account_charge_moves_both_wallets_once(api, tenant, make_
     body = margins.json()["margins"]
     assert (body["revenue"], body["cost"], body["margin"]) == ("1.5", "1", "0.5")
     assert [g["key"] for g in body["groups"]] == [sub]
+    # the operator sees what LAD charged (the agency price) against the provider's cost, not the resale
+    operator = api.get(f"{B}/margins?tenantId={sub}", make_token("operator", "billing.admin")).json()["margins"]
+    assert Decimal(operator["revenue"]) + Decimal(operator["uncosted"]["revenue"]) == Decimal(1)
 
 
 def test_an_empty_agency_wallet_refuses_and_neither_wallet_moves(api, tenant, make_token, engine):
