@@ -229,3 +229,25 @@ def test_the_sub_account_invoice_is_issued_by_its_agency(api, live, tenant, make
     assert mine["issuer"]["legalName"] != "Acme Voice Agency Ltd" and not mine["number"].startswith(f"{tenant}-")
     assert [(line["category"], line["provider"], line["amount"]) for line in mine["lines"]] == [
         ("sub_account", sub, "1")]
+
+
+def test_an_agency_client_acts_for_its_sub_accounts(api, live, tenant, make_token):
+    from lad_billing import BillingClient, NotFound
+
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "10")
+    sub = create(api, manage, "viaclient")
+    assert api.post(f"{B}/sub-accounts/{sub}/topups", manage,
+                    json={"amount": "2", "idempotencyKey": "t"}).status_code == 200
+    event_id = charge(api, make_token(sub, "billing.charge")).json()["usageEvent"]["id"]
+    with BillingClient(live.api.base_url, token=manage, tenant_id=sub) as client:
+        assert client.wallet().current_balance == Decimal(1)
+        detail = client.usage_event(event_id)
+        assert detail.total_cost == Decimal(1) and detail.raw["agencyCost"] == "1"
+    other = f"o-{uuid.uuid4().hex[:10]}"
+    with BillingClient(live.api.base_url, token=manage, tenant_id=other) as client:
+        try:
+            client.wallet()
+            raise AssertionError("an agency read a tenant that is not its own")
+        except NotFound:
+            pass
