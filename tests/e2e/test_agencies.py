@@ -19,6 +19,7 @@ from billing_core.ledger.commands import TopUpRequest
 from tests.support.helpers import assert_ledger_consistent, stt_items, top_up, wallet
 from tests.support.invoices import STT, History, ledger_dated, months
 from tests.support.invoices import items as invoice_items
+from tests.support.pricing import TIERS, new_item, put_price
 
 B = "/api/billing"
 
@@ -251,3 +252,42 @@ def test_an_agency_client_acts_for_its_sub_accounts(api, live, tenant, make_toke
             raise AssertionError("an agency read a tenant that is not its own")
         except NotFound:
             pass
+
+
+def test_graduated_agency_prices_advance_on_the_agency_position_and_resale_models_scale(api, tenant, make_token):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "100")
+    graduated, package = new_item(), new_item("pkg")
+    operator = make_token("operator", "billing.admin")
+    put_price(api, operator, graduated, tenantId=tenant, pricingModel="graduated", tiers=TIERS)
+    put_price(api, operator, package, tenantId=tenant, pricingModel="package", packageSize="100", packagePrice="0.5")
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "2", "category": graduated["category"]})
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "1.5", "category": package["category"]})
+    sub = create(api, manage, "tiers")
+    api.post(f"{B}/sub-accounts/{sub}/topups", manage, json={"amount": "50", "idempotencyKey": "t"})
+
+    def use(token, item, quantity):
+        response = api.post(f"{B}/charge?wait=20", token, json={
+            "featureKey": "f", "idempotencyKey": f"c-{uuid.uuid4()}", "items": [{**item, "quantity": quantity}]})
+        assert response.status_code == 200, response.text
+        return response.json()["usageEvent"]
+
+    agency_charge = make_token(tenant, "billing.charge")
+    sub_charge = make_token(sub, "billing.charge", "billing.view")
+    assert use(agency_charge, graduated, "800")["totalCost"] == "8"  # the agency's own: 800 at 0.01
+    # the sub-account's 400: resale from its own month (400 at 0.02); the agency's price from the agency's
+    # month, which its own 800 moved: 200 at 0.01 + 200 at 0.005 = 3
+    event = use(sub_charge, graduated, "400")
+    assert event["totalCost"] == "8"
+    assert api.get(f"{B}/usage/{event['id']}?tenantId={sub}", manage).json()["usageEvent"]["agencyCost"] == "3"
+    # package: 250 units are 3 packages of 100 at 0.5 for the agency, at 0.75 resold
+    event = use(sub_charge, package, "250")
+    assert event["totalCost"] == "2.25"
+    assert api.get(f"{B}/usage/{event['id']}?tenantId={sub}", manage).json()["usageEvent"]["agencyCost"] == "1.5"
+    assert balance(api, make_token, tenant) == Decimal(100) - 8 - 3 - Decimal("1.5")
+    assert balance(api, make_token, sub) == Decimal(50) - 8 - Decimal("2.25")
+    margins = api.get(f"{B}/margins?groupBy=subAccount", manage).json()["margins"]
+    assert (margins["revenue"], margins["cost"], margins["margin"]) == ("10.25", "4.5", "5.75")
+    # the sub-account's price list shows the resale price, never the agency's
+    listed = api.get(f"{B}/pricing?category={package['category']}", sub_charge).text
+    assert "0.75" in listed and '"0.5"' not in listed
