@@ -43,3 +43,34 @@ def agency_cost(uow: UnitOfWork, agency_id: str, usage_event_id: uuid.UUID) -> D
     c = agency_charges.c
     return uow.connection.execute(select(c.agency_amount).where(
         c.tenant_id == agency_id, c.usage_event_id == usage_event_id)).scalar_one_or_none()
+
+
+@dataclass(frozen=True)
+class SubAccountLine:
+    """One row of the agency's portal: a sub-account with its balance and the month's figures."""
+    tenant_id: str
+    funding: str
+    balance: Decimal | None  # None: billed by the agency (no wallet of its own)
+    revenue: Decimal
+    cost: Decimal
+    events: int
+
+    @property
+    def margin(self) -> Decimal:
+        return money.subtract(self.revenue, self.cost)
+
+
+def sub_account_lines(uow: UnitOfWork, agency_id: str, start: datetime, end: datetime) -> list[SubAccountLine]:
+    from billing_core.agencies.tree import PREPAID, list_sub_accounts
+    from billing_core.ledger.tables import wallets
+
+    found = list_sub_accounts(uow, agency_id)
+    month = {m.key: m for m in margins_by_sub_account(uow, agency_id, start, end)}
+    balances = dict(uow.connection.execute(select(wallets.c.tenant_id, wallets.c.current_balance).where(
+        wallets.c.tenant_id.in_([s.tenant_id for s in found]))).all()) if found else {}
+    zero = Decimal(0)
+    return [SubAccountLine(s.tenant_id, s.funding,
+                           balances.get(s.tenant_id, zero) if s.funding == PREPAID else None,
+                           month[s.tenant_id].revenue if s.tenant_id in month else zero,
+                           month[s.tenant_id].cost if s.tenant_id in month else zero,
+                           month[s.tenant_id].events if s.tenant_id in month else 0) for s in found]
