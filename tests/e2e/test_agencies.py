@@ -291,3 +291,22 @@ def test_graduated_agency_prices_advance_on_the_agency_position_and_resale_model
     # the sub-account's price list shows the resale price, never the agency's
     listed = api.get(f"{B}/pricing?category={package['category']}", sub_charge).text
     assert "0.75" in listed and '"0.5"' not in listed
+
+
+def test_sub_accounts_calls_count_toward_the_agency_s_limit(api, tenant, make_token):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "10")
+    assert api.request("PATCH", f"{B}/wallet", admin, json={"maxConcurrentCalls": 2}).status_code == 200
+    a, b = create(api, manage, "call-a"), create(api, manage, "call-b")
+    for sub in (a, b):
+        api.post(f"{B}/sub-accounts/{sub}/topups", manage, json={"amount": "5", "idempotencyKey": "t"})
+
+    def hold(who):
+        return api.post(f"{B}/reservations", make_token(who, "billing.charge"), json={
+            "featureKey": "call", "amount": "0.1", "idempotencyKey": f"h-{uuid.uuid4()}"})
+
+    assert hold(a).status_code == 200 and hold(b).status_code == 200
+    for who in (a, b, tenant):  # the tree's two slots are taken, whoever asks
+        refused = hold(who)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["details"]["level"] == "agency"
