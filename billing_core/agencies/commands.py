@@ -4,6 +4,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from billing_core.catalog.commands import PriceRequest
 from billing_core.fields import (
     CatalogKey,
     Description,
@@ -44,4 +45,10 @@ class ResaleMultiplierRequest(Strict):
     provider: CatalogKey | None = None
     model: CatalogKey | None = None
     unit: CatalogKey | None = None
+    subAccountId: TenantId | None = None
+
+
+class ResalePriceRowRequest(PriceRequest):
+    """An explicit resale price (the PUT /pricing shape, any pricing model, effective-dated) for every
+    sub-account of the agency or for `subAccountId`; it wins over the multipliers."""
     subAccountId: TenantId | None = None

@@ -40,13 +40,27 @@ def best_multiplier(multipliers: Iterable[ResaleMultiplier], key: CatalogKey) ->
     return None if found is None else found.multiplier
 
 
+def every_sub_account(agency_id: str) -> str:
+    """The owner of an agency's explicit resale rows for all its sub-accounts (`*` is in no tenant id)."""
+    return f"{agency_id}:*"
+
+
 class ResalePrices(TenantPrices):
-    def __init__(self, agency: TenantPrices, multipliers: Iterable[ResaleMultiplier]):
-        super().__init__(())
+    """Explicit resale rows first (the sub-account's own, then the agency's for every sub-account; any
+    pricing model, effective-dated like any price), else the agency's price times the book's multiplier."""
+
+    def __init__(self, agency: TenantPrices, multipliers: Iterable[ResaleMultiplier], rows: Iterable[Price] = (),
+                 sub_account_id: str | None = None):
+        super().__init__(rows)
         self.agency = agency
         self.multipliers = list(multipliers)
+        self.sub_account_id = sub_account_id
 
     def price_at(self, key: CatalogKey, at: datetime) -> Price | None:
+        explicit = [p for p in self._rows.get(key, ())
+                    if p.effective_from <= at and (p.effective_to is None or p.effective_to > at)]
+        if explicit:
+            return max(explicit, key=lambda p: (p.tenant_id == self.sub_account_id, p.effective_from))
         price = self.agency.price_at(key, at)
         if price is None:
             return None
@@ -61,7 +75,7 @@ class ResalePrices(TenantPrices):
         return self.agency.cost_at(key, at)
 
     def keys(self) -> list[CatalogKey]:
-        return self.agency.keys()
+        return sorted({*self.agency.keys(), *self._rows})
 
 
 def agency_for_prices(connection: Any, tenant_id: str) -> str | None:
@@ -71,6 +85,14 @@ def agency_for_prices(connection: Any, tenant_id: str) -> str | None:
         return None
     return connection.execute(select(sub_accounts.c.tenant_id).where(
         sub_accounts.c.tenant_id == agency, sub_accounts.c.sub_account_id == tenant_id)).scalar_one_or_none()
+
+
+def load_rows(connection: Any, agency_id: str, sub_account_id: str) -> list[Price]:
+    """The explicit resale rows that apply to a sub-account: its own and its agency's for every one."""
+    from billing_core.catalog.tables import prices
+
+    return [Price.from_row(r) for r in connection.execute(select(prices).where(
+        prices.c.tenant_id.in_([sub_account_id, every_sub_account(agency_id)])))]
 
 
 def load_multipliers(connection: Any, agency_id: str, sub_account_id: str | None) -> list[ResaleMultiplier]:

@@ -208,11 +208,12 @@ class Catalog:
                 [ProviderCost(**r._mapping) for r in uow.connection.execute(select(provider_costs))])
         tenant_prices: TenantPrices
         # a sub-account resells its agency's prices through the agency's book (agencies/resale.py)
-        from billing_core.agencies.resale import ResalePrices, agency_for_prices, load_multipliers
+        from billing_core.agencies.resale import ResalePrices, agency_for_prices, load_multipliers, load_rows
         agency = agency_for_prices(uow.connection, tenant_id) if ":" in tenant_id else None
         if agency is not None:
             tenant_prices = ResalePrices(self.for_tenant(uow, agency, revision),
-                                         load_multipliers(uow.connection, agency, tenant_id))
+                                         load_multipliers(uow.connection, agency, tenant_id),
+                                         load_rows(uow.connection, agency, tenant_id), tenant_id)
         else:
             overrides = [Price.from_row(r) for r in uow.connection.execute(
                 select(prices).where(prices.c.tenant_id == tenant_id))]

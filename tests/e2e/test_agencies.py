@@ -310,3 +310,33 @@ def test_sub_accounts_calls_count_toward_the_agency_s_limit(api, tenant, make_to
         refused = hold(who)
         assert refused.status_code == 429, refused.text
         assert refused.json()["error"]["details"]["level"] == "agency"
+
+
+def test_explicit_resale_rows_win_over_multipliers(api, tenant, make_token):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "100")
+    item = new_item()
+    put_price(api, make_token("operator", "billing.admin"), item, unitPrice="0.01")  # global: the agency's price
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "3"})
+    one, other = create(api, manage, "rows-1"), create(api, manage, "rows-2")
+    for sub in (one, other):
+        api.post(f"{B}/sub-accounts/{sub}/topups", manage, json={"amount": "50", "idempotencyKey": "t"})
+    every = api.request("PUT", f"{B}/sub-accounts/prices/rows", manage,
+                        json={**item, "pricingModel": "graduated", "tiers": TIERS})
+    assert every.status_code == 200, every.text
+    own = api.request("PUT", f"{B}/sub-accounts/prices/rows", manage,
+                      json={**item, "unitPrice": "0.02", "subAccountId": one})
+    assert own.status_code == 200, own.text
+    theirs = api.request("PUT", f"{B}/sub-accounts/prices/rows", manage,
+                         json={**item, "unitPrice": "0.02", "subAccountId": f"o-{uuid.uuid4().hex[:6]}:x"})
+    assert theirs.status_code == 404
+
+    def cost(sub, quantity):
+        response = api.post(f"{B}/charge?wait=20", make_token(sub, "billing.charge"), json={
+            "featureKey": "f", "idempotencyKey": f"c-{uuid.uuid4()}", "items": [{**item, "quantity": quantity}]})
+        assert response.status_code == 200, response.text
+        return response.json()["usageEvent"]["totalCost"]
+
+    assert cost(one, "100") == "2"  # its own row: 100 × 0.02
+    assert cost(other, "1200") == "11"  # every sub-account's row: 1000 × 0.01 + 200 × 0.005
+    assert balance(api, make_token, tenant) == Decimal(100) - 13 * Decimal("0.01") * 100

@@ -7,18 +7,22 @@ from typing import Literal
 
 from flask import Response
 
+from billing_core import catalog
 from billing_core.agencies import pricebook, tree
 from billing_core.agencies.commands import (
     ResaleMultiplierRequest,
+    ResalePriceRowRequest,
     SubAccountChange,
     SubAccountRequest,
     SubAccountTopUp,
 )
-from billing_core.agencies.resale import ResaleMultiplier
+from billing_core.agencies.resale import ResaleMultiplier, every_sub_account
+from billing_core.catalog.models import terms_from_request
 from billing_core.errors import NotFound, ValidationFailed
 from billing_core.ledger import credits
 from billing_core.ledger.commands import TopUpRequest
 from web.api.answers import Answer, DecimalString, Timestamp, ok
+from web.api.catalog import PriceResponse, price_out
 from web.api.ledger import CreditResponse, credit_answer
 from web.api.routing import billing, documented
 from web.auth import MANAGE, VIEW, Principal, authenticate
@@ -120,6 +124,31 @@ def put_resale_price() -> Response:
     with unit_of_work() as uow:
         row = pricebook.put_multiplier(uow, principal.tenant_id, command)
     return ok(ResalePriceResponse, price=multiplier_out(row))
+
+
+@billing.put("/sub-accounts/prices/rows")
+@documented({200: PriceResponse}, 403, 404, json=ResalePriceRowRequest)
+@rate_limited(MANAGE)
+def put_resale_price_row() -> Response:
+    """An explicit resale price row (the PUT /pricing shape: any pricing model, effectiveFrom) for every
+    sub-account, or for `subAccountId`; a sub-account's own row wins over the agency-wide one, and both
+    over the multipliers. The row in force until then is closed, never edited."""
+    principal = _agency(MANAGE)
+    command = parse(ResalePriceRowRequest, json_body())
+    if command.tenantId is not None:
+        raise ValidationFailed("tenantId", "name the sub-account with subAccountId")
+    terms = terms_from_request(
+        command.pricingModel, unit_price=command.unitPrice, package_size=command.packageSize,
+        package_price=command.packagePrice, minimum_quantity=command.minimumQuantity,
+        tiers=None if command.tiers is None else [t.model_dump() for t in command.tiers])
+    with unit_of_work() as uow:
+        if command.subAccountId is not None:
+            tree.sub_account_of(uow, principal.tenant_id, command.subAccountId)
+        owner = command.subAccountId or every_sub_account(principal.tenant_id)
+        price = catalog.put_price(uow, tenant_id=owner,
+                                  key=(command.category, command.provider, command.model, command.unit),
+                                  terms=terms, effective_from=command.effectiveFrom, description=command.description)
+    return ok(PriceResponse, price=price_out(price))
 
 
 @billing.get("/sub-accounts/prices")
