@@ -936,8 +936,12 @@ def test_an_agency_s_portal_lists_its_sub_accounts_with_their_margins(browser, a
         row = page.locator("#sub-accounts-table tbody tr").first
         assert row.locator("th").inner_text() == sub
         assert row.locator("td").all_inner_texts() == ["prepaid", "3.5", "1", "1.5", "1", "0.5"]
-    # a sub-account's portal has no such page, and never the agency's price
+    # a sub-account's portal carries its agency's name (not LAD's), has no such page, and never the agency's price
+    details = {"legalName": "Acme Voice Agency Ltd", "address": "1 Agency Road"}
+    assert api.request("PUT", "/api/billing/settings/billing-details", manage, json=details).status_code == 200
     with Visit(browser, viewport=PHONE) as v:
         v.open(portal_link(api, make_token(sub, "billing.manage"), ttlMinutes=30)["url"])
         assert v.page.get_by_role("link", name="Sub-accounts").count() == 0
+        assert v.page.locator(".brand").inner_text().startswith("Acme Voice Agency Ltd")
+        assert "LAD" not in v.page.locator("body").inner_text()
         v.open(v.page.url.rstrip("/") + "/sub-accounts", status=404)

@@ -13,7 +13,7 @@ from billing_core.access import actions, sessions
 from billing_core.access.sessions import PageSession
 from billing_core.agencies import statements, tree
 from billing_core.calls import admission, statement
-from billing_core.documents import receipts
+from billing_core.documents import parties, receipts
 from billing_core.errors import BillingError
 from billing_core.invoicing import invoices
 from billing_core.invoicing.invoices import Period
@@ -148,12 +148,17 @@ def call_statement(external_reference_id: str) -> str:
 
 @portal.context_processor
 def _agency() -> dict[str, Any]:
-    """An agency's portal also lists its sub-accounts (the nav shows the page to agencies only)."""
+    """An agency's portal also lists its sub-accounts (the nav shows the page to agencies only); a
+    sub-account's portal carries its agency's name, not LAD's (white label)."""
     session = g.get("lad_page_session")
     if session is None or session.tenant_id is None:
-        return {"is_agency": False}
+        return {"is_agency": False, "brand": None}
     with unit_of_work() as uow:
-        return {"is_agency": tree.is_agency(uow, session.tenant_id)}
+        sub = tree.find_sub_account(uow, session.tenant_id) if ":" in session.tenant_id else None
+        brand = None
+        if sub is not None:
+            brand = (parties.customer_block(uow, sub.agency_id) or {}).get("legalName") or sub.agency_id
+        return {"is_agency": sub is None and tree.is_agency(uow, session.tenant_id), "brand": brand}
 
 
 @portal.get("/sub-accounts")
