@@ -91,6 +91,12 @@ def test_a_prepaid_sub_account_charge_moves_both_wallets_once(api, tenant, make_
     body = margins.json()["margins"]
     assert (body["revenue"], body["cost"], body["margin"]) == ("1.5", "1", "0.5")
     assert [g["key"] for g in body["groups"]] == [sub]
+    # the price book's preview: the last 30 days at a proposed row, nothing changed
+    preview = api.post(f"{B}/sub-accounts/prices/preview", manage, json={"multiplier": "2", "category": "stt"})
+    assert preview.status_code == 200, preview.text
+    shown = preview.json()["preview"]
+    assert (shown["current"], shown["proposed"], shown["agencyCost"], shown["items"]) == ("1.5", "2", "1", 1)
+    assert api.get(f"{B}/sub-accounts/prices", manage).json()["prices"][0]["multiplier"] == "1.5"
     # the operator sees what LAD charged (the agency price) against the provider's cost, not the resale
     operator = api.get(f"{B}/margins?tenantId={sub}", make_token("operator", "billing.admin")).json()["margins"]
     assert Decimal(operator["revenue"]) + Decimal(operator["uncosted"]["revenue"]) == Decimal(1)

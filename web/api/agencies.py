@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from flask import Response
+from pydantic import Field
 
 from billing_core import catalog
 from billing_core.agencies import pricebook, tree
@@ -149,6 +150,37 @@ def put_resale_price_row() -> Response:
                                   key=(command.category, command.provider, command.model, command.unit),
                                   terms=terms, effective_from=command.effectiveFrom, description=command.description)
     return ok(PriceResponse, price=price_out(price))
+
+
+class BookPreviewOut(Answer):
+    from_: Timestamp = Field(alias="from")
+    to: Timestamp
+    current: DecimalString = Field(description="what the sub-accounts were charged (resale)")
+    proposed: DecimalString = Field(description="what the same items would have cost with the proposed row")
+    agencyCost: DecimalString = Field(description="what LAD charged the agency for them")
+    items: int
+
+
+class BookPreviewResponse(Answer):
+    success: Literal[True]
+    preview: BookPreviewOut
+
+
+@billing.post("/sub-accounts/prices/preview")
+@documented({200: BookPreviewResponse}, 403, 404, json=ResaleMultiplierRequest)
+@rate_limited(VIEW)
+def post_resale_preview() -> Response:
+    """What the last 30 days of the sub-accounts' usage would have cost with this multiplier row in the
+    book (the PUT /sub-accounts/prices body); nothing changes."""
+    principal = _agency(VIEW)
+    command = parse(ResaleMultiplierRequest, json_body())
+    with unit_of_work() as uow:
+        if command.subAccountId is not None:
+            tree.sub_account_of(uow, principal.tenant_id, command.subAccountId)
+        found = pricebook.preview(uow, principal.tenant_id, command)
+    return ok(BookPreviewResponse, preview=BookPreviewOut(
+        from_=found.start, to=found.end, current=found.current, proposed=found.proposed,
+        agencyCost=found.agency_cost, items=found.items))
 
 
 @billing.get("/sub-accounts/prices")

@@ -361,7 +361,7 @@ def _period(value: str | None, default: Period | None = None) -> Period:
 
 
 @billing.get("/invoices")
-@documented({200: InvoicesResponse}, 403, query=InvoicesQuery)
+@documented({200: InvoicesResponse}, 404, 403, query=InvoicesQuery)
 @rate_limited(VIEW)
 def get_invoices() -> Response:
     """The tenant's issued documents of one `type`: monthly invoices (the default; newest month first,
@@ -385,7 +385,7 @@ def get_invoices() -> Response:
 
 
 @billing.get("/invoices/preview")
-@documented({200: InvoiceResponse}, 403, 409, query=PeriodQuery)
+@documented({200: InvoiceResponse}, 404, 403, 409, query=PeriodQuery)
 @rate_limited(VIEW)
 def get_invoice_preview() -> Response:
     """The draft of a month (default: the current one), computed as the rollup computes it; nothing is
@@ -547,7 +547,7 @@ def margins_report(connection: Connection, query: MarginsQuery) -> Margins:
 
 
 @billing.get("/invoices/margins")
-@documented({200: InvoiceMarginsResponse}, 403, 409, query=InvoiceMarginsQuery)
+@documented({200: InvoiceMarginsResponse}, 404, 403, 409, query=InvoiceMarginsQuery)
 @rate_limited(ADMIN)
 def get_invoice_margins() -> Response:
     """Operators' view of a month's invoice data (default: the current month): each usage line, as the

@@ -235,7 +235,7 @@ def batch_result(index: int, a: Acceptance) -> dict[str, Any]:
 
 
 @billing.post("/charge")
-@documented({200: ChargeResponse, 202: ChargeAccepted}, 402, 403, 409, 410, 413, 422,
+@documented({200: ChargeResponse, 202: ChargeAccepted}, 404, 402, 403, 409, 410, 413, 422,
             json=ChargeRequest, query=ChargeQuery)
 @rate_limited(CHARGE)  # never the depleted limit: usage that happened is always recorded
 def post_charge() -> Response:
@@ -265,7 +265,7 @@ def _batch_weight() -> int:
 
 
 @billing.post("/charges")
-@documented({202: ChargeBatchResponse}, 403, 413, json=ChargeBatchDocumented)
+@documented({202: ChargeBatchResponse}, 404, 403, 413, json=ChargeBatchDocumented)
 @rate_limited(CHARGE, weight=_batch_weight)
 def post_charges() -> Response:
     """Submit up to 1,000 charges at once: durable in one transaction, each with its own outcome."""
@@ -359,7 +359,7 @@ def get_task(task_id: str) -> Response:
 
 
 @billing.get("/usage")
-@documented({200: UsageResponse}, 403, query=UsageQuery)
+@documented({200: UsageResponse}, 404, 403, query=UsageQuery)
 @rate_limited(VIEW)
 def get_usage() -> Response:
     principal = authenticate(VIEW)
