@@ -71,3 +71,8 @@ class RefundExceeded(BillingError):
 class ConcurrencyLimit(BillingError):
     """Every call slot of the tenant's plan (or of the feature) is taken: the call is refused at start."""
     code = "concurrency_limit"
+
+
+class SubAccountExists(BillingError):
+    """The tenant id a sub-account would take already has a billing record, or is one already."""
+    code = "sub_account_exists"

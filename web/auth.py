@@ -127,12 +127,23 @@ def managed_tenant(requested: str | None) -> tuple[Principal, str]:
 
 
 def tenant_for(principal: Principal, requested: str | None) -> str:
-    """The tenant an operation acts on: the token's, or any tenant named by a billing.admin token."""
+    """The tenant an operation acts on: the token's, any tenant named by a billing.admin token, or
+    one of its own sub-accounts named by an agency's token. Inside an agency's tree any other name
+    is not found (404): a sub-account cannot tell its agency or a sibling exists."""
     if requested is None or requested == principal.tenant_id:
         return principal.tenant_id
-    if ADMIN not in principal.capabilities:
-        raise ApiError("forbidden", "only a billing.admin token may name another tenant", {"field": "tenantId"})
-    return requested
+    if ADMIN in principal.capabilities:
+        return requested
+    from billing_core.agencies import tree
+    from web.runtime import unit_of_work
+
+    with unit_of_work() as uow:
+        if tree.agency_of(requested) == principal.tenant_id and tree.find_sub_account(uow, requested) is not None:
+            return requested
+        in_tree = tree.is_agency(uow, principal.tenant_id) or tree.find_sub_account(uow, principal.tenant_id)
+    if in_tree:
+        raise ApiError("not_found", f"tenant {requested} not found", {"field": "tenantId"})
+    raise ApiError("forbidden", "only a billing.admin token may name another tenant", {"field": "tenantId"})
 
 
 def issue_token(settings: TokenSettings, *, tenant_id: str, capabilities: list[str], subject: str = "dev",

@@ -28,6 +28,7 @@ STATUS_BY_CODE = {
     "method_not_allowed": 405,
     "idempotency_conflict": 409,
     "reservation_closed": 409,
+    "sub_account_exists": 409,
     "period_not_closed": 409,
     "period_not_started": 409,
     "reservation_expired": 410,

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from billing_core import money
+from billing_core.agencies.slots import check_agency_slots
 from billing_core.calls.plans import CallPlan, load_plan
 from billing_core.errors import ConcurrencyLimit, InsufficientBalance
 from billing_core.ledger.book import WalletBook
@@ -98,5 +99,7 @@ def admit(book: WalletBook, feature_key: str) -> Admission:
         if feature_active >= feature_limit:
             raise ConcurrencyLimit(f"every call slot of {feature_key} is taken",
                                    {"limit": feature_limit, "active": feature_active, "featureKey": feature_key})
+    # in an agency's tree, the agency's plan bounds the calls of the whole tree (agencies/slots.py)
+    check_agency_slots(book.uow, book.tenant_id)
     burst = plan.max_concurrent_calls is not None and active >= plan.max_concurrent_calls
     return Admission(plan.burst_multiplier if burst else None, concurrency(plan, active + 1))

@@ -216,11 +216,20 @@ class Catalog:
             global_rows = ([Price.from_row(r) for r in uow.connection.execute(
                 select(prices).where(prices.c.tenant_id.is_(None)))],
                 [ProviderCost(**r._mapping) for r in uow.connection.execute(select(provider_costs))])
-        overrides = [Price.from_row(r) for r in uow.connection.execute(
-            select(prices).where(prices.c.tenant_id == tenant_id))]
-        adjustments = [Adjustment(**r._mapping) for r in uow.connection.execute(
-            select(price_adjustments).where(price_adjustments.c.tenant_id == tenant_id))]
-        tenant_prices = TenantPrices([*global_rows[0], *overrides], adjustments, global_rows[1])
+        tenant_prices: TenantPrices
+        # a sub-account resells its agency's prices through the agency's book (agencies/resale.py)
+        from billing_core.agencies.resale import ResalePrices, agency_for_prices, load_multipliers, load_rows
+        agency = agency_for_prices(uow.connection, tenant_id) if ":" in tenant_id else None
+        if agency is not None:
+            tenant_prices = ResalePrices(self.for_tenant(uow, agency, revision),
+                                         load_multipliers(uow.connection, agency, tenant_id),
+                                         load_rows(uow.connection, agency, tenant_id), tenant_id)
+        else:
+            overrides = [Price.from_row(r) for r in uow.connection.execute(
+                select(prices).where(prices.c.tenant_id == tenant_id))]
+            adjustments = [Adjustment(**r._mapping) for r in uow.connection.execute(
+                select(price_adjustments).where(price_adjustments.c.tenant_id == tenant_id))]
+            tenant_prices = TenantPrices([*global_rows[0], *overrides], adjustments, global_rows[1])
         with self._lock:
             if version == self._version:
                 self._global = global_rows

@@ -11,9 +11,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
+from billing_core.agencies.tables import sub_accounts
 from billing_core.db import UnitOfWork
 from billing_core.documents.commands import BillingDetailsRequest, IssuerRequest, TaxTreatmentRequest
-from billing_core.documents.tables import billing_details, issuers, tax_treatments
+from billing_core.documents.tables import billing_details, document_series, issuers, tax_treatments
 
 PLATFORM_ISSUER = "platform"
 # the standard wording of an intra-EU reverse charge (Council Directive 2006/112/EC, Article 196)
@@ -62,6 +63,40 @@ EXEMPT = TaxTreatment("exempt", None, None)
 def get_issuer(uow: UnitOfWork, issuer_id: str = PLATFORM_ISSUER) -> Issuer:
     row = uow.connection.execute(select(issuers).where(issuers.c.id == issuer_id)).one()
     return Issuer(row.id, row.legal_name, row.address, row.tax_id, row.email, row.number_prefix)
+
+
+def agency_issuer_id(agency_id: str) -> str:
+    return f"agency:{agency_id}"
+
+
+def issuer_for(uow: UnitOfWork, tenant_id: str) -> Issuer:
+    """Who issues the tenant's documents: its agency for a sub-account (white label: the agency's
+    name, address and tax id from its billing details, its own number series, nothing of LAD's), the
+    platform for everyone else. The agency's block is refreshed from its billing details as it issues."""
+    agency = _agency_of(uow, tenant_id)
+    return get_issuer(uow) if agency is None else agency_issuer(uow, agency)
+
+
+def agency_issuer(uow: UnitOfWork, agency: str) -> Issuer:
+    """The agency as issuer of its sub-accounts' documents, its block refreshed from its billing
+    details (its own name when it has set none), its series created at 1 on first use."""
+    issuer_id = agency_issuer_id(agency)
+    details = customer_block(uow, agency) or {"legalName": agency, "address": "", "taxId": None}
+    values = {"legal_name": details["legalName"], "address": details["address"], "tax_id": details["taxId"],
+              "updated_at": func.now()}
+    uow.connection.execute(insert(issuers).values(id=issuer_id, email=None, number_prefix=f"{agency}-", **values)
+                           .on_conflict_do_update(index_elements=[issuers.c.id], set_=values))
+    uow.connection.execute(insert(document_series).values(issuer_id=issuer_id, next_number=1)
+                           .on_conflict_do_nothing())
+    return get_issuer(uow, issuer_id)
+
+
+def _agency_of(uow: UnitOfWork, tenant_id: str) -> str | None:
+    agency, colon, _ = tenant_id.rpartition(":")
+    if not colon or not agency:
+        return None
+    return uow.connection.execute(select(sub_accounts.c.tenant_id).where(
+        sub_accounts.c.tenant_id == agency, sub_accounts.c.sub_account_id == tenant_id)).scalar_one_or_none()
 
 
 def set_issuer(uow: UnitOfWork, command: IssuerRequest, issuer_id: str = PLATFORM_ISSUER) -> Issuer:

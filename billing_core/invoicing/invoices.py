@@ -358,6 +358,22 @@ JOIN {item_parts} i ON i.usage_event_id = e.id
 GROUP BY 1, 2, 3, 4, 5, 6, 7
 """
 
+# 3c. an agency's debits for its sub-accounts' events (agency_charges, in the same transaction as the
+# sub-account's event was charged): at the agency's price, one line per sub-account, feature and price,
+# "category" sub_account and "provider" the sub-account's id, each event one unit at the price LAD charged
+_DRAFT_AGENCY_USAGE = """
+INSERT INTO invoice_draft_usage
+SELECT {columns}
+FROM usage_events e
+JOIN (SELECT a.tenant_id, a.usage_event_id, a.sub_account_id, 'sub_account' AS category,
+             a.sub_account_id AS provider, 'usage' AS model, 'event' AS unit, a.agency_amount AS unit_price,
+             1 AS quantity, a.agency_amount AS cost
+      FROM agency_charges a WHERE true {tenant_a}) i
+  ON e.tenant_id = i.sub_account_id AND e.id = i.usage_event_id
+WHERE e.status = 'charged' AND e.charged_at >= :start AND e.charged_at < :end
+GROUP BY 1, 2, 3, 4, 5, 6, 7
+"""
+
 # 4. the lines, numbered per invoice: usage first (the month's, then prior-period), then credits by type
 _DRAFT_LINES = """
 CREATE TEMP TABLE invoice_draft_lines ON COMMIT DROP AS
@@ -491,6 +507,7 @@ WITH created AS (
           FROM invoice_draft_headers d
           WHERE d.problem IS NULL
             AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = d.tenant_id AND i.period = d.period)
+            {scope}
          ) h
     ORDER BY h.tenant_id
     RETURNING id, tenant_id, number
@@ -512,6 +529,7 @@ def _prepare(uow: UnitOfWork, period: Period, tenant_id: str | None) -> None:
     tenant = "" if tenant_id is None else "AND tenant_id = :tenant_id"
     tenant_l = "" if tenant_id is None else "AND l.tenant_id = :tenant_id"
     tenant_e = "" if tenant_id is None else "AND e.tenant_id = :tenant_id"
+    tenant_a = "" if tenant_id is None else "AND a.tenant_id = :tenant_id"
     bounds = _BOUNDS.format(tenant=tenant)
     month = _MONTH_OF_CHAIN.format(tenant_l=tenant_l)
     minor = _minor_unit_sql("w.currency")
@@ -530,6 +548,8 @@ def _prepare(uow: UnitOfWork, period: Period, tenant_id: str | None) -> None:
                              ("invoice_draft_usage", _DRAFT_USAGE_MOVED.format(bounds=bounds, tenant_l=tenant_l,
                                                                                columns=moved_columns,
                                                                                item_parts=_ITEM_PARTS)),
+                             ("invoice_draft_usage", _DRAFT_AGENCY_USAGE.format(columns=usage_columns,
+                                                                                tenant_a=tenant_a)),
                              ("invoice_draft_lines", _DRAFT_LINES.format(minor_unit=minor)),
                              ("invoice_draft_headers", _DRAFT_HEADERS.format(minor_unit=minor))):
         uow.connection.execute(text(statement), params)
@@ -611,24 +631,43 @@ def rollup(uow: UnitOfWork, period: Period, *, tenant_id: str | None = None,
                   tenants_refused=len(refused), refused=refused[:20])
     columns = ", ".join(_DRAFT_COLUMNS)
     line_columns = ", ".join(c for c in _LINE_INSERT_COLUMNS)
-    to_write = connection.execute(text("""
-        SELECT count(*) FROM invoice_draft_headers h WHERE h.problem IS NULL
-          AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = h.tenant_id AND i.period = h.period)
-    """)).scalar_one()
-    issuer = parties.get_issuer(uow)
-    series = numbering.take(uow, issuer.id, to_write)  # the series stays locked until the commit
-    rows = connection.execute(text(_WRITE.format(
-        columns=columns, columns_h=", ".join(f"h.{c}" for c in _DRAFT_COLUMNS),
-        line_columns=f"tenant_id, {line_columns}",
-        line_columns_l=", ".join(f"l.{c}" for c in ["tenant_id", *_LINE_INSERT_COLUMNS]))),
-        {"prefix": series.prefix, "first_number": series.first, "digits": numbering.DIGITS,
-         "issuer_id": issuer.id, "issuer": json.dumps(issuer.block())}).all()
-    if len(rows) != to_write:  # cannot happen under the period's lock; never leave a gap if it does
-        raise RuntimeError(f"invoice rollup wrote {len(rows)} invoices, numbered {to_write}")
-    numbering.record(uow, series, [(int(r.number[len(series.prefix):]), r.tenant_id, "invoice", r.id)
-                                   for r in rows], uow.now())
-    created = [(r.id, r.tenant_id) for r in rows]
-    lines = int(rows[0].lines) if rows else 0
+    created: list[tuple[uuid.UUID, str]] = []
+    lines = 0
+    # one series per issuer: the platform's invoices, then each agency's to its sub-accounts (white label)
+    agencies = connection.execute(text("""
+        SELECT DISTINCT s.tenant_id FROM invoice_draft_headers h
+        JOIN sub_accounts s ON s.tenant_id = left(h.tenant_id, length(h.tenant_id) - strpos(reverse(h.tenant_id), ':'))
+             AND s.sub_account_id = h.tenant_id
+        ORDER BY 1""")).scalars().all()
+    for agency in [None, *agencies]:
+        if agency is None:
+            scope = ("AND NOT EXISTS (SELECT 1 FROM sub_accounts s WHERE "
+                     "s.tenant_id = left({t}, length({t}) - strpos(reverse({t}), ':')) AND s.sub_account_id = {t})")
+            issuer = parties.get_issuer(uow)
+        else:
+            scope = "AND EXISTS (SELECT 1 FROM sub_accounts s WHERE s.tenant_id = :agency AND s.sub_account_id = {t})"
+            issuer = parties.agency_issuer(uow, agency)  # refreshed from the agency's details
+        to_write = connection.execute(text(f"""
+            SELECT count(*) FROM invoice_draft_headers h WHERE h.problem IS NULL
+              AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = h.tenant_id AND i.period = h.period)
+              {scope.format(t="h.tenant_id")}
+        """), {"agency": agency}).scalar_one()
+        if to_write == 0 and agency is not None:
+            continue
+        series = numbering.take(uow, issuer.id, to_write)  # the series stays locked until the commit
+        rows = connection.execute(text(_WRITE.format(
+            columns=columns, columns_h=", ".join(f"h.{c}" for c in _DRAFT_COLUMNS),
+            line_columns=f"tenant_id, {line_columns}",
+            line_columns_l=", ".join(f"l.{c}" for c in ["tenant_id", *_LINE_INSERT_COLUMNS]),
+            scope=scope.format(t="d.tenant_id"))),
+            {"prefix": series.prefix, "first_number": series.first, "digits": numbering.DIGITS,
+             "issuer_id": issuer.id, "issuer": json.dumps(issuer.block()), "agency": agency}).all()
+        if len(rows) != to_write:  # cannot happen under the period's lock; never leave a gap if it does
+            raise RuntimeError(f"invoice rollup wrote {len(rows)} invoices, numbered {to_write}")
+        numbering.record(uow, series, [(int(r.number[len(series.prefix):]), r.tenant_id, "invoice", r.id)
+                                       for r in rows], uow.now())
+        created += [(r.id, r.tenant_id) for r in rows]
+        lines += int(rows[0].lines) if rows else 0
     connection.execute(text("""
         INSERT INTO invoice_runs (id, period, tenant_id, task_id, invoices_created, lines_created, refused,
                                   started_at)
@@ -667,7 +706,7 @@ def preview(uow: UnitOfWork, tenant_id: str, period: Period) -> Invoice:
         draft = Invoice(id=None, status=DRAFT, created_at=now, finalized_at=None,
                         lines=tuple(InvoiceLine(**r._mapping) for r in lines), **header._mapping)
     # a draft shows who it would be from and to, as of now; it has no number (only issuing gives one)
-    issuer = parties.get_issuer(uow)
+    issuer = parties.issuer_for(uow, tenant_id)
     draft = replace(draft, issuer_id=issuer.id, issuer=issuer.block(), customer=parties.customer_block(uow, tenant_id))
     uow.rollback()
     return draft

@@ -98,10 +98,11 @@ WITH refunded AS (
     ) AS both_kinds
     GROUP BY 1, 2
 ), items AS (
-    SELECT {key} AS key, e.id AS event_id, i.cost, i.provider_cost,
+    -- LAD's revenue from a sub-account's item is what it charged the agency (agency_cost), not the resale
+    SELECT {key} AS key, e.id AS event_id, coalesce(i.agency_cost, i.cost) AS cost, i.provider_cost,
            coalesce(f.amount, 0) AS refunded, coalesce(c.amount, 0) AS corrected,
            row_number() OVER (PARTITION BY e.id ORDER BY i.position DESC) AS from_last,
-           coalesce(sum(i.cost) OVER (PARTITION BY e.id ORDER BY i.position DESC
+           coalesce(sum(coalesce(i.agency_cost, i.cost)) OVER (PARTITION BY e.id ORDER BY i.position DESC
                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS later_cost
     FROM usage_events e
     JOIN usage_event_items i ON i.tenant_id = e.tenant_id AND i.usage_event_id = e.id

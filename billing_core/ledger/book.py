@@ -188,7 +188,8 @@ class WalletBook:
                usage_event_id: uuid.UUID | None = None, reservation_id: uuid.UUID | None = None,
                grant_id: uuid.UUID | None = None, related_entry_id: uuid.UUID | None = None,
                reference: str | None = None, description: str | None = None,
-               idempotency_key: str | None = None, created_by: str | None = None) -> dict[str, Any]:
+               idempotency_key: str | None = None, created_by: str | None = None,
+               sub_account_event_id: uuid.UUID | None = None) -> dict[str, Any]:
         before = self.balance
         self.balance = money.add(before, amount)
         self.reserved = money.add(self.reserved, reserved_change)
@@ -196,7 +197,8 @@ class WalletBook:
                  "entry_type": entry_type, "amount": amount, "balance_before": before, "balance_after": self.balance,
                  "usage_event_id": usage_event_id, "reference": reference, "description": description,
                  "idempotency_key": idempotency_key, "created_by": created_by, "reserved_change": reserved_change,
-                 "reservation_id": reservation_id, "grant_id": grant_id, "related_entry_id": related_entry_id}
+                 "reservation_id": reservation_id, "grant_id": grant_id, "related_entry_id": related_entry_id,
+                 "sub_account_event_id": sub_account_event_id}
         self._changes.entries.append(entry)
         return entry
 

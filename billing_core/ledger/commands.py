@@ -54,4 +54,5 @@ class WalletSettingsRequest(CallPlanRequest):
     overdraftLimit: NonNegativeAmount | None = None
     clearFlag: bool | None = None
     tax: TaxTreatmentRequest | None = None  # how the tenant's credit purchases are taxed (receipts)
+    reseller: bool | None = None  # an agency: it may create sub-accounts and resell to them
     tenantId: TenantId | None = None

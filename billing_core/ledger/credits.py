@@ -60,9 +60,11 @@ def _commit(uow: UnitOfWork, book: WalletBook, key: str, purchase: Grant | None 
     return CreditResult(entry, replayed=False, grant=grant)
 
 
-def top_up(uow: UnitOfWork, tenant_id: str, command: TopUpRequest, *, created_by: str | None) -> CreditResult:
+def top_up(uow: UnitOfWork, tenant_id: str, command: TopUpRequest, *, created_by: str | None,
+           receipt: bool = True) -> CreditResult:
     """Credit the wallet with a new grant and commit; a repeated key replays the first entry.
-    Top-ups work on a blocked wallet too."""
+    Top-ups work on a blocked wallet too. `receipt=False`: LAD received no money (an agency crediting
+    its sub-account with what its client paid it), so no receipt is issued."""
     key = command.idempotencyKey
     replay = _claimed(uow, tenant_id, key, "topup", command)
     if replay is not None:
@@ -73,7 +75,8 @@ def top_up(uow: UnitOfWork, tenant_id: str, command: TopUpRequest, *, created_by
                               expires_at=command.expiresAt, reference=key, description=command.description,
                               idempotency_key=key, created_by=created_by)
     # an operator's paid top-up records money received: it issues a receipt (promotional ones do not)
-    return _commit(uow, book, key, purchase=grant, description=command.description or "Credit purchase")
+    return _commit(uow, book, key, purchase=grant if receipt else None,
+                   description=command.description or "Credit purchase")
 
 
 def adjust(uow: UnitOfWork, tenant_id: str, command: AdjustmentRequest, *, created_by: str | None) -> CreditResult:

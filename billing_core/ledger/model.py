@@ -108,6 +108,7 @@ class LedgerEntry:
     reservation_id: uuid.UUID | None = None
     grant_id: uuid.UUID | None = None
     related_entry_id: uuid.UUID | None = None
+    sub_account_event_id: uuid.UUID | None = None  # an agency's debit for its sub-account's usage event
 
 
 @dataclass

@@ -53,6 +53,7 @@ ledger_entries = Table(
     Column("reservation_id", Uuid),
     Column("grant_id", Uuid),  # the grant a top-up created or an expiry ended
     Column("related_entry_id", Uuid),  # a refund's debit, a clawback's top-up
+    Column("sub_account_event_id", Uuid),  # an agency's debit for one of its sub-accounts' usage events
 )
 
 

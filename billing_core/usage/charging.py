@@ -12,6 +12,8 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 
 from billing_core import money
+from billing_core.agencies.charging import AgencyLevel
+from billing_core.agencies.tree import find_sub_account
 from billing_core.calls.plans import CallPlan, load_plan
 from billing_core.catalog import CATALOG, TierPositions, price_items
 from billing_core.catalog.models import GRADUATED
@@ -171,6 +173,9 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
 
     catalog = CATALOG.for_tenant(uow, tenant_id)
     plan = load_plan(uow.connection, tenant_id)
+    # a sub-account's charge moves its agency's wallet too, in this transaction (agencies/charging.py)
+    sub_account = find_sub_account(uow, tenant_id) if ":" in tenant_id else None
+    agency = AgencyLevel(uow, sub_account) if sub_account is not None else None
     bursts: dict[uuid.UUID, Decimal] = {}  # burst calls' events: their items are priced at the multiplier
     # graduated tiers: where each month stands, read under the wallet lock (the book holds it) and
     # advanced event by event, only for the events charged; written with the debits
@@ -194,7 +199,22 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
             hold = book.holds.get(event.reservation_id) if event.reservation_id is not None else None
             if hold is not None and hold.burst_multiplier is not None:
                 cost = money.multiply(cost, hold.burst_multiplier)  # = the sum of the items' multiplied costs
-            _charge(book, event, cost, plan)
+            if agency is None:
+                _charge(book, event, cost, plan)
+            else:
+                agency_cost, agency_advances = agency.price(items[event.id], event.created_at)
+                agency.check(event.created_at, cost, agency_cost)
+                if agency.prepaid:
+                    try:
+                        _charge(book, event, cost, plan)
+                    except InsufficientBalance as short:
+                        short.details["wallet"] = "sub_account"
+                        raise
+                else:  # billed by the agency: a zero entry keeps every charged event's one debit
+                    book.debit(Decimal(0), usage_event_id=event.id, reference=event.external_reference_id,
+                               description=f"{event.feature_key} usage (billed by the agency)",
+                               idempotency_key=event.idempotency_key, created_by=event.user_id)
+                agency.record(event, cost, agency_cost, agency_advances)
         except _REFUSALS as refusal:
             outcomes.append(SettleOutcome(event.id, UsageEventStatus.REJECTED, code=refusal.code,
                                           reason=refusal.message, details=refusal.details))
@@ -225,6 +245,8 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
     expiry.end_due(book)  # holds kept for this group's charges that turned out too late
     book.flush()
     positions.flush()
+    if agency is not None:
+        agency.flush()
     for exceeded in book.budgets.take_exceeded():  # `alert` budgets: delivered by the notification sweep
         outbox.enqueue(uow, tenant_id, "budget.exceeded", exceeded)
     _settle_events(uow, tenant_id, outcomes)

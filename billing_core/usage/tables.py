@@ -59,4 +59,5 @@ usage_event_items = Table(
     Column("pricing", JSONB(none_as_null=True)),  # how it was priced when more than quantity x unit price (0010)
     Column("unit_cost", Money),  # the provider's unit cost in force at the event's time; NULL: uncosted
     Column("provider_cost", Money),  # quantity x unit_cost
+    Column("agency_cost", Money),  # a sub-account's item: what LAD charged its agency for it (operators only)
 )

@@ -916,3 +916,32 @@ def test_the_portal_refuses_what_the_api_refuses_and_removes_what_it_created(api
         assert put.status_code == 200 and put.json()["budget"]["featureKey"] == "voice/agent", put.text
         assert api.request("DELETE", f"/api/billing/budgets/{path}", tokens["manage"]).status_code == 200
         assert "voice/agent" not in budgets()
+
+
+@pytest.mark.browser
+def test_an_agency_s_portal_lists_its_sub_accounts_with_their_margins(browser, api, make_token):
+    agency = f"agency-{uuid.uuid4().hex[:8]}"
+    admin, manage = make_token(agency, "billing.admin"), make_token(agency, "billing.manage")
+    assert api.request("PATCH", "/api/billing/wallet", admin, json={"reseller": True}).status_code == 200
+    top_up(api, admin, "10")
+    made = api.post("/api/billing/sub-accounts", manage, json={"name": "client-1", "funding": "prepaid"})
+    sub = made.json()["subAccount"]["tenantId"]
+    api.request("PUT", "/api/billing/sub-accounts/prices", manage, json={"multiplier": "1.5"})
+    api.post(f"/api/billing/sub-accounts/{sub}/topups", manage, json={"amount": "5", "idempotencyKey": "t"})
+    charge(api, make_token(sub, "billing.charge", "billing.view"), "transcribe", stt_items("10000"))
+    with Visit(browser, viewport=PHONE) as v:
+        page = v.page
+        v.open(portal_link(api, manage, ttlMinutes=30)["url"])
+        v.click(page.get_by_role("link", name="Sub-accounts", exact=True), "portal-sub-accounts")
+        row = page.locator("#sub-accounts-table tbody tr").first
+        assert row.locator("th").inner_text() == sub
+        assert row.locator("td").all_inner_texts() == ["prepaid", "3.5", "1", "1.5", "1", "0.5"]
+    # a sub-account's portal carries its agency's name (not LAD's), has no such page, and never the agency's price
+    details = {"legalName": "Acme Voice Agency Ltd", "address": "1 Agency Road"}
+    assert api.request("PUT", "/api/billing/settings/billing-details", manage, json=details).status_code == 200
+    with Visit(browser, viewport=PHONE) as v:
+        v.open(portal_link(api, make_token(sub, "billing.manage"), ttlMinutes=30)["url"])
+        assert v.page.get_by_role("link", name="Sub-accounts").count() == 0
+        assert v.page.locator(".brand").inner_text().startswith("Acme Voice Agency Ltd")
+        assert "LAD" not in v.page.locator("body").inner_text()
+        v.open(v.page.url.rstrip("/") + "/sub-accounts", status=404)

@@ -2,6 +2,7 @@
 their representations together); `routing` holds the blueprint they all join."""
 from web.api import (  # noqa: F401
     access,
+    agencies,
     calls,
     catalog,
     corrections,

@@ -62,7 +62,7 @@ def _session_out(new: sessions.NewSession, endpoint: str) -> SessionOut:
 
 
 @billing.post("/portal-sessions")
-@documented({200: PortalSessionResponse}, 403, json=PortalSessionRequest)
+@documented({200: PortalSessionResponse}, 404, 403, json=PortalSessionRequest)
 @rate_limited(MANAGE)
 def post_portal_session() -> Response:
     """A link to the tenant's billing portal (embeddable in an iframe where PORTAL_FRAME_ANCESTORS allows),

@@ -190,7 +190,7 @@ def put_price_adjustment() -> Response:
 
 
 @billing.get("/pricing/adjustments")
-@documented({200: AdjustmentsResponse}, 403, query=AdjustmentsQuery)
+@documented({200: AdjustmentsResponse}, 404, 403, query=AdjustmentsQuery)
 @rate_limited(ADMIN)
 def get_price_adjustments() -> Response:
     principal = authenticate(ADMIN)

@@ -75,7 +75,7 @@ def get_issuer() -> Response:
 
 
 @billing.put("/settings/billing-details")
-@documented({200: BillingDetailsResponse}, 403, json=BillingDetailsRequest)
+@documented({200: BillingDetailsResponse}, 404, 403, json=BillingDetailsRequest)
 @rate_limited(MANAGE)
 def put_billing_details() -> Response:
     """The customer block of the tenant's documents (legal name, address, tax id), from the next
@@ -88,7 +88,7 @@ def put_billing_details() -> Response:
 
 
 @billing.get("/settings/billing-details")
-@documented({200: BillingDetailsResponse}, 403, query=BillingDetailsQuery)
+@documented({200: BillingDetailsResponse}, 404, 403, query=BillingDetailsQuery)
 @rate_limited(MANAGE)
 def get_billing_details() -> Response:
     _, tenant_id = managed_tenant(parse_query(BillingDetailsQuery).tenantId)

@@ -2,6 +2,7 @@
 month (nothing stored), and the rollup of a closed month on demand (billing.admin)."""
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from flask import Response, make_response
@@ -9,6 +10,8 @@ from pydantic import Field
 from sqlalchemy.engine import Connection
 
 from billing_core import logs, money
+from billing_core.agencies import statements, tree
+from billing_core.catalog.positions import month_of
 from billing_core.documents import credit_notes, receipts
 from billing_core.documents.credit_notes import CreditNote
 from billing_core.documents.receipts import Receipt
@@ -59,7 +62,9 @@ class PeriodQuery(Query):
 class MarginsQuery(Query):
     from_: Annotated[TimeBound | None, Field(alias="from")] = None  # default: the start of this UTC month
     to: TimeBound | None = None  # default: now
-    groupBy: Literal["tenant", "featureKey", "category", "provider", "model"] = "tenant"
+    groupBy: Literal["tenant", "featureKey", "category", "provider", "model", "subAccount"] = Field(
+        "tenant", description="subAccount: an agency's resale revenue, its cost (what LAD charges it) and its "
+        "margin per sub-account; the one grouping an agency's billing.view token may ask for")
     tenantId: TenantId | None = None
 
 
@@ -417,7 +422,7 @@ def _period(value: str | None, default: Period | None = None) -> Period:
 
 
 @billing.get("/invoices")
-@documented({200: InvoicesResponse}, 403, query=InvoicesQuery)
+@documented({200: InvoicesResponse}, 404, 403, query=InvoicesQuery)
 @rate_limited(VIEW)
 def get_invoices() -> Response:
     """The tenant's issued documents of one `type`: monthly invoices (the default; newest month first,
@@ -444,7 +449,7 @@ def get_invoices() -> Response:
 
 
 @billing.get("/invoices/preview")
-@documented({200: InvoiceResponse}, 403, 409, query=PeriodQuery)
+@documented({200: InvoiceResponse}, 404, 403, 409, query=PeriodQuery)
 @rate_limited(VIEW)
 def get_invoice_preview() -> Response:
     """The draft of a month (default: the current one), computed as the rollup computes it; nothing is
@@ -559,18 +564,46 @@ def get_invoice(invoice_id: str) -> Response:
 
 
 @billing.get("/margins")
-@documented({200: MarginsResponse}, 403, query=MarginsQuery)
-@rate_limited(ADMIN)
+@documented({200: MarginsResponse}, 403, 404, query=MarginsQuery)
+@rate_limited(VIEW)
 def get_margins() -> Response:
     """Revenue, provider cost and margin of charged usage less refunds, by event time in [from, to)
-    (default: this UTC month so far); every tenant, or the one named by tenantId."""
-    authenticate(ADMIN)
+    (default: this UTC month so far); every tenant, or the one named by tenantId. `groupBy=subAccount`
+    (an agency's billing.view token, or the operator naming the agency): the agency's resale revenue,
+    its cost at its own prices and its margin, per sub-account."""
+    principal = authenticate(VIEW)
     query = parse_query(MarginsQuery)
+    if query.groupBy == "subAccount":
+        agency = query.tenantId if ADMIN in principal.capabilities and query.tenantId else principal.tenant_id
+        return ok(MarginsResponse, margins=agency_margins(agency, query))
+    authenticate(ADMIN)
     # a report over many events: the replica's (READ_DATABASE_URL) when there is one
     with runtime().read_engine.connect() as connection:
         report = margins_report(connection, query)
         connection.rollback()
     return ok(MarginsResponse, margins=report)
+
+
+def agency_margins(agency_id: str, query: MarginsQuery) -> Margins:
+    """An agency's margins per sub-account: revenue at resale, cost at the agency's price; no provider
+    cost (the operator's alone), so nothing is uncosted."""
+    with unit_of_work() as uow:
+        if not tree.is_agency(uow, agency_id):
+            raise NotFound("this tenant is not an agency")
+        now = uow.now()
+        start = time_bound(query.from_, "from", end=False) or month_of(now)
+        end = time_bound(query.to, "to", end=True) or now
+        groups = statements.margins_by_sub_account(uow, agency_id, start, end)
+    revenue, cost = money.total(g.revenue for g in groups), money.total(g.cost for g in groups)
+    zero = Decimal(0)
+    # corrections of sub-accounts' events are not yet split by level: the agency's groups show none
+    return Margins(
+        revenue=revenue, cost=cost, margin=money.subtract(revenue, cost),
+        marginPercent=margin_report.margin_percent(revenue, cost), corrections=zero,
+        groups=[MarginGroup(key=g.key, revenue=g.revenue, cost=g.cost, margin=g.margin,
+                            marginPercent=margin_report.margin_percent(g.revenue, g.cost), events=g.events,
+                            uncostedRevenue=zero, uncostedItems=0, corrections=zero) for g in groups],
+        uncosted=Uncosted(revenue=zero, items=0), groupBy=query.groupBy, from_=start, to=end)
 
 
 def margins_report(connection: Connection, query: MarginsQuery) -> Margins:
@@ -590,7 +623,7 @@ def margins_report(connection: Connection, query: MarginsQuery) -> Margins:
 
 
 @billing.get("/invoices/margins")
-@documented({200: InvoiceMarginsResponse}, 403, 409, query=InvoiceMarginsQuery)
+@documented({200: InvoiceMarginsResponse}, 404, 403, 409, query=InvoiceMarginsQuery)
 @rate_limited(ADMIN)
 def get_invoice_margins() -> Response:
     """Operators' view of a month's invoice data (default: the current month): each usage line, as the

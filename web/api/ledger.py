@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from flask import Response
 from pydantic import Field, TypeAdapter, ValidationError
 
+from billing_core.agencies import tree
 from billing_core.calls import admission, plans
 from billing_core.calls.admission import Concurrency
 from billing_core.calls.commands import PLAN_FIELDS
@@ -213,7 +214,7 @@ def allocation_out(view: allocations.AllocationView) -> AllocationOut:
 
 
 @billing.get("/wallet")
-@documented({200: WalletResponse}, 403, query=TenantQuery)
+@documented({200: WalletResponse}, 404, 403, query=TenantQuery)
 @rate_limited(VIEW)
 def get_wallet_balance() -> Response:
     """Balances and the credit grants behind them (grants and holds past their expiry end first)."""
@@ -226,7 +227,7 @@ def get_wallet_balance() -> Response:
 
 
 @billing.post("/topup")
-@documented({200: CreditResponse}, 403, 409, 413, json=TopUpRequest)
+@documented({200: CreditResponse}, 404, 403, 409, 413, json=TopUpRequest)
 @rate_limited(ADMIN)
 def post_topup() -> Response:
     """Add a credit grant: paid or promotional, optionally expiring, with a draw priority."""
@@ -245,7 +246,7 @@ def credit_answer(result: credits.CreditResult) -> Response:
 
 
 @billing.get("/transactions")
-@documented({200: TransactionsResponse}, 403, query=TransactionsQuery)
+@documented({200: TransactionsResponse}, 404, 403, query=TransactionsQuery)
 @rate_limited(VIEW)
 def get_transactions() -> Response:
     principal = authenticate(VIEW)
@@ -283,7 +284,7 @@ def post_refund() -> Response:
 
 
 @billing.post("/adjustments")
-@documented({200: CreditResponse}, 402, 403, 409, json=AdjustmentRequest)
+@documented({200: CreditResponse}, 404, 402, 403, 409, json=AdjustmentRequest)
 @rate_limited(ADMIN)
 def post_adjustment() -> Response:
     """A signed manual correction with a mandatory reason."""
@@ -296,10 +297,11 @@ def post_adjustment() -> Response:
 
 
 @billing.patch("/wallet")
-@documented({200: WalletSettingsResponse}, 403, json=WalletSettingsRequest)
+@documented({200: WalletSettingsResponse}, 404, 403, json=WalletSettingsRequest)
 @rate_limited(ADMIN)
 def patch_wallet() -> Response:
-    """Block or unblock the wallet, set its overdraft limit, clear a clawback flag, set the tenant's
+    """Block or unblock the wallet, set its overdraft limit, clear a clawback flag, make the tenant an
+    agency (`reseller`: it may create sub-accounts and resell to them), set the tenant's
     tax treatment (`tax`: a rate with its label, reverse charge, or exempt) and its call plan (concurrency
     limits, burst, grace, settlement policy). Blocked wallets refuse charges and reservations
     (403 wallet_blocked); top-ups still work."""
@@ -312,6 +314,8 @@ def patch_wallet() -> Response:
     with unit_of_work() as uow:
         if command.tax is not None:
             parties.set_tax_treatment(uow, tenant_id, command.tax)  # committed with the wallet's settings
+        if command.reseller is not None:
+            tree.mark_reseller(uow, tenant_id, command.reseller)  # committed with the wallet's settings
         tax = parties.tax_treatment(uow, tenant_id)
         wallet = change_settings(uow, tenant_id, status=command.status, overdraft_limit=command.overdraftLimit,
                                  clear_flag=bool(command.clearFlag))
@@ -331,7 +335,7 @@ def _name(value: str) -> str:
 
 
 @billing.put("/allocations/<name>")
-@documented({200: AllocationResponse}, 403, json=AllocationRequest)
+@documented({200: AllocationResponse}, 404, 403, json=AllocationRequest)
 @rate_limited(ADMIN)
 def put_allocation(name: str) -> Response:
     """A recurring grant: each month (00:05 UTC on the 1st, and at once for the current month when
@@ -348,7 +352,7 @@ def put_allocation(name: str) -> Response:
 
 
 @billing.get("/allocations")
-@documented({200: AllocationsResponse}, 403, query=TenantQuery)
+@documented({200: AllocationsResponse}, 404, 403, query=TenantQuery)
 @rate_limited(ADMIN)
 def get_allocations() -> Response:
     principal = authenticate(ADMIN)

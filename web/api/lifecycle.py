@@ -243,7 +243,7 @@ def get_reservation(reservation_id: str) -> Response:
 
 
 @billing.get("/reservations")
-@documented({200: ReservationsResponse}, 403, query=ReservationsQuery)
+@documented({200: ReservationsResponse}, 404, 403, query=ReservationsQuery)
 @rate_limited(VIEW)
 def get_reservations() -> Response:
     principal = _view_or_charge()
@@ -260,7 +260,7 @@ def get_reservations() -> Response:
 
 # <path:…>: a feature key may hold "/" (as a charge's may), sent as is or as %2F
 @billing.put("/budgets/<path:feature_key>")
-@documented({200: BudgetResponse}, 403, json=BudgetRequest)
+@documented({200: BudgetResponse}, 404, 403, json=BudgetRequest)
 @rate_limited(MANAGE)
 def put_budget(feature_key: str) -> Response:
     """Limit a feature's spend per day or month; `reject` refuses the charge that would go over it."""
@@ -284,7 +284,7 @@ def delete_budget(feature_key: str) -> Response:
 
 
 @billing.get("/budgets")
-@documented({200: BudgetsResponse}, 403, query=TenantQuery)
+@documented({200: BudgetsResponse}, 404, 403, query=TenantQuery)
 @rate_limited(VIEW)
 def get_budgets() -> Response:
     """Limit, spent, held and remaining per feature in the current period."""
@@ -299,7 +299,7 @@ def get_budgets() -> Response:
 
 
 @billing.get("/entitlement")
-@documented({200: EntitlementResponse}, 402, 403, 422, query=EntitlementQuery)
+@documented({200: EntitlementResponse}, 404, 402, 403, 422, query=EntitlementQuery)
 @rate_limited(VIEW)  # a read: it must not spend the tenant's charge bucket
 def get_entitlement() -> Response:
     """May the feature start work of about `estimatedCost`? A read: nothing is held or written."""
@@ -336,7 +336,7 @@ def get_entitlement() -> Response:
 
 
 @billing.post("/quote")
-@documented({200: QuoteResponse}, 403, 413, 422, json=QuoteRequest)
+@documented({200: QuoteResponse}, 404, 403, 413, 422, json=QuoteRequest)
 @rate_limited(VIEW)
 def post_quote() -> Response:
     """Price items; the quote is binding for charges and reservations naming its quoteId until expiresAt."""

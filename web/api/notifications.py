@@ -132,7 +132,7 @@ def notification_out(n: outbox.Notification) -> NotificationOut:
 
 
 @billing.put("/settings/alerts")
-@documented({200: AlertSettingsResponse}, 403, json=AlertSettingsRequest)
+@documented({200: AlertSettingsResponse}, 404, 403, json=AlertSettingsRequest)
 @rate_limited(MANAGE)
 def put_alertsettings() -> Response:
     """Low-balance alerts: thresholds on the available balance (balance minus holds), a webhook
@@ -170,7 +170,7 @@ def get_alertsettings() -> Response:
 
 
 @billing.get("/notifications")
-@documented({200: NotificationsResponse}, 403, query=NotificationsQuery)
+@documented({200: NotificationsResponse}, 404, 403, query=NotificationsQuery)
 @rate_limited(MANAGE)
 def get_notifications() -> Response:
     """Notifications newest first, each with every delivery attempt (HTTP status or SMTP reply,

@@ -138,7 +138,7 @@ def _configured() -> None:
 
 
 @billing.post("/settings/payment-methods")
-@documented({200: PaymentMethodSetupResponse}, 403, 503, json=PaymentMethodSetupRequest)
+@documented({200: PaymentMethodSetupResponse}, 404, 403, 503, json=PaymentMethodSetupRequest)
 @rate_limited(MANAGE)
 def post_payment_method() -> Response:
     """Start saving a card for auto top-up: a SetupIntent for the tenant's own Stripe customer (created by
@@ -155,7 +155,7 @@ def post_payment_method() -> Response:
 
 
 @billing.put("/settings/auto-topup")
-@documented({200: AutoTopupResponse}, 403, 503, json=AutoTopupRequest)
+@documented({200: AutoTopupResponse}, 404, 403, 503, json=AutoTopupRequest)
 @rate_limited(MANAGE)
 def put_auto_topup() -> Response:
     """When the available balance is at or below `threshold`, charge the saved Stripe payment method
@@ -189,7 +189,7 @@ def get_auto_topup() -> Response:
 
 
 @billing.get("/auto-topups")
-@documented({200: AttemptsResponse}, 403, query=AttemptsQuery)
+@documented({200: AttemptsResponse}, 404, 403, query=AttemptsQuery)
 @rate_limited(MANAGE)
 def get_auto_topups() -> Response:
     """Auto top-up attempts, newest first, with status, amount, payment intent and failure code: the

@@ -9,6 +9,7 @@ from flask import Response, current_app, g, request
 from pydantic import BaseModel, Field
 
 from billing_core import logs, metrics, money
+from billing_core.agencies import statements, tree
 from billing_core.catalog.items import line_breakdown
 from billing_core.catalog.models import UNIT
 from billing_core.corrections.events import Correction, list_corrections, net_cost
@@ -163,6 +164,8 @@ class UsageEventDetail(UsageEventOut):
     corrections: list[CorrectionOut] = Field(default_factory=list)
     # the charged cost less what corrections credited back plus what they debited (refunds not included)
     netCost: DecimalString | None = None
+    agencyCost: DecimalString | None = Field(
+        None, description="only for an agency's token naming its sub-account's event: what LAD charged the agency")
 
 
 class UsageEventResponse(Answer):
@@ -200,12 +203,12 @@ def usage_item_out(i: UsageItemRecord) -> UsageItemOut:
 
 
 def usage_event_detail(outcome: ChargeOutcome, chain: list[Correction] | None = None,
-                       net: Any = None) -> UsageEventDetail:
+                       net: Any = None, **extra: Any) -> UsageEventDetail:
     net = outcome.event.total_cost if net is None else net
     return UsageEventDetail(**_event_fields(outcome.event), metadata=outcome.event.metadata,
                             items=[usage_item_out(i) for i in outcome.items], taskId=outcome.event.task_id,
                             transactionId=outcome.debit.id if outcome.debit else None,
-                            corrections=[correction_out(c) for c in chain or []], netCost=net)
+                            corrections=[correction_out(c) for c in chain or []], netCost=net, **extra)
 
 
 def summary_out(s: history.Summary) -> UsageSummary:
@@ -241,7 +244,7 @@ def batch_result(index: int, a: Acceptance) -> dict[str, Any]:
 
 
 @billing.post("/charge")
-@documented({200: ChargeResponse, 202: ChargeAccepted}, 402, 403, 409, 410, 413, 422,
+@documented({200: ChargeResponse, 202: ChargeAccepted}, 404, 402, 403, 409, 410, 413, 422,
             json=ChargeRequest, query=ChargeQuery)
 @rate_limited(CHARGE)  # never the depleted limit: usage that happened is always recorded
 def post_charge() -> Response:
@@ -272,7 +275,7 @@ def _batch_weight() -> int:
 
 
 @billing.post("/charges")
-@documented({202: ChargeBatchResponse}, 403, 413, json=ChargeBatchDocumented)
+@documented({202: ChargeBatchResponse}, 404, 403, 413, json=ChargeBatchDocumented)
 @rate_limited(CHARGE, weight=_batch_weight)
 def post_charges() -> Response:
     """Submit up to 1,000 charges at once: durable in one transaction, each with its own outcome."""
@@ -367,7 +370,7 @@ def get_task(task_id: str) -> Response:
 
 
 @billing.get("/usage")
-@documented({200: UsageResponse}, 403, query=UsageQuery)
+@documented({200: UsageResponse}, 404, 403, query=UsageQuery)
 @rate_limited(VIEW)
 def get_usage() -> Response:
     principal = authenticate(VIEW)
@@ -394,6 +397,10 @@ def get_usage_event(usage_event_id: str) -> Response:
         outcome = events.load_outcome(uow, tenant_id, path_uuid(usage_event_id, "usage event"), with_items=True)
         chain = list_corrections(uow, tenant_id, outcome.event.id)
         net = net_cost(uow, tenant_id, outcome.event)
-    return ok(UsageEventResponse, usageEvent=usage_event_detail(outcome, chain, net))
+        extra: dict[str, Any] = {}
+        if tenant_id != principal.tenant_id and tree.agency_of(tenant_id) == principal.tenant_id:
+            # the agency reading its sub-account's event sees its own cost beside the resale price
+            extra["agencyCost"] = statements.agency_cost(uow, principal.tenant_id, outcome.event.id)
+    return ok(UsageEventResponse, usageEvent=usage_event_detail(outcome, chain, net, **extra))
 
 

@@ -7,13 +7,14 @@ import re
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
-from flask import Blueprint, Response, make_response, render_template, request
+from flask import Blueprint, Response, g, make_response, render_template, request
 
 from billing_core.access import actions, sessions
 from billing_core.access.sessions import PageSession
+from billing_core.agencies import statements, tree
 from billing_core.calls import admission, statement
 from billing_core.corrections.events import list_corrections, net_cost
-from billing_core.documents import credit_notes, receipts
+from billing_core.documents import credit_notes, parties, receipts
 from billing_core.errors import BillingError
 from billing_core.invoicing import invoices
 from billing_core.invoicing.invoices import Period
@@ -153,6 +154,35 @@ def call_statement(external_reference_id: str) -> str:
     with unit_of_work() as uow:
         found = statement.call_statement(uow.connection, tenant_id, calls_api.reference(external_reference_id))
     return render_template("portal/call_statement.html", call=as_json(calls_api.call_out(found, operator=False)))
+
+
+@portal.context_processor
+def _agency() -> dict[str, Any]:
+    """An agency's portal also lists its sub-accounts (the nav shows the page to agencies only); a
+    sub-account's portal carries its agency's name, not LAD's (white label)."""
+    session = g.get("lad_page_session")
+    if session is None or session.tenant_id is None:
+        return {"is_agency": False, "brand": None}
+    with unit_of_work() as uow:
+        sub = tree.find_sub_account(uow, session.tenant_id) if ":" in session.tenant_id else None
+        brand = None
+        if sub is not None:
+            brand = (parties.customer_block(uow, sub.agency_id) or {}).get("legalName") or sub.agency_id
+        return {"is_agency": sub is None and tree.is_agency(uow, session.tenant_id), "brand": brand}
+
+
+@portal.get("/sub-accounts")
+def sub_accounts_page() -> str:
+    """The agency's sub-accounts: balance (prepaid), this month's resale revenue, its cost and margin."""
+    tenant_id = tenant_of(current_session())
+    with unit_of_work() as uow:
+        if not tree.is_agency(uow, tenant_id):
+            raise PageRefused(404, "Not found", "This account has no sub-accounts.")
+        month = Period.containing(uow.now())
+        lines = statements.sub_account_lines(uow, tenant_id, month.start, month.end)
+    return render_template("portal/sub_accounts.html", month=month.label, lines=[{
+        "tenantId": s.tenant_id, "funding": s.funding, "balance": amount(s.balance), "revenue": amount(s.revenue),
+        "cost": amount(s.cost), "margin": amount(s.margin), "events": s.events} for s in lines])
 
 
 @portal.get("/invoices")

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from sqlalchemy import Column, DateTime, Table, Text, Uuid
+
+from billing_core.db import Money, metadata
+
+# Every table here is keyed by the agency's tenant_id: an agency's tree lives together.
+agencies = Table(
+    "agencies", metadata,
+    Column("tenant_id", Text, primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+sub_accounts = Table(
+    "sub_accounts", metadata,
+    Column("tenant_id", Text, primary_key=True),  # the agency
+    Column("sub_account_id", Text, primary_key=True),  # `<agencyId>:<name>`
+    Column("funding", Text, nullable=False),  # prepaid | agency
+    Column("spend_cap", Money),  # monthly (UTC), at resale prices; agency funding only
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+resale_multipliers = Table(
+    "resale_multipliers", metadata,
+    Column("tenant_id", Text, primary_key=True),  # the agency
+    Column("id", Uuid, primary_key=True),
+    Column("sub_account_id", Text),  # NULL: every sub-account
+    Column("category", Text),
+    Column("provider", Text),
+    Column("model", Text),
+    Column("unit", Text),
+    Column("multiplier", Money, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+agency_charges = Table(
+    "agency_charges", metadata,
+    Column("tenant_id", Text, primary_key=True),  # the agency
+    Column("usage_event_id", Uuid, primary_key=True),
+    Column("sub_account_id", Text, nullable=False),
+    Column("feature_key", Text, nullable=False),
+    Column("resale_amount", Money, nullable=False),  # what the sub-account was charged
+    Column("agency_amount", Money, nullable=False),  # what LAD charged the agency
+    Column("ledger_entry_id", Uuid, nullable=False),  # the agency's debit
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,124 @@
+"""Agencies and their sub-accounts: one level. A sub-account's id is `<agencyId>:<name>`, so its
+agency is the part before the last colon; every read of the tree filters on the agency's tenant_id."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from billing_core.agencies.tables import agencies, sub_accounts
+from billing_core.db import UnitOfWork
+from billing_core.errors import NotFound, SubAccountExists, ValidationFailed
+from billing_core.ledger.tables import ledger_entries, wallets
+from billing_core.usage.tables import usage_events
+
+NAME = re.compile(r"[A-Za-z0-9._-]{1,32}")
+PREPAID, AGENCY = "prepaid", "agency"
+
+
+@dataclass(frozen=True)
+class SubAccount:
+    agency_id: str
+    tenant_id: str
+    funding: str
+    spend_cap: Decimal | None
+    created_at: datetime
+
+
+def agency_of(tenant_id: str) -> str | None:
+    """The agency a sub-account id names (its prefix), or None: only a candidate until looked up."""
+    agency, colon, _ = tenant_id.rpartition(":")
+    return agency if colon and agency else None
+
+
+def is_agency(uow: UnitOfWork, tenant_id: str) -> bool:
+    return uow.connection.execute(
+        select(exists().where(agencies.c.tenant_id == tenant_id))).scalar_one()
+
+
+def find_sub_account(uow: UnitOfWork, tenant_id: str) -> SubAccount | None:
+    """The tenant as a sub-account, if it is one."""
+    agency = agency_of(tenant_id)
+    if agency is None:
+        return None
+    row = uow.connection.execute(select(sub_accounts).where(
+        sub_accounts.c.tenant_id == agency, sub_accounts.c.sub_account_id == tenant_id)).one_or_none()
+    return None if row is None else _sub_account(row)
+
+
+def sub_account_of(uow: UnitOfWork, agency_id: str, tenant_id: str) -> SubAccount:
+    """The agency's own sub-account `tenant_id`; anything else is not found (another agency's, or
+    no sub-account at all: an agency cannot tell those apart)."""
+    found = find_sub_account(uow, tenant_id)
+    if found is None or found.agency_id != agency_id:
+        raise NotFound(f"sub-account {tenant_id} not found")
+    return found
+
+
+def list_sub_accounts(uow: UnitOfWork, agency_id: str) -> list[SubAccount]:
+    return [_sub_account(r) for r in uow.connection.execute(
+        select(sub_accounts).where(sub_accounts.c.tenant_id == agency_id).order_by(sub_accounts.c.sub_account_id))]
+
+
+def mark_reseller(uow: UnitOfWork, tenant_id: str, reseller: bool) -> None:
+    """Make a tenant an agency (or stop it being one: its sub-accounts stay). A sub-account cannot
+    be an agency: one level only. The caller commits."""
+    if reseller:
+        if find_sub_account(uow, tenant_id) is not None:
+            raise ValidationFailed("reseller", "a sub-account cannot be an agency")
+        uow.connection.execute(insert(agencies).values(tenant_id=tenant_id, created_at=func.now())
+                               .on_conflict_do_nothing())
+    else:
+        uow.connection.execute(agencies.delete().where(agencies.c.tenant_id == tenant_id))
+
+
+def create_sub_account(uow: UnitOfWork, agency_id: str, name: str, funding: str,
+                       spend_cap: Decimal | None) -> SubAccount:
+    """Create `<agencyId>:<name>` under the agency and commit. Refused (409 sub_account_exists) when
+    that tenant already has a wallet, a usage event or a ledger entry: an agency cannot claim a
+    tenant with history."""
+    if not is_agency(uow, agency_id):
+        raise NotFound(f"tenant {agency_id} is not an agency")
+    if not NAME.fullmatch(name):
+        raise ValidationFailed("name", "1 to 32 of A-Za-z0-9._- (no colon)")
+    tenant_id = f"{agency_id}:{name}"
+    history = uow.connection.execute(select(
+        exists().where(wallets.c.tenant_id == tenant_id)
+        | exists().where(usage_events.c.tenant_id == tenant_id)
+        | exists().where(ledger_entries.c.tenant_id == tenant_id)
+        | exists().where(sub_accounts.c.sub_account_id == tenant_id)
+        | exists().where(agencies.c.tenant_id == tenant_id))).scalar_one()
+    if history:
+        raise SubAccountExists(f"tenant {tenant_id} already exists", {"tenantId": tenant_id})
+    row = uow.connection.execute(
+        insert(sub_accounts).values(tenant_id=agency_id, sub_account_id=tenant_id, funding=funding,
+                                    spend_cap=spend_cap, created_at=func.now(), updated_at=func.now())
+        .on_conflict_do_nothing().returning(*sub_accounts.c)).one_or_none()
+    if row is None:  # created by a concurrent request
+        raise SubAccountExists(f"tenant {tenant_id} already exists", {"tenantId": tenant_id})
+    uow.commit()
+    return _sub_account(row)
+
+
+def update_sub_account(uow: UnitOfWork, agency_id: str, tenant_id: str, *, funding: str | None,
+                       spend_cap: Decimal | None, clear_cap: bool) -> SubAccount:
+    sub_account_of(uow, agency_id, tenant_id)
+    values: dict[str, object] = {"updated_at": func.now()}
+    if funding is not None:
+        values["funding"] = funding
+    if spend_cap is not None or clear_cap:
+        values["spend_cap"] = spend_cap
+    row = uow.connection.execute(update(sub_accounts).where(
+        sub_accounts.c.tenant_id == agency_id, sub_accounts.c.sub_account_id == tenant_id)
+        .values(**values).returning(*sub_accounts.c)).one()
+    uow.commit()
+    return _sub_account(row)
+
+
+def _sub_account(row: object) -> SubAccount:
+    r = row._mapping  # type: ignore[attr-defined]
+    return SubAccount(r["tenant_id"], r["sub_account_id"], r["funding"], r["spend_cap"], r["created_at"])
