@@ -20,12 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg2
 from sqlalchemy.engine import make_url
 
 from devstack.servers import EmbeddedServers, _wait_for_port, free_port
 from devstack.stack import PYTHON_BIN, ROOT, Stack, connect, create_database, database_url, drop_database
 from tests.support import clock
 from tests.support.helpers import Api
+from tests.support.polling import eventually
 
 TEST_SECRET = "test-secret-" + uuid.uuid4().hex
 STRIPE_SECRET = "whsec_test_" + uuid.uuid4().hex
@@ -34,9 +36,23 @@ STRIPE_API_KEY = "sk_test_" + uuid.uuid4().hex  # localstripe accepts any sk_ ke
 DATA = ROOT / ".data"
 
 
+def _connect_once_visible(url: str):
+    """A connection to the database `url` names, once it can be had. With several hosts (the HA stack),
+    libpq does not try the next host after a FATAL at startup, so a standby listed first that has not yet
+    replayed the CREATE DATABASE answers "does not exist" for a moment: wait that out, nothing else."""
+    def attempt():
+        try:
+            return connect(url)
+        except psycopg2.OperationalError as exc:
+            if "does not exist" in str(exc):
+                return None
+            raise
+    return eventually(attempt, timeout=30, what="the new database on the host libpq picks")
+
+
 def _install_clock(url: str) -> None:
     u = make_url(url)
-    connection = connect(url)  # the URL may name several hosts (tests/faults/test_failover.py)
+    connection = _connect_once_visible(url)  # the URL may name several hosts (tests/faults/test_failover.py)
     connection.autocommit = True
     try:
         clock.install(connection, u.database)
