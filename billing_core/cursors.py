@@ -32,16 +32,16 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise ValidationFailed("cursor", "not a cursor this service issued") from exc
 
 
-def newest_first(query: Select, table: Any, cursor: str | None, limit: int) -> Select:
-    """`query` as one page newest first by (created_at, id), after `cursor`; one row more than `limit`
-    is asked for, to tell whether another page follows (see next_cursor)."""
+def newest_first(query: Select, table: Any, cursor: str | None, limit: int, at: str = "created_at") -> Select:
+    """`query` as one page newest first by (`at`, id), after `cursor`; one row more than `limit` is asked
+    for, to tell whether another page follows (see next_cursor)."""
+    moment = table.c[at]
     if cursor:
-        created_at, last_id = decode_cursor(cursor)
-        query = query.where(or_(table.c.created_at < created_at,
-                                and_(table.c.created_at == created_at, table.c.id < last_id)))
-    return query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit + 1)
+        after, last_id = decode_cursor(cursor)
+        query = query.where(or_(moment < after, and_(moment == after, table.c.id < last_id)))
+    return query.order_by(moment.desc(), table.c.id.desc()).limit(limit + 1)
 
 
-def next_cursor(rows: Sequence[Any], limit: int) -> str | None:
+def next_cursor(rows: Sequence[Any], limit: int, at: str = "created_at") -> str | None:
     """The cursor after the last row of a page from newest_first, or None on the last page."""
-    return encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+    return encode_cursor(getattr(rows[limit - 1], at), rows[limit - 1].id) if len(rows) > limit else None

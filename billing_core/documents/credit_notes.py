@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import insert, select, text
 
-from billing_core.cursors import decode_cursor, encode_cursor
+from billing_core.cursors import newest_first, next_cursor
 from billing_core.db import UnitOfWork
 from billing_core.documents import numbering, parties
 from billing_core.documents.tables import credit_notes
@@ -94,15 +94,8 @@ def list_credit_notes(uow: UnitOfWork, tenant_id: str, *, limit: int, cursor: st
                       ) -> tuple[list[CreditNote], str | None]:
     """A page of the tenant's credit and debit notes, newest first."""
     query = select(credit_notes).where(credit_notes.c.tenant_id == tenant_id)
-    if cursor:
-        after_at, after_id = decode_cursor(cursor)
-        query = query.where(text("(issued_at, id) < (:after_at, :after_id)").bindparams(
-            after_at=after_at, after_id=after_id))
-    rows = uow.connection.execute(
-        query.order_by(credit_notes.c.issued_at.desc(), credit_notes.c.id.desc()).limit(limit + 1)).all()
-    found = [CreditNote(**r._mapping) for r in rows[:limit]]
-    next_cursor = encode_cursor(found[-1].issued_at, found[-1].id) if len(rows) > limit else None
-    return found, next_cursor
+    rows = uow.connection.execute(newest_first(query, credit_notes, cursor, limit, at="issued_at")).all()
+    return [CreditNote(**r._mapping) for r in rows[:limit]], next_cursor(rows, limit, at="issued_at")
 
 
 def mismatches(uow: UnitOfWork, tenant_id: str | None) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select, text
 
 from billing_core import money
-from billing_core.cursors import decode_cursor, encode_cursor
+from billing_core.cursors import newest_first, next_cursor
 from billing_core.db import UnitOfWork, insert_rows
 from billing_core.documents import numbering, parties
 from billing_core.documents.tables import receipts
@@ -107,12 +107,5 @@ def list_receipts(uow: UnitOfWork, tenant_id: str, *, limit: int, cursor: str | 
                   ) -> tuple[list[Receipt], str | None]:
     """A page of the tenant's receipts, newest first."""
     query = select(receipts).where(receipts.c.tenant_id == tenant_id)
-    if cursor:
-        after_at, after_id = decode_cursor(cursor)
-        query = query.where(text("(issued_at, id) < (:after_at, :after_id)").bindparams(
-            after_at=after_at, after_id=after_id))
-    rows = uow.connection.execute(
-        query.order_by(receipts.c.issued_at.desc(), receipts.c.id.desc()).limit(limit + 1)).all()
-    found = [Receipt(**r._mapping) for r in rows[:limit]]
-    next_cursor = encode_cursor(found[-1].issued_at, found[-1].id) if len(rows) > limit else None
-    return found, next_cursor
+    rows = uow.connection.execute(newest_first(query, receipts, cursor, limit, at="issued_at")).all()
+    return [Receipt(**r._mapping) for r in rows[:limit]], next_cursor(rows, limit, at="issued_at")
