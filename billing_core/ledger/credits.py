@@ -132,6 +132,10 @@ def refund(uow: UnitOfWork, tenant_id: str, command: RefundRequest, *, created_b
             select(usage_events.c.feature_key, usage_events.c.created_at)
             .where(usage_events.c.tenant_id == tenant_id, usage_events.c.id == original.usage_event_id)).one()
         book.budgets.spend(event.feature_key, event.created_at, -amount)
+        # a sub-account's event: its agency gets back its share of its price too (agencies/credits.py)
+        from billing_core.agencies.credits import refund_agency
+
+        refund_agency(uow, tenant_id, original.usage_event_id, amount, reason=command.reason, created_by=created_by)
     return _commit(uow, book, key)
 
 

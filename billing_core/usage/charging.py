@@ -203,7 +203,7 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
                 _charge(book, event, cost, plan)
             else:
                 agency_cost, agency_advances = agency.price(items[event.id], event.created_at)
-                agency.check(event.created_at, cost, agency_cost)
+                agency.check(event.created_at, cost, agency_cost, event.reservation_id)
                 if agency.prepaid:
                     try:
                         _charge(book, event, cost, plan)
@@ -211,9 +211,7 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
                         short.details["wallet"] = "sub_account"
                         raise
                 else:  # billed by the agency: a zero entry keeps every charged event's one debit
-                    book.debit(Decimal(0), usage_event_id=event.id, reference=event.external_reference_id,
-                               description=f"{event.feature_key} usage (billed by the agency)",
-                               idempotency_key=event.idempotency_key, created_by=event.user_id)
+                    _charge_for_agency(book, event, cost)
                 agency.record(event, cost, agency_cost, agency_advances)
         except _REFUSALS as refusal:
             outcomes.append(SettleOutcome(event.id, UsageEventStatus.REJECTED, code=refusal.code,
@@ -307,6 +305,25 @@ def _charge(book: WalletBook, event: Any, cost: Decimal, plan: CallPlan) -> None
         book.settle_hold(hold, cost, event.id, **entry)
     else:
         book.debit(cost, usage_event_id=event.id, **entry)
+    book.budgets.spend(event.feature_key, event.occurred_at, cost)
+
+
+def _charge_for_agency(book: WalletBook, event: Any, cost: Decimal) -> None:
+    """An agency-funded sub-account's side of a charge: a zero debit keeps every charged event's one
+    debit; a hold it names is settled (its reserved resale amount released, its settled amount the
+    resale cost), the agency's hold backing it being settled at the agency's price (AgencyLevel.record)."""
+    if book.blocked:
+        raise WalletBlocked("the wallet is blocked; charges are refused", {"walletId": str(book.wallet.id)})
+    entry = {"reference": event.external_reference_id, "description": f"{event.feature_key} usage (billed by the agency)",
+             "idempotency_key": event.idempotency_key, "created_by": event.user_id}
+    if event.reservation_id is None:
+        book.budgets.check(event.feature_key, event.occurred_at, cost, Decimal(0))  # its budgets: at resale
+        book.debit(Decimal(0), usage_event_id=event.id, **entry)
+    else:
+        hold = book.holds[event.reservation_id]
+        check_settleable(hold, event.created_at)
+        book.settle_hold(hold, Decimal(0), event.id, **entry)
+        hold.settled_amount = cost
     book.budgets.spend(event.feature_key, event.occurred_at, cost)
 
 
