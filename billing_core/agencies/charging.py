@@ -113,7 +113,7 @@ class AgencyLevel:
         if month not in self._month_spend:
             c = agency_charges.c
             self._month_spend[month] = self.uow.connection.execute(
-                select(func.coalesce(func.sum(c.resale_amount - c.resale_credited), 0)).where(
+                select(func.coalesce(func.sum(c.resale_amount - c.resale_refunded - c.resale_corrected), 0)).where(
                     c.tenant_id == self.book.tenant_id, c.sub_account_id == self.sub_account.tenant_id,
                     c.created_at >= month)).scalar_one()
         return self._month_spend[month]

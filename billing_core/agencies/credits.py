@@ -4,12 +4,19 @@ transaction, the sub-account's wallet locked first (the caller holds it), then t
 A refund of part of a sub-account's debit gives the agency back the same share of its price for that
 event (rounded half to even to 12 places); the refund that gives back the rest of the resale amount
 gives back the rest of the agency's price, so full refunds are exact at both levels. What was given
-back (or taken more by a correction) is kept on the event's `agency_charges` row (`resale_credited`,
-`agency_credited`), so the agency's margins stay Σ resale − Σ agency price, net.
+back (or taken more by a correction) is kept on the event's `agency_charges` row (`*_refunded`,
+`*_corrected`), so the agency's margins stay Σ resale − Σ agency price, net.
+
+A correction (void, amend) of a sub-account's event corrects both levels: the sub-account at resale
+(corrections/events.py, as for any tenant; an agency-funded sub-account's wallet paid nothing, so only
+the record moves), the agency at its own price — a void gives back what is left of the agency's price,
+an amend moves it to the agency's price of the amended items (at the event's time, the agency's
+catalog, without moving the agency's graduated month). Re-rates do not reach the agency's level.
 """
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from decimal import Context, Decimal
 from typing import Any
 
@@ -18,6 +25,7 @@ from sqlalchemy import select, update
 from billing_core import money
 from billing_core.agencies.tables import agency_charges
 from billing_core.agencies.tree import find_sub_account
+from billing_core.catalog import CATALOG, price_items
 from billing_core.db import UnitOfWork
 from billing_core.ledger.book import WalletBook
 from billing_core.ledger.model import EntryType, LedgerEntry
@@ -38,12 +46,22 @@ def _charge_row(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID) -> A
 
 def agency_share(row: Any, resale_back: Decimal) -> Decimal:
     """What the agency gets back when `resale_back` of the event's resale amount is given back."""
-    resale_left = money.subtract(row.resale_amount, row.resale_credited)
-    agency_left = money.subtract(row.agency_amount, row.agency_credited)
+    resale_left = money.subtract(money.subtract(row.resale_amount, row.resale_refunded), row.resale_corrected)
+    agency_left = agency_net(row)
     if resale_back >= resale_left or row.resale_amount == 0:
-        return agency_left
+        return max(agency_left, Decimal(0))
     share = _SHARE.divide(_SHARE.multiply(row.agency_amount, resale_back), row.resale_amount)
-    return min(agency_left, money.round_half_even(share, PLACES))
+    return max(Decimal(0), min(agency_left, money.round_half_even(share, PLACES)))
+
+
+def agency_net(row: Any) -> Decimal:
+    """What the agency still pays for the event: its price, less refunds and corrections."""
+    return money.subtract(money.subtract(row.agency_amount, row.agency_refunded), row.agency_corrected)
+
+
+def charge_row(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID) -> Any | None:
+    """The (resale, agency price) pair of a sub-account's charged event, or None for any other tenant."""
+    return _charge_row(uow, tenant_id, usage_event_id)
 
 
 def refund_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID | None, resale_back: Decimal, *,
@@ -56,7 +74,7 @@ def refund_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID | N
     if row is None:
         return
     back = agency_share(row, resale_back)
-    _record(uow, row, resale_back, back)
+    _record(uow, row, "refunded", resale_back, back)
     if back <= 0:
         return
     from billing_core.ledger.credits import _returnable  # the ledger's own rule for what is left of a debit
@@ -76,7 +94,7 @@ def correct_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, r
     row = _charge_row(uow, tenant_id, usage_event_id)
     if row is None:
         return
-    _record(uow, row, resale_change, agency_change)
+    _record(uow, row, "corrected", resale_change, agency_change)
     if agency_change == 0:
         return
     book = WalletBook.open(uow, row.tenant_id)  # after the sub-account's: the one lock order
@@ -93,11 +111,29 @@ def correct_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, r
     book.flush()
 
 
-def _record(uow: UnitOfWork, row: Any, resale: Decimal, agency: Decimal) -> None:
+def agency_correction(uow: UnitOfWork, row: Any, action: str, items: Any, occurred: datetime,
+                      old_items: list[Any]) -> Decimal:
+    """What the agency's wallet gets back (positive) or pays more (negative) for a void or amend of
+    its sub-account's event: a void gives back what it still pays; an amend moves its price (as
+    corrected so far) to its price of the amended items, never giving back more than it still pays."""
+    net = agency_net(row)
+    if action == "void":
+        return max(net, Decimal(0))
+    priced = price_items(uow, row.tenant_id, items or [], occurred, CATALOG.for_tenant(uow, row.tenant_id))
+    cost = money.total(p.cost for p in priced)
+    burst = next((Decimal(i.pricing["burstMultiplier"]) for i in old_items
+                  if i.pricing and i.pricing.get("burstMultiplier")), None)
+    if burst is not None:
+        cost = money.multiply(cost, burst)
+    change = money.subtract(money.subtract(row.agency_amount, row.agency_corrected), cost)
+    return min(change, max(net, Decimal(0))) if change > 0 else change
+
+
+def _record(uow: UnitOfWork, row: Any, kind: str, resale: Decimal, agency: Decimal) -> None:
     c = agency_charges.c
     uow.connection.execute(update(agency_charges).where(
         c.tenant_id == row.tenant_id, c.usage_event_id == row.usage_event_id).values(
-        resale_credited=c.resale_credited + resale, agency_credited=c.agency_credited + agency))
+        {f"resale_{kind}": c[f"resale_{kind}"] + resale, f"agency_{kind}": c[f"agency_{kind}"] + agency}))
 
 
 def _entry(uow: UnitOfWork, tenant_id: str, entry_id: uuid.UUID) -> LedgerEntry:

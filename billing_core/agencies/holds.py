@@ -46,7 +46,7 @@ def month_spent(uow: UnitOfWork, sub: SubAccount, at: datetime) -> Decimal:
     corrections."""
     c = agency_charges.c
     return uow.connection.execute(
-        select(func.coalesce(func.sum(c.resale_amount - c.resale_credited), 0)).where(
+        select(func.coalesce(func.sum(c.resale_amount - c.resale_refunded - c.resale_corrected), 0)).where(
             c.tenant_id == sub.agency_id, c.sub_account_id == sub.tenant_id,
             c.created_at >= month_of(at))).scalar_one()
 

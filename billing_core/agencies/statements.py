@@ -32,8 +32,8 @@ def margins_by_sub_account(uow: UnitOfWork, agency_id: str, start: datetime, end
     margin is Σ resale − Σ agency price to the last digit."""
     c = agency_charges.c
     return [SubAccountMargin(r.sub_account_id, r.revenue, r.cost, r.events) for r in uow.connection.execute(
-        select(c.sub_account_id, func.sum(c.resale_amount - c.resale_credited).label("revenue"),
-               func.sum(c.agency_amount - c.agency_credited).label("cost"), func.count().label("events"))
+        select(c.sub_account_id, func.sum(c.resale_amount - c.resale_refunded - c.resale_corrected).label("revenue"),
+               func.sum(c.agency_amount - c.agency_refunded - c.agency_corrected).label("cost"), func.count().label("events"))
         .where(c.tenant_id == agency_id, c.created_at >= start, c.created_at < end)
         .group_by(c.sub_account_id).order_by(c.sub_account_id))]
 

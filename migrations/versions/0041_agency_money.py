@@ -28,17 +28,29 @@ ALTER TABLE reservations DROP CONSTRAINT reservations_check;
 ALTER TABLE reservations ADD CONSTRAINT reservations_settled_names_event
     CHECK ((status = 'settled') = (settled_amount IS NOT NULL
                                    AND (usage_event_id IS NOT NULL OR sub_account_id IS NOT NULL)));
--- what refunds and corrections gave back (positive) or took more (negative), at each level
-ALTER TABLE agency_charges ADD COLUMN resale_credited numeric NOT NULL DEFAULT 0;
-ALTER TABLE agency_charges ADD COLUMN agency_credited numeric NOT NULL DEFAULT 0;
+-- an agency's correction of its debit for a sub-account's event names that debit (related_entry_id) but
+-- no event of its own (the event is the sub-account's): a correction naming an event still names its debit
+ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_correction_links;
+ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_correction_links
+    CHECK (entry_type <> 'correction' OR usage_event_id IS NULL OR related_entry_id IS NOT NULL);
+-- what refunds gave back, and what corrections gave back (positive) or took more (negative), at each level
+ALTER TABLE agency_charges ADD COLUMN resale_refunded numeric NOT NULL DEFAULT 0;
+ALTER TABLE agency_charges ADD COLUMN agency_refunded numeric NOT NULL DEFAULT 0;
+ALTER TABLE agency_charges ADD COLUMN resale_corrected numeric NOT NULL DEFAULT 0;
+ALTER TABLE agency_charges ADD COLUMN agency_corrected numeric NOT NULL DEFAULT 0;
 """
 
 DOWNGRADE = """
+ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_correction_links;
+ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_correction_links
+    CHECK (entry_type <> 'correction' OR (usage_event_id IS NULL) = (related_entry_id IS NULL)) NOT VALID;
 ALTER TABLE reservations DROP CONSTRAINT reservations_settled_names_event;
 ALTER TABLE reservations ADD CONSTRAINT reservations_check
     CHECK ((status = 'settled') = (usage_event_id IS NOT NULL AND settled_amount IS NOT NULL)) NOT VALID;
-ALTER TABLE agency_charges DROP COLUMN agency_credited;
-ALTER TABLE agency_charges DROP COLUMN resale_credited;
+ALTER TABLE agency_charges DROP COLUMN agency_corrected;
+ALTER TABLE agency_charges DROP COLUMN resale_corrected;
+ALTER TABLE agency_charges DROP COLUMN agency_refunded;
+ALTER TABLE agency_charges DROP COLUMN resale_refunded;
 ALTER TABLE reservations DROP COLUMN agency_id;
 ALTER TABLE reservations DROP COLUMN sub_account_id;
 """
