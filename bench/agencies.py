@@ -36,11 +36,8 @@ def scenario(bench: Any, token: Callable[..., str], spread_per_s: float | None) 
     bench.fund([agency, *subs])
     per_sub = CHARGES // SUB_ACCOUNTS
     count = per_sub * SUB_ACCOUNTS
-    # each sub-account's events in 4 batches, interleaved: the sub-accounts' groups reach the agency's
-    # wallet at the same time
-    chunk = max(1, -(-per_sub // 4))
-    per_tenant = [bench.batch_bodies(sub, per_sub, chunk, sub, with_tenant=True) for sub in subs]
-    bodies = [body for batches in zip(*per_tenant, strict=True) for body in batches]
+    # the spread scenario's shape: one batch per tenant, so the difference is the agency's wallet
+    bodies = [body for sub in subs for body in bench.batch_bodies(sub, per_sub, per_sub, sub, with_tenant=True)]
     ingest = bench.post_batches(bodies, token("bench-ops", "billing.admin"), threads=4)
     settled = bench.wait_settled(subs, count)
     per_s = count / settled["seconds"]
