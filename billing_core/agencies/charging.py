@@ -33,9 +33,11 @@ class AgencyLevel:
     def __init__(self, uow: UnitOfWork, sub_account: SubAccount):
         self.uow, self.sub_account = uow, sub_account
         agency_id = sub_account.agency_id
+        # the agency's prices before its lock: every sub-account's group waits for that lock, so what
+        # needs no lock is done before it
+        self.catalog = CATALOG.for_tenant(uow, agency_id)
         # the caller holds the sub-account's wallet lock already: sub-account first, then agency
         self.book = WalletBook.open(uow, agency_id)
-        self.catalog = CATALOG.for_tenant(uow, agency_id)
         self.positions = TierPositions(uow, agency_id, locked=True)
         self.rows: list[dict[str, Any]] = []
         self.item_rows: list[dict[str, Any]] = []

@@ -65,18 +65,19 @@ def charge_row(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID) -> An
 
 
 def refund_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID | None, resale_back: Decimal, *,
-                  reason: str | None, created_by: str | None) -> None:
+                  reason: str | None, created_by: str | None) -> Decimal | None:
     """The sub-account `tenant_id` was refunded `resale_back` of its event: refund the agency its
-    share of its price for that event, into the grants its debit drew from. Nothing for any other tenant."""
+    share of its price for that event, into the grants its debit drew from, and return that share.
+    Nothing (None) for any other tenant."""
     if usage_event_id is None:
-        return
+        return None
     row = _charge_row(uow, tenant_id, usage_event_id)
     if row is None:
-        return
+        return None
     back = agency_share(row, resale_back)
     _record(uow, row, "refunded", resale_back, back)
     if back <= 0:
-        return
+        return back
     from billing_core.ledger.credits import _returnable  # the ledger's own rule for what is left of a debit
 
     book = WalletBook.open(uow, row.tenant_id)  # after the sub-account's: the one lock order
@@ -85,6 +86,7 @@ def refund_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID | N
                  reference=str(original.id), description=reason or f"refund of {tenant_id}'s usage",
                  created_by=created_by)
     book.flush()
+    return back
 
 
 def correct_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, resale_change: Decimal,

@@ -248,6 +248,8 @@ def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UU
         book.budgets.spend(event.feature_key, occurred, -difference)
     if pair is not None:
         agency_change = agency_credits.agency_correction(uow, pair, command.action, command.items, occurred, old_items)
+        if record is not None:  # for the operator's margins: what LAD's own price moved by with it
+            record["agency_amount"] = agency_change
         agency_credits.correct_agency(uow, tenant_id, event.id, resale_change if billed_by_agency else difference,
                                       agency_change, reason=f"{command.action}: {command.reason}",
                                       created_by=created_by)

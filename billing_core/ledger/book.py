@@ -198,7 +198,7 @@ class WalletBook:
                  "usage_event_id": usage_event_id, "reference": reference, "description": description,
                  "idempotency_key": idempotency_key, "created_by": created_by, "reserved_change": reserved_change,
                  "reservation_id": reservation_id, "grant_id": grant_id, "related_entry_id": related_entry_id,
-                 "sub_account_event_id": sub_account_event_id}
+                 "sub_account_event_id": sub_account_event_id, "agency_amount": None}
         self._changes.entries.append(entry)
         return entry
 

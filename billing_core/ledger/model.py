@@ -109,6 +109,7 @@ class LedgerEntry:
     grant_id: uuid.UUID | None = None
     related_entry_id: uuid.UUID | None = None
     sub_account_event_id: uuid.UUID | None = None  # an agency's debit for its sub-account's usage event
+    agency_amount: Decimal | None = None  # a sub-account's refund or correction: its agency's price moved by
 
 
 @dataclass

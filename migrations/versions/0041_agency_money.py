@@ -33,6 +33,9 @@ ALTER TABLE reservations ADD CONSTRAINT reservations_settled_names_event
 ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_correction_links;
 ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_correction_links
     CHECK (entry_type <> 'correction' OR usage_event_id IS NULL OR related_entry_id IS NOT NULL);
+-- on a sub-account's refund or correction entry: what its agency's price for the event moved by with it
+-- (positive: given back to the agency), so the operator's margins take LAD's own refund off LAD's revenue
+ALTER TABLE ledger_entries ADD COLUMN agency_amount numeric;
 -- what refunds gave back, and what corrections gave back (positive) or took more (negative), at each level
 ALTER TABLE agency_charges ADD COLUMN resale_refunded numeric NOT NULL DEFAULT 0;
 ALTER TABLE agency_charges ADD COLUMN agency_refunded numeric NOT NULL DEFAULT 0;
@@ -51,6 +54,7 @@ ALTER TABLE agency_charges DROP COLUMN agency_corrected;
 ALTER TABLE agency_charges DROP COLUMN resale_corrected;
 ALTER TABLE agency_charges DROP COLUMN agency_refunded;
 ALTER TABLE agency_charges DROP COLUMN resale_refunded;
+ALTER TABLE ledger_entries DROP COLUMN agency_amount;
 ALTER TABLE reservations DROP COLUMN agency_id;
 ALTER TABLE reservations DROP COLUMN sub_account_id;
 """

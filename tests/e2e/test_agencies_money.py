@@ -117,6 +117,9 @@ def test_a_refund_of_a_sub_account_charge_refunds_the_agency_s_share(api, tenant
     assert balance(api, make_token, tenant) == Decimal("9.333333333333")
     margins = api.get(f"{B}/margins?groupBy=subAccount", manage).json()["margins"]
     assert (margins["revenue"], margins["cost"], margins["margin"]) == ("1", "0.666666666667", "0.333333333333")
+    # the operator's: LAD's revenue is the agency's price, less what LAD gave the agency back
+    operator = api.get(f"{B}/margins?tenantId={sub}", make_token("operator", "billing.admin")).json()["margins"]
+    assert Decimal(operator["revenue"]) + Decimal(operator["uncosted"]["revenue"]) == Decimal("0.666666666667")
     refund()  # the rest: the rest of the agency's price, exactly
     assert balance(api, make_token, sub) == Decimal("5") and balance(api, make_token, tenant) == Decimal("10")
     margins = api.get(f"{B}/margins?groupBy=subAccount", manage).json()["margins"]
