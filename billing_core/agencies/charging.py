@@ -48,10 +48,11 @@ class AgencyLevel:
     def prepaid(self) -> bool:
         return self.sub_account.funding == PREPAID
 
-    def price(self, items: list[Any], at: datetime) -> tuple[Decimal, list[Any]]:
-        """The agency's price of an event's items and the month advances it makes; the price of each
-        item is kept for record()."""
-        priced = price_items(self.uow, self.book.tenant_id, items, at, self.catalog, self.positions)
+    def price(self, items: list[Any], at: datetime, priced: list[Any] | None = None) -> tuple[Decimal, list[Any]]:
+        """The agency's price of an event's items and the month advances it makes (`priced`: already
+        priced without a month position, before the lock); the price of each item is kept for record()."""
+        if priced is None:
+            priced = price_items(self.uow, self.book.tenant_id, items, at, self.catalog, self.positions)
         self._item_costs = [(i.position, p.cost) for i, p in zip(items, priced, strict=True)]
         return money.total(p.cost for p in priced), [p.advance for p in priced if p.advance is not None]
 
