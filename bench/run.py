@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 from sqlalchemy import func, select
 
+from bench import agencies as agency_bench
 from bench import invoices as invoice_bench
 from bench import limits as machine_limits
 from bench import pricing as pricing_bench
@@ -333,7 +334,7 @@ class Bench:
     # --- the run ---------------------------------------------------------------------------------
     # Scenarios of the group-commit stack, in this order; each fills its part of self.results. A new
     # scenario is one more method and one more name here.
-    SCENARIOS = ("hot_wallet", "hot_wallet_priced", "sql_hot_wallet_limit", "spread", "healthz_limit",
+    SCENARIOS = ("hot_wallet", "hot_wallet_priced", "sql_hot_wallet_limit", "spread", "agency", "healthz_limit",
                  "single_charge", "wallet_read",
                  "quotes", "invoice_rollup")
 
@@ -358,6 +359,10 @@ class Bench:
         spread = self.spread()
         self.results["spread"] = {"per_s": round(spread["per_s"], 1), "charges": spread["charges"], "tenants": TENANTS,
                                   "ingest_events_per_s": round(spread["charges"] / spread["ingest_seconds"], 1)}
+
+    def scenario_agency(self) -> None:
+        # 100 sub-accounts of one agency: each charge moves its own wallet and the agency's (bench/agencies.py)
+        self.results["agency"] = agency_bench.scenario(self, token, self.results.get("spread", {}).get("per_s"))
 
     def _get(self, name: str, path: str, bearer: str = "") -> dict[str, float]:
         measure = self.wrk_get if self.results["load_generator"] == "wrk" else self.python_get
@@ -512,6 +517,8 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     target("hot wallet graduated + packaged / flat", ratio, ">= 0.85", None if ratio is None else ratio >= 0.85)
     ratio = _ratio(r.get("spread", {}).get("per_s"), hot.get("group_commit_per_s"))
     target("spread / hot wallet", ratio, ">= 0.7", None if ratio is None else ratio >= 0.7)
+    ratio = r.get("agency", {}).get("ratio_to_spread")
+    target("agency (100 sub-accounts) / spread", ratio, ">= 0.5", None if ratio is None else ratio >= 0.5)
     ratio = _ratio(r.get("quote_under_load", {}).get("p99_ms"), r.get("quote", {}).get("p99_ms"))
     target("quote p99 charging / unloaded", ratio, "<= 3", None if ratio is None else ratio <= 3)
     for name, figures in r.get("invoice_rollup", {}).items():
@@ -554,6 +561,11 @@ def table(r: dict[str, Any]) -> str:
         row("spread over tenants", f"{r['spread']['per_s']:,.0f} charges/s ({r['spread']['charges']:,} / "
                                    f"{r['spread']['tenants']:,})", "hot wallet",
             _ratio(r["spread"]["per_s"], hot.get("group_commit_per_s")))
+    if "agency" in r:
+        agency = r["agency"]
+        row("agency, 100 sub-accounts charging", f"{agency['per_s']:,.0f} charges/s ({agency['charges']:,} / "
+                                                 f"{agency['sub_accounts']:,}, two wallets each)",
+            "spread (target >= 0.5)", agency.get("ratio_to_spread"))
     if "ingest_batch" in r:
         row("POST /charges (1,000 per batch)", f"{r['ingest_batch']['events_per_s']:,.0f} events/s accepted",
             "sql hot wallet", _ratio(r["ingest_batch"]["events_per_s"], sql))

@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from billing_core import logs, metrics
+from billing_core.agencies.tree import agency_of
 from billing_core.bootstrap import runtime, unit_of_work
 from billing_core.usage import charging
 from tasks.app import celery_app
@@ -66,8 +67,11 @@ def charge_wallet(tenant_id: str) -> int:
     else:
         charge_wallet.apply_async(args=[tenant_id])
     if settled:
-        _check_alerts(tenant_id)
-        _check_auto_topup(tenant_id)
+        # a sub-account's charges moved its agency's wallet too: its alerts and auto top-up as well
+        agency = agency_of(tenant_id)
+        for moved in (tenant_id, *([agency] if agency is not None else [])):
+            _check_alerts(moved)
+            _check_auto_topup(moved)
     return settled
 
 

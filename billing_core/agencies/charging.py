@@ -8,6 +8,7 @@ take only its own lock, so no two transactions wait on each other in a cycle.
 """
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -22,6 +23,7 @@ from billing_core.catalog.positions import month_of
 from billing_core.db import UnitOfWork, insert_rows, unnest_arrays
 from billing_core.errors import BudgetExceeded, InsufficientBalance, WalletBlocked
 from billing_core.ledger.book import WalletBook
+from billing_core.ledger.model import Hold, HoldStatus
 from billing_core.usage.tables import usage_event_items
 
 
@@ -31,9 +33,11 @@ class AgencyLevel:
     def __init__(self, uow: UnitOfWork, sub_account: SubAccount):
         self.uow, self.sub_account = uow, sub_account
         agency_id = sub_account.agency_id
+        # the agency's prices before its lock: every sub-account's group waits for that lock, so what
+        # needs no lock is done before it
+        self.catalog = CATALOG.for_tenant(uow, agency_id)
         # the caller holds the sub-account's wallet lock already: sub-account first, then agency
         self.book = WalletBook.open(uow, agency_id)
-        self.catalog = CATALOG.for_tenant(uow, agency_id)
         self.positions = TierPositions(uow, agency_id, locked=True)
         self.rows: list[dict[str, Any]] = []
         self.item_rows: list[dict[str, Any]] = []
@@ -44,23 +48,27 @@ class AgencyLevel:
     def prepaid(self) -> bool:
         return self.sub_account.funding == PREPAID
 
-    def price(self, items: list[Any], at: datetime) -> tuple[Decimal, list[Any]]:
-        """The agency's price of an event's items and the month advances it makes; the price of each
-        item is kept for record()."""
-        priced = price_items(self.uow, self.book.tenant_id, items, at, self.catalog, self.positions)
+    def price(self, items: list[Any], at: datetime, priced: list[Any] | None = None) -> tuple[Decimal, list[Any]]:
+        """The agency's price of an event's items and the month advances it makes (`priced`: already
+        priced without a month position, before the lock); the price of each item is kept for record()."""
+        if priced is None:
+            priced = price_items(self.uow, self.book.tenant_id, items, at, self.catalog, self.positions)
         self._item_costs = [(i.position, p.cost) for i, p in zip(items, priced, strict=True)]
         return money.total(p.cost for p in priced), [p.advance for p in priced if p.advance is not None]
 
-    def check(self, at: datetime, resale: Decimal, agency_cost: Decimal) -> None:
-        """Refuse what the agency's wallet cannot cover, or what passes an agency-funded sub-account's
-        monthly spend cap (at resale prices)."""
+    def check(self, at: datetime, resale: Decimal, agency_cost: Decimal, hold_id: uuid.UUID | None = None) -> None:
+        """Refuse what the agency's wallet cannot cover (with what the agency's hold backing the
+        settled hold releases), or what passes an agency-funded sub-account's monthly spend cap (at
+        resale prices; a hold's settlement was admitted against the cap when it opened)."""
         if self.book.blocked:
             raise WalletBlocked("the agency's wallet is blocked; charges are refused", {"wallet": "agency"})
-        if agency_cost > self.book.spendable:
+        backing = self._backing(hold_id)
+        releasing = self.book.held_by(backing) if backing is not None else Decimal(0)
+        if agency_cost > money.add(self.book.spendable, releasing):
             raise InsufficientBalance("insufficient balance in the agency's wallet for this charge",
                                       {"wallet": "agency"})
         cap = self.sub_account.spend_cap
-        if not self.prepaid and cap is not None:
+        if not self.prepaid and cap is not None and backing is None:
             spent = self._spent(at)
             if money.add(spent, resale) > cap:
                 raise BudgetExceeded("the charge passes the sub-account's monthly spend cap",
@@ -72,9 +80,15 @@ class AgencyLevel:
         entries by sub-account event) and keep the pair for the statements, in the same transaction."""
         # the event is the sub-account's (usage_event_id is keyed by tenant): the entry names it in
         # sub_account_event_id, one debit per agency and event (a unique index)
-        entry = self.book.debit(agency_cost, sub_account_event_id=event.id, reference=event.external_reference_id,
-                                description=f"{event.feature_key} usage of {self.sub_account.tenant_id}",
-                                created_by=event.user_id)
+        details = {"sub_account_event_id": event.id, "reference": event.external_reference_id,
+                   "description": f"{event.feature_key} usage of {self.sub_account.tenant_id}",
+                   "created_by": event.user_id}
+        backing = self._backing(event.reservation_id)
+        if backing is not None:  # the agency's hold backing the sub-account's: settled at the agency's price
+            # (its usage_event_id stays empty: the event is the sub-account's; the debit names it)
+            entry = self.book.settle_hold(backing, agency_cost, None, **details)
+        else:
+            entry = self.book.debit(agency_cost, **details)
         if advances:
             self.positions.advance(advances)
         self.item_rows += [{"usage_event_id": event.id, "position": position, "agency_cost": cost}
@@ -86,12 +100,23 @@ class AgencyLevel:
                           "resale_amount": resale, "agency_amount": agency_cost, "ledger_entry_id": entry["id"],
                           "created_at": event.created_at})
 
+    def _backing(self, hold_id: uuid.UUID | None) -> Hold | None:
+        """The agency's hold backing the sub-account's hold `hold_id` (agency funding), if it can be settled."""
+        if hold_id is None or self.prepaid:
+            return None
+        self.book.load_holds([hold_id])
+        backing = self.book.holds.get(hold_id)
+        if backing is None or backing.sub_account_id != self.sub_account.tenant_id or backing.status in (
+                HoldStatus.SETTLED, HoldStatus.RELEASED):
+            return None
+        return backing
+
     def _spent(self, at: datetime) -> Decimal:
         month = month_of(at)
         if month not in self._month_spend:
             c = agency_charges.c
             self._month_spend[month] = self.uow.connection.execute(
-                select(func.coalesce(func.sum(c.resale_amount), 0)).where(
+                select(func.coalesce(func.sum(c.resale_amount - c.resale_refunded - c.resale_corrected), 0)).where(
                     c.tenant_id == self.book.tenant_id, c.sub_account_id == self.sub_account.tenant_id,
                     c.created_at >= month)).scalar_one()
         return self._month_spend[month]

@@ -27,12 +27,13 @@ class SubAccountMargin:
 
 
 def margins_by_sub_account(uow: UnitOfWork, agency_id: str, start: datetime, end: datetime) -> list[SubAccountMargin]:
-    """Per sub-account, over charges with event time in [start, end): exact sums, so the agency's
+    """Per sub-account, over charges with event time in [start, end), net of what refunds and
+    corrections of those events gave back or took more at each level: exact sums, so the agency's
     margin is Σ resale − Σ agency price to the last digit."""
     c = agency_charges.c
     return [SubAccountMargin(r.sub_account_id, r.revenue, r.cost, r.events) for r in uow.connection.execute(
-        select(c.sub_account_id, func.sum(c.resale_amount).label("revenue"),
-               func.sum(c.agency_amount).label("cost"), func.count().label("events"))
+        select(c.sub_account_id, func.sum(c.resale_amount - c.resale_refunded - c.resale_corrected).label("revenue"),
+               func.sum(c.agency_amount - c.agency_refunded - c.agency_corrected).label("cost"), func.count().label("events"))
         .where(c.tenant_id == agency_id, c.created_at >= start, c.created_at < end)
         .group_by(c.sub_account_id).order_by(c.sub_account_id))]
 

@@ -43,5 +43,10 @@ agency_charges = Table(
     Column("resale_amount", Money, nullable=False),  # what the sub-account was charged
     Column("agency_amount", Money, nullable=False),  # what LAD charged the agency
     Column("ledger_entry_id", Uuid, nullable=False),  # the agency's debit
+    # what refunds gave back, and what corrections gave back (positive) or took more (negative), at each level
+    Column("resale_refunded", Money, nullable=False, server_default="0"),
+    Column("agency_refunded", Money, nullable=False, server_default="0"),
+    Column("resale_corrected", Money, nullable=False, server_default="0"),
+    Column("agency_corrected", Money, nullable=False, server_default="0"),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )

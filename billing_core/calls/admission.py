@@ -50,7 +50,8 @@ def count_active(connection: Connection, tenant_id: str, feature_key: str | None
     every active hold is a running call (a due hold kept for a pending charge still is); a read
     without the lock leaves out holds past their TTL, which the next writer expires."""
     query = select(func.count()).select_from(reservations).where(
-        reservations.c.tenant_id == tenant_id, reservations.c.status == HoldStatus.ACTIVE)
+        reservations.c.tenant_id == tenant_id, reservations.c.status == HoldStatus.ACTIVE,
+        reservations.c.sub_account_id.is_(None))  # an agency's hold backing a sub-account's call is not its own
     if feature_key is not None:
         query = query.where(reservations.c.feature_key == feature_key)
     if live_only:

@@ -39,6 +39,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.engine import Connection
 
 from billing_core import idempotency, money
+from billing_core.agencies import credits as agency_credits
 from billing_core.catalog import CATALOG, TierPositions, price_items
 from billing_core.catalog.models import GRADUATED
 from billing_core.catalog.positions import month_of
@@ -218,12 +219,23 @@ def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UU
                       "cost": money.format_decimal(p.cost), "pricing": p.breakdown()} for p in priced]
     if moves:
         positions.advance(moves)
+    # a sub-account's event: its agency's price is corrected too (agencies/credits.py); an agency-funded
+    # sub-account's wallet paid nothing (a zero debit), so only the record of its resale amount moves
+    pair = agency_credits.charge_row(uow, tenant_id, event.id)
+    billed_by_agency, resale_change = False, ZERO
+    if pair is not None and debit.amount == 0:
+        billed_by_agency = True
+        before = Standing(pair.resale_amount, pair.resale_corrected, pair.resale_refunded, before.rerated)
     change = money.subtract(before.priced, cost_after)  # positive: the tenant paid too much
     entry_fields = {"usage_event_id": event.id, "related_entry_id": debit.id, "reference": str(event.id),
                     "description": f"{command.action}: {command.reason}", "idempotency_key": command.idempotencyKey,
                     "created_by": created_by}
     record = None
     difference = ZERO
+    if billed_by_agency:
+        resale_change = min(change, max(ZERO, before.net)) if change > 0 else change
+        book.budgets.spend(event.feature_key, occurred, -resale_change)
+        change = ZERO  # nothing moves on its own wallet
     if change > 0:
         difference = min(change, max(ZERO, before.net))  # never more back than the tenant still pays
         if difference > 0:
@@ -234,6 +246,13 @@ def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UU
         record = book.debit(-change, entry_type=EntryType.CORRECTION, **entry_fields)
     if difference != 0:
         book.budgets.spend(event.feature_key, occurred, -difference)
+    if pair is not None:
+        agency_change = agency_credits.agency_correction(uow, pair, command.action, command.items, occurred, old_items)
+        if record is not None:  # for the operator's margins: what LAD's own price moved by with it
+            record["agency_amount"] = agency_change
+        agency_credits.correct_agency(uow, tenant_id, event.id, resale_change if billed_by_agency else difference,
+                                      agency_change, reason=f"{command.action}: {command.reason}",
+                                      created_by=created_by)
     book.flush()
     positions.flush()
     correction_id = uuid.uuid4()

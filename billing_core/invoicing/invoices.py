@@ -296,6 +296,24 @@ SELECT l.tenant_id, l.wallet_id, l.entry_type, l.grant_id,
 GROUP BY 1, 2, 3, 4, 5, 6
 """
 
+# 2b. what an agency billed for its agency-funded sub-account (white label): the sub-account's ledger
+# has a zero debit for each such event, its usage lines the resale price; the difference between the
+# resale amount recorded with the agency's debit (agency_charges) and the sub-account's own debit is
+# billed to the sub-account by its agency, outside LAD: one credit line of the sub-account's invoice
+# ("adjustment"), so it reconciles (opening + credits - usage = closing) and its usage is what the
+# agency recorded. Nothing for prepaid sub-accounts (their debit is the resale amount).
+_DRAFT_AGENCY_BILLED = """
+INSERT INTO invoice_draft_credits
+SELECT e.tenant_id, l.wallet_id, 'agency_billed', CAST(NULL AS uuid), CAST(NULL AS uuid), 1, count(*),
+       sum(a.resale_amount + l.amount)
+FROM agency_charges a
+JOIN usage_events e ON e.tenant_id = a.sub_account_id AND e.id = a.usage_event_id
+JOIN ledger_entries l ON l.tenant_id = e.tenant_id AND l.usage_event_id = e.id AND l.entry_type = 'debit'
+WHERE e.status = 'charged' AND e.charged_at >= :start AND e.charged_at < :end {tenant_sub}
+GROUP BY 1, 2
+HAVING sum(a.resale_amount + l.amount) <> 0
+"""
+
 # 3. the usage: the items of the events whose debit is in the month. A charged event's charged_at is
 # its debit's created_at (one transaction, one now()), so the usage is that of the events charged in
 # the month (one join, events with their items), corrected at the boundaries by the chain (3b). Should
@@ -414,8 +432,10 @@ WITH wallet AS (
            0 AS type_order, 0 AS direction
     FROM usage u JOIN wallet w ON w.wallet_id = u.wallet_id
     UNION ALL
-    SELECT c.wallet_id, c.line_type, c.feature_key, NULL, NULL, NULL, NULL, NULL, c.prior_period, c.credit_kind,
+    SELECT c.wallet_id, CASE c.line_type WHEN 'agency_billed' THEN 'adjustment' ELSE c.line_type END,
+           c.feature_key, NULL, NULL, NULL, NULL, NULL, c.prior_period, c.credit_kind,
            CASE c.line_type
+               WHEN 'agency_billed' THEN 'usage billed by the agency'
                WHEN 'topup' THEN coalesce(c.credit_kind, 'paid') || ' top-ups'
                WHEN 'refund' THEN 'refunds' || coalesce(' of ' || c.feature_key, '')
                WHEN 'adjustment' THEN CASE WHEN c.direction > 0 THEN 'credit adjustments' ELSE 'debit adjustments' END
@@ -424,7 +444,8 @@ WITH wallet AS (
                    || CASE WHEN c.prior_period THEN ', prior period' ELSE '' END
                ELSE coalesce(c.credit_kind, 'paid') || ' credits expired' END,
            c.items, NULL, c.exact_amount, c.exact_amount,
-           array_position(ARRAY['topup', 'refund', 'adjustment', 'expiry', 'correction'], c.line_type), c.direction
+           array_position(ARRAY['topup', 'refund', 'adjustment', 'expiry', 'correction'],
+                          CASE c.line_type WHEN 'agency_billed' THEN 'adjustment' ELSE c.line_type END), c.direction
     FROM credit c
 )
 SELECT w.tenant_id, u.wallet_id,
@@ -452,6 +473,9 @@ WITH chain AS (
                                                                  'correction')),
                     0) AS unknown
     FROM invoice_draft_chain GROUP BY wallet_id
+), billed AS (
+    SELECT wallet_id, sum(amount) AS amount FROM invoice_draft_credits WHERE entry_type = 'agency_billed'
+    GROUP BY wallet_id
 ), totals AS (
     SELECT wallet_id,
            coalesce(sum(exact_amount) FILTER (WHERE line_type = 'usage'), 0) AS usage_exact,
@@ -463,7 +487,7 @@ WITH chain AS (
 )
 SELECT h.*, CASE
     WHEN h.unknown <> 0 THEN 'unknown_entries'
-    WHEN h.usage_exact <> -h.debits THEN 'usage_differs_from_debits'
+    WHEN h.usage_exact <> -h.debits + h.agency_billed THEN 'usage_differs_from_debits'
     WHEN h.opening_balance + h.total_credits - h.usage_exact <> h.closing_balance THEN 'broken_chain'
     WHEN h.previous_closing IS NOT NULL AND h.previous_closing <> h.opening_balance THEN 'gap_after_previous_invoice'
 END AS problem
@@ -474,7 +498,8 @@ SELECT w.tenant_id, c.wallet_id, CAST(:period AS date) AS period, CAST(:start AS
        f.balance_before AS opening_balance, z.balance_after AS closing_balance,
        coalesce(t.usage_exact, 0) AS usage_exact, coalesce(t.total_usage, 0) AS total_usage,
        coalesce(t.total_usage, 0) - coalesce(t.usage_exact, 0) AS rounding_difference,
-       c.topups, c.refunds, c.adjustments, c.expiries, coalesce(t.total_credits, 0) AS total_credits,
+       c.topups, c.refunds, c.adjustments + coalesce(b.amount, 0) AS adjustments, c.expiries,
+       coalesce(t.total_credits, 0) AS total_credits, coalesce(b.amount, 0) AS agency_billed,
        coalesce(t.usage_line_count, 0) AS usage_line_count, coalesce(t.credit_line_count, 0) AS credit_line_count,
        -- checked before anything is written (`problem`): the chain adds up, the debits are what the
        -- usage lines price, no entry is of a kind the invoice does not know, and the month starts
@@ -485,6 +510,7 @@ JOIN wallets w ON w.id = c.wallet_id
 JOIN ledger_entries f ON f.seq = c.first_seq
 JOIN ledger_entries z ON z.seq = c.last_seq
 LEFT JOIN totals t ON t.wallet_id = c.wallet_id
+LEFT JOIN billed b ON b.wallet_id = c.wallet_id
 LEFT JOIN invoices p ON p.tenant_id = w.tenant_id AND p.period = CAST(:previous AS date)
 ) AS h
 """
@@ -530,6 +556,8 @@ def _prepare(uow: UnitOfWork, period: Period, tenant_id: str | None) -> None:
     tenant_l = "" if tenant_id is None else "AND l.tenant_id = :tenant_id"
     tenant_e = "" if tenant_id is None else "AND e.tenant_id = :tenant_id"
     tenant_a = "" if tenant_id is None else "AND a.tenant_id = :tenant_id"
+    # a sub-account's agency-billed usage is on its agency's rows (agency_charges is keyed by the agency)
+    tenant_sub = "" if tenant_id is None else "AND a.tenant_id = :agency_id AND e.tenant_id = :tenant_id"
     bounds = _BOUNDS.format(tenant=tenant)
     month = _MONTH_OF_CHAIN.format(tenant_l=tenant_l)
     minor = _minor_unit_sql("w.currency")
@@ -538,11 +566,13 @@ def _prepare(uow: UnitOfWork, period: Period, tenant_id: str | None) -> None:
         "start_margin": period.start + SETTLE_MARGIN, "end_margin": period.end + SETTLE_MARGIN,
         "end_less_margin": period.end - SETTLE_MARGIN, "period": period.first_day,
         "previous": period.previous().first_day, "tenant_id": tenant_id,
+        "agency_id": tenant_id.rpartition(":")[0] or None if tenant_id is not None else None,
     }
     usage_columns = _USAGE_COLUMNS.format(count="count(*)", signed="")
     moved_columns = _USAGE_COLUMNS.format(count="sum(m.sign)", signed="m.sign * ")
     for table, statement in (("invoice_draft_chain", _DRAFT_CHAIN.format(bounds=bounds, month=month)),
                              ("invoice_draft_credits", _DRAFT_CREDITS.format(bounds=bounds, month=month)),
+                             ("invoice_draft_credits", _DRAFT_AGENCY_BILLED.format(tenant_sub=tenant_sub)),
                              ("invoice_draft_usage", _DRAFT_USAGE.format(columns=usage_columns, tenant_e=tenant_e,
                                                                          item_parts=_ITEM_PARTS)),
                              ("invoice_draft_usage", _DRAFT_USAGE_MOVED.format(bounds=bounds, tenant_l=tenant_l,

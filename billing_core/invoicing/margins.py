@@ -83,13 +83,14 @@ class Margins:
 
 _QUERY = """
 WITH refunded AS (
-    SELECT r.tenant_id, r.usage_event_id, sum(r.amount) AS amount
+    -- a sub-account's refund gave LAD's revenue back by its agency's share (agency_amount), not the resale
+    SELECT r.tenant_id, r.usage_event_id, sum(coalesce(r.agency_amount, r.amount)) AS amount
     FROM ledger_entries r
     WHERE r.entry_type = 'refund' AND r.usage_event_id IS NOT NULL AND r.created_at >= :start {tenant_r}
     GROUP BY 1, 2
 ), corrected AS (
     SELECT tenant_id, usage_event_id, sum(amount) AS amount FROM (
-        SELECT c.tenant_id, c.usage_event_id, c.amount FROM ledger_entries c
+        SELECT c.tenant_id, c.usage_event_id, coalesce(c.agency_amount, c.amount) AS amount FROM ledger_entries c
         WHERE c.entry_type = 'correction' AND c.usage_event_id IS NOT NULL AND c.created_at >= :start {tenant_c}
         UNION ALL
         SELECT r.tenant_id, r.usage_event_id, r.difference FROM rerate_events r

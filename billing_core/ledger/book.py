@@ -198,7 +198,7 @@ class WalletBook:
                  "usage_event_id": usage_event_id, "reference": reference, "description": description,
                  "idempotency_key": idempotency_key, "created_by": created_by, "reserved_change": reserved_change,
                  "reservation_id": reservation_id, "grant_id": grant_id, "related_entry_id": related_entry_id,
-                 "sub_account_event_id": sub_account_event_id}
+                 "sub_account_event_id": sub_account_event_id, "agency_amount": None}
         self._changes.entries.append(entry)
         return entry
 
@@ -296,7 +296,7 @@ class WalletBook:
         self.holds[hold.id] = hold
         self._changes.new_holds.add(hold.id)
         self.budgets.hold_changed(hold.feature_key, hold.amount)
-        return self._entry(EntryType.HOLD, ZERO, reserved_change=hold.amount, reservation_id=hold.id, **entry)
+        return self._entry(EntryType.HOLD, ZERO, reserved_change=hold.reserving, reservation_id=hold.id, **entry)
 
     def extend_hold(self, hold: Hold, more: Decimal, expires_at: datetime,
                     **entry: Any) -> dict[str, Any] | None:
@@ -306,17 +306,18 @@ class WalletBook:
         self.budgets.hold_changed(hold.feature_key, more)
         if more == 0:
             return None
-        return self._entry(EntryType.HOLD, ZERO, reserved_change=more, reservation_id=hold.id, **entry)
+        return self._entry(EntryType.HOLD, ZERO, reserved_change=ZERO if hold.agency_id else more,
+                           reservation_id=hold.id, **entry)
 
     def close_hold(self, hold: Hold, status: HoldStatus, **entry: Any) -> dict[str, Any]:
         """Release or expire a hold: its amount goes back to the available balance."""
         hold.status, hold.closed_at = status, self.now
         self._touch(hold)
         self.budgets.hold_changed(hold.feature_key, -hold.amount)
-        return self._entry(EntryType.HOLD_RELEASE, ZERO, reserved_change=-hold.amount,
+        return self._entry(EntryType.HOLD_RELEASE, ZERO, reserved_change=-hold.reserving,
                            reservation_id=hold.id, description=f"hold {status}", **entry)
 
-    def settle_hold(self, hold: Hold, cost: Decimal, usage_event_id: uuid.UUID,
+    def settle_hold(self, hold: Hold, cost: Decimal, usage_event_id: uuid.UUID | None,
                     **entry: Any) -> dict[str, Any]:
         """Debit the actual cost and release the whole hold, in one entry. A hold that expired after
         the charge was made was released already; its late settlement releases nothing more."""
@@ -325,6 +326,8 @@ class WalletBook:
         hold.settled_amount, hold.usage_event_id = cost, usage_event_id
         self._touch(hold)
         self.budgets.hold_changed(hold.feature_key, -releasing)
+        if hold.agency_id is not None:  # its agency's wallet set it aside, not this one
+            releasing = ZERO
         return self.debit(cost, reserved_change=-releasing, reservation_id=hold.id,
                           usage_event_id=usage_event_id, **entry)
 

@@ -124,7 +124,7 @@ def refund(uow: UnitOfWork, tenant_id: str, command: RefundRequest, *, created_b
         raise RefundExceeded("a refund cannot exceed what is left of the debit",
                              {"field": "amount", "debited": money.format_decimal(-original.amount),
                               "refundable": money.format_decimal(left)})
-    book.restore(amount, returnable, related_entry_id=original.id,
+    record = book.restore(amount, returnable, related_entry_id=original.id,
                  usage_event_id=original.usage_event_id, reference=str(original.id), description=command.reason,
                  idempotency_key=key, created_by=created_by)
     if original.usage_event_id is not None:
@@ -132,6 +132,11 @@ def refund(uow: UnitOfWork, tenant_id: str, command: RefundRequest, *, created_b
             select(usage_events.c.feature_key, usage_events.c.created_at)
             .where(usage_events.c.tenant_id == tenant_id, usage_events.c.id == original.usage_event_id)).one()
         book.budgets.spend(event.feature_key, event.created_at, -amount)
+        # a sub-account's event: its agency gets back its share of its price too (agencies/credits.py)
+        from billing_core.agencies.credits import refund_agency
+
+        record["agency_amount"] = refund_agency(uow, tenant_id, original.usage_event_id, amount,
+                                                reason=command.reason, created_by=created_by)
     return _commit(uow, book, key)
 
 

@@ -109,6 +109,7 @@ class LedgerEntry:
     grant_id: uuid.UUID | None = None
     related_entry_id: uuid.UUID | None = None
     sub_account_event_id: uuid.UUID | None = None  # an agency's debit for its sub-account's usage event
+    agency_amount: Decimal | None = None  # a sub-account's refund or correction: its agency's price moved by
 
 
 @dataclass
@@ -152,6 +153,13 @@ class Hold:
     updated_at: datetime
     closed_at: datetime | None
     burst_multiplier: Decimal | None = None  # a burst call: its settlement is priced at this multiple
+    sub_account_id: str | None = None  # an agency's hold backing this sub-account's hold (agencies/holds.py)
+    agency_id: str | None = None  # an agency-funded sub-account's hold: set aside on this agency's wallet
+
+    @property
+    def reserving(self) -> Decimal:
+        """What the hold sets aside on its own wallet while active: nothing when its agency's wallet does."""
+        return Decimal(0) if self.agency_id is not None else self.amount
 
     @property
     def burst(self) -> bool:

@@ -54,6 +54,8 @@ ledger_entries = Table(
     Column("grant_id", Uuid),  # the grant a top-up created or an expiry ended
     Column("related_entry_id", Uuid),  # a refund's debit, a clawback's top-up
     Column("sub_account_event_id", Uuid),  # an agency's debit for one of its sub-accounts' usage events
+    # a sub-account's refund or correction: what its agency's price moved by with it (operators' margins)
+    Column("agency_amount", Money),
 )
 
 

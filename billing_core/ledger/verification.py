@@ -102,7 +102,8 @@ def _reserved_and_grant_mismatches(uow: UnitOfWork, tenant_id: str | None) -> li
                coalesce((SELECT sum(l.reserved_change) FROM ledger_entries l
                          WHERE l.tenant_id = w.tenant_id AND l.wallet_id = w.id), 0) AS reserved_entries,
                coalesce((SELECT sum(r.amount) FROM reservations r
-                         WHERE r.tenant_id = w.tenant_id AND r.wallet_id = w.id AND r.status = 'active'), 0) AS holds
+                         WHERE r.tenant_id = w.tenant_id AND r.wallet_id = w.id AND r.status = 'active'
+                           AND r.agency_id IS NULL), 0) AS holds
         FROM wallets w
         WHERE CAST(:tenant_id AS text) IS NULL OR w.tenant_id = :tenant_id
     """), {"tenant_id": tenant_id})

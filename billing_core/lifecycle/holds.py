@@ -15,6 +15,7 @@ from decimal import Decimal
 from sqlalchemy import select
 
 from billing_core import idempotency, money
+from billing_core.agencies import holds as agency_holds
 from billing_core.calls.admission import Concurrency, admit
 from billing_core.catalog import clock_and_catalog, price_items
 from billing_core.cursors import newest_first, next_cursor
@@ -102,15 +103,23 @@ def reserve(uow: UnitOfWork, tenant_id: str, command: ReservationRequest, *, cre
         book.flush()  # the slots those holds took are free for the count below
     _refuse_blocked(book)
     admission = admit(book, command.featureKey)
-    _may_hold(book, command.featureKey, amount)
+    # an agency-funded sub-account holds nothing of its own: its agency's wallet backs the hold
+    sub_account = agency_holds.funded_by_agency(uow, tenant_id)
+    if sub_account is None:
+        _may_hold(book, command.featureKey, amount)
+    else:
+        book.budgets.check(command.featureKey, book.now, amount)
     hold = Hold(
         id=uuid.uuid4(), tenant_id=tenant_id, wallet_id=book.wallet.id, feature_key=command.featureKey,
         external_reference_id=command.externalReferenceId, quote_id=command.quoteId, status=HoldStatus.ACTIVE,
         amount=amount, settled_amount=None, usage_event_id=None,
         expires_at=book.now + timedelta(seconds=command.ttlSeconds), created_at=book.now, updated_at=book.now,
-        closed_at=None, burst_multiplier=admission.burst_multiplier)
+        closed_at=None, burst_multiplier=admission.burst_multiplier,
+        agency_id=sub_account.agency_id if sub_account is not None else None)
     book.hold(hold, reference=command.externalReferenceId, description=f"hold for {command.featureKey}",
               idempotency_key=key, created_by=created_by)
+    if sub_account is not None:
+        agency_holds.back_hold(uow, sub_account, book, hold, command.items, created_by=created_by)
     book.flush()
     idempotency.record_result(uow, tenant_id, key, resource_id=hold.id)
     uow.commit()
@@ -149,13 +158,19 @@ def extend(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID, command: 
     _refuse_closed(hold, book)
     expiry.end_due(book)  # credits past their expiry are not available to hold more
     more = command.amount or Decimal(0)
-    if more:
+    sub_account = agency_holds.funded_by_agency(uow, tenant_id)
+    if more and sub_account is None:
         _may_hold(book, hold.feature_key, more)
+    elif more and sub_account is not None:
+        book.budgets.check(hold.feature_key, book.now, more)
+        agency_holds.check_cap(uow, sub_account, book.now, money.add(agency_holds.held(uow, tenant_id), more))
     expires_at = hold.expires_at
     if command.ttlSeconds is not None:
         expires_at = max(expires_at, book.now + timedelta(seconds=command.ttlSeconds))
     book.extend_hold(hold, more, expires_at, description=f"hold for {hold.feature_key} extended",
                      idempotency_key=key, created_by=created_by)
+    # an agency's hold backing this one follows it (sub-account's lock first, then the agency's)
+    agency_holds.extend_backing(uow, tenant_id, hold, more, created_by=created_by)
     book.flush()
     idempotency.record_result(uow, tenant_id, key, resource_id=hold.id)
     uow.commit()
@@ -178,6 +193,7 @@ def release(uow: UnitOfWork, tenant_id: str, reservation_id: uuid.UUID, command:
         return HoldResult(hold, replayed=True)
     _refuse_closed(hold, book)
     book.close_hold(hold, HoldStatus.RELEASED, idempotency_key=key, created_by=created_by)
+    agency_holds.release_backing(uow, tenant_id, hold, created_by=created_by)
     book.flush()
     if key is not None:
         idempotency.record_result(uow, tenant_id, key, resource_id=hold.id)

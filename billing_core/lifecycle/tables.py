@@ -41,6 +41,10 @@ reservations = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("closed_at", DateTime(timezone=True)),
     Column("burst_multiplier", Money),  # set on a call admitted above its plan's base limit (calls/)
+    # on an agency's hold backing an agency-funded sub-account's hold (same id): that sub-account
+    Column("sub_account_id", Text),
+    # on an agency-funded sub-account's hold: its agency, whose wallet sets it aside (this one does not)
+    Column("agency_id", Text),
 )
 
 

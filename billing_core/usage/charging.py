@@ -173,13 +173,18 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
 
     catalog = CATALOG.for_tenant(uow, tenant_id)
     plan = load_plan(uow.connection, tenant_id)
-    # a sub-account's charge moves its agency's wallet too, in this transaction (agencies/charging.py)
-    sub_account = find_sub_account(uow, tenant_id) if ":" in tenant_id else None
-    agency = AgencyLevel(uow, sub_account) if sub_account is not None else None
     bursts: dict[uuid.UUID, Decimal] = {}  # burst calls' events: their items are priced at the multiplier
     # graduated tiers: where each month stands, read under the wallet lock (the book holds it) and
     # advanced event by event, only for the events charged; written with the debits
     positions = TierPositions(uow, tenant_id, locked=True)
+    # a sub-account's charge moves its agency's wallet too, in this transaction (agencies/charging.py);
+    # what prices without a month position is priced at both levels before the agency's lock, which
+    # every sub-account's group waits for
+    sub_account = find_sub_account(uow, tenant_id) if ":" in tenant_id else None
+    agency, prepriced = None, {}
+    if sub_account is not None:
+        prepriced = _price_flat(uow, tenant_id, sub_account.agency_id, events, items, catalog)
+        agency = AgencyLevel(uow, sub_account)
     outcomes: list[SettleOutcome] = []
     repriced: list[dict[str, Any]] = []
     for event in events:
@@ -193,7 +198,9 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
             else:
                 # priced at its occurrence (a late record's occurredAt): that moment's prices and tier
                 # position; it is still settled now, in wallet order
-                priced = price_items(uow, tenant_id, items[event.id], event.occurred_at, catalog, positions)
+                flat = prepriced.get(event.id)
+                priced = flat[0] if flat is not None else price_items(
+                    uow, tenant_id, items[event.id], event.occurred_at, catalog, positions)
                 cost = money.total(p.cost for p in priced)
                 advances = [p.advance for p in priced if p.advance is not None]
             hold = book.holds.get(event.reservation_id) if event.reservation_id is not None else None
@@ -202,8 +209,10 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
             if agency is None:
                 _charge(book, event, cost, plan)
             else:
-                agency_cost, agency_advances = agency.price(items[event.id], event.created_at)
-                agency.check(event.created_at, cost, agency_cost)
+                flat = prepriced.get(event.id)
+                agency_cost, agency_advances = agency.price(items[event.id], event.created_at,
+                                                            flat[1] if flat is not None else None)
+                agency.check(event.created_at, cost, agency_cost, event.reservation_id)
                 if agency.prepaid:
                     try:
                         _charge(book, event, cost, plan)
@@ -211,9 +220,7 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
                         short.details["wallet"] = "sub_account"
                         raise
                 else:  # billed by the agency: a zero entry keeps every charged event's one debit
-                    book.debit(Decimal(0), usage_event_id=event.id, reference=event.external_reference_id,
-                               description=f"{event.feature_key} usage (billed by the agency)",
-                               idempotency_key=event.idempotency_key, created_by=event.user_id)
+                    _charge_for_agency(book, event, cost)
                 agency.record(event, cost, agency_cost, agency_advances)
         except _REFUSALS as refusal:
             outcomes.append(SettleOutcome(event.id, UsageEventStatus.REJECTED, code=refusal.code,
@@ -266,6 +273,30 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
     return outcomes
 
 
+def _price_flat(uow: UnitOfWork, tenant_id: str, agency_id: str, events: Sequence[Any],
+                items: dict[uuid.UUID, list[Any]], catalog: Any) -> dict[uuid.UUID, tuple[list[Any], list[Any]]]:
+    """A sub-account's events priced at both levels (resale, then the agency's price) when neither
+    needs a month position (no graduated item at either level): the same prices the loop would give,
+    whatever is charged before them. Events with a quote, a graduated item, or no price are left to
+    the loop."""
+    agency_catalog = CATALOG.for_tenant(uow, agency_id)
+    found: dict[uuid.UUID, tuple[list[Any], list[Any]]] = {}
+    for event in events:
+        if event.quote_id is not None:
+            continue
+        try:
+            resale = price_items(uow, tenant_id, items[event.id], event.occurred_at, catalog)
+            if any(p.price.pricing_model == GRADUATED for p in resale):
+                continue
+            agency = price_items(uow, agency_id, items[event.id], event.created_at, agency_catalog)
+            if any(p.price.pricing_model == GRADUATED for p in agency):
+                continue
+        except (PriceNotFound, ArithmeticError):
+            continue  # the loop refuses it
+        found[event.id] = (resale, agency)
+    return found
+
+
 _REPRICED = ("usage_event_id", "position", "price_id", "unit_price", "cost", "pricing", "unit_cost", "provider_cost")
 
 
@@ -307,6 +338,25 @@ def _charge(book: WalletBook, event: Any, cost: Decimal, plan: CallPlan) -> None
         book.settle_hold(hold, cost, event.id, **entry)
     else:
         book.debit(cost, usage_event_id=event.id, **entry)
+    book.budgets.spend(event.feature_key, event.occurred_at, cost)
+
+
+def _charge_for_agency(book: WalletBook, event: Any, cost: Decimal) -> None:
+    """An agency-funded sub-account's side of a charge: a zero debit keeps every charged event's one
+    debit; a hold it names is settled (its reserved resale amount released, its settled amount the
+    resale cost), the agency's hold backing it being settled at the agency's price (AgencyLevel.record)."""
+    if book.blocked:
+        raise WalletBlocked("the wallet is blocked; charges are refused", {"walletId": str(book.wallet.id)})
+    entry = {"reference": event.external_reference_id, "description": f"{event.feature_key} usage (billed by the agency)",
+             "idempotency_key": event.idempotency_key, "created_by": event.user_id}
+    if event.reservation_id is None:
+        book.budgets.check(event.feature_key, event.occurred_at, cost, Decimal(0))  # its budgets: at resale
+        book.debit(Decimal(0), usage_event_id=event.id, **entry)
+    else:
+        hold = book.holds[event.reservation_id]
+        check_settleable(hold, event.created_at)
+        book.settle_hold(hold, Decimal(0), event.id, **entry)
+        hold.settled_amount = cost
     book.budgets.spend(event.feature_key, event.occurred_at, cost)
 
 

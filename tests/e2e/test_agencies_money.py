@@ -1,0 +1,348 @@
+"""Agencies and sub-accounts, the money side (issue 21) on the real stack: an agency-funded
+sub-account's holds are backed by its agency's wallet; refunds and corrections of a sub-account's
+event move both levels; both levels' monthly invoices reconcile; many sub-accounts charge at once
+through two worker processes; budgets, alerts and auto top-up at both levels."""
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from decimal import Decimal
+
+from sqlalchemy import text
+
+from billing_core.db import UnitOfWork, engine_for
+from billing_core.ledger import credits
+from billing_core.ledger.commands import TopUpRequest
+from tests.e2e.test_agencies import B, balance, charge, create, entries, make_agency
+from tests.support.helpers import Api, assert_ledger_consistent, stt_items, top_up, wallet
+from tests.support.invoices import STT, History, ledger_dated, months
+from tests.support.invoices import items as invoice_items
+from tests.support.polling import eventually
+
+
+def hold(api, token, **body):
+    return api.post(f"{B}/reservations", token, json={"featureKey": "call", "idempotencyKey": f"h-{uuid.uuid4()}",
+                                                      **body})
+
+
+def reserved(api, make_token, tenant):
+    return Decimal(wallet(api, make_token(tenant, "billing.view"))["reservedBalance"])
+
+
+def test_an_agency_funded_sub_account_holds_on_its_agency_s_wallet(api, tenant, make_token, engine):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "10")
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "2"})
+    sub = create(api, manage, "calls", funding="agency", spendCap="5")
+    token = make_token(sub, "billing.charge", "billing.view")
+
+    opened = hold(api, token, items=stt_items("10000"))  # resale 2, the agency's price 1
+    assert opened.status_code == 200, opened.text
+    held = opened.json()["reservation"]
+    assert held["amount"] == "2"
+    # set aside on the agency's wallet at its price; the sub-account's own wallet sets nothing aside
+    assert reserved(api, make_token, tenant) == Decimal(1) and reserved(api, make_token, sub) == 0
+
+    settled = api.post(f"{B}/charge?wait=20", token, json={"featureKey": "call", "items": stt_items("5000"),
+                                                   "reservationId": held["id"], "idempotencyKey": "s1"})
+    assert settled.status_code == 200, settled.text
+    event = settled.json()["usageEvent"]
+    assert event["totalCost"] == "1"  # resale: 0.5 × 2
+    assert (balance(api, make_token, tenant), reserved(api, make_token, tenant)) == (Decimal("9.5"), 0)
+    assert (balance(api, make_token, sub), reserved(api, make_token, sub)) == (0, 0)
+    after = api.get(f"{B}/reservations/{held['id']}", token).json()["reservation"]
+    assert (after["status"], after["settledAmount"]) == ("settled", "1")
+    assert [(str(e), a) for e, a in entries(engine, tenant)] == [(event["id"], Decimal("-0.5"))]
+    margins = api.get(f"{B}/margins?groupBy=subAccount", manage).json()["margins"]
+    assert (margins["revenue"], margins["cost"], margins["margin"]) == ("1", "0.5", "0.5")
+
+    # released: the agency's backing goes with it
+    second = hold(api, token, amount="1.5").json()["reservation"]
+    assert reserved(api, make_token, tenant) == Decimal("1.5")  # an amount is set aside as it is
+    extended = api.post(f"{B}/reservations/{second['id']}/extend", token, json={"amount": "0.5", "idempotencyKey": "x"})
+    assert extended.status_code == 200, extended.text
+    assert reserved(api, make_token, tenant) == Decimal(2)
+    released = api.post(f"{B}/reservations/{second['id']}/release", token, json={"idempotencyKey": "r"})
+    assert released.status_code == 200, released.text
+    assert reserved(api, make_token, tenant) == 0 and reserved(api, make_token, sub) == 0
+
+    # the spend cap (5 a month at resale): 1 charged, so a hold of 4.5 passes it
+    capped = hold(api, token, amount="4.5")
+    assert capped.status_code == 402, capped.text
+    assert capped.json()["error"]["code"] == "budget_exceeded"
+    assert capped.json()["error"]["details"]["spendCap"] == "5"
+    # the agency's wallet cannot cover: refused, nothing moves
+    big = create(api, manage, "big", funding="agency")
+    short = hold(api, make_token(big, "billing.charge"), amount="50")
+    assert short.status_code == 402, short.text
+    assert short.json()["error"]["details"]["wallet"] == "agency"
+    assert reserved(api, make_token, tenant) == 0 and reserved(api, make_token, big) == 0
+    for who in (tenant, sub, big):
+        assert_ledger_consistent(api, make_token, who)
+
+
+def test_a_backing_hold_is_not_one_of_the_agency_s_own_calls(api, tenant, make_token):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "10")
+    assert api.request("PATCH", f"{B}/wallet", admin, json={"maxConcurrentCalls": 2}).status_code == 200
+    sub = create(api, manage, "slot", funding="agency")
+    assert hold(api, make_token(sub, "billing.charge"), amount="1").status_code == 200
+    mine = make_token(tenant, "billing.charge")
+    assert hold(api, mine, amount="1").status_code == 200  # the tree: the sub-account's call and this one
+    refused = hold(api, mine, amount="1")
+    assert refused.status_code == 429, refused.text
+    refused = hold(api, make_token(sub, "billing.charge"), amount="1")
+    assert refused.status_code == 429 and refused.json()["error"]["details"]["level"] == "agency"
+
+
+def test_a_refund_of_a_sub_account_charge_refunds_the_agency_s_share(api, tenant, make_token, engine):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "10")
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "1.5"})
+    sub = create(api, manage, "refunded")
+    assert api.post(f"{B}/sub-accounts/{sub}/topups", manage,
+                    json={"amount": "5", "idempotencyKey": "t"}).status_code == 200
+    assert charge(api, make_token(sub, "billing.charge")).status_code == 200  # resale 1.5, the agency's 1
+    sub_admin = make_token(sub, "billing.admin")
+    [debit] = api.get(f"{B}/transactions?type=debit", sub_admin).json()["transactions"]
+
+    def refund(amount=None):
+        body = {"transactionId": debit["id"], "reason": "dropped call", "idempotencyKey": f"r-{uuid.uuid4()}"}
+        response = api.post(f"{B}/refunds", sub_admin, json={**body, **({"amount": amount} if amount else {})})
+        assert response.status_code == 200, response.text
+
+    refund("0.5")  # a third of the resale: a third of the agency's price, to 12 places
+    assert balance(api, make_token, sub) == Decimal("4")
+    assert balance(api, make_token, tenant) == Decimal("9.333333333333")
+    margins = api.get(f"{B}/margins?groupBy=subAccount", manage).json()["margins"]
+    assert (margins["revenue"], margins["cost"], margins["margin"]) == ("1", "0.666666666667", "0.333333333333")
+    # the operator's: LAD's revenue is the agency's price, less what LAD gave the agency back
+    operator = api.get(f"{B}/margins?tenantId={sub}", make_token("operator", "billing.admin")).json()["margins"]
+    assert Decimal(operator["revenue"]) + Decimal(operator["uncosted"]["revenue"]) == Decimal("0.666666666667")
+    refund()  # the rest: the rest of the agency's price, exactly
+    assert balance(api, make_token, sub) == Decimal("5") and balance(api, make_token, tenant) == Decimal("10")
+    margins = api.get(f"{B}/margins?groupBy=subAccount", manage).json()["margins"]
+    assert (margins["revenue"], margins["cost"], margins["margin"]) == ("0", "0", "0")
+    for who in (tenant, sub):
+        assert_ledger_consistent(api, make_token, who)
+
+
+def test_both_levels_monthly_invoices_reconcile_for_both_funding_kinds(api, live, tenant, make_token):
+    engine = engine_for(live.env["DATABASE_URL"])
+    _, manage = make_agency(api, make_token, tenant)
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "1.25"})
+    prepaid, funded = create(api, manage, "inv-prepaid"), create(api, manage, "inv-funded", funding="agency")
+    previous, _ = months()
+    day = previous.start + timedelta(days=3)
+    History(engine, tenant).top_up(day, "20")
+    with ledger_dated(day + timedelta(hours=1)), UnitOfWork(engine) as uow:
+        credits.top_up(uow, prepaid, TopUpRequest(amount=Decimal(5), idempotencyKey="client"), created_by="test",
+                       receipt=False)
+    agency, client, billed = History(engine, tenant), History(engine, prepaid), History(engine, funded)
+    agency.charge(day + timedelta(hours=2), "voice", invoice_items((STT, "10000")))  # its own: 1
+    debit = client.charge(day + timedelta(hours=3), "voice", invoice_items((STT, "12345")))  # 1.543125; 1.2345
+    billed.charge(day + timedelta(hours=4), "voice", invoice_items((STT, "10000")))  # 1.25; 1
+    billed.charge(day + timedelta(hours=5), "voice", invoice_items((STT, "3333")))  # 0.416625; 0.3333
+    client.refund(day + timedelta(hours=6), debit, "0.5")  # the agency gets back 1.2345 × 0.5 / 1.543125 = 0.4
+
+    operator = make_token("operator", "billing.admin")
+    found = {}
+    for who in (prepaid, funded, tenant):
+        rollup = api.post(f"{B}/invoices/rollup?period={previous.label}&tenantId={who}", operator)
+        assert rollup.status_code == 200, rollup.text
+        assert rollup.json()["rollup"]["refused"] == [], rollup.text
+        [listed] = api.get(f"{B}/invoices?tenantId={who}", operator).json()["invoices"]
+        found[who] = api.get(f"{B}/invoices/{listed['id']}?tenantId={who}", operator).json()["invoice"]
+    for invoice in found.values():
+        r = invoice["reconciliation"]
+        assert r["balanced"] and Decimal(r["openingBalance"]) + Decimal(r["credits"]) - Decimal(r["usage"]) == \
+            Decimal(r["closingBalance"]), invoice
+
+    mine = found[prepaid]  # its wallet: 5 - 1.543125 + 0.5, at resale prices, issued by the agency
+    assert (mine["totalUsageExact"], mine["closingBalance"]) == ("1.543125", "3.956875")
+    assert mine["issuer"]["legalName"] != "" and mine["number"].startswith(f"{tenant}-")
+    theirs = found[funded]  # no wallet of its own: its usage at resale, billed by the agency
+    assert (theirs["totalUsageExact"], theirs["openingBalance"], theirs["closingBalance"]) == ("1.666625", "0", "0")
+    assert [(c["type"], c["description"], c["amount"]) for c in theirs["creditLines"]] == [
+        ("adjustment", "usage billed by the agency", "1.666625")]
+    assert theirs["number"].startswith(f"{tenant}-")
+    # the agency's from LAD: its own usage, each sub-account's at the agency's price, the refund of its share
+    own = found[tenant]
+    lines: dict[tuple[str, str], Decimal] = {}
+    for line in own["lines"]:  # one line per sub-account, feature and price
+        key = (line["category"], line["provider"])
+        lines[key] = lines.get(key, Decimal(0)) + Decimal(line["exactAmount"])
+    assert lines[("sub_account", prepaid)] == Decimal("1.2345") and lines[("sub_account", funded)] == Decimal("1.3333")
+    assert Decimal(own["totalUsageExact"]) == 1 + Decimal("1.2345") + Decimal("1.3333")
+    assert own["credits"]["refunds"] == "0.4"
+    assert own["closingBalance"] == str(Decimal(20) - 1 - Decimal("1.2345") - Decimal("1.3333") + Decimal("0.4"))
+    # and the agency's margins for the month: Σ resale − Σ agency price, net of the refund
+    margins = api.get(f"{B}/margins?groupBy=subAccount&from={previous.start.isoformat()}"
+                      f"&to={previous.end.isoformat()}".replace("+00:00", "Z"), manage).json()["margins"]
+    assert Decimal(margins["revenue"]) == Decimal("1.543125") - Decimal("0.5") + Decimal("1.666625")
+    assert Decimal(margins["cost"]) == Decimal("1.2345") - Decimal("0.4") + Decimal("1.3333")
+
+
+def test_corrections_of_a_sub_account_event_correct_both_levels(api, tenant, make_token):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "20")
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "2"})
+    prepaid, funded = create(api, manage, "fix-prepaid"), create(api, manage, "fix-funded", funding="agency")
+    assert api.post(f"{B}/sub-accounts/{prepaid}/topups", manage,
+                    json={"amount": "10", "idempotencyKey": "t"}).status_code == 200
+
+    def correct(who, event_id, action, items=None):
+        body = {"action": action, "reason": "wrong duration", "idempotencyKey": f"c-{uuid.uuid4()}",
+                **({"items": items} if items else {})}
+        response = api.post(f"{B}/usage/{event_id}/corrections", make_token(who, "billing.admin"), json=body)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    events = {}
+    for who in (prepaid, funded):
+        for n in range(2):  # each: resale 2, the agency's price 1
+            answer = charge(api, make_token(who, "billing.charge"))
+            assert answer.status_code == 200, answer.text
+            events[who, n] = answer.json()["usageEvent"]["id"]
+    assert balance(api, make_token, tenant) == Decimal(16) and balance(api, make_token, prepaid) == Decimal(6)
+    for who in (prepaid, funded):
+        correct(who, events[who, 0], "void")  # both levels given back: resale 2, the agency's 1
+        correct(who, events[who, 1], "amend", stt_items("5000"))  # half: resale 1, the agency's 0.5
+    assert balance(api, make_token, prepaid) == Decimal(9)  # 10 - 2 + 2 - 2 + 1
+    assert balance(api, make_token, funded) == 0  # billed by the agency: its wallet never moves
+    assert balance(api, make_token, tenant) == Decimal(19)  # 20 - 4 + 2 + 1
+    margins = api.get(f"{B}/margins?groupBy=subAccount", manage).json()["margins"]
+    assert (margins["revenue"], margins["cost"], margins["margin"]) == ("2", "1", "1")
+    assert {g["key"]: (g["revenue"], g["cost"]) for g in margins["groups"]} == {
+        prepaid: ("1", "0.5"), funded: ("1", "0.5")}
+    for who in (tenant, prepaid, funded):
+        assert_ledger_consistent(api, make_token, who)
+
+
+def test_twenty_sub_accounts_and_their_agency_charging_through_two_worker_processes(live, tenant, make_token, engine):
+    api = live.api
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "1000")
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "1.37"})
+    subs = [create(api, manage, f"w{i}", funding="prepaid" if i % 2 else "agency") for i in range(20)]
+    for sub in subs[1::2]:
+        assert api.post(f"{B}/sub-accounts/{sub}/topups", manage,
+                        json={"amount": "100", "idempotencyKey": "t"}).status_code == 200
+    tokens = {t: make_token(t, "billing.charge") for t in [*subs, tenant]}
+    jobs = [(sub, i) for i in range(6) for sub in subs] + [(tenant, i) for i in range(30)]
+    second = live.stack.start_worker(log=live.logs / "agency-racer.log", concurrency=2, name="agency-racer")
+    clients = [Api(api.base_url) for _ in range(16)]
+    try:
+        def send(n: int) -> None:
+            who, i = jobs[n]
+            response = clients[n % 16].post(f"{B}/charge?wait=0", tokens[who], json={
+                "featureKey": "voice", "items": stt_items(str(1000 + 7 * i)), "idempotencyKey": f"k{i}"})
+            assert response.status_code == 202, response.text
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(send, range(len(jobs))))
+
+        def settled() -> bool:
+            with engine.connect() as connection:
+                return connection.execute(text(
+                    "SELECT count(*) FROM usage_events WHERE tenant_id = ANY(:t) AND status = 'pending'"),
+                    {"t": [*subs, tenant]}).scalar_one() == 0
+
+        eventually(settled, 120, what="every charge settled")
+    finally:
+        live.stack.stop_process("agency-racer")
+    assert second.poll() is not None
+    with engine.connect() as connection:
+        statuses = connection.execute(text(
+            "SELECT status, count(*) FROM usage_events WHERE tenant_id = ANY(:t) GROUP BY 1"),
+            {"t": [*subs, tenant]}).all()
+        assert statuses == [("charged", len(jobs))]
+        # every sub-account event: one debit on its own ledger, one on the agency's, one pair recorded
+        per_event = connection.execute(text("""
+            SELECT e.id, e.total_cost,
+                   (SELECT count(*) FROM ledger_entries l WHERE l.tenant_id = e.tenant_id
+                      AND l.usage_event_id = e.id AND l.entry_type = 'debit') AS own,
+                   (SELECT count(*) FROM ledger_entries l WHERE l.tenant_id = :agency
+                      AND l.sub_account_event_id = e.id AND l.entry_type = 'debit') AS agency,
+                   (SELECT a.resale_amount FROM agency_charges a WHERE a.tenant_id = :agency
+                      AND a.usage_event_id = e.id) AS resale,
+                   (SELECT a.agency_amount FROM agency_charges a WHERE a.tenant_id = :agency
+                      AND a.usage_event_id = e.id) AS agency_price
+            FROM usage_events e WHERE e.tenant_id = ANY(:t)"""), {"t": subs, "agency": tenant}).all()
+    assert len(per_event) == 6 * 20
+    assert {(r.own, r.agency) for r in per_event} == {(1, 1)}
+    assert all(r.resale == r.total_cost for r in per_event)
+    one = Decimal("0.0001")  # per second
+    agency_prices = sum((r.agency_price for r in per_event), Decimal(0))
+    assert agency_prices == sum((one * (1000 + 7 * i) for i in range(6)), Decimal(0)) * 20
+    resale = sum((r.resale for r in per_event), Decimal(0))
+    assert resale == agency_prices * Decimal("1.37")
+    own = sum((one * (1000 + 7 * i) for i in range(30)), Decimal(0))
+    assert balance(api, make_token, tenant) == Decimal(1000) - own - agency_prices
+    for who in (tenant, *subs):
+        assert_ledger_consistent(api, make_token, who)
+    margins = api.get(f"{B}/margins?groupBy=subAccount", manage).json()["margins"]
+    assert Decimal(margins["revenue"]) == resale and Decimal(margins["cost"]) == agency_prices
+    assert Decimal(margins["margin"]) == resale - agency_prices
+
+
+def test_budgets_at_both_levels(api, tenant, make_token):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "10")
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "2"})
+    sub = create(api, manage, "budgeted", funding="agency")
+    # the sub-account's own budget counts its usage at resale prices (2 a charge), agency funding too
+    budget = {"limit": "3", "period": "month", "action": "reject"}
+    assert api.request("PUT", f"{B}/budgets/voice", make_token(sub, "billing.admin"), json=budget).status_code == 200
+    # the agency's budget counts its own usage (1 a charge): its sub-accounts' charges are not its usage
+    assert api.request("PUT", f"{B}/budgets/voice", admin, json={**budget, "limit": "1.5"}).status_code == 200
+    token = make_token(sub, "billing.charge")
+    assert charge(api, token).status_code == 200
+    refused = charge(api, token)
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
+    assert refused.json()["error"]["details"]["featureKey"] == "voice"
+    mine = make_token(tenant, "billing.charge")
+    assert charge(api, mine).status_code == 200
+    refused = charge(api, mine)
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
+    assert balance(api, make_token, tenant) == Decimal(8)  # one charge of the sub-account, one of its own
+
+
+def test_low_balance_alerts_at_both_levels_from_a_sub_account_charge(api, tenant, make_token, engine):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "6")
+    sub = create(api, manage, "alerted")
+    assert api.post(f"{B}/sub-accounts/{sub}/topups", manage,
+                    json={"amount": "4", "idempotencyKey": "t"}).status_code == 200
+    for who, threshold in ((tenant, "5.5"), (sub, "3.5")):
+        response = api.request("PUT", f"{B}/settings/alerts", make_token(who, "billing.admin"),
+                               json={"thresholds": [threshold], "webhookUrl": "https://127.0.0.1:9/lad"})
+        assert response.status_code == 200, response.text
+    assert charge(api, make_token(sub, "billing.charge")).status_code == 200  # 1 each: 6 → 5, 4 → 3
+
+    def fired() -> bool:  # by the charging path (no beat scan runs in these tests)
+        with engine.connect() as connection:
+            return connection.execute(text(
+                "SELECT count(*) FROM alert_states WHERE tenant_id = ANY(:t) AND fired_count > 0"),
+                {"t": [tenant, sub]}).scalar_one() == 2
+
+    eventually(fired, 30, what="both levels' alerts fired")
+
+
+def test_auto_top_up_at_both_levels_from_a_sub_account_charge(api, tenant, make_token, stripe_client):
+    from tests.support.auto_topup import own_card, put_rule, wait_finished
+
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "12")
+    sub = create(api, manage, "topped")
+    sub_admin = make_token(sub, "billing.admin")
+    assert api.post(f"{B}/sub-accounts/{sub}/topups", manage,
+                    json={"amount": "12", "idempotencyKey": "t"}).status_code == 200
+    for token in (admin, sub_admin):
+        assert put_rule(api, token, own_card(api, token, stripe_client)).status_code == 200  # at 10, to 50
+    assert charge(api, make_token(sub, "billing.charge"), "50000").status_code == 200  # 5 each: 12 → 7
+    for who, token in ((tenant, admin), (sub, sub_admin)):
+        [attempt] = wait_finished(api, token, who)
+        assert (attempt["status"], attempt["amount"]) == ("succeeded", "43"), attempt
+        assert balance(api, make_token, who) == Decimal(50)
