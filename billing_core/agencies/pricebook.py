@@ -178,3 +178,32 @@ def _charged_events(uow: UnitOfWork, tenant_id: str, start: datetime,
         event.agency_cost = money.add(event.agency_cost, r.agency_cost if r.agency_cost is not None else r.cost or Decimal(0))
         items.append(_Item(r.category, r.provider, r.model, r.unit, r.quantity))
     return list(found.values())
+
+
+def list_rows(uow: UnitOfWork, agency_id: str) -> list[tuple[str | None, Price]]:
+    """The explicit resale rows in force now or later: (None, row) for every sub-account's, then
+    (sub-account id, row) for each sub-account's own; one owner's rows per statement."""
+    from billing_core.catalog.tables import prices
+
+    now = uow.now()
+    owners: list[tuple[str | None, str]] = [(None, every_sub_account(agency_id))]
+    owners += [(s.tenant_id, s.tenant_id) for s in list_sub_accounts(uow, agency_id)]
+    found: list[tuple[str | None, Price]] = []
+    for shown, owner in owners:
+        rows = uow.connection.execute(select(prices).where(
+            prices.c.tenant_id == owner, (prices.c.effective_to.is_(None)) | (prices.c.effective_to > now))
+            .order_by(prices.c.category, prices.c.provider, prices.c.model, prices.c.unit, prices.c.effective_from))
+        found += [(shown, Price.from_row(r)) for r in rows]
+    return found
+
+
+def put_row(uow: UnitOfWork, agency_id: str, sub_account_id: str | None, key: CatalogKey, terms: Terms,
+            effective_from: datetime | None, description: str | None) -> Price:
+    """An explicit resale row for every sub-account of the agency, or for its own `sub_account_id`
+    (another's is not found); the row in force until then is closed, never edited. Commits."""
+    from billing_core import catalog
+
+    if sub_account_id is not None:
+        sub_account_of(uow, agency_id, sub_account_id)
+    return catalog.put_price(uow, tenant_id=sub_account_id or every_sub_account(agency_id), key=key, terms=terms,
+                             effective_from=effective_from, description=description)

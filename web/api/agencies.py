@@ -8,8 +8,7 @@ from typing import Literal
 from flask import Response
 from pydantic import Field
 
-from billing_core import catalog
-from billing_core.agencies import attach, pricebook, tree
+from billing_core.agencies import attach, pricebook, topups, tree
 from billing_core.agencies.commands import (
     ResaleMultiplierRequest,
     ResalePriceRowRequest,
@@ -18,11 +17,9 @@ from billing_core.agencies.commands import (
     SubAccountRequest,
     SubAccountTopUp,
 )
-from billing_core.agencies.resale import ResaleMultiplier, every_sub_account
+from billing_core.agencies.resale import ResaleMultiplier
 from billing_core.catalog.models import Terms, terms_from_request
 from billing_core.errors import NotFound, ValidationFailed
-from billing_core.ledger import credits
-from billing_core.ledger.commands import TopUpRequest
 from web.api.answers import Answer, DecimalString, Timestamp, ok
 from web.api.catalog import PriceResponse, price_out
 from web.api.ledger import CreditResponse, credit_answer
@@ -160,12 +157,9 @@ def put_resale_price_row() -> Response:
         raise ValidationFailed("tenantId", "name the sub-account with subAccountId")
     terms = _terms(command)
     with unit_of_work() as uow:
-        if command.subAccountId is not None:
-            tree.sub_account_of(uow, principal.tenant_id, command.subAccountId)
-        owner = command.subAccountId or every_sub_account(principal.tenant_id)
-        price = catalog.put_price(uow, tenant_id=owner,
-                                  key=(command.category, command.provider, command.model, command.unit),
-                                  terms=terms, effective_from=command.effectiveFrom, description=command.description)
+        price = pricebook.put_row(uow, principal.tenant_id, command.subAccountId,
+                                  (command.category, command.provider, command.model, command.unit), terms,
+                                  command.effectiveFrom, command.description)
     return ok(PriceResponse, price=price_out(price))
 
 
@@ -276,11 +270,7 @@ def post_sub_account_topup(tenant_id: str) -> Response:
     principal = _agency(MANAGE)
     command = parse(SubAccountTopUp, with_idempotency_header(json_body()))
     with unit_of_work() as uow:
-        found = tree.sub_account_of(uow, principal.tenant_id, tenant_id)
-        if found.funding != tree.PREPAID:
-            raise ValidationFailed("funding", f"sub-account {tenant_id} is funded by its agency: no wallet to top up")
-        result = credits.top_up(uow, tenant_id, TopUpRequest(amount=command.amount,
-                                                             idempotencyKey=command.idempotencyKey,
-                                                             description=command.description),
-                                created_by=principal.subject, receipt=False)
+        result = topups.top_up_sub_account(uow, principal.tenant_id, tenant_id, amount=command.amount,
+                                           idempotency_key=command.idempotencyKey, description=command.description,
+                                           created_by=principal.subject)
     return credit_answer(result)
