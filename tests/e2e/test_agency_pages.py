@@ -141,3 +141,169 @@ def test_the_price_book_page_previews_then_saves(api, tree):
     assert "50" in saved.text and tree["subs"]["funded"] in saved.text
     # the funded sub-account's next charge is priced by the saved row (graduated from its own month)
     assert _charge(api, tree["tokens"]["funded"], tree["item"])["totalCost"] == "15"
+
+
+# --- the isolation sweep -----------------------------------------------------------------------------
+
+def _get_routes(api: Any) -> list[str]:
+    spec = api.get("/openapi.json").json()
+    return sorted(path for path, operations in spec["paths"].items() if "get" in operations)
+
+
+def _filled(path: str, values: dict[str, str]) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), str(uuid.uuid4())), path)
+
+
+def _sweep_api(api: Any, token: str, values: dict[str, str], forbidden: tuple[str, ...],
+               queries: tuple[str, ...] = ("",)) -> dict[str, int]:
+    """Every GET route with the token (path parameters filled with the caller's own ids where known);
+    no answer carries a forbidden number. Answers the status of each address."""
+    seen = {}
+    for route in _get_routes(api):
+        for query in queries:
+            address = _filled(route, values) + query
+            response = api.get(address, token)
+            assert response.status_code != 500, (address, response.text)
+            body = response.content.decode("latin-1")
+            leaked = [n for n in forbidden if n in body]
+            assert not leaked, (address, leaked, body[:2000])
+            seen[address] = response.status_code
+    return seen
+
+
+def test_nothing_a_sub_account_can_reach_shows_the_level_above(api, tree):
+    sub, sibling = tree["subs"]["prepaid"], tree["subs"]["funded"]
+    token = tree["tokens"]["prepaid"]
+    event = tree["events"]["prepaid"]
+    values = {"usage_event_id": event["id"], "tenant_id": sub, "external_reference_id": event["externalReferenceId"]}
+    seen = _sweep_api(api, token, values, AGENCY_NUMBERS + PROVIDER_NUMBERS)
+    assert seen[f"{B}/usage/{event['id']}"] == 200 and seen[f"{B}/wallet"] == 200
+    assert seen[f"{B}/pricing"] == 200 and seen[f"{B}/invoices/preview"] == 200
+    assert seen[f"{B}/sub-accounts"] == 404  # a sub-account has no tree
+    assert RESALE in api.get(f"{B}/usage/{event['id']}", token).text  # it does see its own price
+    # naming its agency or a sibling, anywhere a tenant may be named: not found
+    for named in (tree["agency"], sibling):
+        seen = _sweep_api(api, token, {**values, "tenant_id": named}, AGENCY_NUMBERS + PROVIDER_NUMBERS,
+                          queries=(f"?tenantId={named}",))
+        assert all(status != 200 for a, status in seen.items() if a.startswith(B)), \
+            [a for a, s in seen.items() if s == 200 and a.startswith(B)]
+        assert seen[f"{B}/wallet?tenantId={named}"] == 404
+
+    session, base = _portal(api, tree["tokens"]["prepaid"])
+    pages = ["/portal/", "/portal/usage", f"/portal/usage/{event['id']}",
+             f"/portal/calls/{event['externalReferenceId']}", "/portal/invoices", "/portal/settings"]
+    for path in pages:
+        page = session.get(base + path)
+        assert page.status_code == 200, (path, page.status_code)
+        assert not [n for n in AGENCY_NUMBERS + PROVIDER_NUMBERS if n in page.text], path
+        assert "Northwind Voice Ltd" in page.text and "LAD" not in page.text, path  # its agency's brand only
+    for path in ("/portal/sub-accounts", "/portal/sub-accounts/prices", f"/portal/sub-accounts/{sibling}",
+                 f"/portal/sub-accounts/{sub}"):
+        assert session.get(base + path).status_code == 404, path
+
+
+def test_nothing_an_agency_can_reach_shows_provider_costs(api, tree):
+    manage = tree["manage"]
+    sub = tree["subs"]["prepaid"]
+    event = tree["events"]["prepaid"]
+    values = {"usage_event_id": event["id"], "tenant_id": sub, "external_reference_id": event["externalReferenceId"]}
+    seen = _sweep_api(api, manage, values, PROVIDER_NUMBERS, queries=("", f"?tenantId={sub}"))
+    assert seen[f"{B}/usage/{event['id']}?tenantId={sub}"] == 200
+    assert seen[f"{B}/sub-accounts/{sub}"] == 200
+    # another agency's sub-account, another agency, a tenant that is not its own: not found
+    for named in (tree["theirs"], tree["other"], f"t-{uuid.uuid4().hex[:8]}"):
+        seen = _sweep_api(api, manage, {**values, "tenant_id": named}, PROVIDER_NUMBERS,
+                          queries=(f"?tenantId={named}",))
+        assert seen[f"{B}/wallet?tenantId={named}"] == 404
+        assert seen[f"{B}/sub-accounts/{named}?tenantId={named}"] == 404
+        assert all(status != 200 for address, status in seen.items() if address.startswith(B)
+                   and "/sub-accounts/prices" not in address and "/sub-accounts?" not in address), \
+            [a for a, s in seen.items() if s == 200]
+    # no id outside its namespace; no tenant with history
+    outside = api.post(f"{B}/sub-accounts", manage, json={"name": f"{tree['other']}:y", "funding": "prepaid"})
+    assert outside.status_code == 400
+    claimed = api.post(f"{B}/sub-accounts", manage, json={"name": "prepaid", "funding": "prepaid"})
+    assert claimed.status_code == 409 and claimed.json()["error"]["code"] == "sub_account_exists"
+
+    session, base = _portal(api, manage)
+    for path in ("/portal/", "/portal/usage", "/portal/invoices", "/portal/settings", "/portal/sub-accounts",
+                 f"/portal/sub-accounts/{sub}", f"/portal/sub-accounts/{sub}/usage/{event['id']}",
+                 "/portal/sub-accounts/prices"):
+        page = session.get(base + path)
+        assert page.status_code == 200, (path, page.status_code)
+        assert not [n for n in PROVIDER_NUMBERS if n in page.text], path
+
+
+def test_the_console_shows_agency_price_against_provider_cost(api, live, tree, make_token):
+    link = console_link(api, make_token("ops", "billing.admin"))
+    session = _opened(link["url"])
+    base = link["url"].split("/console/")[0]
+    listed = session.get(f"{base}/console/agencies")
+    assert listed.status_code == 200 and tree["agency"] in listed.text
+    page = session.get(f"{base}/console/agencies/{tree['agency']}")
+    assert page.status_code == 200
+    for sub in tree["subs"].values():
+        assert sub in page.text
+    assert PROVIDER_COST in page.text and AGENCY_COST in page.text and RESALE in page.text
+    assert session.get(f"{base}/console/agencies/{tree['subs']['prepaid']}").status_code == 404
+
+
+# --- in the browser ----------------------------------------------------------------------------------
+
+@pytest.mark.browser
+def test_the_agency_portal_in_the_browser(browser, api, tree):
+    sub = tree["subs"]["prepaid"]
+    link = portal_link(api, tree["manage"], ttlMinutes=30)
+    with Visit(browser, viewport={"width": 1280, "height": 900}) as v:
+        page = v.page
+        v.open(link["url"], "agency-portal-overview")
+        v.click(page.get_by_role("link", name="Sub-accounts", exact=True), "agency-portal-sub-accounts")
+        assert page.locator("#sub-accounts-table tbody tr").count() == 2
+        v.click(page.get_by_role("link", name=sub), "agency-portal-sub-account")
+        before = Decimal(page.get_by_test_id("balance").inner_text())
+        page.get_by_label("Amount").fill("1.25")
+        page.get_by_label("Description").fill("paid by the client in cash")
+        v.click(page.get_by_role("button", name="Top up"))
+        assert "Topped up." in page.inner_text("main")
+        assert Decimal(page.get_by_test_id("balance").inner_text()) == before + Decimal("1.25")
+        v.click(page.locator("#sub-account-usage tbody a").first, "agency-portal-sub-account-call")
+        assert page.get_by_test_id("total-cost").inner_text().startswith(RESALE)
+        assert page.get_by_test_id("agency-cost").inner_text().startswith(AGENCY_COST)
+
+        v.click(page.get_by_role("link", name="Price book"), "agency-portal-price-book")
+        page.get_by_label("Multiplier", exact=True).fill("1.75")
+        page.get_by_label("Category (empty: any)", exact=True).fill(tree["item"]["category"])
+        v.click(page.locator("form:has(#m-multiplier)").get_by_role("button", name="Preview"),
+                "agency-portal-price-book-preview")
+        assert page.locator("#preview").is_visible()
+        assert page.get_by_label("Multiplier", exact=True).input_value() == "1.75", "the form keeps what was typed"
+        v.click(page.locator("form:has(#m-multiplier)").get_by_role("button", name="Save"))
+        assert "Saved: the multiplier." in page.inner_text("main")
+        assert "1.75" in page.inner_text("#multipliers-table")
+        v.open(page.url.split("/portal/")[0] + f"/portal/sub-accounts/{tree['theirs']}", status=404)
+    assert any(p["multiplier"] == "1.75" for p in api.get(f"{B}/sub-accounts/prices", tree["manage"]).json()["prices"])
+
+
+@pytest.mark.browser
+def test_the_sub_account_portal_carries_its_agency_s_name(browser, api, tree):
+    link = portal_link(api, tree["tokens"]["prepaid"], ttlMinutes=30)
+    with Visit(browser, viewport={"width": 390, "height": 844}) as v:
+        v.open(link["url"], "sub-account-portal-overview")
+        assert v.page.locator("header .brand").inner_text().startswith("Northwind Voice Ltd")
+        assert "LAD" not in v.page.content()
+        assert v.page.get_by_role("link", name="Sub-accounts").count() == 0
+        v.click(v.page.get_by_role("link", name="Usage", exact=True), "sub-account-portal-usage")
+        assert "LAD" not in v.page.content()
+
+
+@pytest.mark.browser
+def test_the_console_agencies_and_a_tree_in_the_browser(browser, api, tree, make_token):
+    link = console_link(api, make_token("ops", "billing.admin"))
+    with Visit(browser, viewport={"width": 1280, "height": 900}) as v:
+        page = v.page
+        v.open(link["url"])
+        v.click(page.get_by_role("link", name="Agencies"), "console-agencies")
+        v.click(page.get_by_role("link", name=tree["agency"]), "console-agency")
+        rows = page.locator("#tree-table tbody tr")
+        assert rows.count() == 2
+        assert page.locator("#tree-table").get_by_text(PROVIDER_COST).count() >= 1
