@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.e2e.test_pages import Visit, _csrf, _opened, browser, console_link, portal_link  # noqa: F401
+from tests.e2e.test_pages import Visit, _csrf, _opened, browser, console_link, portal_link  # noqa: F401 (browser: the fixture)
 from tests.support.helpers import top_up
 
 B = "/api/billing"
@@ -251,10 +251,10 @@ def test_the_console_shows_agency_price_against_provider_cost(api, live, tree, m
 # --- in the browser ----------------------------------------------------------------------------------
 
 @pytest.mark.browser
-def test_the_agency_portal_in_the_browser(browser, api, tree):
+def test_the_agency_portal_in_the_browser(request, api, tree):
     sub = tree["subs"]["prepaid"]
     link = portal_link(api, tree["manage"], ttlMinutes=30)
-    with Visit(browser, viewport={"width": 1280, "height": 900}) as v:
+    with Visit(request.getfixturevalue("browser"), viewport={"width": 1280, "height": 900}) as v:
         page = v.page
         v.open(link["url"], "agency-portal-overview")
         v.click(page.get_by_role("link", name="Sub-accounts", exact=True), "agency-portal-sub-accounts")
@@ -285,9 +285,9 @@ def test_the_agency_portal_in_the_browser(browser, api, tree):
 
 
 @pytest.mark.browser
-def test_the_sub_account_portal_carries_its_agency_s_name(browser, api, tree):
+def test_the_sub_account_portal_carries_its_agency_s_name(request, api, tree):
     link = portal_link(api, tree["tokens"]["prepaid"], ttlMinutes=30)
-    with Visit(browser, viewport={"width": 390, "height": 844}) as v:
+    with Visit(request.getfixturevalue("browser"), viewport={"width": 390, "height": 844}) as v:
         v.open(link["url"], "sub-account-portal-overview")
         assert v.page.locator("header .brand").inner_text().startswith("Northwind Voice Ltd")
         assert "LAD" not in v.page.content()
@@ -297,9 +297,9 @@ def test_the_sub_account_portal_carries_its_agency_s_name(browser, api, tree):
 
 
 @pytest.mark.browser
-def test_the_console_agencies_and_a_tree_in_the_browser(browser, api, tree, make_token):
+def test_the_console_agencies_and_a_tree_in_the_browser(request, api, tree, make_token):
     link = console_link(api, make_token("ops", "billing.admin"))
-    with Visit(browser, viewport={"width": 1280, "height": 900}) as v:
+    with Visit(request.getfixturevalue("browser"), viewport={"width": 1280, "height": 900}) as v:
         page = v.page
         v.open(link["url"])
         v.click(page.get_by_role("link", name="Agencies"), "console-agencies")
