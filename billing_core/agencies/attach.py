@@ -9,15 +9,22 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import func
 from sqlalchemy.dialects.postgresql import insert
 
-from billing_core import money
 from billing_core.agencies.tables import sub_accounts
-from billing_core.agencies.tree import AGENCY, NAME, SubAccount, _sub_account, agency_of, find_sub_account, is_agency
+from billing_core.agencies.tree import (
+    AGENCY,
+    NAME,
+    SubAccount,
+    _refuse_a_balance,
+    _sub_account,
+    agency_of,
+    find_sub_account,
+    is_agency,
+)
 from billing_core.db import UnitOfWork
-from billing_core.errors import NotFound, SubAccountExists, SubAccountHasBalance, TenantIsAgency, ValidationFailed
-from billing_core.ledger.tables import wallets
+from billing_core.errors import NotFound, SubAccountExists, TenantIsAgency, ValidationFailed
 
 
 def attach(uow: UnitOfWork, agency_id: str, tenant_id: str, funding: str, spend_cap: Decimal | None) -> SubAccount:
@@ -38,15 +45,8 @@ def attach(uow: UnitOfWork, agency_id: str, tenant_id: str, funding: str, spend_
                                {"tenantId": tenant_id, "agencyId": existing.agency_id})
     if agency_of(tenant_id) != agency_id or not NAME.fullmatch(tenant_id[len(agency_id) + 1:]):
         raise ValidationFailed("tenantId", f"a sub-account of {agency_id} is named {agency_id}:<name>")
-    # the sub-account's wallet first (the tree's lock order), held until the row is in: no charge of
-    # the tenant slips between the balance check and the attachment
-    wallet = uow.connection.execute(select(wallets.c.current_balance, wallets.c.reserved_balance).where(
-        wallets.c.tenant_id == tenant_id).with_for_update()).one_or_none()
-    if funding == AGENCY and wallet is not None and (wallet.current_balance != 0 or wallet.reserved_balance != 0):
-        raise SubAccountHasBalance(
-            f"tenant {tenant_id} has a balance: an agency-funded sub-account has none (attach it as prepaid)",
-            {"tenantId": tenant_id, "balance": money.format_decimal(wallet.current_balance),
-             "reserved": money.format_decimal(wallet.reserved_balance)})
+    if funding == AGENCY:  # under the tenant's wallet lock, held until the row is in
+        _refuse_a_balance(uow, tenant_id)
     row = uow.connection.execute(
         insert(sub_accounts).values(tenant_id=agency_id, sub_account_id=tenant_id, funding=funding,
                                     spend_cap=spend_cap, created_at=func.now(), updated_at=func.now())

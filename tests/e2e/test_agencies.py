@@ -403,6 +403,14 @@ def test_the_operator_attaches_an_existing_tenant(api, tenant, make_token, engin
     # an empty tenant may be attached agency-funded
     fresh = attach(api, operator, tenant, f"{tenant}:fresh", funding="agency")
     assert fresh.status_code == 201, fresh.text
+    # the same rule when a prepaid sub-account with money would become agency-funded
+    switched = api.request("PATCH", f"{B}/sub-accounts/{old}", manage, json={"funding": "agency"})
+    assert (switched.status_code, switched.json()["error"]["code"]) == (409, "sub_account_has_balance")
+    assert api.get(f"{B}/sub-accounts/{old}", manage).json()["subAccount"]["funding"] == "prepaid"
+    empty = create(api, manage, "empty")
+    switched = api.request("PATCH", f"{B}/sub-accounts/{empty}", manage, json={"funding": "agency", "spendCap": "5"})
+    assert switched.status_code == 200, switched.text
+    assert (switched.json()["subAccount"]["funding"], switched.json()["subAccount"]["spendCap"]) == ("agency", "5")
 
 
 def test_the_preview_prices_as_charging_does_explicit_rows_included(api, tenant, make_token):
