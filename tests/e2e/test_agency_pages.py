@@ -246,6 +246,10 @@ def test_the_console_shows_agency_price_against_provider_cost(api, live, tree, m
         assert sub in page.text
     assert PROVIDER_COST in page.text and AGENCY_COST in page.text and RESALE in page.text
     assert session.get(f"{base}/console/agencies/{tree['subs']['prepaid']}").status_code == 404
+    tenant_page = session.get(f"{base}/console/tenants/{tree['subs']['prepaid']}")
+    assert tenant_page.status_code == 200 and f"A sub-account of <a href=\"/console/agencies/{tree['agency']}\"" in \
+        tenant_page.text
+    assert "An agency:" in session.get(f"{base}/console/tenants/{tree['agency']}").text
 
 
 # --- in the browser ----------------------------------------------------------------------------------

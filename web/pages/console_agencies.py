@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import render_template
+from flask import render_template, request
 
 from billing_core import money
 from billing_core.agencies import tree, views
@@ -17,6 +17,19 @@ from web.api.answers import amount, timestamp
 from web.auth import TENANT_ID
 from web.pages.console import console
 from web.runtime import unit_of_work
+
+
+@console.context_processor
+def _tree_of() -> dict[str, Any]:
+    """One tenant's page says which tree it is in: the agency's own id, or its sub-account's agency."""
+    tenant_id = (request.view_args or {}).get("tenant_id")
+    if request.endpoint != "console.tenant" or not isinstance(tenant_id, str):
+        return {"tree_of": None}
+    with unit_of_work() as uow:
+        if tree.is_agency(uow, tenant_id):
+            return {"tree_of": tenant_id}
+        sub = tree.find_sub_account(uow, tenant_id)
+    return {"tree_of": sub.agency_id if sub else None}
 
 
 def _lad(margins: margin_report.Margins) -> dict[str, Any]:
