@@ -76,3 +76,14 @@ class ConcurrencyLimit(BillingError):
 class SubAccountExists(BillingError):
     """The tenant id a sub-account would take already has a billing record, or is one already."""
     code = "sub_account_exists"
+
+
+class TenantIsAgency(BillingError):
+    """A tenant that is an agency cannot become anyone's sub-account (one level only)."""
+    code = "tenant_is_agency"
+
+
+class SubAccountHasBalance(BillingError):
+    """A tenant with money (or holds) in its wallet cannot become an agency-funded sub-account, which
+    has no balance of its own: attach it as `prepaid`, or empty the wallet first."""
+    code = "sub_account_has_balance"

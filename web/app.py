@@ -20,6 +20,8 @@ from web.limits import init_limiter
 from web.observability import init_observability
 from web.openapi import spec
 from web.outcomes import ChargeOutcomeListener
+from web.pages import agency as _agency_pages  # noqa: F401  (the agency's pages, in the portal)
+from web.pages import console_agencies as _console_agencies  # noqa: F401  (agencies, in the console)
 from web.pages.common import public_url
 from web.pages.console import console
 from web.pages.portal import portal

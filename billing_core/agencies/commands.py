@@ -26,6 +26,13 @@ class SubAccountRequest(Strict):
     spendCap: NonNegativeAmount | None = None  # monthly (UTC), at resale prices; `agency` funding
 
 
+class SubAccountAttachment(Strict):
+    """The operator attaches an existing tenant `<agencyId>:<name>` to the agency in the path."""
+    tenantId: TenantId
+    funding: Funding
+    spendCap: NonNegativeAmount | None = None
+
+
 class SubAccountChange(Strict):
     funding: Funding | None = None
     spendCap: NonNegativeAmount | None = None  # null clears it

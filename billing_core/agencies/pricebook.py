@@ -6,17 +6,22 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from billing_core import money
 from billing_core.agencies.commands import ResaleMultiplierRequest
-from billing_core.agencies.resale import ResaleMultiplier, best_multiplier
-from billing_core.agencies.tables import agency_charges, resale_multipliers
-from billing_core.agencies.tree import sub_account_of
+from billing_core.agencies.resale import ResaleMultiplier, ResalePrices, every_sub_account, load_rows
+from billing_core.agencies.tables import resale_multipliers
+from billing_core.agencies.tree import list_sub_accounts, sub_account_of
+from billing_core.catalog.items import price_items
+from billing_core.catalog.models import Terms
+from billing_core.catalog.positions import TierPositions, month_of
+from billing_core.catalog.prices import CATALOG, CURRENCY, CatalogKey, Price
 from billing_core.db import UnitOfWork
-from billing_core.usage.tables import usage_event_items
+from billing_core.usage.tables import usage_event_items, usage_events
 
 
 def put_multiplier(uow: UnitOfWork, agency_id: str, command: ResaleMultiplierRequest) -> ResaleMultiplier:
@@ -58,29 +63,147 @@ class BookPreview:
     items: int
 
 
-def preview(uow: UnitOfWork, agency_id: str, command: ResaleMultiplierRequest, days: int = 30) -> BookPreview:
-    """What the sub-accounts' charged items of the last `days` would have cost had the book had the
-    proposed row (replacing the row of the same scope): each item's agency price times the multiplier
-    the new book gives it. Nothing is written. Explicit resale rows are left out: the preview is of
-    the multipliers."""
+@dataclass(frozen=True)
+class ProposedRow:
+    """An explicit resale row as the preview takes it: in force over the whole window, replacing the
+    rows of the same item and owner (one sub-account, or every one when `sub_account_id` is None)."""
+    sub_account_id: str | None
+    key: CatalogKey
+    terms: Terms
+
+
+class _Walk(TierPositions):
+    """A sub-account's graduated month positions as the replay moves them (nothing read or written)."""
+
+    def __init__(self, uow: UnitOfWork, tenant_id: str) -> None:
+        super().__init__(uow, tenant_id, locked=False)
+        self.running: dict[tuple[CatalogKey, datetime], Decimal] = {}
+
+    def load(self, wanted: Any) -> None:
+        return None
+
+    def position(self, key: CatalogKey, at: datetime) -> Decimal:
+        return self.running.get((key, month_of(at)), Decimal(0))
+
+    def moved(self, advances: list[tuple[CatalogKey, datetime, Decimal]]) -> None:
+        for key, at, quantity in advances:
+            self.running[(key, month_of(at))] = money.add(self.position(key, at), quantity)
+
+
+@dataclass
+class _Item:
+    category: str
+    provider: str
+    model: str
+    unit: str
+    quantity: Decimal
+
+
+def preview(uow: UnitOfWork, agency_id: str, proposal: ResaleMultiplierRequest | ProposedRow,
+            days: int = 30) -> BookPreview:
+    """What the sub-accounts' charged events of the last `days` would have cost had the book had the
+    proposed row all along (a multiplier, or an explicit row, replacing the one of the same scope):
+    each event repriced exactly as charging prices a sub-account's event — its explicit resale rows
+    first (its own, then every sub-account's), else the agency's own price (catalog, overrides,
+    multipliers) times the book's most specific multiplier, graduated tiers from the sub-account's
+    own month position (replayed from the start of the window's first month), a burst call's
+    multiplier kept. Nothing is written."""
     end = uow.now()
     start = end - timedelta(days=days)
-    proposed_row = ResaleMultiplier(command.subAccountId, (command.category, command.provider, command.model,
-                                                           command.unit), command.multiplier)
-    book = [m for m in list_multipliers(uow, agency_id)
-            if (m.sub_account_id, m.scope) != (proposed_row.sub_account_id, proposed_row.scope)] + [proposed_row]
-    c, i = agency_charges.c, usage_event_items.c
-    rows = uow.connection.execute(
-        select(c.sub_account_id, i.category, i.provider, i.model, i.unit, i.cost, i.agency_cost)
-        .select_from(agency_charges.join(usage_event_items, (i.tenant_id == c.sub_account_id)
-                                         & (i.usage_event_id == c.usage_event_id)))
-        .where(c.tenant_id == agency_id, c.created_at >= start, c.created_at < end)).all()
+    book = list_multipliers(uow, agency_id)
+    if isinstance(proposal, ResaleMultiplierRequest):
+        proposed_row = ResaleMultiplier(proposal.subAccountId, (proposal.category, proposal.provider,
+                                                                proposal.model, proposal.unit), proposal.multiplier)
+        book = [m for m in book if (m.sub_account_id, m.scope) != (proposed_row.sub_account_id, proposed_row.scope)]
+        book.append(proposed_row)
+    agency_prices = CATALOG.for_tenant(uow, agency_id)
     current = proposed = cost = Decimal(0)
-    for r in rows:
-        agency_price = r.agency_cost if r.agency_cost is not None else r.cost
-        applying = [m for m in book if m.sub_account_id in (None, r.sub_account_id)]
-        multiplier = best_multiplier(applying, (r.category, r.provider, r.model, r.unit))
-        current = money.add(current, r.cost)
-        cost = money.add(cost, agency_price)
-        proposed = money.add(proposed, agency_price if multiplier is None else money.multiply(agency_price, multiplier))
-    return BookPreview(start, end, current, proposed, cost, len(rows))
+    count = 0
+    for sub in list_sub_accounts(uow, agency_id):
+        rows = load_rows(uow.connection, agency_id, sub.tenant_id)
+        if isinstance(proposal, ProposedRow) and proposal.sub_account_id in (None, sub.tenant_id):
+            owner = proposal.sub_account_id or every_sub_account(agency_id)
+            rows = [r for r in rows if not (r.tenant_id == owner and r.key == proposal.key)]
+            category, provider, model, unit = proposal.key
+            rows.append(Price(id=uuid.uuid4(), tenant_id=owner, category=category, provider=provider, model=model,
+                              unit=unit, unit_price=proposal.terms.unit_price, currency=CURRENCY, description=None,
+                              effective_from=month_of(start), effective_to=None, created_at=end,
+                              terms=proposal.terms))
+        prices = ResalePrices(agency_prices, [m for m in book if m.sub_account_id in (None, sub.tenant_id)], rows,
+                              sub.tenant_id)
+        walk = _Walk(uow, sub.tenant_id)
+        for event, items in _charged_events(uow, sub.tenant_id, month_of(start), end):
+            priced = price_items(uow, sub.tenant_id, items, event.occurred_at, prices, walk, prices)
+            walk.moved([p.advance for p in priced if p.advance is not None])
+            if event.occurred_at < start:  # only moves the month's positions
+                continue
+            repriced = money.total(p.cost for p in priced)
+            if event.burst is not None:
+                repriced = money.multiply(repriced, event.burst)
+            current = money.add(current, event.total_cost)
+            proposed = money.add(proposed, repriced)
+            cost = money.add(cost, event.agency_cost)
+            count += len(items)
+    return BookPreview(start, end, current, proposed, cost, count)
+
+
+@dataclass
+class _Event:
+    id: uuid.UUID
+    occurred_at: datetime
+    total_cost: Decimal
+    agency_cost: Decimal
+    burst: Decimal | None
+
+
+def _charged_events(uow: UnitOfWork, tenant_id: str, start: datetime,
+                    end: datetime) -> list[tuple[_Event, list[_Item]]]:
+    """A sub-account's charged events that happened in [start, end), in the order they happened,
+    with their items (one tenant's rows only)."""
+    e, i = usage_events.c, usage_event_items.c
+    found: dict[uuid.UUID, tuple[_Event, list[_Item]]] = {}
+    for r in uow.connection.execute(
+            select(e.id, e.occurred_at, e.total_cost, i.category, i.provider, i.model, i.unit, i.quantity, i.cost,
+                   i.agency_cost, i.pricing)
+            .select_from(usage_events.join(usage_event_items, (i.tenant_id == e.tenant_id)
+                                           & (i.usage_event_id == e.id)))
+            .where(e.tenant_id == tenant_id, e.status == "charged", e.occurred_at >= start, e.occurred_at < end)
+            .order_by(e.occurred_at, e.seq, i.position)):
+        if r.id not in found:
+            found[r.id] = (_Event(r.id, r.occurred_at, r.total_cost or Decimal(0), Decimal(0), None), [])
+        event, items = found[r.id]
+        burst = (r.pricing or {}).get("burstMultiplier")
+        if burst is not None:  # a burst call's items are priced at its multiplier
+            event.burst = Decimal(burst)
+        event.agency_cost = money.add(event.agency_cost, r.agency_cost if r.agency_cost is not None else r.cost or Decimal(0))
+        items.append(_Item(r.category, r.provider, r.model, r.unit, r.quantity))
+    return list(found.values())
+
+
+def list_rows(uow: UnitOfWork, agency_id: str) -> list[tuple[str | None, Price]]:
+    """The explicit resale rows in force now or later: (None, row) for every sub-account's, then
+    (sub-account id, row) for each sub-account's own; one owner's rows per statement."""
+    from billing_core.catalog.tables import prices
+
+    now = uow.now()
+    owners: list[tuple[str | None, str]] = [(None, every_sub_account(agency_id))]
+    owners += [(s.tenant_id, s.tenant_id) for s in list_sub_accounts(uow, agency_id)]
+    found: list[tuple[str | None, Price]] = []
+    for shown, owner in owners:
+        rows = uow.connection.execute(select(prices).where(
+            prices.c.tenant_id == owner, (prices.c.effective_to.is_(None)) | (prices.c.effective_to > now))
+            .order_by(prices.c.category, prices.c.provider, prices.c.model, prices.c.unit, prices.c.effective_from))
+        found += [(shown, Price.from_row(r)) for r in rows]
+    return found
+
+
+def put_row(uow: UnitOfWork, agency_id: str, sub_account_id: str | None, key: CatalogKey, terms: Terms,
+            effective_from: datetime | None, description: str | None) -> Price:
+    """An explicit resale row for every sub-account of the agency, or for its own `sub_account_id`
+    (another's is not found); the row in force until then is closed, never edited. Commits."""
+    from billing_core import catalog
+
+    if sub_account_id is not None:
+        sub_account_of(uow, agency_id, sub_account_id)
+    return catalog.put_price(uow, tenant_id=sub_account_id or every_sub_account(agency_id), key=key, terms=terms,
+                             effective_from=effective_from, description=description)

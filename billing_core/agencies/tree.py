@@ -106,7 +106,9 @@ def create_sub_account(uow: UnitOfWork, agency_id: str, name: str, funding: str,
 
 def update_sub_account(uow: UnitOfWork, agency_id: str, tenant_id: str, *, funding: str | None,
                        spend_cap: Decimal | None, clear_cap: bool) -> SubAccount:
-    sub_account_of(uow, agency_id, tenant_id)
+    found = sub_account_of(uow, agency_id, tenant_id)
+    if funding == AGENCY and found.funding != AGENCY:
+        _refuse_a_balance(uow, tenant_id)
     values: dict[str, object] = {"updated_at": func.now()}
     if funding is not None:
         values["funding"] = funding
@@ -117,6 +119,22 @@ def update_sub_account(uow: UnitOfWork, agency_id: str, tenant_id: str, *, fundi
         .values(**values).returning(*sub_accounts.c)).one()
     uow.commit()
     return _sub_account(row)
+
+
+def _refuse_a_balance(uow: UnitOfWork, tenant_id: str) -> None:
+    """An agency-funded sub-account has no balance of its own: a tenant with money or live holds in its
+    wallet cannot become one (409 sub_account_has_balance). Checked under the tenant's wallet lock (the
+    tree's lock order: the sub-account's first), held until the caller commits."""
+    from billing_core import money
+    from billing_core.errors import SubAccountHasBalance
+
+    wallet = uow.connection.execute(select(wallets.c.current_balance, wallets.c.reserved_balance).where(
+        wallets.c.tenant_id == tenant_id).with_for_update()).one_or_none()
+    if wallet is not None and (wallet.current_balance != 0 or wallet.reserved_balance != 0):
+        raise SubAccountHasBalance(
+            f"tenant {tenant_id} has a balance: an agency-funded sub-account has none (keep it prepaid)",
+            {"tenantId": tenant_id, "balance": money.format_decimal(wallet.current_balance),
+             "reserved": money.format_decimal(wallet.reserved_balance)})
 
 
 def _sub_account(row: object) -> SubAccount:

@@ -346,3 +346,107 @@ def test_explicit_resale_rows_win_over_multipliers(api, tenant, make_token):
     assert cost(one, "100") == "2"  # its own row: 100 × 0.02
     assert cost(other, "1200") == "11"  # every sub-account's row: 1000 × 0.01 + 200 × 0.005
     assert balance(api, make_token, tenant) == Decimal(100) - 13 * Decimal("0.01") * 100
+
+
+def attach(api, token, agency, tenant_id, funding="prepaid", **extra):
+    return api.post(f"{B}/agencies/{agency}/sub-accounts", token,
+                    json={"tenantId": tenant_id, "funding": funding, **extra})
+
+
+def test_the_operator_attaches_an_existing_tenant(api, tenant, make_token, engine):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "10")
+    operator = make_token("operator", "billing.admin")
+    # a tenant in the agency's namespace with history: the agency cannot claim it, the operator can
+    old = f"{tenant}:old"
+    top_up(api, make_token(old, "billing.admin"), "3")
+    old_charge = charge(api, make_token(old, "billing.charge"))
+    assert old_charge.status_code == 200 and old_charge.json()["usageEvent"]["totalCost"] == "1"
+    claimed = api.post(f"{B}/sub-accounts", manage, json={"name": "old", "funding": "prepaid"})
+    assert claimed.status_code == 409 and claimed.json()["error"]["code"] == "sub_account_exists"
+    # agency tokens never attach, whatever they name
+    assert attach(api, manage, tenant, old).status_code == 403
+    # with a balance it cannot be agency-funded (it has no balance of its own then)
+    refused = attach(api, operator, tenant, old, funding="agency")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == "sub_account_has_balance"
+    assert refused.json()["error"]["details"]["balance"] == "2"
+    done = attach(api, operator, tenant, old, spendCap="50")
+    assert done.status_code == 201, done.text
+    assert done.json()["subAccount"] == {**done.json()["subAccount"], "tenantId": old, "funding": "prepaid",
+                                         "spendCap": "50"}
+    assert [s["tenantId"] for s in api.get(f"{B}/sub-accounts", manage).json()["subAccounts"]] == [old]
+    # its balance stays its own; from now on it is charged at resale prices, and the agency at its own
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "1.5"})
+    now = charge(api, make_token(old, "billing.charge"))
+    assert now.status_code == 200, now.text
+    assert now.json()["usageEvent"]["totalCost"] == "1.5"
+    assert balance(api, make_token, old) == Decimal("0.5")
+    assert balance(api, make_token, tenant) == Decimal(9)
+    assert_ledger_consistent(api, make_token, old)
+
+    # the refusals, each with its code
+    again = attach(api, operator, tenant, old)
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "sub_account_exists")
+    assert again.json()["error"]["details"]["agencyId"] == tenant
+    itself = attach(api, operator, tenant, tenant)
+    assert (itself.status_code, itself.json()["error"]["details"]["field"]) == (400, "tenantId")
+    other = f"o-{uuid.uuid4().hex[:10]}"
+    make_agency(api, make_token, other)
+    agency_as_sub = attach(api, operator, tenant, other)
+    assert (agency_as_sub.status_code, agency_as_sub.json()["error"]["code"]) == (409, "tenant_is_agency")
+    plain = f"p-{uuid.uuid4().hex[:10]}"
+    not_agency = attach(api, operator, plain, f"{plain}:x")
+    assert (not_agency.status_code, not_agency.json()["error"]["details"]["field"]) == (404, "agencyId")
+    outside = attach(api, operator, tenant, f"{other}:x")
+    assert (outside.status_code, outside.json()["error"]["details"]["field"]) == (400, "tenantId")
+    # an empty tenant may be attached agency-funded
+    fresh = attach(api, operator, tenant, f"{tenant}:fresh", funding="agency")
+    assert fresh.status_code == 201, fresh.text
+    # the same rule when a prepaid sub-account with money would become agency-funded
+    switched = api.request("PATCH", f"{B}/sub-accounts/{old}", manage, json={"funding": "agency"})
+    assert (switched.status_code, switched.json()["error"]["code"]) == (409, "sub_account_has_balance")
+    assert api.get(f"{B}/sub-accounts/{old}", manage).json()["subAccount"]["funding"] == "prepaid"
+    empty = create(api, manage, "empty")
+    switched = api.request("PATCH", f"{B}/sub-accounts/{empty}", manage, json={"funding": "agency", "spendCap": "5"})
+    assert switched.status_code == 200, switched.text
+    assert (switched.json()["subAccount"]["funding"], switched.json()["subAccount"]["spendCap"]) == ("agency", "5")
+
+
+def test_the_preview_prices_as_charging_does_explicit_rows_included(api, tenant, make_token):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "100")
+    item = new_item()
+    put_price(api, make_token("operator", "billing.admin"), item, unitPrice="0.01")  # the agency's price
+    one, other = create(api, manage, "pv-1"), create(api, manage, "pv-2")
+    for sub in (one, other):
+        api.post(f"{B}/sub-accounts/{sub}/topups", manage, json={"amount": "50", "idempotencyKey": "t"})
+    assert api.request("PUT", f"{B}/sub-accounts/prices/rows", manage,
+                       json={**item, "unitPrice": "0.02", "subAccountId": one}).status_code == 200
+
+    def use(sub, quantity):
+        response = api.post(f"{B}/charge?wait=20", make_token(sub, "billing.charge"), json={
+            "featureKey": "f", "idempotencyKey": f"c-{uuid.uuid4()}", "items": [{**item, "quantity": quantity}]})
+        assert response.status_code == 200, response.text
+        return response.json()["usageEvent"]["totalCost"]
+
+    assert use(one, "100") == "2" and use(other, "1200") == "12"
+
+    def preview(path, body):
+        response = api.post(f"{B}/sub-accounts/prices{path}", manage, json=body)
+        assert response.status_code == 200, response.text
+        shown = response.json()["preview"]
+        return shown["current"], shown["proposed"], shown["agencyCost"], shown["items"]
+
+    # a multiplier of 3 for everyone: `one` keeps its explicit row (2), `other` pays 3 × 12
+    assert preview("/preview", {"multiplier": "3"}) == ("14", "38", "13", 2)
+    # an explicit graduated row for every sub-account: `one` keeps its own row, `other` is tiered
+    # from its own month: 1000 at 0.01 + 200 at 0.005
+    assert preview("/rows/preview", {**item, "pricingModel": "graduated", "tiers": TIERS}) == ("14", "13", "13", 2)
+    # a row for `one` replaces its own: 100 × 0.05
+    assert preview("/rows/preview", {**item, "unitPrice": "0.05", "subAccountId": one}) == ("14", "17", "13", 2)
+    # nothing changed; a sub-account of another agency is not found
+    assert use(one, "100") == "2"
+    theirs = api.post(f"{B}/sub-accounts/prices/rows/preview", manage,
+                      json={**item, "unitPrice": "0.05", "subAccountId": f"o-{uuid.uuid4().hex[:6]}:x"})
+    assert theirs.status_code == 404

@@ -379,3 +379,47 @@ def test_calls_get_is_one_calls_statement_and_a_call_past_the_limit_is_concurren
             return await client.calls.get("py-call/1")
 
     assert asyncio.run(from_async()).total_cost == Decimal("0.5")
+
+
+def test_an_agency_client_manages_and_acts_for_its_sub_accounts(live, tenant, make_token):
+    admin = make_token(tenant, "billing.admin")
+    assert live.api.request("PATCH", "/api/billing/wallet", admin, json={"reseller": True}).status_code == 200
+    manage = make_token(tenant, "billing.manage", "billing.view")
+    with BillingClient(live.api.base_url, token=manage) as agency:
+        sub = agency.create_sub_account("client-a", spend_cap=None)
+        assert (sub.tenant_id, sub.funding, sub.spend_cap) == (f"{tenant}:client-a", "prepaid", None)
+        funded = agency.create_sub_account("client-b", funding="agency", spend_cap=Decimal("12.5"))
+        assert funded.spend_cap == Decimal("12.5")
+        assert [s.tenant_id for s in agency.sub_accounts()] == [sub.tenant_id, funded.tenant_id]
+        assert agency.sub_account(funded.tenant_id).funding == "agency"
+        credit = agency.top_up_sub_account(sub.tenant_id, "4", idempotency_key="first", description="from the client")
+        again = agency.top_up_sub_account(sub.tenant_id, "4", idempotency_key="first", description="from the client")
+        assert credit.transaction.id == again.transaction.id and credit.transaction.amount == Decimal(4)
+        with pytest.raises(ValidationError):
+            agency.top_up_sub_account(funded.tenant_id, "1")
+        with pytest.raises(NotFound):
+            agency.sub_account(f"o-{uuid.uuid4().hex[:8]}:x")
+    # acting for a sub-account: its wallet, its usage; the tree's methods stay the agency's own
+    with BillingClient(live.api.base_url, token=manage, tenant_id=sub.tenant_id) as acting:
+        assert acting.wallet().current_balance == Decimal(4)
+        assert acting.usage().events == []
+        assert [s.tenant_id for s in acting.sub_accounts()] == [sub.tenant_id, funded.tenant_id]
+    with BillingClient(live.api.base_url, token=manage, tenant_id=f"o-{uuid.uuid4().hex[:8]}") as stranger:
+        with pytest.raises(NotFound):
+            stranger.wallet()
+
+
+def test_an_async_agency_client_acts_for_its_sub_accounts(live, tenant, make_token):
+    admin = make_token(tenant, "billing.admin")
+    assert live.api.request("PATCH", "/api/billing/wallet", admin, json={"reseller": True}).status_code == 200
+    manage = make_token(tenant, "billing.manage", "billing.view")
+
+    async def run() -> None:
+        async with AsyncBillingClient(live.api.base_url, token=manage) as agency:
+            sub = await agency.create_sub_account("async-a")
+            await agency.top_up_sub_account(sub.tenant_id, "1.5")
+            assert [s.tenant_id for s in await agency.sub_accounts()] == [sub.tenant_id]
+        async with AsyncBillingClient(live.api.base_url, token=manage, tenant_id=sub.tenant_id) as acting:
+            assert (await acting.wallet()).current_balance == Decimal("1.5")
+
+    asyncio.run(run())

@@ -935,7 +935,7 @@ def test_an_agency_s_portal_lists_its_sub_accounts_with_their_margins(browser, a
         v.click(page.get_by_role("link", name="Sub-accounts", exact=True), "portal-sub-accounts")
         row = page.locator("#sub-accounts-table tbody tr").first
         assert row.locator("th").inner_text() == sub
-        assert row.locator("td").all_inner_texts() == ["prepaid", "3.5", "1", "1.5", "1", "0.5"]
+        assert row.locator("td").all_inner_texts() == ["active", "prepaid", "3.5", "1", "1.5", "1", "0.5"]
     # a sub-account's portal carries its agency's name (not LAD's), has no such page, and never the agency's price
     details = {"legalName": "Acme Voice Agency Ltd", "address": "1 Agency Road"}
     assert api.request("PUT", "/api/billing/settings/billing-details", manage, json=details).status_code == 200

@@ -8,25 +8,23 @@ from typing import Literal
 from flask import Response
 from pydantic import Field
 
-from billing_core import catalog
-from billing_core.agencies import pricebook, tree
+from billing_core.agencies import attach, pricebook, topups, tree
 from billing_core.agencies.commands import (
     ResaleMultiplierRequest,
     ResalePriceRowRequest,
+    SubAccountAttachment,
     SubAccountChange,
     SubAccountRequest,
     SubAccountTopUp,
 )
-from billing_core.agencies.resale import ResaleMultiplier, every_sub_account
-from billing_core.catalog.models import terms_from_request
+from billing_core.agencies.resale import ResaleMultiplier
+from billing_core.catalog.models import Terms, terms_from_request
 from billing_core.errors import NotFound, ValidationFailed
-from billing_core.ledger import credits
-from billing_core.ledger.commands import TopUpRequest
 from web.api.answers import Answer, DecimalString, Timestamp, ok
 from web.api.catalog import PriceResponse, price_out
 from web.api.ledger import CreditResponse, credit_answer
 from web.api.routing import billing, documented
-from web.auth import MANAGE, VIEW, Principal, authenticate
+from web.auth import ADMIN, MANAGE, TENANT_ID, VIEW, Principal, authenticate
 from web.limits import rate_limited
 from web.parsing import json_body, parse, with_idempotency_header
 from web.runtime import unit_of_work
@@ -101,6 +99,25 @@ def post_sub_account() -> Response:
     return ok(SubAccountResponse, status=201, subAccount=sub_account_out(created))
 
 
+@billing.post("/agencies/<agency_id>/sub-accounts")
+@documented({201: SubAccountResponse}, 403, 404, 409, json=SubAccountAttachment)
+@rate_limited(ADMIN)
+def post_attached_sub_account(agency_id: str) -> Response:
+    """The operator (`billing.admin`) attaches an existing tenant `<agencyId>:<name>` — one with
+    history, which the agency itself cannot claim — as the agency's sub-account. Refused: the tenant
+    is the agency or outside its namespace (400), the agency is not one (404), the tenant is an agency
+    (409 tenant_is_agency) or already a sub-account (409 sub_account_exists), or it has a balance or
+    holds and would be `agency`-funded (409 sub_account_has_balance: attach it as `prepaid`, its
+    balance stays its own). Agency tokens cannot attach (403)."""
+    authenticate(ADMIN)
+    if not TENANT_ID.fullmatch(agency_id):
+        raise NotFound(f"agency {agency_id} not found", {"field": "agencyId"})
+    command = parse(SubAccountAttachment, json_body())
+    with unit_of_work() as uow:
+        attached = attach.attach(uow, agency_id, command.tenantId, command.funding, command.spendCap)
+    return ok(SubAccountResponse, status=201, subAccount=sub_account_out(attached))
+
+
 @billing.get("/sub-accounts")
 @documented({200: SubAccountsResponse}, 403, 404)
 @rate_limited(VIEW)
@@ -138,17 +155,11 @@ def put_resale_price_row() -> Response:
     command = parse(ResalePriceRowRequest, json_body())
     if command.tenantId is not None:
         raise ValidationFailed("tenantId", "name the sub-account with subAccountId")
-    terms = terms_from_request(
-        command.pricingModel, unit_price=command.unitPrice, package_size=command.packageSize,
-        package_price=command.packagePrice, minimum_quantity=command.minimumQuantity,
-        tiers=None if command.tiers is None else [t.model_dump() for t in command.tiers])
+    terms = _terms(command)
     with unit_of_work() as uow:
-        if command.subAccountId is not None:
-            tree.sub_account_of(uow, principal.tenant_id, command.subAccountId)
-        owner = command.subAccountId or every_sub_account(principal.tenant_id)
-        price = catalog.put_price(uow, tenant_id=owner,
-                                  key=(command.category, command.provider, command.model, command.unit),
-                                  terms=terms, effective_from=command.effectiveFrom, description=command.description)
+        price = pricebook.put_row(uow, principal.tenant_id, command.subAccountId,
+                                  (command.category, command.provider, command.model, command.unit), terms,
+                                  command.effectiveFrom, command.description)
     return ok(PriceResponse, price=price_out(price))
 
 
@@ -171,16 +182,47 @@ class BookPreviewResponse(Answer):
 @rate_limited(VIEW)
 def post_resale_preview() -> Response:
     """What the last 30 days of the sub-accounts' usage would have cost with this multiplier row in the
-    book (the PUT /sub-accounts/prices body); nothing changes."""
+    book (the PUT /sub-accounts/prices body), each event repriced exactly as charging prices it
+    (explicit resale rows first, graduated tiers from the sub-account's own month); nothing changes."""
     principal = _agency(VIEW)
     command = parse(ResaleMultiplierRequest, json_body())
     with unit_of_work() as uow:
         if command.subAccountId is not None:
             tree.sub_account_of(uow, principal.tenant_id, command.subAccountId)
         found = pricebook.preview(uow, principal.tenant_id, command)
+    return _preview_answer(found)
+
+
+@billing.post("/sub-accounts/prices/rows/preview")
+@documented({200: BookPreviewResponse}, 403, 404, json=ResalePriceRowRequest)
+@rate_limited(VIEW)
+def post_resale_row_preview() -> Response:
+    """What the last 30 days of the sub-accounts' usage would have cost with this explicit resale row
+    (the PUT /sub-accounts/prices/rows body) in force all along; nothing changes."""
+    principal = _agency(VIEW)
+    command = parse(ResalePriceRowRequest, json_body())
+    if command.tenantId is not None:
+        raise ValidationFailed("tenantId", "name the sub-account with subAccountId")
+    proposal = pricebook.ProposedRow(command.subAccountId, (command.category, command.provider, command.model,
+                                                            command.unit), _terms(command))
+    with unit_of_work() as uow:
+        if command.subAccountId is not None:
+            tree.sub_account_of(uow, principal.tenant_id, command.subAccountId)
+        found = pricebook.preview(uow, principal.tenant_id, proposal)
+    return _preview_answer(found)
+
+
+def _preview_answer(found: pricebook.BookPreview) -> Response:
     return ok(BookPreviewResponse, preview=BookPreviewOut(
         from_=found.start, to=found.end, current=found.current, proposed=found.proposed,
         agencyCost=found.agency_cost, items=found.items))
+
+
+def _terms(command: ResalePriceRowRequest) -> Terms:
+    return terms_from_request(
+        command.pricingModel, unit_price=command.unitPrice, package_size=command.packageSize,
+        package_price=command.packagePrice, minimum_quantity=command.minimumQuantity,
+        tiers=None if command.tiers is None else [t.model_dump() for t in command.tiers])
 
 
 @billing.get("/sub-accounts/prices")
@@ -228,11 +270,7 @@ def post_sub_account_topup(tenant_id: str) -> Response:
     principal = _agency(MANAGE)
     command = parse(SubAccountTopUp, with_idempotency_header(json_body()))
     with unit_of_work() as uow:
-        found = tree.sub_account_of(uow, principal.tenant_id, tenant_id)
-        if found.funding != tree.PREPAID:
-            raise ValidationFailed("funding", f"sub-account {tenant_id} is funded by its agency: no wallet to top up")
-        result = credits.top_up(uow, tenant_id, TopUpRequest(amount=command.amount,
-                                                             idempotencyKey=command.idempotencyKey,
-                                                             description=command.description),
-                                created_by=principal.subject, receipt=False)
+        result = topups.top_up_sub_account(uow, principal.tenant_id, tenant_id, amount=command.amount,
+                                           idempotency_key=command.idempotencyKey, description=command.description,
+                                           created_by=principal.subject)
     return credit_answer(result)

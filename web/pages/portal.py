@@ -11,7 +11,7 @@ from flask import Blueprint, Response, g, make_response, render_template, reques
 
 from billing_core.access import actions, sessions
 from billing_core.access.sessions import PageSession
-from billing_core.agencies import statements, tree
+from billing_core.agencies import tree
 from billing_core.calls import admission, statement
 from billing_core.corrections.events import list_corrections, net_cost
 from billing_core.documents import credit_notes, parties, receipts
@@ -169,20 +169,6 @@ def _agency() -> dict[str, Any]:
         if sub is not None:
             brand = (parties.customer_block(uow, sub.agency_id) or {}).get("legalName") or sub.agency_id
         return {"is_agency": sub is None and tree.is_agency(uow, session.tenant_id), "brand": brand}
-
-
-@portal.get("/sub-accounts")
-def sub_accounts_page() -> str:
-    """The agency's sub-accounts: balance (prepaid), this month's resale revenue, its cost and margin."""
-    tenant_id = tenant_of(current_session())
-    with unit_of_work() as uow:
-        if not tree.is_agency(uow, tenant_id):
-            raise PageRefused(404, "Not found", "This account has no sub-accounts.")
-        month = Period.containing(uow.now())
-        lines = statements.sub_account_lines(uow, tenant_id, month.start, month.end)
-    return render_template("portal/sub_accounts.html", month=month.label, lines=[{
-        "tenantId": s.tenant_id, "funding": s.funding, "balance": amount(s.balance), "revenue": amount(s.revenue),
-        "cost": amount(s.cost), "margin": amount(s.margin), "events": s.events} for s in lines])
 
 
 @portal.get("/invoices")

@@ -4,7 +4,7 @@ import { randomUUID } from "node:crypto";
 import { BillingError, ConcurrencyLimit, errorFor, NetworkError, ReservationClosed, ReservationExpired } from "./errors.js";
 import type {
   BatchResult, CallStatement, Charge, Credit, Entitlement, Invoice, InvoicePage, Price, Quote, Reservation, ReservationPage, Task,
-  TransactionPage, UsageEventDetail, UsagePage, Wallet,
+  SubAccount, TransactionPage, UsageEventDetail, UsagePage, Wallet,
 } from "./models.js";
 import * as m from "./models.js";
 import { Attempts, retryableStatus, retryAfterSeconds, type RetryOptions, sleep } from "./retry.js";
@@ -102,6 +102,8 @@ interface Request {
   headers?: Record<string, string>;
   /** At least this long per attempt, in seconds (a charge that waits for its outcome). */
   minTimeout?: number;
+  /** The caller's own resource (an agency's tree): `tenantId` does not apply. */
+  own?: boolean;
 }
 
 interface Answer {
@@ -150,6 +152,10 @@ const R = {
   transactions: read("GET", "/transactions", 200, [], m.TransactionPageSpec),
   invoices: read("GET", "/invoices", 200, [], m.InvoicePageSpec),
   invoice: read("GET", "/invoices/{invoice_id}", 200, ["invoice"], m.InvoiceSpec),
+  subAccounts: read("GET", "/sub-accounts", 200, ["subAccounts"], { kind: "array", nullable: false, items: m.SubAccountSpec }),
+  subAccount: read("GET", "/sub-accounts/{tenant_id}", 200, ["subAccount"], m.SubAccountSpec),
+  createSubAccount: read("POST", "/sub-accounts", 201, ["subAccount"], m.SubAccountSpec),
+  topUpSubAccount: read("POST", "/sub-accounts/{tenant_id}/topups", 200, [], m.CreditSpec),
   error: read("POST", "/charge", 402, ["error"], m.ErrorInfoSpec),
 };
 
@@ -195,7 +201,7 @@ export class BillingClient {
     const attempts = new Attempts(this.options);
     const query = { ...request.query };
     let body = request.body;
-    if (this.options.tenantId) {
+    if (this.options.tenantId && !request.own) {
       if (request.method === "GET") query.tenantId = this.options.tenantId;
       else body = { tenantId: this.options.tenantId, ...body };
     }
@@ -402,6 +408,36 @@ export class BillingClient {
 
   async invoice(invoiceId: string): Promise<Invoice> {
     return at(await this.send({ method: "GET", path: `/invoices/${encodeURIComponent(invoiceId)}` }), R.invoice);
+  }
+
+  // --- an agency's sub-accounts ---------------------------------------------------------------------
+  // The agency's own tree, whatever `tenantId` the client acts for. To act for one of its sub-accounts
+  // (wallet, usage, invoices…), make a client with `tenantId` set to the sub-account's id.
+
+  async subAccounts(): Promise<SubAccount[]> {
+    return at(await this.send({ method: "GET", path: "/sub-accounts", own: true }), R.subAccounts);
+  }
+
+  async subAccount(tenantId: string): Promise<SubAccount> {
+    return at(await this.send({ method: "GET", path: `/sub-accounts/${encodeURIComponent(tenantId)}`, own: true }),
+      R.subAccount);
+  }
+
+  /** billing.manage of an agency: the sub-account `<agencyId>:<name>`. */
+  async createSubAccount(input: { name: string; funding?: "prepaid" | "agency"; spendCap?: DecimalInput }):
+    Promise<SubAccount> {
+    const body = compact({ name: input.name, funding: input.funding ?? "prepaid", spendCap: input.spendCap });
+    return at(await this.send({ method: "POST", path: "/sub-accounts", body, own: true,
+      idempotencyKey: newIdempotencyKey("sub-account") }), R.createSubAccount);
+  }
+
+  /** billing.manage of an agency: credit one of its prepaid sub-accounts (its own wallet does not move). */
+  async topUpSubAccount(tenantId: string, input: { amount: DecimalInput; idempotencyKey?: string; description?: string }):
+    Promise<Credit> {
+    const idempotencyKey = input.idempotencyKey ?? newIdempotencyKey("topup");
+    const answer = await this.send({ method: "POST", path: `/sub-accounts/${encodeURIComponent(tenantId)}/topups`,
+      body: compact({ ...input, idempotencyKey }), idempotencyKey, own: true });
+    return at(answer, R.topUpSubAccount);
   }
 }
 

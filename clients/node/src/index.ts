@@ -6,7 +6,7 @@ export {
 export * from "./errors.js";
 export type {
   BatchResult, CallStatement, Charge, Credit, Entitlement, ErrorInfo, Grant, Invoice, InvoicePage, Price, Quote, Reservation,
-  ReservationPage, Task, Transaction, TransactionPage, UsageEvent, UsageEventDetail, UsagePage, Wallet,
+  ReservationPage, SubAccount, Task, Transaction, TransactionPage, UsageEvent, UsageEventDetail, UsagePage, Wallet,
 } from "./models.js";
 export type { DecimalString, Spec } from "./spec.js";
 export type { RetryOptions } from "./retry.js";

@@ -40,6 +40,12 @@ export const TransactionSpec = model("Transaction", {
 });
 export type Transaction = Infer<typeof TransactionSpec>;
 
+/** An agency's sub-account: `tenantId` is `<agencyId>:<name>`. */
+export const SubAccountSpec = model("SubAccount", {
+  tenantId: text, funding: oneOf("prepaid", "agency"), spendCap: nullable(decimal), createdAt: timestamp,
+});
+export type SubAccount = Infer<typeof SubAccountSpec>;
+
 export const CreditSpec = model("Credit", { transaction: TransactionSpec, grant: optional(nullable(GrantSpec)) });
 export type Credit = Infer<typeof CreditSpec>;
 

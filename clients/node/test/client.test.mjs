@@ -185,3 +185,27 @@ test("calls.get(ref) is one call's statement; a call past the limit is Concurren
   assert.equal(call.providerCost, undefined);
   await assert.rejects(billing.calls.get("no-such-call"), NotFound);
 });
+
+test("an agency client manages its sub-accounts and acts for them", async () => {
+  const agencyId = newTenant();
+  await patchWallet(agencyId, { reseller: true });
+  const manage = makeToken(agencyId, "billing.manage", "billing.view");
+  const agency = new BillingClient({ baseUrl, token: manage, backoffBase: 0.05 });
+  const sub = await agency.createSubAccount({ name: "client-a" });
+  assert.deepEqual([sub.tenantId, sub.funding, sub.spendCap], [`${agencyId}:client-a`, "prepaid", null]);
+  const funded = await agency.createSubAccount({ name: "client-b", funding: "agency", spendCap: "12.5" });
+  assert.equal(funded.spendCap, "12.5");
+  assert.deepEqual((await agency.subAccounts()).map((s) => s.tenantId), [sub.tenantId, funded.tenantId]);
+  assert.equal((await agency.subAccount(funded.tenantId)).funding, "agency");
+  const credit = await agency.topUpSubAccount(sub.tenantId, { amount: "4", idempotencyKey: "first" });
+  const again = await agency.topUpSubAccount(sub.tenantId, { amount: "4", idempotencyKey: "first" });
+  assert.equal(credit.transaction.id, again.transaction.id);
+  await assert.rejects(agency.topUpSubAccount(funded.tenantId, { amount: "1" }), ValidationError);
+  await assert.rejects(agency.subAccount(`o-${randomUUID().slice(0, 8)}:x`), NotFound);
+
+  const acting = new BillingClient({ baseUrl, token: manage, tenantId: sub.tenantId, backoffBase: 0.05 });
+  assert.equal((await acting.wallet()).currentBalance, "4");
+  assert.equal((await acting.subAccounts()).length, 2, "the tree's methods stay the agency's own");
+  const stranger = new BillingClient({ baseUrl, token: manage, tenantId: `o-${randomUUID().slice(0, 8)}`, backoffBase: 0.05 });
+  await assert.rejects(stranger.wallet(), NotFound);
+});

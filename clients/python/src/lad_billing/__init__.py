@@ -43,6 +43,7 @@ from .models import (
     Quote,
     Reservation,
     ReservationPage,
+    SubAccount,
     Task,
     Transaction,
     TransactionPage,
@@ -60,6 +61,6 @@ __all__ = [
     "ConcurrencyLimit", "PriceNotFound", "QuoteExpired", "RateLimited", "RefundExceeded", "ReservationClosed",
     "ReservationExceeded", "ReservationExpired", "Unauthorized", "Unavailable", "ValidationError", "WalletBlocked",
     "BatchResult", "Charge", "Credit", "Entitlement", "Grant", "Invoice", "InvoicePage", "Price", "Quote",
-    "CallStatement", "Reservation", "ReservationPage", "Task", "Transaction", "TransactionPage", "UsageEvent",
+    "CallStatement", "Reservation", "ReservationPage", "SubAccount", "Task", "Transaction", "TransactionPage", "UsageEvent",
     "UsageEventDetail", "UsagePage", "Wallet",
 ]

@@ -63,6 +63,10 @@ USAGE_EVENT = read("GET", "/usage/{usage_event_id}", 200, ("usageEvent",), m.Usa
 TRANSACTIONS = read("GET", "/transactions", 200, (), m.TransactionPage)
 INVOICES = read("GET", "/invoices", 200, (), m.InvoicePage)
 INVOICE = read("GET", "/invoices/{invoice_id}", 200, ("invoice",), m.Invoice)
+SUB_ACCOUNTS = read("GET", "/sub-accounts", 200, ("subAccounts",), list[m.SubAccount])
+SUB_ACCOUNT = read("GET", "/sub-accounts/{tenant_id}", 200, ("subAccount",), m.SubAccount)
+CREATE_SUB_ACCOUNT = read("POST", "/sub-accounts", 201, ("subAccount",), m.SubAccount)
+SUB_ACCOUNT_TOP_UP = read("POST", "/sub-accounts/{tenant_id}/topups", 200, (), m.Credit)
 ERROR = read("POST", "/charge", 402, ("error",), m.ErrorInfo)
 
 
@@ -172,9 +176,11 @@ class Operations:
         self.tenant_id = tenant_id
 
     def _op(self, method: str, path: str, found: Read | None, *, params: dict[str, Any] | None = None,
-            body: dict[str, Any] | None = None, idempotency_key: str | None = None, kind: str = "req") -> Operation:
+            body: dict[str, Any] | None = None, idempotency_key: str | None = None, kind: str = "req",
+            own: bool = False) -> Operation:
+        """`own`: the caller's own resource (an agency's tree), never another tenant's."""
         params = compact(**(params or {}))
-        if self.tenant_id:
+        if self.tenant_id and not own:
             if method == "GET":
                 params["tenantId"] = self.tenant_id
             else:
@@ -296,3 +302,23 @@ class Operations:
 
     def invoice(self, invoice_id: str) -> Operation:
         return self._op("GET", f"/invoices/{invoice_id}", INVOICE)
+
+    # --- an agency's sub-accounts (always the calling agency's own: `tenant_id` does not apply) ---------
+
+    def sub_accounts(self) -> Operation:
+        return self._op("GET", "/sub-accounts", SUB_ACCOUNTS, own=True)
+
+    def sub_account(self, tenant_id: str) -> Operation:
+        return self._op("GET", f"/sub-accounts/{quote(tenant_id, safe=':')}", SUB_ACCOUNT, own=True)
+
+    def create_sub_account(self, name: str, funding: str, spend_cap: Any) -> Operation:
+        body = compact(name=name, funding=funding,
+                       spendCap=None if spend_cap is None else decimal_text(spend_cap, "spend_cap"))
+        return self._op("POST", "/sub-accounts", CREATE_SUB_ACCOUNT, body=body, own=True)
+
+    def top_up_sub_account(self, tenant_id: str, amount: Any, *, idempotency_key: str | None,
+                           description: str | None) -> Operation:
+        key = idempotency_key or new_idempotency_key("topup")
+        body = compact(amount=decimal_text(amount, "amount"), idempotencyKey=key, description=description)
+        return self._op("POST", f"/sub-accounts/{quote(tenant_id, safe=':')}/topups", SUB_ACCOUNT_TOP_UP, body=body,
+                        idempotency_key=key, own=True)

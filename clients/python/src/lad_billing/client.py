@@ -193,6 +193,27 @@ class BillingClient:
     def invoice(self, invoice_id: str) -> m.Invoice:
         return self.send(self._ops.invoice(invoice_id))
 
+    # --- an agency's sub-accounts -----------------------------------------------------------------
+    # An agency's own tree (whatever `tenant_id` the client acts for). To act for one of its
+    # sub-accounts (wallet, usage, invoices…), make a client with `tenant_id=` the sub-account's id.
+
+    def sub_accounts(self) -> list[m.SubAccount]:
+        return self.send(self._ops.sub_accounts())
+
+    def sub_account(self, tenant_id: str) -> m.SubAccount:
+        return self.send(self._ops.sub_account(tenant_id))
+
+    def create_sub_account(self, name: str, *, funding: str = "prepaid",
+                           spend_cap: Amount | None = None) -> m.SubAccount:
+        """billing.manage of an agency: the sub-account `<agencyId>:<name>`."""
+        return self.send(self._ops.create_sub_account(name, funding, spend_cap))
+
+    def top_up_sub_account(self, tenant_id: str, amount: Amount, *, idempotency_key: str | None = None,
+                           description: str | None = None) -> m.Credit:
+        """billing.manage of an agency: credit one of its prepaid sub-accounts (its own wallet does not move)."""
+        return self.send(self._ops.top_up_sub_account(tenant_id, amount, idempotency_key=idempotency_key,
+                                                          description=description))
+
 
 # codes after which a hold is already closed: nothing is left to give back
 CLOSED = (ReservationClosed, ReservationExpired)

@@ -113,6 +113,16 @@ class Transaction(Model):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SubAccount(Model):
+    """An agency's sub-account: `tenant_id` is `<agencyId>:<name>`; `prepaid` has its own wallet,
+    `agency` is billed to the agency up to `spend_cap` a month (at resale prices)."""
+    tenant_id: str
+    funding: Literal["prepaid", "agency"]
+    spend_cap: Decimal | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
 class Credit(Model):
     """A top-up: its ledger entry and the credit grant it created."""
     transaction: Transaction
