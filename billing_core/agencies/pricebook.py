@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.dialects.postgresql import insert
 
 from billing_core import money
@@ -15,6 +15,7 @@ from billing_core.agencies.commands import ResaleMultiplierRequest
 from billing_core.agencies.resale import ResaleMultiplier, best_multiplier
 from billing_core.agencies.tables import agency_charges, resale_multipliers
 from billing_core.agencies.tree import sub_account_of
+from billing_core.catalog.revision import bump_catalog_revision
 from billing_core.db import UnitOfWork
 from billing_core.usage.tables import usage_event_items
 
@@ -25,15 +26,17 @@ def put_multiplier(uow: UnitOfWork, agency_id: str, command: ResaleMultiplierReq
     if command.subAccountId is not None:
         sub_account_of(uow, agency_id, command.subAccountId)
     c = resale_multipliers.c
+    now = uow.now()  # the transaction's time as a parameter: no now() in DO UPDATE SET (Citus)
     uow.connection.execute(
         insert(resale_multipliers).values(
             tenant_id=agency_id, id=uuid.uuid4(), sub_account_id=command.subAccountId, category=command.category,
             provider=command.provider, model=command.model, unit=command.unit, multiplier=command.multiplier,
-            created_at=func.now())
+            created_at=now)
         .on_conflict_do_update(
             index_elements=[c.tenant_id, func.coalesce(c.sub_account_id, ""), func.coalesce(c.category, ""),
                             func.coalesce(c.provider, ""), func.coalesce(c.model, ""), func.coalesce(c.unit, "")],
-            set_={"multiplier": command.multiplier, "created_at": func.now()}))
+            set_={"multiplier": command.multiplier, "created_at": now}))
+    bump_catalog_revision(uow)  # a sub-account's prices are its agency's, scaled by the book
     uow.commit()
     return ResaleMultiplier(command.subAccountId, (command.category, command.provider, command.model, command.unit),
                             command.multiplier)
@@ -70,11 +73,17 @@ def preview(uow: UnitOfWork, agency_id: str, command: ResaleMultiplierRequest, d
     book = [m for m in list_multipliers(uow, agency_id)
             if (m.sub_account_id, m.scope) != (proposed_row.sub_account_id, proposed_row.scope)] + [proposed_row]
     c, i = agency_charges.c, usage_event_items.c
-    rows = uow.connection.execute(
-        select(c.sub_account_id, i.category, i.provider, i.model, i.unit, i.cost, i.agency_cost)
-        .select_from(agency_charges.join(usage_event_items, (i.tenant_id == c.sub_account_id)
-                                         & (i.usage_event_id == c.usage_event_id)))
-        .where(c.tenant_id == agency_id, c.created_at >= start, c.created_at < end)).all()
+    # the agency's charges, then each sub-account's items of them: a sub-account is another tenant (another
+    # shard under Citus), so the two are read one tenant at a time and joined here
+    charged: dict[str, list[uuid.UUID]] = {}
+    for sub_account_id, event_id in uow.connection.execute(
+            select(c.sub_account_id, c.usage_event_id)
+            .where(c.tenant_id == agency_id, c.created_at >= start, c.created_at < end)):
+        charged.setdefault(sub_account_id, []).append(event_id)
+    rows = [row for sub_account_id, event_ids in sorted(charged.items()) for row in uow.connection.execute(
+        select(literal(sub_account_id).label("sub_account_id"), i.category, i.provider, i.model, i.unit, i.cost,
+               i.agency_cost)
+        .where(i.tenant_id == sub_account_id, i.usage_event_id.in_(event_ids)))]
     current = proposed = cost = Decimal(0)
     for r in rows:
         agency_price = r.agency_cost if r.agency_cost is not None else r.cost

@@ -44,4 +44,8 @@ agency_charges = Table(
     Column("agency_amount", Money, nullable=False),  # what LAD charged the agency
     Column("ledger_entry_id", Uuid, nullable=False),  # the agency's debit
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # the sub-account's event's times (migration 0050): the agency's invoice reads them here, not from the
+    # event, which is another tenant's row (another shard under Citus)
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("charged_at", DateTime(timezone=True), nullable=False),
 )
