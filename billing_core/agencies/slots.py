@@ -34,8 +34,10 @@ def check_agency_slots(uow: UnitOfWork, tenant_id: str) -> None:
         return
     tree = [agency, *uow.connection.execute(
         select(sub_accounts.c.sub_account_id).where(sub_accounts.c.tenant_id == agency)).scalars()]
-    active = int(uow.connection.execute(select(func.count()).select_from(reservations).where(
-        reservations.c.tenant_id.in_(tree), reservations.c.status == HoldStatus.ACTIVE)).scalar_one())
+    # each tenant of the tree on its own (a sub-account is another tenant: another shard under Citus)
+    active = sum(int(uow.connection.execute(select(func.count()).select_from(reservations).where(
+        reservations.c.tenant_id == member, reservations.c.status == HoldStatus.ACTIVE)).scalar_one())
+        for member in tree)
     if active >= ceiling:
         raise ConcurrencyLimit("every call slot of the agency is taken",
                                {"limit": ceiling, "active": active, "level": "agency"})

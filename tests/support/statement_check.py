@@ -55,6 +55,14 @@ class StatementCheck:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # the logs of earlier sessions go (every statement of a run adds up), but the newest of each server,
+        # which a server still running may be writing: it is read from where it stands now
+        for folder in {path.parent for path in _logs()}:
+            old = sorted(folder.glob("statements-*"), key=lambda p: p.stat().st_mtime)
+            keep = max((p for p in old if p.suffix == ".json"), key=lambda p: p.stat().st_mtime, default=None)
+            for path in old:
+                if path != keep:
+                    path.unlink(missing_ok=True)
         self.offsets = {path: path.stat().st_size for path in _logs()}
 
     @pytest.hookimpl(tryfirst=True)
