@@ -163,6 +163,7 @@ def verify_saved(new_uow: Callable[[], UnitOfWork], stripe_api: customers.Stripe
     with new_uow() as uow:
         rows = uow.connection.execute(text("""
             SELECT tenant_id, stripe_customer_id, stripe_payment_method_id FROM auto_topup_settings
+            /* citus:operator-scan auto-topup-candidates */
             WHERE enabled AND verified_at IS NULL ORDER BY tenant_id LIMIT :limit
         """), {"limit": limit}).all()
     found: list[uuid.UUID] = []
@@ -360,9 +361,11 @@ def list_every_tenants_attempts(uow: UnitOfWork, *, status: str | None = None, l
 
 
 def _attempts(uow: UnitOfWork, tenant_id: str | None, status: str | None, limit: int) -> list[Attempt]:
-    rows = uow.connection.execute(text("""
+    # one tenant's, or every tenant's for the operator (an operator-wide scan without locks)
+    scope = "tenant_id = :t" if tenant_id is not None else "true /* citus:operator-scan operator-reports */"
+    rows = uow.connection.execute(text(f"""
         SELECT * FROM auto_topup_attempts
-        WHERE (CAST(:t AS text) IS NULL OR tenant_id = :t) AND (CAST(:status AS text) IS NULL OR status = :status)
+        WHERE {scope} AND (CAST(:status AS text) IS NULL OR status = :status)
         ORDER BY created_at DESC, id DESC LIMIT :limit
     """), {"t": tenant_id, "status": status, "limit": limit}).all()
     return [Attempt(id=r.id, tenant_id=r.tenant_id, status=r.status, amount=money.normalize(r.amount),
