@@ -146,7 +146,7 @@ def grant_due(new_uow: Callable[[], UnitOfWork], at: datetime | None = None) -> 
             now = at or uow.now()
             start, _ = period_bounds(now)
             rows = uow.connection.execute(text("""
-                SELECT a.* FROM allocations a
+                SELECT a.* FROM allocations a /* citus:operator-scan allocation-candidates */
                 WHERE (a.tenant_id, a.name) > (:after_t, :after_n)
                   AND NOT EXISTS (SELECT 1 FROM allocation_grants g
                                   WHERE g.tenant_id = a.tenant_id AND g.name = a.name AND g.period_start = :start)

@@ -75,6 +75,8 @@ OPERATOR_SCANS = {
                           "tenant's events are then claimed by a tenant-filtered statement)",
     "alert-candidates": "the balance-alert scan: tenants whose alert state is due (then claimed per tenant)",
     "auto-topup-candidates": "the auto top-up scans: tenants whose settings or attempts are due (then per tenant)",
+    "allocation-candidates": "the allocation job: allocations not yet granted this period (each then granted in a "
+                             "transaction of its tenant's own)",
     "expiry-candidates": "the expiry job and the quote purge: tenants with holds, grants or quotes past their expiry",
     "reconciliation": "the reconciliation and the ledger verification over every tenant",
     "rollup-tenants": "the monthly rollup: the tenants with ledger activity in the period",
