@@ -139,7 +139,7 @@ def _already_distributed(connection: Connection) -> set[str]:
     return set(connection.execute(text("SELECT logicalrelid::regclass::text FROM pg_dist_partition")).scalars())
 
 
-def distribute(engine: Engine, say: Callable[[str], None] = print) -> None:
+def distribute(engine: Engine, say: Callable[[str], None] = print, coordinator_host: str | None = None) -> None:
     """On a Citus coordinator: reference tables, then every tenant table colocated with `wallets`.
 
     The foreign keys among these tables are dropped first and added back at the end (Citus distributes a
@@ -158,6 +158,14 @@ def distribute(engine: Engine, say: Callable[[str], None] = print) -> None:
         raise RuntimeError(f"tables named in TABLE_KINDS that do not exist (migrate first): {missing}")
     with engine.begin() as connection:
         connection.execute(text("CREATE EXTENSION IF NOT EXISTS citus"))
+        # a coordinator table with a key to a reference table (document_numbers → issuers) becomes a Citus
+        # local table, which needs the coordinator in the metadata: at the address the workers reach it by
+        # (CITUS_COORDINATOR_HOST, default DATABASE_URL's host and port)
+        if not connection.execute(text("SELECT EXISTS (SELECT 1 FROM pg_dist_node WHERE groupid = 0)")).scalar_one():
+            host = coordinator_host or engine.url.host or "localhost"
+            say(f"coordinator {host}:{engine.url.port or 5432} added to the metadata")
+            connection.execute(text("SELECT citus_set_coordinator_host(:host, :port)"),
+                               {"host": host, "port": engine.url.port or 5432})
         database = connection.execute(text("SELECT current_database()")).scalar_one()
         # the append-only triggers (RAISE only, on their own table) fire on the shards
         connection.execute(text(f'ALTER DATABASE "{database}" SET citus.enable_unsafe_triggers = on'))
@@ -193,7 +201,7 @@ def main() -> int:
     from billing_core.bootstrap import runtime
 
     try:
-        distribute(runtime().engine)
+        distribute(runtime().engine, coordinator_host=runtime().settings.citus_coordinator_host)
     except NeedsCitus as exc:
         print(f"citus-distribute: {exc}", file=sys.stderr)
         return 2
