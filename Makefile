@@ -73,6 +73,12 @@ token: install
 job: install
 	@$(PY) -m devstack.job $(NAME)
 
+# distribute the tables by tenant on the Citus coordinator DATABASE_URL names (billing_core/sharding.py,
+# docs/scaling.md); on plain PostgreSQL it says it needs Citus and exits non-zero, changing nothing
+.PHONY: citus-distribute
+citus-distribute: install
+	$(PY) -m billing_core.sharding
+
 # ruff, and mypy over the service's three layers (mypy.ini)
 lint: install
 	$(VENV)/bin/ruff check .

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     auto_topup_retry_base_seconds: int = 5
     auto_topup_max_tries: int = 8
 
+    # --- sharding (make citus-distribute, billing_core/sharding.py) -----------------------------------
+    # the coordinator's address as the Citus workers reach it (default: DATABASE_URL's host)
+    citus_coordinator_host: str | None = None
+
     # --- exports -------------------------------------------------------------------------------------
     # where Parquet exports go: a directory (relative to the working directory) or any fsspec URL
     export_url: str = ".data/exports"

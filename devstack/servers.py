@@ -18,6 +18,20 @@ from pathlib import Path
 
 PG_SYSTEM_USER = "pgserver"  # PostgreSQL refuses to run as root
 
+# LAD_PG_STATEMENT_LOG=1 (the tests set it): the server records every statement in a jsonlog under
+# <pgdata>/log/, which the statement check of the tests reads (tests/support/citus_rules.py)
+STATEMENT_LOG_OPTIONS = {
+    "logging_collector": "on", "log_destination": "jsonlog", "log_directory": "log",
+    "log_filename": "statements-%Y%m%d-%H%M%S.log", "log_rotation_size": "0", "log_rotation_age": "0",
+    "log_statement": "all", "log_file_mode": "0644",
+}
+
+
+def statement_log_args() -> list[str]:
+    if os.environ.get("LAD_PG_STATEMENT_LOG") != "1":
+        return []
+    return [arg for name, value in STATEMENT_LOG_OPTIONS.items() for arg in ("-c", f"{name}={value}")]
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -129,7 +143,7 @@ class EmbeddedServers:
         log = self.root / "postgres.log"
         self.processes["postgres"] = subprocess.Popen(
             [_pg_bin("postgres"), "-D", str(pgdata), "-p", str(self.pg_port), "-h", "127.0.0.1",
-             "-k", str(pgdata), "-c", "max_connections=300", "-c", "fsync=on"],
+             "-k", str(pgdata), "-c", "max_connections=300", "-c", "fsync=on", *statement_log_args()],
             stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True, **run_as,
         )
         _wait_for_port(self.pg_port, self.processes["postgres"], log)

@@ -9,12 +9,25 @@ Shared code lives in tests/support; no test module imports another.
 """
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 
 import pytest
 
 from tests.support.stack import TEST_SECRET
+
+# The statement check (tests/support/citus_rules.py): the embedded PostgreSQL servers of this run log every
+# statement; when the session ends, what billing_core, web and tasks sent is checked against Citus's rules
+# and a violation fails the run. LAD_CITUS_CHECK=0 turns it off (e.g. against an external DATABASE_URL).
+os.environ.setdefault("LAD_PG_STATEMENT_LOG", os.environ.get("LAD_CITUS_CHECK", "1"))
+
+
+def pytest_configure(config):
+    if os.environ.get("LAD_PG_STATEMENT_LOG") == "1":
+        from tests.support import statement_check
+
+        statement_check.start(config)
 
 
 @pytest.fixture(scope="session")

@@ -170,7 +170,8 @@ def revoke_portal_session(uow: UnitOfWork, tenant_id: str, session_id: uuid.UUID
     found = uow.connection.execute(
         update(portal_sessions)
         .where(portal_sessions.c.tenant_id == tenant_id, portal_sessions.c.id == session_id)
-        .values(revoked_at=func.coalesce(portal_sessions.c.revoked_at, func.now()))
+        # the transaction's time as a parameter: no now() in COALESCE on a distributed table (Citus)
+        .values(revoked_at=func.coalesce(portal_sessions.c.revoked_at, uow.now()))
         .returning(portal_sessions.c.id)
     ).first()
     if found is None:
@@ -182,7 +183,7 @@ def revoke_console_session(uow: UnitOfWork, session_id: uuid.UUID) -> None:
     """End a console session now; commits."""
     found = uow.connection.execute(
         update(console_sessions).where(console_sessions.c.id == session_id)
-        .values(revoked_at=func.coalesce(console_sessions.c.revoked_at, func.now()))
+        .values(revoked_at=func.coalesce(console_sessions.c.revoked_at, uow.now()))
         .returning(console_sessions.c.id)
     ).first()
     if found is None:

@@ -43,6 +43,7 @@ class AgencyLevel:
         self.item_rows: list[dict[str, Any]] = []
         self._item_costs: list[tuple[int, Decimal]] = []
         self._month_spend: dict[datetime, Decimal] = {}
+        self.charged_at = uow.now()  # the transaction's time: the sub-account's events' charged_at
 
     @property
     def prepaid(self) -> bool:
@@ -98,7 +99,8 @@ class AgencyLevel:
         self.rows.append({"tenant_id": self.book.tenant_id, "usage_event_id": event.id,
                           "sub_account_id": self.sub_account.tenant_id, "feature_key": event.feature_key,
                           "resale_amount": resale, "agency_amount": agency_cost, "ledger_entry_id": entry["id"],
-                          "created_at": event.created_at})
+                          "created_at": event.created_at, "occurred_at": event.occurred_at,
+                          "charged_at": self.charged_at})
 
     def _backing(self, hold_id: uuid.UUID | None) -> Hold | None:
         """The agency's hold backing the sub-account's hold `hold_id` (agency funding), if it can be settled."""

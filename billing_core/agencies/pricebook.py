@@ -20,6 +20,7 @@ from billing_core.catalog.items import price_items
 from billing_core.catalog.models import Terms
 from billing_core.catalog.positions import TierPositions, month_of
 from billing_core.catalog.prices import CATALOG, CURRENCY, CatalogKey, Price
+from billing_core.catalog.revision import bump_catalog_revision
 from billing_core.db import UnitOfWork
 from billing_core.usage.tables import usage_event_items, usage_events
 
@@ -30,15 +31,17 @@ def put_multiplier(uow: UnitOfWork, agency_id: str, command: ResaleMultiplierReq
     if command.subAccountId is not None:
         sub_account_of(uow, agency_id, command.subAccountId)
     c = resale_multipliers.c
+    now = uow.now()  # the transaction's time as a parameter: no now() in DO UPDATE SET (Citus)
     uow.connection.execute(
         insert(resale_multipliers).values(
             tenant_id=agency_id, id=uuid.uuid4(), sub_account_id=command.subAccountId, category=command.category,
             provider=command.provider, model=command.model, unit=command.unit, multiplier=command.multiplier,
-            created_at=func.now())
+            created_at=now)
         .on_conflict_do_update(
             index_elements=[c.tenant_id, func.coalesce(c.sub_account_id, ""), func.coalesce(c.category, ""),
                             func.coalesce(c.provider, ""), func.coalesce(c.model, ""), func.coalesce(c.unit, "")],
-            set_={"multiplier": command.multiplier, "created_at": func.now()}))
+            set_={"multiplier": command.multiplier, "created_at": now}))
+    bump_catalog_revision(uow)  # a sub-account's prices are its agency's, scaled by the book
     uow.commit()
     return ResaleMultiplier(command.subAccountId, (command.category, command.provider, command.model, command.unit),
                             command.multiplier)

@@ -34,9 +34,12 @@ def check_agency_slots(uow: UnitOfWork, tenant_id: str) -> None:
         return
     tree = [agency, *uow.connection.execute(
         select(sub_accounts.c.sub_account_id).where(sub_accounts.c.tenant_id == agency)).scalars()]
-    active = int(uow.connection.execute(select(func.count()).select_from(reservations).where(
-        reservations.c.tenant_id.in_(tree), reservations.c.status == HoldStatus.ACTIVE,
-        reservations.c.sub_account_id.is_(None))).scalar_one())  # a backing hold is its sub-account's call
+    # each tenant of the tree on its own (a sub-account is another tenant: another shard under Citus);
+    # a backing hold is its sub-account's call, counted there
+    active = sum(int(uow.connection.execute(select(func.count()).select_from(reservations).where(
+        reservations.c.tenant_id == member, reservations.c.status == HoldStatus.ACTIVE,
+        reservations.c.sub_account_id.is_(None))).scalar_one())
+        for member in tree)
     if active >= ceiling:
         raise ConcurrencyLimit("every call slot of the agency is taken",
                                {"limit": ceiling, "active": active, "level": "agency"})

@@ -67,8 +67,10 @@ def sub_account_lines(uow: UnitOfWork, agency_id: str, start: datetime, end: dat
 
     found = list_sub_accounts(uow, agency_id)
     month = {m.key: m for m in margins_by_sub_account(uow, agency_id, start, end)}
-    balances = dict(uow.connection.execute(select(wallets.c.tenant_id, wallets.c.current_balance).where(
-        wallets.c.tenant_id.in_([s.tenant_id for s in found]))).all()) if found else {}
+    # one sub-account (one tenant, one shard under Citus) at a time, the prepaid ones only
+    balances = {s.tenant_id: uow.connection.execute(select(wallets.c.current_balance).where(
+        wallets.c.tenant_id == s.tenant_id)).scalar_one_or_none() or Decimal(0)
+        for s in found if s.funding == PREPAID}
     zero = Decimal(0)
     return [SubAccountLine(s.tenant_id, s.funding,
                            balances.get(s.tenant_id, zero) if s.funding == PREPAID else None,

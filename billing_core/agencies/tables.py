@@ -49,4 +49,8 @@ agency_charges = Table(
     Column("resale_corrected", Money, nullable=False, server_default="0"),
     Column("agency_corrected", Money, nullable=False, server_default="0"),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # the sub-account's event's times (migration 0050): the agency's invoice reads them here, not from the
+    # event, which is another tenant's row (another shard under Citus)
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("charged_at", DateTime(timezone=True), nullable=False),
 )

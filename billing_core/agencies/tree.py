@@ -11,6 +11,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from billing_core.agencies.tables import agencies, sub_accounts
+from billing_core.catalog.revision import bump_catalog_revision
 from billing_core.db import UnitOfWork
 from billing_core.errors import NotFound, SubAccountExists, ValidationFailed
 from billing_core.ledger.tables import ledger_entries, wallets
@@ -90,7 +91,8 @@ def create_sub_account(uow: UnitOfWork, agency_id: str, name: str, funding: str,
         exists().where(wallets.c.tenant_id == tenant_id)
         | exists().where(usage_events.c.tenant_id == tenant_id)
         | exists().where(ledger_entries.c.tenant_id == tenant_id)
-        | exists().where(sub_accounts.c.sub_account_id == tenant_id)
+        # keyed by its agency, which is this one: the name has no colon (each subquery on one tenant's rows)
+        | exists().where(sub_accounts.c.tenant_id == agency_id, sub_accounts.c.sub_account_id == tenant_id)
         | exists().where(agencies.c.tenant_id == tenant_id))).scalar_one()
     if history:
         raise SubAccountExists(f"tenant {tenant_id} already exists", {"tenantId": tenant_id})
@@ -100,6 +102,7 @@ def create_sub_account(uow: UnitOfWork, agency_id: str, name: str, funding: str,
         .on_conflict_do_nothing().returning(*sub_accounts.c)).one_or_none()
     if row is None:  # created by a concurrent request
         raise SubAccountExists(f"tenant {tenant_id} already exists", {"tenantId": tenant_id})
+    bump_catalog_revision(uow)  # a sub-account's prices are its agency's
     uow.commit()
     return _sub_account(row)
 
@@ -117,6 +120,7 @@ def update_sub_account(uow: UnitOfWork, agency_id: str, tenant_id: str, *, fundi
     row = uow.connection.execute(update(sub_accounts).where(
         sub_accounts.c.tenant_id == agency_id, sub_accounts.c.sub_account_id == tenant_id)
         .values(**values).returning(*sub_accounts.c)).one()
+    bump_catalog_revision(uow)
     uow.commit()
     return _sub_account(row)
 

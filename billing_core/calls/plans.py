@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Connection
 
@@ -77,11 +77,12 @@ def set_plan(uow: UnitOfWork, tenant_id: str, command: CallPlanRequest) -> CallP
             limits.pop(feature_key, None)
         else:
             limits[feature_key] = limit
+    now = uow.now()  # the transaction's time as a parameter: no now() in DO UPDATE SET (Citus)
     uow.connection.execute(
         insert(call_plans)
-        .values(tenant_id=tenant_id, feature_limits=limits, created_at=func.now(), updated_at=func.now(), **values)
+        .values(tenant_id=tenant_id, feature_limits=limits, created_at=now, updated_at=now, **values)
         .on_conflict_do_update(index_elements=[call_plans.c.tenant_id],
-                               set_={**values, "feature_limits": limits, "updated_at": func.now()}))
+                               set_={**values, "feature_limits": limits, "updated_at": now}))
     changed = load_plan(uow.connection, tenant_id)
     uow.commit()
     return changed

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Table, select
 
+from billing_core.catalog.revision import bump_catalog_revision
 from billing_core.db import UnitOfWork
 from billing_core.errors import ValidationFailed
 
@@ -39,5 +40,6 @@ def put_dated(uow: UnitOfWork, table: Table, scope: list[ColumnElement[bool]], v
                                .values(effective_to=start))
     row = uow.connection.execute(table.insert().values(id=uuid.uuid4(), effective_from=start, created_at=now,
                                                        **values).returning(*table.c)).one()
+    bump_catalog_revision(uow)  # multipliers and provider costs are part of what the catalog cache holds
     uow.commit()
     return row, True

@@ -83,5 +83,6 @@ class TierPositions:
         self.uow.connection.execute(statement.on_conflict_do_update(
             index_elements=[tier_positions.c.tenant_id, tier_positions.c.category, tier_positions.c.provider,
                             tier_positions.c.model, tier_positions.c.unit, tier_positions.c.period_start],
-            set_={"billed_quantity": statement.excluded.billed_quantity, "updated_at": func.now()}))
+            # the row's own updated_at (now() in VALUES): no non-immutable function in DO UPDATE SET (Citus)
+            set_={"billed_quantity": statement.excluded.billed_quantity, "updated_at": statement.excluded.updated_at}))
         self._dirty.clear()

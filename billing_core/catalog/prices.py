@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
 from billing_core.catalog.models import Terms, tiers_from_json, tiers_to_json
+from billing_core.catalog.revision import bump_catalog_revision
 from billing_core.catalog.tables import (
     catalog_corrections,
     catalog_revision,
@@ -293,6 +294,7 @@ def set_price(uow: UnitOfWork, *, tenant_id: str | None, key: CatalogKey, unit_p
             effective_from=effective_from, **_terms_columns(terms),
         ).on_conflict_do_nothing()
     )
+    bump_catalog_revision(uow)
 
 
 def load_default_catalog(uow: UnitOfWork) -> None:
@@ -349,6 +351,7 @@ def put_price(uow: UnitOfWork, *, tenant_id: str | None, key: CatalogKey, terms:
                               model=model, unit=unit, currency=CURRENCY,
                               description=description or (open_rows[0].description if open_rows else None),
                               effective_from=start, **_terms_columns(terms)).returning(*prices.c)).one()
+    bump_catalog_revision(uow)
     uow.commit()
     return Price.from_row(row)
 
@@ -373,5 +376,6 @@ def _correct_price(uow: UnitOfWork, *, tenant_id: str | None, key: CatalogKey, t
     uow.connection.execute(insert(catalog_corrections).values(
         id=uuid.uuid4(), tenant_id=tenant_id, price_id=price.id, category=category, provider=provider, model=model,
         unit=unit, effective_from=start, reason=reason, created_by=created_by, created_at=func.now()))
+    bump_catalog_revision(uow)
     uow.commit()
     return price

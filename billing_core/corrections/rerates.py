@@ -161,7 +161,7 @@ class _Item:
 
 def tenants_in_scope(uow: UnitOfWork, scope: RerateScope) -> list[str]:
     """The tenants with charged usage that occurred in the range (an operator's cross-tenant scan)."""
-    one = "AND tenant_id = :tenant_id" if scope.tenant_id is not None else ""
+    one = "AND tenant_id = :tenant_id" if scope.tenant_id is not None else "/* citus:operator-scan rerate-candidates */"
     return list(uow.connection.execute(text(
         "SELECT DISTINCT tenant_id FROM usage_events WHERE status = 'charged' AND occurred_at >= :start "
         f"AND occurred_at < :end {one} ORDER BY tenant_id"),
@@ -292,7 +292,8 @@ def get_run(uow: UnitOfWork, run_id: uuid.UUID, *, replayed: bool = False) -> Re
         raise NotFound(f"re-rate {run_id} not found")
     # the tenants posted so far with events in scope (a cross-tenant read of an operator's run, by its id)
     tenants = [TenantTotals(t.tenant_id, t.events, t.charged_total, t.rerated_total, t.difference, t.ledger_entry_id)
-               for t in uow.connection.execute(select(rerate_tenants).where(rerate_tenants.c.run_id == run_id,
+               for t in uow.connection.execute(select(rerate_tenants).prefix_with(
+                   "/* citus:operator-scan operator-reports */").where(rerate_tenants.c.run_id == run_id,
                                                                            rerate_tenants.c.events > 0)
                                                .order_by(rerate_tenants.c.tenant_id))]
     return RerateRun(row.id, row.status, _scope_of(row), tenants, row.error, row.created_at, row.finished_at, replayed)

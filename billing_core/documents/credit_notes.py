@@ -100,12 +100,13 @@ def list_credit_notes(uow: UnitOfWork, tenant_id: str, *, limit: int, cursor: st
 
 def mismatches(uow: UnitOfWork, tenant_id: str | None) -> list[dict[str, Any]]:
     """Notes whose amount is not what their ledger entry moved (reconciliation checks notes too)."""
-    rows = uow.connection.execute(text("""
+    # one tenant's notes, or every tenant's (an operator-wide scan, no locks; docs/scaling.md)
+    scope = "n.tenant_id = :tenant_id" if tenant_id is not None else "true /* citus:operator-scan reconciliation */"
+    rows = uow.connection.execute(text(f"""
         SELECT n.tenant_id, n.id, n.number, n.amount, l.amount AS entry_amount
         FROM credit_notes n
         LEFT JOIN ledger_entries l ON l.tenant_id = n.tenant_id AND l.id = n.ledger_entry_id
-        WHERE (CAST(:tenant_id AS text) IS NULL OR n.tenant_id = :tenant_id)
-          AND (l.id IS NULL OR l.amount <> n.amount)
+        WHERE {scope} AND (l.id IS NULL OR l.amount <> n.amount)
     """), {"tenant_id": tenant_id}).all()
     return [{"tenantId": r.tenant_id, "kind": "credit_note", "noteId": str(r.id), "number": r.number,
              "amount": str(r.amount), "entryAmount": None if r.entry_amount is None else str(r.entry_amount)}

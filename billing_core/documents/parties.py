@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
 from billing_core.agencies.tables import sub_accounts
@@ -83,7 +83,7 @@ def agency_issuer(uow: UnitOfWork, agency: str) -> Issuer:
     issuer_id = agency_issuer_id(agency)
     details = customer_block(uow, agency) or {"legalName": agency, "address": "", "taxId": None}
     values = {"legal_name": details["legalName"], "address": details["address"], "tax_id": details["taxId"],
-              "updated_at": func.now()}
+              "updated_at": uow.now()}
     uow.connection.execute(insert(issuers).values(id=issuer_id, email=None, number_prefix=f"{agency}-", **values)
                            .on_conflict_do_update(index_elements=[issuers.c.id], set_=values))
     uow.connection.execute(insert(document_series).values(issuer_id=issuer_id, next_number=1)
@@ -99,11 +99,12 @@ def _agency_of(uow: UnitOfWork, tenant_id: str) -> str | None:
         sub_accounts.c.tenant_id == agency, sub_accounts.c.sub_account_id == tenant_id)).scalar_one_or_none()
 
 
+# updated_at is the transaction's time passed as a parameter (uow.now()): no now() in DO UPDATE SET (Citus)
 def set_issuer(uow: UnitOfWork, command: IssuerRequest, issuer_id: str = PLATFORM_ISSUER) -> Issuer:
     """Replace the issuer's block and number prefix, and commit. The series continues: the digits of
     the next document follow the last one whatever the prefix."""
     values = {"legal_name": command.legalName, "address": command.address, "tax_id": command.taxId,
-              "email": command.email, "number_prefix": command.numberPrefix, "updated_at": func.now()}
+              "email": command.email, "number_prefix": command.numberPrefix, "updated_at": uow.now()}
     uow.connection.execute(insert(issuers).values(id=issuer_id, **values)
                            .on_conflict_do_update(index_elements=[issuers.c.id], set_=values))
     issuer = get_issuer(uow, issuer_id)
@@ -121,7 +122,7 @@ def customer_block(uow: UnitOfWork, tenant_id: str) -> dict[str, Any] | None:
 
 def set_billing_details(uow: UnitOfWork, tenant_id: str, command: BillingDetailsRequest) -> dict[str, Any]:
     values = {"legal_name": command.legalName, "address": command.address, "tax_id": command.taxId,
-              "updated_at": func.now()}
+              "updated_at": uow.now()}
     uow.connection.execute(insert(billing_details).values(tenant_id=tenant_id, **values)
                            .on_conflict_do_update(index_elements=[billing_details.c.tenant_id], set_=values))
     block = customer_block(uow, tenant_id)
@@ -139,7 +140,7 @@ def tax_treatment(uow: UnitOfWork, tenant_id: str) -> TaxTreatment:
 def set_tax_treatment(uow: UnitOfWork, tenant_id: str, command: TaxTreatmentRequest) -> TaxTreatment:
     """Set the tenant's tax treatment (no commit: the caller's wallet settings commit with it). Applies
     to documents issued from now on."""
-    values = {"mode": command.mode, "rate": command.rate, "label": command.label, "updated_at": func.now()}
+    values = {"mode": command.mode, "rate": command.rate, "label": command.label, "updated_at": uow.now()}
     uow.connection.execute(insert(tax_treatments).values(tenant_id=tenant_id, **values)
                            .on_conflict_do_update(index_elements=[tax_treatments.c.tenant_id], set_=values))
     return TaxTreatment(command.mode, command.rate, command.label)

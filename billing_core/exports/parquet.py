@@ -99,7 +99,9 @@ class ExportedFile:
 
 def _query(table: str, tenant_id: str | None) -> str:
     fill = {f"day_{alias}": _DAY.format(alias=alias, column=column) for alias, column in _DAY_COLUMNS.items()}
-    fill.update({f"tenant_{alias}": "" if tenant_id is None else f"AND {alias}.tenant_id = :tenant_id"
+    # one tenant's rows, or every tenant's: an operator-wide scan without locks (docs/scaling.md)
+    every = "/* citus:operator-scan export */"
+    fill.update({f"tenant_{alias}": every if tenant_id is None else f"AND {alias}.tenant_id = :tenant_id"
                  for alias in ("l", "e", "i", "g", "r", "v", "n")})
     return QUERIES[table].format(**fill)
 

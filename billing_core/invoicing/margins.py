@@ -102,8 +102,9 @@ WITH refunded AS (
     -- LAD's revenue from a sub-account's item is what it charged the agency (agency_cost), not the resale
     SELECT {key} AS key, e.id AS event_id, coalesce(i.agency_cost, i.cost) AS cost, i.provider_cost,
            coalesce(f.amount, 0) AS refunded, coalesce(c.amount, 0) AS corrected,
-           row_number() OVER (PARTITION BY e.id ORDER BY i.position DESC) AS from_last,
-           coalesce(sum(coalesce(i.agency_cost, i.cost)) OVER (PARTITION BY e.id ORDER BY i.position DESC
+           -- windows partitioned by the tenant too: Citus pushes a window down to the shards only then
+           row_number() OVER (PARTITION BY e.tenant_id, e.id ORDER BY i.position DESC) AS from_last,
+           coalesce(sum(coalesce(i.agency_cost, i.cost)) OVER (PARTITION BY e.tenant_id, e.id ORDER BY i.position DESC
                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS later_cost
     FROM usage_events e
     JOIN usage_event_items i ON i.tenant_id = e.tenant_id AND i.usage_event_id = e.id
@@ -138,12 +139,13 @@ def margins(connection: Connection, *, start: datetime, end: datetime, group_by:
     the platform operator, every tenant's (the one deliberately cross-tenant read here). Takes a
     connection so the caller can route it to a read replica."""
     tenant = tenant_id is not None
+    every = "/* citus:operator-scan operator-reports */"  # every tenant's: an operator-wide scan, no locks
     rows = connection.execute(text(_QUERY.format(
         key=GROUPINGS[group_by],
-        tenant_r="AND r.tenant_id = :tenant_id" if tenant else "",
-        tenant_c="AND c.tenant_id = :tenant_id" if tenant else "",
-        tenant_rr="AND r.tenant_id = :tenant_id" if tenant else "",
-        tenant_e="AND e.tenant_id = :tenant_id" if tenant else "")),
+        tenant_r="AND r.tenant_id = :tenant_id" if tenant else every,
+        tenant_c="AND c.tenant_id = :tenant_id" if tenant else every,
+        tenant_rr="AND r.tenant_id = :tenant_id" if tenant else every,
+        tenant_e="AND e.tenant_id = :tenant_id" if tenant else every)),
         {"start": start, "end": end, "tenant_id": tenant_id}).all()
     return Margins([MarginGroup(r.key, r.revenue, r.cost, r.events, r.uncosted_revenue, r.uncosted_items,
                                 r.corrections) for r in rows])

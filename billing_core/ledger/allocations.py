@@ -90,17 +90,19 @@ def grant_period(uow: UnitOfWork, allocation: Allocation, at: datetime) -> bool:
 
 def put_allocation(uow: UnitOfWork, tenant_id: str, name: str, command: AllocationRequest) -> Allocation:
     """Create or change the tenant's allocation and grant the current period if it was not yet
-    granted (a change applies from the next period); commit."""
+    granted (a change applies from the next period); commit. The transaction's time is a parameter: no
+    now() in DO UPDATE SET (Citus)."""
+    now = uow.now()
     row = uow.connection.execute(text("""
         INSERT INTO allocations AS a (tenant_id, name, amount, kind, period, expires_at_period_end)
         VALUES (:t, :name, :amount, :kind, :period, :expires)
         ON CONFLICT (tenant_id, name) DO UPDATE SET amount = EXCLUDED.amount, kind = EXCLUDED.kind,
-            period = EXCLUDED.period, expires_at_period_end = EXCLUDED.expires_at_period_end, updated_at = now()
+            period = EXCLUDED.period, expires_at_period_end = EXCLUDED.expires_at_period_end, updated_at = :now
         RETURNING *
     """), {"t": tenant_id, "name": name, "amount": command.amount, "kind": command.kind, "period": command.period,
-           "expires": command.expiresAtPeriodEnd}).one()
+           "expires": command.expiresAtPeriodEnd, "now": now}).one()
     allocation = _allocation(row)
-    grant_period(uow, allocation, uow.now())
+    grant_period(uow, allocation, now)
     uow.commit()
     return allocation
 
@@ -144,7 +146,7 @@ def grant_due(new_uow: Callable[[], UnitOfWork], at: datetime | None = None) -> 
             now = at or uow.now()
             start, _ = period_bounds(now)
             rows = uow.connection.execute(text("""
-                SELECT a.* FROM allocations a
+                SELECT a.* FROM allocations a /* citus:operator-scan allocation-candidates */
                 WHERE (a.tenant_id, a.name) > (:after_t, :after_n)
                   AND NOT EXISTS (SELECT 1 FROM allocation_grants g
                                   WHERE g.tenant_id = a.tenant_id AND g.name = a.name AND g.period_start = :start)

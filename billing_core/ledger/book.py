@@ -384,7 +384,8 @@ class WalletBook:
             values: dict[str, Any] = {"current_balance": self.balance, "reserved_balance": self.reserved,
                                       "in_debt_since": owing, "updated_at": func.now()}
             if self.flag_reason:
-                values.update(flagged_at=func.coalesce(wallets.c.flagged_at, func.now()), flag_reason=self.flag_reason)
+                # the book's time as a parameter: no now() in COALESCE on a distributed table (Citus)
+                values.update(flagged_at=func.coalesce(wallets.c.flagged_at, self.now), flag_reason=self.flag_reason)
             connection.execute(wallets.update().where(wallets.c.tenant_id == self.tenant_id,
                                                       wallets.c.id == self.wallet.id).values(**values))
         self.budgets.flush()

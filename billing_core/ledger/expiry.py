@@ -65,7 +65,7 @@ def tenants_with_due(uow: UnitOfWork, limit: int = 1000) -> list[str]:
     holds (the rest cannot expire yet): the expiry job's deliberately cross-tenant query, over two
     partial indexes, most overdue first."""
     return list(uow.connection.execute(text("""
-        SELECT tenant_id FROM (
+        SELECT tenant_id /* citus:operator-scan expiry-candidates */ FROM (
             SELECT tenant_id, min(expires_at) AS due FROM reservations
             WHERE status = 'active' AND expires_at <= now() GROUP BY tenant_id
             UNION ALL

@@ -160,31 +160,33 @@ def put_budget(uow: UnitOfWork, tenant_id: str, feature_key: str, *, spend_limit
                action: str) -> Budget:
     """Create or change a budget. The caller holds the wallet lock (set_budget takes it), so no charge
     runs meanwhile; the current period's spend is counted from the usage already charged."""
+    now = uow.now()  # the transaction's time as a parameter: no now() in DO UPDATE SET (Citus)
     row = uow.connection.execute(
         insert(budgets).values(tenant_id=tenant_id, feature_key=feature_key, spend_limit=spend_limit,
-                               period=period, action=action, created_at=func.now(), updated_at=func.now())
+                               period=period, action=action, created_at=now, updated_at=now)
         .on_conflict_do_update(index_elements=[budgets.c.tenant_id, budgets.c.feature_key],
                                set_={"spend_limit": spend_limit, "period": period, "action": action,
-                                     "updated_at": func.now()})
+                                     "updated_at": now})
         .returning(*budgets.c)
     ).one()
     budget = Budget(**row._mapping)
     # set-based: the feature's charges in the current period, less what was refunded of them
     uow.connection.execute(text("""
         INSERT INTO budget_spend (tenant_id, feature_key, period, period_start, spent)
-        SELECT :tenant_id, :feature_key, :period, date_trunc(:period, now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+        SELECT :tenant_id, :feature_key, :period, CAST(:period_start AS timestamptz),
                greatest(0, coalesce(sum(e.total_cost), 0) - coalesce((
                    SELECT sum(r.amount) FROM ledger_entries d JOIN ledger_entries r
                         ON r.tenant_id = d.tenant_id AND r.related_entry_id = d.id AND r.entry_type = 'refund'
                    WHERE d.tenant_id = :tenant_id AND d.entry_type = 'debit' AND d.usage_event_id IN (
                        SELECT id FROM usage_events WHERE tenant_id = :tenant_id AND feature_key = :feature_key
                          AND status = 'charged'
-                         AND occurred_at >= date_trunc(:period, now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')), 0))
+                         AND occurred_at >= CAST(:period_start AS timestamptz))), 0))
         FROM usage_events e
         WHERE e.tenant_id = :tenant_id AND e.feature_key = :feature_key AND e.status = 'charged'
-          AND e.occurred_at >= date_trunc(:period, now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+          AND e.occurred_at >= CAST(:period_start AS timestamptz)
         ON CONFLICT (tenant_id, feature_key, period, period_start) DO UPDATE SET spent = excluded.spent
-    """), {"tenant_id": tenant_id, "feature_key": feature_key, "period": period})
+    """), {"tenant_id": tenant_id, "feature_key": feature_key, "period": period,
+          "period_start": period_start(period, now)})
     return budget
 
 

@@ -29,18 +29,18 @@ _QUERY = text("""
            b.spend_limit, b.period, b.action,
            coalesce((SELECT sum(r.amount) FROM reservations r WHERE r.tenant_id = w.tenant_id
                      AND r.status = 'active' AND r.feature_key = :feature_key), 0) AS feature_held
-    FROM (SELECT CAST(:tenant_id AS text) AS tenant_id) t
-    LEFT JOIN wallets w ON w.tenant_id = t.tenant_id
-    LEFT JOIN budgets b ON b.tenant_id = t.tenant_id AND b.feature_key = :feature_key
-""")
+    FROM wallets w
+    LEFT JOIN budgets b ON b.tenant_id = w.tenant_id AND b.feature_key = :feature_key
+    WHERE w.tenant_id = :tenant_id
+""")  # from the wallet (no row: no wallet yet), not from a constant row outer-joined to it (Citus refuses that)
 
 
 def check(connection, tenant_id: str, feature_key: str, estimated_cost: Decimal) -> Entitlement:  # noqa: ANN001
     """What a charge of `estimated_cost` for the feature would meet now, computed as the charging path
     would see it (holds and credits past their expiry already ended), without writing anything.
     `in_debt` says whether the wallet is frozen for new calls (the API answers that 402 in_debt)."""
-    row = connection.execute(_QUERY, {"tenant_id": tenant_id, "feature_key": feature_key}).one()
-    if row.status is None:  # no wallet yet: nothing to spend
+    row = connection.execute(_QUERY, {"tenant_id": tenant_id, "feature_key": feature_key}).one_or_none()
+    if row is None:  # no wallet yet: nothing to spend
         return Entitlement(estimated_cost <= 0, Decimal(0), None if estimated_cost <= 0 else "insufficient_balance")
     # as expiry.end_due: holds end first, then overdue credits expire beyond what backs the rest
     reserved = money.subtract(row.reserved_balance, row.due_holds)

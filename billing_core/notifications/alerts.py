@@ -155,15 +155,17 @@ def put_settings(uow: UnitOfWork, tenant_id: str, command: AlertSettingsRequest)
     fired); new ones start armed; removed ones are forgotten. The secret is kept unless a new one is
     given (generated the first time)."""
     # the upsert locks the settings row: no evaluation of this tenant runs meanwhile
+    # INSERT … SELECT (no subquery in VALUES) and the transaction's time as a parameter (no now() in
+    # DO UPDATE SET): both refused on a distributed table (Citus)
     uow.connection.execute(text("""
-        INSERT INTO alert_settings (tenant_id, webhook_url, webhook_secret, email, evaluated_seq)
-        VALUES (:t, :url, coalesce(:secret, :generated), :email,
-                (SELECT coalesce(max(seq), 0) FROM ledger_entries WHERE tenant_id = :t))
+        INSERT INTO alert_settings (tenant_id, webhook_url, webhook_secret, email, evaluated_seq, updated_at)
+        SELECT :t, :url, coalesce(:secret, :generated), :email, coalesce(max(seq), 0), :now
+        FROM ledger_entries WHERE tenant_id = :t
         ON CONFLICT (tenant_id) DO UPDATE SET
             webhook_url = EXCLUDED.webhook_url, email = EXCLUDED.email,
-            webhook_secret = coalesce(:secret, alert_settings.webhook_secret), updated_at = now()
+            webhook_secret = coalesce(:secret, alert_settings.webhook_secret), updated_at = EXCLUDED.updated_at
     """), {"t": tenant_id, "url": command.webhookUrl, "secret": command.webhookSecret,
-           "generated": generate_secret(), "email": command.email})
+           "generated": generate_secret(), "email": command.email, "now": uow.now()})
     thresholds = [money.normalize(t) for t in command.thresholds]
     uow.connection.execute(text(
         "DELETE FROM alert_states WHERE tenant_id = :t AND threshold <> ALL(CAST(:thresholds AS numeric[]))"),
@@ -204,7 +206,7 @@ def check(uow: UnitOfWork, tenant_id: str) -> Evaluation:
     if locked is None:
         uow.rollback()
         return Evaluation()
-    found = _evaluate_locked(uow, [tenant_id])
+    found = _evaluate_locked(uow, tenant_id)
     uow.commit()
     return found
 
@@ -212,15 +214,25 @@ def check(uow: UnitOfWork, tenant_id: str) -> Evaluation:
 def scan_page(uow: UnitOfWork, after: str, limit: int = SCAN_PAGE) -> tuple[Evaluation, str | None]:
     """Evaluate the next `limit` tenants with alert settings after `after` (by tenant id) in one
     transaction, skipping those another evaluation holds; commit. Returns what fired and the last
-    tenant id of the page (None when no tenant is left)."""
+    tenant id of the page (None when no tenant is left).
+
+    Two steps, so that it runs on Citus: the candidates are read without a lock (an operator-wide scan),
+    then each tenant's settings row is claimed by a statement filtered on that tenant (a cross-tenant
+    FOR UPDATE cannot run distributed)."""
     tenants = list(uow.connection.execute(text("""
-        SELECT tenant_id FROM alert_settings WHERE tenant_id > :after
-        ORDER BY tenant_id LIMIT :limit FOR UPDATE SKIP LOCKED
+        SELECT tenant_id FROM alert_settings /* citus:operator-scan alert-candidates */
+        WHERE tenant_id > :after ORDER BY tenant_id LIMIT :limit
     """), {"after": after, "limit": limit}).scalars())
     if not tenants:
         uow.rollback()
         return Evaluation(), None
-    found = _evaluate_locked(uow, tenants)
+    found = Evaluation()
+    for tenant_id in tenants:
+        claimed = uow.connection.execute(text(
+            "SELECT tenant_id FROM alert_settings WHERE tenant_id = :t FOR UPDATE SKIP LOCKED"),
+            {"t": tenant_id}).scalar_one_or_none()
+        if claimed is not None:
+            found += _evaluate_locked(uow, tenant_id)
     uow.commit()
     return found, tenants[-1]
 
@@ -246,8 +258,8 @@ class _Point:
     at: datetime | None = None
 
 
-def _evaluate_locked(uow: UnitOfWork, tenants: list[str]) -> Evaluation:
-    """Evaluate tenants whose settings rows this transaction holds locked."""
+def _evaluate_locked(uow: UnitOfWork, tenant: str) -> Evaluation:
+    """Evaluate a tenant whose settings row this transaction holds locked."""
     # one statement, one snapshot: the wallet's balances and the entries that led to them agree
     rows = uow.connection.execute(text("""
         SELECT s.tenant_id, s.evaluated_seq, s.webhook_url, s.email,
@@ -263,13 +275,13 @@ def _evaluate_locked(uow: UnitOfWork, tenants: list[str]) -> Evaluation:
             ORDER BY le.seq DESC
             LIMIT :history
         ) e ON true
-        WHERE s.tenant_id = ANY(:tenants)
+        WHERE s.tenant_id = :t
         ORDER BY s.tenant_id, e.seq
-    """), {"tenants": tenants, "history": HISTORY_LIMIT}).all()
+    """), {"t": tenant, "history": HISTORY_LIMIT}).all()
     states = uow.connection.execute(text("""
-        SELECT tenant_id, threshold, armed FROM alert_states WHERE tenant_id = ANY(:tenants)
+        SELECT tenant_id, threshold, armed FROM alert_states WHERE tenant_id = :t
         ORDER BY tenant_id, threshold DESC FOR UPDATE
-    """), {"tenants": tenants}).all()
+    """), {"t": tenant}).all()
     by_tenant: dict[str, list[Any]] = {}
     for row in rows:
         by_tenant.setdefault(row.tenant_id, []).append(row)
@@ -301,18 +313,16 @@ def _evaluate_locked(uow: UnitOfWork, tenants: list[str]) -> Evaluation:
             if not fired and not rearmed:
                 continue
             _flip(uow, tenant_id, state.threshold, was_armed=state.armed, armed=armed, fired=len(fired),
-                  rearmed=rearmed)
+                  rearmed=rearmed, now=now)
             for point in fired:
                 fired_types.append(event_type_for(threshold))
                 payload = _payload(threshold, point, first.currency or CURRENCY, now)
                 new += [NewNotification(tenant_id, event_type_for(threshold), payload, channel, destination)
                         for channel, destination in channels]
-    if seqs:
+    if tenant in seqs:
         uow.connection.execute(text("""
-            UPDATE alert_settings s SET evaluated_seq = v.seq
-            FROM unnest(CAST(:tenants AS text[]), CAST(:seqs AS bigint[])) AS v(tenant_id, seq)
-            WHERE s.tenant_id = v.tenant_id AND s.evaluated_seq < v.seq
-        """), {"tenants": list(seqs), "seqs": list(seqs.values())})
+            UPDATE alert_settings SET evaluated_seq = :seq WHERE tenant_id = :t AND evaluated_seq < :seq
+        """), {"t": tenant, "seq": seqs[tenant]})
     return Evaluation(insert_notifications(uow, new), fired_types)
 
 
@@ -333,17 +343,18 @@ def _points(tenant_rows: list[Any]) -> list[_Point]:
 
 
 def _flip(uow: UnitOfWork, tenant_id: str, threshold: Decimal, *, was_armed: bool, armed: bool, fired: int,
-          rearmed: bool) -> None:
+          rearmed: bool, now: datetime) -> None:
     """Conditional on the state read: a concurrent change (which the settings lock rules out) would
-    fail the transaction rather than fire twice."""
+    fail the transaction rather than fire twice. The transaction's time is a parameter: no now() inside
+    CASE on a distributed table (Citus)."""
     changed = uow.connection.execute(text("""
         UPDATE alert_states SET armed = :armed, fired_count = fired_count + :fired,
-            last_fired_at = CASE WHEN :fired > 0 THEN now() ELSE last_fired_at END,
-            last_rearmed_at = CASE WHEN :rearmed THEN now() ELSE last_rearmed_at END
+            last_fired_at = CASE WHEN :fired > 0 THEN CAST(:now AS timestamptz) ELSE last_fired_at END,
+            last_rearmed_at = CASE WHEN :rearmed THEN CAST(:now AS timestamptz) ELSE last_rearmed_at END
         WHERE tenant_id = :t AND threshold = :threshold AND armed = :was_armed
         RETURNING threshold
     """), {"t": tenant_id, "threshold": threshold, "armed": armed, "fired": fired, "rearmed": rearmed,
-           "was_armed": was_armed}).first()
+           "was_armed": was_armed, "now": now}).first()
     if changed is None:
         raise RuntimeError(f"alert state of {tenant_id} at {threshold} changed under its evaluation")
 

@@ -24,7 +24,7 @@ def tenants(uow: UnitOfWork, search: str | None = None, *, flagged: bool = False
             limit: int = TENANTS_PAGE) -> list[Wallet]:
     """Wallets with the most recent activity (a balance or setting change) first; `search` matches a
     part of the tenant id; `flagged` / `blocked` keep only those."""
-    query = select(wallets)
+    query = select(wallets).prefix_with("/* citus:operator-scan operator-reports */")  # every tenant's, no lock
     if search:
         query = query.where(func.strpos(func.lower(wallets.c.tenant_id), search.lower()) > 0)
     if flagged:
@@ -46,7 +46,8 @@ def pending_backlog(uow: UnitOfWork, limit: int = 20) -> Backlog:
     """Charges accepted and not yet charged or rejected, and how long the oldest has waited."""
     rows = uow.connection.execute(text("""
         SELECT tenant_id, count(*) AS pending, extract(epoch FROM now() - min(created_at)) AS oldest
-        FROM usage_events WHERE status = 'pending' GROUP BY tenant_id ORDER BY oldest DESC LIMIT :limit"""),
+        FROM usage_events /* citus:operator-scan operator-reports */
+        WHERE status = 'pending' GROUP BY tenant_id ORDER BY oldest DESC LIMIT :limit"""),
         {"limit": limit}).all()
     total, oldest = pending_totals(uow.connection)
     return Backlog(total, money.normalize(Decimal(oldest).quantize(Decimal("0.1"))),
@@ -59,7 +60,7 @@ def pending_totals(connection: Connection) -> tuple[int, Decimal]:
     the backlog is a fact of the database, not of any one process (also /metrics' gauges)."""
     count, oldest = connection.execute(text(
         "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM usage_events "
-        "WHERE status = 'pending'")).one()
+        "/* citus:operator-scan operator-reports */ WHERE status = 'pending'")).one()
     return count, oldest
 
 
@@ -77,7 +78,8 @@ def call_slots(connection: Connection) -> list[CallSlots]:
         SELECT p.tenant_id, greatest(p.max_concurrent_calls, coalesce(p.burst_limit, 0)) AS ceiling,
                (SELECT count(*) FROM reservations r WHERE r.tenant_id = p.tenant_id AND r.status = 'active'
                 AND r.expires_at > now()) AS active
-        FROM call_plans p WHERE p.max_concurrent_calls IS NOT NULL ORDER BY p.tenant_id""")).all()
+        FROM call_plans p /* citus:operator-scan operator-reports */
+        WHERE p.max_concurrent_calls IS NOT NULL ORDER BY p.tenant_id""")).all()
     return [CallSlots(r.tenant_id, r.active, r.ceiling) for r in rows]
 
 

@@ -73,24 +73,41 @@ def claim_stale_pending(uow: UnitOfWork, older_than_seconds: int, limit: int = 1
     and concurrent sweeps never claim the same event twice.
     """
     backoff = func.power(2, func.least(usage_events.c.enqueue_count - 1, 6))
-    stale = (
-        select(usage_events.c.id)
-        .where(usage_events.c.status == UsageEventStatus.PENDING,
-               usage_events.c.enqueued_at
-               < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds * backoff))
-        .order_by(usage_events.c.enqueued_at)
+    is_stale = (usage_events.c.status == UsageEventStatus.PENDING,
+                usage_events.c.enqueued_at
+                < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_seconds * backoff))
+    # two steps, so that it runs on Citus: the tenants with stale events, oldest first and without a lock
+    # (an operator-wide scan), then each tenant's events claimed by a statement filtered on the tenant
+    tenants = uow.connection.execute(
+        select(usage_events.c.tenant_id).prefix_with("/* citus:operator-scan pending-candidates */")
+        .where(*is_stale)
+        .group_by(usage_events.c.tenant_id)
+        .order_by(func.min(usage_events.c.enqueued_at))
         .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    rows = uow.connection.execute(
-        update(usage_events)
-        .where(usage_events.c.id.in_(stale), usage_events.c.status == UsageEventStatus.PENDING)
-        .values(enqueued_at=func.now(), enqueue_count=usage_events.c.enqueue_count + 1)
-        .returning(usage_events.c.tenant_id, usage_events.c.id, usage_events.c.task_id, usage_events.c.enqueue_count)
-    ).all()
+    ).scalars().all()
+    claimed: list[StalePending] = []
+    for tenant_id in tenants:
+        if len(claimed) >= limit:
+            break
+        stale = (
+            select(usage_events.c.id)
+            .where(usage_events.c.tenant_id == tenant_id, *is_stale)
+            .order_by(usage_events.c.enqueued_at)
+            .limit(limit - len(claimed))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        rows = uow.connection.execute(
+            update(usage_events)
+            .where(usage_events.c.tenant_id == tenant_id, usage_events.c.id.in_(stale),
+                   usage_events.c.status == UsageEventStatus.PENDING)
+            .values(enqueued_at=func.now(), enqueue_count=usage_events.c.enqueue_count + 1)
+            .returning(usage_events.c.tenant_id, usage_events.c.id, usage_events.c.task_id,
+                       usage_events.c.enqueue_count)
+        ).all()
+        claimed += [StalePending(r.tenant_id, r.id, r.task_id, r.enqueue_count) for r in rows]
     uow.commit()
-    return [StalePending(r.tenant_id, r.id, r.task_id, r.enqueue_count) for r in rows]
+    return claimed
 
 
 
@@ -361,7 +378,8 @@ def _charge_for_agency(book: WalletBook, event: Any, cost: Decimal) -> None:
 
 
 def _settle_events(uow: UnitOfWork, tenant_id: str, outcomes: list[SettleOutcome]) -> None:
-    """One UPDATE for the whole group, joined to the outcomes passed as arrays."""
+    """One UPDATE for the whole group, joined to the outcomes passed as arrays. The transaction's time is a
+    parameter: no now() inside CASE on a distributed table (Citus)."""
     source, params = unnest_arrays(usage_events, [
         {"id": o.event_id, "status": o.status, "total_cost": o.total_cost, "rejection_code": o.code,
          "rejection_reason": o.reason, "rejection_details": o.details}
@@ -371,10 +389,10 @@ def _settle_events(uow: UnitOfWork, tenant_id: str, outcomes: list[SettleOutcome
         UPDATE usage_events AS e SET
             status = rows.status,
             total_cost = coalesce(rows.total_cost, e.total_cost),
-            charged_at = CASE WHEN rows.status = 'charged' THEN now() END,
+            charged_at = CASE WHEN rows.status = 'charged' THEN CAST(:now AS timestamptz) END,
             rejection_code = rows.rejection_code,
             rejection_reason = rows.rejection_reason,
             rejection_details = rows.rejection_details
         FROM {source}
         WHERE e.tenant_id = :tenant_id AND e.id = rows.id
-    """), {**params, "tenant_id": tenant_id})
+    """), {**params, "tenant_id": tenant_id, "now": uow.now()})

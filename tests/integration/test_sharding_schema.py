@@ -7,37 +7,18 @@ read from PostgreSQL's own catalog after every migration, so tables added later 
 - every foreign key of a tenant table to another tenant table includes `tenant_id` on both sides
   (so the rows it joins live on one shard); a foreign key to an operator table is one to a Citus
   reference table, replicated to every node.
+- the one foreign-key cycle Citus cannot distribute is gone, and the distribution procedure refuses plain PostgreSQL.
 """
 from __future__ import annotations
 
 from sqlalchemy import text
 
-# Operator tables: not distributed by tenant (Citus reference tables replicated to every node, or
-# kept on the coordinator). Some carry an optional tenant_id for what they concern, never as a key.
-# Each is named here on purpose; a new table without tenant_id fails the test until it is placed.
-OPERATOR_TABLES = {
-    "alembic_version": "migration state",
-    "catalog_revision": "the price catalog's revision (one row)",
-    "prices": "the price catalog, global rows and tenants' overrides: a small reference table every charge reads",
-    "provider_costs": "what the platform pays its providers per unit, global and effective-dated: a reference table",
-    "console_sessions": "the operators' console sessions: no tenant",
-    "stripe_events": "Stripe events as received; the tenant is known once the event is processed",
-    "reconciliation_runs": "operator job runs over every tenant",
-    "invoice_runs": "operator job runs over every tenant",
-    "issuers": "who issues documents (the platform): a small reference table",
-    "document_series": "one gapless number counter per issuer, locked by every issue: a reference table",
-    "export_runs": "operator job runs over every tenant (or one, named but not a key)",
-    "document_numbers": "every number an issuer issued, unique per issuer (to any tenant): kept on the coordinator",
-    "catalog_corrections": "prices entered with a past start, with their reason: beside the prices (a reference table)",
-    "rerate_runs": "operator job runs over every tenant (or one, named but not a key)",
-}
-# Tenant traffic that is not shardable yet, and why; this list may only shrink.
-NOT_YET_SHARDABLE = {
-    "notifications": "operator events (reconciliation.mismatch) are stored with tenant_id NULL; they need a "
-                     "table of their own (or a reserved tenant) before tenant_id can be NOT NULL and in the key",
-    "notification_attempts": "follows notifications",
-}
-EXEMPT = {**OPERATOR_TABLES, **NOT_YET_SHARDABLE}
+from billing_core.sharding import COORDINATOR, REFERENCE, TABLE_KINDS, TENANT, NeedsCitus, distribute, tables_of
+
+# Every table's kind is declared once, in billing_core.sharding.TABLE_KINDS (tenant / reference / coordinator),
+# which the distribution procedure reads too; a new table fails here until it is placed there.
+EXEMPT = {name: why for name, (kind, why) in TABLE_KINDS.items() if kind != TENANT}
+
 
 
 def catalog(engine, query: str) -> list:
@@ -52,8 +33,10 @@ def test_every_table_is_a_tenant_table_or_a_named_operator_table(engine):
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
         GROUP BY c.relname""")
+    unplaced = sorted(name for name, *_ in rows if name not in TABLE_KINDS)
+    assert unplaced == [], f"tables without a kind in billing_core.sharding.TABLE_KINDS: {unplaced}"
     untenanted = sorted(name for name, tenant, _ in rows if not tenant and name not in EXEMPT)
-    assert untenanted == [], f"tables with neither tenant_id nor a place in OPERATOR_TABLES: {untenanted}"
+    assert untenanted == [], f"tenant tables without tenant_id: {untenanted}"
     nullable = sorted(name for name, tenant, not_null in rows if tenant and not not_null and name not in EXEMPT)
     assert nullable == [], f"tenant tables whose tenant_id may be NULL: {nullable}"
     stale = sorted(set(EXEMPT) - {name for name, *_ in rows})
@@ -101,4 +84,56 @@ def test_foreign_keys_between_tenant_tables_include_tenant_id_on_both_sides(engi
         SELECT k.conrelid::regclass::text, k.confrelid::regclass::text
         FROM pg_constraint k JOIN ({TENANT_TABLES}) t ON t.oid = k.conrelid
         WHERE k.contype = 'f' AND k.confrelid NOT IN (SELECT oid FROM ({TENANT_TABLES}) r)""")
-    assert {referenced for _, referenced in to_operator} <= set(EXEMPT), to_operator
+    # a distributed table may reference only a reference table among the others
+    assert {referenced for _, referenced in to_operator} <= set(tables_of(REFERENCE)), to_operator
+
+
+def test_no_foreign_key_cycle_among_tenant_tables(engine):
+    """Citus distributes a table only after every table it references: a cycle (reservations ↔ usage_events
+    was one) cannot be distributed in any order."""
+    edges = catalog(engine, f"""
+        SELECT k.conrelid::regclass::text, k.confrelid::regclass::text
+        FROM pg_constraint k JOIN ({TENANT_TABLES}) t ON t.oid = k.conrelid
+        WHERE k.contype = 'f' AND k.conrelid <> k.confrelid""")
+    graph: dict[str, set[str]] = {}
+    for table, referenced in edges:
+        graph.setdefault(table, set()).add(referenced)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
+    assert sorted(t for t in graph if reaches(t, t, set())) == []
+
+
+def test_the_distribution_procedure_needs_citus_and_changes_nothing_without_it(engine):
+    """`make citus-distribute` against plain PostgreSQL: it says it needs Citus, changes nothing."""
+    import subprocess
+    import sys
+
+    from devstack.stack import ROOT
+
+    def state() -> list:
+        return catalog(engine, """
+            SELECT conrelid::regclass::text, conname FROM pg_constraint WHERE contype = 'f'
+            UNION ALL SELECT 'extension', extname FROM pg_extension ORDER BY 1, 2""")
+    before = state()
+    try:
+        distribute(engine, say=lambda _: None)
+        raise AssertionError("distribute() ran on plain PostgreSQL")
+    except NeedsCitus as exc:
+        assert "Citus" in str(exc)
+    run = subprocess.run([sys.executable, "-m", "billing_core.sharding"], cwd=ROOT, capture_output=True, text=True,
+                         env={"DATABASE_URL": str(engine.url.render_as_string(hide_password=False)),
+                              "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert run.returncode != 0 and "needs Citus" in run.stderr, run.stderr
+    assert state() == before
+    assert set(tables_of(COORDINATOR)) >= {"notifications", "stripe_events"}
+
+
+def test_no_trigger_on_a_distributed_table_touches_another_table(engine):
+    """A trigger fires on the shard under Citus: one that writes another table (the catalog revision's did)
+    fails there. The append-only triggers only RAISE on their own table (tests/support/citus_rules.py)."""
+    from tests.support.citus_rules import TRIGGERS_SQL, trigger_violations
+
+    triggers = catalog(engine, TRIGGERS_SQL)
+    assert {t[0] for t in triggers} >= {"ledger_entries", "invoices"}  # the append-only ones are read
+    assert [str(v) for v in trigger_violations(triggers)] == []

@@ -161,6 +161,10 @@ class History:
         with self.engine.begin() as connection:
             connection.execute(text("UPDATE usage_events SET charged_at = :at WHERE tenant_id = :t AND id = :id"),
                                {"at": at, "t": self.tenant, "id": event_id})
+            # a sub-account's charge: the agency's record of it keeps the event's charge time too
+            connection.execute(text("UPDATE agency_charges SET charged_at = :at "
+                                    "WHERE tenant_id = :agency AND usage_event_id = :id AND sub_account_id = :t"),
+                               {"at": at, "agency": self.tenant.rpartition(":")[0], "t": self.tenant, "id": event_id})
             debit_id = connection.execute(text(
                 "SELECT id FROM ledger_entries WHERE tenant_id = :t AND usage_event_id = :id AND entry_type = 'debit'"),
                 {"t": self.tenant, "id": event_id}).scalar_one()

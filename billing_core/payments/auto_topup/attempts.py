@@ -75,23 +75,29 @@ def evaluate(uow: UnitOfWork, tenant_id: str) -> Evaluation:
 
 def scan_page(uow: UnitOfWork, after: str, limit: int = SCAN_PAGE) -> tuple[Evaluation, str | None]:
     """The minute scan: evaluate the next `limit` enabled tenants (by id, after `after`) whose
-    available balance is at or below their threshold, skipping those being evaluated; commit."""
-    rows = uow.connection.execute(text("""
-        SELECT s.* FROM auto_topup_settings s
+    available balance is at or below their threshold, skipping those being evaluated; commit.
+
+    Two steps, so that it runs on Citus: the candidates are read without a lock (an operator-wide scan),
+    then each tenant's rule is claimed by a statement filtered on that tenant."""
+    tenants = list(uow.connection.execute(text("""
+        SELECT s.tenant_id FROM auto_topup_settings s /* citus:operator-scan auto-topup-candidates */
         LEFT JOIN wallets w ON w.tenant_id = s.tenant_id
         WHERE s.enabled AND s.tenant_id > :after
           AND coalesce(w.current_balance - w.reserved_balance, 0) <= s.threshold
         ORDER BY s.tenant_id LIMIT :limit
-        FOR UPDATE OF s SKIP LOCKED
-    """), {"after": after, "limit": limit}).all()
-    if not rows:
+    """), {"after": after, "limit": limit}).scalars())
+    if not tenants:
         uow.rollback()
         return Evaluation(), None
     found = Evaluation()
-    for row in rows:
-        found += _evaluate_locked(uow, rule_of(row))
+    for tenant_id in tenants:
+        row = uow.connection.execute(text(
+            "SELECT * FROM auto_topup_settings WHERE tenant_id = :t AND enabled FOR UPDATE SKIP LOCKED"),
+            {"t": tenant_id}).one_or_none()
+        if row is not None:
+            found += _evaluate_locked(uow, rule_of(row))
     uow.commit()
-    return found, rows[-1].tenant_id
+    return found, tenants[-1]
 
 
 def _evaluate_locked(uow: UnitOfWork, rule: AutoTopupRule) -> Evaluation:
@@ -106,7 +112,8 @@ def _evaluate_locked(uow: UnitOfWork, rule: AutoTopupRule) -> Evaluation:
                 WHERE a.tenant_id = :t AND a.status = 'succeeded'
                   AND a.month = date_trunc('month', now() AT TIME ZONE 'UTC')::date) AS spent,
                date_trunc('month', now() AT TIME ZONE 'UTC')::date AS month
-        FROM (SELECT 1) one LEFT JOIN wallets w ON w.tenant_id = :t
+        FROM auto_topup_settings s LEFT JOIN wallets w ON w.tenant_id = s.tenant_id
+        WHERE s.tenant_id = :t
     """), {"t": rule.tenant_id}).one()
     available = money.normalize(state.available)
     if available > rule.threshold or state.pending:
@@ -156,6 +163,7 @@ def verify_saved(new_uow: Callable[[], UnitOfWork], stripe_api: customers.Stripe
     with new_uow() as uow:
         rows = uow.connection.execute(text("""
             SELECT tenant_id, stripe_customer_id, stripe_payment_method_id FROM auto_topup_settings
+            /* citus:operator-scan auto-topup-candidates */
             WHERE enabled AND verified_at IS NULL ORDER BY tenant_id LIMIT :limit
         """), {"limit": limit}).all()
     found: list[uuid.UUID] = []
@@ -296,17 +304,30 @@ def postpone(uow: UnitOfWork, tenant_id: str, attempt_id: uuid.UUID, error: str,
 
 def claim_lost(uow: UnitOfWork, limit: int = 100) -> list[tuple[str, uuid.UUID]]:
     """Pending attempts whose message was lost (the broker was down, a worker died): past their next
-    try and not held by a try. Marked as sent and returned for a new message; commit."""
-    rows = uow.connection.execute(text("""
-        UPDATE auto_topup_attempts a SET next_try_at = now() + make_interval(secs => :lease)
-        FROM (SELECT tenant_id, id FROM auto_topup_attempts
-              WHERE status = 'pending' AND next_try_at < now()
-              ORDER BY next_try_at LIMIT :limit FOR UPDATE SKIP LOCKED) due
-        WHERE a.tenant_id = due.tenant_id AND a.id = due.id
-        RETURNING a.tenant_id, a.id
-    """), {"limit": limit, "lease": TRY_LEASE_SECONDS}).all()
+    try and not held by a try. Marked as sent and returned for a new message; commit.
+
+    Two steps, so that it runs on Citus: the tenants with such attempts are found without a lock, then each
+    tenant's attempts are claimed (FOR UPDATE SKIP LOCKED) by a statement filtered on that tenant."""
+    tenants = list(uow.connection.execute(text("""
+        SELECT tenant_id FROM auto_topup_attempts /* citus:operator-scan auto-topup-candidates */
+        WHERE status = 'pending' AND next_try_at < now()
+        GROUP BY tenant_id ORDER BY min(next_try_at) LIMIT :limit
+    """), {"limit": limit}).scalars())
+    claimed: list[tuple[str, uuid.UUID]] = []
+    for tenant_id in tenants:
+        if len(claimed) >= limit:
+            break
+        rows = uow.connection.execute(text("""
+            UPDATE auto_topup_attempts a SET next_try_at = now() + make_interval(secs => :lease)
+            FROM (SELECT tenant_id, id FROM auto_topup_attempts
+                  WHERE tenant_id = :t AND status = 'pending' AND next_try_at < now()
+                  ORDER BY next_try_at LIMIT :limit FOR UPDATE SKIP LOCKED) due
+            WHERE a.tenant_id = :t AND a.tenant_id = due.tenant_id AND a.id = due.id
+            RETURNING a.tenant_id, a.id
+        """), {"t": tenant_id, "limit": limit - len(claimed), "lease": TRY_LEASE_SECONDS}).all()
+        claimed += [(r.tenant_id, r.id) for r in rows]
     uow.commit()
-    return [(r.tenant_id, r.id) for r in rows]
+    return claimed
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -340,9 +361,11 @@ def list_every_tenants_attempts(uow: UnitOfWork, *, status: str | None = None, l
 
 
 def _attempts(uow: UnitOfWork, tenant_id: str | None, status: str | None, limit: int) -> list[Attempt]:
-    rows = uow.connection.execute(text("""
+    # one tenant's, or every tenant's for the operator (an operator-wide scan without locks)
+    scope = "tenant_id = :t" if tenant_id is not None else "true /* citus:operator-scan operator-reports */"
+    rows = uow.connection.execute(text(f"""
         SELECT * FROM auto_topup_attempts
-        WHERE (CAST(:t AS text) IS NULL OR tenant_id = :t) AND (CAST(:status AS text) IS NULL OR status = :status)
+        WHERE {scope} AND (CAST(:status AS text) IS NULL OR status = :status)
         ORDER BY created_at DESC, id DESC LIMIT :limit
     """), {"t": tenant_id, "status": status, "limit": limit}).all()
     return [Attempt(id=r.id, tenant_id=r.tenant_id, status=r.status, amount=money.normalize(r.amount),

@@ -107,7 +107,7 @@ def put_rule(uow: UnitOfWork, tenant_id: str, command: AutoTopupRequest,
             stripe_payment_method_id, max_per_month, cooldown_seconds, disabled_reason, disabled_at, verified_at)
         VALUES (:t, :enabled, :threshold, :recharge_to, :amount, :customer, :payment_method, :max_per_month,
                 :cooldown, CASE WHEN :enabled THEN NULL ELSE 'disabled by an administrator' END,
-                CASE WHEN :enabled THEN NULL ELSE now() END, now())
+                CASE WHEN :enabled THEN NULL ELSE CAST(:now AS timestamptz) END, CAST(:now AS timestamptz))
         ON CONFLICT (tenant_id) DO UPDATE SET
             enabled = EXCLUDED.enabled, threshold = EXCLUDED.threshold, recharge_to = EXCLUDED.recharge_to,
             amount = EXCLUDED.amount, stripe_customer_id = EXCLUDED.stripe_customer_id,
@@ -115,13 +115,14 @@ def put_rule(uow: UnitOfWork, tenant_id: str, command: AutoTopupRequest,
             cooldown_seconds = EXCLUDED.cooldown_seconds,
             disabled_reason = CASE WHEN EXCLUDED.enabled THEN NULL
                                    WHEN s.enabled THEN 'disabled by an administrator' ELSE s.disabled_reason END,
-            disabled_at = CASE WHEN EXCLUDED.enabled THEN NULL WHEN s.enabled THEN now() ELSE s.disabled_at END,
-            verified_at = now(), updated_at = now()
+            disabled_at = CASE WHEN EXCLUDED.enabled THEN NULL WHEN s.enabled THEN CAST(:now AS timestamptz)
+                               ELSE s.disabled_at END,
+            verified_at = CAST(:now AS timestamptz), updated_at = CAST(:now AS timestamptz)
         RETURNING *
     """), {"t": tenant_id, "enabled": command.enabled, "threshold": command.threshold,
            "recharge_to": command.rechargeTo, "amount": command.amount, "customer": owned,
            "payment_method": command.stripePaymentMethodId, "max_per_month": command.maxPerMonth,
-           "cooldown": command.cooldownSeconds}).one()
+           "cooldown": command.cooldownSeconds, "now": uow.now()}).one()  # no now() in DO UPDATE SET (Citus)
     uow.commit()
     return rule_of(row)
 
