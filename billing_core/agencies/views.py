@@ -54,4 +54,5 @@ def tree_lines(uow: UnitOfWork, agency_id: str, start: datetime, end: datetime) 
 def list_agencies(uow: UnitOfWork) -> list[tuple[str, datetime]]:
     """Every agency (the operator's view: across tenants), by tenant id."""
     return [(r.tenant_id, r.created_at) for r in uow.connection.execute(
-        select(agencies.c.tenant_id, agencies.c.created_at).order_by(agencies.c.tenant_id))]
+        select(agencies.c.tenant_id, agencies.c.created_at).prefix_with("/* citus:operator-scan operator-reports */")
+        .order_by(agencies.c.tenant_id))]
