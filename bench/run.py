@@ -44,6 +44,9 @@ SPREAD = int(os.environ.get("BENCH_SPREAD_CHARGES", "50000"))
 TENANTS = int(os.environ.get("BENCH_SPREAD_TENANTS", "1000"))
 WRK_SECONDS = int(os.environ.get("BENCH_WRK_SECONDS", "10"))
 WORKER_CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", "4"))  # Celery pool processes, as `make run`
+# web processes and threads per process, as the Dockerfile's (gunicorn --workers, WEB_THREADS)
+WEB_WORKERS = int(os.environ.get("BENCH_WEB_WORKERS", "2"))
+WEB_THREADS = int(os.environ.get("BENCH_WEB_THREADS", "32"))
 # the history a tenant already has before its hot-wallet run (issue 23); 0 skips the scenario
 HISTORY = int(os.environ.get("BENCH_HISTORY_EVENTS", "10000000"))
 CALL_CLIENTS, CALL_LIMIT = 16, 16  # call admission: connections, and the tenant's maxConcurrentCalls
@@ -185,7 +188,8 @@ class Bench:
         LOGS.mkdir(parents=True, exist_ok=True)
         self.stack.start_worker(log=LOGS / f"worker-{mode}.log", concurrency=WORKER_CONCURRENCY,
                                 include="bench.naive" if naive else None)
-        self.stack.start_web(self.port, log=LOGS / f"web-{mode}.log", workers=2, threads=32,
+        self.results["web"] = {"workers": WEB_WORKERS, "threads": WEB_THREADS}
+        self.stack.start_web(self.port, log=LOGS / f"web-{mode}.log", workers=WEB_WORKERS, threads=WEB_THREADS,
                              app_factory="bench.naive:create_app" if naive else None)
         self.stack.wait_ready(self.port)
 
