@@ -9,7 +9,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
-import kombu.exceptions
 import redis
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -49,29 +48,18 @@ def request_charging(tenant_id: str, events: Iterable[tuple[uuid.UUID, uuid.UUID
 @celery_app.task(name="billing.charge_wallet", autoretry_for=(OperationalError, PoolTimeout),
                  retry_backoff=True, retry_backoff_max=60, max_retries=8)
 def charge_wallet(tenant_id: str) -> int:
-    """Settle the wallet's pending charges, group by group, unless another task is settling it now: then
-    come back in a moment instead of holding a pool process on the wallet's lock (see _take_wallet)."""
-    token = uuid.uuid4().hex
-    if not _take_wallet(tenant_id, token):
-        _come_back(tenant_id)
-        return 0
-    settled, more = 0, False
-    try:
-        for n in range(GROUPS_PER_TASK):
-            if n:
-                _keep_wallet(tenant_id, token)
-            with unit_of_work() as uow:
-                group = charging.charge_pending_batch(uow, tenant_id, runtime().settings.charge_batch_size)
-            settled += len(group)
-            record_settled(tenant_id, group)
-            announce_outcomes([s.usage_event_id for s in group])
-            if len(group) < runtime().settings.charge_batch_size:
-                break
-        else:
-            more = True
-    finally:
-        _release_wallet(tenant_id, token)
-    if more:
+    """Settle the wallet's pending charges, group by group."""
+    settled = 0
+    for n in range(GROUPS_PER_TASK):
+        with unit_of_work() as uow:
+            group = charging.charge_pending_batch(uow, tenant_id, runtime().settings.charge_batch_size,
+                                                  on_locked=(lambda: _clear_wake(tenant_id)) if n == 0 else None)
+        settled += len(group)
+        record_settled(tenant_id, group)
+        announce_outcomes([s.usage_event_id for s in group])
+        if len(group) < runtime().settings.charge_batch_size:
+            break
+    else:
         charge_wallet.apply_async(args=[tenant_id])
     if settled:
         _check_alerts(tenant_id)
@@ -79,60 +67,16 @@ def charge_wallet(tenant_id: str) -> int:
     return settled
 
 
-SETTLING_TTL_SECONDS = 15  # renewed before each group; a dead worker's flag lapses after this
-BUSY_RETRY_SECONDS = 0.2
-
-# KEYS: the wallet's settling flag, its wake-up; ARGV: the task's token, the flag's TTL. Takes the flag
-# when no other task holds it and then clears the wake-up: anything accepted from now on sends a new one,
-# and what committed before is in this task's first claim. 1 when taken.
-_TAKE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-return 0
-"""
-_KEEP = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end return 0"
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-
-
-def _settling_key(tenant_id: str) -> str:
-    return f"{runtime().settings.queue}:settling:{tenant_id}"
-
-
-def _take_wallet(tenant_id: str, token: str) -> bool:
-    """One task settles a wallet at a time. Without this, while one task settled a hot wallet each
-    acceptance sent another message, and each took a pool process to wait on the same wallet lock, until
-    every process did and other wallets' messages (a call's settlement) queued behind them (issue 23).
-    A task that finds the flag taken leaves the wake-up set (so acceptances send nothing more) and comes
-    back in BUSY_RETRY_SECONDS. The wallet's row lock still orders the settling; this only spares the
-    processes. Without Redis, every task settles (and waits on the lock) as before."""
+def _clear_wake(tenant_id: str) -> None:
+    """Cleared once this task holds the wallet's lock and before it claims: anything accepted from now on
+    sends a new wake-up (what committed before is in the claim). Not at the task's start: a second message
+    for a wallet another worker is settling would then be sent at the next acceptance, and a third, each
+    taking a worker process to wait on the same lock while other wallets' messages queue (issue 23's call
+    admission under a hot wallet). Now at most one waits per wallet: its wake-up stays set while it waits."""
     try:
-        return bool(runtime().redis.eval(_TAKE, 2, _settling_key(tenant_id), _wake_key(tenant_id), token,
-                                         SETTLING_TTL_SECONDS))
+        runtime().redis.delete(_wake_key(tenant_id))
     except redis.RedisError:
-        log.warning("could not take the wallet's settling flag", tenant_id=tenant_id)
-        return True
-
-
-def _keep_wallet(tenant_id: str, token: str) -> None:
-    with contextlib.suppress(redis.RedisError):
-        runtime().redis.eval(_KEEP, 1, _settling_key(tenant_id), token, SETTLING_TTL_SECONDS)
-
-
-def _release_wallet(tenant_id: str, token: str) -> None:
-    try:
-        runtime().redis.eval(_RELEASE, 1, _settling_key(tenant_id), token)
-    except redis.RedisError:
-        log.warning("could not release the wallet's settling flag; it lapses", tenant_id=tenant_id)
-
-
-def _come_back(tenant_id: str) -> None:
-    try:
-        charge_wallet.apply_async(args=[tenant_id], countdown=BUSY_RETRY_SECONDS)
-    except (kombu.exceptions.OperationalError, redis.RedisError, OSError):
-        # the wake-up is still set until its TTL; then the next acceptance, or the pending sweep, wakes it
-        log.warning("could not come back to a busy wallet", tenant_id=tenant_id)
+        log.warning("could not clear the wake-up", tenant_id=tenant_id)
 
 
 def _check_alerts(tenant_id: str) -> None:

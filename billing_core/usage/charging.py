@@ -3,7 +3,7 @@ pending events in groups, each group in one transaction (group commit, the defau
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -110,7 +110,8 @@ _PENDING_COLUMNS = (usage_events.c.id, usage_events.c.status, usage_events.c.cre
                     usage_events.c.occurred_at, usage_events.c.seq)
 
 
-def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Settled]:
+def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int,
+                         on_locked: Callable[[], None] | None = None) -> list[Settled]:
     """Group commit: claim up to `limit` of the tenant's pending events in event order, price them,
     and settle them all in this one transaction, then commit.
 
@@ -121,10 +122,14 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
     after another in arrival order; FOR UPDATE SKIP LOCKED means no two claims share an event; only
     `pending` events are claimed, so each is settled exactly once (the ledger's one-debit-per-event
     index and the one-settlement-per-hold index stand behind that).
+    `on_locked` runs once the wallet is locked and before anything is claimed (the worker clears the
+    wallet's wake-up there: whatever commits after the claim's snapshot sends a new one).
     """
     # The wallet first: a second worker on this wallet waits here and then claims the next events,
     # so a wallet's events are settled in arrival order even across workers.
     book = WalletBook.open(uow, tenant_id)
+    if on_locked is not None:
+        on_locked()
     events = uow.connection.execute(
         select(*_PENDING_COLUMNS)
         .where(usage_events.c.tenant_id == tenant_id, usage_events.c.status == UsageEventStatus.PENDING)
