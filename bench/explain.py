@@ -76,6 +76,9 @@ def main() -> int:
 def explain(database_url: str) -> int:
     engine = engine_for(database_url)
     tenant = f"explain-{uuid.uuid4().hex[:6]}"
+    history = int(os.environ.get("EXPLAIN_HISTORY", "0"))
+    if history:  # a tenant with that many charged events loaded after the last ANALYZE (bench/run.py's scenario)
+        tenant = _stale_history(engine, history)
     with UnitOfWork(engine) as uow:
         credits.top_up(uow, tenant, TopUpRequest.model_validate(
             {"amount": "1000000", "idempotencyKey": f"fund-{tenant}"}), created_by="bench")
@@ -113,6 +116,22 @@ def explain(database_url: str) -> int:
     print("\nstatements per phase:", {p: sum(1 for q in explainer.plans if q[0] == p)
                                       for p in dict.fromkeys(p for p, *_ in explainer.plans)})
     return 0
+
+
+def _stale_history(engine: Any, events: int) -> str:
+    from sqlalchemy import text
+
+    from bench import invoices as invoice_bench
+
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        for table in (*invoice_bench.LOADED_TABLES, "wallets"):
+            connection.execute(text(f"ALTER TABLE {table} SET (autovacuum_enabled = off)"))
+            connection.execute(text(f"ANALYZE {table}"))
+    period = invoice_bench.invoices.Period.containing(invoice_bench.database_now(engine)).previous().previous()
+    tag = f"hist{uuid.uuid4().hex[:6]}"
+    print(invoice_bench.generate(engine, events=events, tenants=1, period_start=period.start, period_end=period.end,
+                                 tag=tag, analyze=False))
+    return f"inv-{tag}-1"
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # its event stays pending and the sweep retries it.
     task_soft_time_limit = 50
     task_time_limit = 60
-    worker_prefetch_multiplier = 4
+    # One message at a time per pool process: with acks_late, a message prefetched by a process busy on a
+    # hot wallet's groups (seconds) waits behind them while other processes idle (issue 23's call admission).
+    worker_prefetch_multiplier = 1
     worker_send_task_events = True
     task_send_sent_event = True
 

@@ -50,15 +50,11 @@ def request_charging(tenant_id: str, events: Iterable[tuple[uuid.UUID, uuid.UUID
                  retry_backoff=True, retry_backoff_max=60, max_retries=8)
 def charge_wallet(tenant_id: str) -> int:
     """Settle the wallet's pending charges, group by group."""
-    try:
-        # cleared before claiming: anything accepted from now on sends a new wake-up
-        runtime().redis.delete(_wake_key(tenant_id))
-    except redis.RedisError:
-        log.warning("could not clear the wake-up", tenant_id=tenant_id)
     settled = 0
-    for _ in range(GROUPS_PER_TASK):
+    for n in range(GROUPS_PER_TASK):
         with unit_of_work() as uow:
-            group = charging.charge_pending_batch(uow, tenant_id, runtime().settings.charge_batch_size)
+            group = charging.charge_pending_batch(uow, tenant_id, runtime().settings.charge_batch_size,
+                                                  on_locked=(lambda: _clear_wake(tenant_id)) if n == 0 else None)
         settled += len(group)
         record_settled(tenant_id, group)
         announce_outcomes([s.usage_event_id for s in group])
@@ -73,6 +69,18 @@ def charge_wallet(tenant_id: str) -> int:
             _check_alerts(moved)
             _check_auto_topup(moved)
     return settled
+
+
+def _clear_wake(tenant_id: str) -> None:
+    """Cleared once this task holds the wallet's lock and before it claims: anything accepted from now on
+    sends a new wake-up (what committed before is in the claim). Not at the task's start: a second message
+    for a wallet another worker is settling would then be sent at the next acceptance, and a third, each
+    taking a worker process to wait on the same lock while other wallets' messages queue (issue 23's call
+    admission under a hot wallet). Now at most one waits per wallet: its wake-up stays set while it waits."""
+    try:
+        runtime().redis.delete(_wake_key(tenant_id))
+    except redis.RedisError:
+        log.warning("could not clear the wake-up", tenant_id=tenant_id)
 
 
 def _check_alerts(tenant_id: str) -> None:

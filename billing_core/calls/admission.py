@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, literal, select
 from sqlalchemy.engine import Connection
 
 from billing_core import money
 from billing_core.agencies.slots import check_agency_slots
-from billing_core.calls.plans import CallPlan, load_plan
+from billing_core.calls.plans import CallPlan, load_plan, plan_from_row
+from billing_core.calls.tables import call_plans
 from billing_core.errors import ConcurrencyLimit, InsufficientBalance
 from billing_core.ledger.book import WalletBook
 from billing_core.ledger.model import HoldStatus
@@ -59,9 +60,21 @@ def count_active(connection: Connection, tenant_id: str, feature_key: str | None
     return int(connection.execute(query).scalar_one())
 
 
+# the plan (its columns NULL when the tenant has none) and the live active holds, in one round trip
+_PLAN_AND_ACTIVE = select(
+    *[c for c in call_plans.c if c.name != "tenant_id"], call_plans.c.tenant_id.label("planned"),
+    select(func.count()).select_from(reservations)
+    .where(reservations.c.tenant_id == bindparam("t"), reservations.c.status == HoldStatus.ACTIVE,
+           reservations.c.expires_at > func.now())
+    .scalar_subquery().label("active"),
+).select_from(select(literal(1).label("one")).subquery().outerjoin(call_plans, call_plans.c.tenant_id == bindparam("t")))
+
+
 def read_concurrency(connection: Connection, tenant_id: str) -> Concurrency:
-    """The tenant's slots now, read without the wallet's lock (answers, pages, entitlement)."""
-    return concurrency(load_plan(connection, tenant_id), count_active(connection, tenant_id, live_only=True))
+    """The tenant's slots now, read without the wallet's lock (answers, pages, entitlement): the plan and
+    the count in one statement (GET /wallet's round trips, issue 23)."""
+    row = connection.execute(_PLAN_AND_ACTIVE, {"t": tenant_id}).one()
+    return concurrency(plan_from_row(row) if row.planned is not None else CallPlan(), int(row.active))
 
 
 def at_limit(connection: Connection, tenant_id: str, feature_key: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -43,8 +44,10 @@ class CallPlan:
 
 def load_plan(connection: Connection, tenant_id: str) -> CallPlan:
     row = connection.execute(select(call_plans).where(call_plans.c.tenant_id == tenant_id)).one_or_none()
-    if row is None:
-        return CallPlan()
+    return CallPlan() if row is None else plan_from_row(row)
+
+
+def plan_from_row(row: Any) -> CallPlan:
     return CallPlan(row.max_concurrent_calls, row.burst_limit, row.burst_multiplier, row.call_grace_limit,
                     row.settlement_policy, dict(row.feature_limits))
 

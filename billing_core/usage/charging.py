@@ -3,13 +3,13 @@ pending events in groups, each group in one transaction (group commit, the defau
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Uuid, func, select, text, update
 
 from billing_core import money
 from billing_core.agencies.charging import AgencyLevel
@@ -17,7 +17,7 @@ from billing_core.agencies.tree import find_sub_account
 from billing_core.calls.plans import CallPlan, load_plan
 from billing_core.catalog import CATALOG, TierPositions, price_items
 from billing_core.catalog.models import GRADUATED
-from billing_core.db import UnitOfWork, unnest_arrays
+from billing_core.db import Money, UnitOfWork, unnest_arrays
 from billing_core.errors import (
     BudgetExceeded,
     InsufficientBalance,
@@ -124,10 +124,11 @@ class Settled:
 _PENDING_COLUMNS = (usage_events.c.id, usage_events.c.status, usage_events.c.created_at, usage_events.c.feature_key,
                     usage_events.c.external_reference_id, usage_events.c.idempotency_key, usage_events.c.user_id,
                     usage_events.c.reservation_id, usage_events.c.quote_id, usage_events.c.request_id,
-                    usage_events.c.occurred_at)
+                    usage_events.c.occurred_at, usage_events.c.seq)
 
 
-def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Settled]:
+def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int,
+                         on_locked: Callable[[], None] | None = None) -> list[Settled]:
     """Group commit: claim up to `limit` of the tenant's pending events in event order, price them,
     and settle them all in this one transaction, then commit.
 
@@ -138,10 +139,14 @@ def charge_pending_batch(uow: UnitOfWork, tenant_id: str, limit: int) -> list[Se
     after another in arrival order; FOR UPDATE SKIP LOCKED means no two claims share an event; only
     `pending` events are claimed, so each is settled exactly once (the ledger's one-debit-per-event
     index and the one-settlement-per-hold index stand behind that).
+    `on_locked` runs once the wallet is locked and before anything is claimed (the worker clears the
+    wallet's wake-up there: whatever commits after the claim's snapshot sends a new one).
     """
     # The wallet first: a second worker on this wallet waits here and then claims the next events,
     # so a wallet's events are settled in arrival order even across workers.
     book = WalletBook.open(uow, tenant_id)
+    if on_locked is not None:
+        on_locked()
     events = uow.connection.execute(
         select(*_PENDING_COLUMNS)
         .where(usage_events.c.tenant_id == tenant_id, usage_events.c.status == UsageEventStatus.PENDING)
@@ -171,17 +176,7 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
     """Price and settle claimed pending events against the locked wallet, in the order given."""
     tenant_id = book.tenant_id
     items: dict[uuid.UUID, list[Any]] = {e.id: [] for e in events}
-    c = usage_event_items.c
-    for row in uow.connection.execute(
-        select(c.usage_event_id, c.position, c.category, c.provider, c.model, c.unit, c.quantity, c.unit_price,
-               c.cost, c.price_id, c.unit_cost, c.provider_cost,
-               # what repricing compares and binding quotes advance by, without decoding the whole breakdown
-               c.pricing["pricingModel"].astext.label("pricing_model"),
-               c.pricing["billedQuantity"].astext.label("billed_quantity"),
-               c.pricing["tierStart"].astext.label("tier_start"))
-        .where(c.tenant_id == tenant_id, c.usage_event_id.in_(list(items)))
-        .order_by(c.usage_event_id, c.position)
-    ):
+    for row in uow.connection.execute(_ITEMS_BY_EVENT, {"tenant_id": tenant_id, "ids": [str(i) for i in items]}):
         items[row.usage_event_id].append(row)
     settling = {e.reservation_id for e in events if e.reservation_id is not None}
     book.load_holds(settling)
@@ -273,7 +268,7 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
         agency.flush()
     for exceeded in book.budgets.take_exceeded():  # `alert` budgets: delivered by the notification sweep
         outbox.enqueue(uow, tenant_id, "budget.exceeded", exceeded)
-    _settle_events(uow, tenant_id, outcomes)
+    _settle_events(uow, tenant_id, outcomes, (events[0].seq, events[-1].seq))
     if repriced:  # one UPDATE, joined to the new prices passed as arrays
         source, params = unnest_arrays(usage_event_items, repriced)
         assignments = ", ".join(f'"{name}" = rows."{name}"' for name in _REPRICED[2:])
@@ -313,6 +308,27 @@ def _price_flat(uow: UnitOfWork, tenant_id: str, agency_id: str, events: Sequenc
         found[event.id] = (resale, agency)
     return found
 
+
+# The group's items, event by event through the items' unique (tenant_id, usage_event_id, position) index:
+# a key lookup per event whatever the statistics say. As `usage_event_id IN (...)`, a planner whose
+# statistics predate a tenant's burst (it believes the tenant has a few rows) read the tenant's whole
+# history through the index's tenant prefix and filtered it (issue 23; tests/integration/test_settle_plans.py).
+# OFFSET 0 keeps the lateral subquery from being flattened into a join the planner could hash.
+_ITEMS_BY_EVENT = text("""
+    SELECT i.usage_event_id, i.position, i.category, i.provider, i.model, i.unit, i.quantity, i.unit_price, i.cost,
+           i.price_id, i.unit_cost, i.provider_cost,
+           -- what repricing compares and binding quotes advance by, without decoding the whole breakdown
+           i.pricing ->> 'pricingModel' AS pricing_model, i.pricing ->> 'billedQuantity' AS billed_quantity,
+           i.pricing ->> 'tierStart' AS tier_start
+    FROM unnest(CAST(:ids AS uuid[])) AS k(id)
+    CROSS JOIN LATERAL (
+        SELECT * FROM usage_event_items
+        WHERE tenant_id = :tenant_id AND usage_event_id = k.id
+        OFFSET 0
+    ) AS i
+    ORDER BY i.usage_event_id, i.position
+""").columns(usage_event_id=Uuid, quantity=Money, unit_price=Money, cost=Money, price_id=Uuid, unit_cost=Money,
+             provider_cost=Money)
 
 _REPRICED = ("usage_event_id", "position", "price_id", "unit_price", "cost", "pricing", "unit_cost", "provider_cost")
 
@@ -377,15 +393,21 @@ def _charge_for_agency(book: WalletBook, event: Any, cost: Decimal) -> None:
     book.budgets.spend(event.feature_key, event.occurred_at, cost)
 
 
-def _settle_events(uow: UnitOfWork, tenant_id: str, outcomes: list[SettleOutcome]) -> None:
-    """One UPDATE for the whole group, joined to the outcomes passed as arrays. The transaction's time is a
-    parameter: no now() inside CASE on a distributed table (Citus)."""
+def _settle_events(uow: UnitOfWork, tenant_id: str, outcomes: list[SettleOutcome], seqs: tuple[int, int]) -> None:
+    """One UPDATE for the whole group, joined to the outcomes passed as arrays; the transaction's time is a
+    parameter (no now() inside CASE on a distributed table: Citus).
+
+    The group's events are still pending (claimed FOR UPDATE in this transaction) and lie in the claim's
+    `seq` range, so the UPDATE names both: the planner finds them through the pending index's (tenant_id,
+    seq) range or by primary key, never by scanning the tenant's history, whatever its statistics say
+    (issue 23: with statistics older than a tenant's burst it hashed the whole tenant through
+    usage_events_tenant_time). Every event must be updated exactly once, or the group rolls back."""
     source, params = unnest_arrays(usage_events, [
         {"id": o.event_id, "status": o.status, "total_cost": o.total_cost, "rejection_code": o.code,
          "rejection_reason": o.reason, "rejection_details": o.details}
         for o in outcomes
     ])
-    uow.connection.execute(text(f"""
+    updated = uow.connection.execute(text(f"""
         UPDATE usage_events AS e SET
             status = rows.status,
             total_cost = coalesce(rows.total_cost, e.total_cost),
@@ -395,4 +417,7 @@ def _settle_events(uow: UnitOfWork, tenant_id: str, outcomes: list[SettleOutcome
             rejection_details = rows.rejection_details
         FROM {source}
         WHERE e.tenant_id = :tenant_id AND e.id = rows.id
-    """), {**params, "tenant_id": tenant_id, "now": uow.now()})
+          AND e.status = 'pending' AND e.seq BETWEEN :first_seq AND :last_seq
+    """), {**params, "tenant_id": tenant_id, "now": uow.now(), "first_seq": min(seqs), "last_seq": max(seqs)})
+    if updated.rowcount != len(outcomes):
+        raise RuntimeError(f"settled {updated.rowcount} of a group of {len(outcomes)} claimed events")
