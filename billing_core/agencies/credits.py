@@ -36,7 +36,7 @@ PLACES = 12
 
 
 def _charge_row(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID) -> Any | None:
-    sub = find_sub_account(uow, tenant_id) if ":" in tenant_id else None
+    sub = find_sub_account(uow, tenant_id)
     if sub is None:
         return None
     return uow.connection.execute(select(agency_charges).where(

@@ -37,7 +37,7 @@ from billing_core.lifecycle.tables import reservations
 
 def funded_by_agency(uow: UnitOfWork, tenant_id: str) -> SubAccount | None:
     """The tenant as an agency-funded sub-account, or None."""
-    sub = find_sub_account(uow, tenant_id) if ":" in tenant_id else None
+    sub = find_sub_account(uow, tenant_id)
     return sub if sub is not None and sub.funding == AGENCY else None
 
 
@@ -98,7 +98,7 @@ def back_hold(uow: UnitOfWork, sub: SubAccount, sub_book: WalletBook, hold: Hold
 def backing_hold(uow: UnitOfWork, tenant_id: str, hold_id: uuid.UUID) -> tuple[WalletBook, Hold] | None:
     """The agency's hold backing a sub-account's hold, its agency's wallet locked (the caller holds the
     sub-account's lock); None when the hold has none."""
-    sub = find_sub_account(uow, tenant_id) if ":" in tenant_id else None
+    sub = find_sub_account(uow, tenant_id)
     if sub is None:
         return None
     book = WalletBook.open(uow, sub.agency_id)

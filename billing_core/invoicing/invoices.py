@@ -59,6 +59,7 @@ from typing import Any
 from sqlalchemy import text
 
 from billing_core import logs, money
+from billing_core.agencies.tree import agency_of
 from billing_core.cursors import decode_cursor, encode_cursor
 from billing_core.db import UnitOfWork
 from billing_core.documents import numbering, parties
@@ -566,7 +567,7 @@ def _prepare(uow: UnitOfWork, period: Period, tenant_id: str | None) -> None:
         "start_margin": period.start + SETTLE_MARGIN, "end_margin": period.end + SETTLE_MARGIN,
         "end_less_margin": period.end - SETTLE_MARGIN, "period": period.first_day,
         "previous": period.previous().first_day, "tenant_id": tenant_id,
-        "agency_id": tenant_id.rpartition(":")[0] or None if tenant_id is not None else None,
+        "agency_id": None if tenant_id is None else agency_of(uow, tenant_id),
     }
     usage_columns = _USAGE_COLUMNS.format(count="count(*)", signed="")
     moved_columns = _USAGE_COLUMNS.format(count="sum(m.sign)", signed="m.sign * ")
@@ -665,17 +666,15 @@ def rollup(uow: UnitOfWork, period: Period, *, tenant_id: str | None = None,
     lines = 0
     # one series per issuer: the platform's invoices, then each agency's to its sub-accounts (white label)
     agencies = connection.execute(text("""
-        SELECT DISTINCT s.tenant_id FROM invoice_draft_headers h
-        JOIN sub_accounts s ON s.tenant_id = left(h.tenant_id, length(h.tenant_id) - strpos(reverse(h.tenant_id), ':'))
-             AND s.sub_account_id = h.tenant_id
+        SELECT DISTINCT s.agency_id FROM invoice_draft_headers h
+        JOIN agency_members s ON s.tenant_id = h.tenant_id
         ORDER BY 1""")).scalars().all()
     for agency in [None, *agencies]:
         if agency is None:
-            scope = ("AND NOT EXISTS (SELECT 1 FROM sub_accounts s WHERE "
-                     "s.tenant_id = left({t}, length({t}) - strpos(reverse({t}), ':')) AND s.sub_account_id = {t})")
+            scope = "AND NOT EXISTS (SELECT 1 FROM agency_members s WHERE s.tenant_id = {t})"
             issuer = parties.get_issuer(uow)
         else:
-            scope = "AND EXISTS (SELECT 1 FROM sub_accounts s WHERE s.tenant_id = :agency AND s.sub_account_id = {t})"
+            scope = "AND EXISTS (SELECT 1 FROM agency_members s WHERE s.tenant_id = {t} AND s.agency_id = :agency)"
             issuer = parties.agency_issuer(uow, agency)  # refreshed from the agency's details
         to_write = connection.execute(text(f"""
             SELECT count(*) FROM invoice_draft_headers h WHERE h.problem IS NULL

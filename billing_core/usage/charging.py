@@ -180,7 +180,7 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
     # a sub-account's charge moves its agency's wallet too, in this transaction (agencies/charging.py);
     # what prices without a month position is priced at both levels before the agency's lock, which
     # every sub-account's group waits for
-    sub_account = find_sub_account(uow, tenant_id) if ":" in tenant_id else None
+    sub_account = find_sub_account(uow, tenant_id)
     agency, prepriced = None, {}
     if sub_account is not None:
         prepriced = _price_flat(uow, tenant_id, sub_account.agency_id, events, items, catalog)
