@@ -85,6 +85,7 @@ def refund_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID | N
     book.restore(back, _returnable(uow, row.tenant_id, original), related_entry_id=original.id,
                  reference=str(original.id), description=reason or f"refund of {tenant_id}'s usage",
                  created_by=created_by)
+    book.budgets.spend(row.feature_key, row.created_at, -back)  # its budgets count the event at its price
     book.flush()
     return back
 
@@ -110,6 +111,7 @@ def correct_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, r
                      **entry)
     else:
         book.debit(-agency_change, entry_type=EntryType.CORRECTION, **entry)
+    book.budgets.spend(row.feature_key, row.created_at, -agency_change)
     book.flush()
 
 

@@ -87,6 +87,9 @@ def back_hold(uow: UnitOfWork, sub: SubAccount, sub_book: WalletBook, hold: Hold
     if amount > agency.spendable:
         raise InsufficientBalance("insufficient balance in the agency's wallet for this reservation",
                                   {"wallet": "agency"})
+    from billing_core.agencies.charging import check_agency_budget
+
+    check_agency_budget(agency, hold.feature_key, agency.now, amount)  # the agency's budgets: at its price
     backing = replace(hold, tenant_id=sub.agency_id, wallet_id=agency.wallet.id, amount=amount,
                       burst_multiplier=None, quote_id=None, sub_account_id=sub.tenant_id, agency_id=None)
     agency.hold(backing, reference=hold.external_reference_id,

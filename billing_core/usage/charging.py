@@ -212,7 +212,7 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
                 flat = prepriced.get(event.id)
                 agency_cost, agency_advances = agency.price(items[event.id], event.created_at,
                                                             flat[1] if flat is not None else None)
-                agency.check(event.created_at, cost, agency_cost, event.reservation_id)
+                agency.check(event.created_at, cost, agency_cost, event.reservation_id, event.feature_key)
                 if agency.prepaid:
                     try:
                         _charge(book, event, cost, plan)
