@@ -270,6 +270,35 @@ def test_a_rerate_of_sub_accounts_usage_corrects_both_levels(api, tenant, make_t
         assert_ledger_consistent(api, make_token, who)
 
 
+def test_usage_billed_through_an_agency_is_corrected_not_refunded(api, tenant, make_token):
+    """An agency-funded sub-account's zero debit, and the agency's debit for a sub-account's event, are
+    refused by POST /refunds with their own code, nothing moving; a void corrects both levels."""
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "10")
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "2"})
+    funded = create(api, manage, "no-refund", funding="agency")
+    event_id = charge(api, make_token(funded, "billing.charge")).json()["usageEvent"]["id"]  # resale 2, agency 1
+    sub_admin = make_token(funded, "billing.admin")
+    [zero] = api.get(f"{B}/transactions?type=debit", sub_admin).json()["transactions"]
+    [agency_debit] = api.get(f"{B}/transactions?type=debit", admin).json()["transactions"]
+    for token, debit in ((sub_admin, zero), (admin, agency_debit)):
+        refused = api.post(f"{B}/refunds", token, json={"transactionId": debit["id"], "reason": "bad call",
+                                                          "idempotencyKey": f"r-{uuid.uuid4()}"})
+        assert refused.status_code == 409, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["details"]["field"], error["details"]["usageEventId"]) == (
+            "refund_billed_by_agency", "transactionId", event_id)
+    assert (balance(api, make_token, tenant), balance(api, make_token, funded)) == (Decimal(9), 0)
+    voided = api.post(f"{B}/usage/{event_id}/corrections", sub_admin,
+                      json={"action": "void", "reason": "bad call", "idempotencyKey": "v"})
+    assert voided.status_code == 200, voided.text
+    assert (balance(api, make_token, tenant), balance(api, make_token, funded)) == (Decimal(10), 0)
+    margins = api.get(f"{B}/margins?groupBy=subAccount", manage).json()["margins"]
+    assert (margins["revenue"], margins["cost"]) == ("0", "0")
+    for who in (tenant, funded):
+        assert_ledger_consistent(api, make_token, who)
+
+
 def test_twenty_sub_accounts_and_their_agency_charging_through_two_worker_processes(live, tenant, make_token, engine):
     api = live.api
     admin, manage = make_agency(api, make_token, tenant)
