@@ -83,6 +83,16 @@ class TenantIsAgency(BillingError):
     code = "tenant_is_agency"
 
 
+class RefundBilledByAgency(BillingError):
+    """A debit of usage billed through an agency that a refund cannot give back by itself: an
+    agency-funded sub-account's zero debit (it paid LAD nothing; what it paid, it paid its agency
+    outside LAD) or an agency's debit for a sub-account's event (a refund of it alone would leave the
+    resale record and the margins out of step). A void or amend of the sub-account's event
+    (`POST /usage/<id>/corrections`) corrects both levels; a prepaid sub-account's own debit refunds
+    both levels."""
+    code = "refund_billed_by_agency"
+
+
 class SubAccountHasBalance(BillingError):
     """A tenant with money (or holds) in its wallet cannot become an agency-funded sub-account, which
     has no balance of its own: attach it as `prepaid`, or empty the wallet first."""

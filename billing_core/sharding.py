@@ -67,6 +67,7 @@ TABLE_KINDS: dict[str, tuple[Kind, str]] = {
     "rerate_events": (TENANT, "events a re-rate run changed"),
     "agencies": (TENANT, "resellers (the agency's tenant_id)"),
     "sub_accounts": (TENANT, "an agency's sub-accounts (keyed by the agency)"),
+    "agency_members": (TENANT, "a sub-account's membership of its agency (keyed by the sub-account)"),
     "resale_multipliers": (TENANT, "an agency's resale price book"),
     "agency_charges": (TENANT, "each sub-account charge, keyed by the agency"),
     # --- reference tables: replicated to every node ---------------------------------------------------

@@ -64,7 +64,8 @@ def charge_wallet(tenant_id: str) -> int:
         charge_wallet.apply_async(args=[tenant_id])
     if settled:
         # a sub-account's charges moved its agency's wallet too: its alerts and auto top-up as well
-        agency = agency_of(tenant_id)
+        with unit_of_work() as uow:
+            agency = agency_of(uow, tenant_id)
         for moved in (tenant_id, *([agency] if agency is not None else [])):
             _check_alerts(moved)
             _check_auto_topup(moved)

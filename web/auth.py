@@ -138,7 +138,7 @@ def tenant_for(principal: Principal, requested: str | None) -> str:
     from web.runtime import unit_of_work
 
     with unit_of_work() as uow:
-        if tree.agency_of(requested) == principal.tenant_id and tree.find_sub_account(uow, requested) is not None:
+        if tree.agency_of(uow, requested) == principal.tenant_id:
             return requested
         in_tree = tree.is_agency(uow, principal.tenant_id) or tree.find_sub_account(uow, principal.tenant_id)
     if in_tree:

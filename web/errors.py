@@ -31,6 +31,7 @@ STATUS_BY_CODE = {
     "sub_account_exists": 409,
     "tenant_is_agency": 409,
     "sub_account_has_balance": 409,
+    "refund_billed_by_agency": 409,
     "period_not_closed": 409,
     "period_not_started": 409,
     "reservation_expired": 410,

@@ -27,6 +27,19 @@ from billing_core.ledger.model import Hold, HoldStatus
 from billing_core.usage.tables import usage_event_items
 
 
+def check_agency_budget(book: WalletBook, feature_key: str, at: datetime, amount: Decimal,
+                        releasing: Decimal = Decimal(0)) -> None:
+    """The agency's own budgets count its sub-accounts' usage at its price too: refuse what takes the
+    feature past a rejecting budget of the agency (`budget_exceeded`, `details.level: "agency"`). The
+    refusal is the sub-account's, so it carries no number of the agency's (its limit and use are at
+    the agency's prices)."""
+    try:
+        book.budgets.check(feature_key, at, amount, releasing)
+    except BudgetExceeded as exceeded:
+        raise BudgetExceeded(f"the agency's {exceeded.details.get('period', '')}ly budget of {feature_key} "
+                             "would be exceeded", {"featureKey": feature_key, "level": "agency"}) from None
+
+
 class AgencyLevel:
     """The agency's wallet, prices and month position, locked for one sub-account's group of charges."""
 
@@ -57,10 +70,13 @@ class AgencyLevel:
         self._item_costs = [(i.position, p.cost) for i, p in zip(items, priced, strict=True)]
         return money.total(p.cost for p in priced), [p.advance for p in priced if p.advance is not None]
 
-    def check(self, at: datetime, resale: Decimal, agency_cost: Decimal, hold_id: uuid.UUID | None = None) -> None:
+    def check(self, at: datetime, resale: Decimal, agency_cost: Decimal, hold_id: uuid.UUID | None = None,
+              feature_key: str | None = None) -> None:
         """Refuse what the agency's wallet cannot cover (with what the agency's hold backing the
-        settled hold releases), or what passes an agency-funded sub-account's monthly spend cap (at
-        resale prices; a hold's settlement was admitted against the cap when it opened)."""
+        settled hold releases), what passes a rejecting budget of the agency for the feature (at the
+        agency's price, counted at the event's acceptance), or what passes an agency-funded
+        sub-account's monthly spend cap (at resale prices; a hold's settlement was admitted against
+        the cap when it opened)."""
         if self.book.blocked:
             raise WalletBlocked("the agency's wallet is blocked; charges are refused", {"wallet": "agency"})
         backing = self._backing(hold_id)
@@ -68,6 +84,9 @@ class AgencyLevel:
         if agency_cost > money.add(self.book.spendable, releasing):
             raise InsufficientBalance("insufficient balance in the agency's wallet for this charge",
                                       {"wallet": "agency"})
+        if feature_key is not None:
+            held = backing.amount if backing is not None and backing.feature_key == feature_key else Decimal(0)
+            check_agency_budget(self.book, feature_key, at, agency_cost, held)
         cap = self.sub_account.spend_cap
         if not self.prepaid and cap is not None and backing is None:
             spent = self._spent(at)
@@ -92,6 +111,7 @@ class AgencyLevel:
             entry = self.book.debit(agency_cost, **details)
         if advances:
             self.positions.advance(advances)
+        self.book.budgets.spend(event.feature_key, event.created_at, agency_cost)  # its budgets: at its price
         self.item_rows += [{"usage_event_id": event.id, "position": position, "agency_cost": cost}
                            for position, cost in self._item_costs]
         month = month_of(event.created_at)

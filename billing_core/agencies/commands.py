@@ -27,7 +27,7 @@ class SubAccountRequest(Strict):
 
 
 class SubAccountAttachment(Strict):
-    """The operator attaches an existing tenant `<agencyId>:<name>` to the agency in the path."""
+    """The operator attaches any existing tenant (whatever its id) to the agency in the path."""
     tenantId: TenantId
     funding: Funding
     spendCap: NonNegativeAmount | None = None

@@ -36,7 +36,7 @@ PLACES = 12
 
 
 def _charge_row(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID) -> Any | None:
-    sub = find_sub_account(uow, tenant_id) if ":" in tenant_id else None
+    sub = find_sub_account(uow, tenant_id)
     if sub is None:
         return None
     return uow.connection.execute(select(agency_charges).where(
@@ -85,6 +85,7 @@ def refund_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID | N
     book.restore(back, _returnable(uow, row.tenant_id, original), related_entry_id=original.id,
                  reference=str(original.id), description=reason or f"refund of {tenant_id}'s usage",
                  created_by=created_by)
+    book.budgets.spend(row.feature_key, row.created_at, -back)  # its budgets count the event at its price
     book.flush()
     return back
 
@@ -110,6 +111,7 @@ def correct_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, r
                      **entry)
     else:
         book.debit(-agency_change, entry_type=EntryType.CORRECTION, **entry)
+    book.budgets.spend(row.feature_key, row.created_at, -agency_change)
     book.flush()
 
 

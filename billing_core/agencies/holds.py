@@ -37,7 +37,7 @@ from billing_core.lifecycle.tables import reservations
 
 def funded_by_agency(uow: UnitOfWork, tenant_id: str) -> SubAccount | None:
     """The tenant as an agency-funded sub-account, or None."""
-    sub = find_sub_account(uow, tenant_id) if ":" in tenant_id else None
+    sub = find_sub_account(uow, tenant_id)
     return sub if sub is not None and sub.funding == AGENCY else None
 
 
@@ -87,6 +87,9 @@ def back_hold(uow: UnitOfWork, sub: SubAccount, sub_book: WalletBook, hold: Hold
     if amount > agency.spendable:
         raise InsufficientBalance("insufficient balance in the agency's wallet for this reservation",
                                   {"wallet": "agency"})
+    from billing_core.agencies.charging import check_agency_budget
+
+    check_agency_budget(agency, hold.feature_key, agency.now, amount)  # the agency's budgets: at its price
     backing = replace(hold, tenant_id=sub.agency_id, wallet_id=agency.wallet.id, amount=amount,
                       burst_multiplier=None, quote_id=None, sub_account_id=sub.tenant_id, agency_id=None)
     agency.hold(backing, reference=hold.external_reference_id,
@@ -98,7 +101,7 @@ def back_hold(uow: UnitOfWork, sub: SubAccount, sub_book: WalletBook, hold: Hold
 def backing_hold(uow: UnitOfWork, tenant_id: str, hold_id: uuid.UUID) -> tuple[WalletBook, Hold] | None:
     """The agency's hold backing a sub-account's hold, its agency's wallet locked (the caller holds the
     sub-account's lock); None when the hold has none."""
-    sub = find_sub_account(uow, tenant_id) if ":" in tenant_id else None
+    sub = find_sub_account(uow, tenant_id)
     if sub is None:
         return None
     book = WalletBook.open(uow, sub.agency_id)

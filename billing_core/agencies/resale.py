@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from billing_core.agencies.tables import resale_multipliers, sub_accounts
+from billing_core.agencies.tables import agency_members, resale_multipliers
 from billing_core.catalog.prices import CatalogKey, Price, ProviderCost, TenantPrices
 
 Scope = tuple[str | None, str | None, str | None, str | None]
@@ -79,12 +79,10 @@ class ResalePrices(TenantPrices):
 
 
 def agency_for_prices(connection: Any, tenant_id: str) -> str | None:
-    """The agency whose prices a sub-account resells, or None for any other tenant."""
-    agency, colon, _ = tenant_id.rpartition(":")
-    if not colon or not agency:
-        return None
-    return connection.execute(select(sub_accounts.c.tenant_id).where(
-        sub_accounts.c.tenant_id == agency, sub_accounts.c.sub_account_id == tenant_id)).scalar_one_or_none()
+    """The agency whose prices a sub-account resells, or None for any other tenant (its membership:
+    one primary-key read, on a catalog cache miss only)."""
+    return connection.execute(select(agency_members.c.agency_id).where(
+        agency_members.c.tenant_id == tenant_id)).scalar_one_or_none()
 
 
 def load_rows(connection: Any, agency_id: str, sub_account_id: str) -> list[Price]:

@@ -20,7 +20,7 @@ def check_agency_slots(uow: UnitOfWork, tenant_id: str) -> None:
     """Under the tenant's wallet lock: refuse a new call (429 concurrency_limit, `level: agency`) when
     the agency's plan has a ceiling and the active calls of the whole tree (the agency's own and all its
     sub-accounts') reach it. Tenants outside any tree pass."""
-    sub = find_sub_account(uow, tenant_id) if ":" in tenant_id else None
+    sub = find_sub_account(uow, tenant_id)
     if sub is not None:
         agency = sub.agency_id
         ensure_wallet(uow, agency)

@@ -14,11 +14,20 @@ agencies = Table(
 sub_accounts = Table(
     "sub_accounts", metadata,
     Column("tenant_id", Text, primary_key=True),  # the agency
-    Column("sub_account_id", Text, primary_key=True),  # `<agencyId>:<name>`
+    Column("sub_account_id", Text, primary_key=True),  # any tenant: `<agencyId>:<name>` or one attached
     Column("funding", Text, nullable=False),  # prepaid | agency
     Column("spend_cap", Money),  # monthly (UTC), at resale prices; agency funding only
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# the one table keyed by the sub-account's own tenant_id: which agency it belongs to (at most one), so
+# any tenant can be a sub-account and its agency is found by one read on its own shard
+agency_members = Table(
+    "agency_members", metadata,
+    Column("tenant_id", Text, primary_key=True),  # the sub-account
+    Column("agency_id", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 resale_multipliers = Table(

@@ -1,5 +1,7 @@
-"""Agencies and their sub-accounts: one level. A sub-account's id is `<agencyId>:<name>`, so its
-agency is the part before the last colon; every read of the tree filters on the agency's tenant_id."""
+"""Agencies and their sub-accounts: one level. A sub-account an agency creates is named
+`<agencyId>:<name>`; one the operator attaches keeps its own id. Either way its agency comes from the
+agencies' records, never from its id: `agency_members` (keyed by the sub-account's own tenant_id, one
+primary-key read) names it, and the tree's rows (keyed by the agency's tenant_id) say the rest."""
 from __future__ import annotations
 
 import re
@@ -10,7 +12,7 @@ from decimal import Decimal
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 
-from billing_core.agencies.tables import agencies, sub_accounts
+from billing_core.agencies.tables import agencies, agency_members, sub_accounts
 from billing_core.catalog.revision import bump_catalog_revision
 from billing_core.db import UnitOfWork
 from billing_core.errors import NotFound, SubAccountExists, ValidationFailed
@@ -30,10 +32,10 @@ class SubAccount:
     created_at: datetime
 
 
-def agency_of(tenant_id: str) -> str | None:
-    """The agency a sub-account id names (its prefix), or None: only a candidate until looked up."""
-    agency, colon, _ = tenant_id.rpartition(":")
-    return agency if colon and agency else None
+def agency_of(uow: UnitOfWork, tenant_id: str) -> str | None:
+    """The agency the tenant is a sub-account of, or None: one primary-key read on its own records."""
+    return uow.connection.execute(select(agency_members.c.agency_id).where(
+        agency_members.c.tenant_id == tenant_id)).scalar_one_or_none()
 
 
 def is_agency(uow: UnitOfWork, tenant_id: str) -> bool:
@@ -42,8 +44,8 @@ def is_agency(uow: UnitOfWork, tenant_id: str) -> bool:
 
 
 def find_sub_account(uow: UnitOfWork, tenant_id: str) -> SubAccount | None:
-    """The tenant as a sub-account, if it is one."""
-    agency = agency_of(tenant_id)
+    """The tenant as a sub-account, if it is one (one read for any other tenant)."""
+    agency = agency_of(uow, tenant_id)
     if agency is None:
         return None
     row = uow.connection.execute(select(sub_accounts).where(
@@ -91,19 +93,31 @@ def create_sub_account(uow: UnitOfWork, agency_id: str, name: str, funding: str,
         exists().where(wallets.c.tenant_id == tenant_id)
         | exists().where(usage_events.c.tenant_id == tenant_id)
         | exists().where(ledger_entries.c.tenant_id == tenant_id)
-        # keyed by its agency, which is this one: the name has no colon (each subquery on one tenant's rows)
-        | exists().where(sub_accounts.c.tenant_id == agency_id, sub_accounts.c.sub_account_id == tenant_id)
+        | exists().where(agency_members.c.tenant_id == tenant_id)
         | exists().where(agencies.c.tenant_id == tenant_id))).scalar_one()
     if history:
         raise SubAccountExists(f"tenant {tenant_id} already exists", {"tenantId": tenant_id})
+    row = join(uow, agency_id, tenant_id, funding, spend_cap)
+    if row is None:  # created by a concurrent request
+        raise SubAccountExists(f"tenant {tenant_id} already exists", {"tenantId": tenant_id})
+    uow.commit()
+    return row
+
+
+def join(uow: UnitOfWork, agency_id: str, tenant_id: str, funding: str, spend_cap: Decimal | None) -> SubAccount | None:
+    """Record `tenant_id` as the agency's sub-account at both ends (its membership, keyed by its own id,
+    and the tree's row, keyed by the agency's); None, with nothing written, when it already belongs to an
+    agency (the membership's key: at most one). The caller commits."""
+    member = uow.connection.execute(
+        insert(agency_members).values(tenant_id=tenant_id, agency_id=agency_id, created_at=func.now())
+        .on_conflict_do_nothing().returning(agency_members.c.tenant_id)).scalar_one_or_none()
+    if member is None:
+        return None
     row = uow.connection.execute(
         insert(sub_accounts).values(tenant_id=agency_id, sub_account_id=tenant_id, funding=funding,
                                     spend_cap=spend_cap, created_at=func.now(), updated_at=func.now())
-        .on_conflict_do_nothing().returning(*sub_accounts.c)).one_or_none()
-    if row is None:  # created by a concurrent request
-        raise SubAccountExists(f"tenant {tenant_id} already exists", {"tenantId": tenant_id})
-    bump_catalog_revision(uow)  # a sub-account's prices are its agency's
-    uow.commit()
+        .returning(*sub_accounts.c)).one()
+    bump_catalog_revision(uow)  # a sub-account's prices are its agency's: cached prices are stale now
     return _sub_account(row)
 
 

@@ -220,7 +220,7 @@ class Catalog:
         tenant_prices: TenantPrices
         # a sub-account resells its agency's prices through the agency's book (agencies/resale.py)
         from billing_core.agencies.resale import ResalePrices, agency_for_prices, load_multipliers, load_rows
-        agency = agency_for_prices(uow.connection, tenant_id) if ":" in tenant_id else None
+        agency = agency_for_prices(uow.connection, tenant_id)
         if agency is not None:
             tenant_prices = ResalePrices(self.for_tenant(uow, agency, revision),
                                          load_multipliers(uow.connection, agency, tenant_id),

@@ -21,6 +21,16 @@ note per invoiced month it touches, a `usage.corrected` notification, and the te
 (rerate_tenants, unique per tenant and run). A tenant is therefore posted exactly once per run: a worker
 killed mid-way loses at most the transaction in flight, and the redelivered task (acks late) or a
 second POST with the same key resumes with the tenants not yet posted. Ledger rows are never edited.
+
+A sub-account's events are re-rated at both levels (issue 21), in the same transaction, its wallet
+locked first, then its agency's: the sub-account at its resale prices as they stand now, the agency at
+its own price of the event's items at the event's acceptance (its catalog now; an event with a
+graduated item at the agency's level keeps the agency's price: its month position is not replayed).
+The agency's side is one `correction` entry per moved event naming its debit (agencies/credits.py,
+as corrections do), recorded on the event's `agency_charges` row (`*_corrected`), so the agency's
+margins and a second run stay right. An agency-funded sub-account's wallet never moves: only its
+resale record (and its budgets) do. A sub-account's usage from before it was attached (no
+`agency_charges` row) was charged at its own prices then and is not re-rated.
 """
 from __future__ import annotations
 
@@ -77,6 +87,17 @@ class EventRerate:
     charged_at: datetime
     charged: Decimal
     rerated: Decimal
+    # a sub-account's event: what its agency pays for it now and would pay re-rated (None: no change)
+    agency_charged: Decimal | None = None
+    agency_rerated: Decimal | None = None
+    billed_by_agency: bool = False  # an agency-funded sub-account's: its own wallet paid nothing
+    two_levels: bool = False  # a sub-account's event with its pair (resale, agency price) recorded
+
+    @property
+    def agency_difference(self) -> Decimal:
+        if self.agency_charged is None or self.agency_rerated is None:
+            return ZERO
+        return money.subtract(self.agency_charged, self.agency_rerated)
 
     @property
     def difference(self) -> Decimal:
@@ -100,6 +121,11 @@ class TenantRerate:
     @property
     def difference(self) -> Decimal:
         return money.subtract(self.charged_total, self.rerated_total)
+
+    @property
+    def wallet_difference(self) -> Decimal:
+        """What moves the tenant's own wallet: all of it, but an agency-funded sub-account's events."""
+        return money.total(e.difference for e in self.events if not e.billed_by_agency)
 
     def totals(self) -> TenantTotals:
         return TenantTotals(self.tenant_id, len(self.events), self.charged_total, self.rerated_total,
@@ -175,7 +201,7 @@ def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRe
     months_end = (last_month + timedelta(days=32)).replace(day=1)
     params = {"t": tenant_id, "start": first_month, "end": months_end}
     events = uow.connection.execute(text("""
-        SELECT e.id, e.feature_key, e.occurred_at, e.charged_at, e.total_cost, e.quote_id
+        SELECT e.id, e.feature_key, e.occurred_at, e.created_at, e.charged_at, e.total_cost, e.quote_id
         FROM usage_events e
         WHERE e.tenant_id = :t AND e.status = 'charged' AND e.occurred_at >= :start AND e.occurred_at < :end
         ORDER BY e.occurred_at, e.seq
@@ -218,6 +244,16 @@ def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRe
         JOIN rerate_tenants d ON d.tenant_id = r.tenant_id AND d.run_id = r.run_id
         WHERE r.tenant_id = :t AND r.usage_event_id = ANY(:ids) GROUP BY r.usage_event_id
     """), {"t": tenant_id, "ids": ids}).all())
+    # a sub-account's charged events with their pair (resale, agency price), net of what was corrected
+    from billing_core.agencies.tables import agency_charges
+    from billing_core.agencies.tree import AGENCY, find_sub_account
+
+    sub = find_sub_account(uow, tenant_id)
+    pairs: dict[uuid.UUID, Any] = {}
+    if sub is not None:
+        c = agency_charges.c
+        pairs = {r.usage_event_id: r for r in uow.connection.execute(select(agency_charges).where(
+            c.tenant_id == sub.agency_id, c.sub_account_id == tenant_id, c.usage_event_id.in_(ids)))}
     catalog = CATALOG.for_tenant(uow, tenant_id)
     running: dict[Any, Decimal] = {}
     result = TenantRerate(tenant_id)
@@ -225,7 +261,8 @@ def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRe
         if event.id in voided:
             continue
         in_scope = (scope.start <= event.occurred_at < scope.end and event.quote_id is None
-                    and any(scope.matches(i.key) for i in items[event.id]))
+                    and any(scope.matches(i.key) for i in items[event.id])
+                    and (sub is None or event.id in pairs))  # before its attachment: its own prices then
         if event.quote_id is not None:  # priced by its quote: it only moves the month's positions
             advances = [(key, event.occurred_at, quantity) for key, quantity in billed[event.id]]
             rerated = None
@@ -239,11 +276,40 @@ def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRe
         for key, at, quantity in advances:
             running[(key, month_of(at))] = money.add(running.get((key, month_of(at)), ZERO), quantity)
         if in_scope and rerated is not None:
-            charged = money.subtract(money.subtract(event.total_cost or ZERO, corrected.get(event.id) or ZERO),
-                                     rerated_before.get(event.id) or ZERO)
+            pair = pairs.get(event.id)
+            billed_by_agency = sub is not None and sub.funding == AGENCY
+            if pair is not None and billed_by_agency:  # no wallet entry of its own: its record says it all
+                charged = money.subtract(pair.resale_amount, pair.resale_corrected)
+            else:
+                charged = money.subtract(money.subtract(event.total_cost or ZERO, corrected.get(event.id) or ZERO),
+                                         rerated_before.get(event.id) or ZERO)
+            agency_charged, agency_rerated = (None, None) if pair is None else _agency_rerate(
+                uow, pair, items[event.id], event.created_at, bursts.get(event.id))
             result.events.append(EventRerate(event.id, event.feature_key, event.occurred_at, event.charged_at,
-                                             charged, rerated))
+                                             charged, rerated, agency_charged, agency_rerated,
+                                             billed_by_agency and pair is not None, pair is not None))
     return result
+
+
+def _agency_rerate(uow: UnitOfWork, pair: Any, items: list[_Item], at: datetime,
+                   burst: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
+    """What the agency pays now for its sub-account's event (its price less what refunds and corrections
+    gave back... of its price: refunds are money given back, not a price, so only corrections count)
+    and its price of the items now, at the event's acceptance; (None, None) when that price needs the
+    agency's graduated month position (not replayed) or is missing."""
+    from billing_core.errors import PriceNotFound
+
+    agency_id = pair.tenant_id
+    try:
+        priced = price_items(uow, agency_id, items, at, CATALOG.for_tenant(uow, agency_id))
+    except (PriceNotFound, ArithmeticError):
+        return None, None
+    if any(p.price.pricing_model == GRADUATED for p in priced):
+        return None, None
+    rerated = money.total(p.cost for p in priced)
+    if burst is not None:
+        rerated = money.multiply(rerated, burst)
+    return money.subtract(pair.agency_amount, pair.agency_corrected), rerated
 
 
 def dry_run(uow: UnitOfWork, scope: RerateScope) -> RerateRun:
@@ -322,7 +388,7 @@ def post_tenant(uow: UnitOfWork, book: WalletBook, run_id: uuid.UUID, scope: Rer
         uow.connection.execute(insert(rerate_events), [
             {"tenant_id": tenant_id, "run_id": run_id, "usage_event_id": e.usage_event_id, "charged": e.charged,
              "rerated": e.rerated, "difference": e.difference} for e in moved])
-    difference = found.difference
+    difference = found.wallet_difference
     record = None
     entry: dict[str, Any] = {"reference": f"rerate:{run_id}", "idempotency_key": f"rerate:{run_id}",
              "description": f"re-rate of {scope.start.isoformat()} to {scope.end.isoformat()}", "created_by": None}
@@ -333,6 +399,10 @@ def post_tenant(uow: UnitOfWork, book: WalletBook, run_id: uuid.UUID, scope: Rer
         record = book.debit(-difference, entry_type=EntryType.CORRECTION, **entry)
     for e in moved:
         book.budgets.spend(e.feature_key, e.occurred_at, -e.difference)
+    # a sub-account's events: its agency's level too (its wallet after the sub-account's, already locked)
+    agency_moved = _rerate_agency(uow, tenant_id, run_id, found.events)
+    if record is not None and agency_moved is not None:
+        record["agency_amount"] = agency_moved  # the operator's margins: what LAD's revenue moved by
     book.flush()
     if record is not None:
         found.ledger_entry_id = record["id"]
@@ -344,9 +414,29 @@ def post_tenant(uow: UnitOfWork, book: WalletBook, run_id: uuid.UUID, scope: Rer
             "currency": "USD", "transactionId": str(record["id"])})
     uow.connection.execute(insert(rerate_tenants).values(
         tenant_id=tenant_id, run_id=run_id, events=len(found.events), charged_total=found.charged_total,
-        rerated_total=found.rerated_total, difference=difference, ledger_entry_id=found.ledger_entry_id,
+        rerated_total=found.rerated_total, difference=found.difference, ledger_entry_id=found.ledger_entry_id,
         created_at=func.now()))
     return found
+
+
+def _rerate_agency(uow: UnitOfWork, tenant_id: str, run_id: uuid.UUID, events: list[EventRerate]) -> Decimal | None:
+    """Move the agency's wallet by each of its sub-account's events' difference at its price, and the
+    events' records at both levels (agencies/credits.correct_agency: the resale record moves by the
+    re-rate's resale difference, the agency's price by its own); the total the agency's price moved
+    by, or None when no event is a sub-account's."""
+    from billing_core.agencies.credits import correct_agency
+
+    two_levels = [e for e in events if e.two_levels]
+    if not two_levels:
+        return None
+    total = ZERO
+    for e in two_levels:
+        if e.difference == 0 and e.agency_difference == 0:
+            continue
+        correct_agency(uow, tenant_id, e.usage_event_id, e.difference, e.agency_difference,
+                       reason=f"re-rate {run_id}", created_by=None)
+        total = money.add(total, e.agency_difference)
+    return total
 
 
 def record_month_rerate(uow: UnitOfWork, book: WalletBook, tenant_id: str, month: datetime,

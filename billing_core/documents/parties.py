@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 
-from billing_core.agencies.tables import sub_accounts
 from billing_core.db import UnitOfWork
 from billing_core.documents.commands import BillingDetailsRequest, IssuerRequest, TaxTreatmentRequest
 from billing_core.documents.tables import billing_details, document_series, issuers, tax_treatments
@@ -92,11 +91,9 @@ def agency_issuer(uow: UnitOfWork, agency: str) -> Issuer:
 
 
 def _agency_of(uow: UnitOfWork, tenant_id: str) -> str | None:
-    agency, colon, _ = tenant_id.rpartition(":")
-    if not colon or not agency:
-        return None
-    return uow.connection.execute(select(sub_accounts.c.tenant_id).where(
-        sub_accounts.c.tenant_id == agency, sub_accounts.c.sub_account_id == tenant_id)).scalar_one_or_none()
+    from billing_core.agencies.tree import agency_of
+
+    return agency_of(uow, tenant_id)
 
 
 # updated_at is the transaction's time passed as a parameter (uow.now()): no now() in DO UPDATE SET (Citus)

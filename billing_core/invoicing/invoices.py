@@ -59,6 +59,7 @@ from typing import Any
 from sqlalchemy import text
 
 from billing_core import logs, money
+from billing_core.agencies.tree import agency_of
 from billing_core.cursors import decode_cursor, encode_cursor
 from billing_core.db import UnitOfWork
 from billing_core.documents import numbering, parties
@@ -575,7 +576,7 @@ def _prepare(uow: UnitOfWork, period: Period, tenant_id: str) -> None:
         "start_margin": period.start + SETTLE_MARGIN, "end_margin": period.end + SETTLE_MARGIN,
         "end_less_margin": period.end - SETTLE_MARGIN, "period": period.first_day,
         "previous": period.previous().first_day, "tenant_id": tenant_id,
-        "agency_id": tenant_id.rpartition(":")[0] or None,
+        "agency_id": agency_of(uow, tenant_id),
     }
     resale = uow.connection.execute(text(_AGENCY_RESALE), params).all() if params["agency_id"] else []
     params["billed_events"] = [r.usage_event_id for r in resale]

@@ -11,7 +11,13 @@ from sqlalchemy import select
 from billing_core import idempotency, money
 from billing_core.db import UnitOfWork
 from billing_core.documents import receipts
-from billing_core.errors import InsufficientBalance, NotFound, RefundExceeded, ValidationFailed
+from billing_core.errors import (
+    InsufficientBalance,
+    NotFound,
+    RefundBilledByAgency,
+    RefundExceeded,
+    ValidationFailed,
+)
 from billing_core.ledger import expiry
 from billing_core.ledger.book import WalletBook, draw_order
 from billing_core.ledger.commands import AdjustmentRequest, RefundRequest, TopUpRequest
@@ -117,6 +123,7 @@ def refund(uow: UnitOfWork, tenant_id: str, command: RefundRequest, *, created_b
         raise NotFound(f"transaction {command.transactionId} not found", {"field": "transactionId"})
     if original.entry_type != EntryType.DEBIT:
         raise ValidationFailed("transactionId", f"only a debit can be refunded, not a {original.entry_type}")
+    _refuse_billed_by_agency(uow, tenant_id, original)
     returnable = _returnable(uow, tenant_id, original)
     left = money.total(amount for _, amount in returnable)
     amount = command.amount if command.amount is not None else left
@@ -138,6 +145,25 @@ def refund(uow: UnitOfWork, tenant_id: str, command: RefundRequest, *, created_b
         record["agency_amount"] = refund_agency(uow, tenant_id, original.usage_event_id, amount,
                                                 reason=command.reason, created_by=created_by)
     return _commit(uow, book, key)
+
+
+def _refuse_billed_by_agency(uow: UnitOfWork, tenant_id: str, original: LedgerEntry) -> None:
+    """Usage billed through an agency is corrected, not refunded, where a refund alone cannot move both
+    levels (errors.RefundBilledByAgency): an agency's debit for its sub-account's event, and an
+    agency-funded sub-account's zero debit (read for a zero debit only)."""
+    event_id = original.sub_account_event_id
+    if event_id is None and original.amount == 0 and original.usage_event_id is not None:
+        from billing_core.agencies.credits import charge_row
+        from billing_core.agencies.holds import funded_by_agency
+
+        if funded_by_agency(uow, tenant_id) is not None and charge_row(
+                uow, tenant_id, original.usage_event_id) is not None:
+            event_id = original.usage_event_id
+    if event_id is not None:
+        raise RefundBilledByAgency(
+            "this debit is usage billed through an agency: correct the sub-account's event "
+            "(POST /usage/<id>/corrections, void or amend), which moves both levels",
+            {"field": "transactionId", "usageEventId": str(event_id)})
 
 
 def _returnable(uow: UnitOfWork, tenant_id: str, original: LedgerEntry) -> list[tuple[uuid.UUID | None, Decimal]]:

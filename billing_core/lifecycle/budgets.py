@@ -187,6 +187,15 @@ def put_budget(uow: UnitOfWork, tenant_id: str, feature_key: str, *, spend_limit
         ON CONFLICT (tenant_id, feature_key, period, period_start) DO UPDATE SET spent = excluded.spent
     """), {"tenant_id": tenant_id, "feature_key": feature_key, "period": period,
           "period_start": period_start(period, now)})
+    # an agency's budgets count its sub-accounts' usage at its price too (net of what refunds and
+    # corrections gave back), in the period of each event's acceptance, as charging counts it
+    start = period_start(period, now)
+    uow.connection.execute(text("""
+        UPDATE budget_spend SET spent = greatest(0, spent + coalesce((
+            SELECT sum(a.agency_amount - a.agency_refunded - a.agency_corrected) FROM agency_charges a
+            WHERE a.tenant_id = :tenant_id AND a.feature_key = :feature_key AND a.created_at >= :start), 0))
+        WHERE tenant_id = :tenant_id AND feature_key = :feature_key AND period = :period AND period_start = :start
+    """), {"tenant_id": tenant_id, "feature_key": feature_key, "period": period, "start": start})
     return budget
 
 

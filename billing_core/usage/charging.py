@@ -173,7 +173,73 @@ _REFUSALS = (PriceNotFound, InsufficientBalance, WalletBlocked, BudgetExceeded, 
 
 
 def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> list[SettleOutcome]:
-    """Price and settle claimed pending events against the locked wallet, in the order given."""
+    """Price and settle claimed pending events against the locked wallet, in the order given.
+
+    A sub-account's group whose every event prices at both levels without a month position is first
+    settled at its own level before its agency's wallet lock (which every group of the tree waits for),
+    under a savepoint; then, under the agency's lock, each charged event is checked and recorded at the
+    agency's level in the same order. Should any event be refused at either level, the savepoint is
+    rolled back and the group settled again the one-pass way (agency lock first), so outcomes are
+    exactly those of that way; the agency's lock is then already held."""
+    tenant_id = book.tenant_id
+    sub_account = find_sub_account(uow, tenant_id)
+    if sub_account is not None:
+        savepoint = uow.connection.begin_nested()
+        deferred = _DeferredAgency(sub_account)
+        outcomes = _settle_group_at(uow, book, events, sub_account, deferred)
+        if deferred.usable and all(o.status == UsageEventStatus.CHARGED for o in outcomes) \
+                and deferred.replay(uow):
+            savepoint.commit()
+            return outcomes
+        savepoint.rollback()  # the sub-account's wallet and the events as they were: the one-pass way
+        book = WalletBook.open(uow, tenant_id)  # its lock is held already: read again as it was
+    return _settle_group_at(uow, book, events, sub_account, None)
+
+
+class _DeferredAgency:
+    """The agency's side of a sub-account's group, kept to be done under the agency's lock after the
+    sub-account's own writes: only for events priced at both levels before any lock (no month position)."""
+
+    def __init__(self, sub_account: Any):
+        self.sub_account = sub_account
+        self.prepaid = sub_account.funding == "prepaid"
+        self.usable = True
+        self.calls: list[tuple[Any, Decimal, Decimal, list[Any], list[Any], list[Any]]] = []
+        self._priced: tuple[list[Any], list[Any]] = ([], [])
+
+    def price(self, items: list[Any], at: datetime, priced: list[Any] | None) -> tuple[Decimal, list[Any]]:
+        if priced is None:  # needs the agency's month position: only under its lock
+            self.usable = False
+            return Decimal(0), []
+        self._priced = (items, priced)
+        return money.total(p.cost for p in priced), [p.advance for p in priced if p.advance is not None]
+
+    def check(self, *args: Any) -> None:
+        return None
+
+    def record(self, event: Any, resale: Decimal, agency_cost: Decimal, advances: list[Any]) -> None:
+        self.calls.append((event, resale, agency_cost, advances, *self._priced))
+
+    def flush(self) -> None:
+        return None
+
+    def replay(self, uow: UnitOfWork) -> bool:
+        """Under the agency's lock: check and record every charged event at its level, in order; False
+        (nothing of the agency's flushed) when it refuses one."""
+        agency = AgencyLevel(uow, self.sub_account)
+        for event, resale, agency_cost, advances, items, priced in self.calls:
+            agency.price(items, event.created_at, priced)
+            try:
+                agency.check(event.created_at, resale, agency_cost, event.reservation_id, event.feature_key)
+            except _REFUSALS:
+                return False
+            agency.record(event, resale, agency_cost, advances)
+        agency.flush()
+        return True
+
+
+def _settle_group_at(uow: UnitOfWork, book: WalletBook, events: Sequence[Any], sub_account: Any,
+                     deferred: _DeferredAgency | None) -> list[SettleOutcome]:
     tenant_id = book.tenant_id
     items: dict[uuid.UUID, list[Any]] = {e.id: [] for e in events}
     for row in uow.connection.execute(_ITEMS_BY_EVENT, {"tenant_id": tenant_id, "ids": [str(i) for i in items]}):
@@ -192,11 +258,11 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
     # a sub-account's charge moves its agency's wallet too, in this transaction (agencies/charging.py);
     # what prices without a month position is priced at both levels before the agency's lock, which
     # every sub-account's group waits for
-    sub_account = find_sub_account(uow, tenant_id) if ":" in tenant_id else None
-    agency, prepriced = None, {}
+    agency: Any = None
+    prepriced: dict[uuid.UUID, tuple[list[Any], list[Any]]] = {}
     if sub_account is not None:
         prepriced = _price_flat(uow, tenant_id, sub_account.agency_id, events, items, catalog)
-        agency = AgencyLevel(uow, sub_account)
+        agency = deferred if deferred is not None else AgencyLevel(uow, sub_account)
     outcomes: list[SettleOutcome] = []
     repriced: list[dict[str, Any]] = []
     for event in events:
@@ -224,7 +290,7 @@ def _settle_group(uow: UnitOfWork, book: WalletBook, events: Sequence[Any]) -> l
                 flat = prepriced.get(event.id)
                 agency_cost, agency_advances = agency.price(items[event.id], event.created_at,
                                                             flat[1] if flat is not None else None)
-                agency.check(event.created_at, cost, agency_cost, event.reservation_id)
+                agency.check(event.created_at, cost, agency_cost, event.reservation_id, event.feature_key)
                 if agency.prepaid:
                     try:
                         _charge(book, event, cost, plan)

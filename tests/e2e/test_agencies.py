@@ -392,14 +392,20 @@ def test_the_operator_attaches_an_existing_tenant(api, tenant, make_token, engin
     itself = attach(api, operator, tenant, tenant)
     assert (itself.status_code, itself.json()["error"]["details"]["field"]) == (400, "tenantId")
     other = f"o-{uuid.uuid4().hex[:10]}"
-    make_agency(api, make_token, other)
+    _, other_manage = make_agency(api, make_token, other)
     agency_as_sub = attach(api, operator, tenant, other)
     assert (agency_as_sub.status_code, agency_as_sub.json()["error"]["code"]) == (409, "tenant_is_agency")
     plain = f"p-{uuid.uuid4().hex[:10]}"
     not_agency = attach(api, operator, plain, f"{plain}:x")
     assert (not_agency.status_code, not_agency.json()["error"]["details"]["field"]) == (404, "agencyId")
+    # an id says nothing of its agency: `<other>:x` may be attached to this agency, and then the other
+    # agency cannot create it
     outside = attach(api, operator, tenant, f"{other}:x")
-    assert (outside.status_code, outside.json()["error"]["details"]["field"]) == (400, "tenantId")
+    assert outside.status_code == 201, outside.text
+    taken = api.post(f"{B}/sub-accounts", other_manage, json={"name": "x", "funding": "prepaid"})
+    assert (taken.status_code, taken.json()["error"]["code"]) == (409, "sub_account_exists")
+    assert api.get(f"{B}/wallet?tenantId={other}:x", other_manage).status_code == 404
+    assert api.get(f"{B}/wallet?tenantId={other}:x", manage).status_code == 200
     # an empty tenant may be attached agency-funded
     fresh = attach(api, operator, tenant, f"{tenant}:fresh", funding="agency")
     assert fresh.status_code == 201, fresh.text
@@ -411,6 +417,45 @@ def test_the_operator_attaches_an_existing_tenant(api, tenant, make_token, engin
     switched = api.request("PATCH", f"{B}/sub-accounts/{empty}", manage, json={"funding": "agency", "spendCap": "5"})
     assert switched.status_code == 200, switched.text
     assert (switched.json()["subAccount"]["funding"], switched.json()["subAccount"]["spendCap"]) == ("agency", "5")
+
+
+def test_any_tenant_can_be_attached_its_agency_from_the_records(api, tenant, make_token, engine):
+    """A tenant whose id names no agency (`<agency>-legacy`), with history, attached by the operator:
+    its agency comes from the agencies' records, so its charges move both levels, its agency's tokens
+    may name it, its documents are the agency's, and the agency sees its cost."""
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "10")
+    legacy = f"{tenant}-legacy"
+    top_up(api, make_token(legacy, "billing.admin"), "5")
+    before = charge(api, make_token(legacy, "billing.charge"))
+    assert before.status_code == 200 and before.json()["usageEvent"]["totalCost"] == "1"
+    # the agency cannot name it yet (not its sub-account)
+    assert api.get(f"{B}/wallet?tenantId={legacy}", manage).status_code == 404
+    done = attach(api, make_token("operator", "billing.admin"), tenant, legacy)
+    assert done.status_code == 201, done.text
+    assert done.json()["subAccount"]["tenantId"] == legacy
+    assert [s["tenantId"] for s in api.get(f"{B}/sub-accounts", manage).json()["subAccounts"]] == [legacy]
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "2"})
+    after = charge(api, make_token(legacy, "billing.charge"))
+    assert after.status_code == 200, after.text
+    assert after.json()["usageEvent"]["totalCost"] == "2"  # resale: twice the agency's price
+    assert balance(api, make_token, legacy) == Decimal(2)  # 5 - 1 (before) - 2 (resale)
+    assert balance(api, make_token, tenant) == Decimal(9)  # the agency's price
+    event_id = after.json()["usageEvent"]["id"]
+    assert [(str(e), a) for e, a in entries(engine, tenant)] == [(event_id, Decimal(-1))]
+    # the agency's token names it; the agency sees its own cost of the event
+    seen = api.get(f"{B}/usage/{event_id}?tenantId={legacy}", manage)
+    assert seen.status_code == 200, seen.text
+    assert seen.json()["usageEvent"]["agencyCost"] == "1"
+    margins = api.get(f"{B}/margins?groupBy=subAccount", manage).json()
+    assert legacy in str(margins)
+    # its documents are issued by the agency
+    with UnitOfWork(engine_for(str(engine.url))) as uow:
+        from billing_core.documents import parties
+
+        assert parties.issuer_for(uow, legacy).id == parties.agency_issuer_id(tenant)
+    assert_ledger_consistent(api, make_token, legacy)
+    assert_ledger_consistent(api, make_token, tenant)
 
 
 def test_the_preview_prices_as_charging_does_explicit_rows_included(api, tenant, make_token):

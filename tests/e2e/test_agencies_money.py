@@ -220,6 +220,85 @@ def test_corrections_of_a_sub_account_event_correct_both_levels(api, tenant, mak
         assert_ledger_consistent(api, make_token, who)
 
 
+def test_a_rerate_of_sub_accounts_usage_corrects_both_levels(api, tenant, make_token, clock):
+    """A catalog price fixed in the past: the re-rate moves a prepaid sub-account at resale, the agency at
+    its price, and never an agency-funded sub-account's own (empty) wallet; a second run moves nothing."""
+    from tests.e2e.test_corrections import _iso
+    from tests.support.pricing import new_item, put_price
+
+    operator = make_token("operator", "billing.admin")
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "20")
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "2"})
+    prepaid, funded = create(api, manage, "rr-prepaid"), create(api, manage, "rr-funded", funding="agency")
+    assert api.post(f"{B}/sub-accounts/{prepaid}/topups", manage,
+                    json={"amount": "10", "idempotencyKey": "t"}).status_code == 200
+    item = new_item()
+    start = put_price(api, operator, item, unitPrice="0.02")["effectiveFrom"]  # a digit too many
+    for who in (prepaid, funded):  # each: the agency's price 2, resale 4
+        answer = api.post(f"{B}/charge?wait=20", make_token(who, "billing.charge"), json={
+            "featureKey": "f", "idempotencyKey": f"c-{uuid.uuid4()}", "items": [{**item, "quantity": "100"}]})
+        assert answer.status_code == 200 and answer.json()["usageEvent"]["totalCost"] == "4", answer.text
+    assert (balance(api, make_token, tenant), balance(api, make_token, prepaid)) == (Decimal(16), Decimal(6))
+    clock.advance(3600)
+    fixed = api.request("PUT", f"{B}/pricing", operator, json={**item, "unitPrice": "0.01", "effectiveFrom": start,
+                                                               "correctionReason": "a digit too many"})
+    assert fixed.status_code == 200, fixed.text
+
+    def rerate():
+        body = {"from": start, "to": _iso(timedelta(days=1)), "model": item["model"], "dryRun": False,
+                "idempotencyKey": f"rr-{uuid.uuid4()}"}
+        started = api.post(f"{B}/rerates", operator, json=body)
+        assert started.status_code == 202, started.text
+        done = eventually(lambda: api.get(f"{B}/rerates/{started.json()['rerate']['id']}", operator).json()["rerate"],
+                          until=lambda r: r["status"] != "running", what="the re-rate")
+        assert done["status"] == "completed", done
+        return {t["tenantId"]: Decimal(t["difference"]) for t in done["tenants"]}
+
+    assert rerate() == {prepaid: Decimal(2), funded: Decimal(2)}  # at resale: 4 → 2 each
+    assert balance(api, make_token, prepaid) == Decimal(8)  # given back at resale
+    assert balance(api, make_token, funded) == 0  # billed by the agency: its wallet never moves
+    assert balance(api, make_token, tenant) == Decimal(18)  # 2 → 1 for each event, at the agency's price
+    margins = api.get(f"{B}/margins?groupBy=subAccount", manage).json()["margins"]
+    assert (margins["revenue"], margins["cost"], margins["margin"]) == ("4", "2", "2")
+    assert {g["key"]: (g["revenue"], g["cost"]) for g in margins["groups"]} == {
+        prepaid: ("2", "1"), funded: ("2", "1")}
+    rerate()  # the same catalog again: nothing moves at either level
+    assert (balance(api, make_token, tenant), balance(api, make_token, prepaid)) == (Decimal(18), Decimal(8))
+    assert balance(api, make_token, funded) == 0
+    for who in (tenant, prepaid, funded):
+        assert_ledger_consistent(api, make_token, who)
+
+
+def test_usage_billed_through_an_agency_is_corrected_not_refunded(api, tenant, make_token):
+    """An agency-funded sub-account's zero debit, and the agency's debit for a sub-account's event, are
+    refused by POST /refunds with their own code, nothing moving; a void corrects both levels."""
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "10")
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "2"})
+    funded = create(api, manage, "no-refund", funding="agency")
+    event_id = charge(api, make_token(funded, "billing.charge")).json()["usageEvent"]["id"]  # resale 2, agency 1
+    sub_admin = make_token(funded, "billing.admin")
+    [zero] = api.get(f"{B}/transactions?type=debit", sub_admin).json()["transactions"]
+    [agency_debit] = api.get(f"{B}/transactions?type=debit", admin).json()["transactions"]
+    for token, debit in ((sub_admin, zero), (admin, agency_debit)):
+        refused = api.post(f"{B}/refunds", token, json={"transactionId": debit["id"], "reason": "bad call",
+                                                          "idempotencyKey": f"r-{uuid.uuid4()}"})
+        assert refused.status_code == 409, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["details"]["field"], error["details"]["usageEventId"]) == (
+            "refund_billed_by_agency", "transactionId", event_id)
+    assert (balance(api, make_token, tenant), balance(api, make_token, funded)) == (Decimal(9), 0)
+    voided = api.post(f"{B}/usage/{event_id}/corrections", sub_admin,
+                      json={"action": "void", "reason": "bad call", "idempotencyKey": "v"})
+    assert voided.status_code == 200, voided.text
+    assert (balance(api, make_token, tenant), balance(api, make_token, funded)) == (Decimal(10), 0)
+    margins = api.get(f"{B}/margins?groupBy=subAccount", manage).json()["margins"]
+    assert (margins["revenue"], margins["cost"]) == ("0", "0")
+    for who in (tenant, funded):
+        assert_ledger_consistent(api, make_token, who)
+
+
 def test_twenty_sub_accounts_and_their_agency_charging_through_two_worker_processes(live, tenant, make_token, engine):
     api = live.api
     admin, manage = make_agency(api, make_token, tenant)
@@ -292,21 +371,53 @@ def test_budgets_at_both_levels(api, tenant, make_token):
     top_up(api, admin, "10")
     api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "2"})
     sub = create(api, manage, "budgeted", funding="agency")
+    other = create(api, manage, "unbudgeted", funding="agency")
     # the sub-account's own budget counts its usage at resale prices (2 a charge), agency funding too
     budget = {"limit": "3", "period": "month", "action": "reject"}
     assert api.request("PUT", f"{B}/budgets/voice", make_token(sub, "billing.admin"), json=budget).status_code == 200
-    # the agency's budget counts its own usage (1 a charge): its sub-accounts' charges are not its usage
-    assert api.request("PUT", f"{B}/budgets/voice", admin, json={**budget, "limit": "1.5"}).status_code == 200
+    # the agency's budget counts its own usage and its sub-accounts' at its price (1 a charge)
+    assert api.request("PUT", f"{B}/budgets/voice", admin, json={**budget, "limit": "2.5"}).status_code == 200
     token = make_token(sub, "billing.charge")
-    assert charge(api, token).status_code == 200
+    assert charge(api, token).status_code == 200  # the sub-account's 2, the agency's 1
     refused = charge(api, token)
     assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
     assert refused.json()["error"]["details"]["featureKey"] == "voice"
     mine = make_token(tenant, "billing.charge")
-    assert charge(api, mine).status_code == 200
+    assert charge(api, mine).status_code == 200  # the agency's 2
+    # another sub-account's charge would take the agency's budget to 3: refused at the agency's level,
+    # with no number of the agency's in what the sub-account sees
+    refused = charge(api, make_token(other, "billing.charge"))
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
+    details = refused.json()["error"]["details"]
+    assert (details["featureKey"], details["level"]) == ("voice", "agency")
+    assert not {"limit", "used", "requested"} & set(details)
     refused = charge(api, mine)
     assert refused.status_code == 402 and refused.json()["error"]["code"] == "budget_exceeded", refused.text
     assert balance(api, make_token, tenant) == Decimal(8)  # one charge of the sub-account, one of its own
+
+    def agency_budget():
+        [found] = api.get(f"{B}/budgets", admin).json()["budgets"]
+        return found["spent"], found["held"]
+
+    assert agency_budget() == ("2", "0")
+    # changing the budget recounts the period from what was charged: both kinds of usage
+    assert api.request("PUT", f"{B}/budgets/voice", admin, json={**budget, "limit": "3.5"}).status_code == 200
+    assert agency_budget() == ("2", "0")
+    # an agency-funded sub-account's hold is checked against the agency's budget at its price too
+    other_token = make_token(other, "billing.charge")
+    too_much = hold(api, other_token, featureKey="voice", items=stt_items("20000"))  # the agency's 2
+    assert too_much.status_code == 402, too_much.text
+    assert too_much.json()["error"]["details"] == {"featureKey": "voice", "level": "agency"}
+    fits = hold(api, other_token, featureKey="voice", items=stt_items("10000"))
+    assert fits.status_code == 200, fits.text
+    assert agency_budget() == ("2", "1")
+    # a refund of the sub-account's charge gives the agency's budget back its price
+    [debit] = api.get(f"{B}/transactions?type=debit", make_token(sub, "billing.admin")).json()["transactions"]
+    event_id = debit["usageEventId"]
+    voided = api.post(f"{B}/usage/{event_id}/corrections", make_token(sub, "billing.admin"),
+                      json={"action": "void", "reason": "test", "idempotencyKey": "v"})
+    assert voided.status_code == 200, voided.text
+    assert agency_budget() == ("1", "1")
 
 
 def test_low_balance_alerts_at_both_levels_from_a_sub_account_charge(api, tenant, make_token, engine):

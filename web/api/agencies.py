@@ -103,9 +103,9 @@ def post_sub_account() -> Response:
 @documented({201: SubAccountResponse}, 403, 404, 409, json=SubAccountAttachment)
 @rate_limited(ADMIN)
 def post_attached_sub_account(agency_id: str) -> Response:
-    """The operator (`billing.admin`) attaches an existing tenant `<agencyId>:<name>` — one with
-    history, which the agency itself cannot claim — as the agency's sub-account. Refused: the tenant
-    is the agency or outside its namespace (400), the agency is not one (404), the tenant is an agency
+    """The operator (`billing.admin`) attaches any existing tenant — one with history, which the
+    agency itself cannot claim, whatever its id — as the agency's sub-account. Refused: the tenant
+    is the agency (400), the agency is not one (404), the tenant is an agency
     (409 tenant_is_agency) or already a sub-account (409 sub_account_exists), or it has a balance or
     holds and would be `agency`-funded (409 sub_account_has_balance: attach it as `prepaid`, its
     balance stays its own). Agency tokens cannot attach (403)."""

@@ -398,7 +398,7 @@ def get_usage_event(usage_event_id: str) -> Response:
         chain = list_corrections(uow, tenant_id, outcome.event.id)
         net = net_cost(uow, tenant_id, outcome.event)
         extra: dict[str, Any] = {}
-        if tenant_id != principal.tenant_id and tree.agency_of(tenant_id) == principal.tenant_id:
+        if tenant_id != principal.tenant_id and tree.agency_of(uow, tenant_id) == principal.tenant_id:
             # the agency reading its sub-account's event sees its own cost beside the resale price
             extra["agencyCost"] = statements.agency_cost(uow, principal.tenant_id, outcome.event.id)
     return ok(UsageEventResponse, usageEvent=usage_event_detail(outcome, chain, net, **extra))

@@ -164,7 +164,7 @@ def _agency() -> dict[str, Any]:
     if session is None or session.tenant_id is None:
         return {"is_agency": False, "brand": None}
     with unit_of_work() as uow:
-        sub = tree.find_sub_account(uow, session.tenant_id) if ":" in session.tenant_id else None
+        sub = tree.find_sub_account(uow, session.tenant_id)
         brand = None
         if sub is not None:
             brand = (parties.customer_block(uow, sub.agency_id) or {}).get("legalName") or sub.agency_id

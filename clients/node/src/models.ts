@@ -40,7 +40,7 @@ export const TransactionSpec = model("Transaction", {
 });
 export type Transaction = Infer<typeof TransactionSpec>;
 
-/** An agency's sub-account: `tenantId` is `<agencyId>:<name>`. */
+/** An agency's sub-account: `tenantId` is `<agencyId>:<name>` (one it created) or an attached tenant's own id. */
 export const SubAccountSpec = model("SubAccount", {
   tenantId: text, funding: oneOf("prepaid", "agency"), spendCap: nullable(decimal), createdAt: timestamp,
 });
