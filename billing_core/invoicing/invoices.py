@@ -297,28 +297,37 @@ SELECT l.tenant_id, l.wallet_id, l.entry_type, l.grant_id,
 GROUP BY 1, 2, 3, 4, 5, 6
 """
 
-# 2c. the corrections of an agency-funded sub-account's usage: its wallet moved nothing (a zero `correction`
-# entry dates each in its chain, as a zero debit dates each charge), its agency billed it the resale change.
-# Each is a correction line at resale (the change of its usage_corrections row: cost before less cost
-# after; positive, corrected down), prior-period when the event was charged before the month, as a prepaid
+# 2c. the corrections and re-rates of an agency-funded sub-account's usage: its wallet moved nothing (a zero
+# `correction` entry dates each in its chain, as a zero debit dates each charge), its agency billed it the
+# resale change. Each is a correction line at resale (a void's or amend's usage_corrections row: cost before
+# less cost after; a re-rate's rerate_events row of the event in the run the entry names: its difference;
+# positive, corrected down), prior-period when the event was charged before the month, as a prepaid
 # sub-account's; and the same amount the other way on the "usage billed by the agency" line (what the
 # agency bills it less), so the invoice reconciles with its (unmoved) ledger. Read from the sub-account's
 # own rows alone.
 _DRAFT_AGENCY_CORRECTED = """
 INSERT INTO invoice_draft_credits
 WITH {bounds}, zero AS (
-    SELECT l.tenant_id, l.wallet_id, l.id, l.usage_event_id
+    SELECT l.tenant_id, l.wallet_id, l.id, l.usage_event_id, l.reference
 {month}
       AND l.entry_type = 'correction' AND l.amount = 0
+), changed AS (
+    SELECT z.tenant_id, z.wallet_id, z.usage_event_id, u.cost_before - u.cost_after AS amount
+    FROM zero z
+    JOIN usage_corrections u ON u.tenant_id = :tenant_id AND u.tenant_id = z.tenant_id AND u.ledger_entry_id = z.id
+    UNION ALL
+    SELECT z.tenant_id, z.wallet_id, z.usage_event_id, r.difference
+    FROM zero z
+    JOIN rerate_events r ON r.tenant_id = :tenant_id AND r.tenant_id = z.tenant_id
+        AND r.usage_event_id = z.usage_event_id AND z.reference = 'rerate:' || CAST(r.run_id AS text)
 )
-SELECT z.tenant_id, z.wallet_id, k.entry_type, CAST(NULL AS uuid), k.usage_event_id,
+SELECT c.tenant_id, c.wallet_id, k.entry_type, CAST(NULL AS uuid), k.usage_event_id,
        CASE k.entry_type WHEN 'agency_corrected' THEN 1 ELSE sign(k.amount) END, count(*), sum(k.amount)
-FROM zero z
-JOIN usage_corrections u ON u.tenant_id = :tenant_id AND u.tenant_id = z.tenant_id AND u.ledger_entry_id = z.id
-CROSS JOIN LATERAL (VALUES ('correction', z.usage_event_id, u.cost_before - u.cost_after),
-                           ('agency_corrected', CAST(NULL AS uuid), u.cost_after - u.cost_before))
+FROM changed c
+CROSS JOIN LATERAL (VALUES ('correction', c.usage_event_id, c.amount),
+                           ('agency_corrected', CAST(NULL AS uuid), -c.amount))
     AS k (entry_type, usage_event_id, amount)
-WHERE u.cost_before <> u.cost_after
+WHERE c.amount <> 0
 GROUP BY 1, 2, 3, 4, 5, 6
 """
 

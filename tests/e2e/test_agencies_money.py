@@ -349,6 +349,13 @@ def test_a_rerate_of_sub_accounts_usage_corrects_both_levels(api, tenant, make_t
     rerate()  # the same catalog again: nothing moves at either level
     assert (balance(api, make_token, tenant), balance(api, make_token, prepaid)) == (Decimal(18), Decimal(8))
     assert balance(api, make_token, funded) == 0
+    # the agency-funded sub-account's draft shows the re-rate as a correction line at resale, the agency
+    # billing it that much less, and reconciles with its unmoved ledger
+    draft = api.get(f"{B}/invoices/preview?tenantId={funded}", operator).json()["invoice"]
+    assert draft["reconciliation"]["balanced"] and draft["totalUsageExact"] == "4", draft
+    assert (draft["openingBalance"], draft["closingBalance"]) == ("0", "0")
+    assert sorted((c["type"], c["description"], Decimal(c["amount"])) for c in draft["creditLines"]) == [
+        ("adjustment", "usage billed by the agency", Decimal(2)), ("correction", "usage corrected down (f)", Decimal(2))]
     for who in (tenant, prepaid, funded):
         assert_ledger_consistent(api, make_token, who)
 
