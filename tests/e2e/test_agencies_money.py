@@ -360,6 +360,49 @@ def test_a_rerate_of_sub_accounts_usage_corrects_both_levels(api, tenant, make_t
         assert_ledger_consistent(api, make_token, who)
 
 
+def test_a_rerate_of_an_invoiced_month_gives_the_agency_a_note(api, live, tenant, make_token):
+    """A price fixed back to the start of an invoiced month: the re-rate of an agency-funded sub-account's
+    event of that month gives the agency LAD's credit note for its price; the sub-account none."""
+    from tests.e2e.test_corrections import _iso
+    from tests.support.pricing import new_item
+
+    engine = engine_for(live.env["DATABASE_URL"])
+    operator = make_token("operator", "billing.admin")
+    _, manage = make_agency(api, make_token, tenant)
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "2"})
+    funded = create(api, manage, "rr-invoiced", funding="agency")
+    previous, _ = months()
+    item = new_item()
+    start = previous.start.isoformat().replace("+00:00", "Z")
+    wrong = api.request("PUT", f"{B}/pricing", operator, json={**item, "unitPrice": "0.02", "effectiveFrom": start,
+                                                               "correctionReason": "a new item"})
+    assert wrong.status_code == 200, wrong.text
+    day = previous.start + timedelta(days=3)
+    History(engine, tenant).top_up(day, "20")
+    billed = History(engine, funded)
+    billed.charge(day + timedelta(hours=1), "f", [{**item, "quantity": "100"}])  # the agency's 2, resale 4
+    [event] = [c["event"] for c in billed.charges]
+    rollup = api.post(f"{B}/invoices/rollup?period={previous.label}&tenantId={tenant}", operator)
+    assert rollup.status_code == 200 and rollup.json()["rollup"]["refused"] == [], rollup.text
+    [invoice] = api.get(f"{B}/invoices?tenantId={tenant}", operator).json()["invoices"]
+    fixed = api.request("PUT", f"{B}/pricing", operator, json={**item, "unitPrice": "0.01", "effectiveFrom": start,
+                                                               "correctionReason": "a digit too many"})
+    assert fixed.status_code == 200, fixed.text
+    started = api.post(f"{B}/rerates", operator, json={
+        "from": start, "to": _iso(timedelta(days=1)), "model": item["model"], "dryRun": False,
+        "idempotencyKey": f"rr-{uuid.uuid4()}"})
+    assert started.status_code == 202, started.text
+    done = eventually(lambda: api.get(f"{B}/rerates/{started.json()['rerate']['id']}", operator).json()["rerate"],
+                      until=lambda r: r["status"] != "running", what="the re-rate")
+    assert done["status"] == "completed", done
+    [note] = api.get(f"{B}/invoices?type=credit_note&tenantId={tenant}", operator).json()["invoices"]
+    assert (note["kind"], note["amount"], note["correctsInvoiceId"], note["usageEventId"]) == (
+        "credit_note", "1", invoice["id"], str(event))
+    assert api.get(f"{B}/invoices?type=credit_note&tenantId={funded}", operator).json()["invoices"] == []
+    for who in (tenant, funded):
+        assert_ledger_consistent(api, make_token, who)
+
+
 def test_usage_billed_through_an_agency_is_corrected_not_refunded(api, tenant, make_token):
     """An agency-funded sub-account's zero debit, and the agency's debit for a sub-account's event, are
     refused by POST /refunds with their own code, nothing moving; a void corrects both levels."""
