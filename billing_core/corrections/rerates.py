@@ -388,7 +388,8 @@ def post_tenant(uow: UnitOfWork, book: WalletBook, run_id: uuid.UUID, scope: Rer
     if moved:
         uow.connection.execute(insert(rerate_events), [
             {"tenant_id": tenant_id, "run_id": run_id, "usage_event_id": e.usage_event_id, "charged": e.charged,
-             "rerated": e.rerated, "difference": e.difference} for e in moved])
+             "rerated": e.rerated, "difference": e.difference,
+             "agency_difference": e.agency_difference if e.two_levels else None} for e in moved])
     difference = found.wallet_difference
     record = None
     entry: dict[str, Any] = {"reference": f"rerate:{run_id}", "idempotency_key": f"rerate:{run_id}",

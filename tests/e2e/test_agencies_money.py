@@ -346,6 +346,11 @@ def test_a_rerate_of_sub_accounts_usage_corrects_both_levels(api, tenant, make_t
     assert (margins["revenue"], margins["cost"], margins["margin"]) == ("4", "2", "2")
     assert {g["key"]: (g["revenue"], g["cost"]) for g in margins["groups"]} == {
         prepaid: ("2", "1"), funded: ("2", "1")}
+    for who in (prepaid, funded):  # the operator's: LAD's revenue is the agency's price, 2 re-rated to 1
+        ops = api.get(f"{B}/margins?groupBy=tenant&tenantId={who}", operator).json()["margins"]
+        [group] = ops["groups"]
+        assert Decimal(group["revenue"]) + Decimal(group["uncostedRevenue"]) == 1, ops
+        assert Decimal(group["corrections"]) == 1, ops
     rerate()  # the same catalog again: nothing moves at either level
     assert (balance(api, make_token, tenant), balance(api, make_token, prepaid)) == (Decimal(18), Decimal(8))
     assert balance(api, make_token, funded) == 0
