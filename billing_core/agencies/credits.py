@@ -91,15 +91,16 @@ def refund_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID | N
 
 
 def correct_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, resale_change: Decimal,
-                   agency_change: Decimal, *, reason: str | None, created_by: str | None) -> None:
+                   agency_change: Decimal, *, reason: str | None, created_by: str | None) -> dict[str, Any] | None:
     """A correction of the sub-account's event moved its resale amount by `resale_change` (positive:
-    given back) and the agency's price by `agency_change`: move the agency's wallet by it too."""
+    given back) and the agency's price by `agency_change`: move the agency's wallet by it too. Returns
+    the agency's correction entry (None when its price did not move)."""
     row = _charge_row(uow, tenant_id, usage_event_id)
     if row is None:
-        return
+        return None
     _record(uow, row, "corrected", resale_change, agency_change)
     if agency_change == 0:
-        return
+        return None
     book = WalletBook.open(uow, row.tenant_id)  # after the sub-account's: the one lock order
     entry = {"related_entry_id": row.ledger_entry_id, "reference": str(row.ledger_entry_id),
              "description": reason or f"correction of {tenant_id}'s usage", "created_by": created_by}
@@ -107,12 +108,35 @@ def correct_agency(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UUID, r
         from billing_core.ledger.credits import _returnable
 
         original = _entry(uow, row.tenant_id, row.ledger_entry_id)
-        book.restore(agency_change, _returnable(uow, row.tenant_id, original), entry_type=EntryType.CORRECTION,
-                     **entry)
+        record = book.restore(agency_change, _returnable(uow, row.tenant_id, original),
+                              entry_type=EntryType.CORRECTION, **entry)
     else:
-        book.debit(-agency_change, entry_type=EntryType.CORRECTION, **entry)
+        record = book.debit(-agency_change, entry_type=EntryType.CORRECTION, **entry)
     book.budgets.spend(row.feature_key, row.created_at, -agency_change)
     book.flush()
+    return record
+
+
+def note_to_agency(uow: UnitOfWork, row: Any, entry: dict[str, Any], agency_change: Decimal,
+                   correction_id: uuid.UUID, *, reason: str, action: str) -> Any | None:
+    """When the agency's month of its debit for the event is already invoiced, LAD's credit note (the
+    agency's price given back) or debit note (taken more) to the agency for the correction `correction_id`
+    of its sub-account's event, naming the corrected line of its invoice (one event of the sub-account at
+    the agency's price, before and after). None when that month is still open (the correction entry is
+    then a line of its invoice)."""
+    from billing_core.documents import credit_notes
+
+    invoice = credit_notes.finalized_invoice(uow, row.tenant_id, row.created_at)
+    if invoice is None:
+        return None
+    before = money.subtract(row.agency_amount, row.agency_corrected)  # the row as read before this correction
+    after = money.subtract(before, agency_change)
+    line = {"featureKey": row.feature_key, "category": "sub_account", "provider": row.sub_account_id,
+            "model": "usage", "unit": "event", "quantityBefore": "1", "amountBefore": money.format_decimal(before),
+            "quantityAfter": "0" if action == "void" else "1", "amountAfter": money.format_decimal(after)}
+    return credit_notes.issue(uow, row.tenant_id, invoice, correction_id=correction_id,
+                              usage_event_id=row.usage_event_id, ledger_entry_id=entry["id"], amount=agency_change,
+                              reason=reason, lines=[line])
 
 
 def agency_correction(uow: UnitOfWork, row: Any, action: str, items: Any, occurred: datetime,

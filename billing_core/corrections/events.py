@@ -236,6 +236,12 @@ def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UU
         resale_change = min(change, max(ZERO, before.net)) if change > 0 else change
         book.budgets.spend(event.feature_key, occurred, -resale_change)
         change = ZERO  # nothing moves on its own wallet
+        if resale_change != 0:
+            # a zero `correction` entry naming the event and its zero debit, as its charge wrote a zero
+            # debit: it dates the correction in the sub-account's chain (its invoice shows the corrected
+            # line, the resale change read from this correction's row) and carries `agency_amount`
+            # (the operator's margins)
+            record = book.debit(ZERO, entry_type=EntryType.CORRECTION, **entry_fields)
     if change > 0:
         difference = min(change, max(ZERO, before.net))  # never more back than the tenant still pays
         if difference > 0:
@@ -246,18 +252,23 @@ def correct_usage_event(uow: UnitOfWork, tenant_id: str, usage_event_id: uuid.UU
         record = book.debit(-change, entry_type=EntryType.CORRECTION, **entry_fields)
     if difference != 0:
         book.budgets.spend(event.feature_key, occurred, -difference)
+    agency_entry = None
     if pair is not None:
         agency_change = agency_credits.agency_correction(uow, pair, command.action, command.items, occurred, old_items)
         if record is not None:  # for the operator's margins: what LAD's own price moved by with it
             record["agency_amount"] = agency_change
-        agency_credits.correct_agency(uow, tenant_id, event.id, resale_change if billed_by_agency else difference,
-                                      agency_change, reason=f"{command.action}: {command.reason}",
-                                      created_by=created_by)
+        agency_entry = agency_credits.correct_agency(
+            uow, tenant_id, event.id, resale_change if billed_by_agency else difference, agency_change,
+            reason=f"{command.action}: {command.reason}", created_by=created_by)
     book.flush()
     positions.flush()
     correction_id = uuid.uuid4()
+    if pair is not None and agency_entry is not None:
+        # the agency's month of its debit is invoiced: LAD's note to the agency for its price
+        agency_credits.note_to_agency(uow, pair, agency_entry, agency_change, correction_id,
+                                      reason=f"{command.action}: {command.reason}", action=command.action)
     note = None
-    invoice = credit_notes.finalized_invoice(uow, tenant_id, debit.created_at) if record else None
+    invoice = credit_notes.finalized_invoice(uow, tenant_id, debit.created_at) if record and difference else None
     if invoice is not None and record is not None:  # the month is invoiced: it stays so, a note corrects it
         before_items = _held_items(uow, tenant_id, event.id, old_items)
         note = credit_notes.issue(

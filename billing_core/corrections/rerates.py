@@ -54,6 +54,7 @@ from billing_core.documents import credit_notes
 from billing_core.errors import BillingError, NotFound, ValidationFailed
 from billing_core.ledger.book import WalletBook
 from billing_core.ledger.model import EntryType, GrantKind
+from billing_core.ledger.wallets import debit_for_event
 from billing_core.notifications import outbox
 
 ZERO = Decimal(0)
@@ -387,7 +388,8 @@ def post_tenant(uow: UnitOfWork, book: WalletBook, run_id: uuid.UUID, scope: Rer
     if moved:
         uow.connection.execute(insert(rerate_events), [
             {"tenant_id": tenant_id, "run_id": run_id, "usage_event_id": e.usage_event_id, "charged": e.charged,
-             "rerated": e.rerated, "difference": e.difference} for e in moved])
+             "rerated": e.rerated, "difference": e.difference,
+             "agency_difference": e.agency_difference if e.two_levels else None} for e in moved])
     difference = found.wallet_difference
     record = None
     entry: dict[str, Any] = {"reference": f"rerate:{run_id}", "idempotency_key": f"rerate:{run_id}",
@@ -397,6 +399,13 @@ def post_tenant(uow: UnitOfWork, book: WalletBook, run_id: uuid.UUID, scope: Rer
                                    **entry)
     elif difference < 0:
         record = book.debit(-difference, entry_type=EntryType.CORRECTION, **entry)
+    for e in moved:
+        if e.billed_by_agency:  # its wallet moves nothing: a zero entry (naming the event's zero debit) dates
+            # the event's re-rate in its chain, for its invoice (invoicing/invoices.py, _DRAFT_AGENCY_CORRECTED)
+            zero_debit = debit_for_event(uow, tenant_id, e.usage_event_id)
+            if zero_debit is not None:
+                book.debit(ZERO, entry_type=EntryType.CORRECTION, usage_event_id=e.usage_event_id,
+                           related_entry_id=zero_debit.id, **entry)
     for e in moved:
         book.budgets.spend(e.feature_key, e.occurred_at, -e.difference)
     # a sub-account's events: its agency's level too (its wallet after the sub-account's, already locked)
@@ -424,7 +433,7 @@ def _rerate_agency(uow: UnitOfWork, tenant_id: str, run_id: uuid.UUID, events: l
     events' records at both levels (agencies/credits.correct_agency: the resale record moves by the
     re-rate's resale difference, the agency's price by its own); the total the agency's price moved
     by, or None when no event is a sub-account's."""
-    from billing_core.agencies.credits import correct_agency
+    from billing_core.agencies.credits import charge_row, correct_agency, note_to_agency
 
     two_levels = [e for e in events if e.two_levels]
     if not two_levels:
@@ -433,8 +442,12 @@ def _rerate_agency(uow: UnitOfWork, tenant_id: str, run_id: uuid.UUID, events: l
     for e in two_levels:
         if e.difference == 0 and e.agency_difference == 0:
             continue
-        correct_agency(uow, tenant_id, e.usage_event_id, e.difference, e.agency_difference,
-                       reason=f"re-rate {run_id}", created_by=None)
+        row = charge_row(uow, tenant_id, e.usage_event_id)  # as it stands before this re-rate
+        agency_entry = correct_agency(uow, tenant_id, e.usage_event_id, e.difference, e.agency_difference,
+                                      reason=f"re-rate {run_id}", created_by=None)
+        if row is not None and agency_entry is not None:  # the agency's month invoiced: LAD's note for its price
+            note_to_agency(uow, row, agency_entry, e.agency_difference, uuid.uuid5(run_id, str(e.usage_event_id)),
+                           reason=f"re-rate {run_id}", action="rerate")
         total = money.add(total, e.agency_difference)
     return total
 

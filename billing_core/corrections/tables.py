@@ -63,4 +63,6 @@ rerate_events = Table(
     Column("charged", Money, nullable=False),
     Column("rerated", Money, nullable=False),
     Column("difference", Money, nullable=False),
+    # a sub-account's event: what its agency's price moved by with it (the operator's margins; migration 0052)
+    Column("agency_difference", Money),
 )

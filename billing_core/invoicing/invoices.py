@@ -293,7 +293,41 @@ SELECT l.tenant_id, l.wallet_id, l.entry_type, l.grant_id,
        CASE WHEN l.entry_type IN ('refund', 'correction') THEN l.usage_event_id END AS usage_event_id,
        sign(l.amount) AS direction, count(*) AS entries, sum(l.amount) AS amount
 {month}
-  AND l.entry_type IN ('topup', 'refund', 'adjustment', 'expiry', 'correction')
+  AND l.entry_type IN ('topup', 'refund', 'adjustment', 'expiry', 'correction') AND l.amount <> 0
+GROUP BY 1, 2, 3, 4, 5, 6
+"""
+
+# 2c. the corrections and re-rates of an agency-funded sub-account's usage: its wallet moved nothing (a zero
+# `correction` entry dates each in its chain, as a zero debit dates each charge), its agency billed it the
+# resale change. Each is a correction line at resale (a void's or amend's usage_corrections row: cost before
+# less cost after; a re-rate's rerate_events row of the event in the run the entry names: its difference;
+# positive, corrected down), prior-period when the event was charged before the month, as a prepaid
+# sub-account's; and the same amount the other way on the "usage billed by the agency" line (what the
+# agency bills it less), so the invoice reconciles with its (unmoved) ledger. Read from the sub-account's
+# own rows alone.
+_DRAFT_AGENCY_CORRECTED = """
+INSERT INTO invoice_draft_credits
+WITH {bounds}, zero AS (
+    SELECT l.tenant_id, l.wallet_id, l.id, l.usage_event_id, l.reference
+{month}
+      AND l.entry_type = 'correction' AND l.amount = 0
+), changed AS (
+    SELECT z.tenant_id, z.wallet_id, z.usage_event_id, u.cost_before - u.cost_after AS amount
+    FROM zero z
+    JOIN usage_corrections u ON u.tenant_id = :tenant_id AND u.tenant_id = z.tenant_id AND u.ledger_entry_id = z.id
+    UNION ALL
+    SELECT z.tenant_id, z.wallet_id, z.usage_event_id, r.difference
+    FROM zero z
+    JOIN rerate_events r ON r.tenant_id = :tenant_id AND r.tenant_id = z.tenant_id
+        AND r.usage_event_id = z.usage_event_id AND z.reference = 'rerate:' || CAST(r.run_id AS text)
+)
+SELECT c.tenant_id, c.wallet_id, k.entry_type, CAST(NULL AS uuid), k.usage_event_id,
+       CASE k.entry_type WHEN 'agency_corrected' THEN 1 ELSE sign(k.amount) END, count(*), sum(k.amount)
+FROM changed c
+CROSS JOIN LATERAL (VALUES ('correction', c.usage_event_id, c.amount),
+                           ('agency_corrected', CAST(NULL AS uuid), -c.amount))
+    AS k (entry_type, usage_event_id, amount)
+WHERE c.amount <> 0
 GROUP BY 1, 2, 3, 4, 5, 6
 """
 
@@ -421,7 +455,8 @@ WITH wallet AS (
         AS p (prior_period, items, quantity, exact_amount)
     WHERE p.items > 0
 ), credit AS (
-    SELECT c.wallet_id, c.entry_type AS line_type,
+    SELECT c.wallet_id, CASE c.entry_type WHEN 'agency_corrected' THEN 'agency_billed' ELSE c.entry_type END
+               AS line_type,
            CASE WHEN c.entry_type IN ('refund', 'correction') THEN e.feature_key END AS feature_key,
            CASE WHEN c.entry_type NOT IN ('refund', 'correction') THEN g.kind END AS credit_kind,
            c.direction,
@@ -586,6 +621,7 @@ def _prepare(uow: UnitOfWork, period: Period, tenant_id: str) -> None:
     for table, statement in (("invoice_draft_chain", _DRAFT_CHAIN.format(bounds=bounds, month=month)),
                              ("invoice_draft_credits", _DRAFT_CREDITS.format(bounds=bounds, month=month)),
                              ("invoice_draft_credits", _DRAFT_AGENCY_BILLED),
+                             ("invoice_draft_credits", _DRAFT_AGENCY_CORRECTED.format(bounds=bounds, month=month)),
                              ("invoice_draft_usage", _DRAFT_USAGE.format(columns=usage_columns,
                                                                          item_parts=_ITEM_PARTS)),
                              ("invoice_draft_usage", _DRAFT_USAGE_MOVED.format(bounds=bounds, columns=moved_columns,

@@ -93,7 +93,8 @@ WITH refunded AS (
         SELECT c.tenant_id, c.usage_event_id, coalesce(c.agency_amount, c.amount) AS amount FROM ledger_entries c
         WHERE c.entry_type = 'correction' AND c.usage_event_id IS NOT NULL AND c.created_at >= :start {tenant_c}
         UNION ALL
-        SELECT r.tenant_id, r.usage_event_id, r.difference FROM rerate_events r
+        -- a sub-account's re-rate moved LAD's revenue by what its agency's price moved (agency_difference)
+        SELECT r.tenant_id, r.usage_event_id, coalesce(r.agency_difference, r.difference) FROM rerate_events r
         JOIN rerate_tenants d ON d.tenant_id = r.tenant_id AND d.run_id = r.run_id
         WHERE true {tenant_rr}
     ) AS both_kinds

@@ -184,6 +184,89 @@ def test_both_levels_monthly_invoices_reconcile_for_both_funding_kinds(api, live
     assert Decimal(margins["cost"]) == Decimal("1.2345") - Decimal("0.4") + Decimal("1.3333")
 
 
+def test_an_agency_funded_sub_account_s_corrections_on_its_invoices_margins_and_a_note_to_its_agency(
+        api, live, tenant, make_token):
+    """A void and an amend of an agency-funded sub-account's events in a month: its invoice shows its usage
+    as charged and the corrections as correction lines at resale, its "billed by the agency" line what is
+    left, reconciling with its unmoved ledger; the agency's invoice its price, corrected. A void in the next
+    month of an event of the invoiced month: a credit note from LAD to the agency for its price, and a
+    prior-period correction line on the sub-account's next invoice. The operator's margins count both."""
+    from billing_core.corrections.commands import CorrectionRequest
+    from billing_core.corrections.events import correct_usage_event
+
+    engine = engine_for(live.env["DATABASE_URL"])
+    _, manage = make_agency(api, make_token, tenant)
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "2"})
+    funded = create(api, manage, "fix-billed", funding="agency")
+    previous, current = months()
+    day = previous.start + timedelta(days=3)
+    History(engine, tenant).top_up(day, "20")
+    billed = History(engine, funded)
+    for hour in (1, 2, 3):  # each: resale 2, the agency's price 1
+        billed.charge(day + timedelta(hours=hour), "voice", invoice_items((STT, "10000")))
+    voided, amended, late = (c["event"] for c in billed.charges)
+
+    def correct(event_id, action, at=None, items=None):
+        command = CorrectionRequest.model_validate({
+            "action": action, "reason": "wrong duration", "idempotencyKey": f"c-{uuid.uuid4()}",
+            **({"items": items} if items else {})})
+        if at is None:
+            with UnitOfWork(engine) as uow:
+                return correct_usage_event(uow, funded, event_id, command, created_by="test")
+        with ledger_dated(at), UnitOfWork(engine) as uow:
+            return correct_usage_event(uow, funded, event_id, command, created_by="test")
+
+    correct(voided, "void", day + timedelta(hours=4))  # resale 2 back, the agency's 1
+    correct(amended, "amend", day + timedelta(hours=5), invoice_items((STT, "5000")))  # resale 1, the agency's 0.5
+    operator = make_token("operator", "billing.admin")
+    found = {}
+    for who in (funded, tenant):
+        rollup = api.post(f"{B}/invoices/rollup?period={previous.label}&tenantId={who}", operator)
+        assert rollup.status_code == 200 and rollup.json()["rollup"]["refused"] == [], rollup.text
+        [listed] = api.get(f"{B}/invoices?tenantId={who}", operator).json()["invoices"]
+        found[who] = api.get(f"{B}/invoices/{listed['id']}?tenantId={who}", operator).json()["invoice"]
+    for invoice in found.values():
+        r = invoice["reconciliation"]
+        assert r["balanced"] and Decimal(r["openingBalance"]) + Decimal(r["credits"]) - Decimal(r["usage"]) == \
+            Decimal(r["closingBalance"]), invoice
+    theirs = found[funded]  # usage as charged at resale; the corrections; the agency billed what is left
+    assert (theirs["totalUsageExact"], theirs["openingBalance"], theirs["closingBalance"]) == ("6", "0", "0")
+    assert sorted((c["type"], c["description"], Decimal(c["amount"])) for c in theirs["creditLines"]) == [
+        ("adjustment", "usage billed by the agency", Decimal(3)),
+        ("correction", "usage corrected down (voice)", Decimal(3))]
+    own = found[tenant]  # the agency's: its price for the three events, its corrections of 1 and 0.5
+    assert Decimal(own["totalUsageExact"]) == 3 and own["closingBalance"] == "18.5"
+    assert sum(Decimal(c["amount"]) for c in own["creditLines"] if c["type"] == "correction") == Decimal("1.5")
+
+    # the month is invoiced at both levels: a void now gives the agency a credit note for its price
+    answer = correct(late, "void")
+    assert answer.difference == 0 and answer.credit_note_id is None  # the sub-account's wallet paid nothing
+    notes = api.get(f"{B}/invoices?type=credit_note&tenantId={tenant}", operator).json()["invoices"]
+    [note] = notes
+    assert (note["kind"], note["amount"], note["correctsInvoiceId"], note["usageEventId"], note["period"]) == (
+        "credit_note", "1", own["id"], str(late), previous.label)
+    [line] = note["lines"]
+    assert (line["category"], line["provider"], line["amountBefore"], line["amountAfter"], line["quantityAfter"]) == (
+        "sub_account", funded, "1", "0", "0")
+    assert api.get(f"{B}/invoices?type=credit_note&tenantId={funded}", operator).json()["invoices"] == []
+    draft = api.get(f"{B}/invoices/preview?period={current.label}&tenantId={funded}", operator).json()["invoice"]
+    r = draft["reconciliation"]
+    assert r["balanced"] and (draft["openingBalance"], draft["closingBalance"], draft["totalUsageExact"]) == (
+        "0", "0", "0")
+    assert sorted((c["type"], c["description"], Decimal(c["amount"])) for c in draft["creditLines"]) == [
+        ("adjustment", "usage billed by the agency", Decimal(-2)),
+        ("correction", "usage corrected down (voice), prior period", Decimal(2))]
+
+    # the operator's margins: LAD's revenue from the sub-account's events is the agency's price, corrected
+    window = f"from={previous.start.isoformat()}&to={current.end.isoformat()}".replace("+00:00", "Z")
+    margins = api.get(f"{B}/margins?groupBy=tenant&tenantId={funded}&{window}", operator).json()["margins"]
+    [group] = margins["groups"]
+    assert Decimal(group["revenue"]) + Decimal(group["uncostedRevenue"]) == Decimal("0.5")  # 3 - 1 - 0.5 - 1
+    assert Decimal(group["corrections"]) == Decimal("2.5")
+    for who in (tenant, funded):
+        assert_ledger_consistent(api, make_token, who)
+
+
 def test_corrections_of_a_sub_account_event_correct_both_levels(api, tenant, make_token):
     admin, manage = make_agency(api, make_token, tenant)
     top_up(api, admin, "20")
@@ -263,10 +346,65 @@ def test_a_rerate_of_sub_accounts_usage_corrects_both_levels(api, tenant, make_t
     assert (margins["revenue"], margins["cost"], margins["margin"]) == ("4", "2", "2")
     assert {g["key"]: (g["revenue"], g["cost"]) for g in margins["groups"]} == {
         prepaid: ("2", "1"), funded: ("2", "1")}
+    for who in (prepaid, funded):  # the operator's: LAD's revenue is the agency's price, 2 re-rated to 1
+        ops = api.get(f"{B}/margins?groupBy=tenant&tenantId={who}", operator).json()["margins"]
+        [group] = ops["groups"]
+        assert Decimal(group["revenue"]) + Decimal(group["uncostedRevenue"]) == 1, ops
+        assert Decimal(group["corrections"]) == 1, ops
     rerate()  # the same catalog again: nothing moves at either level
     assert (balance(api, make_token, tenant), balance(api, make_token, prepaid)) == (Decimal(18), Decimal(8))
     assert balance(api, make_token, funded) == 0
+    # the agency-funded sub-account's draft shows the re-rate as a correction line at resale, the agency
+    # billing it that much less, and reconciles with its unmoved ledger
+    draft = api.get(f"{B}/invoices/preview?tenantId={funded}", operator).json()["invoice"]
+    assert draft["reconciliation"]["balanced"] and draft["totalUsageExact"] == "4", draft
+    assert (draft["openingBalance"], draft["closingBalance"]) == ("0", "0")
+    assert sorted((c["type"], c["description"], Decimal(c["amount"])) for c in draft["creditLines"]) == [
+        ("adjustment", "usage billed by the agency", Decimal(2)), ("correction", "usage corrected down (f)", Decimal(2))]
     for who in (tenant, prepaid, funded):
+        assert_ledger_consistent(api, make_token, who)
+
+
+def test_a_rerate_of_an_invoiced_month_gives_the_agency_a_note(api, live, tenant, make_token):
+    """A price fixed back to the start of an invoiced month: the re-rate of an agency-funded sub-account's
+    event of that month gives the agency LAD's credit note for its price; the sub-account none."""
+    from tests.e2e.test_corrections import _iso
+    from tests.support.pricing import new_item
+
+    engine = engine_for(live.env["DATABASE_URL"])
+    operator = make_token("operator", "billing.admin")
+    _, manage = make_agency(api, make_token, tenant)
+    api.request("PUT", f"{B}/sub-accounts/prices", manage, json={"multiplier": "2"})
+    funded = create(api, manage, "rr-invoiced", funding="agency")
+    previous, _ = months()
+    item = new_item()
+    start = previous.start.isoformat().replace("+00:00", "Z")
+    wrong = api.request("PUT", f"{B}/pricing", operator, json={**item, "unitPrice": "0.02", "effectiveFrom": start,
+                                                               "correctionReason": "a new item"})
+    assert wrong.status_code == 200, wrong.text
+    day = previous.start + timedelta(days=3)
+    History(engine, tenant).top_up(day, "20")
+    billed = History(engine, funded)
+    billed.charge(day + timedelta(hours=1), "f", [{**item, "quantity": "100"}])  # the agency's 2, resale 4
+    [event] = [c["event"] for c in billed.charges]
+    rollup = api.post(f"{B}/invoices/rollup?period={previous.label}&tenantId={tenant}", operator)
+    assert rollup.status_code == 200 and rollup.json()["rollup"]["refused"] == [], rollup.text
+    [invoice] = api.get(f"{B}/invoices?tenantId={tenant}", operator).json()["invoices"]
+    fixed = api.request("PUT", f"{B}/pricing", operator, json={**item, "unitPrice": "0.01", "effectiveFrom": start,
+                                                               "correctionReason": "a digit too many"})
+    assert fixed.status_code == 200, fixed.text
+    started = api.post(f"{B}/rerates", operator, json={
+        "from": start, "to": _iso(timedelta(days=1)), "model": item["model"], "dryRun": False,
+        "idempotencyKey": f"rr-{uuid.uuid4()}"})
+    assert started.status_code == 202, started.text
+    done = eventually(lambda: api.get(f"{B}/rerates/{started.json()['rerate']['id']}", operator).json()["rerate"],
+                      until=lambda r: r["status"] != "running", what="the re-rate")
+    assert done["status"] == "completed", done
+    [note] = api.get(f"{B}/invoices?type=credit_note&tenantId={tenant}", operator).json()["invoices"]
+    assert (note["kind"], note["amount"], note["correctsInvoiceId"], note["usageEventId"]) == (
+        "credit_note", "1", invoice["id"], str(event))
+    assert api.get(f"{B}/invoices?type=credit_note&tenantId={funded}", operator).json()["invoices"] == []
+    for who in (tenant, funded):
         assert_ledger_consistent(api, make_token, who)
 
 
