@@ -6,7 +6,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -18,7 +17,7 @@ from billing_core.agencies.tables import resale_multipliers
 from billing_core.agencies.tree import list_sub_accounts, sub_account_of
 from billing_core.catalog.items import price_items
 from billing_core.catalog.models import Terms
-from billing_core.catalog.positions import TierPositions, month_of
+from billing_core.catalog.positions import ReplayedPositions, UsageItem, month_of
 from billing_core.catalog.prices import CATALOG, CURRENCY, CatalogKey, Price
 from billing_core.catalog.revision import bump_catalog_revision
 from billing_core.db import UnitOfWork
@@ -75,33 +74,6 @@ class ProposedRow:
     terms: Terms
 
 
-class _Walk(TierPositions):
-    """A sub-account's graduated month positions as the replay moves them (nothing read or written)."""
-
-    def __init__(self, uow: UnitOfWork, tenant_id: str) -> None:
-        super().__init__(uow, tenant_id, locked=False)
-        self.running: dict[tuple[CatalogKey, datetime], Decimal] = {}
-
-    def load(self, wanted: Any) -> None:
-        return None
-
-    def position(self, key: CatalogKey, at: datetime) -> Decimal:
-        return self.running.get((key, month_of(at)), Decimal(0))
-
-    def moved(self, advances: list[tuple[CatalogKey, datetime, Decimal]]) -> None:
-        for key, at, quantity in advances:
-            self.running[(key, month_of(at))] = money.add(self.position(key, at), quantity)
-
-
-@dataclass
-class _Item:
-    category: str
-    provider: str
-    model: str
-    unit: str
-    quantity: Decimal
-
-
 def preview(uow: UnitOfWork, agency_id: str, proposal: ResaleMultiplierRequest | ProposedRow,
             days: int = 30) -> BookPreview:
     """What the sub-accounts' charged events of the last `days` would have cost had the book had the
@@ -134,7 +106,7 @@ def preview(uow: UnitOfWork, agency_id: str, proposal: ResaleMultiplierRequest |
                               terms=proposal.terms))
         prices = ResalePrices(agency_prices, [m for m in book if m.sub_account_id in (None, sub.tenant_id)], rows,
                               sub.tenant_id)
-        walk = _Walk(uow, sub.tenant_id)
+        walk = ReplayedPositions(uow, sub.tenant_id)
         for event, items in _charged_events(uow, sub.tenant_id, month_of(start), end):
             priced = price_items(uow, sub.tenant_id, items, event.occurred_at, prices, walk, prices)
             walk.moved([p.advance for p in priced if p.advance is not None])
@@ -160,11 +132,11 @@ class _Event:
 
 
 def _charged_events(uow: UnitOfWork, tenant_id: str, start: datetime,
-                    end: datetime) -> list[tuple[_Event, list[_Item]]]:
+                    end: datetime) -> list[tuple[_Event, list[UsageItem]]]:
     """A sub-account's charged events that happened in [start, end), in the order they happened,
     with their items (one tenant's rows only)."""
     e, i = usage_events.c, usage_event_items.c
-    found: dict[uuid.UUID, tuple[_Event, list[_Item]]] = {}
+    found: dict[uuid.UUID, tuple[_Event, list[UsageItem]]] = {}
     for r in uow.connection.execute(
             select(e.id, e.occurred_at, e.total_cost, i.category, i.provider, i.model, i.unit, i.quantity, i.cost,
                    i.agency_cost, i.pricing)
@@ -179,7 +151,7 @@ def _charged_events(uow: UnitOfWork, tenant_id: str, start: datetime,
         if burst is not None:  # a burst call's items are priced at its multiplier
             event.burst = Decimal(burst)
         event.agency_cost = money.add(event.agency_cost, r.agency_cost if r.agency_cost is not None else r.cost or Decimal(0))
-        items.append(_Item(r.category, r.provider, r.model, r.unit, r.quantity))
+        items.append(UsageItem(r.category, r.provider, r.model, r.unit, r.quantity))
     return list(found.values())
 
 

@@ -12,6 +12,7 @@ the charge corrects.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -86,3 +87,38 @@ class TierPositions:
             # the row's own updated_at (now() in VALUES): no non-immutable function in DO UPDATE SET (Citus)
             set_={"billed_quantity": statement.excluded.billed_quantity, "updated_at": statement.excluded.updated_at}))
         self._dirty.clear()
+
+
+class ReplayedPositions(TierPositions):
+    """Graduated positions as a replay of a tenant's past events moves them, from zero at the replay's
+    first month, in the order the events happened (re-rates, the price book's preview): nothing is read
+    or written."""
+
+    def __init__(self, uow: UnitOfWork, tenant_id: str) -> None:
+        super().__init__(uow, tenant_id, locked=False)
+        self.running: dict[PositionKey, Decimal] = {}
+
+    def load(self, wanted: Iterable[PositionKey]) -> None:
+        return None
+
+    def position(self, key: CatalogKey, at: datetime) -> Decimal:
+        return self.running.get((key, month_of(at)), ZERO)
+
+    def moved(self, advances: Iterable[tuple[CatalogKey, datetime, Decimal]]) -> None:
+        """Advance the replay by an event's graduated quantities."""
+        for key, at, quantity in advances:
+            self.running[(key, month_of(at))] = money.add(self.position(key, at), quantity)
+
+
+@dataclass
+class UsageItem:
+    """One item of a past event as a replay prices it again."""
+    category: str
+    provider: str
+    model: str
+    unit: str
+    quantity: Decimal
+
+    @property
+    def key(self) -> CatalogKey:
+        return (self.category, self.provider, self.model, self.unit)

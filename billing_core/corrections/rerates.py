@@ -44,9 +44,9 @@ from typing import Any
 from sqlalchemy import func, insert, select, text, update
 
 from billing_core import idempotency, money
-from billing_core.catalog import CATALOG, TierPositions, price_items
+from billing_core.catalog import CATALOG, price_items
 from billing_core.catalog.models import GRADUATED
-from billing_core.catalog.positions import month_of
+from billing_core.catalog.positions import ReplayedPositions, UsageItem, month_of
 from billing_core.catalog.prices import CatalogKey
 from billing_core.corrections.tables import rerate_events, rerate_runs, rerate_tenants
 from billing_core.db import UnitOfWork
@@ -159,33 +159,6 @@ class RerateRun:
         return money.total(t.difference for t in self.tenants)
 
 
-class _Running(TierPositions):
-    """Graduated positions as the walk through a month moves them (nothing read or written)."""
-
-    def __init__(self, uow: UnitOfWork, tenant_id: str, running: dict[Any, Decimal]):
-        super().__init__(uow, tenant_id, locked=False)
-        self.running = running
-
-    def load(self, wanted: Any) -> None:
-        return None
-
-    def position(self, key: CatalogKey, at: datetime) -> Decimal:
-        return self.running.get((key, month_of(at)), ZERO)
-
-
-@dataclass
-class _Item:
-    category: str
-    provider: str
-    model: str
-    unit: str
-    quantity: Decimal
-
-    @property
-    def key(self) -> CatalogKey:
-        return (self.category, self.provider, self.model, self.unit)
-
-
 def tenants_in_scope(uow: UnitOfWork, scope: RerateScope) -> list[str]:
     """The tenants with charged usage that occurred in the range (an operator's cross-tenant scan)."""
     one = "AND tenant_id = :tenant_id" if scope.tenant_id is not None else "/* citus:operator-scan rerate-candidates */"
@@ -210,14 +183,14 @@ def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRe
     if not events:
         return TenantRerate(tenant_id)
     ids = [e.id for e in events]
-    items: dict[uuid.UUID, list[_Item]] = defaultdict(list)
+    items: dict[uuid.UUID, list[UsageItem]] = defaultdict(list)
     billed: dict[uuid.UUID, list[tuple[CatalogKey, Decimal]]] = defaultdict(list)
     bursts: dict[uuid.UUID, Decimal] = {}  # a burst call is priced at a multiple of its items (calls)
     for row in uow.connection.execute(text("""
         SELECT usage_event_id, category, provider, model, unit, quantity, pricing
         FROM usage_event_items WHERE tenant_id = :t AND usage_event_id = ANY(:ids) ORDER BY usage_event_id, position
     """), {"t": tenant_id, "ids": ids}):
-        items[row.usage_event_id].append(_Item(row.category, row.provider, row.model, row.unit, row.quantity))
+        items[row.usage_event_id].append(UsageItem(row.category, row.provider, row.model, row.unit, row.quantity))
         if row.pricing and row.pricing.get("burstMultiplier"):
             bursts[row.usage_event_id] = Decimal(row.pricing["burstMultiplier"])
         if row.pricing and row.pricing.get("pricingModel") == GRADUATED:
@@ -231,7 +204,7 @@ def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRe
         if row.action == "void":
             voided.add(row.usage_event_id)
         else:  # the last amend's items are the event's items
-            items[row.usage_event_id] = [_Item(i["category"], i["provider"], i["model"], i["unit"],
+            items[row.usage_event_id] = [UsageItem(i["category"], i["provider"], i["model"], i["unit"],
                                                Decimal(i["quantity"])) for i in row.items]
             billed[row.usage_event_id] = [
                 ((i["category"], i["provider"], i["model"], i["unit"]), Decimal(i["pricing"]["billedQuantity"]))
@@ -256,7 +229,7 @@ def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRe
         pairs = {r.usage_event_id: r for r in uow.connection.execute(select(agency_charges).where(
             c.tenant_id == sub.agency_id, c.sub_account_id == tenant_id, c.usage_event_id.in_(ids)))}
     catalog = CATALOG.for_tenant(uow, tenant_id)
-    running: dict[Any, Decimal] = {}
+    walk = ReplayedPositions(uow, tenant_id)
     result = TenantRerate(tenant_id)
     for event in events:
         if event.id in voided:
@@ -269,13 +242,12 @@ def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRe
             rerated = None
         else:
             priced = price_items(uow, tenant_id, items[event.id], event.occurred_at, catalog,
-                                 _Running(uow, tenant_id, running))
+                                 walk)
             advances = [p.advance for p in priced if p.advance is not None]
             rerated = money.total(p.cost for p in priced)
             if event.id in bursts:
                 rerated = money.multiply(rerated, bursts[event.id])
-        for key, at, quantity in advances:
-            running[(key, month_of(at))] = money.add(running.get((key, month_of(at)), ZERO), quantity)
+        walk.moved(advances)
         if in_scope and rerated is not None:
             pair = pairs.get(event.id)
             billed_by_agency = sub is not None and sub.funding == AGENCY
@@ -292,7 +264,7 @@ def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRe
     return result
 
 
-def _agency_rerate(uow: UnitOfWork, pair: Any, items: list[_Item], at: datetime,
+def _agency_rerate(uow: UnitOfWork, pair: Any, items: list[UsageItem], at: datetime,
                    burst: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
     """What the agency pays now for its sub-account's event (its price less what refunds and corrections
     gave back... of its price: refunds are money given back, not a price, so only corrections count)
