@@ -13,13 +13,14 @@ from sqlalchemy.dialects.postgresql import insert
 from billing_core import money
 from billing_core.agencies.commands import ResaleMultiplierRequest
 from billing_core.agencies.resale import ResaleMultiplier, ResalePrices, every_sub_account, load_rows
-from billing_core.agencies.tables import resale_multipliers
+from billing_core.agencies.tables import agency_charges, resale_multipliers
 from billing_core.agencies.tree import list_sub_accounts, sub_account_of
 from billing_core.catalog.items import price_items
 from billing_core.catalog.models import Terms
 from billing_core.catalog.positions import ReplayedPositions, UsageItem, month_of
 from billing_core.catalog.prices import CATALOG, CURRENCY, CatalogKey, Price
 from billing_core.catalog.revision import bump_catalog_revision
+from billing_core.corrections.history import event_corrections
 from billing_core.db import UnitOfWork
 from billing_core.usage.tables import usage_event_items, usage_events
 
@@ -82,7 +83,8 @@ def preview(uow: UnitOfWork, agency_id: str, proposal: ResaleMultiplierRequest |
     first (its own, then every sub-account's), else the agency's own price (catalog, overrides,
     multipliers) times the book's most specific multiplier, graduated tiers from the sub-account's
     own month position (replayed from the start of the window's first month), a burst call's
-    multiplier kept. Nothing is written."""
+    multiplier kept; a voided event left out, an amended one priced as its last amend left it.
+    Nothing is written."""
     end = uow.now()
     start = end - timedelta(days=days)
     book = list_multipliers(uow, agency_id)
@@ -107,7 +109,16 @@ def preview(uow: UnitOfWork, agency_id: str, proposal: ResaleMultiplierRequest |
         prices = ResalePrices(agency_prices, [m for m in book if m.sub_account_id in (None, sub.tenant_id)], rows,
                               sub.tenant_id)
         walk = ReplayedPositions(uow, sub.tenant_id)
-        for event, items in _charged_events(uow, sub.tenant_id, month_of(start), end):
+        events = _charged_events(uow, sub.tenant_id, month_of(start), end)
+        corrections = event_corrections(uow.connection, sub.tenant_id, [event.id for event, _ in events])
+        amended = _net_of_corrections(uow, agency_id, sub.tenant_id, list(corrections.amended))
+        for event, items in events:
+            if event.id in corrections.voided:  # costs nothing at any book, moves no position
+                continue
+            if event.id in corrections.amended:  # priced as its last amend left it
+                items = [UsageItem(i["category"], i["provider"], i["model"], i["unit"], Decimal(i["quantity"]))
+                         for i in corrections.amended[event.id]]
+                event.total_cost, event.agency_cost = amended.get(event.id, (event.total_cost, event.agency_cost))
             priced = price_items(uow, sub.tenant_id, items, event.occurred_at, prices, walk, prices)
             walk.moved([p.advance for p in priced if p.advance is not None])
             if event.occurred_at < start:  # only moves the month's positions
@@ -120,6 +131,19 @@ def preview(uow: UnitOfWork, agency_id: str, proposal: ResaleMultiplierRequest |
             cost = money.add(cost, event.agency_cost)
             count += len(items)
     return BookPreview(start, end, current, proposed, cost, count)
+
+
+def _net_of_corrections(uow: UnitOfWork, agency_id: str, sub_account_id: str,
+                        ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[Decimal, Decimal]]:
+    """The amended events' resale amount and agency price net of their corrections, from the agency's
+    records of them (the agency's rows, read on their own)."""
+    if not ids:
+        return {}
+    c = agency_charges.c
+    return {r.usage_event_id: (money.subtract(r.resale_amount, r.resale_corrected),
+                               money.subtract(r.agency_amount, r.agency_corrected))
+            for r in uow.connection.execute(select(agency_charges).where(
+                c.tenant_id == agency_id, c.sub_account_id == sub_account_id, c.usage_event_id.in_(ids)))}
 
 
 @dataclass

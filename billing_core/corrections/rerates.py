@@ -48,6 +48,7 @@ from billing_core.catalog import CATALOG, price_items
 from billing_core.catalog.models import GRADUATED
 from billing_core.catalog.positions import ReplayedPositions, UsageItem, month_of
 from billing_core.catalog.prices import CatalogKey
+from billing_core.corrections.history import event_corrections
 from billing_core.corrections.tables import rerate_events, rerate_runs, rerate_tenants
 from billing_core.db import UnitOfWork
 from billing_core.documents import credit_notes
@@ -196,19 +197,14 @@ def rate_tenant(uow: UnitOfWork, tenant_id: str, scope: RerateScope) -> TenantRe
         if row.pricing and row.pricing.get("pricingModel") == GRADUATED:
             billed[row.usage_event_id].append(((row.category, row.provider, row.model, row.unit),
                                                Decimal(row.pricing["billedQuantity"])))
-    voided: set[uuid.UUID] = set()
-    for row in uow.connection.execute(text("""
-        SELECT usage_event_id, action, items FROM usage_corrections
-        WHERE tenant_id = :t AND usage_event_id = ANY(:ids) ORDER BY created_at, id
-    """), {"t": tenant_id, "ids": ids}):
-        if row.action == "void":
-            voided.add(row.usage_event_id)
-        else:  # the last amend's items are the event's items
-            items[row.usage_event_id] = [UsageItem(i["category"], i["provider"], i["model"], i["unit"],
-                                               Decimal(i["quantity"])) for i in row.items]
-            billed[row.usage_event_id] = [
-                ((i["category"], i["provider"], i["model"], i["unit"]), Decimal(i["pricing"]["billedQuantity"]))
-                for i in row.items if i.get("pricing") and i["pricing"].get("pricingModel") == GRADUATED]
+    found = event_corrections(uow.connection, tenant_id, ids)
+    voided = found.voided
+    for event_id, amended in found.amended.items():
+        items[event_id] = [UsageItem(i["category"], i["provider"], i["model"], i["unit"], Decimal(i["quantity"]))
+                           for i in amended]
+        billed[event_id] = [
+            ((i["category"], i["provider"], i["model"], i["unit"]), Decimal(i["pricing"]["billedQuantity"]))
+            for i in amended if i.get("pricing") and i["pricing"].get("pricingModel") == GRADUATED]
     corrected: dict[uuid.UUID, Decimal] = dict(uow.connection.execute(text("""
         SELECT usage_event_id, sum(amount) FROM ledger_entries
         WHERE tenant_id = :t AND entry_type = 'correction' AND usage_event_id = ANY(:ids) GROUP BY usage_event_id

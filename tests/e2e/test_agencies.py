@@ -495,3 +495,37 @@ def test_the_preview_prices_as_charging_does_explicit_rows_included(api, tenant,
     theirs = api.post(f"{B}/sub-accounts/prices/rows/preview", manage,
                       json={**item, "unitPrice": "0.05", "subAccountId": f"o-{uuid.uuid4().hex[:6]}:x"})
     assert theirs.status_code == 404
+
+
+def test_the_preview_prices_events_as_their_corrections_left_them(api, tenant, make_token):
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "100")
+    item = new_item()
+    put_price(api, make_token("operator", "billing.admin"), item, unitPrice="0.01")  # the agency's price
+    one, other = create(api, manage, "pc-1"), create(api, manage, "pc-2")
+    for sub in (one, other):
+        api.post(f"{B}/sub-accounts/{sub}/topups", manage, json={"amount": "50", "idempotencyKey": "t"})
+
+    def use(sub, quantity):
+        response = api.post(f"{B}/charge?wait=20", make_token(sub, "billing.charge"), json={
+            "featureKey": "f", "idempotencyKey": f"c-{uuid.uuid4()}", "items": [{**item, "quantity": quantity}]})
+        assert response.status_code == 200, response.text
+        return response.json()["usageEvent"]["id"]
+
+    voided, amended = use(one, "100"), use(other, "1200")
+    use(one, "100")
+
+    def preview():
+        response = api.post(f"{B}/sub-accounts/prices/preview", manage, json={"multiplier": "3"})
+        assert response.status_code == 200, response.text
+        shown = response.json()["preview"]
+        return shown["current"], shown["proposed"], shown["agencyCost"], shown["items"]
+
+    assert preview() == ("14", "42", "14", 3)  # at the agency's price: 1 + 12 + 1; x3
+    for sub, event_id, body in ((one, voided, {"action": "void"}),
+                                (other, amended, {"action": "amend", "items": [{**item, "quantity": "600"}]})):
+        response = api.post(f"{B}/usage/{event_id}/corrections", make_token(sub, "billing.admin"),
+                            json={**body, "reason": "test", "idempotencyKey": f"k-{uuid.uuid4()}"})
+        assert response.status_code == 200, response.text
+    # the void is left out, the amend priced at its 600: 1 + 6 now, 3 + 18 at the proposed book
+    assert preview() == ("7", "21", "7", 2)
