@@ -459,21 +459,12 @@ def test_any_tenant_can_be_attached_its_agency_from_the_records(api, tenant, mak
 
 
 def test_the_preview_prices_as_charging_does_explicit_rows_included(api, tenant, make_token):
-    admin, manage = make_agency(api, make_token, tenant)
-    top_up(api, admin, "100")
-    item = new_item()
-    put_price(api, make_token("operator", "billing.admin"), item, unitPrice="0.01")  # the agency's price
-    one, other = create(api, manage, "pv-1"), create(api, manage, "pv-2")
-    for sub in (one, other):
-        api.post(f"{B}/sub-accounts/{sub}/topups", manage, json={"amount": "50", "idempotencyKey": "t"})
+    manage, item, one, other = _book_tree(api, make_token, tenant)
     assert api.request("PUT", f"{B}/sub-accounts/prices/rows", manage,
                        json={**item, "unitPrice": "0.02", "subAccountId": one}).status_code == 200
 
     def use(sub, quantity):
-        response = api.post(f"{B}/charge?wait=20", make_token(sub, "billing.charge"), json={
-            "featureKey": "f", "idempotencyKey": f"c-{uuid.uuid4()}", "items": [{**item, "quantity": quantity}]})
-        assert response.status_code == 200, response.text
-        return response.json()["usageEvent"]["totalCost"]
+        return _use(api, make_token, item, sub, quantity)["totalCost"]
 
     assert use(one, "100") == "2" and use(other, "1200") == "12"
 
@@ -498,19 +489,10 @@ def test_the_preview_prices_as_charging_does_explicit_rows_included(api, tenant,
 
 
 def test_the_preview_prices_events_as_their_corrections_left_them(api, tenant, make_token):
-    admin, manage = make_agency(api, make_token, tenant)
-    top_up(api, admin, "100")
-    item = new_item()
-    put_price(api, make_token("operator", "billing.admin"), item, unitPrice="0.01")  # the agency's price
-    one, other = create(api, manage, "pc-1"), create(api, manage, "pc-2")
-    for sub in (one, other):
-        api.post(f"{B}/sub-accounts/{sub}/topups", manage, json={"amount": "50", "idempotencyKey": "t"})
+    manage, item, one, other = _book_tree(api, make_token, tenant)
 
     def use(sub, quantity):
-        response = api.post(f"{B}/charge?wait=20", make_token(sub, "billing.charge"), json={
-            "featureKey": "f", "idempotencyKey": f"c-{uuid.uuid4()}", "items": [{**item, "quantity": quantity}]})
-        assert response.status_code == 200, response.text
-        return response.json()["usageEvent"]["id"]
+        return _use(api, make_token, item, sub, quantity)["id"]
 
     voided, amended = use(one, "100"), use(other, "1200")
     use(one, "100")
@@ -529,3 +511,22 @@ def test_the_preview_prices_events_as_their_corrections_left_them(api, tenant, m
         assert response.status_code == 200, response.text
     # the void is left out, the amend priced at its 600: 1 + 6 now, 3 + 18 at the proposed book
     assert preview() == ("7", "21", "7", 2)
+
+
+def _book_tree(api, make_token, tenant):
+    """An agency (price 0.01 for a new item) with two funded prepaid sub-accounts, for the preview tests."""
+    admin, manage = make_agency(api, make_token, tenant)
+    top_up(api, admin, "100")
+    item = new_item()
+    put_price(api, make_token("operator", "billing.admin"), item, unitPrice="0.01")  # the agency's price
+    one, other = create(api, manage, "pv-1"), create(api, manage, "pv-2")
+    for sub in (one, other):
+        api.post(f"{B}/sub-accounts/{sub}/topups", manage, json={"amount": "50", "idempotencyKey": "t"})
+    return manage, item, one, other
+
+
+def _use(api, make_token, item, sub, quantity):
+    response = api.post(f"{B}/charge?wait=20", make_token(sub, "billing.charge"), json={
+        "featureKey": "f", "idempotencyKey": f"c-{uuid.uuid4()}", "items": [{**item, "quantity": quantity}]})
+    assert response.status_code == 200, response.text
+    return response.json()["usageEvent"]
